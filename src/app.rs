@@ -1,0 +1,192 @@
+//! Wiring and lifetime: binds the listeners, starts the registry and the servers, and shuts them
+//! down in order (stop accepting, close collectors' connections, stop the actors).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState};
+use crate::collector::Registry;
+use crate::collector::actor::ActorSettings;
+use crate::config::Config;
+use crate::opamp::Opamp;
+
+/// A started server. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    pub opamp_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub registry: Arc<Registry>,
+    config: Config,
+    /// Cancelled to stop accepting and close every collector's connection.
+    shutdown: CancellationToken,
+    /// Cancelled last, once connections are closed, so actors see every disconnection first.
+    actors_stop: CancellationToken,
+    sessions: TaskTracker,
+    actors: TaskTracker,
+    servers: JoinSet<std::io::Result<()>>,
+}
+
+/// Binds both listeners and starts serving. Port 0 picks a free port; the bound addresses are in
+/// the returned [`Running`].
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let opamp_listener = TcpListener::bind(config.opamp.listen)
+        .await
+        .with_context(|| format!("cannot listen on opamp.listen = {}", config.opamp.listen))?;
+    let api_listener = TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on api.listen = {}", config.api.listen))?;
+    let opamp_addr = opamp_listener.local_addr()?;
+    let api_addr = api_listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let actors_stop = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let actors = TaskTracker::new();
+    let registry = Arc::new(Registry::new(
+        ActorSettings {
+            liveness_window: config.opamp.liveness_window(),
+        },
+        actors_stop.clone(),
+        actors.clone(),
+    ));
+    let opamp = Opamp::new(
+        config.opamp.clone(),
+        Arc::clone(&registry),
+        shutdown.clone(),
+        sessions.clone(),
+    );
+
+    let mut servers = JoinSet::new();
+    let opamp_router = opamp.router();
+    let stop = shutdown.clone();
+    servers.spawn(async move {
+        axum::serve(opamp_listener, opamp_router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    let api_router = api::router(ApiState {
+        shutdown: shutdown.clone(),
+        registry: Arc::clone(&registry),
+    });
+    let stop = shutdown.clone();
+    servers.spawn(async move {
+        axum::serve(api_listener, api_router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    info!(%opamp_addr, path = %config.opamp.path, %api_addr, "opampd is listening");
+    if config.opamp.auth.tokens.is_empty() {
+        info!("collector authentication is off (opamp.auth.tokens is empty)");
+    }
+    Ok(Running {
+        opamp_addr,
+        api_addr,
+        registry,
+        config,
+        shutdown,
+        actors_stop,
+        sessions,
+        actors,
+        servers,
+    })
+}
+
+impl Running {
+    /// A token that starts shutdown when cancelled (signal handlers, tests).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until shutdown is requested, then stops in order: no new connections, Close 1001 to
+    /// every collector, wait (bounded) for their sessions, then stop the actors.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut failure = None;
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => {}
+            Some(result) = self.servers.join_next() => {
+                // A listener that ends before shutdown was asked for is a failure, whatever it said.
+                if !self.shutdown.is_cancelled() {
+                    failure = Some(anyhow::anyhow!("a listener stopped unexpectedly: {result:?}"));
+                    self.shutdown.cancel();
+                }
+            }
+        }
+        info!("shutting down");
+        let deadline = self.config.server.shutdown_timeout;
+        self.sessions.close();
+        if tokio::time::timeout(deadline, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.sessions.len(),
+                "collector connections still open after the shutdown timeout"
+            );
+        }
+        if tokio::time::timeout(deadline, async {
+            while self.servers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            warn!("requests still in flight after the shutdown timeout");
+            self.servers.abort_all();
+        }
+        self.actors_stop.cancel();
+        self.actors.close();
+        if tokio::time::timeout(deadline, self.actors.wait())
+            .await
+            .is_err()
+        {
+            warn!("collector actors did not stop in time");
+        }
+        info!("stopped");
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Starts shutdown and waits for it to finish.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        token.cancel();
+    });
+    running.wait().await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,262 @@
+//! The collector domain: who a collector is, what it reports, what the server asks of it, and the
+//! actor and registry that own each collector's record.
+
+pub mod actor;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+pub use actor::{CollectorHandle, CollectorView};
+pub use registry::Registry;
+
+/// A collector's identity: its OpAMP `instance_uid`, as a UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct CollectorId(pub Uuid);
+
+impl CollectorId {
+    pub fn new_v7() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for CollectorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    WebSocket,
+    Http,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::WebSocket => "websocket",
+            Transport::Http => "http",
+        })
+    }
+}
+
+/// What a collector says it can do: OpAMP's agent capability bits. Unknown bits are kept, never
+/// rejected, and simply have no name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Capabilities(pub u64);
+
+impl Capabilities {
+    pub const REPORTS_STATUS: u64 = 0x1;
+    pub const ACCEPTS_REMOTE_CONFIG: u64 = 0x2;
+    pub const REPORTS_EFFECTIVE_CONFIG: u64 = 0x4;
+    pub const ACCEPTS_PACKAGES: u64 = 0x8;
+    pub const REPORTS_PACKAGE_STATUSES: u64 = 0x10;
+    pub const ACCEPTS_RESTART_COMMAND: u64 = 0x400;
+    pub const REPORTS_HEALTH: u64 = 0x800;
+    pub const REPORTS_REMOTE_CONFIG: u64 = 0x1000;
+    pub const REPORTS_HEARTBEAT: u64 = 0x2000;
+    pub const REPORTS_AVAILABLE_COMPONENTS: u64 = 0x4000;
+
+    const NAMES: [(u64, &'static str); 16] = [
+        (0x1, "reports_status"),
+        (0x2, "accepts_remote_config"),
+        (0x4, "reports_effective_config"),
+        (0x8, "accepts_packages"),
+        (0x10, "reports_package_statuses"),
+        (0x20, "reports_own_traces"),
+        (0x40, "reports_own_metrics"),
+        (0x80, "reports_own_logs"),
+        (0x100, "accepts_opamp_connection_settings"),
+        (0x200, "accepts_other_connection_settings"),
+        (0x400, "accepts_restart_command"),
+        (0x800, "reports_health"),
+        (0x1000, "reports_remote_config"),
+        (0x2000, "reports_heartbeat"),
+        (0x4000, "reports_available_components"),
+        (0x8000, "reports_connection_settings_status"),
+    ];
+
+    pub fn has(self, bit: u64) -> bool {
+        self.0 & bit == bit
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        Self::NAMES
+            .iter()
+            .filter(|(bit, _)| self.has(*bit))
+            .map(|(_, name)| *name)
+            .collect()
+    }
+}
+
+/// Attribute values as JSON: OpAMP's `AnyValue` maps onto it without loss except for bytes,
+/// which become base64-free arrays of numbers (rare in descriptions).
+pub type Attributes = BTreeMap<String, serde_json::Value>;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Description {
+    pub identifying: Attributes,
+    pub non_identifying: Attributes,
+}
+
+/// A health tree, as the collector reports it; the root is the collector as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Health {
+    pub healthy: bool,
+    pub start_time_unix_nano: u64,
+    pub last_error: String,
+    pub status: String,
+    pub status_time_unix_nano: u64,
+    pub components: BTreeMap<String, Health>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigFile {
+    pub content_type: String,
+    #[serde(skip)]
+    pub body: Arc<[u8]>,
+}
+
+/// A set of named configuration files; a single-file configuration uses the name `""`.
+pub type ConfigFiles = BTreeMap<String, ConfigFile>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteConfigState {
+    Unset,
+    Applied,
+    Applying,
+    Failed,
+    /// A value this server does not know; kept so the fact is not lost.
+    Unknown(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RemoteConfigStatus {
+    pub hash: Vec<u8>,
+    pub status: RemoteConfigState,
+    pub error_message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackageState {
+    Installed,
+    InstallPending,
+    Installing,
+    InstallFailed,
+    Downloading,
+    Unknown(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PackageStatus {
+    pub agent_has_version: String,
+    pub server_offered_version: String,
+    pub status: PackageState,
+    pub error_message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PackageStatuses {
+    pub packages: BTreeMap<String, PackageStatus>,
+    pub server_provided_all_packages_hash: Vec<u8>,
+    pub error_message: String,
+}
+
+/// Component types the collector binary contains, by kind (`receivers`, …) and type (`otlp`, …).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Components(pub BTreeMap<String, Vec<String>>);
+
+/// `AvailableComponents` as sent: often only the hash, the full map only when asked for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AvailableComponents {
+    pub hash: Vec<u8>,
+    pub components: Option<Arc<Components>>,
+}
+
+/// One `AgentToServer`, translated. `None` sub-messages mean "unchanged", never "empty".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    pub sequence_num: u64,
+    pub capabilities: Capabilities,
+    pub description: Option<Description>,
+    pub health: Option<Health>,
+    pub effective_config: Option<ConfigFiles>,
+    pub remote_config_status: Option<RemoteConfigStatus>,
+    pub package_statuses: Option<PackageStatuses>,
+    pub available_components: Option<AvailableComponents>,
+    /// The collector said goodbye (`agent_disconnect`).
+    pub disconnect: bool,
+}
+
+/// A configuration offered to a collector (OpAMP `AgentRemoteConfig`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigOffer {
+    pub files: ConfigFiles,
+    pub hash: Vec<u8>,
+}
+
+/// What the server asks of a collector in one message. For HTTP collectors, which cannot be pushed
+/// to, offers wait here (the latest of each kind) until the next poll.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outbound {
+    pub report_full_state: bool,
+    pub report_available_components: bool,
+    pub remote_config: Option<ConfigOffer>,
+    pub restart: bool,
+}
+
+impl Outbound {
+    pub fn is_empty(&self) -> bool {
+        !self.restart && !self.carries_more_than_restart()
+    }
+
+    fn carries_more_than_restart(&self) -> bool {
+        self.report_full_state || self.report_available_components || self.remote_config.is_some()
+    }
+
+    /// Folds a newer message into this one: flags accumulate, offers are replaced by the newer.
+    pub fn merge(&mut self, newer: Outbound) {
+        self.report_full_state |= newer.report_full_state;
+        self.report_available_components |= newer.report_available_components;
+        if newer.remote_config.is_some() {
+            self.remote_config = newer.remote_config;
+        }
+        self.restart |= newer.restart;
+    }
+
+    /// Splits off what can travel in one message: OpAMP says a restart command goes alone, so
+    /// everything else is sent first and the command waits for the next message.
+    #[must_use]
+    pub fn take_sendable(&mut self) -> Outbound {
+        let mut out = std::mem::take(self);
+        if out.restart && out.carries_more_than_restart() {
+            out.restart = false;
+            self.restart = true;
+        }
+        out
+    }
+}
+
+/// Why the server closes a collector's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A newer connection for the same collector replaced this one.
+    Replaced,
+}
+
+/// What an actor can ask of a connection it does not own.
+#[derive(Debug)]
+pub enum Delivery {
+    Send(CollectorId, Outbound),
+    Close(CloseReason),
+}

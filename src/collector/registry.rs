@@ -1,0 +1,126 @@
+//! The registry: from collector id to its actor's handle, spawning actors on first contact, and the
+//! catalog of component sets shared by every collector that reports the same hash.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::actor::{ActorGone, ActorSettings, CollectorHandle, CollectorView, ConnectionRef};
+use super::{CollectorId, Components, Outbound, Report};
+
+/// Distinct component sets are few (one per collector build), so the catalog stays small; the cap
+/// only guards against a client inventing hashes.
+const CATALOG_CAP: usize = 4096;
+
+/// Component sets by the hash collectors announce them with, so a fleet of identical collectors
+/// reports the full set once, not once per collector.
+#[derive(Debug, Default)]
+pub struct ComponentCatalog {
+    sets: Mutex<HashMap<Vec<u8>, Arc<Components>>>,
+}
+
+impl ComponentCatalog {
+    pub fn get(&self, hash: &[u8]) -> Option<Arc<Components>> {
+        if hash.is_empty() {
+            return None;
+        }
+        let sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        sets.get(hash).cloned()
+    }
+
+    pub fn insert(&self, hash: &[u8], components: &Arc<Components>) {
+        if hash.is_empty() {
+            return;
+        }
+        let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        if sets.len() < CATALOG_CAP || sets.contains_key(hash) {
+            sets.insert(hash.to_vec(), Arc::clone(components));
+        }
+    }
+}
+
+pub struct Registry {
+    actors: Mutex<HashMap<CollectorId, CollectorHandle>>,
+    catalog: Arc<ComponentCatalog>,
+    settings: ActorSettings,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Registry {
+    /// Actors stop when `shutdown` is cancelled; `tracker` lets the caller wait for them.
+    pub fn new(settings: ActorSettings, shutdown: CancellationToken, tracker: TaskTracker) -> Self {
+        Self {
+            actors: Mutex::new(HashMap::new()),
+            catalog: Arc::new(ComponentCatalog::default()),
+            settings,
+            shutdown,
+            tracker,
+        }
+    }
+
+    fn existing(&self, id: CollectorId) -> Option<CollectorHandle> {
+        let actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
+        actors.get(&id).cloned()
+    }
+
+    fn get_or_spawn(&self, id: CollectorId) -> CollectorHandle {
+        let mut actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
+        actors
+            .entry(id)
+            .or_insert_with(|| {
+                CollectorHandle::spawn(
+                    id,
+                    self.settings,
+                    Arc::clone(&self.catalog),
+                    self.shutdown.clone(),
+                    &self.tracker,
+                )
+            })
+            .clone()
+    }
+
+    /// Hands a collector's report to its actor (starting one for a collector never seen) and
+    /// returns what the collector must be sent in reply.
+    pub async fn report(
+        &self,
+        id: CollectorId,
+        connection: ConnectionRef,
+        report: Report,
+    ) -> Result<Outbound, ActorGone> {
+        self.get_or_spawn(id).report(id, connection, report).await
+    }
+
+    /// Tells the collector's actor its connection is gone.
+    pub async fn detached(&self, id: CollectorId, connection_id: u64) {
+        if let Some(handle) = self.existing(id) {
+            handle.detached(id, connection_id).await;
+        }
+    }
+
+    /// Queues a message for a collector: pushed at once over WebSocket, or kept for its next poll.
+    /// Returns `false` for a collector this server has never seen.
+    pub async fn push(&self, id: CollectorId, outbound: Outbound) -> Result<bool, ActorGone> {
+        match self.existing(id) {
+            Some(handle) => handle.push(id, outbound).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    pub async fn view(&self, id: CollectorId) -> Option<CollectorView> {
+        self.existing(id)?.view(id).await.ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.actors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

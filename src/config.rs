@@ -1,0 +1,322 @@
+//! One typed configuration: built-in defaults, then the TOML file, then `OPAMPD_*` variables, then flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The file read when no `--config` is given; missing is fine, it only layers over the defaults.
+pub const DEFAULT_CONFIG_FILE: &str = "config/opampd.toml";
+
+/// Top-level sections; only `OPAMPD_<SECTION>__…` variables are read, so unrelated `OPAMPD_*`
+/// variables in the environment (a test harness's, a wrapper's) cannot fail start-up.
+const SECTIONS: &[&str] = &["opamp", "api", "log", "server"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub opamp: OpampConfig,
+    pub api: ApiConfig,
+    pub log: LogConfig,
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpampConfig {
+    /// Both transports share this address and path, as the spec recommends.
+    pub listen: SocketAddr,
+    pub path: String,
+    /// Largest accepted message, header included, measured after decompression (spec default 64 MiB).
+    pub max_message_bytes: usize,
+    /// Open WebSocket sessions plus HTTP requests in flight; beyond it new ones get 503.
+    pub max_connections: usize,
+    /// Base of the jittered `Retry-After` sent with a 503; the spec recommends at least 30 s.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// The heartbeat (HTTP polling) interval we expect from collectors.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A plain-HTTP collector silent for this many heartbeat intervals is considered gone.
+    pub liveness_intervals: u32,
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ws_pong_timeout: Duration,
+    /// Per-connection WebSocket read and write buffer sizes: small, so idle collectors are cheap.
+    pub ws_buffer_bytes: usize,
+    pub auth: OpampAuthConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpampAuthConfig {
+    /// When non-empty, every request needs `Authorization: Bearer <token>` or `Secret-Key <token>`.
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive; `RUST_LOG`, when set, wins.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// How long shutdown waits for collectors' connections to close before giving up on them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for OpampConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4320)),
+            path: "/v1/opamp".to_owned(),
+            max_message_bytes: 64 * 1024 * 1024,
+            max_connections: 10_000,
+            retry_after: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
+            liveness_intervals: 3,
+            ws_ping_interval: Duration::from_secs(30),
+            ws_pong_timeout: Duration::from_secs(10),
+            ws_buffer_bytes: 4096,
+            auth: OpampAuthConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl OpampConfig {
+    /// How long a plain-HTTP collector may stay silent before it counts as disconnected.
+    pub fn liveness_window(&self) -> Duration {
+        self.heartbeat_interval
+            .saturating_mul(self.liveness_intervals.max(1))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("invalid value for key `{key}`: {reason}")]
+    Rejected { key: &'static str, reason: String },
+}
+
+/// Values given on the command line; `None` means "not given", so lower layers stay in force.
+#[derive(Debug, Default)]
+pub struct FlagOverrides {
+    pub opamp_listen: Option<SocketAddr>,
+    pub api_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+impl FlagOverrides {
+    fn into_figment(self) -> Figment {
+        let mut figment = Figment::new();
+        if let Some(listen) = self.opamp_listen {
+            figment = figment.merge(Serialized::global("opamp.listen", listen));
+        }
+        if let Some(listen) = self.api_listen {
+            figment = figment.merge(Serialized::global("api.listen", listen));
+        }
+        if let Some(format) = self.log_format {
+            figment = figment.merge(Serialized::global("log.format", format));
+        }
+        if let Some(level) = self.log_level {
+            figment = figment.merge(Serialized::global("log.level", level));
+        }
+        figment
+    }
+}
+
+/// "what is wrong for key `a.b` in <where it came from>", naming the exact variable or file.
+fn describe(error: &figment::Error) -> String {
+    let key = error.path.join(".").to_ascii_lowercase();
+    let source = match &error.metadata {
+        Some(md) if md.name.contains("environment") => {
+            format!(
+                "environment variable OPAMPD_{}",
+                key.replace('.', "__").to_ascii_uppercase()
+            )
+        }
+        Some(md) => match &md.source {
+            Some(figment::Source::File(path)) => format!("{} {}", md.name, path.display()),
+            _ => md.name.to_string(),
+        },
+        None => "the built-in defaults".to_owned(),
+    };
+    if key.is_empty() {
+        format!("{} in {source}", error.kind)
+    } else {
+        format!("{} for key `{key}` in {source}", error.kind)
+    }
+}
+
+impl Config {
+    /// Layers the sources in order. An explicit `file` must exist; the default file may be absent.
+    pub fn load(file: Option<&Path>, flags: FlagOverrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_owned())),
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+            }
+            None => {}
+        }
+        let env = Env::prefixed("OPAMPD_")
+            .map(|key| key.as_str().to_ascii_lowercase().replace("__", ".").into())
+            .filter(|key| {
+                let section = key.as_str().split('.').next().unwrap_or_default();
+                SECTIONS.contains(&section)
+            });
+        figment = figment.merge(env).merge(flags.into_figment());
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let reject = |key, reason: &str| {
+            Err(ConfigError::Rejected {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if !self.opamp.path.starts_with('/') {
+            return reject("opamp.path", "must start with '/'");
+        }
+        if self.opamp.max_message_bytes < 1024 {
+            return reject("opamp.max_message_bytes", "must be at least 1024");
+        }
+        if self.opamp.max_connections == 0 {
+            return reject("opamp.max_connections", "must be at least 1");
+        }
+        if self.opamp.heartbeat_interval.is_zero() {
+            return reject("opamp.heartbeat_interval", "must be more than zero");
+        }
+        if self.opamp.ws_ping_interval.is_zero() || self.opamp.ws_pong_timeout.is_zero() {
+            return reject(
+                "opamp.ws_ping_interval",
+                "ping interval and pong timeout must be more than zero",
+            );
+        }
+        if self.opamp.ws_buffer_bytes < 256 {
+            return reject("opamp.ws_buffer_bytes", "must be at least 256");
+        }
+        if self.opamp.auth.tokens.iter().any(String::is_empty) {
+            return reject("opamp.auth.tokens", "tokens must not be empty strings");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return reject("log.level", "not a valid tracing filter directive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return its own (large) error type
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_states_every_default() {
+        let shipped: Config = Figment::from(Toml::file_exact(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE),
+        ))
+        .extract()
+        .unwrap();
+        assert_eq!(shipped, Config::default());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[opamp]\nmax_connections = \"many\"\n")?;
+            let err = Config::load(Some(Path::new("bad.toml")), FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("opamp.max_connections"), "{err}");
+            assert!(err.contains("bad.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("f.toml", "[opamp]\nmax_connections = 5\npath = \"/file\"\n")?;
+            jail.set_env("OPAMPD_OPAMP__MAX_CONNECTIONS", "7");
+            jail.set_env("OPAMPD_UNRELATED", "ignored");
+            let flags = FlagOverrides {
+                log_level: Some("debug".into()),
+                ..FlagOverrides::default()
+            };
+            let config = Config::load(Some(Path::new("f.toml")), flags).unwrap();
+            assert_eq!(config.opamp.path, "/file");
+            assert_eq!(config.opamp.max_connections, 7);
+            assert_eq!(config.log.level, "debug");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OPAMPD_OPAMP__MAX_CONECTIONS", "7");
+            let err = Config::load(None, FlagOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("max_conections"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,9 @@
+//! opampd: an OpAMP server that tracks the state of every OpenTelemetry collector connected to it.
+
+pub mod api;
+pub mod app;
+pub mod collector;
+pub mod config;
+pub mod opamp;
+pub mod proto;
+pub mod telemetry;

@@ -1,0 +1,94 @@
+//! The `opampd` command: runs the server (the default) and its maintenance commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use opampd::config::{Config, FlagOverrides, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "OpAMP server: tracks and manages OpenTelemetry collectors"
+)]
+struct Cli {
+    /// Configuration file (default: config/opampd.toml when it exists).
+    #[arg(long, env = "OPAMPD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// OpAMP listen address (opamp.listen).
+    #[arg(long, global = true)]
+    opamp_listen: Option<std::net::SocketAddr>,
+    /// REST/operations listen address (api.listen).
+    #[arg(long, global = true)]
+    api_listen: Option<std::net::SocketAddr>,
+    /// Log format (log.format).
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. "info" or "opampd=debug" (log.level).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (what `opampd` does with no command).
+    Serve,
+    /// Ask a running server's /readyz (for container health checks); exit 0 when ready.
+    Healthcheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flags = FlagOverrides {
+        opamp_listen: cli.opamp_listen,
+        api_listen: cli.api_listen,
+        log_format: cli.log_format,
+        log_level: cli.log_level,
+    };
+    let config = match Config::load(cli.config.as_deref(), flags) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("opampd: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    opampd::telemetry::init(&config.log);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+        Command::Healthcheck => healthcheck(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("opampd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(opampd::app::run(config))
+}
+
+/// A dependency-free probe: the runtime image has no curl, and this keeps it that way.
+fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    use std::time::Duration;
+    let mut addr = config.api.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let timeout = Duration::from_secs(2);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.lines().next().unwrap_or_default();
+    anyhow::ensure!(status.contains(" 200 "), "not ready: {status}");
+    Ok(())
+}

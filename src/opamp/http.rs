@@ -1,0 +1,97 @@
+//! The plain-HTTP transport: one `AgentToServer` per POST, one `ServerToAgent` in the response;
+//! gzip both ways; the body limit measured after decompression.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use prost::Message as _;
+use tracing::{Instrument, field, info_span};
+
+use super::{Opamp, OpampError};
+use crate::collector::Transport;
+use crate::collector::actor::ConnectionRef;
+
+pub const PROTOBUF: &str = "application/x-protobuf";
+
+pub async fn handle(
+    State(opamp): State<Arc<Opamp>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, OpampError> {
+    if !is_protobuf(&headers) {
+        return Err(OpampError::UnsupportedMediaType);
+    }
+    let _permit = opamp.admit()?;
+    let connection_id = opamp.connection_id();
+    // The header lets us name the collector in logs before the body is decoded; the body decides.
+    let announced = headers
+        .get("opamp-instance-uid")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| uuid::Uuid::parse_str(v).ok());
+    let span = info_span!(
+        "opamp_request",
+        transport = "http",
+        connection = connection_id,
+        collector_id = field::Empty
+    );
+    if let Some(id) = announced {
+        span.record("collector_id", field::display(id));
+    }
+    async move {
+        let payload = read_body(body, opamp.config.max_message_bytes).await?;
+        let connection = ConnectionRef {
+            id: connection_id,
+            transport: Transport::Http,
+            push: None,
+        };
+        let (_, reply) = opamp.process(payload, connection).await?;
+        opamp.check_outgoing(&reply)?;
+        Ok(([(header::CONTENT_TYPE, PROTOBUF)], reply.encode_to_vec()).into_response())
+    }
+    .instrument(span)
+    .await
+}
+
+/// `application/x-protobuf`, in any case, with or without parameters.
+fn is_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case(PROTOBUF))
+}
+
+/// Reads the (already decompressed) body up to `limit` bytes: more is 413, a broken gzip stream 400.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, OpampError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(OpampError::TooLarge(limit)),
+        Err(err) => Err(OpampError::BadRequest {
+            uid: bytes::Bytes::new(),
+            message: format!("unreadable request body: {err}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_type_matching() {
+        let check = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            is_protobuf(&headers)
+        };
+        assert!(check("application/x-protobuf"));
+        assert!(check("Application/X-Protobuf; charset=binary"));
+        assert!(!check("application/json"));
+        assert!(!check("application/x-protobufs"));
+        assert!(!is_protobuf(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,249 @@
+//! The OpAMP listener: WebSocket and plain-HTTP transports on one path, agent authentication,
+//! admission control, and the message handling both transports share.
+
+mod frame;
+mod http;
+mod identity;
+pub mod report;
+mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::handler::Handler as _;
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, Version, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use prost::Message as _;
+use rand::RngExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+use tracing::{Span, debug};
+
+use crate::collector::actor::ConnectionRef;
+use crate::collector::{CollectorId, Registry};
+use crate::config::OpampConfig;
+use crate::proto;
+use identity::WireUid;
+
+/// Everything an OpAMP request needs, shared by all connections.
+pub struct Opamp {
+    config: OpampConfig,
+    registry: Arc<Registry>,
+    admission: Arc<Semaphore>,
+    next_connection: AtomicU64,
+    shutdown: CancellationToken,
+    /// WebSocket sessions outlive the HTTP request that opened them; shutdown waits on these.
+    sessions: TaskTracker,
+}
+
+impl Opamp {
+    pub fn new(
+        config: OpampConfig,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+        sessions: TaskTracker,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            admission: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            registry,
+            next_connection: AtomicU64::new(1),
+            shutdown,
+            sessions,
+        })
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route(
+                &self.config.path,
+                get(ws::upgrade).post(
+                    http::handle.layer(
+                        ServiceBuilder::new()
+                            .layer(RequestDecompressionLayer::new().gzip(true))
+                            // Every reply is compressed when the client accepts it, as opamp-go
+                            // does: the spec says SHOULD, and clients must cope either way.
+                            .layer(CompressionLayer::new().gzip(true).compress_when(
+                                |_: StatusCode, _: Version, _: &HeaderMap, _: &Extensions| true,
+                            )),
+                    ),
+                ),
+            )
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(self),
+                authenticate,
+            ))
+            .with_state(Arc::clone(self))
+    }
+
+    fn connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A place among the open connections, or 503 when the server is full.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, OpampError> {
+        Arc::clone(&self.admission)
+            .try_acquire_owned()
+            .map_err(|_| OpampError::Overloaded {
+                retry_after: jittered(self.config.retry_after),
+            })
+    }
+
+    /// Decodes one `AgentToServer`, hands it to the collector's actor and builds the reply.
+    /// Returns the collector as it will be known from now on (a new id after `RequestInstanceUid`).
+    async fn process(
+        &self,
+        payload: Bytes,
+        connection: ConnectionRef,
+    ) -> Result<(WireUid, proto::ServerToAgent), OpampError> {
+        let message =
+            proto::AgentToServer::decode(payload).map_err(|e| OpampError::BadRequest {
+                uid: Bytes::new(),
+                message: format!("undecodable AgentToServer: {e}"),
+            })?;
+        let sent =
+            WireUid::parse(message.instance_uid.clone()).map_err(|e| OpampError::BadRequest {
+                uid: message.instance_uid.clone(),
+                message: e.to_string(),
+            })?;
+        let (known_as, identification) = if report::wants_new_uid(&message) {
+            let id = CollectorId::new_v7();
+            let bytes = sent.encode_for_client(id);
+            let new = WireUid { id, bytes };
+            let identification = report::identification(new.bytes.clone());
+            (new, Some(identification))
+        } else {
+            (sent.clone(), None)
+        };
+        Span::current().record("collector_id", tracing::field::display(known_as.id));
+        let outbound = self
+            .registry
+            .report(known_as.id, connection, report::to_report(message))
+            .await
+            .map_err(|_| OpampError::ShuttingDown)?;
+        let mut reply = report::to_server_to_agent(sent.bytes, outbound);
+        if reply.command.is_none() {
+            reply.agent_identification = identification;
+        }
+        Ok((known_as, reply))
+    }
+
+    /// Refuses to send what the collector would have to refuse: the spec forbids over-limit messages.
+    fn check_outgoing(&self, reply: &proto::ServerToAgent) -> Result<(), OpampError> {
+        let len = reply.encoded_len() + 1;
+        if len > self.config.max_message_bytes {
+            tracing::warn!(
+                len,
+                limit = self.config.max_message_bytes,
+                "reply over the message limit dropped"
+            );
+            return Err(OpampError::ReplyTooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// Between 1x and 1.5x the base, so refused collectors do not all come back at the same moment.
+fn jittered(base: Duration) -> u64 {
+    let secs = base.as_secs().max(1);
+    secs + rand::rng().random_range(0..=secs / 2)
+}
+
+/// Everything that can go wrong with an OpAMP request, each mapped once to its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum OpampError {
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("server is at its connection limit")]
+    Overloaded { retry_after: u64 },
+    #[error("unsupported content type or encoding")]
+    UnsupportedMediaType,
+    #[error("message larger than the {0}-byte limit")]
+    TooLarge(usize),
+    #[error("{message}")]
+    BadRequest { uid: Bytes, message: String },
+    #[error("reply larger than the message limit")]
+    ReplyTooLarge,
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl IntoResponse for OpampError {
+    fn into_response(self) -> Response {
+        debug!(error = %self, "OpAMP request refused");
+        match self {
+            OpampError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                self.to_string(),
+            )
+                .into_response(),
+            OpampError::Overloaded { retry_after } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, HeaderValue::from(retry_after))],
+                self.to_string(),
+            )
+                .into_response(),
+            OpampError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, self.to_string()).into_response()
+            }
+            OpampError::TooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, self.to_string()).into_response()
+            }
+            // The body says why in OpAMP's own terms, for clients that read it.
+            OpampError::BadRequest { uid, message } => (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, http::PROTOBUF)],
+                report::bad_request(uid, message).encode_to_vec(),
+            )
+                .into_response(),
+            OpampError::ReplyTooLarge => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+            }
+            OpampError::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, HeaderValue::from(5))],
+                self.to_string(),
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// Agent authentication, before the body is read or the connection upgraded (the spec's rule).
+async fn authenticate(State(opamp): State<Arc<Opamp>>, request: Request, next: Next) -> Response {
+    let tokens = &opamp.config.auth.tokens;
+    if tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("secret-key"))
+                .then(|| token.trim())
+        });
+    let accepted = presented.is_some_and(|presented| {
+        // Checks every token, in constant time per token, so timing does not tell which matched.
+        tokens.iter().fold(false, |found, token| {
+            constant_time_eq::constant_time_eq(token.as_bytes(), presented.as_bytes()) | found
+        })
+    });
+    if accepted {
+        next.run(request).await
+    } else {
+        OpampError::Unauthorized.into_response()
+    }
+}

@@ -1,0 +1,295 @@
+//! Translation between the wire and the domain: `AgentToServer` into a collector `Report`, and the
+//! domain's `Outbound` into a `ServerToAgent`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::collector::{
+    AvailableComponents, Capabilities, ConfigFile, ConfigFiles, Description, Health, Outbound,
+    PackageState, PackageStatus, PackageStatuses, RemoteConfigState, RemoteConfigStatus, Report,
+};
+use crate::proto;
+
+/// Health trees nest without bound on the wire; deeper levels are dropped rather than recursed into.
+const MAX_HEALTH_DEPTH: usize = 16;
+
+/// What this server does, sent in every reply: over HTTP every request stands alone, and it costs
+/// a few bytes.
+pub const SERVER_CAPABILITIES: u64 = proto::ServerCapabilities::AcceptsStatus as u64
+    | proto::ServerCapabilities::OffersRemoteConfig as u64
+    | proto::ServerCapabilities::AcceptsEffectiveConfig as u64
+    | proto::ServerCapabilities::OffersPackages as u64
+    | proto::ServerCapabilities::AcceptsPackagesStatus as u64;
+
+pub fn wants_new_uid(message: &proto::AgentToServer) -> bool {
+    message.flags & proto::AgentToServerFlags::RequestInstanceUid as u64 != 0
+}
+
+pub fn to_report(message: proto::AgentToServer) -> Report {
+    Report {
+        sequence_num: message.sequence_num,
+        capabilities: Capabilities(message.capabilities),
+        description: message.agent_description.map(|d| Description {
+            identifying: attributes(d.identifying_attributes),
+            non_identifying: attributes(d.non_identifying_attributes),
+        }),
+        health: message.health.map(|h| health(h, 0)),
+        effective_config: message
+            .effective_config
+            .map(|c| config_files(c.config_map.unwrap_or_default())),
+        remote_config_status: message.remote_config_status.map(|s| RemoteConfigStatus {
+            hash: s.last_remote_config_hash.to_vec(),
+            status: match proto::RemoteConfigStatuses::try_from(s.status) {
+                Ok(proto::RemoteConfigStatuses::Unset) => RemoteConfigState::Unset,
+                Ok(proto::RemoteConfigStatuses::Applied) => RemoteConfigState::Applied,
+                Ok(proto::RemoteConfigStatuses::Applying) => RemoteConfigState::Applying,
+                Ok(proto::RemoteConfigStatuses::Failed) => RemoteConfigState::Failed,
+                Err(_) => RemoteConfigState::Unknown(s.status),
+            },
+            error_message: s.error_message,
+        }),
+        package_statuses: message.package_statuses.map(package_statuses),
+        available_components: message.available_components.map(|a| {
+            let hash = a.hash.to_vec();
+            // An empty map with a hash is the hash-only form: the set itself is unknown here.
+            let components = (!a.components.is_empty()).then(|| {
+                Arc::new(crate::collector::Components(
+                    a.components
+                        .into_iter()
+                        .map(|(kind, details)| {
+                            let mut types: Vec<String> =
+                                details.sub_component_map.into_keys().collect();
+                            types.sort();
+                            (kind, types)
+                        })
+                        .collect(),
+                ))
+            });
+            AvailableComponents { hash, components }
+        }),
+        disconnect: message.agent_disconnect.is_some(),
+    }
+}
+
+fn attributes(list: Vec<proto::KeyValue>) -> BTreeMap<String, serde_json::Value> {
+    list.into_iter()
+        .map(|kv| (kv.key, kv.value.map_or(serde_json::Value::Null, any_value)))
+        .collect()
+}
+
+fn any_value(value: proto::AnyValue) -> serde_json::Value {
+    use proto::any_value::Value;
+    use serde_json::Value as Json;
+    match value.value {
+        None => Json::Null,
+        Some(Value::StringValue(s)) => Json::String(s),
+        Some(Value::BoolValue(b)) => Json::Bool(b),
+        Some(Value::IntValue(i)) => Json::from(i),
+        Some(Value::DoubleValue(d)) => Json::from(d),
+        Some(Value::ArrayValue(a)) => Json::Array(a.values.into_iter().map(any_value).collect()),
+        Some(Value::KvlistValue(kv)) => Json::Object(attributes(kv.values).into_iter().collect()),
+        Some(Value::BytesValue(b)) => Json::Array(b.iter().map(|&x| Json::from(x)).collect()),
+    }
+}
+
+fn health(h: proto::ComponentHealth, depth: usize) -> Health {
+    Health {
+        healthy: h.healthy,
+        start_time_unix_nano: h.start_time_unix_nano,
+        last_error: h.last_error,
+        status: h.status,
+        status_time_unix_nano: h.status_time_unix_nano,
+        components: if depth + 1 >= MAX_HEALTH_DEPTH {
+            BTreeMap::new()
+        } else {
+            h.component_health_map
+                .into_iter()
+                .map(|(name, child)| (name, health(child, depth + 1)))
+                .collect()
+        },
+    }
+}
+
+fn config_files(map: proto::AgentConfigMap) -> ConfigFiles {
+    map.config_map
+        .into_iter()
+        .map(|(name, file)| {
+            (
+                name,
+                ConfigFile {
+                    content_type: file.content_type,
+                    body: Arc::from(&file.body[..]),
+                },
+            )
+        })
+        .collect()
+}
+
+fn package_statuses(p: proto::PackageStatuses) -> PackageStatuses {
+    PackageStatuses {
+        packages: p
+            .packages
+            .into_iter()
+            .map(|(name, s)| {
+                let status = match proto::PackageStatusEnum::try_from(s.status) {
+                    Ok(proto::PackageStatusEnum::Installed) => PackageState::Installed,
+                    Ok(proto::PackageStatusEnum::InstallPending) => PackageState::InstallPending,
+                    Ok(proto::PackageStatusEnum::Installing) => PackageState::Installing,
+                    Ok(proto::PackageStatusEnum::InstallFailed) => PackageState::InstallFailed,
+                    Ok(proto::PackageStatusEnum::Downloading) => PackageState::Downloading,
+                    Err(_) => PackageState::Unknown(s.status),
+                };
+                (
+                    name,
+                    PackageStatus {
+                        agent_has_version: s.agent_has_version,
+                        server_offered_version: s.server_offered_version,
+                        status,
+                        error_message: s.error_message,
+                    },
+                )
+            })
+            .collect(),
+        server_provided_all_packages_hash: p.server_provided_all_packages_hash.to_vec(),
+        error_message: p.error_message,
+    }
+}
+
+/// The reply to a collector: `uid` is echoed exactly as the collector sent it.
+pub fn to_server_to_agent(uid: Bytes, outbound: Outbound) -> proto::ServerToAgent {
+    let mut message = proto::ServerToAgent {
+        instance_uid: uid,
+        capabilities: SERVER_CAPABILITIES,
+        ..Default::default()
+    };
+    if outbound.restart {
+        // A command travels with nothing but the uid and capabilities; `Outbound::take_sendable`
+        // has already kept everything else for a later message.
+        message.command = Some(proto::ServerToAgentCommand {
+            r#type: proto::CommandType::Restart as i32,
+        });
+        return message;
+    }
+    if outbound.report_full_state {
+        message.flags |= proto::ServerToAgentFlags::ReportFullState as u64;
+    }
+    if outbound.report_available_components {
+        message.flags |= proto::ServerToAgentFlags::ReportAvailableComponents as u64;
+    }
+    message.remote_config = outbound
+        .remote_config
+        .map(|offer| proto::AgentRemoteConfig {
+            config: Some(proto::AgentConfigMap {
+                config_map: offer
+                    .files
+                    .into_iter()
+                    .map(|(name, file)| {
+                        (
+                            name,
+                            proto::AgentConfigFile {
+                                body: Bytes::copy_from_slice(&file.body),
+                                content_type: file.content_type,
+                            },
+                        )
+                    })
+                    .collect(),
+            }),
+            config_hash: Bytes::from(offer.hash),
+        });
+    message
+}
+
+/// A `BAD_REQUEST` answer: the collector should not retry the same message.
+pub fn bad_request(uid: Bytes, message: impl Into<String>) -> proto::ServerToAgent {
+    proto::ServerToAgent {
+        instance_uid: uid,
+        error_response: Some(proto::ServerErrorResponse {
+            r#type: proto::ServerErrorResponseType::BadRequest as i32,
+            error_message: message.into(),
+            details: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The answer to `RequestInstanceUid`: the new id, in the form this client can hold.
+pub fn identification(new_uid: Bytes) -> proto::AgentIdentification {
+    proto::AgentIdentification {
+        new_instance_uid: new_uid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::ConfigOffer;
+
+    #[test]
+    fn a_command_travels_alone() {
+        let reply = to_server_to_agent(
+            Bytes::from_static(b"0123456789abcdef"),
+            Outbound {
+                restart: true,
+                ..Outbound::default()
+            },
+        );
+        assert!(reply.command.is_some());
+        assert_eq!(reply.flags, 0);
+        assert!(reply.remote_config.is_none());
+        assert_eq!(reply.capabilities, SERVER_CAPABILITIES);
+    }
+
+    #[test]
+    fn offers_and_flags_are_written() {
+        let reply = to_server_to_agent(
+            Bytes::from_static(b"0123456789abcdef"),
+            Outbound {
+                report_full_state: true,
+                report_available_components: true,
+                remote_config: Some(ConfigOffer {
+                    files: ConfigFiles::new(),
+                    hash: vec![1, 2],
+                }),
+                restart: false,
+            },
+        );
+        assert_eq!(reply.flags, 0x3);
+        assert_eq!(&reply.remote_config.unwrap().config_hash[..], &[1, 2]);
+    }
+
+    #[test]
+    fn unknown_enum_values_are_kept_not_rejected() {
+        let report = to_report(proto::AgentToServer {
+            remote_config_status: Some(proto::RemoteConfigStatus {
+                status: 99,
+                ..Default::default()
+            }),
+            capabilities: 1 << 40,
+            ..Default::default()
+        });
+        assert_eq!(
+            report.remote_config_status.unwrap().status,
+            RemoteConfigState::Unknown(99)
+        );
+        assert!(report.capabilities.names().is_empty());
+    }
+
+    #[test]
+    fn deep_health_trees_are_cut() {
+        let mut h = proto::ComponentHealth::default();
+        for _ in 0..100 {
+            let mut parent = proto::ComponentHealth::default();
+            parent.component_health_map.insert("c".into(), h);
+            h = parent;
+        }
+        let mut depth = 0;
+        let mut node = &health(h, 0);
+        while let Some(child) = node.components.get("c") {
+            node = child;
+            depth += 1;
+        }
+        assert_eq!(depth, MAX_HEALTH_DEPTH - 1);
+    }
+}

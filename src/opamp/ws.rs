@@ -1,0 +1,250 @@
+//! The WebSocket transport: one task per connection, reading collectors' messages in order,
+//! writing replies and pushes, keeping the connection alive with pings, and closing it properly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tracing::{Instrument, debug, field, info_span, warn};
+
+use super::identity::WireUid;
+use super::{Opamp, OpampError, frame, report};
+use crate::collector::actor::ConnectionRef;
+use crate::collector::{CloseReason, CollectorId, Delivery, Transport};
+
+/// Pushes waiting for one connection; an actor never blocks on it (it keeps the message instead).
+const PUSH_QUEUE: usize = 8;
+/// How long we wait for the peer's Close after sending ours before dropping TCP.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(3);
+
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+}
+
+pub async fn upgrade(
+    State(opamp): State<Arc<Opamp>>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, OpampError> {
+    let permit = opamp.admit()?;
+    let config = &opamp.config;
+    let limit = config.max_message_bytes;
+    let connection_id = opamp.connection_id();
+    let span = info_span!(
+        "opamp_connection",
+        transport = "websocket",
+        connection = connection_id,
+        collector_id = field::Empty
+    );
+    let sessions = opamp.sessions.clone();
+    let opamp = Arc::clone(&opamp);
+    Ok(upgrade
+        .read_buffer_size(config.ws_buffer_bytes)
+        .write_buffer_size(config.ws_buffer_bytes)
+        .max_write_buffer_size(limit.saturating_mul(2))
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            let session = Session::new(opamp, socket, connection_id, permit);
+            sessions.track_future(session.run().instrument(span))
+        }))
+}
+
+struct Session {
+    opamp: Arc<Opamp>,
+    socket: WebSocket,
+    connection_id: u64,
+    push_tx: mpsc::Sender<Delivery>,
+    push_rx: mpsc::Receiver<Delivery>,
+    /// Collectors served on this connection (a proxy may carry several), in their wire form.
+    collectors: HashMap<CollectorId, WireUid>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// How a session ends: who closes, and with what.
+enum Ending {
+    /// The peer closed or the connection failed; nothing more to send.
+    ByPeer,
+    /// We close, with this code and reason.
+    Close(u16, &'static str),
+}
+
+impl Session {
+    fn new(
+        opamp: Arc<Opamp>,
+        socket: WebSocket,
+        connection_id: u64,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
+        Self {
+            opamp,
+            socket,
+            connection_id,
+            push_tx,
+            push_rx,
+            collectors: HashMap::new(),
+            _permit: permit,
+        }
+    }
+
+    async fn run(mut self) {
+        debug!("WebSocket connection opened");
+        let ending = self.serve().await;
+        match ending {
+            Ending::Close(code, reason) => self.close(code, reason).await,
+            Ending::ByPeer => self.drain().await,
+        }
+        for id in self.collectors.keys() {
+            self.opamp.registry.detached(*id, self.connection_id).await;
+        }
+        debug!("WebSocket connection closed");
+    }
+
+    async fn serve(&mut self) -> Ending {
+        let shutdown = self.opamp.shutdown.clone();
+        let ping_every = self.opamp.config.ws_ping_interval;
+        let pong_timeout = self.opamp.config.ws_pong_timeout;
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut pong_deadline: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ending::Close(close_code::GOING_AWAY, "server shutting down"),
+                received = self.socket.recv() => match received {
+                    None | Some(Ok(Message::Close(_))) => return Ending::ByPeer,
+                    Some(Err(err)) => return read_error(err),
+                    Some(Ok(Message::Binary(data))) => {
+                        if let Some(ending) = self.on_message(data).await {
+                            return ending;
+                        }
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        return Ending::Close(close_code::UNSUPPORTED_DATA, "OpAMP uses binary messages");
+                    }
+                    Some(Ok(Message::Pong(_))) => pong_deadline = None,
+                    // Pings are answered by the WebSocket layer itself.
+                    Some(Ok(Message::Ping(_))) => {}
+                },
+                Some(delivery) = self.push_rx.recv() => match delivery {
+                    Delivery::Send(id, outbound) => {
+                        let uid = self.collectors.get(&id).map_or_else(
+                            || Bytes::copy_from_slice(id.0.as_bytes()),
+                            |wire| wire.bytes.clone(),
+                        );
+                        let message = report::to_server_to_agent(uid, outbound);
+                        if let Some(ending) = self.send(&message).await {
+                            return ending;
+                        }
+                    }
+                    Delivery::Close(CloseReason::Replaced) => {
+                        return Ending::Close(close_code::POLICY_VIOLATION, "replaced by a newer connection");
+                    }
+                },
+                _ = ping.tick(), if pong_deadline.is_none() => {
+                    if self.socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                        return Ending::ByPeer;
+                    }
+                    pong_deadline = Some(Instant::now() + pong_timeout);
+                }
+                () = crate::collector::actor::sleep_until_opt(pong_deadline) => {
+                    debug!("no pong in time");
+                    return Ending::Close(close_code::INTERNAL_ERROR, "keep-alive ping timed out");
+                }
+            }
+        }
+    }
+
+    /// Handles one collector message; `Some` ends the session.
+    async fn on_message(&mut self, data: Bytes) -> Option<Ending> {
+        let connection = ConnectionRef {
+            id: self.connection_id,
+            transport: Transport::WebSocket,
+            push: Some(self.push_tx.clone()),
+        };
+        let reply = match self
+            .opamp
+            .process(frame::strip_header(data), connection)
+            .await
+        {
+            Ok((collector, reply)) => {
+                self.collectors.insert(collector.id, collector);
+                reply
+            }
+            // A malformed message gets BAD_REQUEST; the connection stays usable.
+            Err(OpampError::BadRequest { uid, message }) => {
+                debug!(%message, "malformed message");
+                report::bad_request(uid, message)
+            }
+            Err(_) => {
+                return Some(Ending::Close(
+                    close_code::GOING_AWAY,
+                    "server shutting down",
+                ));
+            }
+        };
+        self.send(&reply).await
+    }
+
+    async fn send(&mut self, message: &crate::proto::ServerToAgent) -> Option<Ending> {
+        if self.opamp.check_outgoing(message).is_err() {
+            return None;
+        }
+        match self
+            .socket
+            .send(Message::Binary(frame::with_header(message)))
+            .await
+        {
+            Ok(()) => None,
+            Err(_) => Some(Ending::ByPeer),
+        }
+    }
+
+    /// Sends our Close and waits, briefly, for the peer's, as RFC 6455 asks.
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if self.socket.send(Message::Close(Some(frame))).await.is_ok() {
+            self.drain().await;
+        }
+    }
+
+    /// Reads until the peer's Close has been seen and ours flushed, or the handshake times out.
+    async fn drain(&mut self) {
+        let drained = timeout(CLOSE_HANDSHAKE, async {
+            while let Some(Ok(_)) = self.socket.recv().await {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("peer did not complete the close handshake in time");
+        }
+    }
+}
+
+/// A read error: an over-limit message gets 1009; anything else means the connection is gone.
+fn read_error(err: axum::Error) -> Ending {
+    match err.into_inner().downcast::<tungstenite::Error>() {
+        Ok(err) if matches!(*err, tungstenite::Error::Capacity(_)) => {
+            Ending::Close(close_code::MESSAGE_TOO_BIG, "message too big")
+        }
+        Ok(err) => {
+            debug!(error = %err, "WebSocket read failed");
+            Ending::ByPeer
+        }
+        Err(err) => {
+            debug!(error = %err, "WebSocket read failed");
+            Ending::ByPeer
+        }
+    }
+}

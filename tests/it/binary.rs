@@ -1,0 +1,75 @@
+//! The real `opampd` binary: start-up from the shipped configuration, health endpoints, bad
+//! configuration, and graceful shutdown on SIGTERM.
+
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::binary::ServerProcess;
+use crate::support::*;
+
+#[tokio::test]
+async fn serves_both_listeners_and_health_endpoints() {
+    let mut server = ServerProcess::start(&[], &[]).await;
+    let api = format!("http://{}", server.api_addr);
+    let health = http_client()
+        .get(format!("{api}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = http_client()
+        .get(format!("{api}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let uid = new_uid();
+    let reply = post_ok(&server.opamp_url(), &hello(&uid, 0)).await;
+    assert_eq!(reply.instance_uid, uid);
+    server.signal("TERM");
+    assert!(server.wait_exit().await.success());
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
+    let mut server = ServerProcess::start(&["serve"], &[]).await;
+    let mut client = WsClient::connect(&server.ws_url()).await;
+    let uid = new_uid();
+    client.exchange(&hello(&uid, 0)).await;
+    server.signal("TERM");
+    assert_eq!(client.expect_close().await, CloseCode::Away);
+    assert!(server.wait_exit().await.success());
+    assert!(server.logged("stopped"));
+}
+
+#[tokio::test]
+async fn a_bad_configuration_value_fails_start_up_naming_the_key_and_source() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_opampd"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("OPAMPD_OPAMP__MAX_CONNECTIONS", "lots")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("opamp.max_connections"), "{stderr}");
+    assert!(stderr.contains("OPAMPD_OPAMP__MAX_CONNECTIONS"), "{stderr}");
+}
+
+#[tokio::test]
+async fn environment_and_flags_override_the_file() {
+    let mut server =
+        ServerProcess::start(&[], &[("OPAMPD_OPAMP__AUTH__TOKENS", "[\"from-env\"]")]).await;
+    let body = prost::Message::encode_to_vec(&hello(&new_uid(), 0));
+    let protobuf = ("content-type", "application/x-protobuf");
+    let refused = post_raw(&server.opamp_url(), &[protobuf], body.clone()).await;
+    assert_eq!(refused.status, 401);
+    let accepted = post_raw(
+        &server.opamp_url(),
+        &[protobuf, ("authorization", "Bearer from-env")],
+        body,
+    )
+    .await;
+    assert_eq!(accepted.status, 200);
+    server.signal("TERM");
+    assert!(server.wait_exit().await.success());
+}

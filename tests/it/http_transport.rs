@@ -1,0 +1,237 @@
+//! The plain-HTTP transport: content types, gzip both ways, limits, bad bodies, and messages kept
+//! for the next poll.
+
+use prost::Message as _;
+
+use crate::support::*;
+use opampd::collector::Outbound;
+
+const PROTOBUF: (&str, &str) = ("content-type", "application/x-protobuf");
+
+#[tokio::test]
+async fn a_poll_gets_an_exact_content_type_and_the_uid_back() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let reply = post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    assert_eq!(reply.instance_uid, uid);
+    assert_eq!(reply.capabilities & 0x1, 0x1);
+    let view = server
+        .wait_for(id_of(&uid), "connected", |v| v.connected)
+        .await;
+    assert_eq!(view.transport, Some(opampd::collector::Transport::Http));
+}
+
+#[tokio::test]
+async fn content_type_is_matched_without_case_or_parameters() {
+    let server = TestServer::start().await;
+    let body = hello(&new_uid(), 0).encode_to_vec();
+    let ok = post_raw(
+        &server.opamp_url,
+        &[("content-type", "Application/X-Protobuf; proto=opamp")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let refused = post_raw(
+        &server.opamp_url,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(refused.status, 415);
+}
+
+#[tokio::test]
+async fn gzip_request_bodies_are_accepted() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let reply = post_raw(
+        &server.opamp_url,
+        &[PROTOBUF, ("content-encoding", "gzip")],
+        gzip(&hello(&uid, 0).encode_to_vec()),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.message().instance_uid, uid);
+}
+
+#[tokio::test]
+async fn replies_are_gzipped_when_the_client_accepts_it() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let body = hello(&uid, 0).encode_to_vec();
+    let zipped = post_raw(
+        &server.opamp_url,
+        &[PROTOBUF, ("accept-encoding", "gzip")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(zipped.status, 200);
+    assert_eq!(zipped.headers.get("content-encoding").unwrap(), "gzip");
+    assert_eq!(
+        zipped.headers.get("content-type").unwrap(),
+        "application/x-protobuf"
+    );
+    assert_eq!(zipped.message().instance_uid, uid);
+
+    let plain = post_raw(&server.opamp_url, &[PROTOBUF], body).await;
+    assert!(plain.headers.get("content-encoding").is_none());
+    assert_eq!(plain.message().instance_uid, uid);
+}
+
+#[tokio::test]
+async fn unknown_encodings_get_415() {
+    let server = TestServer::start().await;
+    let reply = post_raw(
+        &server.opamp_url,
+        &[PROTOBUF, ("content-encoding", "br")],
+        vec![1, 2, 3],
+    )
+    .await;
+    assert_eq!(reply.status, 415);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_measured_after_decompression() {
+    let server = TestServer::start_with(|c| c.opamp.max_message_bytes = 4096).await;
+    let mut message = hello(&new_uid(), 0);
+    message.custom_message = Some(opampd::proto::CustomMessage {
+        data: vec![0u8; 64 * 1024].into(),
+        ..Default::default()
+    });
+    let plain = message.encode_to_vec();
+    let zipped = gzip(&plain);
+    assert!(
+        zipped.len() < 4096,
+        "the compressed body alone is under the limit"
+    );
+    let reply = post_raw(
+        &server.opamp_url,
+        &[PROTOBUF, ("content-encoding", "gzip")],
+        zipped,
+    )
+    .await;
+    assert_eq!(reply.status, 413);
+    let reply = post_raw(&server.opamp_url, &[PROTOBUF], plain).await;
+    assert_eq!(reply.status, 413);
+}
+
+#[tokio::test]
+async fn undecodable_bodies_and_broken_gzip_get_400() {
+    let server = TestServer::start().await;
+    let reply = post_raw(&server.opamp_url, &[PROTOBUF], vec![0xff, 0xff, 0xff]).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        is_bad_request(&reply.message()),
+        "the body explains in OpAMP terms"
+    );
+    let reply = post_raw(
+        &server.opamp_url,
+        &[PROTOBUF, ("content-encoding", "gzip")],
+        b"not gzip at all".to_vec(),
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+}
+
+#[tokio::test]
+async fn a_wrong_uid_length_gets_400_with_bad_request() {
+    let server = TestServer::start().await;
+    let mut message = heartbeat(&new_uid(), 0);
+    message.instance_uid = vec![1u8; 10].into();
+    let reply = post(&server.opamp_url, &message).await;
+    assert_eq!(reply.status, 400);
+    let body = reply.message();
+    assert!(is_bad_request(&body));
+    assert_eq!(body.instance_uid, message.instance_uid);
+}
+
+#[tokio::test]
+async fn messages_for_http_collectors_wait_for_the_next_poll() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let registry = &server.running().registry;
+    assert!(
+        registry
+            .push(
+                id_of(&uid),
+                Outbound {
+                    report_full_state: true,
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        registry
+            .push(
+                id_of(&uid),
+                Outbound {
+                    restart: true,
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap()
+    );
+    // First poll: the flag (a command travels alone, so it waits one more poll).
+    let first = post_ok(&server.opamp_url, &heartbeat(&uid, 1)).await;
+    assert!(has_flag(
+        &first,
+        opampd::proto::ServerToAgentFlags::ReportFullState
+    ));
+    assert!(first.command.is_none());
+    let second = post_ok(&server.opamp_url, &heartbeat(&uid, 2)).await;
+    assert!(second.command.is_some());
+    assert_eq!(second.flags, 0);
+    let third = post_ok(&server.opamp_url, &heartbeat(&uid, 3)).await;
+    assert!(third.command.is_none(), "delivered once");
+}
+
+#[tokio::test]
+async fn the_instance_uid_header_is_read_but_the_body_decides() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let other = uuid::Uuid::now_v7().to_string();
+    let reply = post_raw(
+        &server.opamp_url,
+        &[PROTOBUF, ("opamp-instance-uid", other.as_str())],
+        hello(&uid, 0).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.message().instance_uid, uid);
+    server
+        .wait_for(id_of(&uid), "known by the body's uid", |v| v.connected)
+        .await;
+}
+
+#[tokio::test]
+async fn a_silent_http_collector_is_disconnected_after_its_liveness_window() {
+    let server = TestServer::start_with(|c| {
+        c.opamp.heartbeat_interval = std::time::Duration::from_millis(100);
+        c.opamp.liveness_intervals = 2;
+    })
+    .await;
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    server
+        .wait_for(id_of(&uid), "disconnected after silence", |v| !v.connected)
+        .await;
+    post_ok(&server.opamp_url, &heartbeat(&uid, 1)).await;
+    server.wait_for(id_of(&uid), "back", |v| v.connected).await;
+}
+
+#[tokio::test]
+async fn agent_disconnect_marks_the_collector_offline_at_once() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let mut goodbye = heartbeat(&uid, 1);
+    goodbye.agent_disconnect = Some(opampd::proto::AgentDisconnect {});
+    post_ok(&server.opamp_url, &goodbye).await;
+    let view = server.view(id_of(&uid)).await.unwrap();
+    assert!(!view.connected);
+}

@@ -1,0 +1,13 @@
+//! The integration test binary: every test starts a real server on loopback port 0 and talks to
+//! its real listeners, or runs the real `opampd` binary.
+
+// A failed expectation in a test is meant to panic, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod binary;
+mod http_transport;
+mod interop;
+mod protocol;
+mod websocket;

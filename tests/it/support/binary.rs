@@ -1,0 +1,108 @@
+//! The real `opampd` binary, started on loopback port 0 with JSON logs, so tests can find its
+//! addresses in its start-up log line and stop it with real signals.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::DEADLINE;
+
+pub struct ServerProcess {
+    child: Child,
+    pub opamp_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    /// Every log line so far, as JSON text.
+    pub logs: Arc<Mutex<Vec<String>>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerProcess {
+    /// Starts the binary from the crate root (so it reads the shipped `config/opampd.toml`).
+    pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_opampd"));
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .args([
+                "--opamp-listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("opampd binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addrs_tx, addrs_rx) = tokio::sync::oneshot::channel();
+        let sink = Arc::clone(&logs);
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut addrs_tx = Some(addrs_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                    && event["message"] == "opampd is listening"
+                    && let Some(tx) = addrs_tx.take()
+                {
+                    let addr = |key: &str| event[key].as_str().and_then(|s| s.parse().ok());
+                    let _ = tx.send((addr("opamp_addr"), addr("api_addr")));
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (opamp, api) = tokio::time::timeout(DEADLINE, addrs_rx)
+            .await
+            .expect("opampd logs its addresses before the deadline")
+            .expect("opampd logs its addresses");
+        Self {
+            child,
+            opamp_addr: opamp.expect("opamp_addr in the start-up line"),
+            api_addr: api.expect("api_addr in the start-up line"),
+            logs,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn opamp_url(&self) -> String {
+        format!("http://{}/v1/opamp", self.opamp_addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/opamp", self.opamp_addr)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and for its last log line to be read.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let status = tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("opampd exits before the deadline")
+            .expect("exit status");
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(DEADLINE, reader).await;
+        }
+        status
+    }
+
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+}

@@ -1,0 +1,338 @@
+//! Shared test helpers: start a server on port 0 (in-process or the real binary), talk OpAMP to it
+//! over WebSocket and HTTP, and wait on conditions with a deadline instead of sleeping.
+
+#![allow(dead_code)]
+
+pub mod binary;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use opampd::app::Running;
+use opampd::collector::{CollectorId, CollectorView};
+use opampd::config::Config;
+use opampd::proto;
+use prost::Message as _;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Generous: CI machines are slow and shared; a passing test never waits this long.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A server started in this process, on loopback port 0.
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub opamp_url: String,
+    pub ws_url: String,
+    pub api_url: String,
+}
+
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.opamp.listen = "127.0.0.1:0".parse().unwrap();
+    config.api.listen = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config();
+        adjust(&mut config);
+        let path = config.opamp.path.clone();
+        let running = opampd::app::start(config).await.expect("server starts");
+        Self {
+            opamp_url: format!("http://{}{path}", running.opamp_addr),
+            ws_url: format!("ws://{}{path}", running.opamp_addr),
+            api_url: format!("http://{}", running.api_addr),
+            running: Some(running),
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("server is running")
+    }
+
+    pub async fn view(&self, id: CollectorId) -> Option<CollectorView> {
+        self.running().registry.view(id).await
+    }
+
+    /// Waits until the collector's record satisfies `check`, and returns it.
+    pub async fn wait_for(
+        &self,
+        id: CollectorId,
+        what: &str,
+        check: impl Fn(&CollectorView) -> bool,
+    ) -> CollectorView {
+        eventually(what, || async {
+            self.view(id).await.filter(|view| check(view))
+        })
+        .await
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// Polls `probe` until it yields `Some`, failing the test with `what` at the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn new_uid() -> Bytes {
+    Bytes::copy_from_slice(uuid::Uuid::now_v7().as_bytes())
+}
+
+pub fn id_of(uid: &[u8]) -> CollectorId {
+    CollectorId(uuid::Uuid::from_slice(uid).expect("16-byte uid"))
+}
+
+/// A status report with a description, as a collector's first message looks.
+pub fn hello(uid: &Bytes, sequence_num: u64) -> proto::AgentToServer {
+    proto::AgentToServer {
+        instance_uid: uid.clone(),
+        sequence_num,
+        capabilities: 0x1 | 0x2 | 0x4 | 0x800,
+        agent_description: Some(proto::AgentDescription {
+            identifying_attributes: vec![kv("service.name", "test-collector")],
+            non_identifying_attributes: vec![kv("host.name", "test-host")],
+        }),
+        health: Some(proto::ComponentHealth {
+            healthy: true,
+            ..Default::default()
+        }),
+        effective_config: Some(proto::EffectiveConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// A heartbeat: only uid, sequence number and capabilities.
+pub fn heartbeat(uid: &Bytes, sequence_num: u64) -> proto::AgentToServer {
+    proto::AgentToServer {
+        instance_uid: uid.clone(),
+        sequence_num,
+        capabilities: 0x1 | 0x2 | 0x4 | 0x800,
+        ..Default::default()
+    }
+}
+
+pub fn kv(key: &str, value: &str) -> proto::KeyValue {
+    proto::KeyValue {
+        key: key.to_owned(),
+        value: Some(proto::AnyValue {
+            value: Some(proto::any_value::Value::StringValue(value.to_owned())),
+        }),
+    }
+}
+
+pub fn has_flag(reply: &proto::ServerToAgent, flag: proto::ServerToAgentFlags) -> bool {
+    reply.flags & flag as u64 != 0
+}
+
+pub fn is_bad_request(reply: &proto::ServerToAgent) -> bool {
+    reply
+        .error_response
+        .as_ref()
+        .is_some_and(|e| e.r#type == proto::ServerErrorResponseType::BadRequest as i32)
+}
+
+/// A WebSocket OpAMP client, speaking the framing by hand so tests can also break it.
+pub struct WsClient {
+    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Self {
+        Self::connect_with(url, &[])
+            .await
+            .expect("WebSocket upgrade")
+    }
+
+    /// Connects with extra request headers; the upgrade's HTTP error is returned as is.
+    pub async fn connect_with(
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Self, tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, value.parse().expect("header value"));
+        }
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { socket })
+    }
+
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        self.socket
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send(&mut self, message: &proto::AgentToServer) {
+        let mut bytes = vec![0];
+        message.encode(&mut bytes).expect("encode");
+        self.send_raw(bytes).await;
+    }
+
+    /// The next data message, skipping control frames; `None` if the connection ended instead.
+    pub async fn next_binary(&mut self) -> Option<Bytes> {
+        let next = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(Message::Binary(data))) => return Some(data),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    _ => return None,
+                }
+            }
+        })
+        .await;
+        next.expect("a message before the deadline")
+    }
+
+    pub async fn recv(&mut self) -> proto::ServerToAgent {
+        let data = self.next_binary().await.expect("a ServerToAgent");
+        assert_eq!(
+            data.first(),
+            Some(&0),
+            "every server message carries the 0 header"
+        );
+        proto::ServerToAgent::decode(&data[1..]).expect("decodable ServerToAgent")
+    }
+
+    pub async fn exchange(&mut self, message: &proto::AgentToServer) -> proto::ServerToAgent {
+        self.send(message).await;
+        self.recv().await
+    }
+
+    /// Waits for the server's Close frame and returns its code, answering it as RFC 6455 asks.
+    pub async fn expect_close(&mut self) -> CloseCode {
+        let code = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(Message::Close(frame))) => {
+                        return frame.map(|f| f.code);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => panic!("connection failed instead of closing: {err}"),
+                    None => panic!("connection dropped without a Close frame"),
+                }
+            }
+        })
+        .await
+        .expect("a Close frame before the deadline")
+        .expect("the Close frame carries a code");
+        // Finish the handshake so the server's side ends cleanly.
+        while let Some(Ok(_)) = self.socket.next().await {}
+        code
+    }
+}
+
+/// An HTTP OpAMP exchange's raw result.
+pub struct HttpReply {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpReply {
+    /// The body as a `ServerToAgent`, un-gzipping it if the server compressed it.
+    pub fn message(&self) -> proto::ServerToAgent {
+        let body = if self
+            .headers
+            .get("content-encoding")
+            .is_some_and(|v| v == "gzip")
+        {
+            Bytes::from(gunzip(&self.body))
+        } else {
+            self.body.clone()
+        };
+        proto::ServerToAgent::decode(body).expect("decodable ServerToAgent")
+    }
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+pub fn gunzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
+    out
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(DEADLINE)
+        .build()
+        .expect("HTTP client")
+}
+
+/// POSTs raw bytes to the OpAMP endpoint with the given headers (Content-Type included by caller).
+pub async fn post_raw(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> HttpReply {
+    let mut request = http_client().post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("HTTP request");
+    HttpReply {
+        status: response.status(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.expect("HTTP body"),
+    }
+}
+
+pub async fn post(url: &str, message: &proto::AgentToServer) -> HttpReply {
+    post_raw(
+        url,
+        &[("content-type", "application/x-protobuf")],
+        message.encode_to_vec(),
+    )
+    .await
+}
+
+/// POSTs and expects a 200 with an OpAMP reply.
+pub async fn post_ok(url: &str, message: &proto::AgentToServer) -> proto::ServerToAgent {
+    let reply = post(url, message).await;
+    assert_eq!(reply.status, 200, "body: {:?}", reply.body);
+    assert_eq!(
+        reply
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap()),
+        Some("application/x-protobuf")
+    );
+    reply.message()
+}

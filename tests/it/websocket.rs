@@ -1,0 +1,204 @@
+//! The WebSocket transport: framing, limits, bad input, pings, replacement and shutdown.
+
+use futures_util::SinkExt;
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::*;
+use opampd::proto;
+
+#[tokio::test]
+async fn replies_echo_the_uid_with_capabilities_and_header() {
+    let server = TestServer::start().await;
+    let mut client = WsClient::connect(&server.ws_url).await;
+    let uid = new_uid();
+    let reply = client.exchange(&hello(&uid, 0)).await;
+    assert_eq!(reply.instance_uid, uid);
+    assert_eq!(reply.capabilities & 0x1, 0x1, "AcceptsStatus is always set");
+    assert!(reply.error_response.is_none());
+    let view = server
+        .wait_for(id_of(&uid), "connected", |v| v.connected)
+        .await;
+    assert_eq!(
+        view.transport,
+        Some(opampd::collector::Transport::WebSocket)
+    );
+}
+
+#[tokio::test]
+async fn headerless_legacy_messages_are_accepted() {
+    let server = TestServer::start().await;
+    let mut client = WsClient::connect(&server.ws_url).await;
+    let uid = new_uid();
+    client.send_raw(hello(&uid, 0).encode_to_vec()).await;
+    let reply = client.recv().await;
+    assert_eq!(reply.instance_uid, uid);
+    assert!(reply.error_response.is_none());
+}
+
+#[tokio::test]
+async fn an_empty_message_is_valid_but_has_no_uid() {
+    // `[0x00]` is a legal, empty AgentToServer; with no uid it cannot be attributed: BAD_REQUEST.
+    let server = TestServer::start().await;
+    let mut client = WsClient::connect(&server.ws_url).await;
+    client.send_raw(vec![0]).await;
+    assert!(is_bad_request(&client.recv().await));
+}
+
+#[tokio::test]
+async fn undecodable_protobuf_gets_bad_request_and_the_connection_stays_usable() {
+    let server = TestServer::start().await;
+    let mut client = WsClient::connect(&server.ws_url).await;
+    client.send_raw(vec![0, 0xff, 0xff, 0xff]).await;
+    assert!(is_bad_request(&client.recv().await));
+    // A non-zero header is malformed too.
+    client.send_raw(vec![1, 2, 3]).await;
+    assert!(is_bad_request(&client.recv().await));
+    let uid = new_uid();
+    let reply = client.exchange(&hello(&uid, 0)).await;
+    assert_eq!(reply.instance_uid, uid);
+    assert!(reply.error_response.is_none());
+}
+
+#[tokio::test]
+async fn wrong_uid_lengths_get_bad_request() {
+    let server = TestServer::start().await;
+    let mut client = WsClient::connect(&server.ws_url).await;
+    for len in [0usize, 8, 17, 32] {
+        let mut message = heartbeat(&new_uid(), 0);
+        message.instance_uid = vec![7u8; len].into();
+        let reply = client.exchange(&message).await;
+        assert!(is_bad_request(&reply), "length {len}");
+        assert_eq!(
+            reply.instance_uid, message.instance_uid,
+            "echoed even when refused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn text_frames_close_with_1003() {
+    let server = TestServer::start().await;
+    let mut client = WsClient::connect(&server.ws_url).await;
+    client
+        .socket
+        .send(Message::Text("hello".into()))
+        .await
+        .unwrap();
+    assert_eq!(client.expect_close().await, CloseCode::Unsupported);
+}
+
+#[tokio::test]
+async fn oversize_messages_close_with_1009() {
+    let server = TestServer::start_with(|c| c.opamp.max_message_bytes = 4096).await;
+    let mut client = WsClient::connect(&server.ws_url).await;
+    let mut message = hello(&new_uid(), 0);
+    message.custom_message = Some(proto::CustomMessage {
+        capability: "io.example/big".into(),
+        r#type: "blob".into(),
+        data: vec![b'x'; 8192].into(),
+    });
+    client.send(&message).await;
+    assert_eq!(client.expect_close().await, CloseCode::Size);
+}
+
+#[tokio::test]
+async fn a_message_just_under_the_limit_is_fine() {
+    let server = TestServer::start_with(|c| c.opamp.max_message_bytes = 4096).await;
+    let mut client = WsClient::connect(&server.ws_url).await;
+    let uid = new_uid();
+    let mut message = hello(&uid, 0);
+    message.custom_message = Some(proto::CustomMessage {
+        data: vec![b'x'; 3000].into(),
+        ..Default::default()
+    });
+    assert_eq!(client.exchange(&message).await.instance_uid, uid);
+}
+
+#[tokio::test]
+async fn a_second_connection_replaces_the_first() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut first = WsClient::connect(&server.ws_url).await;
+    first.exchange(&hello(&uid, 0)).await;
+    let mut second = WsClient::connect(&server.ws_url).await;
+    second.exchange(&heartbeat(&uid, 1)).await;
+    assert_eq!(first.expect_close().await, CloseCode::Policy);
+    // The replaced connection's end must not mark the collector disconnected.
+    let reply = second.exchange(&heartbeat(&uid, 2)).await;
+    assert_eq!(reply.instance_uid, uid);
+    assert!(server.view(id_of(&uid)).await.unwrap().connected);
+}
+
+#[tokio::test]
+async fn closing_the_connection_disconnects_the_collector() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut client = WsClient::connect(&server.ws_url).await;
+    client.exchange(&hello(&uid, 0)).await;
+    client.socket.close(None).await.unwrap();
+    server
+        .wait_for(id_of(&uid), "disconnected", |v| !v.connected)
+        .await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_after_the_pong_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.opamp.ws_ping_interval = std::time::Duration::from_millis(100);
+        c.opamp.ws_pong_timeout = std::time::Duration::from_millis(200);
+    })
+    .await;
+    // The client does not read, so it never answers the server's pings.
+    let uid = new_uid();
+    let mut client = WsClient::connect(&server.ws_url).await;
+    client.exchange(&hello(&uid, 0)).await;
+    server
+        .wait_for(id_of(&uid), "disconnected after the pong timeout", |v| {
+            !v.connected
+        })
+        .await;
+    assert_eq!(client.expect_close().await, CloseCode::Error);
+}
+
+#[tokio::test]
+async fn shutdown_sends_close_1001_to_every_collector() {
+    let mut server = TestServer::start().await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = WsClient::connect(&server.ws_url).await;
+        client.exchange(&hello(&new_uid(), 0)).await;
+        clients.push(client);
+    }
+    let token = server.running().shutdown_token();
+    token.cancel();
+    for client in &mut clients {
+        assert_eq!(client.expect_close().await, CloseCode::Away);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_pushes_reach_websocket_collectors_at_once() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut client = WsClient::connect(&server.ws_url).await;
+    client.exchange(&hello(&uid, 0)).await;
+    let pushed = server
+        .running()
+        .registry
+        .push(
+            id_of(&uid),
+            opampd::collector::Outbound {
+                restart: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(pushed);
+    let message = client.recv().await;
+    assert_eq!(message.instance_uid, uid);
+    assert!(message.command.is_some());
+}
