@@ -1,20 +1,18 @@
-//! One task per collector: it owns the collector's record, applies its events in order, keeps its
-//! liveness timer and holds the outbound path to its connection.
+//! One task per collector: it owns the collector's record, applies its events in order through
+//! `step`, keeps its liveness timer, holds the outbound path to its connection and publishes its
+//! transitions.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::machine::{Collector, Effect, Event, Transition, step};
 use super::registry::ComponentCatalog;
-use super::{
-    AvailableComponents, Capabilities, CloseReason, CollectorId, ConfigFiles, Delivery,
-    Description, Health, Outbound, PackageStatuses, RemoteConfigStatus, Report, Transport,
-};
+use super::{AvailableComponents, CloseReason, CollectorId, Delivery, Outbound, Report, Transport};
 
 /// Small on purpose: a collector sends one message at a time, so a deep mailbox would only hide a
 /// stuck actor.
@@ -29,6 +27,22 @@ pub struct ConnectionRef {
     pub push: Option<mpsc::Sender<Delivery>>,
 }
 
+/// Why a connection ended, as its owner saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Closed, failed or timed out: the collector's side or the network.
+    Lost,
+    /// Closed by us because the server is shutting down.
+    ServerClosing,
+}
+
+/// A transition as published on the bus, with whose it is.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub collector: CollectorId,
+    pub transition: Transition,
+}
+
 #[derive(Debug)]
 pub(super) enum Command {
     Report {
@@ -36,12 +50,12 @@ pub(super) enum Command {
         report: Box<Report>,
         reply: oneshot::Sender<Outbound>,
     },
-    /// The connection closed or failed (WebSocket) without a goodbye.
     Detached {
         connection_id: u64,
+        ending: Ending,
     },
-    Push(Outbound),
-    View(oneshot::Sender<CollectorView>),
+    Apply(Event),
+    View(oneshot::Sender<Collector>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -50,123 +64,12 @@ pub struct ActorSettings {
     pub liveness_window: Duration,
 }
 
-/// The record of one collector: every fact it reported, and its connection.
-#[derive(Debug, Clone, Serialize)]
-pub struct CollectorView {
-    pub id: CollectorId,
-    pub connected: bool,
-    pub transport: Option<Transport>,
-    pub connected_since: Option<SystemTime>,
-    pub last_seen: Option<SystemTime>,
-    pub capabilities: Capabilities,
-    pub sequence_num: Option<u64>,
-    pub description: Option<Description>,
-    pub health: Option<Health>,
-    pub effective_config: Option<ConfigFiles>,
-    pub remote_config_status: Option<RemoteConfigStatus>,
-    pub package_statuses: Option<PackageStatuses>,
-    #[serde(skip)]
-    pub available_components: Option<AvailableComponents>,
-    /// Messages waiting for an HTTP collector's next poll.
-    #[serde(skip)]
-    pub pending: Outbound,
-}
-
-impl CollectorView {
-    fn new(id: CollectorId) -> Self {
-        Self {
-            id,
-            connected: false,
-            transport: None,
-            connected_since: None,
-            last_seen: None,
-            capabilities: Capabilities::default(),
-            sequence_num: None,
-            description: None,
-            health: None,
-            effective_config: None,
-            remote_config_status: None,
-            package_statuses: None,
-            available_components: None,
-            pending: Outbound::default(),
-        }
-    }
-
-    /// Takes in one report and says what the collector must be asked in return.
-    fn absorb(&mut self, report: Report, catalog: &ComponentCatalog) -> Outbound {
-        let continuous = self
-            .sequence_num
-            .is_some_and(|last| report.sequence_num == last.wrapping_add(1));
-        let mut asks = Outbound {
-            report_full_state: !continuous && !report.is_full_state(),
-            ..Outbound::default()
-        };
-        self.sequence_num = Some(report.sequence_num);
-        self.capabilities = report.capabilities;
-        if let Some(description) = report.description {
-            self.description = Some(description);
-        }
-        if let Some(health) = report.health {
-            self.health = Some(health);
-        }
-        if let Some(config) = report.effective_config {
-            self.effective_config = Some(config);
-        }
-        if let Some(status) = report.remote_config_status {
-            self.remote_config_status = Some(status);
-        }
-        if let Some(statuses) = report.package_statuses {
-            self.package_statuses = Some(statuses);
-        }
-        if let Some(available) = report.available_components {
-            let resolved = available.components.clone().or_else(|| {
-                self.available_components
-                    .as_ref()
-                    .filter(|known| known.hash == available.hash)
-                    .and_then(|known| known.components.clone())
-                    .or_else(|| catalog.get(&available.hash))
-            });
-            match &resolved {
-                Some(components) if available.components.is_some() => {
-                    catalog.insert(&available.hash, components);
-                }
-                Some(_) => {}
-                None => asks.report_available_components = true,
-            }
-            self.available_components = Some(AvailableComponents {
-                hash: available.hash,
-                components: resolved,
-            });
-        }
-        asks
-    }
-}
-
-impl Report {
-    /// Whether this report carries everything its capabilities promise, so that asking for the
-    /// full state again would only cost the collector a needless message.
-    fn is_full_state(&self) -> bool {
-        let caps = self.capabilities;
-        let promised = |bit, present: bool| !caps.has(bit) || present;
-        self.description.is_some()
-            && promised(Capabilities::REPORTS_HEALTH, self.health.is_some())
-            && promised(
-                Capabilities::REPORTS_EFFECTIVE_CONFIG,
-                self.effective_config.is_some(),
-            )
-            && promised(
-                Capabilities::REPORTS_REMOTE_CONFIG,
-                self.remote_config_status.is_some(),
-            )
-            && promised(
-                Capabilities::REPORTS_PACKAGE_STATUSES,
-                self.package_statuses.is_some(),
-            )
-            && promised(
-                Capabilities::REPORTS_AVAILABLE_COMPONENTS,
-                self.available_components.is_some(),
-            )
-    }
+/// What every actor shares: settings, the component catalog and the transition bus.
+#[derive(Clone)]
+pub(super) struct Shared {
+    pub settings: ActorSettings,
+    pub catalog: Arc<ComponentCatalog>,
+    pub bus: broadcast::Sender<Published>,
 }
 
 /// A cloneable way to reach one collector's actor.
@@ -183,24 +86,22 @@ pub struct ActorGone(pub CollectorId);
 impl CollectorHandle {
     pub(super) fn spawn(
         id: CollectorId,
-        settings: ActorSettings,
-        catalog: Arc<ComponentCatalog>,
+        shared: Shared,
         shutdown: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
         let (tx, rx) = mpsc::channel(MAILBOX);
         let actor = Actor {
-            record: CollectorView::new(id),
+            record: Collector::new(id),
             connection: None,
             silent_deadline: None,
-            settings,
-            catalog,
+            shared,
         };
         tracker.spawn(actor.run(rx, shutdown));
         Self { tx }
     }
 
-    async fn send(&self, id: CollectorId, command: Command) -> Result<(), ActorGone> {
+    pub(super) async fn send(&self, id: CollectorId, command: Command) -> Result<(), ActorGone> {
         self.tx.send(command).await.map_err(|_| ActorGone(id))
     }
 
@@ -223,16 +124,7 @@ impl CollectorHandle {
         answer.await.map_err(|_| ActorGone(id))
     }
 
-    pub(super) async fn detached(&self, id: CollectorId, connection_id: u64) {
-        // A gone actor has nothing left to detach from.
-        let _ = self.send(id, Command::Detached { connection_id }).await;
-    }
-
-    pub(super) async fn push(&self, id: CollectorId, outbound: Outbound) -> Result<(), ActorGone> {
-        self.send(id, Command::Push(outbound)).await
-    }
-
-    pub(super) async fn view(&self, id: CollectorId) -> Result<CollectorView, ActorGone> {
+    pub(super) async fn view(&self, id: CollectorId) -> Result<Collector, ActorGone> {
         let (reply, answer) = oneshot::channel();
         self.send(id, Command::View(reply)).await?;
         answer.await.map_err(|_| ActorGone(id))
@@ -240,12 +132,11 @@ impl CollectorHandle {
 }
 
 struct Actor {
-    record: CollectorView,
+    record: Collector,
     connection: Option<ConnectionRef>,
     /// When a plain-HTTP collector that has not polled since counts as gone.
     silent_deadline: Option<Instant>,
-    settings: ActorSettings,
-    catalog: Arc<ComponentCatalog>,
+    shared: Shared,
 }
 
 impl Actor {
@@ -259,9 +150,15 @@ impl Actor {
                 },
                 () = sleep_until_opt(deadline) => {
                     debug!(collector_id = %self.record.id, "plain-HTTP collector went silent");
-                    self.disconnect();
+                    self.detach();
+                    self.apply(Event::ConnectionLost);
                 }
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => {
+                    // Collectors still connected now (HTTP ones, or WebSockets that outlived the
+                    // shutdown timeout) are disconnected by the server's end.
+                    self.apply(Event::ServerTerminating);
+                    break;
+                }
             }
         }
     }
@@ -274,46 +171,113 @@ impl Actor {
                 reply,
             } => {
                 let answer = self.on_report(connection, *report);
-                // The connection may have gone while we worked; its loss is handled by Detached.
+                // The connection may have gone while we worked; its loss arrives as Detached.
                 let _ = reply.send(answer);
-                self.flush_pending();
+                self.flush_outbox();
             }
-            Command::Detached { connection_id } => {
+            Command::Detached {
+                connection_id,
+                ending,
+            } => {
                 if self
                     .connection
                     .as_ref()
                     .is_some_and(|c| c.id == connection_id)
                 {
-                    self.disconnect();
+                    self.detach();
+                    self.apply(match ending {
+                        Ending::Lost => Event::ConnectionLost,
+                        Ending::ServerClosing => Event::ServerTerminating,
+                    });
                 }
             }
-            Command::Push(outbound) => {
-                self.record.pending.merge(outbound);
-                self.flush_pending();
-            }
+            Command::Apply(event) => self.apply(event),
             Command::View(reply) => {
                 let _ = reply.send(self.record.clone());
             }
         }
     }
 
+    /// Runs the rule and carries out its effects.
+    fn apply(&mut self, event: Event) {
+        for effect in step(&mut self.record, event, SystemTime::now()) {
+            match effect {
+                Effect::Transitioned(transition) => self.publish(transition),
+                Effect::Deliver => self.flush_outbox(),
+                Effect::Refused(why) => {
+                    debug!(collector_id = %self.record.id, why, "event refused");
+                }
+            }
+        }
+    }
+
+    fn publish(&self, transition: Transition) {
+        info!(
+            collector_id = %self.record.id,
+            from = transition.from.map_or("none", |s| s.as_str()),
+            to = %transition.to,
+            reason = %transition.reason,
+            "collector state changed"
+        );
+        // No subscriber is fine; a lagging one loses messages, it never slows us.
+        let _ = self.shared.bus.send(Published {
+            collector: self.record.id,
+            transition,
+        });
+    }
+
     fn on_report(&mut self, connection: ConnectionRef, report: Report) -> Outbound {
-        let now = SystemTime::now();
+        let asks = self.asks_for(&report);
+        let transport = connection.transport;
         self.attach(connection);
-        self.record.last_seen = Some(now);
-        if !self.record.connected {
-            self.record.connected = true;
-            self.record.connected_since = Some(now);
-        }
         let goodbye = report.disconnect;
-        let asks = self.record.absorb(report, &self.catalog);
+        self.apply(Event::Report {
+            report: Box::new(report),
+            transport,
+        });
         if goodbye {
-            self.disconnect();
-        } else if self.record.transport == Some(Transport::Http) {
-            self.silent_deadline = Some(Instant::now() + self.settings.liveness_window);
+            self.detach();
+        } else if transport == Transport::Http {
+            self.silent_deadline = Some(Instant::now() + self.shared.settings.liveness_window);
         }
-        self.record.pending.merge(asks);
-        self.record.pending.take_sendable()
+        self.record.outbox.merge(asks);
+        self.record.outbox.take_sendable()
+    }
+
+    /// What the reply must ask of the collector: its full state after a gap or on first contact
+    /// (unless this report is already complete), and its component set when the hash is unknown.
+    fn asks_for(&mut self, report: &Report) -> Outbound {
+        let continuous = self
+            .record
+            .sequence_num
+            .is_some_and(|last| report.sequence_num == last.wrapping_add(1));
+        let mut asks = Outbound {
+            report_full_state: !continuous && !report.is_full_state(),
+            ..Outbound::default()
+        };
+        if let Some(available) = &report.available_components {
+            let catalog = &self.shared.catalog;
+            let resolved = available.components.clone().or_else(|| {
+                self.record
+                    .available_components
+                    .as_ref()
+                    .filter(|known| known.hash == available.hash)
+                    .and_then(|known| known.components.clone())
+                    .or_else(|| catalog.get(&available.hash))
+            });
+            match &resolved {
+                Some(components) if available.components.is_some() => {
+                    catalog.insert(&available.hash, components);
+                }
+                Some(_) => {}
+                None => asks.report_available_components = true,
+            }
+            self.record.available_components = Some(AvailableComponents {
+                hash: available.hash.clone(),
+                components: resolved,
+            });
+        }
+        asks
     }
 
     /// Makes `connection` the collector's current one, closing a different WebSocket it replaces.
@@ -326,37 +290,57 @@ impl Actor {
             // If the old connection's queue is full it is stuck anyway; its reader will notice.
             let _ = push.try_send(Delivery::Close(CloseReason::Replaced));
         }
-        self.record.transport = Some(connection.transport);
         if connection.transport == Transport::WebSocket {
             self.silent_deadline = None;
         }
         self.connection = Some(connection);
     }
 
-    fn disconnect(&mut self) {
-        self.record.connected = false;
+    fn detach(&mut self) {
         self.connection = None;
         self.silent_deadline = None;
     }
 
-    /// Pushes whatever is pending to a WebSocket connection; HTTP collectors get it on their next poll.
-    fn flush_pending(&mut self) {
+    /// Pushes whatever waits to a WebSocket connection; HTTP collectors get it on their next poll.
+    fn flush_outbox(&mut self) {
         let Some(push) = self.connection.as_ref().and_then(|c| c.push.clone()) else {
             return;
         };
-        while !self.record.pending.is_empty() {
-            let out = self.record.pending.take_sendable();
-            if let Err(err) = push.try_send(Delivery::Send(self.record.id, out)) {
+        while !self.record.outbox.is_empty() {
+            let out = self.record.outbox.take_sendable();
+            if let Err(err) = push.try_send(Delivery::Send(self.record.id, Box::new(out))) {
                 if matches!(err, mpsc::error::TrySendError::Full(_)) {
                     warn!(collector_id = %self.record.id, "connection queue full; message kept for later");
                 }
                 // Kept, not lost: it goes out with the next reply or on the next connection.
                 if let Delivery::Send(_, out) = err.into_inner() {
-                    self.record.pending.merge(out);
+                    self.record.outbox.merge(*out);
                 }
                 return;
             }
         }
+    }
+}
+
+impl Report {
+    /// Whether this report carries everything its capabilities promise, so that asking for the
+    /// full state again would only cost the collector a needless message.
+    fn is_full_state(&self) -> bool {
+        use super::Capabilities as C;
+        let caps = self.capabilities;
+        let promised = |bit, present: bool| !caps.has(bit) || present;
+        self.description.is_some()
+            && promised(C::REPORTS_HEALTH, self.health.is_some())
+            && promised(C::REPORTS_EFFECTIVE_CONFIG, self.effective_config.is_some())
+            && promised(
+                C::REPORTS_REMOTE_CONFIG,
+                self.remote_config_status.is_some(),
+            )
+            && promised(C::REPORTS_PACKAGE_STATUSES, self.package_statuses.is_some())
+            && promised(
+                C::REPORTS_AVAILABLE_COMPONENTS,
+                self.available_components.is_some(),
+            )
     }
 }
 

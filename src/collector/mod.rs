@@ -2,7 +2,9 @@
 //! actor and registry that own each collector's record.
 
 pub mod actor;
+pub mod machine;
 pub mod registry;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,8 +13,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use actor::{CollectorHandle, CollectorView};
+pub use actor::CollectorHandle;
+pub use machine::{Collector, Event, Transition};
 pub use registry::Registry;
+pub use state::{Reason, State};
 
 /// A collector's identity: its OpAMP `instance_uid`, as a UUID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -205,6 +209,22 @@ pub struct ConfigOffer {
     pub hash: Vec<u8>,
 }
 
+/// A package offered to a collector (OpAMP `PackagesAvailable` with one top-level package).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PackageOffer {
+    pub name: String,
+    pub version: String,
+    pub download_url: String,
+    /// SHA-256 of the file.
+    #[serde(skip)]
+    pub content_hash: Vec<u8>,
+    #[serde(skip)]
+    pub signature: Vec<u8>,
+    /// Over every field above; doubles as `all_packages_hash`, one package being all of them.
+    #[serde(skip)]
+    pub hash: Vec<u8>,
+}
+
 /// What the server asks of a collector in one message. For HTTP collectors, which cannot be pushed
 /// to, offers wait here (the latest of each kind) until the next poll.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -212,6 +232,7 @@ pub struct Outbound {
     pub report_full_state: bool,
     pub report_available_components: bool,
     pub remote_config: Option<ConfigOffer>,
+    pub package: Option<PackageOffer>,
     pub restart: bool,
 }
 
@@ -221,7 +242,10 @@ impl Outbound {
     }
 
     fn carries_more_than_restart(&self) -> bool {
-        self.report_full_state || self.report_available_components || self.remote_config.is_some()
+        self.report_full_state
+            || self.report_available_components
+            || self.remote_config.is_some()
+            || self.package.is_some()
     }
 
     /// Folds a newer message into this one: flags accumulate, offers are replaced by the newer.
@@ -230,6 +254,9 @@ impl Outbound {
         self.report_available_components |= newer.report_available_components;
         if newer.remote_config.is_some() {
             self.remote_config = newer.remote_config;
+        }
+        if newer.package.is_some() {
+            self.package = newer.package;
         }
         self.restart |= newer.restart;
     }
@@ -257,6 +284,6 @@ pub enum CloseReason {
 /// What an actor can ask of a connection it does not own.
 #[derive(Debug)]
 pub enum Delivery {
-    Send(CollectorId, Outbound),
+    Send(CollectorId, Box<Outbound>),
     Close(CloseReason),
 }

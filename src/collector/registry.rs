@@ -4,11 +4,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::actor::{ActorGone, ActorSettings, CollectorHandle, CollectorView, ConnectionRef};
+use super::actor::{
+    ActorGone, ActorSettings, CollectorHandle, Command, ConnectionRef, Ending, Published, Shared,
+};
+use super::machine::{Collector, Event};
 use super::{CollectorId, Components, Outbound, Report};
+
+/// Transitions published and not yet read by the slowest subscriber; beyond it, that subscriber
+/// lags (loses the oldest) rather than slowing any actor.
+const BUS_CAPACITY: usize = 4096;
 
 /// Distinct component sets are few (one per collector build), so the catalog stays small; the cap
 /// only guards against a client inventing hashes.
@@ -43,8 +51,7 @@ impl ComponentCatalog {
 
 pub struct Registry {
     actors: Mutex<HashMap<CollectorId, CollectorHandle>>,
-    catalog: Arc<ComponentCatalog>,
-    settings: ActorSettings,
+    shared: Shared,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -54,8 +61,11 @@ impl Registry {
     pub fn new(settings: ActorSettings, shutdown: CancellationToken, tracker: TaskTracker) -> Self {
         Self {
             actors: Mutex::new(HashMap::new()),
-            catalog: Arc::new(ComponentCatalog::default()),
-            settings,
+            shared: Shared {
+                settings,
+                catalog: Arc::new(ComponentCatalog::default()),
+                bus: broadcast::channel(BUS_CAPACITY).0,
+            },
             shutdown,
             tracker,
         }
@@ -73,8 +83,7 @@ impl Registry {
             .or_insert_with(|| {
                 CollectorHandle::spawn(
                     id,
-                    self.settings,
-                    Arc::clone(&self.catalog),
+                    self.shared.clone(),
                     self.shutdown.clone(),
                     &self.tracker,
                 )
@@ -93,24 +102,44 @@ impl Registry {
         self.get_or_spawn(id).report(id, connection, report).await
     }
 
-    /// Tells the collector's actor its connection is gone.
-    pub async fn detached(&self, id: CollectorId, connection_id: u64) {
+    /// Tells the collector's actor its connection is gone, and why.
+    pub async fn detached(&self, id: CollectorId, connection_id: u64, ending: Ending) {
         if let Some(handle) = self.existing(id) {
-            handle.detached(id, connection_id).await;
+            // A gone actor has nothing left to detach from.
+            let _ = handle
+                .send(
+                    id,
+                    Command::Detached {
+                        connection_id,
+                        ending,
+                    },
+                )
+                .await;
         }
     }
 
-    /// Queues a message for a collector: pushed at once over WebSocket, or kept for its next poll.
+    /// Applies a fleet event (queue, configure, offer a package, restart, ...) to a collector.
     /// Returns `false` for a collector this server has never seen.
-    pub async fn push(&self, id: CollectorId, outbound: Outbound) -> Result<bool, ActorGone> {
+    pub async fn apply(&self, id: CollectorId, event: Event) -> Result<bool, ActorGone> {
         match self.existing(id) {
-            Some(handle) => handle.push(id, outbound).await.map(|()| true),
+            Some(handle) => handle.send(id, Command::Apply(event)).await.map(|()| true),
             None => Ok(false),
         }
     }
 
-    pub async fn view(&self, id: CollectorId) -> Option<CollectorView> {
+    pub async fn view(&self, id: CollectorId) -> Option<Collector> {
         self.existing(id)?.view(id).await.ok()
+    }
+
+    /// Every transition from now on, from every collector. A subscriber that falls more than the
+    /// bus capacity behind gets `RecvError::Lagged` and should count and resynchronise.
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
+        self.shared.bus.subscribe()
+    }
+
+    pub fn ids(&self) -> Vec<CollectorId> {
+        let actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
+        actors.keys().copied().collect()
     }
 
     pub fn len(&self) -> usize {

@@ -252,6 +252,7 @@ mod tests {
                     files: ConfigFiles::new(),
                     hash: vec![1, 2],
                 }),
+                package: None,
                 restart: false,
             },
         );

@@ -15,7 +15,7 @@ use tracing::{Instrument, debug, field, info_span, warn};
 
 use super::identity::WireUid;
 use super::{Opamp, OpampError, frame, report};
-use crate::collector::actor::ConnectionRef;
+use crate::collector::actor::{self, ConnectionRef};
 use crate::collector::{CloseReason, CollectorId, Delivery, Transport};
 
 /// Pushes waiting for one connection; an actor never blocks on it (it keeps the message instead).
@@ -100,12 +100,20 @@ impl Session {
     async fn run(mut self) {
         debug!("WebSocket connection opened");
         let ending = self.serve().await;
+        let why = if matches!(ending, Ending::Close(close_code::GOING_AWAY, _)) {
+            actor::Ending::ServerClosing
+        } else {
+            actor::Ending::Lost
+        };
         match ending {
             Ending::Close(code, reason) => self.close(code, reason).await,
             Ending::ByPeer => self.drain().await,
         }
         for id in self.collectors.keys() {
-            self.opamp.registry.detached(*id, self.connection_id).await;
+            self.opamp
+                .registry
+                .detached(*id, self.connection_id, why)
+                .await;
         }
         debug!("WebSocket connection closed");
     }
@@ -141,7 +149,7 @@ impl Session {
                             || Bytes::copy_from_slice(id.0.as_bytes()),
                             |wire| wire.bytes.clone(),
                         );
-                        let message = report::to_server_to_agent(uid, outbound);
+                        let message = report::to_server_to_agent(uid, *outbound);
                         if let Some(ending) = self.send(&message).await {
                             return ending;
                         }

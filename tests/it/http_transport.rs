@@ -4,7 +4,7 @@
 use prost::Message as _;
 
 use crate::support::*;
-use opampd::collector::Outbound;
+use opampd::collector::{ConfigOffer, Event};
 
 const PROTOBUF: (&str, &str) = ("content-type", "application/x-protobuf");
 
@@ -152,42 +152,30 @@ async fn messages_for_http_collectors_wait_for_the_next_poll() {
     let uid = new_uid();
     post_ok(&server.opamp_url, &hello(&uid, 0)).await;
     let registry = &server.running().registry;
-    assert!(
-        registry
-            .push(
-                id_of(&uid),
-                Outbound {
-                    report_full_state: true,
-                    ..Default::default()
-                }
-            )
-            .await
-            .unwrap()
-    );
-    assert!(
-        registry
-            .push(
-                id_of(&uid),
-                Outbound {
-                    restart: true,
-                    ..Default::default()
-                }
-            )
-            .await
-            .unwrap()
-    );
-    // First poll: the flag (a command travels alone, so it waits one more poll).
+    let offer = ConfigOffer {
+        files: Default::default(),
+        hash: vec![7; 32],
+    };
+    let configure = Event::SendConfiguration {
+        offer,
+        required: vec![],
+        rollout: None,
+    };
+    assert!(registry.apply(id_of(&uid), configure).await.unwrap());
+    assert!(registry.apply(id_of(&uid), Event::Restart).await.unwrap());
+    // First poll: the configuration (a command travels alone, so it waits one more poll).
     let first = post_ok(&server.opamp_url, &heartbeat(&uid, 1)).await;
-    assert!(has_flag(
-        &first,
-        opampd::proto::ServerToAgentFlags::ReportFullState
-    ));
+    assert_eq!(
+        &first.remote_config.expect("the configuration").config_hash[..],
+        &[7; 32]
+    );
     assert!(first.command.is_none());
     let second = post_ok(&server.opamp_url, &heartbeat(&uid, 2)).await;
     assert!(second.command.is_some());
-    assert_eq!(second.flags, 0);
+    assert!(second.remote_config.is_none());
     let third = post_ok(&server.opamp_url, &heartbeat(&uid, 3)).await;
     assert!(third.command.is_none(), "delivered once");
+    assert!(third.remote_config.is_none(), "delivered once");
 }
 
 #[tokio::test]

@@ -188,13 +188,7 @@ async fn server_pushes_reach_websocket_collectors_at_once() {
     let pushed = server
         .running()
         .registry
-        .push(
-            id_of(&uid),
-            opampd::collector::Outbound {
-                restart: true,
-                ..Default::default()
-            },
-        )
+        .apply(id_of(&uid), opampd::collector::Event::Restart)
         .await
         .unwrap();
     assert!(pushed);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use opampd::app::Running;
-use opampd::collector::{CollectorId, CollectorView};
+use opampd::collector::{Collector, CollectorId};
 use opampd::config::Config;
 use opampd::proto;
 use prost::Message as _;
@@ -61,7 +61,7 @@ impl TestServer {
         self.running.as_ref().expect("server is running")
     }
 
-    pub async fn view(&self, id: CollectorId) -> Option<CollectorView> {
+    pub async fn view(&self, id: CollectorId) -> Option<Collector> {
         self.running().registry.view(id).await
     }
 
@@ -70,8 +70,8 @@ impl TestServer {
         &self,
         id: CollectorId,
         what: &str,
-        check: impl Fn(&CollectorView) -> bool,
-    ) -> CollectorView {
+        check: impl Fn(&Collector) -> bool,
+    ) -> Collector {
         eventually(what, || async {
             self.view(id).await.filter(|view| check(view))
         })
@@ -104,6 +104,10 @@ where
     }
 }
 
+/// What the test collector can do: report status, health, effective and remote config and
+/// package statuses; accept remote config, packages and the restart command.
+pub const CAPABILITIES: u64 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x400 | 0x800 | 0x1000;
+
 pub fn new_uid() -> Bytes {
     Bytes::copy_from_slice(uuid::Uuid::now_v7().as_bytes())
 }
@@ -117,7 +121,7 @@ pub fn hello(uid: &Bytes, sequence_num: u64) -> proto::AgentToServer {
     proto::AgentToServer {
         instance_uid: uid.clone(),
         sequence_num,
-        capabilities: 0x1 | 0x2 | 0x4 | 0x800,
+        capabilities: CAPABILITIES,
         agent_description: Some(proto::AgentDescription {
             identifying_attributes: vec![kv("service.name", "test-collector")],
             non_identifying_attributes: vec![kv("host.name", "test-host")],
@@ -127,6 +131,8 @@ pub fn hello(uid: &Bytes, sequence_num: u64) -> proto::AgentToServer {
             ..Default::default()
         }),
         effective_config: Some(proto::EffectiveConfig::default()),
+        remote_config_status: Some(proto::RemoteConfigStatus::default()),
+        package_statuses: Some(proto::PackageStatuses::default()),
         ..Default::default()
     }
 }
@@ -136,7 +142,7 @@ pub fn heartbeat(uid: &Bytes, sequence_num: u64) -> proto::AgentToServer {
     proto::AgentToServer {
         instance_uid: uid.clone(),
         sequence_num,
-        capabilities: 0x1 | 0x2 | 0x4 | 0x800,
+        capabilities: CAPABILITIES,
         ..Default::default()
     }
 }

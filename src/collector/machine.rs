@@ -1,0 +1,511 @@
+//! The rule: `step(&mut Collector, Event, now) -> Vec<Effect>`. Pure (no tokio, no I/O), so every
+//! edge can be tested directly; the actor carries out the effects.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::state::{Reason, State, target};
+use super::{
+    AvailableComponents, Capabilities, CollectorId, Components, ConfigFiles, ConfigOffer,
+    Description, Health, Outbound, PackageOffer, PackageState, PackageStatuses, RemoteConfigState,
+    RemoteConfigStatus, Report, Transport,
+};
+
+/// Bounded in memory: the store keeps the whole history; this is what the actor can show alone.
+pub const HISTORY_KEPT: usize = 256;
+
+/// One recorded move along an edge of the table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    /// `None` for the diagram's `[*]`: the collector's first contact.
+    pub from: Option<State>,
+    pub to: State,
+    pub reason: Reason,
+    pub message: String,
+    pub at: SystemTime,
+    /// What caused it, where there is one: a config hash, a rollout id, a package version.
+    pub cause: Option<String>,
+}
+
+/// The record of one collector: its state and every fact behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Collector {
+    pub id: CollectorId,
+    /// `None` only before the first message.
+    pub state: Option<State>,
+    pub state_since: Option<SystemTime>,
+    pub state_reason: Option<Reason>,
+    pub state_message: String,
+    pub connected: bool,
+    pub transport: Option<Transport>,
+    pub connected_since: Option<SystemTime>,
+    pub last_seen: Option<SystemTime>,
+    pub capabilities: Capabilities,
+    pub sequence_num: Option<u64>,
+    pub description: Option<Description>,
+    pub health: Option<Health>,
+    pub effective_config: Option<ConfigFiles>,
+    pub remote_config_status: Option<RemoteConfigStatus>,
+    pub package_statuses: Option<PackageStatuses>,
+    #[serde(skip)]
+    pub available_components: Option<AvailableComponents>,
+    pub labels: BTreeMap<String, String>,
+    /// The configuration we sent and await a verdict on.
+    #[serde(skip)]
+    pub config_sent: Option<Vec<u8>>,
+    /// The last configuration the collector failed to apply: never resent on its own.
+    #[serde(skip)]
+    pub config_failed: Option<Vec<u8>>,
+    /// Why the collector is in Error beyond its health, until a new configuration or package fixes it.
+    pub config_error: Option<String>,
+    pub package_error: Option<String>,
+    pub package_offered: Option<PackageOffer>,
+    /// The rollout this collector is queued in or being configured by.
+    pub rollout: Option<String>,
+    /// Component types a configuration needs and this collector lacks (Incompatible).
+    pub missing_components: Vec<String>,
+    /// What waits to be sent: pushed at once over WebSocket, or on an HTTP collector's next poll.
+    #[serde(skip)]
+    pub outbox: Outbound,
+    pub history: Vec<Transition>,
+}
+
+/// Something that happened to a collector, from OpAMP or from the fleet layer.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A message from the collector.
+    Report {
+        report: Box<Report>,
+        transport: Transport,
+    },
+    /// Its connection closed or failed, or a plain-HTTP collector went silent.
+    ConnectionLost,
+    /// The server is shutting down while the collector is connected.
+    ServerTerminating,
+    /// Queue it in a rollout whose configuration needs `required` component types (`kind/type`).
+    QueueForRollout {
+        rollout: String,
+        required: Vec<String>,
+    },
+    /// Send it a configuration (its turn in a rollout has come, or an operator sent one).
+    SendConfiguration {
+        offer: ConfigOffer,
+        required: Vec<String>,
+        rollout: Option<String>,
+    },
+    OfferPackage(PackageOffer),
+    RemoveFromRollout {
+        rollout: String,
+    },
+    Restart,
+}
+
+/// What the actor must do after a step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Record and publish this transition.
+    Transitioned(Transition),
+    /// The outbox has something new: push it (WebSocket) or keep it for the next poll (HTTP).
+    Deliver,
+    /// An event the collector's capabilities or state did not allow; nothing changed but this fact.
+    Refused(&'static str),
+}
+
+impl Collector {
+    pub fn new(id: CollectorId) -> Self {
+        Self {
+            id,
+            state: None,
+            state_since: None,
+            state_reason: None,
+            state_message: String::new(),
+            connected: false,
+            transport: None,
+            connected_since: None,
+            last_seen: None,
+            capabilities: Capabilities::default(),
+            sequence_num: None,
+            description: None,
+            health: None,
+            effective_config: None,
+            remote_config_status: None,
+            package_statuses: None,
+            available_components: None,
+            labels: BTreeMap::new(),
+            config_sent: None,
+            config_failed: None,
+            config_error: None,
+            package_error: None,
+            package_offered: None,
+            rollout: None,
+            missing_components: Vec::new(),
+            outbox: Outbound::default(),
+            history: Vec::new(),
+        }
+    }
+
+    /// The component types `required` names that this collector is known to lack. A collector
+    /// that never reported its components is taken as compatible.
+    pub fn missing(&self, required: &[String]) -> Vec<String> {
+        let Some(components) = self
+            .available_components
+            .as_ref()
+            .and_then(|a| a.components.as_deref())
+        else {
+            return Vec::new();
+        };
+        required
+            .iter()
+            .filter(|needed| !has_component(components, needed))
+            .cloned()
+            .collect()
+    }
+}
+
+/// `needed` is `kind/type`, e.g. `receivers/otlp`.
+fn has_component(components: &Components, needed: &str) -> bool {
+    let (kind, kind_type) = needed.split_once('/').unwrap_or(("", needed));
+    components
+        .0
+        .get(kind)
+        .is_some_and(|types| types.iter().any(|t| t == kind_type))
+}
+
+/// Applies one event to the record. `asks` for a report (flags the reply must carry) are put in the
+/// outbox by the caller, which knows about component catalogs; here only state and facts change.
+pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
+    let mut out = Vec::new();
+    match event {
+        Event::Report { report, transport } => on_report(c, *report, transport, now, &mut out),
+        Event::ConnectionLost => lose_connection(c, Reason::NetworkInterruption, now, &mut out),
+        Event::ServerTerminating => lose_connection(c, Reason::ServerTermination, now, &mut out),
+        Event::QueueForRollout { rollout, required } => {
+            let missing = c.missing(&required);
+            if missing.is_empty() {
+                c.rollout = Some(rollout.clone());
+                go(
+                    c,
+                    Reason::QueuedForRollout,
+                    "",
+                    Some(rollout),
+                    now,
+                    &mut out,
+                );
+            } else {
+                mark_incompatible(c, missing, Some(rollout), now, &mut out);
+            }
+        }
+        Event::SendConfiguration {
+            offer,
+            required,
+            rollout,
+        } => send_configuration(c, offer, &required, rollout, now, &mut out),
+        Event::OfferPackage(package) => {
+            if !c.capabilities.has(Capabilities::ACCEPTS_PACKAGES) {
+                out.push(Effect::Refused("collector does not accept packages"));
+                return out;
+            }
+            let cause = Some(format!("{} {}", package.name, package.version));
+            c.package_offered = Some(package.clone());
+            c.outbox.merge(Outbound {
+                package: Some(package),
+                ..Outbound::default()
+            });
+            out.push(Effect::Deliver);
+            go(c, Reason::PackageUpgradeInitiated, "", cause, now, &mut out);
+        }
+        Event::RemoveFromRollout { rollout } => {
+            if c.rollout.as_deref() == Some(rollout.as_str()) {
+                c.rollout = None;
+                if c.state == Some(State::Pending) {
+                    go(
+                        c,
+                        Reason::RemovedFromRollout,
+                        "",
+                        Some(rollout),
+                        now,
+                        &mut out,
+                    );
+                    settle_errors(c, now, &mut out);
+                }
+            }
+        }
+        Event::Restart => {
+            if c.capabilities.has(Capabilities::ACCEPTS_RESTART_COMMAND) {
+                c.outbox.restart = true;
+                out.push(Effect::Deliver);
+            } else {
+                out.push(Effect::Refused(
+                    "collector does not accept the restart command",
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Moves along the table's edge for `reason` from the current state, if there is one. When there
+/// is none the state stays: the facts that prompted the event are already in the record.
+fn go(
+    c: &mut Collector,
+    reason: Reason,
+    message: &str,
+    cause: Option<String>,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    let Some(to) = target(c.state, reason) else {
+        return;
+    };
+    let transition = Transition {
+        from: c.state,
+        to,
+        reason,
+        message: message.to_owned(),
+        at: now,
+        cause,
+    };
+    c.state = Some(to);
+    c.state_since = Some(now);
+    c.state_reason = Some(reason);
+    c.state_message.clone_from(&transition.message);
+    if c.history.len() == HISTORY_KEPT {
+        c.history.remove(0);
+    }
+    c.history.push(transition.clone());
+    out.push(Effect::Transitioned(transition));
+}
+
+fn on_report(
+    c: &mut Collector,
+    report: Report,
+    transport: Transport,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    c.last_seen = Some(now);
+    c.transport = Some(transport);
+    if !c.connected {
+        c.connected = true;
+        c.connected_since = Some(now);
+        let reason = if c.state.is_none() {
+            Reason::Initial
+        } else {
+            Reason::ConnectionRestored
+        };
+        go(c, reason, "", None, now, out);
+        // A configuration sent while it was away goes out with this reply.
+        if let Some(hash) = c.outbox.remote_config.as_ref().map(|o| hex(&o.hash)) {
+            go(c, Reason::NewConfiguration, "", Some(hash), now, out);
+        }
+    }
+    let goodbye = report.disconnect;
+    let status = report.remote_config_status.clone();
+    let packages = report.package_statuses.clone();
+    absorb(c, report);
+    if let Some(status) = status {
+        on_config_status(c, &status, now, out);
+    }
+    if let Some(packages) = packages {
+        on_package_statuses(c, &packages, now, out);
+    }
+    settle_errors(c, now, out);
+    if goodbye {
+        lose_connection(c, Reason::CollectorStopped, now, out);
+    }
+}
+
+/// Copies every reported sub-message into the record; absent ones mean unchanged.
+fn absorb(c: &mut Collector, report: Report) {
+    c.sequence_num = Some(report.sequence_num);
+    c.capabilities = report.capabilities;
+    if let Some(description) = report.description {
+        c.description = Some(description);
+    }
+    if let Some(health) = report.health {
+        c.health = Some(health);
+    }
+    if let Some(config) = report.effective_config {
+        c.effective_config = Some(config);
+    }
+    if let Some(status) = report.remote_config_status {
+        c.remote_config_status = Some(status);
+    }
+    if let Some(statuses) = report.package_statuses {
+        c.package_statuses = Some(statuses);
+    }
+}
+
+fn on_config_status(
+    c: &mut Collector,
+    status: &RemoteConfigStatus,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    // Only a verdict on the configuration we sent counts as ours.
+    if c.config_sent.as_deref() != Some(status.hash.as_slice()) {
+        return;
+    }
+    let cause = Some(hex(&status.hash));
+    match status.status {
+        RemoteConfigState::Applied => {
+            c.config_sent = None;
+            c.config_error = None;
+            c.rollout = None;
+            c.missing_components.clear();
+            go(c, Reason::ConfigApplied, "", cause, now, out);
+        }
+        RemoteConfigState::Failed => {
+            c.config_sent = None;
+            c.config_failed = Some(status.hash.clone());
+            c.config_error = Some(status.error_message.clone());
+            c.rollout = None;
+            let reason = if c.state == Some(State::Configuring) {
+                Reason::ConfigFailed
+            } else {
+                Reason::ConfigError
+            };
+            go(c, reason, &status.error_message, cause, now, out);
+        }
+        RemoteConfigState::Applying | RemoteConfigState::Unset | RemoteConfigState::Unknown(_) => {}
+    }
+}
+
+fn on_package_statuses(
+    c: &mut Collector,
+    statuses: &PackageStatuses,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    let Some(offer) = c.package_offered.clone() else {
+        return;
+    };
+    let Some(status) = statuses.packages.get(&offer.name) else {
+        return;
+    };
+    let cause = Some(format!("{} {}", offer.name, offer.version));
+    match status.status {
+        PackageState::Installed if status.agent_has_version == offer.version => {
+            c.package_offered = None;
+            c.package_error = None;
+            // From Configuring there is no such edge: the upgrade finishes, the state stays.
+            go(c, Reason::UpgradeSucceeded, "", cause, now, out);
+        }
+        PackageState::InstallFailed => {
+            c.package_offered = None;
+            let message = if status.error_message.is_empty() {
+                statuses.error_message.clone()
+            } else {
+                status.error_message.clone()
+            };
+            c.package_error = Some(message.clone());
+            let reason = if c.state == Some(State::Upgrading) {
+                Reason::UpgradeFailed
+            } else {
+                Reason::UpdateError
+            };
+            go(c, reason, &message, cause, now, out);
+        }
+        _ => {}
+    }
+}
+
+/// Error when something is wrong, Connected once nothing is: bad health, a failed configuration
+/// or a failed package each keep a collector in Error until fixed. Where the current state has no
+/// edge for the problem (Pending, Upgrading, Configuring) it stays, and the fact is in the record.
+fn settle_errors(c: &mut Collector, now: SystemTime, out: &mut Vec<Effect>) {
+    let problem = if let Some(health) = c.health.as_ref().filter(|h| !h.healthy) {
+        Some((Reason::RuntimeError, health.last_error.clone()))
+    } else if let Some(message) = &c.config_error {
+        Some((Reason::ConfigError, message.clone()))
+    } else {
+        c.package_error
+            .as_ref()
+            .map(|message| (Reason::UpdateError, message.clone()))
+    };
+    match problem {
+        Some((reason, message)) => go(c, reason, &message, None, now, out),
+        None if c.state == Some(State::Error) => go(c, Reason::ErrorResolved, "", None, now, out),
+        None => {}
+    }
+}
+
+fn lose_connection(c: &mut Collector, reason: Reason, now: SystemTime, out: &mut Vec<Effect>) {
+    if !c.connected {
+        return;
+    }
+    c.connected = false;
+    go(c, reason, "", None, now, out);
+}
+
+fn mark_incompatible(
+    c: &mut Collector,
+    missing: Vec<String>,
+    cause: Option<String>,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    let message = format!("missing components: {}", missing.join(", "));
+    c.missing_components = missing;
+    go(c, Reason::UnsupportedComponents, &message, cause, now, out);
+}
+
+fn send_configuration(
+    c: &mut Collector,
+    offer: ConfigOffer,
+    required: &[String],
+    rollout: Option<String>,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    if !c.capabilities.has(Capabilities::ACCEPTS_REMOTE_CONFIG) && c.state.is_some() {
+        out.push(Effect::Refused(
+            "collector does not accept remote configuration",
+        ));
+        return;
+    }
+    if c.config_failed.as_deref() == Some(offer.hash.as_slice()) {
+        out.push(Effect::Refused(
+            "collector already failed this configuration",
+        ));
+        return;
+    }
+    let missing = c.missing(required);
+    if !missing.is_empty() {
+        mark_incompatible(c, missing, rollout, now, out);
+        return;
+    }
+    let cause = Some(hex(&offer.hash));
+    c.config_sent = Some(offer.hash.clone());
+    c.missing_components.clear();
+    if rollout.is_some() {
+        c.rollout = rollout;
+    }
+    c.outbox.merge(Outbound {
+        remote_config: Some(offer),
+        ..Outbound::default()
+    });
+    out.push(Effect::Deliver);
+    if !c.connected {
+        // It goes out, and the state moves, when the collector comes back.
+        return;
+    }
+    let reason = if c.state == Some(State::Pending) {
+        Reason::ConfigSent
+    } else {
+        Reason::NewConfiguration
+    };
+    go(c, reason, "", cause, now, out);
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
