@@ -153,7 +153,7 @@ async fn messages_for_http_collectors_wait_for_the_next_poll() {
     post_ok(&server.opamp_url, &hello(&uid, 0)).await;
     let registry = &server.running().registry;
     let offer = ConfigOffer {
-        files: Default::default(),
+        files: opampd::collector::ConfigFiles::new(),
         hash: vec![7; 32],
     };
     let configure = Event::SendConfiguration {
