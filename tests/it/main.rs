@@ -10,4 +10,5 @@ mod binary;
 mod http_transport;
 mod interop;
 mod protocol;
+mod states;
 mod websocket;
