@@ -509,3 +509,185 @@ pub fn hex(bytes: &[u8]) -> String {
             s
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::collector::state::is_allowed;
+    use crate::collector::{PackageStatus, RemoteConfigStatus};
+
+    const HASHES: [&[u8]; 2] = [b"h1", b"h2"];
+
+    fn report(
+        healthy: Option<bool>,
+        config: Option<(usize, RemoteConfigState)>,
+        package: Option<(bool, PackageState)>,
+        disconnect: bool,
+    ) -> Report {
+        Report {
+            capabilities: Capabilities(0xffff),
+            health: healthy.map(|healthy| Health {
+                healthy,
+                last_error: if healthy {
+                    String::new()
+                } else {
+                    "boom".into()
+                },
+                ..Health::default()
+            }),
+            remote_config_status: config.map(|(i, status)| RemoteConfigStatus {
+                hash: HASHES[i].to_vec(),
+                status,
+                error_message: "failed".into(),
+            }),
+            package_statuses: package.map(|(new, status)| PackageStatuses {
+                packages: [(
+                    "otelcol".to_owned(),
+                    PackageStatus {
+                        agent_has_version: if new { "2" } else { "1" }.into(),
+                        server_offered_version: "2".into(),
+                        status,
+                        error_message: "failed".into(),
+                    },
+                )]
+                .into(),
+                ..PackageStatuses::default()
+            }),
+            disconnect,
+            ..Report::default()
+        }
+    }
+
+    fn config_state() -> impl Strategy<Value = RemoteConfigState> {
+        prop_oneof![
+            Just(RemoteConfigState::Applied),
+            Just(RemoteConfigState::Applying),
+            Just(RemoteConfigState::Failed),
+            Just(RemoteConfigState::Unset),
+            (4..100i32).prop_map(RemoteConfigState::Unknown),
+        ]
+    }
+
+    fn package_state() -> impl Strategy<Value = PackageState> {
+        prop_oneof![
+            Just(PackageState::Installed),
+            Just(PackageState::Installing),
+            Just(PackageState::InstallFailed),
+            Just(PackageState::Downloading),
+            (5..100i32).prop_map(PackageState::Unknown),
+        ]
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        let required = prop_oneof![
+            Just(Vec::new()),
+            Just(vec!["receivers/otlp".to_owned()]),
+            Just(vec!["receivers/kafka".to_owned()]),
+        ];
+        prop_oneof![
+            4 => (
+                proptest::option::of(any::<bool>()),
+                proptest::option::of((0..2usize, config_state())),
+                proptest::option::of((any::<bool>(), package_state())),
+                proptest::bool::weighted(0.1),
+                prop_oneof![Just(Transport::Http), Just(Transport::WebSocket)],
+            )
+                .prop_map(|(h, c, p, d, transport)| Event::Report {
+                    report: Box::new(report(h, c, p, d)),
+                    transport,
+                }),
+            1 => Just(Event::ConnectionLost),
+            1 => Just(Event::ServerTerminating),
+            1 => required.clone().prop_map(|required| Event::QueueForRollout {
+                rollout: "r".into(),
+                required,
+            }),
+            1 => (0..2usize, required).prop_map(|(i, required)| Event::SendConfiguration {
+                offer: ConfigOffer { files: ConfigFiles::new(), hash: HASHES[i].to_vec() },
+                required,
+                rollout: Some("r".into()),
+            }),
+            1 => Just(Event::OfferPackage(PackageOffer {
+                name: "otelcol".into(),
+                version: "2".into(),
+                download_url: String::new(),
+                content_hash: vec![],
+                signature: vec![],
+                hash: vec![1],
+            })),
+            1 => Just(Event::RemoveFromRollout { rollout: "r".into() }),
+            1 => Just(Event::Restart),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// From every reachable state, any sequence of events: every recorded transition is an
+        /// edge of the table or a declared extension, the record's state is the last transition's
+        /// target, the facts match the last reported values, and nothing panics.
+        #[test]
+        fn every_transition_is_an_edge(events in proptest::collection::vec(event(), 1..60)) {
+            let mut c = Collector::new(CollectorId(uuid::Uuid::nil()));
+            c.available_components = Some(AvailableComponents {
+                hash: b"c".to_vec(),
+                components: Some(Arc::new(Components(BTreeMap::from([(
+                    "receivers".to_owned(),
+                    vec!["otlp".to_owned()],
+                )])))),
+            });
+            let mut last_health = None;
+            let mut last_status = None;
+            for (i, event) in events.into_iter().enumerate() {
+                let now = UNIX_EPOCH + Duration::from_secs(i as u64);
+                if let Event::Report { report, .. } = &event {
+                    if let Some(h) = &report.health { last_health = Some(h.clone()); }
+                    if let Some(s) = &report.remote_config_status { last_status = Some(s.clone()); }
+                }
+                let before = c.state;
+                let effects = step(&mut c, event, now);
+                let mut state = before;
+                for effect in effects {
+                    if let Effect::Transitioned(t) = effect {
+                        prop_assert!(is_allowed(t.from, t.to, t.reason), "not an edge: {t:?}");
+                        prop_assert_eq!(t.from, state);
+                        state = Some(t.to);
+                    }
+                }
+                prop_assert_eq!(c.state, state);
+                prop_assert_eq!(&c.health, &last_health);
+                prop_assert_eq!(&c.remote_config_status, &last_status);
+                if c.state == Some(State::Disconnected) {
+                    prop_assert!(!c.connected);
+                }
+                if c.connected {
+                    prop_assert!(c.state.is_some() && c.state != Some(State::Disconnected));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut c = Collector::new(CollectorId(uuid::Uuid::nil()));
+        for i in 0..(HISTORY_KEPT as u64 + 10) {
+            let now = UNIX_EPOCH + Duration::from_secs(i);
+            step(
+                &mut c,
+                Event::Report {
+                    report: Box::new(Report::default()),
+                    transport: Transport::Http,
+                },
+                now,
+            );
+            step(&mut c, Event::ConnectionLost, now);
+        }
+        assert_eq!(c.history.len(), HISTORY_KEPT);
+    }
+}
