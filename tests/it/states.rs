@@ -673,3 +673,80 @@ async fn a_configuration_sent_while_disconnected_goes_out_on_reconnect() {
         ]
     );
 }
+
+/// The same life over either transport: connect, turn unhealthy, recover, disconnect, reconnect.
+async fn a_collector_life(transport: opampd::collector::Transport) {
+    use opampd::collector::Transport;
+    let server = TestServer::start_with(|c| {
+        // Over HTTP, "disconnect" is silence: keep the window short so the test is quick.
+        c.opamp.heartbeat_interval = std::time::Duration::from_millis(500);
+        c.opamp.liveness_intervals = 2;
+    })
+    .await;
+    let uid = new_uid();
+    let id = id_of(&uid);
+    let mut ws = None;
+    let mut seq = 0;
+    let say = async |ws: &mut Option<WsClient>, message: proto::AgentToServer| match transport {
+        Transport::WebSocket => {
+            if ws.is_none() {
+                *ws = Some(WsClient::connect(&server.ws_url).await);
+            }
+            ws.as_mut().unwrap().exchange(&message).await
+        }
+        Transport::Http => post_ok(&server.opamp_url, &message).await,
+    };
+    let health = |healthy: bool, seq: u64| {
+        let mut m = heartbeat(&uid, seq);
+        m.health = Some(proto::ComponentHealth {
+            healthy,
+            last_error: if healthy {
+                String::new()
+            } else {
+                "pipeline stalled".into()
+            },
+            ..Default::default()
+        });
+        m
+    };
+    say(&mut ws, hello(&uid, seq)).await;
+    seq += 1;
+    say(&mut ws, health(false, seq)).await;
+    seq += 1;
+    say(&mut ws, health(true, seq)).await;
+    seq += 1;
+    // An HTTP collector just stops polling.
+    if let Some(mut client) = ws.take() {
+        client.socket.close(None).await.unwrap();
+    }
+    server.wait_for(id, "disconnected", |c| !c.connected).await;
+    say(&mut ws, heartbeat(&uid, seq)).await;
+    let history: Vec<_> = server
+        .view(id)
+        .await
+        .unwrap()
+        .history
+        .iter()
+        .map(|t| (t.from, t.to, t.reason))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            (None, Connected, Reason::Initial),
+            (Some(Connected), Error, Reason::RuntimeError),
+            (Some(Error), Connected, Reason::ErrorResolved),
+            (Some(Connected), Disconnected, Reason::NetworkInterruption),
+            (Some(Disconnected), Connected, Reason::ConnectionRestored),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_collector_life_over_websocket() {
+    a_collector_life(opampd::collector::Transport::WebSocket).await;
+}
+
+#[tokio::test]
+async fn a_collector_life_over_http() {
+    a_collector_life(opampd::collector::Transport::Http).await;
+}
