@@ -323,24 +323,12 @@ impl Actor {
 }
 
 impl Report {
-    /// Whether this report carries everything its capabilities promise, so that asking for the
-    /// full state again would only cost the collector a needless message.
+    /// Whether this report is a full state. Clients send the description with every full state and
+    /// leave out what they do not have yet (Python's first message has no effective configuration
+    /// even though it announces one), so demanding every announced part would only make them send
+    /// the same message again.
     fn is_full_state(&self) -> bool {
-        use super::Capabilities as C;
-        let caps = self.capabilities;
-        let promised = |bit, present: bool| !caps.has(bit) || present;
         self.description.is_some()
-            && promised(C::REPORTS_HEALTH, self.health.is_some())
-            && promised(C::REPORTS_EFFECTIVE_CONFIG, self.effective_config.is_some())
-            && promised(
-                C::REPORTS_REMOTE_CONFIG,
-                self.remote_config_status.is_some(),
-            )
-            && promised(C::REPORTS_PACKAGE_STATUSES, self.package_statuses.is_some())
-            && promised(
-                C::REPORTS_AVAILABLE_COMPONENTS,
-                self.available_components.is_some(),
-            )
     }
 }
 

@@ -147,7 +147,8 @@ class Driver:
         if args.auth_header:
             headers["Authorization"] = args.auth_header
 
-        caps = _DEFAULT_CAPABILITIES
+        # ReportsHealth is added because the driver's `health` command reports health (see cmd_health).
+        caps = _DEFAULT_CAPABILITIES | opamp_pb2.AgentCapabilities.AgentCapabilities_ReportsHealth
         if args.no_remote_config:
             caps = (
                 opamp_pb2.AgentCapabilities.AgentCapabilities_ReportsStatus
@@ -259,6 +260,18 @@ class Driver:
                 "queued": rcs is not None,
             }
         )
+
+    def cmd_health(self, cmd: dict):
+        # 0.5b0 has no health API. The message is the client's own heartbeat (its uid, its sequence
+        # number, its capabilities) with the `health` field of its own generated protobuf filled in,
+        # queued on its own worker and sent by its own transport: the closest a real client gets.
+        healthy = bool(cmd.get("healthy", True))
+        a2s = opamp_pb2.AgentToServer.FromString(self.client.build_heartbeat_message())
+        a2s.health.healthy = healthy
+        a2s.health.last_error = str(cmd.get("last_error", ""))
+        a2s.health.status = "StatusOK" if healthy else "StatusRecoverableError"
+        self.agent.send(a2s.SerializeToString())
+        emit({"event": "ack", "cmd": "health", "healthy": healthy})
 
     def _update_effective_config(self, cfg):
         # The client only ships EffectiveConfig inside full-state reports (first message, and after the
@@ -398,13 +411,7 @@ def main() -> int:
             if name == "apply":
                 driver.cmd_apply(cmd)
             elif name == "health":
-                emit(
-                    {
-                        "event": "unsupported",
-                        "cmd": "health",
-                        "reason": "opentelemetry-opamp-client 0.5b0 has no health API (no ReportsHealth, no ComponentHealth)",
-                    }
-                )
+                driver.cmd_health(cmd)
             else:
                 emit({"event": "unsupported", "cmd": name})
     except _Stop:

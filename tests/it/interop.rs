@@ -1,1 +1,252 @@
-// filled in below
+//! Interop with the real third-party OpAMP clients (Python `opentelemetry-opamp-client` and Node
+//! `@elastic/opamp-client-node`, both plain HTTP): against the real binary for the protocol, and
+//! in-process for the state histories their scenarios must produce.
+
+use opampd::collector::{CollectorId, ConfigFile, ConfigFiles, ConfigOffer, Event, Reason, State};
+use serde_json::{Value, json};
+
+use crate::support::binary::ServerProcess;
+use crate::support::interop::{Client, Driver};
+use crate::support::*;
+
+use opampd::collector::machine::hex;
+use {Reason as R, State as S};
+
+fn collector_id(started: &Value) -> CollectorId {
+    let uid = started["instance_uid"]
+        .as_str()
+        .expect("started carries the uid");
+    CollectorId(uid.parse().expect("the drivers print the uid as a UUID"))
+}
+
+/// A reply the client took as its own: 200, protobuf, its own uid, no error.
+fn accepted(message: &Value) -> bool {
+    message["uid_matches"] == true && message["error"].is_null()
+}
+
+/// Connects `client` to the real binary, waits for two accepted heartbeats, and returns the
+/// server, the driver and the collector's id.
+async fn heartbeating(client: Client) -> (ServerProcess, Driver, CollectorId) {
+    let server = ServerProcess::start(&[], &[]).await;
+    let mut driver = Driver::start(client, &server.opamp_url(), &[]).await;
+    let id = collector_id(&driver.seen[0]);
+    let first = driver
+        .expect_where("sent", |e| e["agent_description"] == true)
+        .await;
+    assert_eq!(first["ok"], true, "first full state accepted: {first}");
+    assert_eq!(first["http_status"], 200);
+    for _ in 0..2 {
+        let beat = driver
+            .expect_where("sent", |e| e["agent_description"] == false)
+            .await;
+        assert_eq!(beat["ok"], true, "heartbeat accepted: {beat}");
+        let reply = driver.expect("message").await;
+        assert!(accepted(&reply), "reply accepted: {reply}");
+        assert_eq!(
+            reply["capabilities"], 0x1f,
+            "our capabilities in every reply"
+        );
+    }
+    assert!(driver.errors().is_empty(), "{:#?}", driver.errors());
+    server
+        .wait_logged("the collector's first transition", |e| {
+            e["collector_id"] == id.to_string() && e["reason"] == "initial"
+        })
+        .await;
+    (server, driver, id)
+}
+
+#[tokio::test]
+async fn python_client_connects_heartbeats_and_disconnects_cleanly() {
+    let (server, mut driver, id) = heartbeating(Client::Python).await;
+    let reply = driver.seen.iter().find(|e| e["event"] == "sent").unwrap();
+    assert_eq!(reply["response_content_type"], "application/x-protobuf");
+    // It asks for gzip (requests' default) and so gets it.
+    assert_eq!(reply["response_content_encoding"], "gzip");
+
+    let status = driver.stop().await;
+    assert!(status.success());
+    let stopped = driver.seen.last().unwrap();
+    assert_eq!(stopped["agent_disconnect_sent"], true, "{stopped}");
+    server
+        .wait_logged("collector_stopped for the Python collector", |e| {
+            e["collector_id"] == id.to_string()
+                && e["to"] == "disconnected"
+                && e["reason"] == "collector_stopped"
+        })
+        .await;
+    assert!(driver.errors().is_empty(), "{:#?}", driver.errors());
+}
+
+#[tokio::test]
+async fn node_client_connects_and_heartbeats() {
+    let (_server, mut driver, _id) = heartbeating(Client::Node).await;
+    // Node 0.5.0 never sends agent_disconnect: it just goes quiet, and liveness covers it.
+    assert!(driver.stop().await.success());
+    assert!(driver.errors().is_empty(), "{:#?}", driver.errors());
+}
+
+#[tokio::test]
+async fn both_clients_get_through_agent_authentication() {
+    let tokens = ("OPAMPD_OPAMP__AUTH__TOKENS", r#"["s3cret"]"#);
+    let server = ServerProcess::start(&[], &[tokens]).await;
+    for client in [Client::Python, Client::Node] {
+        let mut good = Driver::start(
+            client,
+            &server.opamp_url(),
+            &["--auth-header", "Bearer s3cret"],
+        )
+        .await;
+        let reply = good.expect("message").await;
+        assert!(accepted(&reply), "{client:?}: {reply}");
+        let mut bad = Driver::start(
+            client,
+            &server.opamp_url(),
+            &["--auth-header", "Bearer wrong"],
+        )
+        .await;
+        let refused = bad.expect_where("error", |e| e["source"] == "client").await;
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("401"),
+            "{client:?}: {refused}"
+        );
+        good.stop().await;
+        bad.stop().await;
+    }
+}
+
+fn json_config(body: &str, hash: &[u8]) -> ConfigOffer {
+    let mut files = ConfigFiles::new();
+    files.insert(
+        "collector.json".to_owned(),
+        ConfigFile {
+            body: body.as_bytes().into(),
+            content_type: "application/json".to_owned(),
+        },
+    );
+    ConfigOffer {
+        files,
+        hash: hash.to_vec(),
+    }
+}
+
+fn send_configuration(offer: ConfigOffer) -> Event {
+    Event::SendConfiguration {
+        offer,
+        required: vec![],
+        rollout: None,
+    }
+}
+
+/// The issue's Python scenarios in one collector's life: healthy, unhealthy, recovered, a
+/// configuration applied, one failed, and a clean disconnect, with the history they must leave.
+#[tokio::test]
+async fn python_client_scenarios_leave_the_expected_history() {
+    let server = TestServer::start().await;
+    let mut driver = Driver::start(Client::Python, &server.opamp_url, &[]).await;
+    let id = collector_id(&driver.seen[0]);
+    let state_is =
+        |state: State| move |c: &opampd::collector::machine::Collector| c.state == Some(state);
+
+    // healthy
+    server
+        .wait_for(id, "Connected", state_is(State::Connected))
+        .await;
+
+    // unhealthy, then recovered
+    driver
+        .command(json!({"cmd": "health", "healthy": false, "last_error": "exporter otlp is down"}))
+        .await;
+    let view = server.wait_for(id, "Error", state_is(State::Error)).await;
+    assert_eq!(view.state_reason, Some(Reason::RuntimeError));
+    assert_eq!(view.state_message, "exporter otlp is down");
+    driver
+        .command(json!({"cmd": "health", "healthy": true}))
+        .await;
+    server
+        .wait_for(id, "recovered", state_is(State::Connected))
+        .await;
+
+    // apply-ok: the client receives it on its next poll, reports APPLYING then APPLIED
+    let good = json_config(r#"{"receivers": {"otlp": {}}}"#, b"good-config");
+    assert!(
+        server
+            .running()
+            .registry
+            .apply(id, send_configuration(good))
+            .await
+            .unwrap()
+    );
+    server
+        .wait_for(id, "Configuring", state_is(State::Configuring))
+        .await;
+    let received = driver.expect("remote_config").await;
+    assert_eq!(received["hash"], hex(b"good-config"));
+    assert!(received["decode_error"].is_null(), "{received}");
+    driver
+        .command(json!({"cmd": "apply", "status": "APPLYING"}))
+        .await;
+    driver
+        .expect_where("sent", |e| {
+            e["remote_config_status"]["status"] == "APPLYING"
+        })
+        .await;
+    assert_eq!(
+        server.view(id).await.unwrap().state,
+        Some(State::Configuring)
+    );
+    driver
+        .command(json!({"cmd": "apply", "status": "APPLIED"}))
+        .await;
+    server
+        .wait_for(id, "applied", state_is(State::Connected))
+        .await;
+
+    // apply-fail
+    let bad = json_config(r#"{"exporters": {"kafka": {}}}"#, b"bad-config");
+    assert!(
+        server
+            .running()
+            .registry
+            .apply(id, send_configuration(bad))
+            .await
+            .unwrap()
+    );
+    driver
+        .expect_where("remote_config", |e| e["hash"] == hex(b"bad-config"))
+        .await;
+    driver
+        .command(json!({"cmd": "apply", "status": "FAILED", "error": "unknown exporter kafka"}))
+        .await;
+    let view = server.wait_for(id, "failed", state_is(State::Error)).await;
+    assert_eq!(view.state_reason, Some(Reason::ConfigFailed));
+    assert_eq!(view.state_message, "unknown exporter kafka");
+
+    // disconnect
+    assert!(driver.stop().await.success());
+    let view = server
+        .wait_for(id, "Disconnected", state_is(State::Disconnected))
+        .await;
+    let history: Vec<_> = view
+        .history
+        .iter()
+        .map(|t| (t.from, t.to, t.reason))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (None, S::Connected, R::Initial),
+            (Some(S::Connected), S::Error, R::RuntimeError),
+            (Some(S::Error), S::Connected, R::ErrorResolved),
+            (Some(S::Connected), S::Configuring, R::NewConfiguration),
+            (Some(S::Configuring), S::Connected, R::ConfigApplied),
+            (Some(S::Connected), S::Configuring, R::NewConfiguration),
+            (Some(S::Configuring), S::Error, R::ConfigFailed),
+            (Some(S::Error), S::Disconnected, R::CollectorStopped),
+        ]
+    );
+    assert!(driver.errors().is_empty(), "{:#?}", driver.errors());
+}

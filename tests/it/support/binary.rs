@@ -102,6 +102,21 @@ impl ServerProcess {
         status
     }
 
+    /// Waits until a JSON log event satisfies `check`, and returns it.
+    pub async fn wait_logged(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        super::eventually(what, || async {
+            let logs = self.logs.lock().unwrap();
+            logs.iter()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .find(|event| check(event))
+        })
+        .await
+    }
+
     pub fn logged(&self, needle: &str) -> bool {
         self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod interop;
 
 use std::future::Future;
 use std::time::Duration;
