@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+
+use super::bus::Bus;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -69,7 +71,7 @@ pub struct ActorSettings {
 pub(super) struct Shared {
     pub settings: ActorSettings,
     pub catalog: Arc<ComponentCatalog>,
-    pub bus: broadcast::Sender<Published>,
+    pub bus: Bus,
 }
 
 /// A cloneable way to reach one collector's actor.
@@ -219,8 +221,7 @@ impl Actor {
             reason = %transition.reason,
             "collector state changed"
         );
-        // No subscriber is fine; a lagging one loses messages, it never slows us.
-        let _ = self.shared.bus.send(Published {
+        self.shared.bus.publish(Published {
             collector: self.record.id,
             transition,
         });

@@ -2,6 +2,7 @@
 //! actor and registry that own each collector's record.
 
 pub mod actor;
+pub mod bus;
 pub mod machine;
 pub mod registry;
 pub mod state;

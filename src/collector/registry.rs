@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::actor::{
-    ActorGone, ActorSettings, CollectorHandle, Command, ConnectionRef, Ending, Published, Shared,
+    ActorGone, ActorSettings, CollectorHandle, Command, ConnectionRef, Ending, Shared,
 };
+use super::bus::{Bus, Subscription};
 use super::machine::{Collector, Event};
 use super::{CollectorId, Components, Outbound, Report};
 
@@ -64,7 +64,7 @@ impl Registry {
             shared: Shared {
                 settings,
                 catalog: Arc::new(ComponentCatalog::default()),
-                bus: broadcast::channel(BUS_CAPACITY).0,
+                bus: Bus::new(BUS_CAPACITY),
             },
             shutdown,
             tracker,
@@ -131,10 +131,15 @@ impl Registry {
         self.existing(id)?.view(id).await.ok()
     }
 
-    /// Every transition from now on, from every collector. A subscriber that falls more than the
-    /// bus capacity behind gets `RecvError::Lagged` and should count and resynchronise.
-    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
+    /// Every transition from now on, from every collector; see [`Subscription::recv`] for what
+    /// happens to a subscriber that falls behind.
+    pub fn subscribe(&self) -> Subscription {
         self.shared.bus.subscribe()
+    }
+
+    /// Subscribers dropped so far for lagging.
+    pub fn dropped_subscribers(&self) -> u64 {
+        self.shared.bus.dropped_subscribers()
     }
 
     pub fn ids(&self) -> Vec<CollectorId> {
