@@ -14,14 +14,20 @@ use tracing::{info, warn};
 use crate::api::{self, ApiState};
 use crate::collector::Registry;
 use crate::collector::actor::ActorSettings;
+use crate::collector::persist::Persistence;
 use crate::config::Config;
 use crate::opamp::Opamp;
+use crate::store::writer::{StoreHealth, Writer, WriterSettings};
+use crate::store::{self, Store, StoreRecords};
 
 /// A started server. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     pub opamp_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub registry: Arc<Registry>,
+    pub store: Arc<dyn Store>,
+    pub store_health: Arc<StoreHealth>,
+    writer: Writer,
     config: Config,
     /// Cancelled to stop accepting and close every collector's connection.
     shutdown: CancellationToken,
@@ -32,9 +38,52 @@ pub struct Running {
     servers: JoinSet<std::io::Result<()>>,
 }
 
+/// Opens the store, brings its schema up to date and settles what an unclean stop left behind,
+/// all before a single collector is accepted.
+async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = store::open(config).await.with_context(|| {
+        format!(
+            "cannot open the database ({})",
+            redacted(&config.database_url())
+        )
+    })?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    let marked = store
+        .recover(std::time::SystemTime::now())
+        .await
+        .context("cannot recover the collectors' states after the last run")?;
+    if marked > 0 {
+        warn!(
+            collectors = marked,
+            node = %config.server.node_id,
+            "the last run did not shut down cleanly; its collectors are marked disconnected"
+        );
+    }
+    info!(backend = store.backend(), database = %redacted(&config.database_url()), "store ready");
+    Ok(store)
+}
+
+/// The URL without its password, for logs and errors.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Binds both listeners and starts serving. Port 0 picks a free port; the bound addresses are in
 /// the returned [`Running`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let store = prepare_store(&config).await?;
     let opamp_listener = TcpListener::bind(config.opamp.listen)
         .await
         .with_context(|| format!("cannot listen on opamp.listen = {}", config.opamp.listen))?;
@@ -48,10 +97,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let actors_stop = CancellationToken::new();
     let sessions = TaskTracker::new();
     let actors = TaskTracker::new();
+    let (changes, queue) = tokio::sync::mpsc::channel(config.database.queue_capacity);
+    let writer = Writer::spawn(
+        Arc::clone(&store),
+        queue,
+        WriterSettings {
+            flush_interval: config.database.flush_interval,
+            max_pending: config.database.max_pending,
+        },
+    );
+    let store_health = Arc::clone(&writer.health);
     let registry = Arc::new(Registry::new(
         ActorSettings {
             liveness_window: config.opamp.liveness_window(),
+            last_seen_interval: config.database.last_seen_interval,
         },
+        Persistence::new(changes, Arc::new(StoreRecords(Arc::clone(&store)))),
         actors_stop.clone(),
         actors.clone(),
     ));
@@ -73,6 +134,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let api_router = api::router(ApiState {
         shutdown: shutdown.clone(),
         registry: Arc::clone(&registry),
+        store_health: Arc::clone(&store_health),
     });
     let stop = shutdown.clone();
     servers.spawn(async move {
@@ -88,6 +150,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         opamp_addr,
         api_addr,
         registry,
+        store,
+        store_health,
+        writer,
         config,
         shutdown,
         actors_stop,
@@ -147,6 +212,8 @@ impl Running {
         {
             warn!("collector actors did not stop in time");
         }
+        // Every actor has handed over its last changes (server_termination included).
+        self.writer.finish(deadline).await;
         info!("stopped");
         failure.map_or(Ok(()), Err)
     }

@@ -13,7 +13,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "config/opampd.toml";
 
 /// Top-level sections; only `OPAMPD_<SECTION>__…` variables are read, so unrelated `OPAMPD_*`
 /// variables in the environment (a test harness's, a wrapper's) cannot fail start-up.
-const SECTIONS: &[&str] = &["opamp", "api", "log", "server"];
+const SECTIONS: &[&str] = &["opamp", "api", "log", "server", "database"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +22,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub log: LogConfig,
     pub server: ServerConfig,
+    pub database: DatabaseConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -83,9 +84,33 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// How long shutdown waits for collectors' connections to close before giving up on them.
+    /// How long shutdown waits for collectors' connections to close before giving up on them, and
+    /// again for the last writes to reach the store.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Where the default SQLite database lives.
+    pub data_dir: PathBuf,
+    /// This replica's name in the store: collectors it held are marked Disconnected by it after a
+    /// crash. Must be stable across restarts and distinct per replica.
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://…`; empty means `sqlite://<server.data_dir>/opampd.db`.
+    pub url: String,
+    pub max_connections: u32,
+    /// The write-behind batcher's window: changes within it are written in one transaction.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Changes waiting between the collectors' actors and the batcher.
+    pub queue_capacity: usize,
+    /// Transitions the batcher holds while the database is unreachable; beyond it, actors wait.
+    pub max_pending: usize,
+    /// How often a collector whose only news is `last_seen` (a heartbeat) is written.
+    #[serde(with = "humantime_serde")]
+    pub last_seen_interval: Duration,
 }
 
 impl Default for OpampConfig {
@@ -127,6 +152,35 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             shutdown_timeout: Duration::from_secs(10),
+            data_dir: PathBuf::from("data"),
+            node_id: "opampd".to_owned(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 8,
+            flush_interval: Duration::from_millis(50),
+            queue_capacity: 65_536,
+            max_pending: 1_000_000,
+            last_seen_interval: Duration::from_mins(1),
+        }
+    }
+}
+
+impl Config {
+    /// The database URL in force: the configured one, or the SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!(
+                "sqlite://{}",
+                self.server.data_dir.join("opampd.db").display()
+            )
+        } else {
+            self.database.url.clone()
         }
     }
 }
@@ -156,6 +210,7 @@ pub struct FlagOverrides {
     pub api_listen: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    pub database_url: Option<String>,
 }
 
 impl FlagOverrides {
@@ -172,6 +227,9 @@ impl FlagOverrides {
         }
         if let Some(level) = self.log_level {
             figment = figment.merge(Serialized::global("log.level", level));
+        }
+        if let Some(url) = self.database_url {
+            figment = figment.merge(Serialized::global("database.url", url));
         }
         figment
     }
@@ -256,6 +314,31 @@ impl Config {
         }
         if self.opamp.auth.tokens.iter().any(String::is_empty) {
             return reject("opamp.auth.tokens", "tokens must not be empty strings");
+        }
+        let url = self.database_url();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return reject(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            );
+        }
+        if self.database.max_connections == 0 {
+            return reject("database.max_connections", "must be at least 1");
+        }
+        if self.database.flush_interval.is_zero() {
+            return reject("database.flush_interval", "must be more than zero");
+        }
+        if self.database.queue_capacity == 0 || self.database.max_pending == 0 {
+            return reject(
+                "database.queue_capacity",
+                "queue_capacity and max_pending must be at least 1",
+            );
+        }
+        if self.server.node_id.is_empty() {
+            return reject("server.node_id", "must not be empty");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return reject("log.level", "not a valid tracing filter directive");

@@ -6,4 +6,5 @@ pub mod collector;
 pub mod config;
 pub mod opamp;
 pub mod proto;
+pub mod store;
 pub mod telemetry;

@@ -27,6 +27,9 @@ struct Cli {
     /// Log filter, e.g. "info" or "opampd=debug" (log.level).
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// Database URL, sqlite://… or postgres://… (database.url).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -37,6 +40,8 @@ enum Command {
     Serve,
     /// Ask a running server's /readyz (for container health checks); exit 0 when ready.
     Healthcheck,
+    /// Apply the database migrations and exit (the server also applies them at start-up).
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         api_listen: cli.api_listen,
         log_format: cli.log_format,
         log_level: cli.log_level,
+        database_url: cli.database_url,
     };
     let config = match Config::load(cli.config.as_deref(), flags) {
         Ok(config) => config,
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
         Command::Healthcheck => healthcheck(&config),
+        Command::Migrate => migrate(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +79,16 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(opampd::app::run(config))
+}
+
+fn migrate(config: &Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let store = opampd::store::open(config).await?;
+        store.migrate().await?;
+        tracing::info!(backend = store.backend(), "migrations applied");
+        Ok(())
+    })
 }
 
 /// A dependency-free probe: the runtime image has no curl, and this keeps it that way.

@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::machine::{Collector, Effect, Event, Transition, step};
+use super::machine::{Collector, Effect, Event, HISTORY_KEPT, Transition, step};
+use super::persist::{Change, Persistence};
 use super::registry::ComponentCatalog;
 use super::{AvailableComponents, CloseReason, CollectorId, Delivery, Outbound, Report, Transport};
 
@@ -64,14 +65,17 @@ pub(super) enum Command {
 pub struct ActorSettings {
     /// How long a plain-HTTP collector may stay silent before it counts as disconnected.
     pub liveness_window: Duration,
+    /// How often a record whose only news is `last_seen` is written: heartbeats are coalesced.
+    pub last_seen_interval: Duration,
 }
 
-/// What every actor shares: settings, the component catalog and the transition bus.
+/// What every actor shares: settings, the component catalog, the transition bus and the store.
 #[derive(Clone)]
 pub(super) struct Shared {
     pub settings: ActorSettings,
     pub catalog: Arc<ComponentCatalog>,
     pub bus: Bus,
+    pub persistence: Persistence,
 }
 
 /// A cloneable way to reach one collector's actor.
@@ -98,6 +102,9 @@ impl CollectorHandle {
             connection: None,
             silent_deadline: None,
             shared,
+            unsaved: Vec::new(),
+            dirty: false,
+            saved_at: None,
         };
         tracker.spawn(actor.run(rx, shutdown));
         Self { tx }
@@ -139,10 +146,17 @@ struct Actor {
     /// When a plain-HTTP collector that has not polled since counts as gone.
     silent_deadline: Option<Instant>,
     shared: Shared,
+    /// Transitions not yet handed to the store.
+    unsaved: Vec<Transition>,
+    /// The record has news beyond `last_seen` that the store has not had.
+    dirty: bool,
+    /// When the record was last handed to the store.
+    saved_at: Option<Instant>,
 }
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        self.load().await;
         loop {
             let deadline = self.silent_deadline;
             tokio::select! {
@@ -159,9 +173,61 @@ impl Actor {
                     // Collectors still connected now (HTTP ones, or WebSockets that outlived the
                     // shutdown timeout) are disconnected by the server's end.
                     self.apply(Event::ServerTerminating);
+                    self.save().await;
                     break;
                 }
             }
+            self.save().await;
+        }
+    }
+
+    /// Picks up where the store left a collector seen before, so its history continues and its
+    /// return counts as `connection_restored`, not as a first contact.
+    async fn load(&mut self) {
+        let id = self.record.id;
+        match self
+            .shared
+            .persistence
+            .records()
+            .load(id, HISTORY_KEPT)
+            .await
+        {
+            Ok(Some(mut stored)) => {
+                // Whatever the store says, this actor holds no connection yet.
+                stored.connected = false;
+                self.record = stored;
+            }
+            Ok(None) => {}
+            Err(err) => {
+                warn!(collector_id = %id, %err, "starting from an empty record");
+            }
+        }
+    }
+
+    /// Hands transitions and, when it has news (or `last_seen` is old in the store), the record
+    /// to the write-behind batcher. Waits only when the store queue is full.
+    async fn save(&mut self) {
+        let persistence = &self.shared.persistence;
+        for transition in self.unsaved.drain(..) {
+            persistence
+                .save(Change::Transition {
+                    collector: self.record.id,
+                    transition,
+                })
+                .await;
+        }
+        let touch_due = self
+            .saved_at
+            .is_none_or(|at| at.elapsed() >= self.shared.settings.last_seen_interval);
+        if self.record.state.is_some() && (self.dirty || touch_due) {
+            let record = Collector {
+                history: Vec::new(),
+                outbox: super::Outbound::default(),
+                ..self.record.clone()
+            };
+            persistence.save(Change::Record(Box::new(record))).await;
+            self.dirty = false;
+            self.saved_at = Some(Instant::now());
         }
     }
 
@@ -172,6 +238,8 @@ impl Actor {
                 report,
                 reply,
             } => {
+                self.dirty |=
+                    !report.is_heartbeat() || report.capabilities != self.record.capabilities;
                 let answer = self.on_report(connection, *report);
                 // The connection may have gone while we worked; its loss arrives as Detached.
                 let _ = reply.send(answer);
@@ -193,7 +261,10 @@ impl Actor {
                     });
                 }
             }
-            Command::Apply(event) => self.apply(event),
+            Command::Apply(event) => {
+                self.dirty = true;
+                self.apply(event);
+            }
             Command::View(reply) => {
                 let _ = reply.send(self.record.clone());
             }
@@ -204,7 +275,11 @@ impl Actor {
     fn apply(&mut self, event: Event) {
         for effect in step(&mut self.record, event, SystemTime::now()) {
             match effect {
-                Effect::Transitioned(transition) => self.publish(transition),
+                Effect::Transitioned(transition) => {
+                    self.dirty = true;
+                    self.unsaved.push(transition.clone());
+                    self.publish(transition);
+                }
                 Effect::Deliver => self.flush_outbox(),
                 Effect::Refused(why) => {
                     debug!(collector_id = %self.record.id, why, "event refused");
@@ -324,6 +399,18 @@ impl Actor {
 }
 
 impl Report {
+    /// Nothing but "still here": no sub-message, no goodbye. Such a report changes only
+    /// `last_seen` and the sequence number, which need not be written every time.
+    fn is_heartbeat(&self) -> bool {
+        self.description.is_none()
+            && self.health.is_none()
+            && self.effective_config.is_none()
+            && self.remote_config_status.is_none()
+            && self.package_statuses.is_none()
+            && self.available_components.is_none()
+            && !self.disconnect
+    }
+
     /// Whether this report is a full state. Clients send the description with every full state and
     /// leave out what they do not have yet (Python's first message has no effective configuration
     /// even though it announces one), so demanding every announced part would only make them send

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::state::{Reason, State, target};
 use super::{
@@ -17,7 +17,7 @@ use super::{
 pub const HISTORY_KEPT: usize = 256;
 
 /// One recorded move along an edge of the table.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transition {
     /// `None` for the diagram's `[*]`: the collector's first contact.
     pub from: Option<State>,

@@ -3,7 +3,9 @@
 
 pub mod actor;
 pub mod bus;
+pub mod encoding;
 pub mod machine;
+pub mod persist;
 pub mod registry;
 pub mod state;
 
@@ -11,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use actor::CollectorHandle;
@@ -20,7 +22,7 @@ pub use registry::Registry;
 pub use state::{Reason, State};
 
 /// A collector's identity: its OpAMP `instance_uid`, as a UUID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CollectorId(pub Uuid);
 
@@ -36,25 +38,37 @@ impl fmt::Display for CollectorId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     WebSocket,
     Http,
 }
 
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Transport::WebSocket => "websocket",
             Transport::Http => "http",
-        })
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Transport> {
+        [Transport::WebSocket, Transport::Http]
+            .into_iter()
+            .find(|t| t.as_str() == text)
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// What a collector says it can do: OpAMP's agent capability bits. Unknown bits are kept, never
 /// rejected, and simply have no name.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Capabilities(pub u64);
 
@@ -106,14 +120,14 @@ impl Capabilities {
 /// which become base64-free arrays of numbers (rare in descriptions).
 pub type Attributes = BTreeMap<String, serde_json::Value>;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Description {
     pub identifying: Attributes,
     pub non_identifying: Attributes,
 }
 
 /// A health tree, as the collector reports it; the root is the collector as a whole.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Health {
     pub healthy: bool,
     pub start_time_unix_nano: u64,
@@ -123,17 +137,17 @@ pub struct Health {
     pub components: BTreeMap<String, Health>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigFile {
     pub content_type: String,
-    #[serde(skip)]
+    #[serde(with = "encoding::base64")]
     pub body: Arc<[u8]>,
 }
 
 /// A set of named configuration files; a single-file configuration uses the name `""`.
 pub type ConfigFiles = BTreeMap<String, ConfigFile>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RemoteConfigState {
     Unset,
@@ -144,14 +158,15 @@ pub enum RemoteConfigState {
     Unknown(i32),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteConfigStatus {
+    #[serde(with = "encoding::hex")]
     pub hash: Vec<u8>,
     pub status: RemoteConfigState,
     pub error_message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PackageState {
     Installed,
@@ -162,7 +177,7 @@ pub enum PackageState {
     Unknown(i32),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PackageStatus {
     pub agent_has_version: String,
     pub server_offered_version: String,
@@ -170,20 +185,22 @@ pub struct PackageStatus {
     pub error_message: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PackageStatuses {
     pub packages: BTreeMap<String, PackageStatus>,
+    #[serde(with = "encoding::hex")]
     pub server_provided_all_packages_hash: Vec<u8>,
     pub error_message: String,
 }
 
 /// Component types the collector binary contains, by kind (`receivers`, …) and type (`otlp`, …).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Components(pub BTreeMap<String, Vec<String>>);
 
 /// `AvailableComponents` as sent: often only the hash, the full map only when asked for it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AvailableComponents {
+    #[serde(with = "encoding::hex")]
     pub hash: Vec<u8>,
     pub components: Option<Arc<Components>>,
 }
@@ -211,18 +228,18 @@ pub struct ConfigOffer {
 }
 
 /// A package offered to a collector (OpAMP `PackagesAvailable` with one top-level package).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PackageOffer {
     pub name: String,
     pub version: String,
     pub download_url: String,
     /// SHA-256 of the file.
-    #[serde(skip)]
+    #[serde(with = "encoding::hex")]
     pub content_hash: Vec<u8>,
-    #[serde(skip)]
+    #[serde(with = "encoding::hex")]
     pub signature: Vec<u8>,
     /// Over every field above; doubles as `all_packages_hash`, one package being all of them.
-    #[serde(skip)]
+    #[serde(with = "encoding::hex")]
     pub hash: Vec<u8>,
 }
 

@@ -12,6 +12,7 @@ use super::actor::{
 };
 use super::bus::{Bus, Subscription};
 use super::machine::{Collector, Event};
+use super::persist::Persistence;
 use super::{CollectorId, Components, Outbound, Report};
 
 /// Transitions published and not yet read by the slowest subscriber; beyond it, that subscriber
@@ -58,13 +59,19 @@ pub struct Registry {
 
 impl Registry {
     /// Actors stop when `shutdown` is cancelled; `tracker` lets the caller wait for them.
-    pub fn new(settings: ActorSettings, shutdown: CancellationToken, tracker: TaskTracker) -> Self {
+    pub fn new(
+        settings: ActorSettings,
+        persistence: Persistence,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
         Self {
             actors: Mutex::new(HashMap::new()),
             shared: Shared {
                 settings,
                 catalog: Arc::new(ComponentCatalog::default()),
                 bus: Bus::new(BUS_CAPACITY),
+                persistence,
             },
             shutdown,
             tracker,
@@ -135,6 +142,10 @@ impl Registry {
     /// happens to a subscriber that falls behind.
     pub fn subscribe(&self) -> Subscription {
         self.shared.bus.subscribe()
+    }
+
+    pub fn persistence(&self) -> &Persistence {
+        &self.shared.persistence
     }
 
     /// Subscribers dropped so far for lagging.

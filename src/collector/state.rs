@@ -3,9 +3,9 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Connected,
@@ -52,7 +52,7 @@ impl fmt::Display for State {
 }
 
 /// Why a transition happened: the diagram's labels as short codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// `[*] --> Connected`: the first message from a collector never seen before.
@@ -79,6 +79,32 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 19] = [
+        Reason::Initial,
+        Reason::NetworkInterruption,
+        Reason::CollectorStopped,
+        Reason::ServerTermination,
+        Reason::RuntimeError,
+        Reason::ConfigError,
+        Reason::UpdateError,
+        Reason::NewConfiguration,
+        Reason::QueuedForRollout,
+        Reason::UnsupportedComponents,
+        Reason::PackageUpgradeInitiated,
+        Reason::ConnectionRestored,
+        Reason::ErrorResolved,
+        Reason::ConfigApplied,
+        Reason::ConfigFailed,
+        Reason::ConfigSent,
+        Reason::UpgradeSucceeded,
+        Reason::UpgradeFailed,
+        Reason::RemovedFromRollout,
+    ];
+
+    pub fn parse(text: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Initial => "initial",

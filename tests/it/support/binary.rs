@@ -2,6 +2,7 @@
 //! addresses in its start-up log line and stop it with real signals.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -17,14 +18,27 @@ pub struct ServerProcess {
     /// Every log line so far, as JSON text.
     pub logs: Arc<Mutex<Vec<String>>>,
     reader: Option<tokio::task::JoinHandle<()>>,
+    /// The data directory this process made for itself, if the test gave none.
+    owned_data: Option<tempfile::TempDir>,
 }
 
 impl ServerProcess {
-    /// Starts the binary from the crate root (so it reads the shipped `config/opampd.toml`).
+    /// Starts the binary from the crate root (so it reads the shipped `config/opampd.toml`), with
+    /// a SQLite database in a fresh temporary data directory.
     pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let data = tempfile::tempdir().expect("a temporary directory");
+        let mut process = Self::start_with_data(data.path(), args, envs).await;
+        process.owned_data = Some(data);
+        process
+    }
+
+    /// Starts the binary with `data` as its data directory (a restarted server finds its SQLite
+    /// database there).
+    pub async fn start_with_data(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_opampd"));
         command
             .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("OPAMPD_SERVER__DATA_DIR", data)
             .args(args)
             .args([
                 "--opamp-listen",
@@ -70,6 +84,7 @@ impl ServerProcess {
             api_addr: api.expect("api_addr in the start-up line"),
             logs,
             reader: Some(reader),
+            owned_data: None,
         }
     }
 

@@ -25,18 +25,23 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Generous: CI machines are slow and shared; a passing test never waits this long.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
-/// A server started in this process, on loopback port 0.
+/// A server started in this process, on loopback port 0, with its own SQLite file unless the
+/// test names another database.
 pub struct TestServer {
     pub running: Option<Running>,
     pub opamp_url: String,
     pub ws_url: String,
     pub api_url: String,
+    /// Holds the SQLite file (and removes it when the test ends).
+    pub data: tempfile::TempDir,
 }
 
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.opamp.listen = "127.0.0.1:0".parse().unwrap();
     config.api.listen = "127.0.0.1:0".parse().unwrap();
+    // Tests read the store right after a change: a short window keeps them quick.
+    config.database.flush_interval = Duration::from_millis(5);
     config
 }
 
@@ -46,7 +51,9 @@ impl TestServer {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let data = tempfile::tempdir().expect("a temporary directory");
         let mut config = test_config();
+        config.server.data_dir = data.path().to_owned();
         adjust(&mut config);
         let path = config.opamp.path.clone();
         let running = opampd::app::start(config).await.expect("server starts");
@@ -55,6 +62,7 @@ impl TestServer {
             ws_url: format!("ws://{}{path}", running.opamp_addr),
             api_url: format!("http://{}", running.api_addr),
             running: Some(running),
+            data,
         }
     }
 

@@ -1,0 +1,271 @@
+//! The two SQL stores. Their code is one body instantiated for each database: the statements are
+//! built with `QueryBuilder`, which writes each database's placeholders, and the column types
+//! (`OffsetDateTime`, `Json`, `bool`, `i64`) map onto both. Only the migrations differ.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+use time::OffsetDateTime;
+
+use super::row::{RecordRow, TransitionRow};
+use super::{Batch, Store, StoreError};
+use crate::collector::{Collector, CollectorId, Reason, State, Transition};
+
+/// Rows per statement: far below both databases' bind-parameter limits (16 columns × 1000).
+const CHUNK: usize = 1000;
+
+/// A pooled connection that cannot be had within this is an outage, not a wait.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const RECORD_COLUMNS: &str = "id, node, state, state_since, state_reason, state_message, \
+     connected, transport, connected_since, last_seen, name, capabilities, sequence_num, labels, \
+     facts, updated_at";
+
+const TRANSITION_COLUMNS: &str = "collector_id, from_state, to_state, reason, message, at, cause";
+
+const RECOVERED_MESSAGE: &str = "the server stopped without shutting down";
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    node: String,
+}
+
+pub struct PostgresStore {
+    pool: PgPool,
+    node: String,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, node: String, pool_size: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let file = options.get_filename();
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Setup(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool, node })
+    }
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str, node: String, pool_size: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
+        Ok(Self { pool, node })
+    }
+}
+
+macro_rules! sql_store {
+    ($store:ty, $db:ty, $backend:literal, $migrations:literal) => {
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn migrate(&self) -> Result<(), StoreError> {
+                sqlx::migrate!($migrations).run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+                let now = SystemTime::now();
+                let records: Vec<RecordRow> = batch
+                    .records
+                    .values()
+                    .filter_map(|c| RecordRow::from_record(c, &self.node, now))
+                    .collect();
+                let mut tx = self.pool.begin().await?;
+                for chunk in records.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO collectors ({RECORD_COLUMNS}) "
+                    ));
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(&r.id)
+                            .push_bind(&r.node)
+                            .push_bind(&r.state)
+                            .push_bind(r.state_since)
+                            .push_bind(&r.state_reason)
+                            .push_bind(&r.state_message)
+                            .push_bind(r.connected)
+                            .push_bind(&r.transport)
+                            .push_bind(r.connected_since)
+                            .push_bind(r.last_seen)
+                            .push_bind(&r.name)
+                            .push_bind(r.capabilities)
+                            .push_bind(r.sequence_num)
+                            .push_bind(&r.labels)
+                            .push_bind(&r.facts)
+                            .push_bind(r.updated_at);
+                    });
+                    q.push(
+                        " ON CONFLICT (id) DO UPDATE SET node = excluded.node, \
+                         state = excluded.state, state_since = excluded.state_since, \
+                         state_reason = excluded.state_reason, \
+                         state_message = excluded.state_message, \
+                         connected = excluded.connected, transport = excluded.transport, \
+                         connected_since = excluded.connected_since, \
+                         last_seen = excluded.last_seen, name = excluded.name, \
+                         capabilities = excluded.capabilities, \
+                         sequence_num = excluded.sequence_num, labels = excluded.labels, \
+                         facts = excluded.facts, updated_at = excluded.updated_at",
+                    );
+                    q.build().execute(&mut *tx).await?;
+                }
+                let transitions: Vec<TransitionRow> = batch
+                    .transitions
+                    .iter()
+                    .map(|(id, t)| TransitionRow::new(*id, t))
+                    .collect();
+                for chunk in transitions.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO transitions ({TRANSITION_COLUMNS}) "
+                    ));
+                    q.push_values(chunk, |mut b, t| {
+                        b.push_bind(&t.collector_id)
+                            .push_bind(&t.from_state)
+                            .push_bind(&t.to_state)
+                            .push_bind(&t.reason)
+                            .push_bind(&t.message)
+                            .push_bind(t.at)
+                            .push_bind(&t.cause);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn load(
+                &self,
+                id: CollectorId,
+                history: usize,
+            ) -> Result<Option<Collector>, StoreError> {
+                let key = id.to_string();
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT {RECORD_COLUMNS} FROM collectors WHERE id = "
+                ));
+                q.push_bind(&key);
+                let Some(row) = q
+                    .build_query_as::<RecordRow>()
+                    .fetch_optional(&self.pool)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let mut record = row.into_record()?;
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT {TRANSITION_COLUMNS} FROM transitions WHERE collector_id = "
+                ));
+                q.push_bind(&key);
+                q.push(" ORDER BY seq DESC LIMIT ");
+                q.push_bind(i64::try_from(history).unwrap_or(i64::MAX));
+                let rows = q
+                    .build_query_as::<TransitionRow>()
+                    .fetch_all(&self.pool)
+                    .await?;
+                record.history = rows
+                    .into_iter()
+                    .rev()
+                    .map(TransitionRow::into_transition)
+                    .collect::<Result<_, _>>()?;
+                Ok(Some(record))
+            }
+
+            async fn collectors(&self) -> Result<Vec<Collector>, StoreError> {
+                let rows = sqlx::query_as::<_, RecordRow>(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM collectors ORDER BY id"
+                ))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(RecordRow::into_record).collect()
+            }
+
+            async fn transitions(&self, id: CollectorId) -> Result<Vec<Transition>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT {TRANSITION_COLUMNS} FROM transitions WHERE collector_id = "
+                ));
+                q.push_bind(id.to_string());
+                q.push(" ORDER BY seq");
+                let rows = q
+                    .build_query_as::<TransitionRow>()
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter()
+                    .map(TransitionRow::into_transition)
+                    .collect()
+            }
+
+            async fn recover(&self, at: SystemTime) -> Result<usize, StoreError> {
+                let disconnected = State::Disconnected.as_str();
+                let reason = Reason::ServerTermination.as_str();
+                let at = OffsetDateTime::from(at);
+                let mut tx = self.pool.begin().await?;
+                // The history first, from the states the rows still show, then the rows.
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "INSERT INTO transitions ({TRANSITION_COLUMNS}) \
+                     SELECT id, state, "
+                ));
+                q.push_bind(disconnected)
+                    .push(", ")
+                    .push_bind(reason)
+                    .push(", ")
+                    .push_bind(RECOVERED_MESSAGE)
+                    .push(", ")
+                    .push_bind(at)
+                    .push(", NULL FROM collectors WHERE node = ")
+                    .push_bind(&self.node)
+                    .push(" AND state <> ")
+                    .push_bind(disconnected)
+                    .push(" ORDER BY id");
+                let marked = q.build().execute(&mut *tx).await?.rows_affected();
+                let mut q = QueryBuilder::<$db>::new("UPDATE collectors SET state = ");
+                q.push_bind(disconnected)
+                    .push(", state_reason = ")
+                    .push_bind(reason)
+                    .push(", state_message = ")
+                    .push_bind(RECOVERED_MESSAGE)
+                    .push(", state_since = ")
+                    .push_bind(at)
+                    .push(", connected = ")
+                    .push_bind(false)
+                    .push(", updated_at = ")
+                    .push_bind(at)
+                    .push(" WHERE node = ")
+                    .push_bind(&self.node)
+                    .push(" AND state <> ")
+                    .push_bind(disconnected);
+                q.build().execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(usize::try_from(marked).unwrap_or(usize::MAX))
+            }
+        }
+    };
+}
+
+sql_store!(SqliteStore, Sqlite, "sqlite", "migrations/sqlite");
+sql_store!(PostgresStore, Postgres, "postgres", "migrations/postgres");
