@@ -24,7 +24,10 @@ RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/opampd opampd 
  && chown opampd:opampd /var/lib/opampd
 COPY --from=build /src/target/release/opampd /usr/local/bin/opampd
 COPY config/opampd.toml /etc/opampd/opampd.toml
-ENV OPAMPD_CONFIG=/etc/opampd/opampd.toml
+# The SQLite database lives in the volume; set OPAMPD_DATABASE__URL=postgres://… for PostgreSQL.
+ENV OPAMPD_CONFIG=/etc/opampd/opampd.toml \
+    OPAMPD_SERVER__DATA_DIR=/var/lib/opampd
+VOLUME /var/lib/opampd
 USER opampd
 WORKDIR /var/lib/opampd
 EXPOSE 4320 8080

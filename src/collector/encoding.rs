@@ -9,7 +9,7 @@ pub mod hex {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = <&str>::deserialize(d)?;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         if text.len() % 2 != 0 {
             return Err(D::Error::custom("odd number of hex digits"));
         }

@@ -51,6 +51,7 @@ pub struct Persistence {
     changes: mpsc::Sender<Change>,
     records: Arc<dyn Records>,
     stalls: Arc<AtomicU64>,
+    saved_records: Arc<AtomicU64>,
 }
 
 impl Persistence {
@@ -59,6 +60,7 @@ impl Persistence {
             changes,
             records,
             stalls: Arc::new(AtomicU64::new(0)),
+            saved_records: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -77,6 +79,9 @@ impl Persistence {
     /// database is down or slow and the batcher's own bound is reached) the actor waits: back-pressure,
     /// said in the log and counted, rather than a silent drop.
     pub async fn save(&self, change: Change) {
+        if matches!(change, Change::Record(_)) {
+            self.saved_records.fetch_add(1, Ordering::Relaxed);
+        }
         match self.changes.try_send(change) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(change)) => {
@@ -91,6 +96,11 @@ impl Persistence {
                 warn!("store queue closed: a change arrived after shutdown");
             }
         }
+    }
+
+    /// Records handed to the batcher so far (heartbeats should not add to it).
+    pub fn saved_records(&self) -> u64 {
+        self.saved_records.load(Ordering::Relaxed)
     }
 
     /// How often an actor found the store queue full.

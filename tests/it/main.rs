@@ -9,6 +9,8 @@ mod support;
 mod binary;
 mod http_transport;
 mod interop;
+mod persistence;
 mod protocol;
 mod states;
+mod store;
 mod websocket;

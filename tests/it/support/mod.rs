@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod interop;
+pub mod postgres;
 
 use std::future::Future;
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub struct TestServer {
     pub api_url: String,
     /// Holds the SQLite file (and removes it when the test ends).
     pub data: tempfile::TempDir,
+    pub config: Config,
 }
 
 pub fn test_config() -> Config {
@@ -55,15 +57,40 @@ impl TestServer {
         let mut config = test_config();
         config.server.data_dir = data.path().to_owned();
         adjust(&mut config);
+        Self::start_on(config, data).await
+    }
+
+    async fn start_on(config: Config, data: tempfile::TempDir) -> Self {
         let path = config.opamp.path.clone();
-        let running = opampd::app::start(config).await.expect("server starts");
+        let running = opampd::app::start(config.clone())
+            .await
+            .expect("server starts");
         Self {
             opamp_url: format!("http://{}{path}", running.opamp_addr),
             ws_url: format!("ws://{}{path}", running.opamp_addr),
             api_url: format!("http://{}", running.api_addr),
             running: Some(running),
             data,
+            config,
         }
+    }
+
+    /// Shuts down cleanly and starts again on the same database (new ports).
+    pub async fn restart(self) -> Self {
+        let Self {
+            running,
+            data,
+            config,
+            ..
+        } = self;
+        if let Some(running) = running {
+            running.shutdown().await.expect("clean shutdown");
+        }
+        Self::start_on(config, data).await
+    }
+
+    pub fn store(&self) -> &dyn opampd::store::Store {
+        self.running().store.as_ref()
     }
 
     pub fn running(&self) -> &Running {
@@ -350,4 +377,36 @@ pub async fn post_ok(url: &str, message: &proto::AgentToServer) -> proto::Server
         Some("application/x-protobuf")
     );
     reply.message()
+}
+
+/// A report of the collector's health and nothing else.
+pub fn health_report(
+    uid: &Bytes,
+    sequence_num: u64,
+    healthy: bool,
+    last_error: &str,
+) -> proto::AgentToServer {
+    proto::AgentToServer {
+        health: Some(proto::ComponentHealth {
+            healthy,
+            last_error: last_error.to_owned(),
+            ..Default::default()
+        }),
+        ..heartbeat(uid, sequence_num)
+    }
+}
+
+/// `/readyz` as status code and JSON body.
+pub async fn readyz(api_url: &str) -> (u16, serde_json::Value) {
+    let response = http_client()
+        .get(format!("{api_url}/readyz"))
+        .send()
+        .await
+        .expect("GET /readyz");
+    let status = response.status().as_u16();
+    let body = response.text().await.expect("readyz body");
+    (
+        status,
+        serde_json::from_str(&body).expect("readyz answers JSON"),
+    )
 }

@@ -1,0 +1,337 @@
+//! The store contract: one suite, run against SQLite and a real PostgreSQL, a fresh database per
+//! test.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opampd::collector::{
+    AvailableComponents, Capabilities, Collector, CollectorId, Components, ConfigFile, Description,
+    Health, PackageOffer, PackageState, PackageStatus, PackageStatuses, Reason, RemoteConfigState,
+    RemoteConfigStatus, State, Transition, Transport,
+};
+use opampd::config::Config;
+use opampd::store::{self, Batch, Store};
+
+/// Where a contract test's database lives.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database of `backend`: its URL, and for SQLite the directory holding it.
+pub async fn fresh_url(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("store.db").display());
+            (url, Some(dir))
+        }
+        Backend::Postgres => (crate::support::postgres::fresh_database().await, None),
+    }
+}
+
+/// Opens (and migrates) the store at `url` as replica `node`.
+pub async fn open_store(url: &str, node: &str) -> Arc<dyn Store> {
+    let mut config = Config::default();
+    config.database.url = url.to_owned();
+    config.server.node_id = node.to_owned();
+    let store = store::open(&config).await.expect("the store opens");
+    store.migrate().await.expect("migrations apply");
+    store
+}
+
+/// A time the databases keep exactly (microseconds).
+fn at(seconds: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_000 + seconds * 1_000_123)
+}
+
+fn transition(from: Option<State>, to: State, reason: Reason, seconds: u64) -> Transition {
+    Transition {
+        from,
+        to,
+        reason,
+        message: format!("{reason} at {seconds}"),
+        at: at(seconds),
+        cause: seconds
+            .is_multiple_of(2)
+            .then(|| format!("cause-{seconds}")),
+    }
+}
+
+/// A record with every fact filled in, bytes that are not UTF-8 included.
+fn full_record(id: CollectorId, state: State) -> Collector {
+    let mut c = Collector::new(id);
+    c.state = Some(state);
+    c.state_since = Some(at(3));
+    c.state_reason = Some(Reason::RuntimeError);
+    c.state_message = "exporter otlp is down".into();
+    c.connected = state != State::Disconnected;
+    c.transport = Some(Transport::WebSocket);
+    c.connected_since = Some(at(1));
+    c.last_seen = Some(at(4));
+    c.capabilities = Capabilities(0x3fff);
+    c.sequence_num = Some(u64::MAX - 1);
+    c.description = Some(Description {
+        identifying: BTreeMap::from([("service.name".into(), "otelcol".into())]),
+        non_identifying: BTreeMap::from([
+            ("host.name".into(), "node-1".into()),
+            ("cpu.count".into(), 8.into()),
+        ]),
+    });
+    c.health = Some(Health {
+        healthy: false,
+        start_time_unix_nano: 11,
+        last_error: "exporter otlp is down".into(),
+        status: "StatusRecoverableError".into(),
+        status_time_unix_nano: 12,
+        components: BTreeMap::from([(
+            "exporter:otlp".into(),
+            Health {
+                healthy: false,
+                last_error: "connection refused".into(),
+                ..Health::default()
+            },
+        )]),
+    });
+    c.effective_config = Some(BTreeMap::from([(
+        "collector.yaml".into(),
+        ConfigFile {
+            content_type: "text/yaml".into(),
+            body: (*b"receivers: {otlp: {}}\n\xff\x00").into(),
+        },
+    )]));
+    c.remote_config_status = Some(RemoteConfigStatus {
+        hash: vec![0xc0, 0xff, 0xee],
+        status: RemoteConfigState::Failed,
+        error_message: "unknown exporter kafka".into(),
+    });
+    c.package_statuses = Some(PackageStatuses {
+        packages: BTreeMap::from([(
+            "otelcol".into(),
+            PackageStatus {
+                agent_has_version: "0.1.0".into(),
+                server_offered_version: "0.2.0".into(),
+                status: PackageState::Installing,
+                error_message: String::new(),
+            },
+        )]),
+        server_provided_all_packages_hash: vec![1, 2, 3],
+        error_message: String::new(),
+    });
+    c.available_components = Some(AvailableComponents {
+        hash: vec![9, 9],
+        components: Some(Arc::new(Components(BTreeMap::from([(
+            "receivers".into(),
+            vec!["otlp".into(), "kafka".into()],
+        )])))),
+    });
+    c.labels = BTreeMap::from([
+        ("env".into(), "prod".into()),
+        ("region".into(), "eu".into()),
+    ]);
+    c.config_sent = Some(vec![0xab]);
+    c.config_failed = Some(vec![0xc0, 0xff, 0xee]);
+    c.config_error = Some("unknown exporter kafka".into());
+    c.package_error = None;
+    c.package_offered = Some(PackageOffer {
+        name: "otelcol".into(),
+        version: "0.2.0".into(),
+        download_url: "https://packages.example/otelcol-0.2.0.tar.gz".into(),
+        content_hash: vec![7; 32],
+        signature: vec![],
+        hash: vec![8; 32],
+    });
+    c.rollout = Some("rollout-1".into());
+    c.missing_components = vec!["exporters/kafka".into()];
+    c
+}
+
+/// Everything the store keeps, as comparable JSON (history compared on its own).
+fn facts(c: &Collector) -> serde_json::Value {
+    let mut c = c.clone();
+    c.history.clear();
+    let mut value = serde_json::to_value(&c).unwrap();
+    // Not serialised by the record's JSON form, so compared by hand.
+    value["available_components"] = serde_json::to_value(&c.available_components).unwrap();
+    value["config_sent"] = serde_json::to_value(&c.config_sent).unwrap();
+    value["config_failed"] = serde_json::to_value(&c.config_failed).unwrap();
+    value
+}
+
+fn batch(records: Vec<Collector>, transitions: Vec<(CollectorId, Transition)>) -> Batch {
+    Batch {
+        records: records.into_iter().map(|c| (c.id, Box::new(c))).collect(),
+        transitions,
+    }
+}
+
+async fn migrations_apply_to_an_empty_database_and_again(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let first = open_store(&url, "a").await;
+    first.migrate().await.expect("a second run changes nothing");
+    let again = open_store(&url, "a").await;
+    assert!(again.collectors().await.unwrap().is_empty());
+    assert_eq!(again.backend(), first.backend());
+}
+
+async fn a_record_and_its_history_round_trip(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    let id = CollectorId::new_v7();
+    let record = full_record(id, State::Error);
+    let history = vec![
+        (id, transition(None, State::Connected, Reason::Initial, 1)),
+        (
+            id,
+            transition(
+                Some(State::Connected),
+                State::Error,
+                Reason::RuntimeError,
+                2,
+            ),
+        ),
+    ];
+    store
+        .write(&batch(vec![record.clone()], history.clone()))
+        .await
+        .unwrap();
+
+    let loaded = store.load(id, 10).await.unwrap().expect("stored");
+    assert_eq!(facts(&loaded), facts(&record));
+    let expected: Vec<_> = history.into_iter().map(|(_, t)| t).collect();
+    assert_eq!(loaded.history, expected);
+    assert_eq!(store.transitions(id).await.unwrap(), expected);
+    assert!(
+        store
+            .load(CollectorId::new_v7(), 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn the_latest_record_wins_and_transitions_only_append(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    let id = CollectorId::new_v7();
+    let mut record = full_record(id, State::Connected);
+    let t = |n: u64| (id, transition(None, State::Connected, Reason::Initial, n));
+    store
+        .write(&batch(vec![record.clone()], vec![t(1), t(2)]))
+        .await
+        .unwrap();
+    record.state = Some(State::Configuring);
+    record.labels.insert("tier".into(), "gold".into());
+    record.health = None;
+    store
+        .write(&batch(vec![record.clone()], vec![t(3)]))
+        .await
+        .unwrap();
+
+    let all = store.collectors().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(facts(&all[0]), facts(&record));
+    let history = store.transitions(id).await.unwrap();
+    assert_eq!(history, vec![t(1).1, t(2).1, t(3).1]);
+    // The most recent ones, oldest first.
+    let loaded = store.load(id, 2).await.unwrap().unwrap();
+    assert_eq!(loaded.history, vec![t(2).1, t(3).1]);
+}
+
+async fn a_large_batch_lands_in_one_write(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    let records: Vec<_> = (0..2500)
+        .map(|_| full_record(CollectorId::new_v7(), State::Connected))
+        .collect();
+    let transitions: Vec<_> = records
+        .iter()
+        .map(|c| (c.id, transition(None, State::Connected, Reason::Initial, 1)))
+        .collect();
+    store.write(&batch(records, transitions)).await.unwrap();
+    let all = store.collectors().await.unwrap();
+    assert_eq!(all.len(), 2500);
+    assert_eq!(store.transitions(all[1234].id).await.unwrap().len(), 1);
+}
+
+async fn recovery_disconnects_only_this_nodes_live_collectors(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let ours = open_store(&url, "node-a").await;
+    let theirs = open_store(&url, "node-b").await;
+    let live = full_record(CollectorId::new_v7(), State::Configuring);
+    let pending = full_record(CollectorId::new_v7(), State::Pending);
+    let gone = full_record(CollectorId::new_v7(), State::Disconnected);
+    let elsewhere = full_record(CollectorId::new_v7(), State::Connected);
+    ours.write(&batch(
+        vec![live.clone(), pending.clone(), gone.clone()],
+        vec![],
+    ))
+    .await
+    .unwrap();
+    theirs
+        .write(&batch(vec![elsewhere.clone()], vec![]))
+        .await
+        .unwrap();
+
+    assert_eq!(ours.recover(at(100)).await.unwrap(), 2);
+    for (before, id) in [(State::Configuring, live.id), (State::Pending, pending.id)] {
+        let c = ours.load(id, 10).await.unwrap().unwrap();
+        assert_eq!(c.state, Some(State::Disconnected));
+        assert_eq!(c.state_reason, Some(Reason::ServerTermination));
+        assert_eq!(c.state_since, Some(at(100)));
+        assert!(!c.connected);
+        let t = &c.history[0];
+        assert_eq!(
+            (t.from, t.to, t.reason, t.at),
+            (
+                Some(before),
+                State::Disconnected,
+                Reason::ServerTermination,
+                at(100)
+            )
+        );
+    }
+    assert!(ours.transitions(gone.id).await.unwrap().is_empty());
+    let other = ours.load(elsewhere.id, 10).await.unwrap().unwrap();
+    assert_eq!(
+        other.state,
+        Some(State::Connected),
+        "another node's collector"
+    );
+    assert_eq!(
+        ours.recover(at(101)).await.unwrap(),
+        0,
+        "nothing left to recover"
+    );
+}
+
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    migrations_apply_to_an_empty_database_and_again,
+    a_record_and_its_history_round_trip,
+    the_latest_record_wins_and_transitions_only_append,
+    a_large_batch_lands_in_one_write,
+    recovery_disconnects_only_this_nodes_live_collectors,
+);

@@ -1,0 +1,323 @@
+//! Throwaway PostgreSQL servers for the tests: `DATABASE_URL`'s server when it is set, else one
+//! started from the machine's PostgreSQL binaries in a temporary directory, with a fresh database
+//! per test; and dedicated servers a test may stop and start again.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use tokio::sync::OnceCell;
+
+/// Where the server binaries are looked for, in order, after `$OPAMPD_PG_BIN`.
+fn binary_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("OPAMPD_PG_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        dirs.extend(versions.into_iter().rev());
+    }
+    dirs.push(PathBuf::from("/usr/local/pgsql/bin"));
+    dirs
+}
+
+fn find_binaries() -> PathBuf {
+    let dirs = binary_dirs();
+    dirs.iter()
+        .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "no PostgreSQL server binaries (initdb and postgres) found in $OPAMPD_PG_BIN, \
+                 PATH, /usr/lib/postgresql/*/bin or /usr/local/pgsql/bin; install PostgreSQL \
+                 (Debian: apt-get install postgresql), set OPAMPD_PG_BIN to their directory, or set \
+                 DATABASE_URL to a PostgreSQL server whose user may create databases"
+            )
+        })
+}
+
+/// The unprivileged account to run PostgreSQL as when the tests run as root (initdb refuses root).
+fn unprivileged() -> Option<(u32, u32)> {
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let ids = passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&"nobody"))
+            .then(|| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))
+            .flatten()
+    });
+    Some(ids.unwrap_or((65534, 65534)))
+}
+
+/// `program args…`, as the unprivileged user when there is one.
+fn as_user(user: Option<(u32, u32)>, program: &Path) -> Command {
+    match user {
+        Some((uid, gid)) => {
+            let mut command = Command::new("setpriv");
+            command
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg("--clear-groups")
+                .arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Keeps PostgreSQL running and cleans up after it. It reads commands on stdin (`stop`, `start`,
+/// each acknowledged with `done`); at end of input, which comes at the latest when the test
+/// process exits however it exits, it stops the server at once and deletes its directory.
+const WATCHDOG: &str = r#"
+dir=$1; port=$2; postgres=$3; shift 3
+start() {
+    "$@" "$postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
+        -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=300 \
+        >>"$dir/server.log" 2>&1 &
+    pid=$!
+}
+start "$@"
+while read -r command; do
+    case "$command" in
+        stop) kill -INT "$pid"; wait "$pid" ;;
+        start) start "$@" ;;
+    esac
+    echo done
+done
+kill -QUIT "$pid" 2>/dev/null
+wait "$pid"
+rm -rf "$dir"
+"#;
+
+struct Process {
+    dir: PathBuf,
+    port: u16,
+    watchdog: Child,
+    commands: ChildStdin,
+    acks: BufReader<ChildStdout>,
+}
+
+impl Process {
+    /// initdb in a new temporary directory, then the server on a free port.
+    fn launch() -> Self {
+        let bin = find_binaries();
+        let user = unprivileged();
+        let dir = tempfile::Builder::new()
+            .prefix("opampd-pg-")
+            .tempdir()
+            .expect("a temporary directory")
+            .keep();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the directory");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let initdb = as_user(user, &bin.join("initdb"))
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(dir.join("data"))
+            .output()
+            .expect("initdb runs");
+        assert!(
+            initdb.status.success(),
+            "initdb failed in {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        let port = free_port();
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", WATCHDOG, "watchdog"])
+            .arg(&dir)
+            .arg(port.to_string())
+            .arg(bin.join("postgres"));
+        if let Some((uid, gid)) = user {
+            command.args([
+                "setpriv",
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+            ]);
+        }
+        let mut watchdog = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the PostgreSQL watchdog starts");
+        let commands = watchdog.stdin.take().expect("piped stdin");
+        let acks = BufReader::new(watchdog.stdout.take().expect("piped stdout"));
+        Self {
+            dir,
+            port,
+            watchdog,
+            commands,
+            acks,
+        }
+    }
+
+    fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn tell(&mut self, command: &str) {
+        writeln!(self.commands, "{command}").expect("the watchdog takes commands");
+        let mut ack = String::new();
+        self.acks.read_line(&mut ack).expect("the watchdog answers");
+        assert_eq!(ack.trim(), "done", "watchdog: {ack:?}");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Polls until the server accepts connections.
+    async fn ready(&self) {
+        let url = self.admin_url();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if PgConnection::connect(&url).await.is_ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "PostgreSQL in {} did not accept connections; its log:\n{}",
+                self.dir.display(),
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Creates database `name` on the server at `admin_url` and returns its URL.
+async fn create_database(admin_url: &str, name: &str) -> String {
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {admin_url}: {e}"));
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+    let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
+    format!("{base}/{name}")
+}
+
+/// The shared server's admin URL; the process (if we started one) lives as long as the tests.
+static SHARED: OnceCell<(String, Option<Mutex<Process>>)> = OnceCell::const_new();
+
+async fn shared_admin_url() -> &'static str {
+    let (url, _) = SHARED
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("DATABASE_URL") {
+                assert!(
+                    url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                    "DATABASE_URL must be a postgres:// URL, got {url}"
+                );
+                return (url, None);
+            }
+            let process = tokio::task::spawn_blocking(Process::launch)
+                .await
+                .expect("launch thread");
+            process.ready().await;
+            (process.admin_url(), Some(Mutex::new(process)))
+        })
+        .await;
+    url
+}
+
+/// A new, empty database on the shared server: its URL.
+pub async fn fresh_database() -> String {
+    let name = format!("opampd_test_{}", uuid::Uuid::now_v7().simple());
+    create_database(shared_admin_url().await, &name).await
+}
+
+/// A server of the test's own, which it may stop and start again (same port, same data).
+pub struct PgServer {
+    process: Option<Process>,
+}
+
+impl PgServer {
+    pub async fn start() -> Self {
+        let process = tokio::task::spawn_blocking(Process::launch)
+            .await
+            .expect("launch thread");
+        process.ready().await;
+        Self {
+            process: Some(process),
+        }
+    }
+
+    fn process(&mut self) -> &mut Process {
+        self.process.as_mut().expect("the server process")
+    }
+
+    pub async fn create_database(&mut self, name: &str) -> String {
+        create_database(&self.process().admin_url(), name).await
+    }
+
+    /// Fast shutdown: connections are cut, and the call returns once the server has exited.
+    pub async fn stop(&mut self) {
+        let mut process = self.process.take().expect("the server process");
+        let process = tokio::task::spawn_blocking(move || {
+            process.tell("stop");
+            process
+        })
+        .await
+        .expect("stop thread");
+        self.process = Some(process);
+    }
+
+    /// Starts it again on the same port and data directory, and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        let mut process = self.process.take().expect("the server process");
+        let process = tokio::task::spawn_blocking(move || {
+            process.tell("start");
+            process
+        })
+        .await
+        .expect("start thread");
+        process.ready().await;
+        self.process = Some(process);
+    }
+}
+
+impl Drop for PgServer {
+    /// Closing the watchdog's input stops the server and deletes its directory.
+    fn drop(&mut self) {
+        if let Some(process) = self.process.take() {
+            let Process {
+                mut watchdog,
+                commands,
+                ..
+            } = process;
+            drop(commands);
+            let _ = watchdog.wait();
+        }
+    }
+}
