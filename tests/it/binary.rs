@@ -73,3 +73,51 @@ async fn environment_and_flags_override_the_file() {
     server.signal("TERM");
     assert!(server.wait_exit().await.success());
 }
+
+#[tokio::test]
+async fn migrate_prepares_a_database_and_is_idempotent() {
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", data.path().join("fresh.db").display());
+    for _ in 0..2 {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_opampd"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["migrate", "--database-url", &url])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let store = crate::store::open_store(&url, "opampd").await;
+    assert!(store.collectors().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_start_up_with_a_clear_message() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_opampd"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "--database-url",
+            "postgres://opampd:secret@127.0.0.1:1/opampd",
+        ])
+        .args([
+            "--opamp-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot open the database"), "{stderr}");
+    assert!(
+        stderr.contains("opampd:***@127.0.0.1:1"),
+        "password hidden: {stderr}"
+    );
+    assert!(!stderr.contains("secret"), "{stderr}");
+}
