@@ -131,20 +131,35 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
+    crate::telemetry::metrics::handle();
     let api_router = api::router(ApiState {
         shutdown: shutdown.clone(),
         registry: Arc::clone(&registry),
+        store: Arc::clone(&store),
         store_health: Arc::clone(&store_health),
+        config: Arc::new(config.api.clone()),
     });
     let stop = shutdown.clone();
     servers.spawn(async move {
-        axum::serve(api_listener, api_router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        axum::serve(
+            api_listener,
+            api_router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
     });
     info!(%opamp_addr, path = %config.opamp.path, %api_addr, "opampd is listening");
     if config.opamp.auth.tokens.is_empty() {
         info!("collector authentication is off (opamp.auth.tokens is empty)");
+    }
+    if config.api.keys.is_empty() {
+        if config.api.allow_unauthenticated {
+            warn!(
+                "the REST API is open to everyone: no api.keys, and api.allow_unauthenticated is set"
+            );
+        } else {
+            info!("the REST API serves loopback clients only: no api.keys are configured");
+        }
     }
     Ok(Running {
         opamp_addr,

@@ -63,6 +63,34 @@ pub struct OpampAuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
+    /// API keys and their roles. With none, only loopback clients are served (as admin) unless
+    /// `allow_unauthenticated` is set.
+    pub keys: Vec<ApiKey>,
+    pub allow_unauthenticated: bool,
+    /// Longest a REST request may take (event streams excepted).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Who holds it, for logs.
+    pub name: String,
+    pub key: String,
+    pub role: Role,
+}
+
+/// What an API caller may do: `viewer` reads, `operator` also changes labels (and later starts
+/// rollouts), `admin` everything, forgetting collectors included.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -135,6 +163,10 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            keys: Vec::new(),
+            allow_unauthenticated: false,
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -336,6 +368,9 @@ impl Config {
                 "database.queue_capacity",
                 "queue_capacity and max_pending must be at least 1",
             );
+        }
+        if self.api.keys.iter().any(|k| k.key.len() < 16) {
+            return reject("api.keys", "every key must be at least 16 characters");
         }
         if self.server.node_id.is_empty() {
             return reject("server.node_id", "must not be empty");

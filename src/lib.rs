@@ -6,5 +6,6 @@ pub mod collector;
 pub mod config;
 pub mod opamp;
 pub mod proto;
+pub mod selector;
 pub mod store;
 pub mod telemetry;

@@ -1,28 +1,130 @@
-//! The operations listener: liveness and readiness now, the REST API later.
+//! The operations listener: the REST API under `/api/v1`, its OpenAPI document, live events,
+//! Prometheus metrics, and the liveness and readiness probes.
+
+mod auth;
+mod collectors;
+pub mod error;
+mod events;
+pub mod openapi;
+pub mod view;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+
+use crate::collector::Registry;
+use crate::config::{ApiConfig, Role};
+use crate::store::Store;
+use crate::store::writer::StoreHealth;
+use crate::telemetry::metrics;
+use auth::Caller;
+use error::ApiError;
 
 #[derive(Clone)]
 pub struct ApiState {
     /// Cancelled when shutdown begins: from then on the server is alive but not ready.
     pub shutdown: CancellationToken,
-    pub registry: Arc<crate::collector::Registry>,
-    pub store_health: Arc<crate::store::writer::StoreHealth>,
+    pub registry: Arc<Registry>,
+    pub store: Arc<dyn Store>,
+    pub store_health: Arc<StoreHealth>,
+    pub config: Arc<ApiConfig>,
 }
 
 pub fn router(state: ApiState) -> Router {
+    let timeout = state.config.request_timeout;
+    let rest = Router::new()
+        .route("/api/v1/collectors", get(collectors::list))
+        .route(
+            "/api/v1/collectors/{id}",
+            get(collectors::one).delete(collectors::forget),
+        )
+        .route(
+            "/api/v1/collectors/{id}/transitions",
+            get(collectors::transitions),
+        )
+        .route(
+            "/api/v1/collectors/{id}/labels",
+            axum::routing::put(collectors::replace_labels).patch(collectors::merge_labels),
+        )
+        .route("/api/v1/summary", get(collectors::summary))
+        .route("/api/v1/state-machine", get(collectors::state_machine))
+        .route("/api/openapi.json", get(openapi))
+        .fallback(unknown_route)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ));
+    // Event streams stay open; the request timeout would cut them.
+    let streams = Router::new().route("/api/v1/events", get(events::events));
+    let api = rest
+        .merge(streams)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.config),
+            auth::authenticate,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .merge(api)
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("unmatched", MatchedPath::as_str);
+                tracing::info_span!("api", method = %request.method(), route)
+            }),
+        )
         .with_state(state)
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+async fn openapi(
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(axum::Json(openapi::ApiDoc::openapi()))
+}
+
+/// Prometheus text. Gauges that describe the whole fleet are read from the store at scrape time,
+/// so every replica reports the same counts; the rest are this process's own.
+async fn prometheus(State(state): State<ApiState>) -> impl IntoResponse {
+    let handle = metrics::handle();
+    match state.store.count_by_state().await {
+        Ok(counts) => {
+            for s in crate::collector::State::ALL {
+                let n = counts.get(&s).copied().unwrap_or(0);
+                ::metrics::gauge!(metrics::COLLECTORS, "state" => s.as_str()).set(n as f64);
+            }
+        }
+        Err(err) => tracing::warn!(%err, "metrics: cannot count collectors by state"),
+    }
+    let persistence = state.registry.persistence();
+    ::metrics::gauge!(metrics::STORE_QUEUE).set(persistence.queued() as f64);
+    ::metrics::gauge!(metrics::STORE_PENDING).set(state.store_health.pending_transitions() as f64);
+    ::metrics::counter!(metrics::STORE_STALLS).absolute(persistence.stalls());
+    ::metrics::counter!(metrics::BUS_DROPPED).absolute(state.registry.dropped_subscribers());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
 }
 
 async fn healthz() -> impl IntoResponse {

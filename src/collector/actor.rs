@@ -2,6 +2,7 @@
 //! `step`, keeps its liveness timer, holds the outbound path to its connection and publishes its
 //! transitions.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +16,9 @@ use tracing::{debug, info, warn};
 use super::machine::{Collector, Effect, Event, HISTORY_KEPT, Transition, step};
 use super::persist::{Change, Persistence};
 use super::registry::ComponentCatalog;
-use super::{AvailableComponents, CloseReason, CollectorId, Delivery, Outbound, Report, Transport};
+use super::{
+    AvailableComponents, CloseReason, CollectorId, Delivery, Outbound, Report, State, Transport,
+};
 
 /// Small on purpose: a collector sends one message at a time, so a deep mailbox would only hide a
 /// stuck actor.
@@ -59,6 +62,26 @@ pub(super) enum Command {
     },
     Apply(Event),
     View(oneshot::Sender<Collector>),
+    Labels {
+        edit: LabelEdit,
+        reply: oneshot::Sender<Collector>,
+    },
+    /// Delete the collector from the store and stop; refused (with its state) unless Disconnected.
+    Forget(oneshot::Sender<Result<(), State>>),
+}
+
+/// An operator's change to a collector's labels.
+#[derive(Debug, Clone)]
+pub enum LabelEdit {
+    Replace(BTreeMap<String, String>),
+    /// `None` removes the label.
+    Merge(BTreeMap<String, Option<String>>),
+}
+
+/// Whether the actor goes on after a command.
+enum Flow {
+    Continue,
+    Stop,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,9 +157,22 @@ impl CollectorHandle {
     }
 
     pub(super) async fn view(&self, id: CollectorId) -> Result<Collector, ActorGone> {
+        self.ask(id, Command::View).await
+    }
+
+    /// Sends the command `make` builds around a reply channel, and waits for the reply.
+    pub(super) async fn ask<T>(
+        &self,
+        id: CollectorId,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ActorGone> {
         let (reply, answer) = oneshot::channel();
-        self.send(id, Command::View(reply)).await?;
+        self.send(id, make(reply)).await?;
         answer.await.map_err(|_| ActorGone(id))
+    }
+
+    pub(super) fn same(&self, other: &CollectorHandle) -> bool {
+        self.tx.same_channel(&other.tx)
     }
 }
 
@@ -161,7 +197,13 @@ impl Actor {
             let deadline = self.silent_deadline;
             tokio::select! {
                 command = rx.recv() => match command {
-                    Some(command) => self.handle(command),
+                    Some(command) => {
+                        if let Flow::Stop = self.handle(command) {
+                            self.save().await;
+                            self.shared.persistence.save(Change::Forget(self.record.id)).await;
+                            break;
+                        }
+                    }
                     None => break,
                 },
                 () = sleep_until_opt(deadline) => {
@@ -231,7 +273,7 @@ impl Actor {
         }
     }
 
-    fn handle(&mut self, command: Command) {
+    fn handle(&mut self, command: Command) -> Flow {
         match command {
             Command::Report {
                 connection,
@@ -268,7 +310,32 @@ impl Actor {
             Command::View(reply) => {
                 let _ = reply.send(self.record.clone());
             }
+            Command::Labels { edit, reply } => {
+                match edit {
+                    LabelEdit::Replace(labels) => self.record.labels = labels,
+                    LabelEdit::Merge(changes) => {
+                        for (key, value) in changes {
+                            match value {
+                                Some(value) => self.record.labels.insert(key, value),
+                                None => self.record.labels.remove(&key),
+                            };
+                        }
+                    }
+                }
+                self.dirty = true;
+                let _ = reply.send(self.record.clone());
+            }
+            Command::Forget(reply) => {
+                let state = self.record.state.unwrap_or(State::Disconnected);
+                if self.record.connected || state != State::Disconnected {
+                    let _ = reply.send(Err(state));
+                } else {
+                    let _ = reply.send(Ok(()));
+                    return Flow::Stop;
+                }
+            }
         }
+        Flow::Continue
     }
 
     /// Runs the rule and carries out its effects.
@@ -289,6 +356,13 @@ impl Actor {
     }
 
     fn publish(&self, transition: Transition) {
+        metrics::counter!(
+            crate::telemetry::metrics::TRANSITIONS,
+            "from" => transition.from.map_or("none", State::as_str),
+            "to" => transition.to.as_str(),
+            "reason" => transition.reason.as_str(),
+        )
+        .increment(1);
         info!(
             collector_id = %self.record.id,
             from = transition.from.map_or("none", |s| s.as_str()),

@@ -114,6 +114,21 @@ pub enum Effect {
 }
 
 impl Collector {
+    /// A description attribute's text, identifying attributes first.
+    pub fn attribute(&self, key: &str) -> Option<String> {
+        let d = self.description.as_ref()?;
+        d.identifying
+            .get(key)
+            .or_else(|| d.non_identifying.get(key))
+            .and_then(|v| v.as_str().map(str::to_owned))
+    }
+
+    /// What the collector is called: its `service.name`, else its host name.
+    pub fn name(&self) -> Option<String> {
+        self.attribute("service.name")
+            .or_else(|| self.attribute("host.name"))
+    }
+
     pub fn new(id: CollectorId) -> Self {
         Self {
             id,

@@ -22,6 +22,8 @@ pub enum Change {
         collector: CollectorId,
         transition: Transition,
     },
+    /// An operator forgot the collector: delete its record and history.
+    Forget(CollectorId),
 }
 
 #[derive(Debug, thiserror::Error)]

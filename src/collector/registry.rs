@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::State;
+use super::actor::LabelEdit;
 use super::actor::{
     ActorGone, ActorSettings, CollectorHandle, Command, ConnectionRef, Ending, Shared,
 };
@@ -48,6 +50,15 @@ impl ComponentCatalog {
             sets.insert(hash.to_vec(), Arc::clone(components));
         }
     }
+}
+
+/// What became of a request to forget a collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgotten {
+    Done,
+    Unknown,
+    /// Only a Disconnected collector may be forgotten; this is the state it is in.
+    Refused(State),
 }
 
 pub struct Registry {
@@ -136,6 +147,48 @@ impl Registry {
 
     pub async fn view(&self, id: CollectorId) -> Option<Collector> {
         self.existing(id)?.view(id).await.ok()
+    }
+
+    /// The collector's actor, started if only the store knows the collector; `None` if nobody does.
+    async fn known(&self, id: CollectorId) -> Option<CollectorHandle> {
+        if let Some(handle) = self.existing(id) {
+            return Some(handle);
+        }
+        let stored = self.shared.persistence.records().load(id, 0).await.ok()??;
+        drop(stored);
+        Some(self.get_or_spawn(id))
+    }
+
+    /// Changes an operator's labels on a collector; `None` for a collector nobody knows.
+    pub async fn edit_labels(
+        &self,
+        id: CollectorId,
+        edit: LabelEdit,
+    ) -> Result<Option<Collector>, ActorGone> {
+        let Some(handle) = self.known(id).await else {
+            return Ok(None);
+        };
+        handle
+            .ask(id, |reply| Command::Labels { edit, reply })
+            .await
+            .map(Some)
+    }
+
+    /// Forgets a Disconnected collector: its record and history are deleted and its actor stops.
+    pub async fn forget(&self, id: CollectorId) -> Result<Forgotten, ActorGone> {
+        let Some(handle) = self.known(id).await else {
+            return Ok(Forgotten::Unknown);
+        };
+        match handle.ask(id, Command::Forget).await? {
+            Ok(()) => {
+                let mut actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
+                if actors.get(&id).is_some_and(|h| h.same(&handle)) {
+                    actors.remove(&id);
+                }
+                Ok(Forgotten::Done)
+            }
+            Err(state) => Ok(Forgotten::Refused(state)),
+        }
     }
 
     /// Every transition from now on, from every collector; see [`Subscription::recv`] for what

@@ -33,6 +33,7 @@ use crate::collector::actor::ConnectionRef;
 use crate::collector::{CollectorId, Registry};
 use crate::config::OpampConfig;
 use crate::proto;
+use crate::telemetry::metrics;
 use identity::WireUid;
 
 /// Everything an OpAMP request needs, shared by all connections.
@@ -106,6 +107,8 @@ impl Opamp {
         payload: Bytes,
         connection: ConnectionRef,
     ) -> Result<(WireUid, proto::ServerToAgent), OpampError> {
+        let transport = connection.transport.as_str();
+        metrics::message(transport, "in", payload.len());
         let message =
             proto::AgentToServer::decode(payload).map_err(|e| OpampError::BadRequest {
                 uid: Bytes::new(),
@@ -135,6 +138,7 @@ impl Opamp {
         if reply.command.is_none() {
             reply.agent_identification = identification;
         }
+        metrics::message(transport, "out", reply.encoded_len());
         Ok((known_as, reply))
     }
 
@@ -181,6 +185,16 @@ pub enum OpampError {
 impl IntoResponse for OpampError {
     fn into_response(self) -> Response {
         debug!(error = %self, "OpAMP request refused");
+        let reason = match &self {
+            OpampError::Unauthorized => "unauthorized",
+            OpampError::Overloaded { .. } => "overloaded",
+            OpampError::UnsupportedMediaType => "unsupported_media_type",
+            OpampError::TooLarge(_) => "too_large",
+            OpampError::BadRequest { .. } => "bad_request",
+            OpampError::ReplyTooLarge => "reply_too_large",
+            OpampError::ShuttingDown => "shutting_down",
+        };
+        ::metrics::counter!(metrics::REJECTED, "reason" => reason).increment(1);
         match self {
             OpampError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,

@@ -99,7 +99,11 @@ impl Session {
 
     async fn run(mut self) {
         debug!("WebSocket connection opened");
+        let open =
+            ::metrics::gauge!(crate::telemetry::metrics::CONNECTIONS, "transport" => "websocket");
+        open.increment(1);
         let ending = self.serve().await;
+        open.decrement(1);
         let why = if matches!(ending, Ending::Close(close_code::GOING_AWAY, _)) {
             actor::Ending::ServerClosing
         } else {

@@ -5,15 +5,16 @@ mod row;
 mod sql;
 pub mod writer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 
 use crate::collector::persist::{LoadError, Records};
-use crate::collector::{Collector, CollectorId, Transition};
+use crate::collector::{Collector, CollectorId, State, Transition};
 use crate::config::Config;
+use crate::selector::Selector;
 
 pub use sql::{PostgresStore, SqliteStore};
 
@@ -35,18 +36,114 @@ pub enum StoreError {
 pub struct Batch {
     pub records: HashMap<CollectorId, Box<Collector>>,
     pub transitions: Vec<(CollectorId, Transition)>,
+    /// Collectors an operator forgot: their rows and history are deleted first, so a collector
+    /// that came back after being forgotten starts afresh in the same batch.
+    pub forgotten: Vec<CollectorId>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.transitions.is_empty()
+        self.records.is_empty() && self.transitions.is_empty() && self.forgotten.is_empty()
+    }
+
+    /// Drops what is pending for `id` and deletes what is stored.
+    pub fn forget(&mut self, id: CollectorId) {
+        self.records.remove(&id);
+        self.transitions.retain(|(c, _)| *c != id);
+        self.forgotten.push(id);
     }
 
     /// Adds `later` on top: its records replace ours, its transitions follow ours.
     pub fn absorb(&mut self, later: Batch) {
+        for id in later.forgotten {
+            self.forget(id);
+        }
         self.records.extend(later.records);
         self.transitions.extend(later.transitions);
     }
+}
+
+/// What collectors can be sorted by; `id` breaks ties, so pages never overlap or skip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Id,
+    Name,
+    State,
+    LastSeen,
+    StateSince,
+}
+
+impl SortKey {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "id" => Self::Id,
+            "name" => Self::Name,
+            "state" => Self::State,
+            "last_seen" => Self::LastSeen,
+            "state_since" => Self::StateSince,
+            _ => return None,
+        })
+    }
+
+    pub fn is_time(self) -> bool {
+        matches!(self, Self::LastSeen | Self::StateSince)
+    }
+
+    /// The record's value for this key, as the cursor carries it (times as RFC 3339).
+    pub fn value_of(self, c: &Collector) -> String {
+        let time = |t: Option<std::time::SystemTime>| {
+            t.map(time::OffsetDateTime::from)
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default()
+        };
+        match self {
+            Self::Id => c.id.to_string(),
+            Self::Name => c.name().unwrap_or_default(),
+            Self::State => c.state.map(State::as_str).unwrap_or_default().to_owned(),
+            Self::LastSeen => time(c.last_seen),
+            Self::StateSince => time(c.state_since),
+        }
+    }
+}
+
+/// Where the previous page ended: the last item's sort value and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    pub value: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CollectorQuery {
+    /// Any of these states; empty means all.
+    pub states: Vec<State>,
+    pub selector: Selector,
+    /// Case-insensitive substring of id, name, host name or version.
+    pub text: Option<String>,
+    pub sort: SortKey,
+    pub descending: bool,
+    pub after: Option<After>,
+    pub limit: usize,
+}
+
+/// Which transitions an event stream wants.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Transitions into any of these states; empty means all.
+    pub states: Vec<State>,
+    /// Transitions of collectors whose labels match.
+    pub selector: Selector,
+}
+
+/// A transition with its place in the store's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub seq: i64,
+    pub collector: CollectorId,
+    pub transition: Transition,
 }
 
 #[async_trait]
@@ -65,6 +162,26 @@ pub trait Store: Send + Sync + 'static {
     async fn collectors(&self) -> Result<Vec<Collector>, StoreError>;
     /// One collector's whole history, oldest first.
     async fn transitions(&self, id: CollectorId) -> Result<Vec<Transition>, StoreError>;
+    /// One page of collectors.
+    async fn list(&self, query: &CollectorQuery) -> Result<Vec<Collector>, StoreError>;
+    /// How many collectors are in each state (states with none are absent).
+    async fn count_by_state(&self) -> Result<BTreeMap<State, u64>, StoreError>;
+    /// One collector's history, newest first, before `before` (a seq) when given.
+    async fn history(
+        &self,
+        id: CollectorId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// Transitions after `after` (a seq), oldest first, as the event stream sends them.
+    async fn events_after(
+        &self,
+        after: i64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// The newest transition's seq (0 when there is none): where a new live stream starts.
+    async fn last_seq(&self) -> Result<i64, StoreError>;
     /// After an unclean stop: marks every collector this node held and the store still shows as
     /// not Disconnected as Disconnected (`server_termination`), with the transition recorded.
     /// Returns how many were marked.

@@ -15,6 +15,14 @@ use crate::collector::{
     PackageOffer, PackageStatuses, Reason, RemoteConfigStatus, State, Transition, Transport,
 };
 
+/// A transition with its place in the store's history (the event id of the live stream).
+#[derive(Debug, sqlx::FromRow)]
+pub struct EventRow {
+    pub seq: i64,
+    #[sqlx(flatten)]
+    pub transition: TransitionRow,
+}
+
 /// The parts of the record nobody filters on.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -47,6 +55,8 @@ pub struct RecordRow {
     pub connected_since: Option<OffsetDateTime>,
     pub last_seen: Option<OffsetDateTime>,
     pub name: Option<String>,
+    pub host_name: Option<String>,
+    pub version: Option<String>,
     pub capabilities: i64,
     pub sequence_num: Option<i64>,
     pub labels: Json<BTreeMap<String, String>>,
@@ -83,16 +93,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// What the record is called: its `service.name`, else its host name.
-fn name_of(description: Option<&Description>) -> Option<String> {
-    let d = description?;
-    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-    d.identifying
-        .get("service.name")
-        .and_then(text)
-        .or_else(|| d.non_identifying.get("host.name").and_then(text))
-}
-
 impl RecordRow {
     /// `None` for a collector that has not sent its first message (nothing worth storing).
     pub fn from_record(c: &Collector, node: &str, now: SystemTime) -> Option<Self> {
@@ -123,7 +123,9 @@ impl RecordRow {
             transport: c.transport.map(|t| t.to_string()),
             connected_since: time(c.connected_since),
             last_seen: time(c.last_seen),
-            name: name_of(c.description.as_ref()),
+            name: c.name(),
+            host_name: c.attribute("host.name"),
+            version: c.attribute("service.version"),
             capabilities: c.capabilities.0.cast_signed(),
             sequence_num: c.sequence_num.map(u64::cast_signed),
             labels: Json(c.labels.clone()),
@@ -173,6 +175,22 @@ impl RecordRow {
         c.rollout = facts.rollout;
         c.missing_components = facts.missing_components;
         Ok(c)
+    }
+}
+
+impl EventRow {
+    pub fn into_event(self) -> Result<super::Event, StoreError> {
+        let collector = CollectorId(
+            self.transition
+                .collector_id
+                .parse()
+                .map_err(|_| corrupt("collector id", &self.transition.collector_id))?,
+        );
+        Ok(super::Event {
+            seq: self.seq,
+            collector,
+            transition: self.transition.into_transition()?,
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! built with `QueryBuilder`, which writes each database's placeholders, and the column types
 //! (`OffsetDateTime`, `Json`, `bool`, `i64`) map onto both. Only the migrations differ.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -13,9 +14,62 @@ use sqlx::sqlite::{
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 use time::OffsetDateTime;
 
-use super::row::{RecordRow, TransitionRow};
-use super::{Batch, Store, StoreError};
+use super::row::{EventRow, RecordRow, TransitionRow};
+use super::{After, Batch, CollectorQuery, Event, EventFilter, SortKey, Store, StoreError};
 use crate::collector::{Collector, CollectorId, Reason, State, Transition};
+use crate::selector::{Requirement, Selector};
+
+/// What the two databases spell differently.
+struct Dialect {
+    /// Case-insensitive `LIKE`.
+    like: &'static str,
+    /// A time column as something that sorts chronologically (`{}` is the column).
+    time: &'static str,
+    /// A label's value is `label_prefix <key> label_suffix`, NULL when absent.
+    label_prefix: &'static str,
+    label_suffix: &'static str,
+}
+
+/// SQLite keeps times as RFC 3339 text, whose fractions do not sort as text; `julianday` does.
+const SQLITE: Dialect = Dialect {
+    like: "LIKE",
+    time: "julianday({})",
+    label_prefix: "json_extract(labels, '$.\"' || ",
+    label_suffix: " || '\"')",
+};
+
+const POSTGRES: Dialect = Dialect {
+    like: "ILIKE",
+    time: "{}",
+    label_prefix: "(labels ->> ",
+    label_suffix: ")",
+};
+
+impl Dialect {
+    fn sort_expression(&self, key: SortKey) -> String {
+        match key {
+            SortKey::Id => "id".to_owned(),
+            SortKey::Name => "COALESCE(name, '')".to_owned(),
+            SortKey::State => "state".to_owned(),
+            SortKey::LastSeen => self.time.replace("{}", "last_seen"),
+            SortKey::StateSince => self.time.replace("{}", "state_since"),
+        }
+    }
+}
+
+/// `%` and `_` in the user's text match themselves.
+fn like_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+fn parse_time(text: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| StoreError::Corrupt(format!("cursor time {text:?}: {e}")))
+}
 
 /// Rows per statement: far below both databases' bind-parameter limits (16 columns × 1000).
 const CHUNK: usize = 1000;
@@ -24,8 +78,8 @@ const CHUNK: usize = 1000;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const RECORD_COLUMNS: &str = "id, node, state, state_since, state_reason, state_message, \
-     connected, transport, connected_since, last_seen, name, capabilities, sequence_num, labels, \
-     facts, updated_at";
+     connected, transport, connected_since, last_seen, name, host_name, version, capabilities, \
+     sequence_num, labels, facts, updated_at";
 
 const TRANSITION_COLUMNS: &str = "collector_id, from_state, to_state, reason, message, at, cause";
 
@@ -75,7 +129,70 @@ impl PostgresStore {
 }
 
 macro_rules! sql_store {
-    ($store:ty, $db:ty, $backend:literal, $migrations:literal) => {
+    ($store:ty, $db:ty, $backend:literal, $migrations:literal, $dialect:expr) => {
+        impl $store {
+            /// Appends ` AND <requirement>` for each part of the selector.
+            fn push_selector(q: &mut QueryBuilder<'_, $db>, selector: &Selector) {
+                let d: &Dialect = &$dialect;
+                for requirement in &selector.0 {
+                    let label = |q: &mut QueryBuilder<'_, $db>, key: &str| {
+                        q.push(d.label_prefix)
+                            .push_bind(key.to_owned())
+                            .push(d.label_suffix);
+                    };
+                    q.push(" AND ");
+                    match requirement {
+                        Requirement::Equals(k, v) => {
+                            label(q, k);
+                            q.push(" = ").push_bind(v.clone());
+                        }
+                        Requirement::NotEquals(k, v) => {
+                            q.push("(");
+                            label(q, k);
+                            q.push(" IS NULL OR ");
+                            label(q, k);
+                            q.push(" <> ").push_bind(v.clone()).push(")");
+                        }
+                        Requirement::In(k, vs) | Requirement::NotIn(k, vs) => {
+                            let negated = matches!(requirement, Requirement::NotIn(..));
+                            q.push("(");
+                            if negated {
+                                label(q, k);
+                                q.push(" IS NULL OR ");
+                            }
+                            label(q, k);
+                            q.push(if negated { " NOT IN (" } else { " IN (" });
+                            let mut list = q.separated(", ");
+                            for v in vs {
+                                list.push_bind(v.clone());
+                            }
+                            q.push("))");
+                        }
+                        Requirement::Exists(k) => {
+                            label(q, k);
+                            q.push(" IS NOT NULL");
+                        }
+                        Requirement::Absent(k) => {
+                            label(q, k);
+                            q.push(" IS NULL");
+                        }
+                    }
+                }
+            }
+
+            fn push_states(q: &mut QueryBuilder<'_, $db>, column: &str, states: &[State]) {
+                if states.is_empty() {
+                    return;
+                }
+                q.push(format!(" AND {column} IN ("));
+                let mut list = q.separated(", ");
+                for state in states {
+                    list.push_bind(state.as_str());
+                }
+                q.push(")");
+            }
+        }
+
         #[async_trait]
         impl Store for $store {
             fn backend(&self) -> &'static str {
@@ -100,6 +217,19 @@ macro_rules! sql_store {
                     .filter_map(|c| RecordRow::from_record(c, &self.node, now))
                     .collect();
                 let mut tx = self.pool.begin().await?;
+                let forgotten: Vec<String> =
+                    batch.forgotten.iter().map(ToString::to_string).collect();
+                for chunk in forgotten.chunks(CHUNK) {
+                    for table in ["transitions WHERE collector_id", "collectors WHERE id"] {
+                        let mut q = QueryBuilder::<$db>::new(format!("DELETE FROM {table} IN ("));
+                        let mut list = q.separated(", ");
+                        for id in chunk {
+                            list.push_bind(id);
+                        }
+                        q.push(")");
+                        q.build().execute(&mut *tx).await?;
+                    }
+                }
                 for chunk in records.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(format!(
                         "INSERT INTO collectors ({RECORD_COLUMNS}) "
@@ -116,6 +246,8 @@ macro_rules! sql_store {
                             .push_bind(r.connected_since)
                             .push_bind(r.last_seen)
                             .push_bind(&r.name)
+                            .push_bind(&r.host_name)
+                            .push_bind(&r.version)
                             .push_bind(r.capabilities)
                             .push_bind(r.sequence_num)
                             .push_bind(&r.labels)
@@ -130,6 +262,7 @@ macro_rules! sql_store {
                          connected = excluded.connected, transport = excluded.transport, \
                          connected_since = excluded.connected_since, \
                          last_seen = excluded.last_seen, name = excluded.name, \
+                         host_name = excluded.host_name, version = excluded.version, \
                          capabilities = excluded.capabilities, \
                          sequence_num = excluded.sequence_num, labels = excluded.labels, \
                          facts = excluded.facts, updated_at = excluded.updated_at",
@@ -220,6 +353,124 @@ macro_rules! sql_store {
                     .collect()
             }
 
+            async fn list(&self, query: &CollectorQuery) -> Result<Vec<Collector>, StoreError> {
+                let d: &Dialect = &$dialect;
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT {RECORD_COLUMNS} FROM collectors WHERE 1 = 1"
+                ));
+                Self::push_states(&mut q, "state", &query.states);
+                Self::push_selector(&mut q, &query.selector);
+                if let Some(text) = query.text.as_deref().filter(|t| !t.is_empty()) {
+                    let pattern = like_pattern(text);
+                    q.push(" AND (");
+                    let mut any = q.separated(" OR ");
+                    for column in ["id", "name", "host_name", "version"] {
+                        any.push(format!("{column} {} ", d.like));
+                        any.push_bind_unseparated(pattern.clone());
+                        any.push_unseparated(" ESCAPE '\\'");
+                    }
+                    q.push(")");
+                }
+                let sort = d.sort_expression(query.sort);
+                let (direction, compare) = if query.descending {
+                    ("DESC", "<")
+                } else {
+                    ("ASC", ">")
+                };
+                if let Some(After { value, id }) = &query.after {
+                    if query.sort == SortKey::Id {
+                        q.push(format!(" AND id {compare} ")).push_bind(id.clone());
+                    } else {
+                        q.push(format!(" AND ({sort}, id) {compare} ("));
+                        if query.sort.is_time() {
+                            // The bound time goes through the same expression as the column.
+                            let (open, close) = d.time.split_once("{}").unwrap_or(("", ""));
+                            q.push(open).push_bind(parse_time(value)?).push(close);
+                        } else {
+                            q.push_bind(value.clone());
+                        }
+                        q.push(", ").push_bind(id.clone()).push(")");
+                    }
+                }
+                if query.sort == SortKey::Id {
+                    q.push(format!(" ORDER BY id {direction}"));
+                } else {
+                    q.push(format!(" ORDER BY {sort} {direction}, id {direction}"));
+                }
+                q.push(" LIMIT ")
+                    .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+                let rows = q
+                    .build_query_as::<RecordRow>()
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map(RecordRow::into_record).collect()
+            }
+
+            async fn count_by_state(&self) -> Result<BTreeMap<State, u64>, StoreError> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT state, COUNT(*) FROM collectors GROUP BY state")
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.into_iter()
+                    .map(|(state, n)| {
+                        let state = State::parse(&state).ok_or_else(|| {
+                            StoreError::Corrupt(format!("unknown state {state:?}"))
+                        })?;
+                        Ok((state, n.cast_unsigned()))
+                    })
+                    .collect()
+            }
+
+            async fn history(
+                &self,
+                id: CollectorId,
+                before: Option<i64>,
+                limit: usize,
+            ) -> Result<Vec<Event>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT seq, {TRANSITION_COLUMNS} FROM transitions WHERE collector_id = "
+                ));
+                q.push_bind(id.to_string());
+                if let Some(before) = before {
+                    q.push(" AND seq < ").push_bind(before);
+                }
+                q.push(" ORDER BY seq DESC LIMIT ")
+                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+                let rows = q.build_query_as::<EventRow>().fetch_all(&self.pool).await?;
+                rows.into_iter().map(EventRow::into_event).collect()
+            }
+
+            async fn events_after(
+                &self,
+                after: i64,
+                filter: &EventFilter,
+                limit: usize,
+            ) -> Result<Vec<Event>, StoreError> {
+                let columns = TRANSITION_COLUMNS.replace(", ", ", t.");
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT t.seq, t.{columns} FROM transitions t WHERE t.seq > "
+                ));
+                q.push_bind(after);
+                Self::push_states(&mut q, "t.to_state", &filter.states);
+                if !filter.selector.is_empty() {
+                    // The collectors' labels as they are now.
+                    q.push(" AND t.collector_id IN (SELECT id FROM collectors WHERE 1 = 1");
+                    Self::push_selector(&mut q, &filter.selector);
+                    q.push(")");
+                }
+                q.push(" ORDER BY t.seq LIMIT ")
+                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+                let rows = q.build_query_as::<EventRow>().fetch_all(&self.pool).await?;
+                rows.into_iter().map(EventRow::into_event).collect()
+            }
+
+            async fn last_seq(&self) -> Result<i64, StoreError> {
+                let (seq,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM transitions")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(seq.unwrap_or(0))
+            }
+
             async fn recover(&self, at: SystemTime) -> Result<usize, StoreError> {
                 let disconnected = State::Disconnected.as_str();
                 let reason = Reason::ServerTermination.as_str();
@@ -267,5 +518,11 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(SqliteStore, Sqlite, "sqlite", "migrations/sqlite");
-sql_store!(PostgresStore, Postgres, "postgres", "migrations/postgres");
+sql_store!(SqliteStore, Sqlite, "sqlite", "migrations/sqlite", SQLITE);
+sql_store!(
+    PostgresStore,
+    Postgres,
+    "postgres",
+    "migrations/postgres",
+    POSTGRES
+);

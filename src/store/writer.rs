@@ -28,13 +28,28 @@ pub struct WriterSettings {
 }
 
 /// What the batcher is going through, for `/readyz`, logs and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StoreHealth {
     degraded: AtomicBool,
     last_error: Mutex<Option<String>>,
     pending_transitions: AtomicUsize,
     written_transitions: AtomicU64,
     failed_writes: AtomicU64,
+    /// Bumped after every write that landed: live readers of the store wake on it.
+    flushes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        Self {
+            degraded: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            pending_transitions: AtomicUsize::new(0),
+            written_transitions: AtomicU64::new(0),
+            failed_writes: AtomicU64::new(0),
+            flushes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl StoreHealth {
@@ -60,6 +75,11 @@ impl StoreHealth {
 
     pub fn failed_writes(&self) -> u64 {
         self.failed_writes.load(Ordering::Relaxed)
+    }
+
+    /// Changes after every write that landed.
+    pub fn flushes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.flushes.subscribe()
     }
 }
 
@@ -159,6 +179,7 @@ impl Batcher {
                 collector,
                 transition,
             } => self.pending.transitions.push((collector, transition)),
+            Change::Forget(id) => self.pending.forget(id),
         }
         self.health
             .pending_transitions
@@ -199,7 +220,10 @@ impl Batcher {
         loop {
             let batch = std::mem::take(&mut self.pending);
             let written = batch.transitions.len();
+            let started = std::time::Instant::now();
             let result = tokio::time::timeout(WRITE_TIMEOUT, self.store.write(&batch)).await;
+            metrics::histogram!(crate::telemetry::metrics::STORE_WRITE_SECONDS)
+                .record(started.elapsed().as_secs_f64());
             let error = match result {
                 Ok(Ok(())) => {
                     self.health
@@ -208,6 +232,7 @@ impl Batcher {
                     self.health
                         .pending_transitions
                         .store(self.pending.transitions.len(), Ordering::Relaxed);
+                    self.health.flushes.send_modify(|n| *n += 1);
                     if self.health.degraded.swap(false, Ordering::Relaxed) {
                         info!("the database is back; pending writes have landed");
                     }
@@ -221,6 +246,7 @@ impl Batcher {
             restored.absorb(std::mem::take(&mut self.pending));
             self.pending = restored;
             self.health.failed_writes.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::telemetry::metrics::STORE_WRITE_FAILURES).increment(1);
             if !self.health.degraded.swap(true, Ordering::Relaxed) {
                 warn!(%error, "database write failed; keeping every change and retrying");
             }

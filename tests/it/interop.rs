@@ -250,3 +250,117 @@ async fn python_client_scenarios_leave_the_expected_history() {
     );
     assert!(driver.errors().is_empty(), "{:#?}", driver.errors());
 }
+
+/// Real Python collectors through healthy, unhealthy, recovered and disconnected, as an operator
+/// sees them through the API alone: states, summary counts, histories, and each transition once
+/// on the live event stream.
+#[tokio::test]
+async fn python_collectors_seen_through_the_api() {
+    use crate::support::api::Api;
+
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let mut stream = api.events("", None).await;
+    let mut drivers = Vec::new();
+    for _ in 0..2 {
+        let driver = Driver::start(Client::Python, &server.opamp_url, &[]).await;
+        let id = collector_id(&driver.seen[0]).to_string();
+        drivers.push((driver, id));
+    }
+    let state_of = |id: &str| {
+        let api = &api;
+        let path = format!("/api/v1/collectors/{id}");
+        async move {
+            api.get(&path).await.body["state"]
+                .as_str()
+                .map(str::to_owned)
+        }
+    };
+    let summary_is = |connected: u64, error: u64, disconnected: u64| {
+        let api = &api;
+        async move {
+            let s = api.ok("/api/v1/summary").await;
+            (s["by_state"]["connected"] == connected
+                && s["by_state"]["error"] == error
+                && s["by_state"]["disconnected"] == disconnected)
+                .then_some(())
+        }
+    };
+    for (_, id) in &drivers {
+        eventually("healthy", || async {
+            (state_of(id).await.as_deref() == Some("connected")).then_some(())
+        })
+        .await;
+    }
+    eventually("summary: 2 connected", || summary_is(2, 0, 0)).await;
+
+    let (first, first_id) = &mut drivers[0];
+    first
+        .command(json!({"cmd": "health", "healthy": false, "last_error": "exporter otlp is down"}))
+        .await;
+    eventually("summary: 1 in error", || summary_is(1, 1, 0)).await;
+    let view = api.ok(&format!("/api/v1/collectors/{first_id}")).await;
+    assert_eq!(view["state_reason"], "runtime_error");
+    assert_eq!(view["state_message"], "exporter otlp is down");
+    assert_eq!(view["health"]["last_error"], "exporter otlp is down");
+
+    first
+        .command(json!({"cmd": "health", "healthy": true}))
+        .await;
+    eventually("summary: recovered", || summary_is(2, 0, 0)).await;
+    for (driver, _) in &mut drivers {
+        assert!(driver.stop().await.success());
+        assert!(driver.errors().is_empty(), "{:#?}", driver.errors());
+    }
+    eventually("summary: 2 disconnected", || summary_is(0, 0, 2)).await;
+
+    assert_eq!(
+        history_of(&api, &drivers[0].1).await,
+        [
+            "initial",
+            "runtime_error",
+            "error_resolved",
+            "collector_stopped"
+        ]
+    );
+    assert_eq!(
+        history_of(&api, &drivers[1].1).await,
+        ["initial", "collector_stopped"]
+    );
+
+    // The stream carried exactly these six, each once.
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let event = stream.next().await;
+        seen.push((
+            event.id.clone(),
+            event.data["collector_id"].as_str().unwrap().to_owned(),
+            event.data["reason"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let mut ids: Vec<&String> = seen.iter().map(|(id, _, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "no event twice: {seen:?}");
+    for (_, id) in &drivers {
+        let of: Vec<&str> = seen
+            .iter()
+            .filter(|(_, c, _)| c == id)
+            .map(|(_, _, r)| r.as_str())
+            .collect();
+        let expected = history_of(&api, id).await;
+        assert_eq!(of, expected);
+    }
+}
+
+/// A collector's reasons, oldest first, as the API's history gives them.
+async fn history_of(api: &crate::support::api::Api, id: &str) -> Vec<String> {
+    api.ok(&format!("/api/v1/collectors/{id}/transitions"))
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|t| t["reason"].as_str().unwrap().to_owned())
+        .collect()
+}

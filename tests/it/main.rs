@@ -6,6 +6,7 @@
 
 mod support;
 
+mod api;
 mod binary;
 mod http_transport;
 mod interop;

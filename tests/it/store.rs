@@ -11,7 +11,8 @@ use opampd::collector::{
     RemoteConfigStatus, State, Transition, Transport,
 };
 use opampd::config::Config;
-use opampd::store::{self, Batch, Store};
+use opampd::selector::Selector;
+use opampd::store::{self, After, Batch, CollectorQuery, EventFilter, SortKey, Store};
 
 /// Where a contract test's database lives.
 #[derive(Debug, Clone, Copy)]
@@ -164,6 +165,7 @@ fn batch(records: Vec<Collector>, transitions: Vec<(CollectorId, Transition)>) -
     Batch {
         records: records.into_iter().map(|c| (c.id, Box::new(c))).collect(),
         transitions,
+        ..Batch::default()
     }
 }
 
@@ -307,6 +309,268 @@ async fn recovery_disconnects_only_this_nodes_live_collectors(backend: Backend) 
     );
 }
 
+/// Twelve collectors with varied states, names, labels and times.
+fn fleet() -> Vec<Collector> {
+    (0..12u64)
+        .map(|i| {
+            let state = State::ALL[usize::try_from(i).unwrap() % 7];
+            let mut c = full_record(CollectorId::new_v7(), state);
+            c.last_seen = Some(at(100 - i * 3));
+            c.state_since = Some(at(i % 4));
+            let d = c.description.as_mut().unwrap();
+            d.identifying.insert(
+                "service.name".into(),
+                format!("collector-{:02}", (i * 5) % 12).into(),
+            );
+            d.identifying
+                .insert("service.version".into(), format!("0.{}.0", 100 + i).into());
+            c.labels = BTreeMap::from([
+                ("env".into(), if i % 2 == 0 { "prod" } else { "dev" }.into()),
+                ("n".into(), i.to_string()),
+            ]);
+            if i % 3 == 0 {
+                c.labels.insert("gpu".into(), "yes".into());
+            }
+            c
+        })
+        .collect()
+}
+
+fn query() -> CollectorQuery {
+    CollectorQuery {
+        states: vec![],
+        selector: Selector::default(),
+        text: None,
+        sort: SortKey::Id,
+        descending: false,
+        after: None,
+        limit: 100,
+    }
+}
+
+fn ns(found: &[Collector]) -> Vec<String> {
+    found.iter().map(|c| c.labels["n"].clone()).collect()
+}
+
+async fn filters_select_by_state_labels_and_text(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    let fleet = fleet();
+    store.write(&batch(fleet.clone(), vec![])).await.unwrap();
+    let select = |text: &str| CollectorQuery {
+        selector: Selector::parse(text).unwrap(),
+        ..query()
+    };
+    let mut cases: Vec<(CollectorQuery, Vec<&str>)> = vec![
+        (
+            CollectorQuery {
+                states: vec![State::Error, State::Pending],
+                ..query()
+            },
+            vec!["2", "4", "9", "11"],
+        ),
+        (select("env=prod,gpu"), vec!["0", "6"]),
+        (select("env!=prod,n in (1,3,4)"), vec!["1", "3"]),
+        (
+            select("n notin (0,1,2,3,4,5,6,7,8,9),!gpu"),
+            vec!["10", "11"],
+        ),
+        (select("missing!=x,n=5"), vec!["5"]),
+        (
+            CollectorQuery {
+                text: Some("0.107".into()),
+                ..query()
+            },
+            vec!["7"],
+        ),
+        (
+            CollectorQuery {
+                text: Some("COLLECTOR-05".into()),
+                ..query()
+            },
+            vec!["1"],
+        ),
+        (
+            CollectorQuery {
+                text: Some("%".into()),
+                ..query()
+            },
+            vec![],
+        ),
+    ];
+    let id_of_n = |n: &str| {
+        fleet
+            .iter()
+            .find(|c| c.labels["n"] == n)
+            .unwrap()
+            .id
+            .to_string()
+    };
+    cases.push((
+        CollectorQuery {
+            text: Some(id_of_n("8")[24..].to_owned()),
+            ..query()
+        },
+        vec!["8"],
+    ));
+    for (q, expected) in cases {
+        let mut found = ns(&store.list(&q).await.unwrap());
+        found.sort();
+        let mut expected: Vec<String> = expected.into_iter().map(str::to_owned).collect();
+        expected.sort();
+        assert_eq!(found, expected, "{q:?}");
+    }
+    let counts = store.count_by_state().await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 12);
+    assert_eq!(counts[&State::Connected], 2);
+}
+
+/// Walks every page of `sort` and checks the order and that nothing repeats or goes missing.
+async fn pages_cover_everything_once(
+    store: &dyn Store,
+    sort: SortKey,
+    descending: bool,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(&CollectorQuery {
+                sort,
+                descending,
+                after: after.clone(),
+                limit: 5,
+                ..query()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(After {
+            value: sort.value_of(last),
+            id: last.id.to_string(),
+        });
+        seen.extend(page.iter().map(|c| c.labels["n"].clone()));
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 12, "{sort:?} {descending}: {seen:?}");
+    assert_eq!(seen.len(), 12);
+    seen
+}
+
+async fn cursor_pages_follow_every_sort_order(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    store.write(&batch(fleet(), vec![])).await.unwrap();
+    // last_seen falls as n rises.
+    let by_seen = pages_cover_everything_once(store.as_ref(), SortKey::LastSeen, false).await;
+    assert_eq!(
+        by_seen,
+        (0..12).rev().map(|n| n.to_string()).collect::<Vec<_>>()
+    );
+    let by_seen_desc = pages_cover_everything_once(store.as_ref(), SortKey::LastSeen, true).await;
+    assert_eq!(
+        by_seen_desc,
+        (0..12).map(|n| n.to_string()).collect::<Vec<_>>()
+    );
+    // Names: collector-(n*5 mod 12).
+    let by_name = pages_cover_everything_once(store.as_ref(), SortKey::Name, false).await;
+    assert_eq!(
+        by_name,
+        ["0", "5", "10", "3", "8", "1", "6", "11", "4", "9", "2", "7"]
+    );
+    for sort in [SortKey::Id, SortKey::State, SortKey::StateSince] {
+        for descending in [false, true] {
+            pages_cover_everything_once(store.as_ref(), sort, descending).await;
+        }
+    }
+}
+
+async fn history_and_events_page_by_position(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    assert_eq!(store.last_seq().await.unwrap(), 0);
+    let fleet = fleet();
+    let (a, b) = (&fleet[0], &fleet[1]);
+    store.write(&batch(fleet.clone(), vec![])).await.unwrap();
+    let mut transitions = Vec::new();
+    for i in 0..6 {
+        let to = if i % 2 == 0 {
+            State::Error
+        } else {
+            State::Connected
+        };
+        let who = if i < 4 { a.id } else { b.id };
+        transitions.push((who, transition(None, to, Reason::Initial, i)));
+    }
+    store.write(&batch(vec![], transitions)).await.unwrap();
+
+    let newest = store.history(a.id, None, 3).await.unwrap();
+    assert_eq!(
+        newest.iter().map(|e| e.transition.at).collect::<Vec<_>>(),
+        [at(3), at(2), at(1)]
+    );
+    let older = store.history(a.id, Some(newest[2].seq), 3).await.unwrap();
+    assert_eq!(
+        older.iter().map(|e| e.transition.at).collect::<Vec<_>>(),
+        [at(0)]
+    );
+
+    let last = store.last_seq().await.unwrap();
+    let all = store
+        .events_after(0, &EventFilter::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all.last().unwrap().seq, last);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let after_two = store
+        .events_after(all[1].seq, &EventFilter::default(), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        after_two.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [all[2].seq, all[3].seq]
+    );
+    let errors = EventFilter {
+        states: vec![State::Error],
+        ..EventFilter::default()
+    };
+    assert_eq!(store.events_after(0, &errors, 100).await.unwrap().len(), 3);
+    let of_b = EventFilter {
+        selector: Selector::parse("n=1").unwrap(),
+        ..EventFilter::default()
+    };
+    let events = store.events_after(0, &of_b, 100).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.collector == b.id));
+}
+
+async fn forgetting_deletes_record_and_history_before_new_writes(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    let gone = full_record(CollectorId::new_v7(), State::Disconnected);
+    let back = full_record(CollectorId::new_v7(), State::Disconnected);
+    let t = |id| (id, transition(None, State::Connected, Reason::Initial, 1));
+    store
+        .write(&batch(
+            vec![gone.clone(), back.clone()],
+            vec![t(gone.id), t(back.id)],
+        ))
+        .await
+        .unwrap();
+    // `back` is forgotten and returns within one batch: only its new life remains.
+    let mut next = batch(vec![], vec![]);
+    next.forget(gone.id);
+    next.forget(back.id);
+    next.absorb(batch(vec![back.clone()], vec![t(back.id)]));
+    store.write(&next).await.unwrap();
+    assert!(store.load(gone.id, 10).await.unwrap().is_none());
+    assert!(store.transitions(gone.id).await.unwrap().is_empty());
+    assert_eq!(store.transitions(back.id).await.unwrap().len(), 1);
+}
+
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -334,4 +598,8 @@ contract!(
     the_latest_record_wins_and_transitions_only_append,
     a_large_batch_lands_in_one_write,
     recovery_disconnects_only_this_nodes_live_collectors,
+    filters_select_by_state_labels_and_text,
+    cursor_pages_follow_every_sort_order,
+    history_and_events_page_by_position,
+    forgetting_deletes_record_and_history_before_new_writes,
 );

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod binary;
 pub mod interop;
 pub mod postgres;

@@ -1,0 +1,56 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{collectors, error, events, view};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "opampd",
+        description = "The state of every OpenTelemetry collector connected to opampd: current \
+                       status, history and live transitions."
+    ),
+    paths(
+        collectors::list,
+        collectors::one,
+        collectors::transitions,
+        collectors::replace_labels,
+        collectors::merge_labels,
+        collectors::forget,
+        collectors::summary,
+        collectors::state_machine,
+        events::events,
+    ),
+    components(schemas(
+        error::ErrorBody,
+        error::ErrorDetail,
+        view::CollectorView,
+        view::TransitionView,
+        view::EventView,
+        collectors::CollectorPage,
+        collectors::TransitionPage,
+        collectors::Summary,
+        collectors::StateMachine,
+    )),
+    modifiers(&BearerAuth),
+    security(("api_key" = [])),
+    tags(
+        (name = "collectors", description = "Collectors, their states and histories"),
+        (name = "fleet", description = "The fleet as a whole and its live events"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}

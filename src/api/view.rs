@@ -1,0 +1,275 @@
+//! What the API answers with: the collector record and its history as operators read them (ids as
+//! UUID strings, times as RFC 3339, capabilities by name, hashes as hex).
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use serde::Serialize;
+use sha2::Digest as _;
+use utoipa::ToSchema;
+
+use crate::collector::machine::hex;
+use crate::collector::{Collector, ConfigFiles, Health, State, Transition, state};
+use crate::store::Event;
+
+pub fn rfc3339(at: SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectorView {
+    /// The OpAMP `instance_uid` as a canonical UUID.
+    pub id: String,
+    /// `service.name`, else the host name.
+    pub name: Option<String>,
+    /// One of the seven states.
+    pub state: Option<&'static str>,
+    pub state_reason: Option<&'static str>,
+    pub state_message: String,
+    pub state_since: Option<String>,
+    pub connected: bool,
+    /// `websocket` or `http`.
+    pub transport: Option<&'static str>,
+    pub connected_since: Option<String>,
+    pub last_seen: Option<String>,
+    /// `service.version`.
+    pub version: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub description: DescriptionView,
+    pub capabilities: Vec<&'static str>,
+    pub health: Option<HealthView>,
+    pub remote_config: Option<RemoteConfigView>,
+    pub effective_config: Option<EffectiveConfigView>,
+    pub packages: Option<PackagesView>,
+    pub available_components: Option<AvailableComponentsView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DescriptionView {
+    #[schema(value_type = Object)]
+    pub identifying: BTreeMap<String, serde_json::Value>,
+    #[schema(value_type = Object)]
+    pub non_identifying: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthView {
+    pub healthy: bool,
+    pub status: String,
+    pub last_error: String,
+    pub start_time_unix_nano: u64,
+    pub status_time_unix_nano: u64,
+    #[schema(no_recursion)]
+    pub components: BTreeMap<String, HealthView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RemoteConfigView {
+    pub hash: String,
+    /// `unset`, `applied`, `applying`, `failed`.
+    pub status: String,
+    pub error_message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EffectiveConfigView {
+    /// SHA-256 over the file names, content types and bodies: changes when the config does.
+    pub hash: String,
+    /// Only with `?include=effective_config`.
+    pub files: Option<BTreeMap<String, ConfigFileView>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfigFileView {
+    pub content_type: String,
+    /// The body as text when it is UTF-8.
+    pub body: Option<String>,
+    /// The body in base64 when it is not.
+    pub body_base64: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PackagesView {
+    pub all_packages_hash: String,
+    pub error_message: String,
+    pub packages: BTreeMap<String, PackageView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PackageView {
+    pub version: String,
+    pub offered_version: String,
+    /// `installed`, `install_pending`, `installing`, `install_failed`, `downloading`.
+    pub status: String,
+    pub error_message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AvailableComponentsView {
+    pub hash: String,
+    /// Component types by kind; absent when the collector sent only the hash and it is unknown.
+    pub components: Option<BTreeMap<String, Vec<String>>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransitionView {
+    /// `null` for the first contact.
+    pub from: Option<&'static str>,
+    pub to: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+    pub at: String,
+    /// A configuration hash, rollout id or package version, when there is one.
+    pub cause: Option<String>,
+}
+
+/// A transition on the event stream: the transition and whose it is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub collector_id: String,
+    #[serde(flatten)]
+    pub transition: TransitionView,
+}
+
+/// The serde name of a value (`snake_case` enums), for enums that have no `as_str`.
+fn serde_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Object(o)) => o.keys().next().cloned().unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn health(h: &Health) -> HealthView {
+    HealthView {
+        healthy: h.healthy,
+        status: h.status.clone(),
+        last_error: h.last_error.clone(),
+        start_time_unix_nano: h.start_time_unix_nano,
+        status_time_unix_nano: h.status_time_unix_nano,
+        components: h
+            .components
+            .iter()
+            .map(|(k, v)| (k.clone(), health(v)))
+            .collect(),
+    }
+}
+
+fn effective_config(files: &ConfigFiles, include: bool) -> EffectiveConfigView {
+    let mut digest = sha2::Sha256::new();
+    for (name, file) in files {
+        for part in [name.as_bytes(), file.content_type.as_bytes(), &file.body] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+    }
+    EffectiveConfigView {
+        hash: hex(&digest.finalize()),
+        files: include.then(|| {
+            files
+                .iter()
+                .map(|(name, file)| {
+                    let text = std::str::from_utf8(&file.body).ok().map(str::to_owned);
+                    let view = ConfigFileView {
+                        content_type: file.content_type.clone(),
+                        body_base64: text
+                            .is_none()
+                            .then(|| base64::engine::general_purpose::STANDARD.encode(&file.body)),
+                        body: text,
+                    };
+                    (name.clone(), view)
+                })
+                .collect()
+        }),
+    }
+}
+
+impl CollectorView {
+    pub fn new(c: &Collector, include_effective_config: bool) -> Self {
+        Self {
+            id: c.id.to_string(),
+            name: c.name(),
+            state: c.state.map(State::as_str),
+            state_reason: c.state_reason.map(state::Reason::as_str),
+            state_message: c.state_message.clone(),
+            state_since: c.state_since.map(rfc3339),
+            connected: c.connected,
+            transport: c.transport.map(crate::collector::Transport::as_str),
+            connected_since: c.connected_since.map(rfc3339),
+            last_seen: c.last_seen.map(rfc3339),
+            version: c.attribute("service.version"),
+            labels: c.labels.clone(),
+            description: DescriptionView {
+                identifying: c
+                    .description
+                    .as_ref()
+                    .map(|d| d.identifying.clone())
+                    .unwrap_or_default(),
+                non_identifying: c
+                    .description
+                    .as_ref()
+                    .map(|d| d.non_identifying.clone())
+                    .unwrap_or_default(),
+            },
+            capabilities: c.capabilities.names(),
+            health: c.health.as_ref().map(health),
+            remote_config: c.remote_config_status.as_ref().map(|s| RemoteConfigView {
+                hash: hex(&s.hash),
+                status: serde_name(&s.status),
+                error_message: s.error_message.clone(),
+            }),
+            effective_config: c
+                .effective_config
+                .as_ref()
+                .map(|files| effective_config(files, include_effective_config)),
+            packages: c.package_statuses.as_ref().map(|p| PackagesView {
+                all_packages_hash: hex(&p.server_provided_all_packages_hash),
+                error_message: p.error_message.clone(),
+                packages: p
+                    .packages
+                    .iter()
+                    .map(|(name, s)| {
+                        let view = PackageView {
+                            version: s.agent_has_version.clone(),
+                            offered_version: s.server_offered_version.clone(),
+                            status: serde_name(&s.status),
+                            error_message: s.error_message.clone(),
+                        };
+                        (name.clone(), view)
+                    })
+                    .collect(),
+            }),
+            available_components: c.available_components.as_ref().map(|a| {
+                AvailableComponentsView {
+                    hash: hex(&a.hash),
+                    components: a.components.as_ref().map(|c| c.0.clone()),
+                }
+            }),
+        }
+    }
+}
+
+impl TransitionView {
+    pub fn new(t: &Transition) -> Self {
+        Self {
+            from: t.from.map(State::as_str),
+            to: t.to.as_str(),
+            reason: t.reason.as_str(),
+            message: t.message.clone(),
+            at: rfc3339(t.at),
+            cause: t.cause.clone(),
+        }
+    }
+}
+
+impl EventView {
+    pub fn new(event: &Event) -> Self {
+        Self {
+            collector_id: event.collector.to_string(),
+            transition: TransitionView::new(&event.transition),
+        }
+    }
+}

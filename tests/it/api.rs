@@ -1,0 +1,572 @@
+//! The operators' REST API over the real listener, against both stores: filters, pages, one
+//! collector, histories, labels, forgetting, summary, the state machine, live events, auth,
+//! metrics and the OpenAPI contract.
+
+use bytes::Bytes;
+use opampd::collector::CollectorId;
+use opampd::config::{ApiKey, Role};
+use opampd::proto;
+use serde_json::{Value, json};
+
+use crate::store::Backend;
+use crate::support::api::{Api, assert_error};
+use crate::support::*;
+
+async fn server(backend: Backend) -> TestServer {
+    let url = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(crate::support::postgres::fresh_database().await),
+    };
+    TestServer::start_with(|c| {
+        if let Some(url) = url {
+            c.database.url = url;
+        }
+    })
+    .await
+}
+
+/// A first message naming the collector and its version.
+fn hello_as(uid: &Bytes, name: &str, version: &str) -> proto::AgentToServer {
+    let mut message = hello(uid, 0);
+    message.agent_description = Some(proto::AgentDescription {
+        identifying_attributes: vec![kv("service.name", name), kv("service.version", version)],
+        non_identifying_attributes: vec![kv("host.name", &format!("{name}.example"))],
+    });
+    message
+}
+
+/// Connects `n` HTTP collectors named `name-<i>`, waits until the API lists them all.
+async fn collectors(server: &TestServer, api: &Api, n: usize) -> Vec<(Bytes, String)> {
+    let mut made = Vec::new();
+    for i in 0..n {
+        let uid = new_uid();
+        post_ok(
+            &server.opamp_url,
+            &hello_as(&uid, &format!("name-{i}"), &format!("1.{i}.0")),
+        )
+        .await;
+        made.push((uid.clone(), id_of(&uid).to_string()));
+    }
+    for (_, id) in &made {
+        eventually("the collector is in the store", || async {
+            (api.get(&format!("/api/v1/collectors/{id}")).await.status == 200).then_some(())
+        })
+        .await;
+    }
+    made
+}
+
+fn names(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn list_filters_sorts_and_pages(backend: Backend) {
+    let server = server(backend).await;
+    let api = Api::new(&server.api_url);
+    let made = collectors(&server, &api, 7).await;
+    for (i, (_, id)) in made.iter().enumerate() {
+        let env = if i < 3 { "prod" } else { "dev" };
+        let answer = api
+            .put(
+                &format!("/api/v1/collectors/{id}/labels"),
+                &json!({"env": env, "i": i.to_string()}),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let (sick, _) = &made[4];
+    post_ok(
+        &server.opamp_url,
+        &health_report(sick, 1, false, "disk full"),
+    )
+    .await;
+    eventually("the labels and the error are stored", || async {
+        let page = api
+            .ok("/api/v1/collectors?state=error&selector=env=dev")
+            .await;
+        (names(&page) == ["name-4"]).then_some(())
+    })
+    .await;
+
+    // Every page, following the cursor, once each.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/collectors?limit=3&sort=-name".to_owned();
+    loop {
+        let page = api.ok(&path).await;
+        assert!(page["items"].as_array().unwrap().len() <= 3);
+        seen.extend(names(&page));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/collectors?limit=3&sort=-name&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..7).rev().map(|i| format!("name-{i}")).collect();
+    assert_eq!(seen, expected);
+
+    for (query, expected) in [
+        (
+            "state=connected",
+            vec!["name-0", "name-1", "name-2", "name-3", "name-5", "name-6"],
+        ),
+        (
+            "state=connected,error&selector=env=prod",
+            vec!["name-0", "name-1", "name-2"],
+        ),
+        ("state=error&state=pending", vec!["name-4"]),
+        (
+            "selector=env!=prod,i%20in%20(3,5)",
+            vec!["name-3", "name-5"],
+        ),
+        ("q=NAME-6.EXAMPLE", vec!["name-6"]),
+        ("q=1.2.0", vec!["name-2"]),
+    ] {
+        let page = api
+            .ok(&format!("/api/v1/collectors?sort=name&{query}"))
+            .await;
+        assert_eq!(names(&page), expected, "{query}");
+    }
+
+    for bad in [
+        "state=bogus",
+        "selector=env%20in%20prod",
+        "sort=colour",
+        "limit=0",
+        "limit=501",
+        "cursor=not-a-cursor",
+        "colour=blue",
+    ] {
+        assert_error(
+            &api.get(&format!("/api/v1/collectors?{bad}")).await,
+            400,
+            "bad_request",
+        );
+    }
+    let first = api.ok("/api/v1/collectors?limit=1&sort=name").await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let other_sort = api
+        .get(&format!("/api/v1/collectors?sort=id&cursor={cursor}"))
+        .await;
+    assert_error(&other_sort, 400, "bad_request");
+}
+
+async fn one_collector_shows_every_fact(backend: Backend) {
+    let server = server(backend).await;
+    let api = Api::new(&server.api_url);
+    let uid = new_uid();
+    let mut first = hello_as(&uid, "gateway", "0.110.0");
+    first.effective_config = Some(proto::EffectiveConfig {
+        config_map: Some(proto::AgentConfigMap {
+            config_map: [(
+                "collector.yaml".to_owned(),
+                proto::AgentConfigFile {
+                    body: Bytes::from_static(b"receivers: {otlp: {}}\n"),
+                    content_type: "text/yaml".into(),
+                },
+            )]
+            .into(),
+        }),
+    });
+    post_ok(&server.opamp_url, &first).await;
+    let id = id_of(&uid).to_string();
+    let c = eventually("stored", || async {
+        let answer = api.get(&format!("/api/v1/collectors/{id}")).await;
+        (answer.status == 200).then_some(answer.body)
+    })
+    .await;
+    assert_eq!(c["id"], id);
+    assert_eq!(c["name"], "gateway");
+    assert_eq!(c["version"], "0.110.0");
+    assert_eq!(c["state"], "connected");
+    assert_eq!(c["state_reason"], "initial");
+    assert_eq!(c["connected"], true);
+    assert_eq!(c["transport"], "http");
+    assert!(c["last_seen"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(c["description"]["identifying"]["service.name"], "gateway");
+    assert_eq!(
+        c["description"]["non_identifying"]["host.name"],
+        "gateway.example"
+    );
+    let capabilities = c["capabilities"].as_array().unwrap();
+    assert!(capabilities.contains(&json!("reports_health")));
+    assert!(capabilities.contains(&json!("accepts_remote_config")));
+    assert_eq!(c["health"]["healthy"], true);
+    assert_eq!(c["remote_config"]["status"], "unset");
+    assert_eq!(c["effective_config"]["hash"].as_str().unwrap().len(), 64);
+    assert!(
+        c["effective_config"]["files"].is_null(),
+        "files only on request"
+    );
+    assert!(c["labels"].as_object().unwrap().is_empty());
+
+    let full = api
+        .ok(&format!("/api/v1/collectors/{id}?include=effective_config"))
+        .await;
+    assert_eq!(
+        full["effective_config"]["files"]["collector.yaml"]["body"],
+        "receivers: {otlp: {}}\n"
+    );
+    assert_error(
+        &api.get(&format!("/api/v1/collectors/{id}?include=secrets"))
+            .await,
+        400,
+        "bad_request",
+    );
+    let unknown = CollectorId::new_v7();
+    assert_error(
+        &api.get(&format!("/api/v1/collectors/{unknown}")).await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &api.get("/api/v1/collectors/not-a-uuid").await,
+        400,
+        "bad_request",
+    );
+    assert_error(&api.get("/api/v1/no-such-thing").await, 404, "not_found");
+}
+
+async fn history_is_newest_first_in_pages(backend: Backend) {
+    let server = server(backend).await;
+    let api = Api::new(&server.api_url);
+    let made = collectors(&server, &api, 1).await;
+    let (uid, id) = &made[0];
+    for seq in 1..=6 {
+        let healthy = seq % 2 == 0;
+        post_ok(
+            &server.opamp_url,
+            &health_report(uid, seq, healthy, "flapping"),
+        )
+        .await;
+    }
+    let path = format!("/api/v1/collectors/{id}/transitions?limit=4");
+    let page = eventually("seven transitions stored", || async {
+        let page = api.ok(&path).await;
+        page["next_cursor"].is_string().then_some(page)
+    })
+    .await;
+    let reasons = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["reason"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        reasons(&page),
+        [
+            "error_resolved",
+            "runtime_error",
+            "error_resolved",
+            "runtime_error"
+        ]
+    );
+    assert_eq!(page["items"][1]["message"], "flapping");
+    assert_eq!(page["items"][1]["from"], "connected");
+    assert_eq!(page["items"][1]["to"], "error");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest = api.ok(&format!("{path}&cursor={cursor}")).await;
+    assert_eq!(
+        reasons(&rest),
+        ["error_resolved", "runtime_error", "initial"]
+    );
+    assert!(rest["next_cursor"].is_null());
+    assert!(rest["items"][2]["from"].is_null());
+    let unknown = CollectorId::new_v7();
+    assert_error(
+        &api.get(&format!("/api/v1/collectors/{unknown}/transitions"))
+            .await,
+        404,
+        "not_found",
+    );
+}
+
+async fn labels_are_replaced_and_patched(backend: Backend) {
+    let server = server(backend).await;
+    let api = Api::new(&server.api_url);
+    let made = collectors(&server, &api, 1).await;
+    let path = format!("/api/v1/collectors/{}/labels", made[0].1);
+    let put = api
+        .put(&path, &json!({"env": "prod", "tier": "gold"}))
+        .await;
+    assert_eq!(put.status, 200);
+    assert_eq!(put.body["labels"], json!({"env": "prod", "tier": "gold"}));
+    let patched = api
+        .patch(&path, &json!({"tier": null, "zone": "eu-1"}))
+        .await;
+    assert_eq!(patched.status, 200);
+    assert_eq!(
+        patched.body["labels"],
+        json!({"env": "prod", "zone": "eu-1"})
+    );
+    let stored = format!("/api/v1/collectors/{}", made[0].1);
+    eventually("the labels reach the store", || async {
+        (api.ok(&stored).await["labels"] == json!({"env": "prod", "zone": "eu-1"})).then_some(())
+    })
+    .await;
+    assert_error(
+        &api.put(&path, &json!({"bad key": "x"})).await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &api.put(&path, &json!({"env": 3})).await,
+        400,
+        "bad_request",
+    );
+    let garbled = api
+        .with_body(reqwest::Method::PUT, &path, "{not json".into())
+        .await;
+    assert_error(&garbled, 400, "bad_request");
+    let unknown = format!("/api/v1/collectors/{}/labels", CollectorId::new_v7());
+    assert_error(&api.put(&unknown, &json!({})).await, 404, "not_found");
+}
+
+async fn only_a_disconnected_collector_is_forgotten(backend: Backend) {
+    let server = server(backend).await;
+    let api = Api::new(&server.api_url);
+    let made = collectors(&server, &api, 1).await;
+    let (uid, id) = &made[0];
+    let path = format!("/api/v1/collectors/{id}");
+    assert_error(&api.delete(&path).await, 409, "conflict");
+    let mut goodbye = heartbeat(uid, 1);
+    goodbye.agent_disconnect = Some(proto::AgentDisconnect {});
+    post_ok(&server.opamp_url, &goodbye).await;
+    eventually("stored as disconnected", || async {
+        (api.ok(&path).await["state"] == "disconnected").then_some(())
+    })
+    .await;
+    assert_eq!(api.delete(&path).await.status, 204);
+    eventually("forgotten in the store", || async {
+        (api.get(&path).await.status == 404).then_some(())
+    })
+    .await;
+    assert_error(
+        &api.get(&format!("{path}/transitions")).await,
+        404,
+        "not_found",
+    );
+    assert_error(&api.delete(&path).await, 404, "not_found");
+    // It may come back, and starts afresh.
+    post_ok(&server.opamp_url, &hello(uid, 0)).await;
+    let back = eventually("back", || async {
+        let answer = api.get(&path).await;
+        (answer.status == 200).then_some(answer.body)
+    })
+    .await;
+    assert_eq!(back["state_reason"], "initial");
+}
+
+async fn summary_counts_every_state(backend: Backend) {
+    let server = server(backend).await;
+    let api = Api::new(&server.api_url);
+    let made = collectors(&server, &api, 3).await;
+    post_ok(&server.opamp_url, &health_report(&made[0].0, 1, false, "x")).await;
+    let summary = eventually("one in error", || async {
+        let s = api.ok("/api/v1/summary").await;
+        (s["by_state"]["error"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(summary["total"], 3);
+    assert_eq!(summary["by_state"]["connected"], 2);
+    assert_eq!(summary["by_state"].as_object().unwrap().len(), 7);
+    assert_eq!(summary["by_state"]["upgrading"], 0);
+}
+
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    list_filters_sorts_and_pages,
+    one_collector_shows_every_fact,
+    history_is_newest_first_in_pages,
+    labels_are_replaced_and_patched,
+    only_a_disconnected_collector_is_forgotten,
+    summary_counts_every_state,
+    live_events_arrive_once_and_resume,
+);
+
+#[tokio::test]
+async fn the_state_machine_is_published() {
+    let server = TestServer::start().await;
+    let sm = Api::new(&server.api_url).ok("/api/v1/state-machine").await;
+    assert_eq!(sm["states"].as_array().unwrap().len(), 7);
+    assert_eq!(sm["edges"].as_array().unwrap().len(), 26);
+    assert_eq!(
+        sm["edges"][0],
+        json!({"from": null, "to": "connected", "reasons": ["initial"]})
+    );
+    let extensions = sm["extensions"].as_array().unwrap();
+    assert_eq!(extensions.len(), 2);
+    assert_eq!(extensions[1]["reasons"], json!(["removed_from_rollout"]));
+    assert!(extensions[1]["why"].as_str().unwrap().len() > 20);
+}
+
+async fn live_events_arrive_once_and_resume(backend: Backend) {
+    let server = server(backend).await;
+    let api = Api::new(&server.api_url);
+    let mut all = api.events("", None).await;
+    let mut errors = api.events("?state=error", None).await;
+    let uid = new_uid();
+    let id = id_of(&uid).to_string();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    post_ok(
+        &server.opamp_url,
+        &health_report(&uid, 1, false, "exporter down"),
+    )
+    .await;
+
+    let first = all.next().await;
+    assert_eq!(first.event, "transition");
+    assert_eq!(first.data["collector_id"], id);
+    assert_eq!(first.data["reason"], "initial");
+    assert!(first.data["from"].is_null());
+    let second = all.next().await;
+    assert_eq!(
+        (second.data["from"].as_str(), second.data["to"].as_str()),
+        (Some("connected"), Some("error"))
+    );
+    assert_eq!(second.data["message"], "exporter down");
+    assert!(second.id.parse::<i64>().unwrap() > first.id.parse::<i64>().unwrap());
+    let only_error = errors.next().await;
+    assert_eq!(only_error.id, second.id);
+
+    // A client that lost the stream after the first event gets the second from the history.
+    let mut resumed = api.events("", Some(&first.id)).await;
+    assert_eq!(resumed.next().await.id, second.id);
+    post_ok(&server.opamp_url, &health_report(&uid, 2, true, "")).await;
+    let third = resumed.next().await;
+    assert_eq!(third.data["reason"], "error_resolved");
+    assert_eq!(
+        all.next().await.id,
+        third.id,
+        "each transition once, in order"
+    );
+
+    assert_error(
+        &api.get("/api/v1/events?state=nope").await,
+        400,
+        "bad_request",
+    );
+}
+
+#[tokio::test]
+async fn keys_and_roles_decide_who_may_do_what() {
+    let key = |name: &str, role| ApiKey {
+        name: name.into(),
+        key: format!("{name}-key-0123456789abcdef"),
+        role,
+    };
+    let server = TestServer::start_with(|c| {
+        c.api.keys = vec![
+            key("viewer", Role::Viewer),
+            key("operator", Role::Operator),
+            key("admin", Role::Admin),
+        ];
+    })
+    .await;
+    let as_ = |name: &str| Api::with_key(&server.api_url, &format!("{name}-key-0123456789abcdef"));
+    let anonymous = Api::new(&server.api_url);
+    let refused = anonymous.get("/api/v1/summary").await;
+    assert_error(&refused, 401, "unauthorized");
+    assert_eq!(refused.headers["www-authenticate"], "Bearer");
+    assert_error(
+        &Api::with_key(&server.api_url, "wrong-key-0123456789")
+            .get("/api/v1/summary")
+            .await,
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &anonymous.get("/api/openapi.json").await,
+        401,
+        "unauthorized",
+    );
+    // The probes and metrics stay open for the infrastructure.
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(anonymous.get(open).await.status, 200, "{open}");
+    }
+
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let id = id_of(&uid);
+    let labels = format!("/api/v1/collectors/{id}/labels");
+    let one = format!("/api/v1/collectors/{id}");
+    eventually("stored", || async {
+        (as_("viewer").get(&one).await.status == 200).then_some(())
+    })
+    .await;
+    assert_error(
+        &as_("viewer").put(&labels, &json!({"a": "b"})).await,
+        403,
+        "forbidden",
+    );
+    assert_eq!(
+        as_("operator")
+            .put(&labels, &json!({"a": "b"}))
+            .await
+            .status,
+        200
+    );
+    assert_error(&as_("operator").delete(&one).await, 403, "forbidden");
+    assert_error(&as_("admin").delete(&one).await, 409, "conflict");
+}
+
+#[tokio::test]
+async fn metrics_cover_the_fleet_without_collector_ids() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let made = collectors(&server, &api, 2).await;
+    post_ok(&server.opamp_url, &health_report(&made[0].0, 1, false, "x")).await;
+    let text = eventually("an error gauge", || async {
+        let answer = api.get("/metrics").await;
+        let text = answer.body.as_str().unwrap_or_default().to_owned();
+        text.contains("opampd_collectors{state=\"error\"} 1")
+            .then_some(text)
+    })
+    .await;
+    for needle in [
+        "opampd_collectors{state=\"connected\"} 1",
+        "opampd_transitions_total{from=\"connected\",to=\"error\",reason=\"runtime_error\"}",
+        "opampd_opamp_messages_total{transport=\"http\",direction=\"in\"}",
+        "opampd_opamp_bytes_total{transport=\"http\",direction=\"out\"}",
+        "opampd_store_write_seconds_bucket",
+        "opampd_store_queue_depth",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    for (_, id) in &made {
+        assert!(!text.contains(id.as_str()), "a collector id in the metrics");
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_its_snapshot() {
+    let server = TestServer::start().await;
+    let doc = Api::new(&server.api_url).ok("/api/openapi.json").await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    insta::assert_json_snapshot!("openapi", doc);
+}

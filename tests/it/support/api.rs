@@ -1,0 +1,177 @@
+//! A small REST client for the operators' API, and a reader of its Server-Sent Events.
+
+use serde_json::Value;
+
+use super::{DEADLINE, http_client};
+
+pub struct Api {
+    pub base: String,
+    pub key: Option<String>,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            key: None,
+        }
+    }
+
+    pub fn with_key(base: &str, key: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            key: Some(key.to_owned()),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = http_client().request(method, format!("{}{path}", self.base));
+        match &self.key {
+            Some(key) => request.header("authorization", format!("Bearer {key}")),
+            None => request,
+        }
+    }
+
+    async fn send(request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("API request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("API body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        Self::send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        Self::send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Answer {
+        self.with_body(reqwest::Method::PUT, path, body.to_string())
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Answer {
+        self.with_body(reqwest::Method::PATCH, path, body.to_string())
+            .await
+    }
+
+    pub async fn with_body(&self, method: reqwest::Method, path: &str, body: String) -> Answer {
+        Self::send(
+            self.request(method, path)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    /// GETs `path` and asserts a 200, returning the body.
+    pub async fn ok(&self, path: &str) -> Value {
+        let answer = self.get(path).await;
+        assert_eq!(answer.status, 200, "GET {path}: {}", answer.body);
+        answer.body
+    }
+
+    pub async fn events(&self, query: &str, last_event_id: Option<&str>) -> EventStream {
+        let mut request = self.request(reqwest::Method::GET, &format!("/api/v1/events{query}"));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("event stream");
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        EventStream {
+            response,
+            buffer: String::new(),
+        }
+    }
+}
+
+/// Asserts the API's error shape and code.
+pub fn assert_error(answer: &Answer, status: u16, code: &str) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert_eq!(answer.body["error"]["code"], code, "{}", answer.body);
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        answer.body
+    );
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub id: String,
+    pub event: String,
+    pub data: Value,
+}
+
+pub struct EventStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventStream {
+    /// The next event (keep-alive comments skipped), within the deadline.
+    pub async fn next(&mut self) -> Sse {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let frame: String = self.buffer.drain(..end + 2).collect();
+                    let (mut id, mut event, mut data) =
+                        (String::new(), String::new(), String::new());
+                    for line in frame.lines() {
+                        if let Some(v) = line.strip_prefix("id:") {
+                            v.trim().clone_into(&mut id);
+                        } else if let Some(v) = line.strip_prefix("event:") {
+                            v.trim().clone_into(&mut event);
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            data.push_str(v.trim());
+                        }
+                    }
+                    if !event.is_empty() {
+                        return Sse {
+                            id,
+                            event,
+                            data: serde_json::from_str(&data).expect("event data is JSON"),
+                        };
+                    }
+                    continue;
+                }
+                let chunk = self
+                    .response
+                    .chunk()
+                    .await
+                    .expect("event stream readable")
+                    .expect("event stream open");
+                self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .expect("an event before the deadline")
+    }
+}
