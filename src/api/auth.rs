@@ -72,3 +72,56 @@ fn identify(
     }
     role.ok_or(ApiError::Unauthorized)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ApiKey;
+
+    fn peer(ip: [u8; 4]) -> SocketAddr {
+        SocketAddr::from((ip, 40_000))
+    }
+
+    #[test]
+    fn without_keys_only_loopback_is_served_unless_opened() {
+        let mut config = ApiConfig::default();
+        let none = axum::http::HeaderMap::new();
+        assert_eq!(
+            identify(&config, peer([127, 0, 0, 1]), &none).ok(),
+            Some(Role::Admin)
+        );
+        assert!(matches!(
+            identify(&config, peer([10, 1, 2, 3]), &none),
+            Err(ApiError::Unauthorized)
+        ));
+        config.allow_unauthenticated = true;
+        assert_eq!(
+            identify(&config, peer([10, 1, 2, 3]), &none).ok(),
+            Some(Role::Admin)
+        );
+    }
+
+    #[test]
+    fn with_keys_loopback_needs_one_too() {
+        let config = ApiConfig {
+            keys: vec![ApiKey {
+                name: "ops".into(),
+                key: "0123456789abcdef-ops".into(),
+                role: Role::Operator,
+            }],
+            ..ApiConfig::default()
+        };
+        let mut headers = axum::http::HeaderMap::new();
+        assert!(identify(&config, peer([127, 0, 0, 1]), &headers).is_err());
+        headers.insert(
+            header::AUTHORIZATION,
+            "Bearer 0123456789abcdef-ops".parse().unwrap(),
+        );
+        assert_eq!(
+            identify(&config, peer([10, 1, 2, 3]), &headers).ok(),
+            Some(Role::Operator)
+        );
+        assert!(Caller(Role::Operator).require(Role::Admin).is_err());
+        assert!(Caller(Role::Operator).require(Role::Viewer).is_ok());
+    }
+}

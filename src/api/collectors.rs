@@ -312,8 +312,11 @@ fn check_label(key: &str, value: Option<&str>) -> Result<(), ApiError> {
 }
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(v)| v)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
+    body.map(|Json(v)| v).map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        _ => ApiError::BadRequest(e.body_text()),
+    })
 }
 
 async fn edit_labels(

@@ -17,6 +17,10 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("{0}")]
     NotFound(String),
+    #[error("the request body is larger than api.max_body_bytes allows")]
+    TooLarge,
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
     #[error("{0}")]
     Conflict(String),
     #[error("the store is unavailable")]
@@ -32,7 +36,8 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `unavailable`.
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `too_large`,
+    /// `unsupported_media_type`, `unavailable`.
     pub code: &'static str,
     pub message: String,
 }
@@ -44,6 +49,10 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Store(_) | ApiError::ShuttingDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")

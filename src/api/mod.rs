@@ -89,6 +89,9 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// How long `/readyz` waits for the store to answer.
+const PING_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn unknown_route() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
@@ -138,12 +141,18 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
     let health = &state.store_health;
     let pending = health.pending_transitions();
+    // The batcher only learns of an outage when it writes; an idle server asks the store itself.
+    let unreachable = match tokio::time::timeout(PING_BUDGET, state.store.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(err)) => Some(err.to_string()),
+        Err(_) => Some(format!("no answer within {PING_BUDGET:?}")),
+    };
     if state.shutdown.is_cancelled() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"status": "shutting_down"})),
         )
-    } else if let Some(error) = health.degraded() {
+    } else if let Some(error) = health.degraded().or(unreachable) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({

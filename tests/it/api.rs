@@ -570,3 +570,23 @@ async fn the_openapi_document_matches_its_snapshot() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     insta::assert_json_snapshot!("openapi", doc);
 }
+
+#[tokio::test]
+async fn oversized_and_non_json_bodies_are_refused_clearly() {
+    let server = TestServer::start_with(|c| c.api.max_body_bytes = 1024).await;
+    let api = Api::new(&server.api_url);
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let path = format!("/api/v1/collectors/{}/labels", id_of(&uid));
+    let big = json!({"k": "v".repeat(2000)}).to_string();
+    let answer = api.with_body(reqwest::Method::PUT, &path, big).await;
+    assert_error(&answer, 413, "too_large");
+    let plain = http_client()
+        .put(format!("{}{path}", server.api_url))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 415);
+}
