@@ -4,6 +4,7 @@ pub mod api;
 pub mod app;
 pub mod collector;
 pub mod config;
+pub mod fleet;
 pub mod opamp;
 pub mod proto;
 pub mod selector;

@@ -65,7 +65,7 @@ pub fn selector(pairs: &[(String, String)]) -> Result<Selector, ApiError> {
     }
 }
 
-fn last<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+pub fn last<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs
         .iter()
         .rev()
@@ -311,7 +311,7 @@ fn check_label(key: &str, value: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(v)| v).map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
@@ -347,7 +347,7 @@ pub async fn replace_labels(
     labels: Result<Json<BTreeMap<String, String>>, JsonRejection>,
 ) -> Result<Json<CollectorView>, ApiError> {
     caller.require(Role::Operator)?;
-    let labels = body(labels)?;
+    let labels = json_body(labels)?;
     for (k, v) in &labels {
         check_label(k, Some(v))?;
     }
@@ -368,7 +368,7 @@ pub async fn merge_labels(
     changes: Result<Json<BTreeMap<String, Option<String>>>, JsonRejection>,
 ) -> Result<Json<CollectorView>, ApiError> {
     caller.require(Role::Operator)?;
-    let changes = body(changes)?;
+    let changes = json_body(changes)?;
     for (k, v) in &changes {
         check_label(k, v.as_deref())?;
     }

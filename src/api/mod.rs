@@ -3,6 +3,7 @@
 
 mod auth;
 mod collectors;
+mod configurations;
 pub mod error;
 mod events;
 pub mod openapi;
@@ -54,6 +55,22 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/collectors/{id}/labels",
             axum::routing::put(collectors::replace_labels).patch(collectors::merge_labels),
+        )
+        .route(
+            "/api/v1/configurations",
+            get(configurations::list).post(configurations::create),
+        )
+        .route(
+            "/api/v1/configurations/{name}",
+            get(configurations::history),
+        )
+        .route(
+            "/api/v1/configurations/{name}/versions/{version}",
+            get(configurations::version),
+        )
+        .route(
+            "/api/v1/configurations/{name}/diff",
+            get(configurations::diff),
         )
         .route("/api/v1/summary", get(collectors::summary))
         .route("/api/v1/state-machine", get(collectors::state_machine))

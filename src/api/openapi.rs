@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{collectors, error, events, view};
+use super::{collectors, configurations, error, events, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,11 @@ use super::{collectors, error, events, view};
         collectors::summary,
         collectors::state_machine,
         events::events,
+        configurations::create,
+        configurations::list,
+        configurations::history,
+        configurations::version,
+        configurations::diff,
     ),
     components(schemas(
         error::ErrorBody,
@@ -33,12 +38,19 @@ use super::{collectors, error, events, view};
         collectors::TransitionPage,
         collectors::Summary,
         collectors::StateMachine,
+        configurations::NewConfiguration,
+        configurations::ConfigurationVersionView,
+        configurations::ConfigurationList,
+        configurations::ConfigurationHistory,
+        configurations::ConfigurationDiff,
+        configurations::FileDiff,
     )),
     modifiers(&BearerAuth),
     security(("api_key" = [])),
     tags(
         (name = "collectors", description = "Collectors, their states and histories"),
         (name = "fleet", description = "The fleet as a whole and its live events"),
+        (name = "configurations", description = "Configurations and their versions"),
     )
 )]
 pub struct ApiDoc;

@@ -138,6 +138,26 @@ pub struct EventFilter {
     pub selector: Selector,
 }
 
+/// One file of a configuration version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConfigurationFile {
+    pub content_type: String,
+    pub body: String,
+}
+
+/// A configuration version as stored: immutable once written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigurationVersion {
+    pub name: String,
+    pub version: i64,
+    /// SHA-256 hex: the OpAMP `config_hash` collectors are sent.
+    pub hash: String,
+    pub files: BTreeMap<String, ConfigurationFile>,
+    /// `kind/type` the version needs.
+    pub components: Vec<String>,
+    pub created_at: SystemTime,
+}
+
 /// A transition with its place in the store's history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -182,6 +202,28 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Event>, StoreError>;
     /// The newest transition's seq (0 when there is none): where a new live stream starts.
     async fn last_seq(&self) -> Result<i64, StoreError>;
+    /// Stores a new version of configuration `name` (version 1 for a new name), unless its hash
+    /// equals the latest version's: then that one is returned. `true` when a version was created.
+    async fn add_configuration(
+        &self,
+        name: &str,
+        hash: &str,
+        files: &BTreeMap<String, ConfigurationFile>,
+        components: &[String],
+        at: SystemTime,
+    ) -> Result<(ConfigurationVersion, bool), StoreError>;
+    /// The latest version of every configuration, by name.
+    async fn configurations(&self) -> Result<Vec<ConfigurationVersion>, StoreError>;
+    /// Every version of one configuration, oldest first (empty for an unknown name).
+    async fn configuration_versions(
+        &self,
+        name: &str,
+    ) -> Result<Vec<ConfigurationVersion>, StoreError>;
+    async fn configuration_version(
+        &self,
+        name: &str,
+        version: i64,
+    ) -> Result<Option<ConfigurationVersion>, StoreError>;
     /// After an unclean stop: marks every collector this node held and the store still shows as
     /// not Disconnected as Disconnected (`server_termination`), with the transition recorded.
     /// Returns how many were marked.

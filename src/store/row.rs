@@ -222,3 +222,26 @@ impl TransitionRow {
         })
     }
 }
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct ConfigurationRow {
+    pub name: String,
+    pub version: i64,
+    pub hash: String,
+    pub files: Json<BTreeMap<String, super::ConfigurationFile>>,
+    pub components: Json<Vec<String>>,
+    pub created_at: OffsetDateTime,
+}
+
+impl ConfigurationRow {
+    pub fn into_version(self) -> super::ConfigurationVersion {
+        super::ConfigurationVersion {
+            name: self.name,
+            version: self.version,
+            hash: self.hash,
+            files: self.files.0,
+            components: self.components.0,
+            created_at: SystemTime::from(self.created_at),
+        }
+    }
+}

@@ -14,8 +14,11 @@ use sqlx::sqlite::{
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 use time::OffsetDateTime;
 
-use super::row::{EventRow, RecordRow, TransitionRow};
-use super::{After, Batch, CollectorQuery, Event, EventFilter, SortKey, Store, StoreError};
+use super::row::{ConfigurationRow, EventRow, RecordRow, TransitionRow};
+use super::{
+    After, Batch, CollectorQuery, ConfigurationFile, ConfigurationVersion, Event, EventFilter,
+    SortKey, Store, StoreError,
+};
 use crate::collector::{Collector, CollectorId, Reason, State, Transition};
 use crate::selector::{Requirement, Selector};
 
@@ -82,6 +85,8 @@ const RECORD_COLUMNS: &str = "id, node, state, state_since, state_reason, state_
      sequence_num, labels, facts, updated_at";
 
 const TRANSITION_COLUMNS: &str = "collector_id, from_state, to_state, reason, message, at, cause";
+
+const CONFIGURATION_COLUMNS: &str = "name, version, hash, files, components, created_at";
 
 const RECOVERED_MESSAGE: &str = "the server stopped without shutting down";
 
@@ -469,6 +474,105 @@ macro_rules! sql_store {
                     .fetch_one(&self.pool)
                     .await?;
                 Ok(seq.unwrap_or(0))
+            }
+
+            async fn add_configuration(
+                &self,
+                name: &str,
+                hash: &str,
+                files: &BTreeMap<String, ConfigurationFile>,
+                components: &[String],
+                at: SystemTime,
+            ) -> Result<(ConfigurationVersion, bool), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT {CONFIGURATION_COLUMNS} FROM configuration_versions WHERE name = "
+                ));
+                q.push_bind(name.to_owned())
+                    .push(" ORDER BY version DESC LIMIT 1");
+                let latest = q
+                    .build_query_as::<ConfigurationRow>()
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let next = match latest {
+                    Some(latest) if latest.hash == hash => {
+                        return Ok((latest.into_version(), false));
+                    }
+                    Some(latest) => latest.version + 1,
+                    None => 1,
+                };
+                let row = ConfigurationRow {
+                    name: name.to_owned(),
+                    version: next,
+                    hash: hash.to_owned(),
+                    files: sqlx::types::Json(files.clone()),
+                    components: sqlx::types::Json(components.to_vec()),
+                    created_at: OffsetDateTime::from(at),
+                };
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "INSERT INTO configuration_versions ({CONFIGURATION_COLUMNS}) "
+                ));
+                q.push_values([&row], |mut b, r| {
+                    b.push_bind(&r.name)
+                        .push_bind(r.version)
+                        .push_bind(&r.hash)
+                        .push_bind(&r.files)
+                        .push_bind(&r.components)
+                        .push_bind(r.created_at);
+                });
+                q.build().execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok((row.into_version(), true))
+            }
+
+            async fn configurations(&self) -> Result<Vec<ConfigurationVersion>, StoreError> {
+                let rows = sqlx::query_as::<_, ConfigurationRow>(&format!(
+                    "SELECT {CONFIGURATION_COLUMNS} FROM configuration_versions v \
+                     WHERE version = (SELECT MAX(version) FROM configuration_versions \
+                     WHERE name = v.name) ORDER BY name"
+                ))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(ConfigurationRow::into_version)
+                    .collect())
+            }
+
+            async fn configuration_versions(
+                &self,
+                name: &str,
+            ) -> Result<Vec<ConfigurationVersion>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT {CONFIGURATION_COLUMNS} FROM configuration_versions WHERE name = "
+                ));
+                q.push_bind(name.to_owned()).push(" ORDER BY version");
+                let rows = q
+                    .build_query_as::<ConfigurationRow>()
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(ConfigurationRow::into_version)
+                    .collect())
+            }
+
+            async fn configuration_version(
+                &self,
+                name: &str,
+                version: i64,
+            ) -> Result<Option<ConfigurationVersion>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT {CONFIGURATION_COLUMNS} FROM configuration_versions WHERE name = "
+                ));
+                q.push_bind(name.to_owned())
+                    .push(" AND version = ")
+                    .push_bind(version);
+                let row = q
+                    .build_query_as::<ConfigurationRow>()
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(ConfigurationRow::into_version))
             }
 
             async fn recover(&self, at: SystemTime) -> Result<usize, StoreError> {

@@ -8,6 +8,7 @@ mod support;
 
 mod api;
 mod binary;
+mod configurations;
 mod http_transport;
 mod interop;
 mod persistence;

@@ -12,7 +12,9 @@ use opampd::collector::{
 };
 use opampd::config::Config;
 use opampd::selector::Selector;
-use opampd::store::{self, After, Batch, CollectorQuery, EventFilter, SortKey, Store};
+use opampd::store::{
+    self, After, Batch, CollectorQuery, ConfigurationFile, EventFilter, SortKey, Store,
+};
 
 /// Where a contract test's database lives.
 #[derive(Debug, Clone, Copy)]
@@ -571,6 +573,70 @@ async fn forgetting_deletes_record_and_history_before_new_writes(backend: Backen
     assert_eq!(store.transitions(back.id).await.unwrap().len(), 1);
 }
 
+async fn configuration_versions_count_up_and_never_repeat(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    let files = |body: &str| {
+        BTreeMap::from([(
+            "collector.yaml".to_owned(),
+            ConfigurationFile {
+                content_type: "text/yaml".into(),
+                body: body.into(),
+            },
+        )])
+    };
+    let components = vec!["receivers/otlp".to_owned()];
+    let (v1, created) = store
+        .add_configuration("gateway", "h1", &files("a: 1"), &components, at(1))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!((v1.version, v1.created_at), (1, at(1)));
+    let (again, created) = store
+        .add_configuration("gateway", "h1", &files("a: 1"), &components, at(2))
+        .await
+        .unwrap();
+    assert!(!created, "the same files are not a new version");
+    assert_eq!(again, v1);
+    let (v2, _) = store
+        .add_configuration("gateway", "h2", &files("a: 2"), &[], at(3))
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    store
+        .add_configuration("edge", "h3", &files("b: 1"), &[], at(4))
+        .await
+        .unwrap();
+    let latest = store.configurations().await.unwrap();
+    assert_eq!(
+        latest
+            .iter()
+            .map(|v| (v.name.as_str(), v.version))
+            .collect::<Vec<_>>(),
+        [("edge", 1), ("gateway", 2)]
+    );
+    let history = store.configuration_versions("gateway").await.unwrap();
+    assert_eq!(history, [v1.clone(), v2.clone()]);
+    assert_eq!(
+        store.configuration_version("gateway", 1).await.unwrap(),
+        Some(v1)
+    );
+    assert!(
+        store
+            .configuration_version("gateway", 3)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .configuration_versions("nothing")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -602,4 +668,5 @@ contract!(
     cursor_pages_follow_every_sort_order,
     history_and_events_page_by_position,
     forgetting_deletes_record_and_history_before_new_writes,
+    configuration_versions_count_up_and_never_repeat,
 );

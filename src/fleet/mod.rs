@@ -1,0 +1,4 @@
+//! Desired state: configurations and their versions, hashes and component needs. (Rollouts and
+//! package upgrades, which carry them to the fleet, build on this.)
+
+pub mod configuration;
