@@ -4,21 +4,24 @@
 use serde_json::json;
 
 use crate::support::TestServer;
-use crate::support::api::{Api, assert_error};
+use crate::support::api::{Answer, Api, assert_error};
+
+async fn post(api: &Api, body: serde_json::Value) -> Answer {
+    api.with_body(
+        reqwest::Method::POST,
+        "/api/v1/configurations",
+        body.to_string(),
+    )
+    .await
+}
 
 const V1: &str = "receivers:\n  otlp:\nexporters:\n  debug:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [debug]\n";
 
 #[tokio::test]
-async fn versions_are_checked_hashed_and_compared() {
+async fn versions_are_checked_hashed_and_counted() {
     let server = TestServer::start().await;
     let api = Api::new(&server.api_url);
-    let first = api
-        .with_body(
-            reqwest::Method::POST,
-            "/api/v1/configurations",
-            json!({"name": "gateway", "yaml": V1}).to_string(),
-        )
-        .await;
+    let first = post(&api, json!({"name": "gateway", "yaml": V1})).await;
     assert_eq!(first.status, 201, "{}", first.body);
     assert_eq!(first.body["version"], 1);
     assert_eq!(
@@ -29,18 +32,11 @@ async fn versions_are_checked_hashed_and_compared() {
     let hash = first.body["hash"].as_str().unwrap().to_owned();
     assert_eq!(hash.len(), 64);
 
-    let post = |body: serde_json::Value| {
-        let api = &api;
-        async move {
-            api.with_body(
-                reqwest::Method::POST,
-                "/api/v1/configurations",
-                body.to_string(),
-            )
-            .await
-        }
-    };
-    let same = post(json!({"name": "gateway", "files": {"collector.yaml": V1}})).await;
+    let same = post(
+        &api,
+        json!({"name": "gateway", "files": {"collector.yaml": V1}}),
+    )
+    .await;
     assert_eq!(same.status, 200, "unchanged files are no new version");
     assert_eq!(
         (same.body["version"].as_i64(), same.body["hash"].as_str()),
@@ -48,7 +44,7 @@ async fn versions_are_checked_hashed_and_compared() {
     );
 
     let v2_yaml = V1.replace("otlp", "otlp/2").replace("debug", "kafka");
-    let second = post(json!({"name": "gateway", "yaml": v2_yaml})).await;
+    let second = post(&api, json!({"name": "gateway", "yaml": v2_yaml})).await;
     assert_eq!(second.status, 201);
     assert_eq!(second.body["version"], 2);
     assert_eq!(
@@ -57,14 +53,22 @@ async fn versions_are_checked_hashed_and_compared() {
     );
     assert_ne!(second.body["hash"], first.body["hash"]);
 
-    let broken = post(json!({"name": "gateway", "yaml": "receivers:\n  otlp: [\n"})).await;
+    let broken = post(
+        &api,
+        json!({"name": "gateway", "yaml": "receivers:\n  otlp: [\n"}),
+    )
+    .await;
     assert_error(&broken, 400, "bad_request");
     let message = broken.body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("collector.yaml") && message.contains("line 3"),
         "{message}"
     );
-    let idle = post(json!({"name": "gateway", "yaml": "receivers:\n  otlp:\n"})).await;
+    let idle = post(
+        &api,
+        json!({"name": "gateway", "yaml": "receivers:\n  otlp:\n"}),
+    )
+    .await;
     assert_error(&idle, 400, "bad_request");
     assert!(
         idle.body["error"]["message"]
@@ -73,21 +77,35 @@ async fn versions_are_checked_hashed_and_compared() {
             .contains("pipeline")
     );
     assert_error(
-        &post(json!({"name": "bad name", "yaml": V1})).await,
+        &post(&api, json!({"name": "bad name", "yaml": V1})).await,
         400,
         "bad_request",
     );
     assert_error(
-        &post(json!({"name": "x", "yaml": V1, "files": {"a": V1}})).await,
+        &post(&api, json!({"name": "x", "yaml": V1, "files": {"a": V1}})).await,
         400,
         "bad_request",
     );
     assert_error(
-        &post(json!({"name": "x", "colour": "blue"})).await,
+        &post(&api, json!({"name": "x", "colour": "blue"})).await,
         400,
         "bad_request",
     );
+}
 
+#[tokio::test]
+async fn versions_are_listed_read_and_compared() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let v2_yaml = V1.replace("otlp", "otlp/2").replace("debug", "kafka");
+    for yaml in [V1, v2_yaml.as_str()] {
+        assert_eq!(
+            post(&api, json!({"name": "gateway", "yaml": yaml}))
+                .await
+                .status,
+            201
+        );
+    }
     let list = api.ok("/api/v1/configurations").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     assert_eq!(list["items"][0]["version"], 2);
