@@ -401,6 +401,47 @@ pub async fn forget(
     }
 }
 
+/// Sends the restart command to a connected collector that accepts it.
+#[utoipa::path(post, path = "/api/v1/collectors/{id}/restart", tag = "collectors",
+    params(("id" = String, Path, description = "Collector id (UUID)")),
+    responses((status = 202, description = "The command is on its way"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Not connected, or does not accept restarts")))]
+pub async fn restart(
+    State(api): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
+    let id = collector_id(&id)?;
+    // Only the replica holding the connection can deliver it; this one holds its own collectors.
+    let Some(view) = api.registry.view(id).await else {
+        return Err(if api.store.load(id, 0).await?.is_some() {
+            ApiError::Conflict(format!("collector {id} is not connected to this server"))
+        } else {
+            not_found(id)
+        });
+    };
+    if !view.connected {
+        return Err(ApiError::Conflict(format!(
+            "collector {id} is not connected"
+        )));
+    }
+    if !view
+        .capabilities
+        .has(crate::collector::Capabilities::ACCEPTS_RESTART_COMMAND)
+    {
+        return Err(ApiError::Conflict(format!(
+            "collector {id} does not accept the restart command"
+        )));
+    }
+    api.registry
+        .apply(id, crate::collector::Event::Restart)
+        .await
+        .map_err(|_| ApiError::ShuttingDown)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Summary {
     pub total: u64,

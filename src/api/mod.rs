@@ -53,6 +53,10 @@ pub fn router(state: ApiState) -> Router {
             get(collectors::transitions),
         )
         .route(
+            "/api/v1/collectors/{id}/restart",
+            axum::routing::post(collectors::restart),
+        )
+        .route(
             "/api/v1/collectors/{id}/labels",
             axum::routing::put(collectors::replace_labels).patch(collectors::merge_labels),
         )

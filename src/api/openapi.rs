@@ -19,6 +19,7 @@ use super::{collectors, configurations, error, events, view};
         collectors::replace_labels,
         collectors::merge_labels,
         collectors::forget,
+        collectors::restart,
         collectors::summary,
         collectors::state_machine,
         events::events,

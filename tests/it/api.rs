@@ -590,3 +590,42 @@ async fn oversized_and_non_json_bodies_are_refused_clearly() {
         .unwrap();
     assert_eq!(plain.status(), 415);
 }
+
+#[tokio::test]
+async fn restart_reaches_a_collector_that_accepts_it() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let uid = new_uid();
+    let mut ws = WsClient::connect(&server.ws_url).await;
+    ws.exchange(&hello(&uid, 0)).await;
+    let path = format!("/api/v1/collectors/{}/restart", id_of(&uid));
+    let answer = api
+        .with_body(reqwest::Method::POST, &path, String::new())
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let pushed = ws.recv().await;
+    assert_eq!(
+        pushed.command.map(|c| c.r#type),
+        Some(proto::CommandType::Restart as i32)
+    );
+
+    // One that does not accept it is told so, and so is a stranger.
+    let other = new_uid();
+    let mut refuses = hello(&other, 0);
+    refuses.capabilities = 0x1;
+    post_ok(&server.opamp_url, &refuses).await;
+    let path = format!("/api/v1/collectors/{}/restart", id_of(&other));
+    assert_error(
+        &api.with_body(reqwest::Method::POST, &path, String::new())
+            .await,
+        409,
+        "conflict",
+    );
+    let path = format!("/api/v1/collectors/{}/restart", CollectorId::new_v7());
+    assert_error(
+        &api.with_body(reqwest::Method::POST, &path, String::new())
+            .await,
+        404,
+        "not_found",
+    );
+}
