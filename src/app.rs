@@ -16,6 +16,7 @@ use crate::collector::Registry;
 use crate::collector::actor::ActorSettings;
 use crate::collector::persist::Persistence;
 use crate::config::Config;
+use crate::fleet::engine::Fleet;
 use crate::opamp::Opamp;
 use crate::store::writer::{StoreHealth, Writer, WriterSettings};
 use crate::store::{self, Store, StoreRecords};
@@ -132,7 +133,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
     });
     crate::telemetry::metrics::handle();
+    let fleet = Fleet::start(Arc::clone(&registry), Arc::clone(&store), shutdown.clone())
+        .await
+        .context("cannot start the rollout engine")?;
     let api_router = api::router(ApiState {
+        fleet,
         shutdown: shutdown.clone(),
         registry: Arc::clone(&registry),
         store: Arc::clone(&store),

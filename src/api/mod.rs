@@ -7,6 +7,7 @@ mod configurations;
 pub mod error;
 mod events;
 pub mod openapi;
+mod rollouts;
 pub mod view;
 
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub store_health: Arc<StoreHealth>,
     pub config: Arc<ApiConfig>,
+    pub fleet: crate::fleet::engine::Fleet,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -75,6 +77,15 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/configurations/{name}/diff",
             get(configurations::diff),
+        )
+        .route(
+            "/api/v1/rollouts",
+            get(rollouts::list).post(rollouts::create),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollouts::one))
+        .route(
+            "/api/v1/rollouts/{id}/{action}",
+            axum::routing::post(rollouts::control),
         )
         .route("/api/v1/summary", get(collectors::summary))
         .route("/api/v1/state-machine", get(collectors::state_machine))

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{collectors, configurations, error, events, view};
+use super::{collectors, configurations, error, events, rollouts, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,10 @@ use super::{collectors, configurations, error, events, view};
         configurations::history,
         configurations::version,
         configurations::diff,
+        rollouts::create,
+        rollouts::list,
+        rollouts::one,
+        rollouts::control,
     ),
     components(schemas(
         error::ErrorBody,
@@ -45,6 +49,14 @@ use super::{collectors, configurations, error, events, view};
         configurations::ConfigurationHistory,
         configurations::ConfigurationDiff,
         configurations::FileDiff,
+        rollouts::NewRolloutBody,
+        rollouts::RolloutView,
+        rollouts::RolloutList,
+        crate::fleet::rollout::Rollout,
+        crate::fleet::rollout::Target,
+        crate::fleet::rollout::Outcome,
+        crate::fleet::rollout::Status,
+        crate::fleet::rollout::RolloutOptions,
     )),
     modifiers(&BearerAuth),
     security(("api_key" = [])),
@@ -52,6 +64,7 @@ use super::{collectors, configurations, error, events, view};
         (name = "collectors", description = "Collectors, their states and histories"),
         (name = "fleet", description = "The fleet as a whole and its live events"),
         (name = "configurations", description = "Configurations and their versions"),
+        (name = "rollouts", description = "Configurations carried to the fleet, batch by batch"),
     )
 )]
 pub struct ApiDoc;

@@ -2,7 +2,6 @@
 //! UUID strings, times as RFC 3339, capabilities by name, hashes as hex).
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -13,11 +12,7 @@ use crate::collector::machine::hex;
 use crate::collector::{Collector, ConfigFiles, Health, State, Transition, state};
 use crate::store::Event;
 
-pub fn rfc3339(at: SystemTime) -> String {
-    time::OffsetDateTime::from(at)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+pub use crate::collector::encoding::rfc3339;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CollectorView {

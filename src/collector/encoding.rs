@@ -1,6 +1,13 @@
 //! How the record's byte fields look in JSON: hashes as hex, file bodies as base64, so stored
 //! records and API answers stay readable and round-trip exactly.
 
+/// A time as operators read it: RFC 3339, UTC.
+pub fn rfc3339(at: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 pub mod hex {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 

@@ -2,3 +2,5 @@
 //! package upgrades, which carry them to the fleet, build on this.)
 
 pub mod configuration;
+pub mod engine;
+pub mod rollout;

@@ -224,6 +224,22 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         version: i64,
     ) -> Result<Option<ConfigurationVersion>, StoreError>;
+    /// Writes a rollout's document (inserted or replaced), with its status for queries.
+    async fn save_rollout(
+        &self,
+        id: &str,
+        status: &str,
+        document: &serde_json::Value,
+        created_at: SystemTime,
+    ) -> Result<(), StoreError>;
+    /// Every rollout's document, oldest first.
+    async fn rollouts(&self) -> Result<Vec<serde_json::Value>, StoreError>;
+    async fn rollout(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError>;
+    /// The configuration version with this hash, if any (the last good one, for rollbacks).
+    async fn configuration_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<ConfigurationVersion>, StoreError>;
     /// After an unclean stop: marks every collector this node held and the store still shows as
     /// not Disconnected as Disconnected (`server_termination`), with the transition recorded.
     /// Returns how many were marked.

@@ -575,6 +575,65 @@ macro_rules! sql_store {
                 Ok(row.map(ConfigurationRow::into_version))
             }
 
+            async fn save_rollout(
+                &self,
+                id: &str,
+                status: &str,
+                document: &serde_json::Value,
+                created_at: SystemTime,
+            ) -> Result<(), StoreError> {
+                let mut q = QueryBuilder::<$db>::new(
+                    "INSERT INTO rollouts (id, status, document, created_at, updated_at) VALUES (",
+                );
+                q.push_bind(id.to_owned())
+                    .push(", ")
+                    .push_bind(status.to_owned())
+                    .push(", ")
+                    .push_bind(sqlx::types::Json(document))
+                    .push(", ")
+                    .push_bind(OffsetDateTime::from(created_at))
+                    .push(", ")
+                    .push_bind(OffsetDateTime::now_utc())
+                    .push(
+                        ") ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+                         document = excluded.document, updated_at = excluded.updated_at",
+                    );
+                q.build().execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn rollouts(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+                let rows: Vec<(sqlx::types::Json<serde_json::Value>,)> =
+                    sqlx::query_as("SELECT document FROM rollouts ORDER BY created_at, id")
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(rows.into_iter().map(|(d,)| d.0).collect())
+            }
+
+            async fn rollout(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("SELECT document FROM rollouts WHERE id = ");
+                q.push_bind(id.to_owned());
+                let row: Option<(sqlx::types::Json<serde_json::Value>,)> =
+                    q.build_query_as().fetch_optional(&self.pool).await?;
+                Ok(row.map(|(d,)| d.0))
+            }
+
+            async fn configuration_by_hash(
+                &self,
+                hash: &str,
+            ) -> Result<Option<ConfigurationVersion>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT {CONFIGURATION_COLUMNS} FROM configuration_versions WHERE hash = "
+                ));
+                q.push_bind(hash.to_owned())
+                    .push(" ORDER BY version DESC LIMIT 1");
+                let row = q
+                    .build_query_as::<ConfigurationRow>()
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(ConfigurationRow::into_version))
+            }
+
             async fn recover(&self, at: SystemTime) -> Result<usize, StoreError> {
                 let disconnected = State::Disconnected.as_str();
                 let reason = Reason::ServerTermination.as_str();

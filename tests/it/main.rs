@@ -13,6 +13,7 @@ mod http_transport;
 mod interop;
 mod persistence;
 mod protocol;
+mod rollouts;
 mod states;
 mod store;
 mod websocket;

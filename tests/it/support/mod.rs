@@ -7,6 +7,7 @@ pub mod api;
 pub mod binary;
 pub mod interop;
 pub mod postgres;
+pub mod scripted;
 
 use std::future::Future;
 use std::time::Duration;

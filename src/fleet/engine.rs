@@ -1,0 +1,635 @@
+//! The rollout engine: one task that owns every rollout, starts them, sends each batch when the
+//! one before has settled, pauses on too many failures, picks up late and returning collectors,
+//! and keeps every rollout's progress in the store so that a restart continues where it stopped.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::rollout::{Outcome, Rollout, RolloutOptions, Status, Target, runs, verdict};
+use crate::collector::bus::Subscription;
+use crate::collector::encoding::rfc3339;
+use crate::collector::{
+    Collector, CollectorId, ConfigFile, ConfigOffer, Event, Reason, Registry, State,
+};
+use crate::selector::Selector;
+use crate::store::{After, CollectorQuery, ConfigurationVersion, SortKey, Store, StoreError};
+
+/// How often rollouts look at their collectors even when no transition woke them.
+const TICK: Duration = Duration::from_millis(500);
+const COMMANDS: usize = 32;
+const PAGE: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the rollout engine has stopped")]
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRollout {
+    pub configuration: String,
+    pub version: i64,
+    pub selector: Selector,
+    pub options: RolloutOptions,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Control {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+type Reply = oneshot::Sender<Result<Rollout, FleetError>>;
+
+enum Command {
+    Start(NewRollout, Reply),
+    Control(String, Control, Reply),
+}
+
+/// A cloneable way to reach the engine.
+#[derive(Clone)]
+pub struct Fleet {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Fleet {
+    /// Loads the rollouts from the store and starts the engine; it stops when `shutdown` is
+    /// cancelled.
+    pub async fn start(
+        registry: Arc<Registry>,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, FleetError> {
+        let mut rollouts = Vec::new();
+        for document in store.rollouts().await? {
+            match serde_json::from_value::<Rollout>(document) {
+                Ok(rollout) => rollouts.push(rollout),
+                Err(err) => warn!(%err, "a stored rollout cannot be read; it is left alone"),
+            }
+        }
+        let (tx, rx) = mpsc::channel(COMMANDS);
+        let engine = Engine {
+            events: registry.subscribe(),
+            registry,
+            store,
+            rollouts,
+            offers: Vec::new(),
+        };
+        tokio::spawn(engine.run(rx, shutdown));
+        Ok(Self { tx })
+    }
+
+    async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<Rollout, FleetError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| FleetError::Stopped)?;
+        answer.await.map_err(|_| FleetError::Stopped)?
+    }
+
+    /// Starts a rollout (or, with `dry_run`, answers what it would do).
+    pub async fn start_rollout(&self, new: NewRollout) -> Result<Rollout, FleetError> {
+        self.ask(|reply| Command::Start(new, reply)).await
+    }
+
+    pub async fn control(&self, id: &str, control: Control) -> Result<Rollout, FleetError> {
+        let id = id.to_owned();
+        self.ask(|reply| Command::Control(id, control, reply)).await
+    }
+}
+
+/// What a rollout sends, built once from its configuration version.
+struct Offer {
+    rollout: String,
+    configuration: ConfigOffer,
+    required: Vec<String>,
+}
+
+struct Engine {
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    /// Every rollout, oldest first.
+    rollouts: Vec<Rollout>,
+    offers: Vec<Offer>,
+    events: Subscription,
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .filter_map(|i| {
+            text.get(i..i + 2)
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .collect()
+}
+
+fn offer_of(version: &ConfigurationVersion) -> ConfigOffer {
+    ConfigOffer {
+        files: version
+            .files
+            .iter()
+            .map(|(name, file)| {
+                let file = ConfigFile {
+                    content_type: file.content_type.clone(),
+                    body: file.body.as_bytes().into(),
+                };
+                (name.clone(), file)
+            })
+            .collect(),
+        hash: unhex(&version.hash),
+    }
+}
+
+impl Engine {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                command = commands.recv() => match command {
+                    Some(Command::Start(new, reply)) => {
+                        let _ = reply.send(self.start(new).await);
+                    }
+                    Some(Command::Control(id, control, reply)) => {
+                        let _ = reply.send(self.control(&id, control).await);
+                    }
+                    None => break,
+                },
+                published = self.events.recv() => {
+                    if let Some(published) = published {
+                        let t = &published.transition;
+                        if t.to == State::Connected
+                            && matches!(t.reason, Reason::Initial | Reason::ConnectionRestored)
+                        {
+                            self.arrived(published.collector).await;
+                        }
+                    } else {
+                        // Dropped for lagging (or closed): the tick keeps everything right
+                        // meanwhile, and a fresh subscription picks up from now.
+                        self.events = self.registry.subscribe();
+                    }
+                    self.advance().await;
+                }
+                _ = tick.tick() => self.advance().await,
+            }
+        }
+    }
+
+    /// Makes sure the rollout's offer is built; its index in `offers`.
+    async fn offer(&mut self, rollout: &Rollout) -> Result<usize, FleetError> {
+        if let Some(i) = self.offers.iter().position(|o| o.rollout == rollout.id) {
+            return Ok(i);
+        }
+        let version = self
+            .store
+            .configuration_version(&rollout.configuration, rollout.version)
+            .await?
+            .ok_or_else(|| {
+                FleetError::NotFound(format!(
+                    "no version {} of configuration {:?}",
+                    rollout.version, rollout.configuration
+                ))
+            })?;
+        self.offers.push(Offer {
+            rollout: rollout.id.clone(),
+            configuration: offer_of(&version),
+            required: version.components.clone(),
+        });
+        Ok(self.offers.len() - 1)
+    }
+
+    /// The freshest record: this server's actor, else the store.
+    async fn record(&self, id: CollectorId) -> Option<Collector> {
+        match self.registry.view(id).await {
+            Some(view) => Some(view),
+            None => self.store.load(id, 0).await.ok().flatten(),
+        }
+    }
+
+    async fn matching(&self, selector: &Selector) -> Result<Vec<Collector>, FleetError> {
+        let mut found = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list(&CollectorQuery {
+                    states: Vec::new(),
+                    selector: selector.clone(),
+                    text: None,
+                    sort: SortKey::Id,
+                    descending: false,
+                    after: after.take(),
+                    limit: PAGE,
+                })
+                .await?;
+            let full = page.len() == PAGE;
+            after = page.last().map(|c| After {
+                value: c.id.to_string(),
+                id: c.id.to_string(),
+            });
+            found.extend(page);
+            if !full {
+                return Ok(found);
+            }
+        }
+    }
+
+    fn plan(record: &Collector, hash: &[u8], required: &[String]) -> Target {
+        let missing = record.missing(required);
+        let components_unknown = record
+            .available_components
+            .as_ref()
+            .and_then(|a| a.components.as_ref())
+            .is_none();
+        let previous_hash = record
+            .remote_config_status
+            .as_ref()
+            .filter(|s| s.status == crate::collector::RemoteConfigState::Applied)
+            .map(|s| crate::collector::machine::hex(&s.hash));
+        let outcome = if runs(record, hash) {
+            Outcome::Skipped
+        } else if missing.is_empty() {
+            Outcome::Pending
+        } else {
+            Outcome::Incompatible
+        };
+        Target {
+            collector: record.id,
+            outcome,
+            batch: None,
+            missing,
+            error: String::new(),
+            components_unknown,
+            previous_hash,
+            rolled_back: false,
+        }
+    }
+
+    async fn start(&mut self, new: NewRollout) -> Result<Rollout, FleetError> {
+        let version = self
+            .store
+            .configuration_version(&new.configuration, new.version)
+            .await?
+            .ok_or_else(|| {
+                FleetError::NotFound(format!(
+                    "no version {} of configuration {:?}",
+                    new.version, new.configuration
+                ))
+            })?;
+        let offer = offer_of(&version);
+        let mut targets = Vec::new();
+        for stored in self.matching(&new.selector).await? {
+            let record = self.record(stored.id).await.unwrap_or(stored);
+            // The selector was checked on the stored labels; this server's record is fresher.
+            if new.selector.matches(&record.labels) {
+                targets.push(Self::plan(&record, &offer.hash, &version.components));
+            }
+        }
+        let mut rollout = Rollout {
+            id: uuid::Uuid::now_v7().to_string(),
+            configuration: version.name.clone(),
+            version: version.version,
+            hash: version.hash.clone(),
+            selector: new.selector.to_string(),
+            options: new.options,
+            status: if new.dry_run {
+                Status::DryRun
+            } else {
+                Status::Running
+            },
+            reason: String::new(),
+            created_at: rfc3339(SystemTime::now()),
+            batches_started: 0,
+            failures_accepted: 0,
+            targets,
+        };
+        if new.dry_run {
+            return Ok(rollout);
+        }
+        self.take_over(&rollout).await?;
+        for target in &rollout.targets {
+            if matches!(target.outcome, Outcome::Pending | Outcome::Incompatible) {
+                let event = Event::QueueForRollout {
+                    rollout: rollout.id.clone(),
+                    required: version.components.clone(),
+                };
+                // A collector no actor holds is away; its turn will find it Waiting.
+                let _ = self.registry.apply(target.collector, event).await;
+            }
+        }
+        info!(
+            rollout = %rollout.id,
+            configuration = %rollout.configuration,
+            version = rollout.version,
+            targets = rollout.targets.len(),
+            "rollout started"
+        );
+        self.step(&mut rollout).await;
+        self.save(&rollout).await?;
+        self.rollouts.push(rollout.clone());
+        Ok(rollout)
+    }
+
+    /// One active rollout per collector: the new one takes over the others' open targets.
+    async fn take_over(&mut self, new: &Rollout) -> Result<(), FleetError> {
+        let mut changed = Vec::new();
+        for (i, old) in self.rollouts.iter_mut().enumerate() {
+            if !old.status.is_active() && old.status != Status::Completed {
+                continue;
+            }
+            let mut touched = false;
+            for target in &mut old.targets {
+                if target.outcome.is_open()
+                    && new.targets.iter().any(|t| t.collector == target.collector)
+                {
+                    target.outcome = Outcome::Replaced;
+                    target.error = format!("taken over by rollout {}", new.id);
+                    touched = true;
+                }
+            }
+            if touched {
+                changed.push(i);
+            }
+        }
+        for i in changed {
+            let old = self.rollouts[i].clone();
+            self.save(&old).await?;
+        }
+        Ok(())
+    }
+
+    async fn control(&mut self, id: &str, control: Control) -> Result<Rollout, FleetError> {
+        let i = self
+            .rollouts
+            .iter()
+            .position(|r| r.id == id)
+            .ok_or_else(|| FleetError::NotFound(format!("no rollout {id}")))?;
+        let mut rollout = self.rollouts[i].clone();
+        match (control, rollout.status) {
+            (Control::Pause, Status::Running) => {
+                rollout.status = Status::Paused;
+                "paused by an operator".clone_into(&mut rollout.reason);
+            }
+            (Control::Resume, Status::Paused) => {
+                rollout.status = Status::Running;
+                rollout.failures_accepted = rollout.count(Outcome::Failed);
+                rollout.reason.clear();
+            }
+            (Control::Cancel, Status::Running | Status::Paused) => {
+                rollout.status = Status::Cancelled;
+                "cancelled by an operator".clone_into(&mut rollout.reason);
+                for target in &mut rollout.targets {
+                    if target.outcome == Outcome::Pending {
+                        target.outcome = Outcome::Removed;
+                        let event = Event::RemoveFromRollout {
+                            rollout: rollout.id.clone(),
+                        };
+                        let _ = self.registry.apply(target.collector, event).await;
+                    }
+                }
+            }
+            (control, status) => {
+                return Err(FleetError::Conflict(format!(
+                    "cannot {} a rollout that is {}",
+                    match control {
+                        Control::Pause => "pause",
+                        Control::Resume => "resume",
+                        Control::Cancel => "cancel",
+                    },
+                    status.as_str()
+                )));
+            }
+        }
+        if rollout.status == Status::Running {
+            self.step(&mut rollout).await;
+        }
+        self.save(&rollout).await?;
+        self.rollouts[i] = rollout.clone();
+        info!(rollout = %rollout.id, status = rollout.status.as_str(), "rollout changed");
+        Ok(rollout)
+    }
+
+    /// A collector connected (first time or again). If a rollout sent it its configuration and
+    /// has no verdict yet, it is sent again: what was queued for it did not survive a restart, and
+    /// a collector that had applied it says so in this very report. Otherwise the newest completed
+    /// rollout whose selector matches it, and that it is not part of, sends it its configuration.
+    async fn arrived(&mut self, id: CollectorId) {
+        let Some(record) = self.registry.view(id).await else {
+            return;
+        };
+        let open = self.rollouts.iter().rposition(|r| {
+            r.targets
+                .iter()
+                .any(|t| t.collector == id && t.outcome.is_open())
+        });
+        if let Some(i) = open {
+            let mut rollout = self.rollouts[i].clone();
+            let hash = unhex(&rollout.hash);
+            let sent = rollout.targets.iter().any(|t| {
+                t.collector == id && matches!(t.outcome, Outcome::Configuring | Outcome::Waiting)
+            });
+            if !sent
+                || verdict(&record, &hash, &rollout.id).is_some()
+                || self.offer(&rollout).await.is_err()
+            {
+                return;
+            }
+            let outcome = self.send(&rollout.id, id).await;
+            if let Some(target) = rollout.target_mut(id) {
+                target.outcome = outcome;
+            }
+            info!(rollout = %rollout.id, collector_id = %id, "configuration sent again to a returning collector");
+            if self.save(&rollout).await.is_ok() {
+                self.rollouts[i] = rollout;
+            }
+            return;
+        }
+        let Some(i) = self.rollouts.iter().rposition(|r| {
+            r.status == Status::Completed
+                && Selector::parse(&r.selector).is_ok_and(|s| s.matches(&record.labels))
+        }) else {
+            return;
+        };
+        if self.rollouts[i].targets.iter().any(|t| t.collector == id) {
+            return;
+        }
+        let mut rollout = self.rollouts[i].clone();
+        let Ok(o) = self.offer(&rollout).await else {
+            return;
+        };
+        let (hash, required) = (
+            self.offers[o].configuration.hash.clone(),
+            self.offers[o].required.clone(),
+        );
+        let mut target = Self::plan(&record, &hash, &required);
+        if target.outcome == Outcome::Pending {
+            target.batch = Some(rollout.batches_started);
+            target.outcome = self.send(&rollout.id, id).await;
+        }
+        info!(rollout = %rollout.id, collector_id = %id, outcome = target.outcome.as_str(), "a late collector joins a completed rollout");
+        rollout.targets.push(target);
+        if self.save(&rollout).await.is_ok() {
+            self.rollouts[i] = rollout;
+        }
+    }
+
+    /// Sends the rollout's configuration to one collector; its outcome as far as known now.
+    async fn send(&mut self, rollout_id: &str, id: CollectorId) -> Outcome {
+        let Some(offer) = self.offers.iter().find(|o| o.rollout == rollout_id) else {
+            return Outcome::Pending;
+        };
+        let event = Event::SendConfiguration {
+            offer: offer.configuration.clone(),
+            required: offer.required.clone(),
+            rollout: Some(rollout_id.to_owned()),
+        };
+        match self.registry.apply(id, event).await {
+            Ok(true) => match self.registry.view(id).await {
+                Some(view) if view.connected => Outcome::Configuring,
+                _ => Outcome::Waiting,
+            },
+            // No actor here: the collector is away, and hears of it when it returns.
+            Ok(false) | Err(_) => Outcome::Waiting,
+        }
+    }
+
+    /// Brings every rollout up to date with its collectors and moves the running ones on.
+    async fn advance(&mut self) {
+        for i in 0..self.rollouts.len() {
+            let status = self.rollouts[i].status;
+            let open = self.rollouts[i].targets.iter().any(|t| {
+                matches!(t.outcome, Outcome::Configuring | Outcome::Waiting)
+                    || (status == Status::Running && t.outcome == Outcome::Pending)
+            });
+            if !open {
+                continue;
+            }
+            let mut rollout = self.rollouts[i].clone();
+            self.step(&mut rollout).await;
+            if rollout != self.rollouts[i] {
+                if let Err(err) = self.save(&rollout).await {
+                    warn!(%err, rollout = %rollout.id, "cannot save the rollout's progress; retrying");
+                    continue;
+                }
+                self.rollouts[i] = rollout;
+            }
+        }
+    }
+
+    /// Reads the verdicts of sent configurations, then, if the rollout runs and its current batch
+    /// has settled, sends the next batch, pauses it, or completes it.
+    async fn step(&mut self, rollout: &mut Rollout) {
+        if self.offer(rollout).await.is_err() {
+            return;
+        }
+        let hash = unhex(&rollout.hash);
+        for i in 0..rollout.targets.len() {
+            let target = rollout.targets[i].clone();
+            if !matches!(target.outcome, Outcome::Configuring | Outcome::Waiting) {
+                continue;
+            }
+            let Some(record) = self.registry.view(target.collector).await else {
+                continue;
+            };
+            let updated = &mut rollout.targets[i];
+            if let Some((outcome, error)) = verdict(&record, &hash, &rollout.id) {
+                updated.outcome = outcome;
+                updated.error = error;
+                if outcome == Outcome::Incompatible {
+                    updated.missing.clone_from(&record.missing_components);
+                }
+                if outcome == Outcome::Failed && rollout.options.rollback {
+                    updated.rolled_back = self.roll_back(&target).await;
+                }
+            } else if record.connected && record.config_sent.as_deref() == Some(hash.as_slice()) {
+                updated.outcome = Outcome::Configuring;
+            } else if !record.connected {
+                updated.outcome = Outcome::Waiting;
+            }
+        }
+        if rollout.status != Status::Running {
+            return;
+        }
+        if rollout.too_many_failures() {
+            rollout.status = Status::Paused;
+            rollout.reason = format!(
+                "{} collectors failed the configuration, more than max_errors ({}) allows",
+                rollout.count(Outcome::Failed) - rollout.failures_accepted,
+                rollout.options.max_errors
+            );
+            info!(rollout = %rollout.id, reason = %rollout.reason, "rollout paused itself");
+            return;
+        }
+        if rollout.count(Outcome::Configuring) > 0 {
+            return;
+        }
+        let size = rollout.options.batch_size(rollout.batches_started);
+        let next: Vec<usize> = rollout
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.outcome == Outcome::Pending)
+            .map(|(i, _)| i)
+            .take(size)
+            .collect();
+        if next.is_empty() {
+            rollout.status = Status::Completed;
+            info!(rollout = %rollout.id, progress = ?rollout.progress(), "rollout completed");
+            return;
+        }
+        let batch = rollout.batches_started;
+        rollout.batches_started += 1;
+        for i in next {
+            let id = rollout.targets[i].collector;
+            rollout.targets[i].batch = Some(batch);
+            rollout.targets[i].outcome = self.send(&rollout.id, id).await;
+        }
+    }
+
+    /// Sends a failed collector the configuration it ran before, when that is known.
+    async fn roll_back(&mut self, target: &Target) -> bool {
+        let Some(previous) = &target.previous_hash else {
+            return false;
+        };
+        let Ok(Some(version)) = self.store.configuration_by_hash(previous).await else {
+            return false;
+        };
+        let event = Event::SendConfiguration {
+            offer: offer_of(&version),
+            required: Vec::new(),
+            rollout: None,
+        };
+        matches!(self.registry.apply(target.collector, event).await, Ok(true))
+    }
+
+    async fn save(&self, rollout: &Rollout) -> Result<(), FleetError> {
+        let document =
+            serde_json::to_value(rollout).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        self.store
+            .save_rollout(
+                &rollout.id,
+                rollout.status.as_str(),
+                &document,
+                SystemTime::now(),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! A rollout's plan and progress: which collectors it targets, in which batch, and how each one
+//! fared. Pure data and rules; the engine carries them out.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::collector::{Collector, CollectorId, RemoteConfigState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutOptions {
+    /// Collectors in the first batch.
+    pub initial_batch: usize,
+    /// Each batch is this many times the one before…
+    pub multiplier: usize,
+    /// …up to this many.
+    pub max_batch: usize,
+    /// Failures tolerated before the rollout pauses itself.
+    pub max_errors: usize,
+    /// Send a collector that failed the configuration back to the last one it applied.
+    pub rollback: bool,
+}
+
+impl Default for RolloutOptions {
+    fn default() -> Self {
+        Self {
+            initial_batch: 3,
+            multiplier: 5,
+            max_batch: 100,
+            max_errors: 0,
+            rollback: false,
+        }
+    }
+}
+
+impl RolloutOptions {
+    /// The size of batch `n` (from 0): `initial × multiplierⁿ`, capped.
+    pub fn batch_size(&self, n: usize) -> usize {
+        let mut size = self.initial_batch.max(1);
+        for _ in 0..n {
+            size = size.saturating_mul(self.multiplier.max(1));
+            if size >= self.max_batch {
+                break;
+            }
+        }
+        size.min(self.max_batch.max(1))
+    }
+}
+
+/// How one targeted collector fares.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Queued; its batch has not come.
+    Pending,
+    /// Sent; its verdict has not come.
+    Configuring,
+    /// Sent while it was away: it gets the configuration when it reconnects.
+    Waiting,
+    Applied,
+    Failed,
+    /// It lacks component types the configuration uses; nothing was sent.
+    Incompatible,
+    /// It already runs this configuration.
+    Skipped,
+    /// A newer rollout took it over.
+    Replaced,
+    /// The rollout was cancelled before its batch came.
+    Removed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Pending,
+        Outcome::Configuring,
+        Outcome::Waiting,
+        Outcome::Applied,
+        Outcome::Failed,
+        Outcome::Incompatible,
+        Outcome::Skipped,
+        Outcome::Replaced,
+        Outcome::Removed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Configuring => "configuring",
+            Outcome::Waiting => "waiting",
+            Outcome::Applied => "applied",
+            Outcome::Failed => "failed",
+            Outcome::Incompatible => "incompatible",
+            Outcome::Skipped => "skipped",
+            Outcome::Replaced => "replaced",
+            Outcome::Removed => "removed",
+        }
+    }
+
+    /// Still the rollout's business: a newer rollout may take it over.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            Outcome::Pending | Outcome::Configuring | Outcome::Waiting
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    /// Paused by an operator, or by itself when failures passed `max_errors` (see `reason`).
+    Paused,
+    Completed,
+    Cancelled,
+    /// A plan only: nothing was changed.
+    DryRun,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Completed => "completed",
+            Status::Cancelled => "cancelled",
+            Status::DryRun => "dry_run",
+        }
+    }
+
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::Running | Status::Paused)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Target {
+    #[schema(value_type = String)]
+    pub collector: CollectorId,
+    pub outcome: Outcome,
+    /// The batch it was sent in (from 0).
+    pub batch: Option<usize>,
+    /// Component types it lacks (Incompatible).
+    pub missing: Vec<String>,
+    /// The collector's error message (Failed).
+    pub error: String,
+    /// It does not report its components, so it was taken as compatible.
+    pub components_unknown: bool,
+    /// What it ran before (hash), for a rollback.
+    pub previous_hash: Option<String>,
+    /// It failed and was sent its previous configuration again.
+    pub rolled_back: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Rollout {
+    pub id: String,
+    pub configuration: String,
+    pub version: i64,
+    /// The version's hash: what collectors are sent as `config_hash`.
+    pub hash: String,
+    pub selector: String,
+    pub options: RolloutOptions,
+    pub status: Status,
+    /// Why it is paused, cancelled or completed, when there is something to say.
+    pub reason: String,
+    pub created_at: String,
+    pub batches_started: usize,
+    /// Failures an operator accepted by resuming; only failures beyond these count again.
+    pub failures_accepted: usize,
+    pub targets: Vec<Target>,
+}
+
+impl Rollout {
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.targets.iter().filter(|t| t.outcome == outcome).count()
+    }
+
+    pub fn progress(&self) -> BTreeMap<&'static str, usize> {
+        Outcome::ALL
+            .iter()
+            .map(|o| (o.as_str(), self.count(*o)))
+            .collect()
+    }
+
+    /// Failures beyond those accepted and the tolerance: time to pause.
+    pub fn too_many_failures(&self) -> bool {
+        self.count(Outcome::Failed)
+            .saturating_sub(self.failures_accepted)
+            > self.options.max_errors
+    }
+
+    pub fn target_mut(&mut self, id: CollectorId) -> Option<&mut Target> {
+        self.targets.iter_mut().find(|t| t.collector == id)
+    }
+}
+
+/// What a collector's record says about this rollout's configuration, once sent.
+pub fn verdict(record: &Collector, hash: &[u8], rollout: &str) -> Option<(Outcome, String)> {
+    if let Some(status) = record
+        .remote_config_status
+        .as_ref()
+        .filter(|s| s.hash == hash)
+    {
+        match status.status {
+            RemoteConfigState::Applied => return Some((Outcome::Applied, String::new())),
+            RemoteConfigState::Failed => {
+                return Some((Outcome::Failed, status.error_message.clone()));
+            }
+            _ => {}
+        }
+    }
+    if record.config_failed.as_deref() == Some(hash) {
+        return Some((
+            Outcome::Failed,
+            record.config_error.clone().unwrap_or_default(),
+        ));
+    }
+    if record.state == Some(crate::collector::State::Incompatible)
+        && record.rollout.as_deref() == Some(rollout)
+    {
+        return Some((Outcome::Incompatible, String::new()));
+    }
+    None
+}
+
+/// Whether the collector already runs the configuration with this hash.
+pub fn runs(record: &Collector, hash: &[u8]) -> bool {
+    record
+        .remote_config_status
+        .as_ref()
+        .is_some_and(|s| s.hash == hash && s.status == RemoteConfigState::Applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_grow_by_the_multiplier_up_to_the_cap() {
+        let options = RolloutOptions::default();
+        let sizes: Vec<usize> = (0..5).map(|n| options.batch_size(n)).collect();
+        assert_eq!(sizes, [3, 15, 75, 100, 100]);
+        let odd = RolloutOptions {
+            initial_batch: 2,
+            multiplier: 2,
+            max_batch: 5,
+            ..RolloutOptions::default()
+        };
+        assert_eq!(
+            (0..4).map(|n| odd.batch_size(n)).collect::<Vec<_>>(),
+            [2, 4, 5, 5]
+        );
+        let huge = RolloutOptions {
+            initial_batch: usize::MAX,
+            multiplier: usize::MAX,
+            max_batch: usize::MAX,
+            ..RolloutOptions::default()
+        };
+        assert_eq!(huge.batch_size(60), usize::MAX, "no overflow");
+    }
+}

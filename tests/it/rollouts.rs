@@ -1,0 +1,418 @@
+//! Rollouts end to end: our scripted collectors over real WebSockets, a configuration carried to
+//! them batch by batch through the API, with the exact histories, batch sizes, the automatic
+//! pause, resume, cancel, dry runs, take-overs, late collectors and a server restart.
+
+use opampd::collector::{CollectorId, Reason, State};
+use serde_json::{Value, json};
+
+use crate::support::api::{Api, assert_error};
+use crate::support::scripted::{Script, Scripted};
+use crate::support::*;
+
+const KAFKA: &str = "receivers:\n  otlp:\nexporters:\n  kafka:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [kafka]\n";
+
+/// Stores configuration `gateway` version 1 (it needs `receivers/otlp` and `exporters/kafka`).
+async fn configuration(api: &Api) {
+    let answer = api
+        .with_body(
+            reqwest::Method::POST,
+            "/api/v1/configurations",
+            json!({"name": "gateway", "yaml": KAFKA}).to_string(),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+}
+
+async fn post(api: &Api, path: &str, body: &Value) -> Value {
+    let answer = api
+        .with_body(reqwest::Method::POST, path, body.to_string())
+        .await;
+    assert!(
+        answer.status == 200 || answer.status == 201,
+        "POST {path}: {}",
+        answer.body
+    );
+    answer.body
+}
+
+/// Waits until every collector is in the store (a rollout selects from it), labelled `env=prod`.
+async fn labelled(api: &Api, collectors: &[&Scripted]) {
+    for c in collectors {
+        let path = format!("/api/v1/collectors/{}", c.id);
+        eventually("stored", || async {
+            (api.get(&path).await.status == 200).then_some(())
+        })
+        .await;
+        let answer = api
+            .put(&format!("{path}/labels"), &json!({"env": "prod"}))
+            .await;
+        assert_eq!(answer.status, 200);
+    }
+    eventually("labels stored", || async {
+        let page = api
+            .ok("/api/v1/collectors?selector=env=prod&limit=500")
+            .await;
+        (page["items"].as_array().unwrap().len() == collectors.len()).then_some(())
+    })
+    .await;
+}
+
+async fn rollout_where(api: &Api, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let path = format!("/api/v1/rollouts/{id}");
+    eventually(what, || async {
+        let r = api.ok(&path).await;
+        check(&r).then_some(r)
+    })
+    .await
+}
+
+fn target(rollout: &Value, id: CollectorId) -> &Value {
+    rollout["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["collector"] == id.to_string())
+        .expect("a target")
+}
+
+type Step = (Option<State>, State, Reason);
+
+async fn history(server: &TestServer, id: CollectorId) -> Vec<Step> {
+    let view = server.view(id).await.unwrap();
+    view.history
+        .iter()
+        .map(|t| (t.from, t.to, t.reason))
+        .collect()
+}
+
+use {Reason as R, State as S};
+
+/// The exact histories of the ten-collector rollout: applied, failed (2, 5), incompatible (8, 9),
+/// and each configuration sent exactly once to every compatible collector.
+async fn assert_histories(server: &TestServer, collectors: &[Scripted]) {
+    let applied = [
+        (None, S::Connected, R::Initial),
+        (Some(S::Connected), S::Pending, R::QueuedForRollout),
+        (Some(S::Pending), S::Configuring, R::ConfigSent),
+        (Some(S::Configuring), S::Connected, R::ConfigApplied),
+    ];
+    let failed = [
+        applied[0],
+        applied[1],
+        applied[2],
+        (Some(S::Configuring), S::Error, R::ConfigFailed),
+    ];
+    let incompatible = [
+        applied[0],
+        (
+            Some(S::Connected),
+            S::Incompatible,
+            R::UnsupportedComponents,
+        ),
+    ];
+    for (i, c) in collectors.iter().enumerate() {
+        let expected: &[Step] = match i {
+            2 | 5 => &failed,
+            8 | 9 => &incompatible,
+            _ => &applied,
+        };
+        assert_eq!(history(server, c.id).await, expected, "collector {i}");
+        let sent = usize::from(!matches!(i, 8 | 9));
+        assert_eq!(
+            c.received(),
+            sent,
+            "collector {i} got the configuration {sent} time(s)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ten_collectors_batch_by_batch_with_pause_and_resume() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let mut collectors = Vec::new();
+    for i in 0..10 {
+        let (exporters, script): (&[&str], _) = match i {
+            2 | 5 => (
+                &["kafka", "debug"],
+                Script::Fail("kafka: broker unreachable"),
+            ),
+            8 | 9 => (&["debug"], Script::Apply),
+            _ => (&["kafka"], Script::Apply),
+        };
+        collectors.push(Scripted::start(&server.ws_url, exporters, script).await);
+    }
+    labelled(&api, &collectors.iter().collect::<Vec<_>>()).await;
+
+    let started = post(
+        &api,
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 1, "selector": "env=prod",
+                "initial_batch": 2, "multiplier": 2, "max_batch": 4, "max_errors": 0}),
+    )
+    .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    assert_eq!(started["progress"]["incompatible"], 2);
+    assert_eq!(
+        target(&started, collectors[8].id)["missing"],
+        json!(["exporters/kafka"])
+    );
+
+    // Batch 0 (2) applies; batch 1 (4) has the two that fail: the rollout pauses itself.
+    let paused = rollout_where(&api, &id, "paused", |r| {
+        r["status"] == "paused" && r["progress"]["configuring"] == 0
+    })
+    .await;
+    assert!(
+        paused["reason"].as_str().unwrap().contains("max_errors"),
+        "{paused}"
+    );
+    assert_eq!(paused["progress"]["failed"], 2);
+    assert_eq!(paused["progress"]["applied"], 4);
+    assert_eq!(paused["progress"]["pending"], 2);
+    for (i, c) in collectors.iter().enumerate() {
+        let batch = &target(&paused, c.id)["batch"];
+        let expected = match i {
+            0 | 1 => json!(0),
+            2..=5 => json!(1),
+            _ => Value::Null,
+        };
+        assert_eq!(batch, &expected, "collector {i}");
+    }
+    assert_eq!(
+        target(&paused, collectors[2].id)["error"],
+        "kafka: broker unreachable"
+    );
+
+    let resumed = post(&api, &format!("/api/v1/rollouts/{id}/resume"), &json!({})).await;
+    assert_eq!(resumed["status"], "running");
+    let done = rollout_where(&api, &id, "completed", |r| r["status"] == "completed").await;
+    assert_eq!(done["progress"]["applied"], 6);
+    assert_eq!(target(&done, collectors[7].id)["batch"], 2);
+    assert_eq!(done["batches_started"], 3);
+
+    assert_histories(&server, &collectors).await;
+    let failed_one = format!("/api/v1/collectors/{}", collectors[2].id);
+    eventually("the store shows the collector's error", || async {
+        (api.ok(&failed_one).await["state_message"] == "kafka: broker unreachable").then_some(())
+    })
+    .await;
+    assert_error(
+        &api.with_body(
+            reqwest::Method::POST,
+            &format!("/api/v1/rollouts/{id}/pause"),
+            "{}".into(),
+        )
+        .await,
+        409,
+        "conflict",
+    );
+}
+
+#[tokio::test]
+async fn cancel_returns_queued_collectors_and_a_dry_run_changes_nothing() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let silent = Scripted::start(&server.ws_url, &["kafka"], Script::Ignore).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await);
+    }
+    let lacking = Scripted::start(&server.ws_url, &["debug"], Script::Apply).await;
+    let mut all: Vec<&Scripted> = vec![&silent];
+    all.extend(others.iter());
+    all.push(&lacking);
+    labelled(&api, &all).await;
+
+    let plan = post(
+        &api,
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 1, "selector": "env=prod", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(plan["status"], "dry_run");
+    assert_eq!(plan["progress"]["pending"], 4);
+    assert_eq!(plan["progress"]["incompatible"], 1);
+    assert_eq!(
+        target(&plan, lacking.id)["missing"],
+        json!(["exporters/kafka"])
+    );
+    assert!(
+        api.ok("/api/v1/rollouts").await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        history(&server, silent.id).await.len(),
+        1,
+        "nothing changed"
+    );
+
+    // The silent collector is alone in batch 0 and never answers: the rollout waits on it.
+    let started = post(
+        &api,
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 1, "selector": "env=prod", "initial_batch": 1}),
+    )
+    .await;
+    let id = started["id"].as_str().unwrap();
+    assert_eq!(target(&started, silent.id)["outcome"], "configuring");
+    let cancelled = post(&api, &format!("/api/v1/rollouts/{id}/cancel"), &json!({})).await;
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["progress"]["removed"], 3);
+    for c in &others {
+        assert_eq!(
+            history(&server, c.id).await,
+            [
+                (None, S::Connected, R::Initial),
+                (Some(S::Connected), S::Pending, R::QueuedForRollout),
+                (Some(S::Pending), S::Connected, R::RemovedFromRollout),
+            ]
+        );
+        assert_eq!(c.received(), 0);
+    }
+    assert_error(
+        &api.with_body(
+            reqwest::Method::POST,
+            &format!("/api/v1/rollouts/{id}/resume"),
+            "{}".into(),
+        )
+        .await,
+        409,
+        "conflict",
+    );
+    let missing = api
+        .with_body(
+            reqwest::Method::POST,
+            "/api/v1/rollouts",
+            json!({"configuration": "gateway", "version": 9}).to_string(),
+        )
+        .await;
+    assert_error(&missing, 404, "not_found");
+}
+
+#[tokio::test]
+async fn a_new_rollout_takes_over_and_late_collectors_join_a_completed_one() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let stuck = Scripted::start(&server.ws_url, &["kafka"], Script::Ignore).await;
+    let queued = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    labelled(&api, &[&stuck, &queued]).await;
+    let stuck_labels = format!("/api/v1/collectors/{}/labels", stuck.id);
+    assert_eq!(
+        api.patch(&stuck_labels, &json!({"stuck": "yes"}))
+            .await
+            .status,
+        200
+    );
+    let first = post(
+        &api,
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 1, "initial_batch": 1}),
+    )
+    .await;
+    let first_id = first["id"].as_str().unwrap().to_owned();
+
+    let second_yaml = KAFKA.replace("kafka:", "kafka:\n    topic: spans");
+    let v2 = api
+        .with_body(
+            reqwest::Method::POST,
+            "/api/v1/configurations",
+            json!({"name": "gateway", "yaml": second_yaml}).to_string(),
+        )
+        .await;
+    assert_eq!(v2.body["version"], 2);
+    let second = post(
+        &api,
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 2, "selector": "env=prod"}),
+    )
+    .await;
+    let old = api.ok(&format!("/api/v1/rollouts/{first_id}")).await;
+    assert_eq!(old["progress"]["replaced"], 2, "visibly taken over: {old}");
+    assert!(
+        target(&old, queued.id)["error"]
+            .as_str()
+            .unwrap()
+            .contains(second["id"].as_str().unwrap())
+    );
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    rollout_where(&api, &second_id, "the queued one applied", |r| {
+        r["progress"]["applied"] == 1
+    })
+    .await;
+
+    // A completed rollout over every collector configures one that connects later.
+    let everyone = post(
+        &api,
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 2, "selector": "!stuck"}),
+    )
+    .await;
+    let everyone_id = everyone["id"].as_str().unwrap().to_owned();
+    rollout_where(&api, &everyone_id, "completed", |r| {
+        r["status"] == "completed"
+    })
+    .await;
+    let late = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    let joined = rollout_where(&api, &everyone_id, "the late collector applied", |r| {
+        r["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["collector"] == late.id.to_string() && t["outcome"] == "applied")
+    })
+    .await;
+    assert_eq!(joined["status"], "completed");
+    assert_eq!(late.received(), 1);
+}
+
+#[tokio::test]
+async fn a_rollout_survives_a_restart_and_sends_nothing_twice() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let mut collectors = Vec::new();
+    for i in 0..4 {
+        let script = if i == 2 {
+            Script::Ignore
+        } else {
+            Script::Apply
+        };
+        collectors.push(Scripted::start(&server.ws_url, &["kafka"], script).await);
+    }
+    labelled(&api, &collectors.iter().collect::<Vec<_>>()).await;
+    let started = post(
+        &api,
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 1, "initial_batch": 2, "multiplier": 1}),
+    )
+    .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    // Batch 0 applies; batch 1 hangs on the silent collector (2), with 3 waiting behind it.
+    rollout_where(&api, &id, "batch 1 sent", |r| r["batches_started"] == 2).await;
+
+    let server = server.restart().await;
+    let api = Api::new(&server.api_url);
+    let mut back = Vec::new();
+    for c in collectors {
+        back.push(c.reconnect(&server.ws_url, &["kafka"], Script::Apply).await);
+    }
+    let done = rollout_where(&api, &id, "completed after the restart", |r| {
+        r["status"] == "completed"
+    })
+    .await;
+    assert_eq!(done["progress"]["applied"], 4, "{done}");
+    for (i, c) in back.iter().enumerate() {
+        let expected = if i == 2 { 2 } else { 1 };
+        assert_eq!(
+            c.received(),
+            expected,
+            "collector {i}: sent again only when no verdict came"
+        );
+    }
+}
