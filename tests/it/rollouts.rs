@@ -416,3 +416,68 @@ async fn a_rollout_survives_a_restart_and_sends_nothing_twice() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_failed_collector_is_rolled_back_to_what_it_ran() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let c = Scripted::start(&server.ws_url, &["kafka"], Script::FailSecond("bad topic")).await;
+    labelled(&api, &[&c]).await;
+    let first = post(
+        &api,
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 1}),
+    )
+    .await;
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    rollout_where(&api, &first_id, "v1 applied", |r| {
+        r["progress"]["applied"] == 1
+    })
+    .await;
+    let v2 = KAFKA.replace("kafka:", "kafka:\n    topic: spans");
+    post(
+        &api,
+        "/api/v1/configurations",
+        &json!({"name": "gateway", "yaml": v2}),
+    )
+    .await;
+    let second = post(
+        &api,
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 2, "rollback": true, "max_errors": 1}),
+    )
+    .await;
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    let done = rollout_where(&api, &second_id, "failed and rolled back", |r| {
+        r["status"] == "completed" && target(r, c.id)["rolled_back"] == true
+    })
+    .await;
+    assert_eq!(target(&done, c.id)["outcome"], "failed");
+    let view = server
+        .wait_for(c.id, "back on v1", |v| v.state == Some(S::Connected))
+        .await;
+    let last: Vec<Step> = view
+        .history
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(|t| (t.from, t.to, t.reason))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (Some(S::Configuring), S::Error, R::ConfigFailed),
+            (Some(S::Error), S::Configuring, R::NewConfiguration),
+            (Some(S::Configuring), S::Connected, R::ConfigApplied),
+        ]
+    );
+    assert_eq!(c.received(), 3, "v1, v2, and v1 again");
+    let running = opampd::collector::machine::hex(&view.remote_config_status.unwrap().hash);
+    assert_eq!(
+        running,
+        first["hash"].as_str().unwrap(),
+        "back on version 1"
+    );
+}

@@ -21,6 +21,8 @@ pub enum Script {
     Fail(&'static str),
     /// Says nothing: its verdict never comes.
     Ignore,
+    /// Fails the second configuration it is sent, applies the others.
+    FailSecond(&'static str),
 }
 
 pub struct Scripted {
@@ -137,12 +139,17 @@ impl Scripted {
                 let Some(config) = reply.remote_config else {
                     continue;
                 };
-                task_received.fetch_add(1, Ordering::SeqCst);
+                let count = task_received.fetch_add(1, Ordering::SeqCst) + 1;
                 let hash = config.config_hash;
                 let verdict = match script {
                     Script::Ignore => continue,
-                    Script::Apply => (proto::RemoteConfigStatuses::Applied, ""),
                     Script::Fail(error) => (proto::RemoteConfigStatuses::Failed, error),
+                    Script::FailSecond(error) if count == 2 => {
+                        (proto::RemoteConfigStatuses::Failed, error)
+                    }
+                    Script::Apply | Script::FailSecond(_) => {
+                        (proto::RemoteConfigStatuses::Applied, "")
+                    }
                 };
                 ws.send(&status(
                     &task_uid,
@@ -155,7 +162,7 @@ impl Scripted {
                 ws.send(&status(&task_uid, seq + 1, &hash, verdict.0, verdict.1))
                     .await;
                 seq += 2;
-                if matches!(script, Script::Apply) {
+                if verdict.0 == proto::RemoteConfigStatuses::Applied {
                     *task_applied.lock().unwrap() = Some(hash);
                 }
             }
