@@ -24,6 +24,9 @@ use super::{
 /// stuck actor.
 const MAILBOX: usize = 16;
 
+/// How long a new actor waits for the store's record of a collector seen before.
+const LOAD_BUDGET: Duration = Duration::from_secs(1);
+
 /// A connection as an actor sees it: which one it is, and how to reach it (WebSocket only; an HTTP
 /// collector is only ever answered).
 #[derive(Debug, Clone)]
@@ -227,13 +230,16 @@ impl Actor {
     /// return counts as `connection_restored`, not as a first contact.
     async fn load(&mut self) {
         let id = self.record.id;
-        match self
-            .shared
-            .persistence
-            .records()
-            .load(id, HISTORY_KEPT)
+        let records = self.shared.persistence.records();
+        // The collector waits for this; a store that does not answer soon must not stall it.
+        let loaded = tokio::time::timeout(LOAD_BUDGET, records.load(id, HISTORY_KEPT))
             .await
-        {
+            .unwrap_or_else(|_| {
+                Err(super::persist::LoadError(format!(
+                    "no answer within {LOAD_BUDGET:?}"
+                )))
+            });
+        match loaded {
             Ok(Some(mut stored)) => {
                 // Whatever the store says, this actor holds no connection yet.
                 stored.connected = false;
