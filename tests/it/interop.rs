@@ -364,3 +364,187 @@ async fn history_of(api: &crate::support::api::Api, id: &str) -> Vec<String> {
         .map(|t| t["reason"].as_str().unwrap().to_owned())
         .collect()
 }
+
+const LOGS_YAML: &str = "receivers:\n  otlp:\nexporters:\n  debug:\nservice:\n  pipelines:\n    logs:\n      receivers: [otlp]\n      exporters: [debug]\n";
+
+/// Starts `clients`, labels each `env=<its label>`, and stores configuration `logs` versions 1
+/// and 2 (the second uses an exporter named `nop`).
+async fn labelled_clients(
+    server: &TestServer,
+    api: &crate::support::api::Api,
+    clients: &[(Client, &str)],
+) -> Vec<(Driver, String)> {
+    let mut started = Vec::new();
+    for (client, env) in clients {
+        let driver = Driver::start(*client, &server.opamp_url, &[]).await;
+        let id = collector_id(&driver.seen[0]).to_string();
+        let path = format!("/api/v1/collectors/{id}");
+        eventually("stored", || async {
+            (api.get(&path).await.status == 200).then_some(())
+        })
+        .await;
+        assert_eq!(
+            api.put(&format!("{path}/labels"), &json!({ "env": env }))
+                .await
+                .status,
+            200
+        );
+        started.push((driver, id));
+    }
+    eventually("labels stored", || async {
+        let page = api.ok("/api/v1/collectors?selector=env&limit=10").await;
+        (page["items"].as_array().unwrap().len() == clients.len()).then_some(())
+    })
+    .await;
+    api_post(
+        api,
+        "/api/v1/configurations",
+        json!({"name": "logs", "yaml": LOGS_YAML}),
+    )
+    .await;
+    let v2 = LOGS_YAML.replace("debug", "nop");
+    api_post(
+        api,
+        "/api/v1/configurations",
+        json!({"name": "logs", "yaml": v2}),
+    )
+    .await;
+    started
+}
+
+/// The real Python client takes configurations from rollouts started through the API: it
+/// applies one (APPLYING, then APPLIED) and fails another (FAILED), and ends in the right state.
+#[tokio::test]
+async fn python_applies_and_fails_configurations_from_rollouts() {
+    let server = TestServer::start().await;
+    let api = crate::support::api::Api::new(&server.api_url);
+    let clients = [(Client::Python, "ok"), (Client::Python, "bad")];
+    let mut drivers = labelled_clients(&server, &api, &clients).await;
+    let good = api_post(
+        &api,
+        "/api/v1/rollouts",
+        json!({"configuration": "logs", "version": 1, "selector": "env=ok"}),
+    )
+    .await;
+    let (applier, ok_id) = &mut drivers[0];
+    assert_eq!(applier.expect("remote_config").await["hash"], good["hash"]);
+    applier
+        .command(json!({"cmd": "apply", "status": "APPLYING"}))
+        .await;
+    applier
+        .expect_where("sent", |e| {
+            e["remote_config_status"]["status"] == "APPLYING"
+        })
+        .await;
+    applier
+        .command(json!({"cmd": "apply", "status": "APPLIED"}))
+        .await;
+    rollout_reaches(&api, &good, |r| {
+        r["status"] == "completed" && r["progress"]["applied"] == 1
+    })
+    .await;
+    let ok_reasons = [
+        "initial",
+        "queued_for_rollout",
+        "config_sent",
+        "config_applied",
+    ];
+    eventually("stored", || async {
+        (history_of(&api, ok_id).await == ok_reasons).then_some(())
+    })
+    .await;
+
+    let bad = api_post(
+        &api,
+        "/api/v1/rollouts",
+        json!({"configuration": "logs", "version": 2, "selector": "env=bad", "max_errors": 1}),
+    )
+    .await;
+    let (refuser, bad_id) = &mut drivers[1];
+    refuser.expect("remote_config").await;
+    refuser
+        .command(json!({"cmd": "apply", "status": "FAILED", "error": "exporter nop unknown"}))
+        .await;
+    rollout_reaches(&api, &bad, |r| r["progress"]["failed"] == 1).await;
+    let bad_reasons = [
+        "initial",
+        "queued_for_rollout",
+        "config_sent",
+        "config_failed",
+    ];
+    eventually("stored", || async {
+        (history_of(&api, bad_id).await == bad_reasons).then_some(())
+    })
+    .await;
+    let view = api.ok(&format!("/api/v1/collectors/{bad_id}")).await;
+    assert_eq!(view["state"], "error");
+    assert_eq!(view["state_message"], "exporter nop unknown");
+    for (driver, _) in &mut drivers {
+        assert!(driver.stop().await.success());
+        assert!(driver.errors().is_empty(), "{:#?}", driver.errors());
+    }
+}
+
+/// The real Node client receives a rollout's configuration, acknowledges it, and is Connected.
+#[tokio::test]
+async fn node_acknowledges_a_configuration_from_a_rollout() {
+    let server = TestServer::start().await;
+    let api = crate::support::api::Api::new(&server.api_url);
+    let mut drivers = labelled_clients(&server, &api, &[(Client::Node, "node")]).await;
+    let rollout = api_post(
+        &api,
+        "/api/v1/rollouts",
+        json!({"configuration": "logs", "version": 1, "selector": "env=node"}),
+    )
+    .await;
+    let (node, id) = &mut drivers[0];
+    let received = node.expect("remote_config").await;
+    assert_eq!(received["hash"], rollout["hash"]);
+    let body = received["files"]["collector.yaml"]["body"]
+        .as_str()
+        .unwrap();
+    assert!(body.contains("debug"), "{body}");
+    node.command(json!({"cmd": "apply", "status": "APPLIED"}))
+        .await;
+    rollout_reaches(&api, &rollout, |r| {
+        r["status"] == "completed" && r["progress"]["applied"] == 1
+    })
+    .await;
+    let reasons = [
+        "initial",
+        "queued_for_rollout",
+        "config_sent",
+        "config_applied",
+    ];
+    eventually("stored", || async {
+        (history_of(&api, id).await == reasons).then_some(())
+    })
+    .await;
+    assert_eq!(
+        api.ok(&format!("/api/v1/collectors/{id}")).await["state"],
+        "connected"
+    );
+    assert!(node.stop().await.success());
+    assert!(node.errors().is_empty(), "{:#?}", node.errors());
+}
+
+async fn api_post(api: &crate::support::api::Api, path: &str, body: Value) -> Value {
+    let answer = api
+        .with_body(reqwest::Method::POST, path, body.to_string())
+        .await;
+    assert!(answer.status < 300, "{path}: {}", answer.body);
+    answer.body
+}
+
+async fn rollout_reaches(
+    api: &crate::support::api::Api,
+    rollout: &Value,
+    check: impl Fn(&Value) -> bool,
+) {
+    let path = format!("/api/v1/rollouts/{}", rollout["id"].as_str().unwrap());
+    eventually(&format!("{path} progresses"), || async {
+        let r = api.ok(&path).await;
+        check(&r).then_some(())
+    })
+    .await;
+}
