@@ -32,6 +32,7 @@ use super::{collectors, configurations, error, events, rollouts, view};
         rollouts::list,
         rollouts::one,
         rollouts::control,
+        rollouts::upgrade,
     ),
     components(schemas(
         error::ErrorBody,
@@ -50,6 +51,9 @@ use super::{collectors, configurations, error, events, rollouts, view};
         configurations::ConfigurationDiff,
         configurations::FileDiff,
         rollouts::NewRolloutBody,
+        rollouts::NewUpgradeBody,
+        crate::fleet::rollout::Payload,
+        crate::fleet::rollout::PackageSpec,
         rollouts::RolloutView,
         rollouts::RolloutList,
         crate::fleet::rollout::Rollout,

@@ -16,7 +16,7 @@ use super::collectors::json_body;
 use super::error::{ApiError, ErrorBody};
 use crate::config::Role;
 use crate::fleet::engine::{Control, FleetError, NewRollout};
-use crate::fleet::rollout::{Rollout, RolloutOptions};
+use crate::fleet::rollout::{PackageSpec, Payload, Rollout, RolloutOptions};
 use crate::selector::Selector;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -94,35 +94,131 @@ pub async fn create(
     let body = json_body(body)?;
     let selector =
         Selector::parse(&body.selector).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let options = options(
+        [
+            body.initial_batch,
+            body.multiplier,
+            body.max_batch,
+            body.max_errors,
+        ],
+        body.rollback,
+    )?;
+    let payload = Payload::Configuration {
+        configuration: body.configuration,
+        version: body.version,
+    };
+    start(&api, payload, selector, options, body.dry_run).await
+}
+
+/// The batching options, defaults filled in.
+fn options(
+    [initial_batch, multiplier, max_batch, max_errors]: [Option<usize>; 4],
+    rollback: Option<bool>,
+) -> Result<RolloutOptions, ApiError> {
     let defaults = RolloutOptions::default();
     let options = RolloutOptions {
-        initial_batch: body.initial_batch.unwrap_or(defaults.initial_batch),
-        multiplier: body.multiplier.unwrap_or(defaults.multiplier),
-        max_batch: body.max_batch.unwrap_or(defaults.max_batch),
-        max_errors: body.max_errors.unwrap_or(defaults.max_errors),
-        rollback: body.rollback.unwrap_or(defaults.rollback),
+        initial_batch: initial_batch.unwrap_or(defaults.initial_batch),
+        multiplier: multiplier.unwrap_or(defaults.multiplier),
+        max_batch: max_batch.unwrap_or(defaults.max_batch),
+        max_errors: max_errors.unwrap_or(defaults.max_errors),
+        rollback: rollback.unwrap_or(defaults.rollback),
     };
     if options.initial_batch == 0 || options.multiplier == 0 || options.max_batch == 0 {
         return Err(ApiError::BadRequest(
             "initial_batch, multiplier and max_batch must be at least 1".into(),
         ));
     }
+    Ok(options)
+}
+
+async fn start(
+    api: &ApiState,
+    payload: Payload,
+    selector: Selector,
+    options: RolloutOptions,
+    dry_run: bool,
+) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     let rollout = api
         .fleet
         .start_rollout(NewRollout {
-            configuration: body.configuration,
-            version: body.version,
+            payload,
             selector,
             options,
-            dry_run: body.dry_run,
+            dry_run,
         })
         .await?;
-    let status = if body.dry_run {
+    let status = if dry_run {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
     Ok((status, Json(rollout.into())))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUpgradeBody {
+    /// The package's name, as the collector reports it in its package statuses.
+    pub name: String,
+    pub version: String,
+    pub download_url: String,
+    /// SHA-256 of the file, 64 hex digits.
+    pub sha256: String,
+    /// Signature of the file, hex (optional).
+    #[serde(default)]
+    pub signature: String,
+    /// Label selector of the collectors to upgrade; empty means all.
+    #[serde(default)]
+    pub selector: String,
+    /// Collectors in the first batch (default 3).
+    pub initial_batch: Option<usize>,
+    /// Each batch is this many times the one before (default 5)…
+    pub multiplier: Option<usize>,
+    /// …up to this many (default 100).
+    pub max_batch: Option<usize>,
+    /// Failures tolerated before the upgrade pauses itself (default 0).
+    pub max_errors: Option<usize>,
+    /// Answer which collectors would be offered the package, and which refused, changing nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Offers a package to the collectors a selector matches, batch by batch like a rollout (it is
+/// one: follow, pause, resume and cancel it under `/api/v1/rollouts/{id}`). Collectors without
+/// `AcceptsPackages` are refused and listed (outcome `unsupported`).
+#[utoipa::path(post, path = "/api/v1/upgrades", tag = "rollouts",
+    request_body = NewUpgradeBody,
+    responses((status = 201, body = RolloutView, description = "Started"),
+        (status = 200, body = RolloutView, description = "The dry run's plan"),
+        (status = 400, body = ErrorBody)))]
+pub async fn upgrade(
+    State(api): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<NewUpgradeBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    caller.require(Role::Operator)?;
+    let body = json_body(body)?;
+    let selector =
+        Selector::parse(&body.selector).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let options = options(
+        [
+            body.initial_batch,
+            body.multiplier,
+            body.max_batch,
+            body.max_errors,
+        ],
+        Some(false),
+    )?;
+    let payload = Payload::Package {
+        package: PackageSpec {
+            name: body.name,
+            version: body.version,
+            download_url: body.download_url,
+            sha256: body.sha256.to_ascii_lowercase(),
+            signature: body.signature.to_ascii_lowercase(),
+        },
+    };
+    start(&api, payload, selector, options, body.dry_run).await
 }
 
 fn read(document: serde_json::Value) -> Result<Rollout, ApiError> {

@@ -8,6 +8,20 @@ pub fn rfc3339(at: std::time::SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// Hex text back to bytes; `None` unless every pair is a hex byte.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect()
+}
+
 pub mod hex {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
@@ -17,17 +31,7 @@ pub mod hex {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        if text.len() % 2 != 0 {
-            return Err(D::Error::custom("odd number of hex digits"));
-        }
-        (0..text.len())
-            .step_by(2)
-            .map(|i| {
-                text.get(i..i + 2)
-                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                    .ok_or_else(|| D::Error::custom("not a hex string"))
-            })
-            .collect()
+        super::unhex(&text).ok_or_else(|| D::Error::custom("not a hex string"))
     }
 }
 

@@ -9,11 +9,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::rollout::{Outcome, Rollout, RolloutOptions, Status, Target, runs, verdict};
+use super::rollout::{
+    Outcome, PackageSpec, Payload, Rollout, RolloutOptions, Status, Target, has_package, runs,
+    verdict,
+};
 use crate::collector::bus::Subscription;
-use crate::collector::encoding::rfc3339;
+use crate::collector::encoding::{rfc3339, unhex};
 use crate::collector::{
-    Collector, CollectorId, ConfigFile, ConfigOffer, Event, Reason, Registry, State,
+    Capabilities, Collector, CollectorId, ConfigFile, ConfigOffer, Event, PackageOffer, Reason,
+    Registry, State,
 };
 use crate::selector::Selector;
 use crate::store::{After, CollectorQuery, ConfigurationVersion, SortKey, Store, StoreError};
@@ -39,8 +43,7 @@ pub enum FleetError {
 
 #[derive(Debug, Clone)]
 pub struct NewRollout {
-    pub configuration: String,
-    pub version: i64,
+    pub payload: Payload,
     pub selector: Selector,
     pub options: RolloutOptions,
     pub dry_run: bool,
@@ -113,11 +116,148 @@ impl Fleet {
     }
 }
 
-/// What a rollout sends, built once from its configuration version.
+/// What a rollout sends, built once from its payload.
 struct Offer {
     rollout: String,
-    configuration: ConfigOffer,
-    required: Vec<String>,
+    what: What,
+}
+
+enum What {
+    Configuration {
+        offer: ConfigOffer,
+        required: Vec<String>,
+    },
+    Package(PackageOffer),
+}
+
+impl What {
+    fn hash(&self) -> &[u8] {
+        match self {
+            What::Configuration { offer, .. } => &offer.hash,
+            What::Package(offer) => &offer.hash,
+        }
+    }
+
+    fn event(&self, rollout: &str) -> Event {
+        match self {
+            What::Configuration { offer, required } => Event::SendConfiguration {
+                offer: offer.clone(),
+                required: required.clone(),
+                rollout: Some(rollout.to_owned()),
+            },
+            What::Package(offer) => Event::OfferPackage(offer.clone()),
+        }
+    }
+
+    /// Where a target stands before its batch: queued, or why it is left out.
+    fn plan(&self, record: &Collector) -> Target {
+        let (outcome, missing) = match self {
+            What::Configuration { offer, required } => {
+                let missing = record.missing(required);
+                let outcome = if runs(record, &offer.hash) {
+                    Outcome::Skipped
+                } else if missing.is_empty() {
+                    Outcome::Pending
+                } else {
+                    Outcome::Incompatible
+                };
+                (outcome, missing)
+            }
+            What::Package(offer) => {
+                let outcome = if !record.capabilities.has(Capabilities::ACCEPTS_PACKAGES) {
+                    Outcome::Unsupported
+                } else if has_package(record, &spec_of(offer)) {
+                    Outcome::Skipped
+                } else {
+                    Outcome::Pending
+                };
+                (outcome, Vec::new())
+            }
+        };
+        Target {
+            collector: record.id,
+            outcome,
+            batch: None,
+            missing,
+            error: String::new(),
+            components_unknown: record
+                .available_components
+                .as_ref()
+                .and_then(|a| a.components.as_ref())
+                .is_none(),
+            previous_hash: record
+                .remote_config_status
+                .as_ref()
+                .filter(|s| s.status == crate::collector::RemoteConfigState::Applied)
+                .map(|s| crate::collector::machine::hex(&s.hash)),
+            rolled_back: false,
+        }
+    }
+
+    /// A target's outcome once sent, while a connected collector works on it.
+    fn in_flight(&self) -> Outcome {
+        match self {
+            What::Configuration { .. } => Outcome::Configuring,
+            What::Package(_) => Outcome::Upgrading,
+        }
+    }
+
+    /// Whether the collector holds this payload as sent and not yet answered.
+    fn awaited_by(&self, record: &Collector) -> bool {
+        match self {
+            What::Configuration { offer, .. } => {
+                record.config_sent.as_deref() == Some(offer.hash.as_slice())
+            }
+            What::Package(offer) => record
+                .package_offered
+                .as_ref()
+                .is_some_and(|p| p.hash == offer.hash),
+        }
+    }
+}
+
+fn spec_of(offer: &PackageOffer) -> PackageSpec {
+    PackageSpec {
+        name: offer.name.clone(),
+        version: offer.version.clone(),
+        download_url: offer.download_url.clone(),
+        sha256: crate::collector::machine::hex(&offer.content_hash),
+        signature: crate::collector::machine::hex(&offer.signature),
+    }
+}
+
+/// The package offer for `spec`, its hash over every field (length-prefixed).
+pub fn package_offer(spec: &PackageSpec) -> Result<PackageOffer, FleetError> {
+    use sha2::Digest as _;
+    let content_hash = unhex(&spec.sha256)
+        .filter(|h| h.len() == 32)
+        .ok_or_else(|| FleetError::Invalid("sha256 must be 64 hex digits".into()))?;
+    let signature = unhex(&spec.signature)
+        .ok_or_else(|| FleetError::Invalid("signature must be hex".into()))?;
+    if spec.name.is_empty() || spec.version.is_empty() || spec.download_url.is_empty() {
+        return Err(FleetError::Invalid(
+            "a package needs a name, a version and a download_url".into(),
+        ));
+    }
+    let mut digest = sha2::Sha256::new();
+    for part in [
+        spec.name.as_bytes(),
+        spec.version.as_bytes(),
+        spec.download_url.as_bytes(),
+        &content_hash,
+        &signature,
+    ] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    }
+    Ok(PackageOffer {
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        download_url: spec.download_url.clone(),
+        content_hash,
+        signature,
+        hash: digest.finalize().to_vec(),
+    })
 }
 
 struct Engine {
@@ -127,16 +267,6 @@ struct Engine {
     rollouts: Vec<Rollout>,
     offers: Vec<Offer>,
     events: Subscription,
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .filter_map(|i| {
-            text.get(i..i + 2)
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-        })
-        .collect()
 }
 
 fn offer_of(version: &ConfigurationVersion) -> ConfigOffer {
@@ -152,7 +282,7 @@ fn offer_of(version: &ConfigurationVersion) -> ConfigOffer {
                 (name.clone(), file)
             })
             .collect(),
-        hash: unhex(&version.hash),
+        hash: unhex(&version.hash).unwrap_or_default(),
     }
 }
 
@@ -197,22 +327,44 @@ impl Engine {
         if let Some(i) = self.offers.iter().position(|o| o.rollout == rollout.id) {
             return Ok(i);
         }
-        let version = self
-            .store
-            .configuration_version(&rollout.configuration, rollout.version)
-            .await?
-            .ok_or_else(|| {
-                FleetError::NotFound(format!(
-                    "no version {} of configuration {:?}",
-                    rollout.version, rollout.configuration
-                ))
-            })?;
+        let what = self.what(&rollout.payload).await?.1;
         self.offers.push(Offer {
             rollout: rollout.id.clone(),
-            configuration: offer_of(&version),
-            required: version.components.clone(),
+            what,
         });
         Ok(self.offers.len() - 1)
+    }
+
+    /// What `payload` sends, and its hash as the rollout shows it.
+    async fn what(&self, payload: &Payload) -> Result<(String, What), FleetError> {
+        match payload {
+            Payload::Configuration {
+                configuration,
+                version,
+            } => {
+                let found = self
+                    .store
+                    .configuration_version(configuration, *version)
+                    .await?
+                    .ok_or_else(|| {
+                        FleetError::NotFound(format!(
+                            "no version {version} of configuration {configuration:?}"
+                        ))
+                    })?;
+                let what = What::Configuration {
+                    offer: offer_of(&found),
+                    required: found.components.clone(),
+                };
+                Ok((found.hash, what))
+            }
+            Payload::Package { package } => {
+                let offer = package_offer(package)?;
+                Ok((
+                    crate::collector::machine::hex(&offer.hash),
+                    What::Package(offer),
+                ))
+            }
+        }
     }
 
     /// The freshest record: this server's actor, else the store.
@@ -251,62 +403,20 @@ impl Engine {
         }
     }
 
-    fn plan(record: &Collector, hash: &[u8], required: &[String]) -> Target {
-        let missing = record.missing(required);
-        let components_unknown = record
-            .available_components
-            .as_ref()
-            .and_then(|a| a.components.as_ref())
-            .is_none();
-        let previous_hash = record
-            .remote_config_status
-            .as_ref()
-            .filter(|s| s.status == crate::collector::RemoteConfigState::Applied)
-            .map(|s| crate::collector::machine::hex(&s.hash));
-        let outcome = if runs(record, hash) {
-            Outcome::Skipped
-        } else if missing.is_empty() {
-            Outcome::Pending
-        } else {
-            Outcome::Incompatible
-        };
-        Target {
-            collector: record.id,
-            outcome,
-            batch: None,
-            missing,
-            error: String::new(),
-            components_unknown,
-            previous_hash,
-            rolled_back: false,
-        }
-    }
-
     async fn start(&mut self, new: NewRollout) -> Result<Rollout, FleetError> {
-        let version = self
-            .store
-            .configuration_version(&new.configuration, new.version)
-            .await?
-            .ok_or_else(|| {
-                FleetError::NotFound(format!(
-                    "no version {} of configuration {:?}",
-                    new.version, new.configuration
-                ))
-            })?;
-        let offer = offer_of(&version);
+        let (hash, what) = self.what(&new.payload).await?;
         let mut targets = Vec::new();
         for stored in self.matching(&new.selector).await? {
             let record = self.record(stored.id).await.unwrap_or(stored);
             // The selector was checked on the stored labels; this server's record is fresher.
             if new.selector.matches(&record.labels) {
-                targets.push(Self::plan(&record, &offer.hash, &version.components));
+                targets.push(what.plan(&record));
             }
         }
         let mut rollout = Rollout {
             id: uuid::Uuid::now_v7().to_string(),
-            configuration: version.name.clone(),
-            version: version.version,
-            hash: version.hash.clone(),
+            payload: new.payload,
+            hash,
             selector: new.selector.to_string(),
             options: new.options,
             status: if new.dry_run {
@@ -324,20 +434,27 @@ impl Engine {
             return Ok(rollout);
         }
         self.take_over(&rollout).await?;
-        for target in &rollout.targets {
-            if matches!(target.outcome, Outcome::Pending | Outcome::Incompatible) {
-                let event = Event::QueueForRollout {
-                    rollout: rollout.id.clone(),
-                    required: version.components.clone(),
-                };
-                // A collector no actor holds is away; its turn will find it Waiting.
-                let _ = self.registry.apply(target.collector, event).await;
+        // Collectors queue (Pending) for configurations only: the diagram has no edge from
+        // Pending to Upgrading, so an upgrade's collectors wait in their state for their batch.
+        if let What::Configuration { required, .. } = &what {
+            for target in &rollout.targets {
+                if matches!(target.outcome, Outcome::Pending | Outcome::Incompatible) {
+                    let event = Event::QueueForRollout {
+                        rollout: rollout.id.clone(),
+                        required: required.clone(),
+                    };
+                    // A collector no actor holds is away; its turn will find it Waiting.
+                    let _ = self.registry.apply(target.collector, event).await;
+                }
             }
         }
+        self.offers.push(Offer {
+            rollout: rollout.id.clone(),
+            what,
+        });
         info!(
             rollout = %rollout.id,
-            configuration = %rollout.configuration,
-            version = rollout.version,
+            payload = ?rollout.payload,
             targets = rollout.targets.len(),
             "rollout started"
         );
@@ -441,12 +558,12 @@ impl Engine {
         });
         if let Some(i) = open {
             let mut rollout = self.rollouts[i].clone();
-            let hash = unhex(&rollout.hash);
+            let hash = unhex(&rollout.hash).unwrap_or_default();
             let sent = rollout.targets.iter().any(|t| {
-                t.collector == id && matches!(t.outcome, Outcome::Configuring | Outcome::Waiting)
+                t.collector == id && (t.outcome.in_flight() || t.outcome == Outcome::Waiting)
             });
             if !sent
-                || verdict(&record, &hash, &rollout.id).is_some()
+                || verdict(&record, &rollout, &hash).is_some()
                 || self.offer(&rollout).await.is_err()
             {
                 return;
@@ -474,11 +591,7 @@ impl Engine {
         let Ok(o) = self.offer(&rollout).await else {
             return;
         };
-        let (hash, required) = (
-            self.offers[o].configuration.hash.clone(),
-            self.offers[o].required.clone(),
-        );
-        let mut target = Self::plan(&record, &hash, &required);
+        let mut target = self.offers[o].what.plan(&record);
         if target.outcome == Outcome::Pending {
             target.batch = Some(rollout.batches_started);
             target.outcome = self.send(&rollout.id, id).await;
@@ -495,14 +608,10 @@ impl Engine {
         let Some(offer) = self.offers.iter().find(|o| o.rollout == rollout_id) else {
             return Outcome::Pending;
         };
-        let event = Event::SendConfiguration {
-            offer: offer.configuration.clone(),
-            required: offer.required.clone(),
-            rollout: Some(rollout_id.to_owned()),
-        };
+        let (event, in_flight) = (offer.what.event(rollout_id), offer.what.in_flight());
         match self.registry.apply(id, event).await {
             Ok(true) => match self.registry.view(id).await {
-                Some(view) if view.connected => Outcome::Configuring,
+                Some(view) if view.connected => in_flight,
                 _ => Outcome::Waiting,
             },
             // No actor here: the collector is away, and hears of it when it returns.
@@ -515,7 +624,8 @@ impl Engine {
         for i in 0..self.rollouts.len() {
             let status = self.rollouts[i].status;
             let open = self.rollouts[i].targets.iter().any(|t| {
-                matches!(t.outcome, Outcome::Configuring | Outcome::Waiting)
+                t.outcome.in_flight()
+                    || t.outcome == Outcome::Waiting
                     || (status == Status::Running && t.outcome == Outcome::Pending)
             });
             if !open {
@@ -536,20 +646,23 @@ impl Engine {
     /// Reads the verdicts of sent configurations, then, if the rollout runs and its current batch
     /// has settled, sends the next batch, pauses it, or completes it.
     async fn step(&mut self, rollout: &mut Rollout) {
-        if self.offer(rollout).await.is_err() {
+        let Ok(o) = self.offer(rollout).await else {
             return;
-        }
-        let hash = unhex(&rollout.hash);
+        };
+        let hash = self.offers[o].what.hash().to_vec();
         for i in 0..rollout.targets.len() {
             let target = rollout.targets[i].clone();
-            if !matches!(target.outcome, Outcome::Configuring | Outcome::Waiting) {
+            if !(target.outcome.in_flight() || target.outcome == Outcome::Waiting) {
                 continue;
             }
             let Some(record) = self.registry.view(target.collector).await else {
                 continue;
             };
+            let found = verdict(&record, rollout, &hash);
+            let what = &self.offers[o].what;
+            let (awaited, in_flight) = (what.awaited_by(&record), what.in_flight());
             let updated = &mut rollout.targets[i];
-            if let Some((outcome, error)) = verdict(&record, &hash, &rollout.id) {
+            if let Some((outcome, error)) = found {
                 updated.outcome = outcome;
                 updated.error = error;
                 if outcome == Outcome::Incompatible {
@@ -558,8 +671,8 @@ impl Engine {
                 if outcome == Outcome::Failed && rollout.options.rollback {
                     updated.rolled_back = self.roll_back(&target).await;
                 }
-            } else if record.connected && record.config_sent.as_deref() == Some(hash.as_slice()) {
-                updated.outcome = Outcome::Configuring;
+            } else if record.connected && awaited {
+                updated.outcome = in_flight;
             } else if !record.connected {
                 updated.outcome = Outcome::Waiting;
             }
@@ -577,7 +690,7 @@ impl Engine {
             info!(rollout = %rollout.id, reason = %rollout.reason, "rollout paused itself");
             return;
         }
-        if rollout.count(Outcome::Configuring) > 0 {
+        if rollout.targets.iter().any(|t| t.outcome.in_flight()) {
             return;
         }
         let size = rollout.options.batch_size(rollout.batches_started);

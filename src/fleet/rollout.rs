@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::collector::{Collector, CollectorId, RemoteConfigState};
+use crate::collector::{Collector, CollectorId, PackageState, RemoteConfigState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -57,16 +57,20 @@ impl RolloutOptions {
 pub enum Outcome {
     /// Queued; its batch has not come.
     Pending,
-    /// Sent; its verdict has not come.
+    /// Sent a configuration; its verdict has not come.
     Configuring,
+    /// Offered a package; its verdict has not come.
+    Upgrading,
     /// Sent while it was away: it gets the configuration when it reconnects.
     Waiting,
     Applied,
     Failed,
     /// It lacks component types the configuration uses; nothing was sent.
     Incompatible,
-    /// It already runs this configuration.
+    /// It already runs this configuration (or package version).
     Skipped,
+    /// It does not accept packages (an upgrade's refusal); nothing was offered.
+    Unsupported,
     /// A newer rollout took it over.
     Replaced,
     /// The rollout was cancelled before its batch came.
@@ -74,14 +78,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Pending,
         Outcome::Configuring,
+        Outcome::Upgrading,
         Outcome::Waiting,
         Outcome::Applied,
         Outcome::Failed,
         Outcome::Incompatible,
         Outcome::Skipped,
+        Outcome::Unsupported,
         Outcome::Replaced,
         Outcome::Removed,
     ];
@@ -90,11 +96,13 @@ impl Outcome {
         match self {
             Outcome::Pending => "pending",
             Outcome::Configuring => "configuring",
+            Outcome::Upgrading => "upgrading",
             Outcome::Waiting => "waiting",
             Outcome::Applied => "applied",
             Outcome::Failed => "failed",
             Outcome::Incompatible => "incompatible",
             Outcome::Skipped => "skipped",
+            Outcome::Unsupported => "unsupported",
             Outcome::Replaced => "replaced",
             Outcome::Removed => "removed",
         }
@@ -104,8 +112,13 @@ impl Outcome {
     pub fn is_open(self) -> bool {
         matches!(
             self,
-            Outcome::Pending | Outcome::Configuring | Outcome::Waiting
+            Outcome::Pending | Outcome::Configuring | Outcome::Upgrading | Outcome::Waiting
         )
+    }
+
+    /// Sent, and its verdict awaited from a connected collector.
+    pub fn in_flight(self) -> bool {
+        matches!(self, Outcome::Configuring | Outcome::Upgrading)
     }
 }
 
@@ -156,12 +169,35 @@ pub struct Target {
     pub rolled_back: bool,
 }
 
+/// A package to offer: what an upgrade carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PackageSpec {
+    pub name: String,
+    pub version: String,
+    pub download_url: String,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// The file's signature, hex; empty when unsigned.
+    #[serde(default)]
+    pub signature: String,
+}
+
+/// What a rollout carries to its collectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    /// A configuration version.
+    Configuration { configuration: String, version: i64 },
+    /// A package (an upgrade).
+    Package { package: PackageSpec },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Rollout {
     pub id: String,
-    pub configuration: String,
-    pub version: i64,
-    /// The version's hash: what collectors are sent as `config_hash`.
+    #[serde(flatten)]
+    pub payload: Payload,
+    /// A configuration's hash (its OpAMP `config_hash`), or the package offer's hash.
     pub hash: String,
     pub selector: String,
     pub options: RolloutOptions,
@@ -199,8 +235,46 @@ impl Rollout {
     }
 }
 
-/// What a collector's record says about this rollout's configuration, once sent.
-pub fn verdict(record: &Collector, hash: &[u8], rollout: &str) -> Option<(Outcome, String)> {
+/// What a collector's record says about this rollout's payload, once sent.
+pub fn verdict(record: &Collector, rollout: &Rollout, hash: &[u8]) -> Option<(Outcome, String)> {
+    match &rollout.payload {
+        Payload::Configuration { .. } => configuration_verdict(record, hash, &rollout.id),
+        Payload::Package { package } => package_verdict(record, package),
+    }
+}
+
+fn package_verdict(record: &Collector, package: &PackageSpec) -> Option<(Outcome, String)> {
+    let statuses = record.package_statuses.as_ref()?;
+    let status = statuses.packages.get(&package.name)?;
+    match status.status {
+        PackageState::Installed if status.agent_has_version == package.version => {
+            Some((Outcome::Applied, String::new()))
+        }
+        PackageState::InstallFailed if status.server_offered_version == package.version => {
+            let error = if status.error_message.is_empty() {
+                statuses.error_message.clone()
+            } else {
+                status.error_message.clone()
+            };
+            Some((Outcome::Failed, error))
+        }
+        _ => None,
+    }
+}
+
+/// Whether the collector reports this package installed at this version.
+pub fn has_package(record: &Collector, package: &PackageSpec) -> bool {
+    matches!(
+        package_verdict(record, package),
+        Some((Outcome::Applied, _))
+    )
+}
+
+fn configuration_verdict(
+    record: &Collector,
+    hash: &[u8],
+    rollout: &str,
+) -> Option<(Outcome, String)> {
     if let Some(status) = record
         .remote_config_status
         .as_ref()

@@ -198,6 +198,28 @@ pub fn to_server_to_agent(uid: Bytes, outbound: Outbound) -> proto::ServerToAgen
             }),
             config_hash: Bytes::from(offer.hash),
         });
+    message.packages_available = outbound.package.map(|package| {
+        // One top-level package: its hash is also the hash of all packages.
+        let hash = Bytes::from(package.hash);
+        proto::PackagesAvailable {
+            packages: [(
+                package.name,
+                proto::PackageAvailable {
+                    r#type: proto::PackageType::TopLevel as i32,
+                    version: package.version,
+                    file: Some(proto::DownloadableFile {
+                        download_url: package.download_url,
+                        content_hash: Bytes::from(package.content_hash),
+                        signature: Bytes::from(package.signature),
+                        headers: None,
+                    }),
+                    hash: hash.clone(),
+                },
+            )]
+            .into(),
+            all_packages_hash: hash,
+        }
+    });
     message
 }
 

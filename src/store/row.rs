@@ -9,6 +9,7 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 
 use super::StoreError;
+use crate::collector::encoding::unhex;
 use crate::collector::machine::hex;
 use crate::collector::{
     AvailableComponents, Capabilities, Collector, CollectorId, ConfigFiles, Description, Health,
@@ -81,16 +82,6 @@ fn time(at: Option<SystemTime>) -> Option<OffsetDateTime> {
 
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("unknown {what} {value:?}"))
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-        })
-        .collect()
 }
 
 impl RecordRow {

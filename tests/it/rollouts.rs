@@ -481,3 +481,91 @@ async fn a_failed_collector_is_rolled_back_to_what_it_ran() {
         "back on version 1"
     );
 }
+
+#[tokio::test]
+async fn an_upgrade_goes_through_upgrading_batch_by_batch() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let installs = [
+        Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await,
+        Scripted::start(
+            &server.ws_url,
+            &["kafka"],
+            Script::Fail("checksum mismatch"),
+        )
+        .await,
+        Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await,
+    ];
+    // A collector without AcceptsPackages is refused and listed.
+    let no_packages = new_uid();
+    let mut first = hello(&no_packages, 0);
+    first.capabilities = 0x1 | 0x2000;
+    post_ok(&server.opamp_url, &first).await;
+    let mut all: Vec<&Scripted> = installs.iter().collect();
+    let ids: Vec<CollectorId> = all
+        .iter()
+        .map(|c| c.id)
+        .chain([id_of(&no_packages)])
+        .collect();
+    for id in &ids {
+        let path = format!("/api/v1/collectors/{id}");
+        eventually("stored", || async {
+            (api.get(&path).await.status == 200).then_some(())
+        })
+        .await;
+    }
+    all.clear();
+
+    let package = json!({"name": "otelcol", "version": "0.2.0",
+        "download_url": "https://packages.example/otelcol-0.2.0.tar.gz",
+        "sha256": "ab".repeat(32), "initial_batch": 1, "multiplier": 2, "max_errors": 1});
+    let mut plan = package.clone();
+    plan["dry_run"] = json!(true);
+    let planned = post(&api, "/api/v1/upgrades", &plan).await;
+    assert_eq!(planned["status"], "dry_run");
+    assert_eq!(planned["progress"]["pending"], 3);
+    assert_eq!(
+        target(&planned, id_of(&no_packages))["outcome"],
+        "unsupported"
+    );
+    let mut bad = package.clone();
+    bad["sha256"] = json!("not-hex");
+    let refused = api
+        .with_body(reqwest::Method::POST, "/api/v1/upgrades", bad.to_string())
+        .await;
+    assert_error(&refused, 400, "bad_request");
+
+    let started = post(&api, "/api/v1/upgrades", &package).await;
+    assert_eq!(started["kind"], "package");
+    assert_eq!(started["package"]["version"], "0.2.0");
+    let id = started["id"].as_str().unwrap().to_owned();
+    let done = rollout_where(&api, &id, "the upgrade completed", |r| {
+        r["status"] == "completed"
+    })
+    .await;
+    assert_eq!(done["progress"]["applied"], 2, "{done}");
+    assert_eq!(done["progress"]["failed"], 1);
+    assert_eq!(done["progress"]["unsupported"], 1);
+    assert_eq!(target(&done, installs[1].id)["error"], "checksum mismatch");
+
+    let upgraded = [
+        (None, S::Connected, R::Initial),
+        (Some(S::Connected), S::Upgrading, R::PackageUpgradeInitiated),
+        (Some(S::Upgrading), S::Connected, R::UpgradeSucceeded),
+    ];
+    assert_eq!(history(&server, installs[0].id).await, upgraded);
+    assert_eq!(
+        history(&server, installs[1].id).await,
+        [
+            upgraded[0],
+            upgraded[1],
+            (Some(S::Upgrading), S::Error, R::UpgradeFailed)
+        ]
+    );
+    assert_eq!(history(&server, id_of(&no_packages)).await, [upgraded[0]]);
+    let path = format!("/api/v1/collectors/{}", installs[2].id);
+    eventually("the new version is reported", || async {
+        (api.ok(&path).await["version"] == "0.2.0").then_some(())
+    })
+    .await;
+}

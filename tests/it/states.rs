@@ -355,10 +355,23 @@ async fn connected_to_incompatible() {
 
 #[tokio::test]
 async fn connected_to_upgrading() {
-    let s = Subject::connected().await;
+    let mut s = Subject::connected().await;
     s.fleet(Event::OfferPackage(package())).await;
     s.assert_last(Some(Connected), Upgrading, Reason::PackageUpgradeInitiated)
         .await;
+    // The offer reached the collector, whole.
+    let pushed = s.ws.as_mut().unwrap().recv().await;
+    let offered = pushed
+        .packages_available
+        .expect("packages_available pushed");
+    let otelcol = &offered.packages["otelcol"];
+    assert_eq!(otelcol.version, "0.2.0");
+    assert_eq!(otelcol.r#type, proto::PackageType::TopLevel as i32);
+    let file = otelcol.file.as_ref().unwrap();
+    assert_eq!(file.download_url, "http://127.0.0.1:1/otelcol.tar.gz");
+    assert_eq!(file.content_hash.as_ref(), [1; 32]);
+    assert_eq!(otelcol.hash.as_ref(), [2; 32]);
+    assert_eq!(offered.all_packages_hash.as_ref(), [2; 32]);
 }
 
 #[tokio::test]

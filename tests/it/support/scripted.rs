@@ -62,6 +62,51 @@ fn status(
     }
 }
 
+/// Installs (then reports the new version) or fails every package offered, as the script says.
+fn package_verdict(
+    uid: &Bytes,
+    seq: u64,
+    script: Script,
+    offered: &proto::PackagesAvailable,
+) -> Option<proto::AgentToServer> {
+    let (status, error) = match script {
+        Script::Ignore => return None,
+        Script::Fail(error) => (proto::PackageStatusEnum::InstallFailed, error),
+        Script::Apply | Script::FailSecond(_) => (proto::PackageStatusEnum::Installed, ""),
+    };
+    let installed = status == proto::PackageStatusEnum::Installed;
+    let (name, package) = offered.packages.iter().next()?;
+    let reported = proto::PackageStatus {
+        name: name.clone(),
+        agent_has_version: if installed {
+            package.version.clone()
+        } else {
+            "0.1.0".into()
+        },
+        server_offered_version: package.version.clone(),
+        status: status as i32,
+        error_message: error.to_owned(),
+        ..Default::default()
+    };
+    let mut message = super::heartbeat(uid, seq);
+    message.package_statuses = Some(proto::PackageStatuses {
+        packages: [(name.clone(), reported)].into(),
+        server_provided_all_packages_hash: offered.all_packages_hash.clone(),
+        error_message: String::new(),
+    });
+    if installed {
+        // The new binary reports its new version.
+        message.agent_description = Some(proto::AgentDescription {
+            identifying_attributes: vec![
+                super::kv("service.name", "test-collector"),
+                super::kv("service.version", &package.version),
+            ],
+            non_identifying_attributes: vec![super::kv("host.name", "test-host")],
+        });
+    }
+    Some(message)
+}
+
 impl Scripted {
     /// Connects with `exporters` besides the `otlp` receiver, and follows `script`.
     pub async fn start(ws_url: &str, exporters: &[&str], script: Script) -> Self {
@@ -136,6 +181,13 @@ impl Scripted {
                 let Ok(reply) = proto::ServerToAgent::decode(&data[1..]) else {
                     continue;
                 };
+                if let Some(offered) = reply.packages_available {
+                    if let Some(message) = package_verdict(&task_uid, seq, script, &offered) {
+                        seq += 1;
+                        ws.send(&message).await;
+                    }
+                    continue;
+                }
                 let Some(config) = reply.remote_config else {
                     continue;
                 };
