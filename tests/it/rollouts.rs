@@ -569,3 +569,45 @@ async fn an_upgrade_goes_through_upgrading_batch_by_batch() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_collector_away_at_its_turn_gets_the_configuration_when_it_returns() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let present = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    let away = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    labelled(&api, &[&present, &away]).await;
+    let away_id = away.id;
+    drop(away.disconnect());
+    server
+        .wait_for(away_id, "away", |c| c.state == Some(S::Disconnected))
+        .await;
+    let started = post(
+        &api,
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 1}),
+    )
+    .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    let done = rollout_where(&api, &id, "completed without waiting for it", |r| {
+        r["status"] == "completed"
+    })
+    .await;
+    assert_eq!(target(&done, away_id)["outcome"], "waiting");
+    let back = Scripted::returning(away_id, &server.ws_url, &["kafka"], Script::Apply).await;
+    rollout_where(&api, &id, "applied once back", |r| {
+        target(r, away_id)["outcome"] == "applied"
+    })
+    .await;
+    assert_eq!(back.received(), 1);
+    let last = history(&server, away_id).await;
+    assert_eq!(
+        last[last.len() - 3..],
+        [
+            (Some(S::Disconnected), S::Connected, R::ConnectionRestored),
+            (Some(S::Connected), S::Configuring, R::NewConfiguration),
+            (Some(S::Configuring), S::Connected, R::ConfigApplied),
+        ]
+    );
+}

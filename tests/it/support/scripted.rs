@@ -228,6 +228,31 @@ impl Scripted {
         }
     }
 
+    /// Drops the connection (no goodbye, as when the network fails); its id is kept.
+    pub fn disconnect(self) -> CollectorId {
+        self.task.abort();
+        self.id
+    }
+
+    /// A collector with this id connecting again, knowing nothing of before.
+    pub async fn returning(
+        id: CollectorId,
+        ws_url: &str,
+        exporters: &[&str],
+        script: Script,
+    ) -> Self {
+        let uid = Bytes::copy_from_slice(id.0.as_bytes());
+        Self::run(
+            ws_url,
+            uid,
+            exporters.iter().map(|e| (*e).to_owned()).collect(),
+            script,
+            Arc::default(),
+            Arc::default(),
+        )
+        .await
+    }
+
     pub fn received(&self) -> usize {
         self.received.load(Ordering::SeqCst)
     }
