@@ -578,8 +578,7 @@ async fn a_collector_away_at_its_turn_gets_the_configuration_when_it_returns() {
     let present = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
     let away = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
     labelled(&api, &[&present, &away]).await;
-    let away_id = away.id;
-    drop(away.disconnect());
+    let away_id = away.disconnect();
     server
         .wait_for(away_id, "away", |c| c.state == Some(S::Disconnected))
         .await;
