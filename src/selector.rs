@@ -92,28 +92,25 @@ impl Selector {
 
 type PartError = (usize, String);
 
-fn key(text: &str, at: usize) -> Result<String, PartError> {
+/// `text`, trimmed, if it is a valid label key or value (`what` says which, for the error).
+fn label(text: &str, at: usize, what: &str) -> Result<String, PartError> {
     let trimmed = text.trim();
     if valid_label_text(trimmed) {
         Ok(trimmed.to_owned())
     } else {
         Err((
             at,
-            format!("{trimmed:?} is not a label key (letters, digits, ._-/)"),
+            format!("{trimmed:?} is not a label {what} (letters, digits, ._-/)"),
         ))
     }
 }
 
+fn key(text: &str, at: usize) -> Result<String, PartError> {
+    label(text, at, "key")
+}
+
 fn value(text: &str, at: usize) -> Result<String, PartError> {
-    let trimmed = text.trim();
-    if valid_label_text(trimmed) {
-        Ok(trimmed.to_owned())
-    } else {
-        Err((
-            at,
-            format!("{trimmed:?} is not a label value (letters, digits, ._-/)"),
-        ))
-    }
+    label(text, at, "value")
 }
 
 fn requirement(part: &str) -> Result<Requirement, PartError> {

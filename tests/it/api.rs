@@ -378,28 +378,7 @@ async fn summary_counts_every_state(backend: Backend) {
     assert_eq!(summary["by_state"]["upgrading"], 0);
 }
 
-macro_rules! on_both_stores {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+crate::on_both_stores!(
     list_filters_sorts_and_pages,
     one_collector_shows_every_fact,
     history_is_newest_first_in_pages,

@@ -4,6 +4,29 @@
 // A failed expectation in a test is meant to panic, helpers included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// Instantiates each `async fn name(Backend)` as a test on SQLite and one on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
 mod support;
 
 mod api;

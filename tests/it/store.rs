@@ -637,28 +637,7 @@ async fn configuration_versions_count_up_and_never_repeat(backend: Backend) {
     );
 }
 
-macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+crate::on_both_stores!(
     migrations_apply_to_an_empty_database_and_again,
     a_record_and_its_history_round_trip,
     the_latest_record_wins_and_transitions_only_append,
