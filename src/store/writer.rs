@@ -245,6 +245,9 @@ impl Batcher {
             let mut restored = batch;
             restored.absorb(std::mem::take(&mut self.pending));
             self.pending = restored;
+            self.health
+                .pending_transitions
+                .store(self.pending.transitions.len(), Ordering::Relaxed);
             self.health.failed_writes.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::telemetry::metrics::STORE_WRITE_FAILURES).increment(1);
             if !self.health.degraded.swap(true, Ordering::Relaxed) {
