@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use opampd::collector::facts::{Changed, FactParts};
+use opampd::collector::persist::{Change, Hot};
 use opampd::collector::{
     Collector, CollectorId, Description, Reason, State, Transition, Transport,
 };
@@ -46,25 +48,35 @@ async fn open(url: &str) -> Arc<dyn Store> {
 async fn batches(name: &str, store: &dyn Store) {
     let ids: Vec<CollectorId> = (0..BATCH).map(|_| CollectorId::new_v7()).collect();
     let started = Instant::now();
-    for _ in 0..ROUNDS {
-        let batch = Batch {
-            records: ids.iter().map(|id| (*id, Box::new(record(*id)))).collect(),
-            transitions: ids
-                .iter()
-                .map(|id| {
-                    let t = Transition {
-                        from: Some(State::Connected),
-                        to: State::Error,
-                        reason: Reason::RuntimeError,
-                        message: "exporter down".into(),
-                        at: SystemTime::now(),
-                        cause: None,
-                    };
-                    (*id, t)
-                })
-                .collect(),
-            forgotten: Vec::new(),
-        };
+    for round in 0..ROUNDS {
+        let mut batch = Batch::default();
+        for id in &ids {
+            let record = record(*id);
+            batch.take(Change::Record {
+                hot: Box::new(Hot::of(&record).expect("a state")),
+                // Every part on the first round (the records are created), none after: a
+                // state change writes the hot part alone.
+                facts: Box::new(if round == 0 {
+                    Changed::all().take(&record)
+                } else {
+                    FactParts::default()
+                }),
+                epoch: 1,
+                create: round == 0,
+            });
+            batch.take(Change::Transition {
+                id: *id,
+                epoch: 1,
+                transition: Transition {
+                    from: Some(State::Connected),
+                    to: State::Error,
+                    reason: Reason::RuntimeError,
+                    message: "exporter down".into(),
+                    at: SystemTime::now(),
+                    cause: None,
+                },
+            });
+        }
         store.write(&batch).await.expect("write");
     }
     let elapsed = started.elapsed();

@@ -18,6 +18,7 @@ use crate::collector::persist::Persistence;
 use crate::config::Config;
 use crate::fleet::engine::Fleet;
 use crate::opamp::Opamp;
+use crate::store::batch::Key;
 use crate::store::writer::{StoreHealth, Writer, WriterSettings};
 use crate::store::{self, Store, StoreRecords};
 
@@ -81,6 +82,29 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// Says who may talk to the server without credentials.
+fn log_access(config: &Config) {
+    if config.opamp.auth.tokens.is_empty() {
+        info!("collector authentication is off (opamp.auth.tokens is empty)");
+    }
+    if config.api.keys.is_empty() {
+        if config.api.allow_unauthenticated {
+            warn!(
+                "the REST API is open to everyone: no api.keys, and api.allow_unauthenticated is set"
+            );
+        } else {
+            info!("the REST API serves loopback clients only: no api.keys are configured");
+        }
+    }
+}
+
+/// Tells each actor whose write the store refused (its claim was superseded).
+async fn tell_fenced(registry: Arc<Registry>, mut fenced: tokio::sync::mpsc::Receiver<Key>) {
+    while let Some((id, epoch)) = fenced.recv().await {
+        registry.fenced(id, epoch).await;
+    }
+}
+
 /// Binds both listeners and starts serving. Port 0 picks a free port; the bound addresses are in
 /// the returned [`Running`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
@@ -99,7 +123,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let sessions = TaskTracker::new();
     let actors = TaskTracker::new();
     let (changes, queue) = tokio::sync::mpsc::channel(config.database.queue_capacity);
-    let writer = Writer::spawn(
+    let (writer, fenced) = Writer::spawn(
         Arc::clone(&store),
         queue,
         WriterSettings {
@@ -112,11 +136,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ActorSettings {
             liveness_window: config.opamp.liveness_window(),
             last_seen_interval: config.database.last_seen_interval,
+            grace_period: config.collectors.grace_period,
         },
-        Persistence::new(changes, Arc::new(StoreRecords(Arc::clone(&store)))),
+        Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store)))),
+        config.collectors.max_resident,
         actors_stop.clone(),
         actors.clone(),
     ));
+    tokio::spawn(tell_fenced(Arc::clone(&registry), fenced));
     let opamp = Opamp::new(
         config.opamp.clone(),
         Arc::clone(&registry),
@@ -154,18 +181,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
     });
     info!(%opamp_addr, path = %config.opamp.path, %api_addr, "opampd is listening");
-    if config.opamp.auth.tokens.is_empty() {
-        info!("collector authentication is off (opamp.auth.tokens is empty)");
-    }
-    if config.api.keys.is_empty() {
-        if config.api.allow_unauthenticated {
-            warn!(
-                "the REST API is open to everyone: no api.keys, and api.allow_unauthenticated is set"
-            );
-        } else {
-            info!("the REST API serves loopback clients only: no api.keys are configured");
-        }
-    }
+    log_access(&config);
     Ok(Running {
         opamp_addr,
         api_addr,

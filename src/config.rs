@@ -13,7 +13,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "config/opampd.toml";
 
 /// Top-level sections; only `OPAMPD_<SECTION>__…` variables are read, so unrelated `OPAMPD_*`
 /// variables in the environment (a test harness's, a wrapper's) cannot fail start-up.
-const SECTIONS: &[&str] = &["opamp", "api", "log", "server", "database"];
+const SECTIONS: &[&str] = &["opamp", "api", "log", "server", "database", "collectors"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +23,27 @@ pub struct Config {
     pub log: LogConfig,
     pub server: ServerConfig,
     pub database: DatabaseConfig,
+    pub collectors: CollectorsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorsConfig {
+    /// How long a collector stays resident (its actor in memory) after it disconnected; a return
+    /// within it costs no store read.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// Most collectors resident at once; beyond it new ones are asked to come back later.
+    pub max_resident: usize,
+}
+
+impl Default for CollectorsConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: Duration::from_mins(1),
+            max_resident: 100_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -49,6 +70,13 @@ pub struct OpampConfig {
     pub ws_pong_timeout: Duration,
     /// Per-connection WebSocket read and write buffer sizes: small, so idle collectors are cheap.
     pub ws_buffer_bytes: usize,
+    /// How long a reply waits for the collector's changes to be committed; beyond it the collector
+    /// is told to try again (UNAVAILABLE), never answered as if they were stored.
+    #[serde(with = "humantime_serde")]
+    pub commit_timeout: Duration,
+    /// Base of the jittered retry delay sent while the store cannot answer for a collector.
+    #[serde(with = "humantime_serde")]
+    pub store_retry_after: Duration,
     pub auth: OpampAuthConfig,
 }
 
@@ -154,6 +182,8 @@ impl Default for OpampConfig {
             ws_ping_interval: Duration::from_secs(30),
             ws_pong_timeout: Duration::from_secs(10),
             ws_buffer_bytes: 4096,
+            commit_timeout: Duration::from_secs(5),
+            store_retry_after: Duration::from_secs(5),
             auth: OpampAuthConfig::default(),
         }
     }
@@ -371,6 +401,12 @@ impl Config {
         }
         if self.api.keys.iter().any(|k| k.key.len() < 16) {
             return reject("api.keys", "every key must be at least 16 characters");
+        }
+        if self.opamp.commit_timeout.is_zero() {
+            return reject("opamp.commit_timeout", "must be more than zero");
+        }
+        if self.collectors.max_resident == 0 {
+            return reject("collectors.max_resident", "must be at least 1");
         }
         if self.server.node_id.is_empty() {
             return reject("server.node_id", "must not be empty");

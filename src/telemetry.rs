@@ -35,6 +35,11 @@ pub mod metrics {
     pub const STORE_WRITE_FAILURES: &str = "opampd_store_write_failures_total";
     pub const STORE_STALLS: &str = "opampd_store_stalls_total";
     pub const BUS_DROPPED: &str = "opampd_bus_dropped_subscribers_total";
+    pub const STORE_QUARANTINED: &str = "opampd_store_quarantined_total";
+    pub const STORE_FENCED: &str = "opampd_store_fenced_total";
+    pub const RESIDENT: &str = "opampd_resident_collectors";
+    pub const RESIDENT_REFUSED: &str = "opampd_resident_refused_total";
+    pub const DUPLICATE_UIDS: &str = "opampd_duplicate_uids_total";
 
     /// The process-wide recorder: installed by the first server in the process (tests start many;
     /// they share it, so counters there only ever grow).

@@ -16,13 +16,12 @@ use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::view::{CollectorView, TransitionView};
-use crate::collector::actor::LabelEdit;
-use crate::collector::registry::Forgotten;
+use crate::collector::Forgotten;
 use crate::collector::state::{EDGES, EXTENSIONS};
 use crate::collector::{CollectorId, State as CollectorState};
 use crate::config::Role;
 use crate::selector::{Selector, valid_label_text};
-use crate::store::{After, CollectorQuery, SortKey};
+use crate::store::{After, CollectorQuery, LabelEdit, SortKey};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
@@ -241,7 +240,7 @@ pub async fn one(
         }
     };
     let id = collector_id(&id)?;
-    let record = api.store.load(id, 0).await?.ok_or_else(|| not_found(id))?;
+    let record = api.store.load(id).await?.ok_or_else(|| not_found(id))?;
     Ok(Json(CollectorView::new(&record, include)))
 }
 
@@ -283,7 +282,7 @@ pub async fn transitions(
     let before = last(&pairs, "cursor")
         .map(decode_cursor::<i64>)
         .transpose()?;
-    if api.store.load(id, 0).await?.is_none() {
+    if api.store.load(id).await?.is_none() {
         return Err(not_found(id));
     }
     let mut events = api.store.history(id, before, limit + 1).await?;
@@ -319,18 +318,21 @@ pub fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError>
     })
 }
 
+/// Labels are the operators' own and live in the store alone: the edit is one statement,
+/// committed before the answer, so the next read anywhere shows it.
 async fn edit_labels(
     api: &ApiState,
     id: &str,
     edit: LabelEdit,
 ) -> Result<Json<CollectorView>, ApiError> {
     let id = collector_id(id)?;
-    let record = api
-        .registry
-        .edit_labels(id, edit)
-        .await
-        .map_err(|_| ApiError::ShuttingDown)?
+    let labels = api
+        .store
+        .edit_labels(id, &edit)
+        .await?
         .ok_or_else(|| not_found(id))?;
+    let mut record = api.store.load(id).await?.ok_or_else(|| not_found(id))?;
+    record.labels = labels;
     Ok(Json(CollectorView::new(&record, false)))
 }
 
@@ -398,6 +400,7 @@ pub async fn forget(
         Forgotten::Refused(state) => Err(ApiError::Conflict(format!(
             "collector {id} is {state}; only a disconnected collector can be forgotten"
         ))),
+        Forgotten::Unavailable => Err(ApiError::Unavailable),
     }
 }
 
@@ -414,9 +417,9 @@ pub async fn restart(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
     let id = collector_id(&id)?;
-    // Only the replica holding the connection can deliver it; this one holds its own collectors.
+    // Only the replica holding the connection can deliver it; this one holds its resident ones.
     let Some(view) = api.registry.view(id).await else {
-        return Err(if api.store.load(id, 0).await?.is_some() {
+        return Err(if api.store.load(id).await?.is_some() {
             ApiError::Conflict(format!("collector {id} is not connected to this server"))
         } else {
             not_found(id)

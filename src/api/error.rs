@@ -27,6 +27,8 @@ pub enum ApiError {
     Store(#[from] crate::store::StoreError),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the store cannot answer for this collector now; try again")]
+    Unavailable,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -54,7 +56,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Store(_) | ApiError::ShuttingDown => {
+            ApiError::Store(_) | ApiError::ShuttingDown | ApiError::Unavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
         }

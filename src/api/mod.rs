@@ -191,7 +191,7 @@ async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
             axum::Json(json!({
                 "status": "degraded",
                 "store": {"status": "degraded", "error": error, "pending_transitions": pending},
-                "collectors": state.registry.len(),
+                "collectors": state.registry.resident(),
             })),
         )
     } else {
@@ -200,7 +200,7 @@ async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
             axum::Json(json!({
                 "status": "ready",
                 "store": {"status": "ok", "pending_transitions": pending},
-                "collectors": state.registry.len(),
+                "collectors": state.registry.resident(),
             })),
         )
     }

@@ -33,6 +33,11 @@ pub struct CollectorView {
     /// `service.version`.
     pub version: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Set when this collector's uid was also claimed by another live collector and one of the
+    /// two was given a fresh uid: `{"kept": {"to": id, "at": time}}` on the one that kept it,
+    /// `{"given": {"from": id, "at": time}}` on the newcomer.
+    #[schema(value_type = Option<Object>)]
+    pub reassigned: Option<serde_json::Value>,
     pub description: DescriptionView,
     pub capabilities: Vec<&'static str>,
     pub health: Option<HealthView>,
@@ -138,6 +143,18 @@ fn serde_name<T: Serialize>(value: &T) -> String {
     }
 }
 
+fn reassignment(r: &crate::collector::Reassignment) -> serde_json::Value {
+    use crate::collector::Reassignment;
+    match r {
+        Reassignment::Kept { to, at } => {
+            serde_json::json!({"kept": {"to": to.to_string(), "at": rfc3339(*at)}})
+        }
+        Reassignment::Given { from, at } => {
+            serde_json::json!({"given": {"from": from.to_string(), "at": rfc3339(*at)}})
+        }
+    }
+}
+
 fn health(h: &Health) -> HealthView {
     HealthView {
         healthy: h.healthy,
@@ -197,6 +214,7 @@ impl CollectorView {
             last_seen: c.last_seen.map(rfc3339),
             version: c.attribute("service.version"),
             labels: c.labels.clone(),
+            reassigned: c.reassigned.as_ref().map(reassignment),
             description: DescriptionView {
                 identifying: c
                     .description

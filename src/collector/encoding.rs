@@ -1,5 +1,35 @@
-//! How the record's byte fields look in JSON: hashes as hex, file bodies as base64, so stored
-//! records and API answers stay readable and round-trip exactly.
+//! How the record's fields look when stored and shown: text made storable, hashes as hex, file
+//! bodies as base64, so stored records and API answers stay readable and round-trip exactly.
+
+use std::borrow::Cow;
+
+/// The longest text kept from one of a collector's string fields.
+pub const MAX_TEXT: usize = 4096;
+
+/// Text as every database can store it: NUL, which PostgreSQL refuses in text and JSON, becomes
+/// U+FFFD; beyond `max` bytes it is cut at a character boundary and ends with "…". (Invalid UTF-8
+/// never gets this far: the protobuf decoder refuses it.)
+pub fn storable(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max && !text.contains('\0') {
+        return Cow::Borrowed(text);
+    }
+    let mut cut = text.len().min(max);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = text[..cut].replace('\0', "\u{fffd}");
+    if cut < text.len() {
+        out.push('…');
+    }
+    Cow::Owned(out)
+}
+
+/// [`storable`] in place, allocating only when the text must change.
+pub fn make_storable(text: &mut String) {
+    if let Cow::Owned(fixed) = storable(text, MAX_TEXT) {
+        *text = fixed;
+    }
+}
 
 /// A time as operators read it: RFC 3339, UTC.
 pub fn rfc3339(at: std::time::SystemTime) -> String {
@@ -57,7 +87,16 @@ pub mod base64 {
 
 #[cfg(test)]
 mod tests {
+    use super::storable;
     use crate::collector::{ConfigFile, PackageOffer};
+
+    #[test]
+    fn text_is_made_storable() {
+        assert_eq!(storable("fine", 10), "fine");
+        assert_eq!(storable("a\0b", 10), "a\u{fffd}b");
+        assert_eq!(storable("abcdef", 3), "abc…");
+        assert_eq!(storable("éé", 3), "é…", "cut at a character boundary");
+    }
 
     #[test]
     fn bytes_round_trip_through_json() {

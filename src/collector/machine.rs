@@ -9,12 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::state::{Reason, State, target};
 use super::{
     AvailableComponents, Capabilities, CollectorId, Components, ConfigFiles, ConfigOffer,
-    Description, Health, Outbound, PackageOffer, PackageState, PackageStatuses, RemoteConfigState,
-    RemoteConfigStatus, Report, Transport,
+    Description, Health, Outbound, PackageOffer, PackageState, PackageStatuses, Reassignment,
+    RemoteConfigState, RemoteConfigStatus, Report, Transport,
 };
-
-/// Bounded in memory: the store keeps the whole history; this is what the actor can show alone.
-pub const HISTORY_KEPT: usize = 256;
 
 /// One recorded move along an edge of the table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +48,12 @@ pub struct Collector {
     pub package_statuses: Option<PackageStatuses>,
     #[serde(skip)]
     pub available_components: Option<AvailableComponents>,
+    /// Operators' labels as the store holds them, filled by the store's reads. Labels belong to
+    /// operators and live in the store alone: an actor never holds or writes them.
     pub labels: BTreeMap<String, String>,
+    /// Set when this collector's uid was found shared with another live collector and one of them
+    /// was given a fresh uid.
+    pub reassigned: Option<Reassignment>,
     /// The configuration we sent and await a verdict on.
     #[serde(skip)]
     pub config_sent: Option<Vec<u8>>,
@@ -69,7 +71,6 @@ pub struct Collector {
     /// What waits to be sent: pushed at once over WebSocket, or on an HTTP collector's next poll.
     #[serde(skip)]
     pub outbox: Outbound,
-    pub history: Vec<Transition>,
 }
 
 /// Something that happened to a collector, from OpAMP or from the fleet layer.
@@ -149,6 +150,7 @@ impl Collector {
             package_statuses: None,
             available_components: None,
             labels: BTreeMap::new(),
+            reassigned: None,
             config_sent: None,
             config_failed: None,
             config_error: None,
@@ -157,7 +159,6 @@ impl Collector {
             rollout: None,
             missing_components: Vec::new(),
             outbox: Outbound::default(),
-            history: Vec::new(),
         }
     }
 
@@ -286,10 +287,6 @@ fn go(
     c.state_since = Some(now);
     c.state_reason = Some(reason);
     c.state_message.clone_from(&transition.message);
-    if c.history.len() == HISTORY_KEPT {
-        c.history.remove(0);
-    }
-    c.history.push(transition.clone());
     out.push(Effect::Transitioned(transition));
 }
 
@@ -686,23 +683,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn history_is_bounded() {
-        let mut c = Collector::new(CollectorId(uuid::Uuid::nil()));
-        for i in 0..(HISTORY_KEPT as u64 + 10) {
-            let now = UNIX_EPOCH + Duration::from_secs(i);
-            step(
-                &mut c,
-                Event::Report {
-                    report: Box::new(Report::default()),
-                    transport: Transport::Http,
-                },
-                now,
-            );
-            step(&mut c, Event::ConnectionLost, now);
-        }
-        assert_eq!(c.history.len(), HISTORY_KEPT);
     }
 }

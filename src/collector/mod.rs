@@ -3,7 +3,9 @@
 
 pub mod actor;
 pub mod bus;
+pub mod contest;
 pub mod encoding;
+pub mod facts;
 pub mod machine;
 pub mod persist;
 pub mod registry;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use actor::CollectorHandle;
+pub use actor::{Answer, CollectorHandle, Forgotten, Unavailable};
 pub use machine::{Collector, Event, Transition};
 pub use registry::Registry;
 pub use state::{Reason, State};
@@ -292,11 +294,31 @@ impl Outbound {
     }
 }
 
+/// Two live collectors claimed one uid (a cloned machine, say) and kept replacing each other's
+/// connection; the newest was given a fresh uid. Both records say so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reassignment {
+    /// This record kept the uid; the other collector now has `to`.
+    Kept {
+        to: CollectorId,
+        at: std::time::SystemTime,
+    },
+    /// This collector claimed the uid of `from` and was given this record's uid instead.
+    Given {
+        from: CollectorId,
+        at: std::time::SystemTime,
+    },
+}
+
 /// Why the server closes a collector's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// A newer connection for the same collector replaced this one.
     Replaced,
+    /// Another claim holds the collector's record now (this server's view of it is stale): the
+    /// collector is to reconnect and be served from the stored record.
+    Moved,
 }
 
 /// What an actor can ask of a connection it does not own.

@@ -1,48 +1,188 @@
-//! The collector side of persistence: what an actor hands over to be stored, and where it loads a
-//! known collector's record from. The store implements [`Records`] and drains [`Change`]s; the
-//! collector module never names the store.
+//! The collector side of persistence: what an actor hands over to be stored, how it claims a
+//! known collector's record, and how it learns that its writes are committed. The store implements
+//! [`Records`] and drains [`Change`]s; the collector module never names the store.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use futures_util::FutureExt as _;
+use futures_util::future::Shared;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use super::CollectorId;
+use super::facts::FactParts;
 use super::machine::{Collector, Transition};
+use super::{Capabilities, CollectorId, PackageOffer, Reason, State, Transport};
 
-/// One thing to store, in the order the actor produced it.
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// The latest record (without its history): later ones for the same collector replace it.
-    Record(Box<Collector>),
-    /// One transition: every one is kept.
-    Transition {
-        collector: CollectorId,
-        transition: Transition,
-    },
-    /// An operator forgot the collector: delete its record and history.
-    Forget(CollectorId),
+/// How many times a record has been claimed. An actor claims a record when it loads it (the store
+/// adds one) and names its epoch in every write; the store applies a write only while the record's
+/// epoch is still that one, so an actor that lost its claim, or never loaded the record, cannot
+/// overwrite it.
+pub type Epoch = i64;
+
+/// A collector the store has never had is created at this epoch by its first actor.
+pub const FIRST_EPOCH: Epoch = 1;
+
+/// The part of a record that changes with its state: small, written on every change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hot {
+    pub id: CollectorId,
+    pub state: State,
+    pub state_since: Option<SystemTime>,
+    pub state_reason: Option<Reason>,
+    pub state_message: String,
+    pub connected: bool,
+    pub transport: Option<Transport>,
+    pub connected_since: Option<SystemTime>,
+    pub last_seen: Option<SystemTime>,
+    pub capabilities: Capabilities,
+    pub sequence_num: Option<u64>,
+    /// Searched and sorted on, so kept beside the state although they come from the description.
+    pub name: Option<String>,
+    pub host_name: Option<String>,
+    pub version: Option<String>,
+    pub control: Control,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// What the server itself tracks about a collector: configurations and packages it sent, and why
+/// it is in Error beyond its health.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Control {
+    pub config_sent: Option<Vec<u8>>,
+    pub config_failed: Option<Vec<u8>>,
+    pub config_error: Option<String>,
+    pub package_error: Option<String>,
+    pub package_offered: Option<PackageOffer>,
+    pub rollout: Option<String>,
+    pub missing_components: Vec<String>,
+    pub reassigned: Option<super::Reassignment>,
+}
+
+impl Hot {
+    /// `None` before the collector's first message: there is nothing worth storing yet.
+    pub fn of(c: &Collector) -> Option<Self> {
+        Some(Self {
+            id: c.id,
+            state: c.state?,
+            state_since: c.state_since,
+            state_reason: c.state_reason,
+            state_message: c.state_message.clone(),
+            connected: c.connected,
+            transport: c.transport,
+            connected_since: c.connected_since,
+            last_seen: c.last_seen,
+            capabilities: c.capabilities,
+            sequence_num: c.sequence_num,
+            name: c.name(),
+            host_name: c.attribute("host.name"),
+            version: c.attribute("service.version"),
+            control: Control {
+                config_sent: c.config_sent.clone(),
+                config_failed: c.config_failed.clone(),
+                config_error: c.config_error.clone(),
+                package_error: c.package_error.clone(),
+                package_offered: c.package_offered.clone(),
+                rollout: c.rollout.clone(),
+                missing_components: c.missing_components.clone(),
+                reassigned: c.reassigned.clone(),
+            },
+        })
+    }
+}
+
+/// One thing to store, in the order the actor produced it.
+#[derive(Debug)]
+pub enum Change {
+    /// The record's hot part, with the facts that changed since the last write. `create` when the
+    /// store has never had the collector: the row is inserted, and never over one that exists.
+    Record {
+        hot: Box<Hot>,
+        facts: Box<FactParts>,
+        epoch: Epoch,
+        create: bool,
+    },
+    /// Only `last_seen` moved (heartbeats): one narrow update, batched with others.
+    Touch {
+        id: CollectorId,
+        epoch: Epoch,
+        last_seen: SystemTime,
+    },
+    /// One transition: every one is kept.
+    Transition {
+        id: CollectorId,
+        epoch: Epoch,
+        transition: Transition,
+    },
+    /// An operator forgot the collector: delete its record, facts and history.
+    Forget { id: CollectorId, epoch: Epoch },
+    /// Signalled once everything queued before it is committed (or quarantined).
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Resolves once the writes it stands for are committed; cloneable, so every reply that depends on
+/// the same writes waits on the same signal.
+#[derive(Clone)]
+pub struct Confirmation(Shared<Pin<Box<dyn Future<Output = bool> + Send>>>);
+
+impl std::fmt::Debug for Confirmation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Confirmation")
+    }
+}
+
+impl Confirmation {
+    fn new(signal: oneshot::Receiver<()>) -> Self {
+        let future: Pin<Box<dyn Future<Output = bool> + Send>> =
+            Box::pin(signal.map(|r| r.is_ok()));
+        Self(future.shared())
+    }
+
+    /// Already committed (nothing was pending).
+    pub fn done() -> Self {
+        let future: Pin<Box<dyn Future<Output = bool> + Send>> = Box::pin(std::future::ready(true));
+        Self(future.shared())
+    }
+
+    /// `true` once committed; `false` if the writer stopped first (shutdown).
+    pub async fn committed(self) -> bool {
+        self.0.await
+    }
+
+    /// Whether it has resolved, without waiting.
+    pub fn is_settled(&self) -> bool {
+        self.0.clone().now_or_never().is_some()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot load the collector's stored record: {0}")]
 pub struct LoadError(pub String);
 
-/// Where a collector seen before (by this server or an earlier run) is found again.
-#[async_trait]
-pub trait Records: Send + Sync {
-    /// The stored record with its most recent `history` transitions, oldest first.
-    async fn load(&self, id: CollectorId, history: usize) -> Result<Option<Collector>, LoadError>;
+/// A stored record handed to the actor that claimed it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub record: Collector,
+    pub epoch: Epoch,
 }
 
-/// A store that has nothing: every collector is new. For servers and tests without persistence.
+/// Where a collector seen before (by this server, another replica or an earlier run) is found.
+#[async_trait]
+pub trait Records: Send + Sync {
+    /// Claims the stored record for this node (its epoch goes up by one) and returns it, or `None`
+    /// for a collector the store has never had.
+    async fn claim(&self, id: CollectorId) -> Result<Option<Claimed>, LoadError>;
+}
+
+/// A store that has nothing: every collector is new. For tests of the engine alone.
 pub struct NoRecords;
 
 #[async_trait]
 impl Records for NoRecords {
-    async fn load(&self, _: CollectorId, _: usize) -> Result<Option<Collector>, LoadError> {
+    async fn claim(&self, _: CollectorId) -> Result<Option<Claimed>, LoadError> {
         Ok(None)
     }
 }
@@ -66,10 +206,16 @@ impl Persistence {
         }
     }
 
-    /// Changes are dropped on the floor: for tests of the pure engine only.
+    /// Changes are taken and every barrier signalled at once: for tests of the engine alone.
     pub fn discarding() -> Self {
         let (changes, mut rx) = mpsc::channel(64);
-        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                if let Change::Barrier(done) = change {
+                    let _ = done.send(());
+                }
+            }
+        });
         Self::new(changes, Arc::new(NoRecords))
     }
 
@@ -81,7 +227,7 @@ impl Persistence {
     /// database is down or slow and the batcher's own bound is reached) the actor waits: back-pressure,
     /// said in the log and counted, rather than a silent drop.
     pub async fn save(&self, change: Change) {
-        if matches!(change, Change::Record(_)) {
+        if matches!(change, Change::Record { .. }) {
             self.saved_records.fetch_add(1, Ordering::Relaxed);
         }
         match self.changes.try_send(change) {
@@ -98,6 +244,13 @@ impl Persistence {
                 warn!("store queue closed: a change arrived after shutdown");
             }
         }
+    }
+
+    /// Queues a barrier behind everything this caller has queued so far.
+    pub async fn barrier(&self) -> Confirmation {
+        let (done, signal) = oneshot::channel();
+        self.save(Change::Barrier(done)).await;
+        Confirmation::new(signal)
     }
 
     /// Records handed to the batcher so far (heartbeats should not add to it).

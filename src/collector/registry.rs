@@ -1,21 +1,25 @@
-//! The registry: from collector id to its actor's handle, spawning actors on first contact, and the
-//! catalog of component sets shared by every collector that reports the same hash.
+//! The registry: from collector id to its resident actor, starting actors on contact (up to a cap)
+//! and forgetting them when they leave; and the catalog of component sets shared by every
+//! collector that reports the same hash.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::warn;
 
-use super::State;
-use super::actor::LabelEdit;
 use super::actor::{
-    ActorGone, ActorSettings, CollectorHandle, Command, ConnectionRef, Ending, Shared,
+    ActorGone, ActorSettings, Answer, CollectorHandle, Command, ConnectionRef, Ending, Forgotten,
+    Reached, Unavailable,
 };
 use super::bus::{Bus, Subscription};
 use super::machine::{Collector, Event};
-use super::persist::Persistence;
+use super::persist::{Epoch, Persistence};
 use super::{CollectorId, Components, Outbound, Report};
+use crate::telemetry::metrics;
 
 /// Transitions published and not yet read by the slowest subscriber; beyond it, that subscriber
 /// lags (loses the oldest) rather than slowing any actor.
@@ -24,6 +28,10 @@ const BUS_CAPACITY: usize = 4096;
 /// Distinct component sets are few (one per collector build), so the catalog stays small; the cap
 /// only guards against a client inventing hashes.
 const CATALOG_CAP: usize = 4096;
+
+/// An actor that leaves while a command is on its way hands it back; the next actor takes it. A
+/// few rounds settle any race; more mean something is wrong, and the collector comes back later.
+const ATTEMPTS: usize = 4;
 
 /// Component sets by the hash collectors announce them with, so a fleet of identical collectors
 /// reports the full set once, not once per collector.
@@ -52,143 +60,221 @@ impl ComponentCatalog {
     }
 }
 
-/// What became of a request to forget a collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forgotten {
-    Done,
-    Unknown,
-    /// Only a Disconnected collector may be forgotten; this is the state it is in.
-    Refused(State),
+/// The resident actors, by collector. Actors remove themselves when they leave.
+#[derive(Debug, Default)]
+pub(super) struct Roster {
+    actors: Mutex<HashMap<CollectorId, CollectorHandle>>,
+}
+
+impl Roster {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CollectorId, CollectorHandle>> {
+        self.actors.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes the actor `serial` (not a later one for the same collector).
+    pub(super) fn remove(&self, id: CollectorId, serial: u64) {
+        let mut actors = self.lock();
+        if actors.get(&id).is_some_and(|h| h.serial == serial) {
+            actors.remove(&id);
+        }
+        ::metrics::gauge!(metrics::RESIDENT).set(actors.len() as f64);
+    }
+}
+
+/// What every actor shares: settings, the component catalog, the transition bus, the store and
+/// the roster it leaves.
+#[derive(Clone)]
+pub(super) struct Shared {
+    pub settings: ActorSettings,
+    pub catalog: Arc<ComponentCatalog>,
+    pub bus: Bus,
+    pub persistence: Persistence,
+    pub roster: Arc<Roster>,
 }
 
 pub struct Registry {
-    actors: Mutex<HashMap<CollectorId, CollectorHandle>>,
     shared: Shared,
+    max_resident: usize,
+    next_serial: AtomicU64,
+    refused: AtomicU64,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl Registry {
-    /// Actors stop when `shutdown` is cancelled; `tracker` lets the caller wait for them.
+    /// Actors stop when `shutdown` is cancelled; `tracker` lets the caller wait for them. At most
+    /// `max_resident` collectors are resident at once.
     pub fn new(
         settings: ActorSettings,
         persistence: Persistence,
+        max_resident: usize,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
         Self {
-            actors: Mutex::new(HashMap::new()),
             shared: Shared {
                 settings,
                 catalog: Arc::new(ComponentCatalog::default()),
                 bus: Bus::new(BUS_CAPACITY),
                 persistence,
+                roster: Arc::new(Roster::default()),
             },
+            max_resident,
+            next_serial: AtomicU64::new(1),
+            refused: AtomicU64::new(0),
             shutdown,
             tracker,
         }
     }
 
     fn existing(&self, id: CollectorId) -> Option<CollectorHandle> {
-        let actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
-        actors.get(&id).cloned()
+        self.shared.roster.lock().get(&id).cloned()
     }
 
-    fn get_or_spawn(&self, id: CollectorId) -> CollectorHandle {
-        let mut actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
-        actors
-            .entry(id)
-            .or_insert_with(|| {
-                CollectorHandle::spawn(
-                    id,
-                    self.shared.clone(),
-                    self.shutdown.clone(),
-                    &self.tracker,
-                )
-            })
-            .clone()
+    /// The collector's actor, started if it is not resident; `None` when the server already holds
+    /// `max_resident` collectors.
+    fn get_or_spawn(&self, id: CollectorId) -> Option<CollectorHandle> {
+        let mut actors = self.shared.roster.lock();
+        if let Some(handle) = actors.get(&id) {
+            return Some(handle.clone());
+        }
+        if actors.len() >= self.max_resident {
+            drop(actors);
+            let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            ::metrics::counter!(metrics::RESIDENT_REFUSED).increment(1);
+            if refused.is_power_of_two() {
+                warn!(
+                    refused,
+                    max_resident = self.max_resident,
+                    "resident collector limit reached; new collectors are asked to come back later"
+                );
+            }
+            return None;
+        }
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let handle = CollectorHandle::spawn(
+            id,
+            serial,
+            self.shared.clone(),
+            self.shutdown.clone(),
+            &self.tracker,
+        );
+        actors.insert(id, handle.clone());
+        ::metrics::gauge!(metrics::RESIDENT).set(actors.len() as f64);
+        Some(handle)
     }
 
-    /// Hands a collector's report to its actor (starting one for a collector never seen) and
-    /// returns what the collector must be sent in reply.
+    /// Hands a collector's report to its actor (starting one when it is not resident) and returns
+    /// what the collector gets. `reassigned_from` names the collector whose uid this one claimed
+    /// before it was given its own.
     pub async fn report(
         &self,
         id: CollectorId,
         connection: ConnectionRef,
         report: Report,
-    ) -> Result<Outbound, ActorGone> {
-        self.get_or_spawn(id).report(id, connection, report).await
+        reassigned_from: Option<CollectorId>,
+    ) -> Result<Answer, ActorGone> {
+        let mut report = Box::new(report);
+        for _ in 0..ATTEMPTS {
+            let Some(handle) = self.get_or_spawn(id) else {
+                return Ok(Answer::Unavailable(Unavailable::Full));
+            };
+            let (reply, answer) = oneshot::channel();
+            let command = Command::Report {
+                connection: connection.clone(),
+                report,
+                reassigned_from,
+                reply,
+            };
+            report = match handle.send(command).await {
+                Ok(()) => match answer.await {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(bounced)) => bounced,
+                    Err(_) => return Err(ActorGone(id)),
+                },
+                Err(Command::Report { report, .. }) => report,
+                Err(_) => return Err(ActorGone(id)),
+            };
+            if self.shutdown.is_cancelled() {
+                return Err(ActorGone(id));
+            }
+        }
+        Ok(Answer::Unavailable(Unavailable::Store))
     }
 
     /// Tells the collector's actor its connection is gone, and why.
     pub async fn detached(&self, id: CollectorId, connection_id: u64, ending: Ending) {
         if let Some(handle) = self.existing(id) {
-            // A gone actor has nothing left to detach from.
+            // An actor that left has nothing to detach from.
             let _ = handle
-                .send(
-                    id,
-                    Command::Detached {
-                        connection_id,
-                        ending,
-                    },
-                )
+                .send(Command::Detached {
+                    connection_id,
+                    ending,
+                })
                 .await;
         }
     }
 
-    /// Applies a fleet event (queue, configure, offer a package, restart, ...) to a collector.
-    /// Returns `false` for a collector this server has never seen.
-    pub async fn apply(&self, id: CollectorId, event: Event) -> Result<bool, ActorGone> {
-        match self.existing(id) {
-            Some(handle) => handle.send(id, Command::Apply(event)).await.map(|()| true),
-            None => Ok(false),
+    /// A reply whose commit could not be confirmed in time was not sent: what it carried goes
+    /// back to the collector's outbox.
+    pub async fn unsent(&self, id: CollectorId, outbound: Outbound) {
+        if outbound.is_empty() {
+            return;
         }
-    }
-
-    pub async fn view(&self, id: CollectorId) -> Option<Collector> {
-        self.existing(id)?.view(id).await.ok()
-    }
-
-    /// The collector's actor, started if only the store knows the collector; `None` if nobody does.
-    async fn known(&self, id: CollectorId) -> Option<CollectorHandle> {
         if let Some(handle) = self.existing(id) {
-            return Some(handle);
+            let _ = handle.send(Command::Unsent(Box::new(outbound))).await;
         }
-        let stored = self.shared.persistence.records().load(id, 0).await.ok()??;
-        drop(stored);
-        Some(self.get_or_spawn(id))
     }
 
-    /// Changes an operator's labels on a collector; `None` for a collector nobody knows.
-    pub async fn edit_labels(
-        &self,
-        id: CollectorId,
-        edit: LabelEdit,
-    ) -> Result<Option<Collector>, ActorGone> {
-        let Some(handle) = self.known(id).await else {
-            return Ok(None);
+    /// The store refused a write of `epoch` for this collector.
+    pub async fn fenced(&self, id: CollectorId, epoch: Epoch) {
+        if let Some(handle) = self.existing(id) {
+            let _ = handle.send(Command::Fenced(epoch)).await;
+        }
+    }
+
+    /// Applies a fleet event (queue, configure, offer a package, restart, ...) to a resident
+    /// collector. `false` when it is not resident (away: it hears of it when it returns).
+    pub async fn apply(&self, id: CollectorId, event: Event) -> Result<bool, ActorGone> {
+        let Some(handle) = self.existing(id) else {
+            return Ok(false);
         };
-        handle
-            .ask(id, |reply| Command::Labels { edit, reply })
-            .await
-            .map(Some)
+        let (reply, applied) = oneshot::channel();
+        if handle.send(Command::Apply(event, reply)).await.is_err() {
+            return Ok(false);
+        }
+        applied.await.map_err(|_| ActorGone(id))
     }
 
-    /// Forgets a Disconnected collector: its record and history are deleted and its actor stops.
+    /// A resident collector's record as its actor holds it (without labels, which the store has).
+    pub async fn view(&self, id: CollectorId) -> Option<Collector> {
+        let handle = self.existing(id)?;
+        let (reply, view) = oneshot::channel();
+        handle.send(Command::View(reply)).await.ok()?;
+        view.await.ok()
+    }
+
+    /// Forgets a Disconnected collector: its record, facts and history are deleted (committed
+    /// before this returns) and its actor leaves. A collector that is not resident gets an actor
+    /// for the purpose, so that forgetting and a return at the same moment are put in order.
     pub async fn forget(&self, id: CollectorId) -> Result<Forgotten, ActorGone> {
-        let Some(handle) = self.known(id).await else {
-            return Ok(Forgotten::Unknown);
-        };
-        match handle.ask(id, Command::Forget).await? {
-            Ok(()) => {
-                let mut actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
-                if actors.get(&id).is_some_and(|h| h.same(&handle)) {
-                    actors.remove(&id);
+        for _ in 0..ATTEMPTS {
+            let Some(handle) = self.get_or_spawn(id) else {
+                return Ok(Forgotten::Unavailable);
+            };
+            let (reply, answer) = oneshot::channel();
+            if handle.send(Command::Forget(reply)).await.is_ok() {
+                match answer.await {
+                    Ok(Reached::Answered(forgotten)) => return Ok(forgotten),
+                    Ok(Reached::Bounced) => {}
+                    Err(_) => return Err(ActorGone(id)),
                 }
-                Ok(Forgotten::Done)
             }
-            Err(state) => Ok(Forgotten::Refused(state)),
+            if self.shutdown.is_cancelled() {
+                return Err(ActorGone(id));
+            }
         }
+        Ok(Forgotten::Unavailable)
     }
 
     /// Every transition from now on, from every collector; see [`Subscription::recv`] for what
@@ -206,19 +292,17 @@ impl Registry {
         self.shared.bus.dropped_subscribers()
     }
 
+    /// New collectors refused so far because `max_resident` were resident.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     pub fn ids(&self) -> Vec<CollectorId> {
-        let actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
-        actors.keys().copied().collect()
+        self.shared.roster.lock().keys().copied().collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// How many collectors have an actor now.
+    pub fn resident(&self) -> usize {
+        self.shared.roster.lock().len()
     }
 }

@@ -371,7 +371,7 @@ impl Engine {
     async fn record(&self, id: CollectorId) -> Option<Collector> {
         match self.registry.view(id).await {
             Some(view) => Some(view),
-            None => self.store.load(id, 0).await.ok().flatten(),
+            None => self.store.load(id).await.ok().flatten(),
         }
     }
 
@@ -407,11 +407,10 @@ impl Engine {
         let (hash, what) = self.what(&new.payload).await?;
         let mut targets = Vec::new();
         for stored in self.matching(&new.selector).await? {
+            // Labels are the store's alone (the selector matched them there); the rest of the
+            // record is freshest in this server's actor, when it has one.
             let record = self.record(stored.id).await.unwrap_or(stored);
-            // The selector was checked on the stored labels; this server's record is fresher.
-            if new.selector.matches(&record.labels) {
-                targets.push(what.plan(&record));
-            }
+            targets.push(what.plan(&record));
         }
         let mut rollout = Rollout {
             id: uuid::Uuid::now_v7().to_string(),
@@ -578,9 +577,18 @@ impl Engine {
             }
             return;
         }
+        if !self.rollouts.iter().any(|r| r.status == Status::Completed) {
+            return;
+        }
+        // Labels are the store's alone. A collector seen for the first time may not be stored yet
+        // (its arrival is published before its record is committed); it has no labels then.
+        let Ok(stored) = self.store.load(id).await else {
+            return;
+        };
+        let labels = stored.map(|c| c.labels).unwrap_or_default();
         let Some(i) = self.rollouts.iter().rposition(|r| {
             r.status == Status::Completed
-                && Selector::parse(&r.selector).is_ok_and(|s| s.matches(&record.labels))
+                && Selector::parse(&r.selector).is_ok_and(|s| s.matches(&labels))
         }) else {
             return;
         };

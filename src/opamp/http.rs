@@ -48,9 +48,21 @@ pub async fn handle(
             transport: Transport::Http,
             push: None,
         };
-        let (_, reply) = opamp.process(payload, connection).await?;
-        opamp.check_outgoing(&reply)?;
-        Ok(([(header::CONTENT_TYPE, PROTOBUF)], reply.encode_to_vec()).into_response())
+        let processed = opamp.process(payload, connection).await?;
+        opamp.check_outgoing(&processed.reply)?;
+        let body = processed.reply.encode_to_vec();
+        Ok(match processed.retry_after {
+            None => ([(header::CONTENT_TYPE, PROTOBUF)], body).into_response(),
+            Some(retry_after) => (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [
+                    (header::RETRY_AFTER, retry_after.to_string()),
+                    (header::CONTENT_TYPE, PROTOBUF.to_owned()),
+                ],
+                body,
+            )
+                .into_response(),
+        })
     }
     .instrument(span)
     .await

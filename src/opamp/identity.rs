@@ -44,6 +44,14 @@ impl WireUid {
             Bytes::copy_from_slice(id.0.as_bytes())
         }
     }
+
+    /// `id` as this client will hold it once told (`RequestInstanceUid`, or a duplicate uid).
+    pub fn reassigned(&self, id: CollectorId) -> WireUid {
+        WireUid {
+            id,
+            bytes: self.encode_for_client(id),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use rand::RngExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
@@ -30,7 +31,7 @@ use tower_http::decompression::RequestDecompressionLayer;
 use tracing::{Span, debug};
 
 use crate::collector::actor::ConnectionRef;
-use crate::collector::{CollectorId, Registry};
+use crate::collector::{Answer, CollectorId, Registry, Unavailable};
 use crate::config::OpampConfig;
 use crate::proto;
 use crate::telemetry::metrics;
@@ -100,13 +101,13 @@ impl Opamp {
             })
     }
 
-    /// Decodes one `AgentToServer`, hands it to the collector's actor and builds the reply.
-    /// Returns the collector as it will be known from now on (a new id after `RequestInstanceUid`).
+    /// Decodes one `AgentToServer`, hands it to the collector's actor and builds the reply, sent
+    /// only once what the message changed is committed.
     async fn process(
         &self,
         payload: Bytes,
         connection: ConnectionRef,
-    ) -> Result<(WireUid, proto::ServerToAgent), OpampError> {
+    ) -> Result<Processed, OpampError> {
         let transport = connection.transport.as_str();
         metrics::message(transport, "in", payload.len());
         let message =
@@ -119,27 +120,75 @@ impl Opamp {
                 uid: message.instance_uid.clone(),
                 message: e.to_string(),
             })?;
-        let (known_as, identification) = if report::wants_new_uid(&message) {
-            let id = CollectorId::new_v7();
-            let bytes = sent.encode_for_client(id);
-            let new = WireUid { id, bytes };
+        let (mut known_as, mut identification) = if report::wants_new_uid(&message) {
+            let new = sent.reassigned(CollectorId::new_v7());
             let identification = report::identification(new.bytes.clone());
             (new, Some(identification))
         } else {
             (sent.clone(), None)
         };
-        Span::current().record("collector_id", tracing::field::display(known_as.id));
-        let outbound = self
-            .registry
-            .report(known_as.id, connection, report::to_report(message))
-            .await
-            .map_err(|_| OpampError::ShuttingDown)?;
-        let mut reply = report::to_server_to_agent(sent.bytes, outbound);
-        if reply.command.is_none() {
-            reply.agent_identification = identification;
+        let mut report = report::to_report(message);
+        let mut reassigned_from = None;
+        loop {
+            Span::current().record("collector_id", tracing::field::display(known_as.id));
+            let answer = self
+                .registry
+                .report(known_as.id, connection.clone(), report, reassigned_from)
+                .await
+                .map_err(|_| OpampError::ShuttingDown)?;
+            match answer {
+                Answer::Reply { outbound, confirm } => {
+                    if let Some(confirm) = confirm {
+                        let wait = self.config.commit_timeout;
+                        if !matches!(timeout(wait, confirm.committed()).await, Ok(true)) {
+                            // Not stored yet: the collector must not take this reply as a
+                            // receipt. What it carried goes back to wait for the next one.
+                            self.registry.unsent(known_as.id, outbound).await;
+                            let retry_after = jittered(self.config.store_retry_after);
+                            ::metrics::counter!(metrics::REJECTED, "reason" => "not_committed")
+                                .increment(1);
+                            return Ok(Processed {
+                                reply: report::unavailable(sent.bytes, retry_after),
+                                collector: known_as,
+                                retry_after: Some(retry_after),
+                            });
+                        }
+                    }
+                    let mut reply = report::to_server_to_agent(sent.bytes, outbound);
+                    if reply.command.is_none() {
+                        reply.agent_identification = identification;
+                    }
+                    metrics::message(transport, "out", reply.encoded_len());
+                    return Ok(Processed {
+                        collector: known_as,
+                        reply,
+                        retry_after: None,
+                    });
+                }
+                Answer::Unavailable(why) => {
+                    let retry_after = jittered(match why {
+                        Unavailable::Store => self.config.store_retry_after,
+                        Unavailable::Full => self.config.retry_after,
+                    });
+                    return Err(OpampError::Unavailable {
+                        uid: sent.bytes,
+                        retry_after,
+                    });
+                }
+                Answer::Reassign { to, report: again } if reassigned_from.is_none() => {
+                    reassigned_from = Some(known_as.id);
+                    known_as = sent.reassigned(to);
+                    identification = Some(report::identification(known_as.bytes.clone()));
+                    report = *again;
+                }
+                Answer::Reassign { .. } => {
+                    return Err(OpampError::Unavailable {
+                        uid: sent.bytes,
+                        retry_after: jittered(self.config.store_retry_after),
+                    });
+                }
+            }
         }
-        metrics::message(transport, "out", reply.encoded_len());
-        Ok((known_as, reply))
     }
 
     /// Refuses to send what the collector would have to refuse: the spec forbids over-limit messages.
@@ -163,6 +212,14 @@ fn jittered(base: Duration) -> u64 {
     secs + rand::rng().random_range(0..=secs / 2)
 }
 
+/// A message handled: the collector it is about from now on, the reply, and, when the reply says
+/// to come back later (its changes were not committed in time), after how many seconds.
+pub(crate) struct Processed {
+    collector: WireUid,
+    reply: proto::ServerToAgent,
+    retry_after: Option<u64>,
+}
+
 /// Everything that can go wrong with an OpAMP request, each mapped once to its answer.
 #[derive(Debug, thiserror::Error)]
 pub enum OpampError {
@@ -180,6 +237,10 @@ pub enum OpampError {
     ReplyTooLarge,
     #[error("server is shutting down")]
     ShuttingDown,
+    /// Nothing was acted on: the store cannot answer for the collector now, or the server holds
+    /// as many collectors as it may.
+    #[error("try again in {retry_after} s")]
+    Unavailable { uid: Bytes, retry_after: u64 },
 }
 
 impl IntoResponse for OpampError {
@@ -193,6 +254,7 @@ impl IntoResponse for OpampError {
             OpampError::BadRequest { .. } => "bad_request",
             OpampError::ReplyTooLarge => "reply_too_large",
             OpampError::ShuttingDown => "shutting_down",
+            OpampError::Unavailable { .. } => "unavailable",
         };
         ::metrics::counter!(metrics::REJECTED, "reason" => reason).increment(1);
         match self {
@@ -230,8 +292,25 @@ impl IntoResponse for OpampError {
                 self.to_string(),
             )
                 .into_response(),
+            OpampError::Unavailable { uid, retry_after } => unavailable(uid, retry_after),
         }
     }
+}
+
+/// 503 with `Retry-After`, and the same in OpAMP's own terms in the body for clients that read it.
+fn unavailable(uid: Bytes, retry_after: u64) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::RETRY_AFTER, HeaderValue::from(retry_after)),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(http::PROTOBUF),
+            ),
+        ],
+        report::unavailable(uid, retry_after).encode_to_vec(),
+    )
+        .into_response()
 }
 
 /// Agent authentication, before the body is read or the connection upgraded (the spec's rule).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::collector::encoding::make_storable;
 use crate::collector::{
     AvailableComponents, Capabilities, ConfigFile, ConfigFiles, Description, Health, Outbound,
     PackageState, PackageStatus, PackageStatuses, RemoteConfigState, RemoteConfigStatus, Report,
@@ -25,6 +26,13 @@ pub const SERVER_CAPABILITIES: u64 = proto::ServerCapabilities::AcceptsStatus as
 
 pub fn wants_new_uid(message: &proto::AgentToServer) -> bool {
     message.flags & proto::AgentToServerFlags::RequestInstanceUid as u64 != 0
+}
+
+/// A collector's text as the store can keep it (see [`make_storable`]): every string that enters
+/// the domain from the wire passes here.
+fn text(mut s: String) -> String {
+    make_storable(&mut s);
+    s
 }
 
 pub fn to_report(message: proto::AgentToServer) -> Report {
@@ -48,7 +56,7 @@ pub fn to_report(message: proto::AgentToServer) -> Report {
                 Ok(proto::RemoteConfigStatuses::Failed) => RemoteConfigState::Failed,
                 Err(_) => RemoteConfigState::Unknown(s.status),
             },
-            error_message: s.error_message,
+            error_message: text(s.error_message),
         }),
         package_statuses: message.package_statuses.map(package_statuses),
         available_components: message.available_components.map(|a| {
@@ -60,9 +68,9 @@ pub fn to_report(message: proto::AgentToServer) -> Report {
                         .into_iter()
                         .map(|(kind, details)| {
                             let mut types: Vec<String> =
-                                details.sub_component_map.into_keys().collect();
+                                details.sub_component_map.into_keys().map(text).collect();
                             types.sort();
-                            (kind, types)
+                            (text(kind), types)
                         })
                         .collect(),
                 ))
@@ -75,7 +83,10 @@ pub fn to_report(message: proto::AgentToServer) -> Report {
 
 fn attributes(list: Vec<proto::KeyValue>) -> BTreeMap<String, serde_json::Value> {
     list.into_iter()
-        .map(|kv| (kv.key, kv.value.map_or(serde_json::Value::Null, any_value)))
+        .map(|kv| {
+            let value = kv.value.map_or(serde_json::Value::Null, any_value);
+            (text(kv.key), value)
+        })
         .collect()
 }
 
@@ -84,7 +95,7 @@ fn any_value(value: proto::AnyValue) -> serde_json::Value {
     use serde_json::Value as Json;
     match value.value {
         None => Json::Null,
-        Some(Value::StringValue(s)) => Json::String(s),
+        Some(Value::StringValue(s)) => Json::String(text(s)),
         Some(Value::BoolValue(b)) => Json::Bool(b),
         Some(Value::IntValue(i)) => Json::from(i),
         Some(Value::DoubleValue(d)) => Json::from(d),
@@ -98,15 +109,15 @@ fn health(h: proto::ComponentHealth, depth: usize) -> Health {
     Health {
         healthy: h.healthy,
         start_time_unix_nano: h.start_time_unix_nano,
-        last_error: h.last_error,
-        status: h.status,
+        last_error: text(h.last_error),
+        status: text(h.status),
         status_time_unix_nano: h.status_time_unix_nano,
         components: if depth + 1 >= MAX_HEALTH_DEPTH {
             BTreeMap::new()
         } else {
             h.component_health_map
                 .into_iter()
-                .map(|(name, child)| (name, health(child, depth + 1)))
+                .map(|(name, child)| (text(name), health(child, depth + 1)))
                 .collect()
         },
     }
@@ -117,9 +128,9 @@ fn config_files(map: proto::AgentConfigMap) -> ConfigFiles {
         .into_iter()
         .map(|(name, file)| {
             (
-                name,
+                text(name),
                 ConfigFile {
-                    content_type: file.content_type,
+                    content_type: text(file.content_type),
                     body: Arc::from(&file.body[..]),
                 },
             )
@@ -142,18 +153,18 @@ fn package_statuses(p: proto::PackageStatuses) -> PackageStatuses {
                     Err(_) => PackageState::Unknown(s.status),
                 };
                 (
-                    name,
+                    text(name),
                     PackageStatus {
-                        agent_has_version: s.agent_has_version,
-                        server_offered_version: s.server_offered_version,
+                        agent_has_version: text(s.agent_has_version),
+                        server_offered_version: text(s.server_offered_version),
                         status,
-                        error_message: s.error_message,
+                        error_message: text(s.error_message),
                     },
                 )
             })
             .collect(),
         server_provided_all_packages_hash: p.server_provided_all_packages_hash.to_vec(),
-        error_message: p.error_message,
+        error_message: text(p.error_message),
     }
 }
 
@@ -236,6 +247,23 @@ pub fn bad_request(uid: Bytes, message: impl Into<String>) -> proto::ServerToAge
     }
 }
 
+/// An `UNAVAILABLE` answer: nothing was acted on; come back after `retry_after` seconds.
+pub fn unavailable(uid: Bytes, retry_after: u64) -> proto::ServerToAgent {
+    proto::ServerToAgent {
+        instance_uid: uid,
+        error_response: Some(proto::ServerErrorResponse {
+            r#type: proto::ServerErrorResponseType::Unavailable as i32,
+            error_message: format!("try again in {retry_after} s"),
+            details: Some(proto::server_error_response::Details::RetryInfo(
+                proto::RetryInfo {
+                    retry_after_nanoseconds: retry_after.saturating_mul(1_000_000_000),
+                },
+            )),
+        }),
+        ..Default::default()
+    }
+}
+
 /// The answer to `RequestInstanceUid`: the new id, in the form this client can hold.
 pub fn identification(new_uid: Bytes) -> proto::AgentIdentification {
     proto::AgentIdentification {
@@ -297,6 +325,33 @@ mod tests {
             RemoteConfigState::Unknown(99)
         );
         assert!(report.capabilities.names().is_empty());
+    }
+
+    #[test]
+    fn collector_text_is_made_storable_on_the_way_in() {
+        let report = to_report(proto::AgentToServer {
+            health: Some(proto::ComponentHealth {
+                last_error: "bad\0byte".into(),
+                component_health_map: [("x\0".into(), proto::ComponentHealth::default())].into(),
+                ..Default::default()
+            }),
+            agent_description: Some(proto::AgentDescription {
+                identifying_attributes: vec![proto::KeyValue {
+                    key: "k\0".into(),
+                    value: Some(proto::AnyValue {
+                        value: Some(proto::any_value::Value::StringValue("v".repeat(10_000))),
+                    }),
+                }],
+                non_identifying_attributes: vec![],
+            }),
+            ..Default::default()
+        });
+        let health = report.health.unwrap();
+        assert_eq!(health.last_error, "bad\u{fffd}byte");
+        assert!(health.components.contains_key("x\u{fffd}"));
+        let description = report.description.unwrap();
+        let value = description.identifying["k\u{fffd}"].as_str().unwrap();
+        assert!(value.len() <= crate::collector::encoding::MAX_TEXT + '…'.len_utf8());
     }
 
     #[test]

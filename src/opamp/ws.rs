@@ -29,6 +29,7 @@ pub mod close_code {
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 pub async fn upgrade(
@@ -161,6 +162,9 @@ impl Session {
                     Delivery::Close(CloseReason::Replaced) => {
                         return Ending::Close(close_code::POLICY_VIOLATION, "replaced by a newer connection");
                     }
+                    Delivery::Close(CloseReason::Moved) => {
+                        return Ending::Close(close_code::TRY_AGAIN_LATER, "reconnect: the record is held elsewhere");
+                    }
                 },
                 _ = ping.tick(), if pong_deadline.is_none() => {
                     if self.socket.send(Message::Ping(Bytes::new())).await.is_err() {
@@ -188,14 +192,20 @@ impl Session {
             .process(frame::strip_header(data), connection)
             .await
         {
-            Ok((collector, reply)) => {
+            Ok(processed) => {
+                let collector = processed.collector;
                 self.collectors.insert(collector.id, collector);
-                reply
+                processed.reply
             }
             // A malformed message gets BAD_REQUEST; the connection stays usable.
             Err(OpampError::BadRequest { uid, message }) => {
                 debug!(%message, "malformed message");
                 report::bad_request(uid, message)
+            }
+            // Nothing was acted on: the collector is told when to try again, and may, on this
+            // connection.
+            Err(OpampError::Unavailable { uid, retry_after }) => {
+                report::unavailable(uid, retry_after)
             }
             Err(_) => {
                 return Some(Ending::Close(

@@ -1,17 +1,20 @@
 //! Persistence: one [`Store`] trait with its SQLite and PostgreSQL implementations, their
-//! migrations, and the write-behind batcher that carries the actors' changes to the database.
+//! migrations, the write-behind batcher that carries the actors' changes to the database, and the
+//! loader that claims records for actors in batches.
 
+pub mod batch;
+mod loader;
 mod row;
 mod sql;
 pub mod writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use crate::collector::persist::{LoadError, Records};
+use crate::collector::persist::Claimed;
 use crate::collector::{Collector, CollectorId, State, Transition};
 use crate::config::Config;
 use crate::selector::Selector;
@@ -30,37 +33,57 @@ pub enum StoreError {
     Setup(String),
 }
 
-/// What the batcher writes in one transaction: the latest record of each collector that changed,
-/// and every transition, in the order they happened.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub records: HashMap<CollectorId, Box<Collector>>,
-    pub transitions: Vec<(CollectorId, Transition)>,
-    /// Collectors an operator forgot: their rows and history are deleted first, so a collector
-    /// that came back after being forgotten starts afresh in the same batch.
-    pub forgotten: Vec<CollectorId>,
+impl StoreError {
+    /// Whether the database refused the data itself (a value it cannot store, a constraint), as
+    /// opposed to being unreachable or busy: retrying the same rows cannot help, finding them can.
+    pub fn is_data_error(&self) -> bool {
+        let StoreError::Database(err) = self else {
+            return false;
+        };
+        match err {
+            sqlx::Error::Encode(_) => true,
+            sqlx::Error::Database(db) => {
+                let Some(code) = db.code() else {
+                    return false;
+                };
+                if db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some()
+                {
+                    // SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation).
+                    code.starts_with("22") || code.starts_with("23")
+                } else {
+                    // SQLite's primary result codes 18 (too big), 19 (constraint), 20 (mismatch).
+                    code.parse::<i64>()
+                        .is_ok_and(|n| matches!(n & 0xff, 18..=20))
+                }
+            }
+            _ => false,
+        }
+    }
 }
 
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.transitions.is_empty() && self.forgotten.is_empty()
-    }
+pub use batch::Batch;
+pub use loader::StoreRecords;
 
-    /// Drops what is pending for `id` and deletes what is stored.
-    pub fn forget(&mut self, id: CollectorId) {
-        self.records.remove(&id);
-        self.transitions.retain(|(c, _)| *c != id);
-        self.forgotten.push(id);
-    }
+/// An operator's change to a collector's labels.
+#[derive(Debug, Clone)]
+pub enum LabelEdit {
+    Replace(BTreeMap<String, String>),
+    /// A JSON merge patch: `None` removes the label.
+    Merge(BTreeMap<String, Option<String>>),
+}
 
-    /// Adds `later` on top: its records replace ours, its transitions follow ours.
-    pub fn absorb(&mut self, later: Batch) {
-        for id in later.forgotten {
-            self.forget(id);
-        }
-        self.records.extend(later.records);
-        self.transitions.extend(later.transitions);
-    }
+/// A row the database refused for its data, kept aside with the error so the rest could land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub collector: CollectorId,
+    /// `record`, `facts`, `transition` or `forget`.
+    pub kind: &'static str,
+    pub error: String,
+    /// What the row held, as the server's own debug rendering (bytes the database refused included).
+    pub payload: Vec<u8>,
+    pub at: SystemTime,
 }
 
 /// What collectors can be sorted by; `id` breaks ties, so pages never overlap or skip.
@@ -174,10 +197,25 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Upserts the records and appends the transitions, all in one transaction.
-    async fn write(&self, batch: &Batch) -> Result<(), StoreError>;
-    /// One collector's record with its latest `history` transitions (oldest first).
-    async fn load(&self, id: CollectorId, history: usize) -> Result<Option<Collector>, StoreError>;
+    /// Writes the batch in one transaction. A write names the epoch of the claim it was made
+    /// under; where the record's epoch has moved on (or the record is gone, or a record to create
+    /// exists), nothing of that collector is applied, and its key is returned: fenced.
+    async fn write(&self, batch: &Batch) -> Result<Vec<batch::Key>, StoreError>;
+    /// Keeps rows the database refused, with their errors.
+    async fn quarantine(&self, rows: &[Quarantined]) -> Result<(), StoreError>;
+    /// What is in quarantine, oldest first.
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
+    /// Claims these collectors' records for this node: each found record's epoch goes up by one
+    /// and it is returned with that epoch (records not found are left out).
+    async fn claim(&self, ids: &[CollectorId]) -> Result<Vec<Claimed>, StoreError>;
+    /// Changes a collector's labels, committed before it returns; `None` for an unknown collector.
+    async fn edit_labels(
+        &self,
+        id: CollectorId,
+        edit: &LabelEdit,
+    ) -> Result<Option<BTreeMap<String, String>>, StoreError>;
+    /// One collector's record, with its labels.
+    async fn load(&self, id: CollectorId) -> Result<Option<Collector>, StoreError>;
     /// Every stored record, without history.
     async fn collectors(&self) -> Result<Vec<Collector>, StoreError>;
     /// One collector's whole history, oldest first.
@@ -258,18 +296,5 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
         ))
     } else {
         Ok(Arc::new(SqliteStore::connect(&url, node, pool_size).await?))
-    }
-}
-
-/// The actors find known collectors here.
-pub struct StoreRecords(pub Arc<dyn Store>);
-
-#[async_trait]
-impl Records for StoreRecords {
-    async fn load(&self, id: CollectorId, history: usize) -> Result<Option<Collector>, LoadError> {
-        self.0
-            .load(id, history)
-            .await
-            .map_err(|e| LoadError(e.to_string()))
     }
 }

@@ -1,5 +1,6 @@
-//! A collector record and a transition as table rows, shared by both databases: the queried
-//! facts in columns, the rest of the record as one JSON document.
+//! A collector record, its facts and a transition as table rows, shared by both databases: the
+//! hot part of the record in columns of `collectors`, what the server tracks as one JSON document
+//! beside it, and the reported facts one JSON column per part in `collector_facts`.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -10,10 +11,12 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use crate::collector::encoding::unhex;
+use crate::collector::facts::FactParts;
 use crate::collector::machine::hex;
+use crate::collector::persist::{Control, Epoch, Hot};
 use crate::collector::{
-    AvailableComponents, Capabilities, Collector, CollectorId, ConfigFiles, Description, Health,
-    PackageOffer, PackageStatuses, Reason, RemoteConfigStatus, State, Transition, Transport,
+    Capabilities, Collector, CollectorId, PackageOffer, Reason, Reassignment, State, Transition,
+    Transport,
 };
 
 /// A transition with its place in the store's history (the event id of the live stream).
@@ -24,16 +27,10 @@ pub struct EventRow {
     pub transition: TransitionRow,
 }
 
-/// The parts of the record nobody filters on.
+/// What the server tracks about a collector (`collectors.control`).
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
-struct Facts {
-    description: Option<Description>,
-    health: Option<Health>,
-    effective_config: Option<ConfigFiles>,
-    remote_config_status: Option<RemoteConfigStatus>,
-    package_statuses: Option<PackageStatuses>,
-    available_components: Option<AvailableComponents>,
+struct ControlDoc {
     config_sent: Option<String>,
     config_failed: Option<String>,
     config_error: Option<String>,
@@ -41,12 +38,29 @@ struct Facts {
     package_offered: Option<PackageOffer>,
     rollout: Option<String>,
     missing_components: Vec<String>,
+    reassigned: Option<Reassignment>,
 }
 
+impl ControlDoc {
+    fn of(c: &Control) -> Self {
+        Self {
+            config_sent: c.config_sent.as_deref().map(hex),
+            config_failed: c.config_failed.as_deref().map(hex),
+            config_error: c.config_error.clone(),
+            package_error: c.package_error.clone(),
+            package_offered: c.package_offered.clone(),
+            rollout: c.rollout.clone(),
+            missing_components: c.missing_components.clone(),
+            reassigned: c.reassigned.clone(),
+        }
+    }
+}
+
+/// The collectors row as it is read.
 #[derive(Debug, sqlx::FromRow)]
 pub struct RecordRow {
     pub id: String,
-    pub node: String,
+    pub epoch: i64,
     pub state: String,
     pub state_since: Option<OffsetDateTime>,
     pub state_reason: Option<String>,
@@ -55,14 +69,56 @@ pub struct RecordRow {
     pub transport: Option<String>,
     pub connected_since: Option<OffsetDateTime>,
     pub last_seen: Option<OffsetDateTime>,
+    pub capabilities: i64,
+    pub sequence_num: Option<i64>,
+    pub labels: Json<BTreeMap<String, String>>,
+    pub control: Json<serde_json::Value>,
+}
+
+/// The hot part of a record as it is written.
+#[derive(Debug)]
+pub struct HotRow {
+    pub id: String,
+    pub epoch: i64,
+    pub state: &'static str,
+    pub state_since: Option<OffsetDateTime>,
+    pub state_reason: Option<&'static str>,
+    pub state_message: String,
+    pub connected: bool,
+    pub transport: Option<&'static str>,
+    pub connected_since: Option<OffsetDateTime>,
+    pub last_seen: Option<OffsetDateTime>,
     pub name: Option<String>,
     pub host_name: Option<String>,
     pub version: Option<String>,
     pub capabilities: i64,
     pub sequence_num: Option<i64>,
-    pub labels: Json<BTreeMap<String, String>>,
-    pub facts: Json<serde_json::Value>,
-    pub updated_at: OffsetDateTime,
+    pub control: Json<serde_json::Value>,
+}
+
+/// A collector's facts as they are read (absent parts are NULL or JSON null).
+#[derive(Debug, sqlx::FromRow)]
+pub struct FactsRow {
+    pub id: String,
+    pub description: Option<Json<serde_json::Value>>,
+    pub health: Option<Json<serde_json::Value>>,
+    pub effective_config: Option<Json<serde_json::Value>>,
+    pub remote_config_status: Option<Json<serde_json::Value>>,
+    pub package_statuses: Option<Json<serde_json::Value>>,
+    pub available_components: Option<Json<serde_json::Value>>,
+}
+
+/// The facts parts to write; NULL leaves the stored part as it is.
+#[derive(Debug)]
+pub struct FactsWrite {
+    pub id: String,
+    pub epoch: i64,
+    pub description: Option<Json<serde_json::Value>>,
+    pub health: Option<Json<serde_json::Value>>,
+    pub effective_config: Option<Json<serde_json::Value>>,
+    pub remote_config_status: Option<Json<serde_json::Value>>,
+    pub package_statuses: Option<Json<serde_json::Value>>,
+    pub available_components: Option<Json<serde_json::Value>>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -84,56 +140,80 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("unknown {what} {value:?}"))
 }
 
+/// Serialising plain data into a JSON value cannot fail.
+fn json<T: Serialize>(value: &T) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(value).unwrap_or_default())
+}
+
+fn part<T: Serialize>(value: Option<&T>) -> Option<Json<serde_json::Value>> {
+    value.map(json)
+}
+
+/// A stored part: SQL NULL and JSON null both mean "never reported".
+fn read_part<T: for<'de> Deserialize<'de>>(
+    id: &str,
+    what: &str,
+    value: Option<Json<serde_json::Value>>,
+) -> Result<Option<T>, StoreError> {
+    match value {
+        None | Some(Json(serde_json::Value::Null)) => Ok(None),
+        Some(Json(v)) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("{what} of {id}: {e}"))),
+    }
+}
+
+impl HotRow {
+    pub fn new(hot: &Hot, epoch: Epoch) -> Self {
+        Self {
+            id: hot.id.to_string(),
+            epoch,
+            state: hot.state.as_str(),
+            state_since: time(hot.state_since),
+            state_reason: hot.state_reason.map(Reason::as_str),
+            state_message: hot.state_message.clone(),
+            connected: hot.connected,
+            transport: hot.transport.map(Transport::as_str),
+            connected_since: time(hot.connected_since),
+            last_seen: time(hot.last_seen),
+            name: hot.name.clone(),
+            host_name: hot.host_name.clone(),
+            version: hot.version.clone(),
+            capabilities: hot.capabilities.0.cast_signed(),
+            sequence_num: hot.sequence_num.map(u64::cast_signed),
+            control: json(&ControlDoc::of(&hot.control)),
+        }
+    }
+}
+
+impl FactsWrite {
+    pub fn new(id: CollectorId, epoch: Epoch, facts: &FactParts) -> Self {
+        Self {
+            id: id.to_string(),
+            epoch,
+            description: part(facts.description.as_ref()),
+            health: part(facts.health.as_ref()),
+            effective_config: part(facts.effective_config.as_ref()),
+            remote_config_status: part(facts.remote_config_status.as_ref()),
+            package_statuses: part(facts.package_statuses.as_ref()),
+            available_components: part(facts.available_components.as_ref()),
+        }
+    }
+}
+
 impl RecordRow {
-    /// `None` for a collector that has not sent its first message (nothing worth storing).
-    pub fn from_record(c: &Collector, node: &str, now: SystemTime) -> Option<Self> {
-        let state = c.state?;
-        let facts = Facts {
-            description: c.description.clone(),
-            health: c.health.clone(),
-            effective_config: c.effective_config.clone(),
-            remote_config_status: c.remote_config_status.clone(),
-            package_statuses: c.package_statuses.clone(),
-            available_components: c.available_components.clone(),
-            config_sent: c.config_sent.as_deref().map(hex),
-            config_failed: c.config_failed.as_deref().map(hex),
-            config_error: c.config_error.clone(),
-            package_error: c.package_error.clone(),
-            package_offered: c.package_offered.clone(),
-            rollout: c.rollout.clone(),
-            missing_components: c.missing_components.clone(),
-        };
-        Some(Self {
-            id: c.id.to_string(),
-            node: node.to_owned(),
-            state: state.as_str().to_owned(),
-            state_since: time(c.state_since),
-            state_reason: c.state_reason.map(|r| r.as_str().to_owned()),
-            state_message: c.state_message.clone(),
-            connected: c.connected,
-            transport: c.transport.map(|t| t.to_string()),
-            connected_since: time(c.connected_since),
-            last_seen: time(c.last_seen),
-            name: c.name(),
-            host_name: c.attribute("host.name"),
-            version: c.attribute("service.version"),
-            capabilities: c.capabilities.0.cast_signed(),
-            sequence_num: c.sequence_num.map(u64::cast_signed),
-            labels: Json(c.labels.clone()),
-            // Serialising plain data into a JSON value cannot fail.
-            facts: Json(serde_json::to_value(facts).unwrap_or_default()),
-            updated_at: OffsetDateTime::from(now),
-        })
+    pub fn collector_id(&self) -> Result<CollectorId, StoreError> {
+        self.id
+            .parse()
+            .map(CollectorId)
+            .map_err(|_| corrupt("collector id", &self.id))
     }
 
-    pub fn into_record(self) -> Result<Collector, StoreError> {
-        let id = CollectorId(
-            self.id
-                .parse()
-                .map_err(|_| corrupt("collector id", &self.id))?,
-        );
-        let facts: Facts = serde_json::from_value(self.facts.0)
-            .map_err(|e| StoreError::Corrupt(format!("facts of {id}: {e}")))?;
+    /// The record, with its facts when the store has them.
+    pub fn into_record(self, facts: Option<FactsRow>) -> Result<Collector, StoreError> {
+        let id = self.collector_id()?;
+        let control: ControlDoc = serde_json::from_value(self.control.0)
+            .map_err(|e| StoreError::Corrupt(format!("control of {id}: {e}")))?;
         let mut c = Collector::new(id);
         c.state = Some(State::parse(&self.state).ok_or_else(|| corrupt("state", &self.state))?);
         c.state_since = self.state_since.map(SystemTime::from);
@@ -152,19 +232,34 @@ impl RecordRow {
         c.capabilities = Capabilities(self.capabilities.cast_unsigned());
         c.sequence_num = self.sequence_num.map(i64::cast_unsigned);
         c.labels = self.labels.0;
-        c.description = facts.description;
-        c.health = facts.health;
-        c.effective_config = facts.effective_config;
-        c.remote_config_status = facts.remote_config_status;
-        c.package_statuses = facts.package_statuses;
-        c.available_components = facts.available_components;
-        c.config_sent = facts.config_sent.as_deref().and_then(unhex);
-        c.config_failed = facts.config_failed.as_deref().and_then(unhex);
-        c.config_error = facts.config_error;
-        c.package_error = facts.package_error;
-        c.package_offered = facts.package_offered;
-        c.rollout = facts.rollout;
-        c.missing_components = facts.missing_components;
+        c.config_sent = control.config_sent.as_deref().and_then(unhex);
+        c.config_failed = control.config_failed.as_deref().and_then(unhex);
+        c.config_error = control.config_error;
+        c.package_error = control.package_error;
+        c.package_offered = control.package_offered;
+        c.rollout = control.rollout;
+        c.missing_components = control.missing_components;
+        c.reassigned = control.reassigned;
+        if let Some(f) = facts {
+            let id = f.id.clone();
+            FactParts {
+                description: read_part(&id, "description", f.description)?,
+                health: read_part(&id, "health", f.health)?,
+                effective_config: read_part(&id, "effective config", f.effective_config)?,
+                remote_config_status: read_part(
+                    &id,
+                    "remote config status",
+                    f.remote_config_status,
+                )?,
+                package_statuses: read_part(&id, "package statuses", f.package_statuses)?,
+                available_components: read_part(
+                    &id,
+                    "available components",
+                    f.available_components,
+                )?,
+            }
+            .apply_to(&mut c);
+        }
         Ok(c)
     }
 }

@@ -1,24 +1,32 @@
-//! The write-behind batcher: drains the actors' changes, keeps only the latest record of each
-//! collector and every transition, and writes them in one transaction per flush window. While the
-//! database is down it keeps everything and retries with backoff; it never drops a change.
+//! The write-behind batcher: drains the actors' changes into one batch per flush window and writes
+//! it in one transaction, then signals the barriers queued with it (a reply that waits on one is
+//! sent only once its changes are committed). While the database is down it keeps everything and
+//! retries with backoff. A batch the database refuses for its data is split until the refused rows
+//! are found; those go to the quarantine, and every other row lands. Writes the store fenced (their
+//! actor's claim was superseded) are reported back.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{Batch, Store};
+use super::batch::{Entry, Key};
+use super::{Batch, Quarantined, Store, StoreError};
 use crate::collector::persist::Change;
+use crate::telemetry::metrics;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 /// A write that takes longer is treated as failed (and retried), so a hung database shows up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fenced writes waiting to be told to their actors; beyond it they are only logged.
+const FENCED_QUEUE: usize = 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
@@ -35,6 +43,8 @@ pub struct StoreHealth {
     pending_transitions: AtomicUsize,
     written_transitions: AtomicU64,
     failed_writes: AtomicU64,
+    quarantined: AtomicU64,
+    fenced: AtomicU64,
     /// Bumped after every write that landed: live readers of the store wake on it.
     flushes: tokio::sync::watch::Sender<u64>,
 }
@@ -47,6 +57,8 @@ impl Default for StoreHealth {
             pending_transitions: AtomicUsize::new(0),
             written_transitions: AtomicU64::new(0),
             failed_writes: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
             flushes: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -77,6 +89,16 @@ impl StoreHealth {
         self.failed_writes.load(Ordering::Relaxed)
     }
 
+    /// Rows the database refused for their data, kept in the quarantine table.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Writes refused because their actor's claim on the record was superseded.
+    pub fn fenced(&self) -> u64 {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
     /// Changes after every write that landed.
     pub fn flushes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.flushes.subscribe()
@@ -91,26 +113,31 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Starts the batcher. Fenced writes are reported on the returned receiver.
     pub fn spawn(
         store: Arc<dyn Store>,
         changes: mpsc::Receiver<Change>,
         settings: WriterSettings,
-    ) -> Self {
+    ) -> (Self, mpsc::Receiver<Key>) {
         let finish = CancellationToken::new();
         let health = Arc::new(StoreHealth::default());
+        let (fenced, fenced_rx) = mpsc::channel(FENCED_QUEUE);
         let batcher = Batcher {
             store,
             changes,
             settings,
             pending: Batch::default(),
+            barriers: Vec::new(),
             finish: finish.clone(),
             health: Arc::clone(&health),
+            fenced,
         };
-        Self {
+        let writer = Self {
             task: tokio::spawn(batcher.run()),
             finish,
             health,
-        }
+        };
+        (writer, fenced_rx)
     }
 
     /// Writes everything queued so far and stops; call it once no actor can produce more. Gives up
@@ -133,14 +160,23 @@ struct Batcher {
     changes: mpsc::Receiver<Change>,
     settings: WriterSettings,
     pending: Batch,
+    /// Signalled once everything taken so far has landed.
+    barriers: Vec<oneshot::Sender<()>>,
     finish: CancellationToken,
     health: Arc<StoreHealth>,
+    fenced: mpsc::Sender<Key>,
+}
+
+/// Why a batch did not land, and what of it is still to be written.
+struct Unlanded {
+    error: String,
+    rest: Batch,
 }
 
 impl Batcher {
     async fn run(mut self) {
         loop {
-            if self.pending.is_empty() {
+            if self.is_idle() {
                 tokio::select! {
                     change = self.changes.recv() => match change {
                         Some(change) => self.take(change),
@@ -148,7 +184,7 @@ impl Batcher {
                     },
                     () = self.finish.cancelled() => {
                         self.take_queued();
-                        if self.pending.is_empty() {
+                        if self.is_idle() {
                             return;
                         }
                     }
@@ -159,31 +195,29 @@ impl Batcher {
             self.write_until_written().await;
             if self.finish.is_cancelled() {
                 self.take_queued();
-                if self.pending.is_empty() {
+                if self.is_idle() {
                     return;
                 }
             }
         }
     }
 
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.barriers.is_empty()
+    }
+
     fn has_room(&self) -> bool {
-        self.pending.transitions.len() < self.settings.max_pending
+        self.pending.transition_count() < self.settings.max_pending
     }
 
     fn take(&mut self, change: Change) {
         match change {
-            Change::Record(record) => {
-                self.pending.records.insert(record.id, record);
-            }
-            Change::Transition {
-                collector,
-                transition,
-            } => self.pending.transitions.push((collector, transition)),
-            Change::Forget(id) => self.pending.forget(id),
+            Change::Barrier(done) => self.barriers.push(done),
+            change => self.pending.take(change),
         }
         self.health
             .pending_transitions
-            .store(self.pending.transitions.len(), Ordering::Relaxed);
+            .store(self.pending.transition_count(), Ordering::Relaxed);
     }
 
     /// Everything already queued, without waiting (for the last flush at shutdown).
@@ -219,37 +253,39 @@ impl Batcher {
         let mut retry = FIRST_RETRY;
         loop {
             let batch = std::mem::take(&mut self.pending);
-            let written = batch.transitions.len();
+            let barriers = std::mem::take(&mut self.barriers);
             let started = std::time::Instant::now();
-            let result = tokio::time::timeout(WRITE_TIMEOUT, self.store.write(&batch)).await;
-            metrics::histogram!(crate::telemetry::metrics::STORE_WRITE_SECONDS)
+            let landed = self.land(batch).await;
+            ::metrics::histogram!(metrics::STORE_WRITE_SECONDS)
                 .record(started.elapsed().as_secs_f64());
-            let error = match result {
-                Ok(Ok(())) => {
-                    self.health
-                        .written_transitions
-                        .fetch_add(written as u64, Ordering::Relaxed);
+            let Unlanded { error, rest } = match landed {
+                Ok(()) => {
+                    for done in barriers {
+                        let _ = done.send(());
+                    }
                     self.health
                         .pending_transitions
-                        .store(self.pending.transitions.len(), Ordering::Relaxed);
+                        .store(self.pending.transition_count(), Ordering::Relaxed);
                     self.health.flushes.send_modify(|n| *n += 1);
                     if self.health.degraded.swap(false, Ordering::Relaxed) {
                         info!("the database is back; pending writes have landed");
                     }
                     return;
                 }
-                Ok(Err(err)) => err.to_string(),
-                Err(_) => format!("write took longer than {WRITE_TIMEOUT:?}"),
+                Err(unlanded) => unlanded,
             };
-            // Nothing is lost: the failed batch goes back under whatever came meanwhile.
-            let mut restored = batch;
+            // Nothing is lost: what did not land goes back under whatever came meanwhile, and the
+            // barriers wait for all of it.
+            let mut restored = rest;
             restored.absorb(std::mem::take(&mut self.pending));
             self.pending = restored;
+            let newer = std::mem::replace(&mut self.barriers, barriers);
+            self.barriers.extend(newer);
             self.health
                 .pending_transitions
-                .store(self.pending.transitions.len(), Ordering::Relaxed);
+                .store(self.pending.transition_count(), Ordering::Relaxed);
             self.health.failed_writes.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(crate::telemetry::metrics::STORE_WRITE_FAILURES).increment(1);
+            ::metrics::counter!(metrics::STORE_WRITE_FAILURES).increment(1);
             if !self.health.degraded.swap(true, Ordering::Relaxed) {
                 warn!(%error, "database write failed; keeping every change and retrying");
             }
@@ -260,12 +296,126 @@ impl Batcher {
                 .unwrap_or_else(PoisonError::into_inner) = Some(error);
             if !self.has_room() {
                 warn!(
-                    pending = self.pending.transitions.len(),
+                    pending = self.pending.transition_count(),
                     "store backlog full: collectors now wait for the database"
                 );
             }
             self.gather_until(Instant::now() + retry).await;
             retry = (retry * 2).min(LAST_RETRY);
         }
+    }
+
+    /// Writes `batch`. When the database refuses its data, it is split until the refused rows are
+    /// found; they are quarantined and the rest lands. Any other failure returns what has not
+    /// landed yet.
+    async fn land(&self, batch: Batch) -> Result<(), Unlanded> {
+        let mut queue = VecDeque::from([batch]);
+        while let Some(piece) = queue.pop_front() {
+            let result = tokio::time::timeout(WRITE_TIMEOUT, self.store.write(&piece)).await;
+            let err = match result {
+                Ok(Ok(fenced)) => {
+                    self.health
+                        .written_transitions
+                        .fetch_add(piece.transition_count() as u64, Ordering::Relaxed);
+                    self.report_fenced(fenced);
+                    continue;
+                }
+                Ok(Err(err)) if err.is_data_error() => err,
+                Ok(Err(err)) => return Err(unlanded(err.to_string(), piece, queue)),
+                Err(_) => {
+                    let error = format!("write took longer than {WRITE_TIMEOUT:?}");
+                    return Err(unlanded(error, piece, queue));
+                }
+            };
+            match piece.split() {
+                Ok((first, second)) => {
+                    queue.push_front(second);
+                    queue.push_front(first);
+                }
+                Err(single) => {
+                    let mut pieces = single.pieces();
+                    if pieces.len() > 1 {
+                        for piece in pieces.drain(..).rev() {
+                            queue.push_front(piece);
+                        }
+                        continue;
+                    }
+                    let Some(refused) = pieces.pop() else {
+                        continue;
+                    };
+                    // A record that could not be created takes its dependants with it: nothing
+                    // of that collector can be stored without the record.
+                    let mut refused = vec![refused];
+                    if refused[0].creates() {
+                        let id = refused[0].collector();
+                        while queue.front().is_some_and(|p| p.collector() == id) {
+                            refused.extend(queue.pop_front());
+                        }
+                    }
+                    if let Err(failure) = self.quarantine(&refused, &err).await {
+                        let mut rest = Batch::default();
+                        for piece in refused {
+                            rest.absorb(piece);
+                        }
+                        return Err(unlanded(failure.to_string(), rest, queue));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn quarantine(&self, refused: &[Batch], err: &StoreError) -> Result<(), StoreError> {
+        let at = SystemTime::now();
+        let rows: Vec<Quarantined> = refused
+            .iter()
+            .filter_map(|piece| {
+                Some(Quarantined {
+                    collector: piece.collector()?,
+                    kind: kind_of(piece),
+                    error: err.to_string(),
+                    payload: format!("{piece:?}").into_bytes(),
+                    at,
+                })
+            })
+            .collect();
+        self.store.quarantine(&rows).await?;
+        for row in &rows {
+            error!(collector_id = %row.collector, kind = row.kind, error = %row.error,
+                "the database refused a row for its data; it is kept in the quarantine table");
+        }
+        self.health
+            .quarantined
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        ::metrics::counter!(metrics::STORE_QUARANTINED).increment(rows.len() as u64);
+        Ok(())
+    }
+
+    fn report_fenced(&self, fenced: Vec<Key>) {
+        for key in fenced {
+            self.health.fenced.fetch_add(1, Ordering::Relaxed);
+            ::metrics::counter!(metrics::STORE_FENCED).increment(1);
+            warn!(collector_id = %key.0, epoch = key.1,
+                "a write under a superseded claim was refused");
+            // A full queue only delays the actor's discovery to its next write.
+            let _ = self.fenced.try_send(key);
+        }
+    }
+}
+
+fn unlanded(error: String, mut piece: Batch, queue: VecDeque<Batch>) -> Unlanded {
+    for later in queue {
+        piece.absorb(later);
+    }
+    Unlanded { error, rest: piece }
+}
+
+/// What a single-row piece holds, as the quarantine names it.
+fn kind_of(piece: &Batch) -> &'static str {
+    match piece.entries.values().next() {
+        Some(Entry::Forget) => "forget",
+        Some(Entry::Write(w)) if w.hot.is_some() || w.create || w.touch.is_some() => "record",
+        Some(Entry::Write(_)) => "facts",
+        None => "transition",
     }
 }

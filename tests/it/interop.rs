@@ -227,11 +227,12 @@ async fn python_client_scenarios_leave_the_expected_history() {
 
     // disconnect
     assert!(driver.stop().await.success());
-    let view = server
+    server
         .wait_for(id, "Disconnected", state_is(State::Disconnected))
         .await;
-    let history: Vec<_> = view
-        .history
+    let history: Vec<_> = server
+        .history(id)
+        .await
         .iter()
         .map(|t| (t.from, t.to, t.reason))
         .collect();

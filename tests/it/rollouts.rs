@@ -78,8 +78,9 @@ fn target(rollout: &Value, id: CollectorId) -> &Value {
 type Step = (Option<State>, State, Reason);
 
 async fn history(server: &TestServer, id: CollectorId) -> Vec<Step> {
-    let view = server.view(id).await.unwrap();
-    view.history
+    server
+        .history(id)
+        .await
         .iter()
         .map(|t| (t.from, t.to, t.reason))
         .collect()
@@ -457,8 +458,9 @@ async fn a_failed_collector_is_rolled_back_to_what_it_ran() {
     let view = server
         .wait_for(c.id, "back on v1", |v| v.state == Some(S::Connected))
         .await;
-    let last: Vec<Step> = view
-        .history
+    let last: Vec<Step> = server
+        .history(c.id)
+        .await
         .iter()
         .rev()
         .take(3)

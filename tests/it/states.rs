@@ -193,7 +193,7 @@ impl Subject {
     }
 
     async fn history(&self) -> Vec<Transition> {
-        self.server.view(self.id).await.expect("known").history
+        self.server.history(self.id).await
     }
 
     async fn state(&self) -> State {
@@ -735,10 +735,8 @@ async fn a_collector_life(transport: opampd::collector::Transport) {
     server.wait_for(id, "disconnected", |c| !c.connected).await;
     say(&mut ws, heartbeat(&uid, seq)).await;
     let history: Vec<_> = server
-        .view(id)
+        .history(id)
         .await
-        .unwrap()
-        .history
         .iter()
         .map(|t| (t.from, t.to, t.reason))
         .collect();

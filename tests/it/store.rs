@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use opampd::collector::facts::{Changed, FactParts};
+use opampd::collector::persist::{Change, Epoch, Hot};
 use opampd::collector::{
     AvailableComponents, Capabilities, Collector, CollectorId, Components, ConfigFile, Description,
     Health, PackageOffer, PackageState, PackageStatus, PackageStatuses, Reason, RemoteConfigState,
@@ -13,7 +15,7 @@ use opampd::collector::{
 use opampd::config::Config;
 use opampd::selector::Selector;
 use opampd::store::{
-    self, After, Batch, CollectorQuery, ConfigurationFile, EventFilter, SortKey, Store,
+    self, After, Batch, CollectorQuery, ConfigurationFile, EventFilter, LabelEdit, SortKey, Store,
 };
 
 /// Where a contract test's database lives.
@@ -151,10 +153,10 @@ fn full_record(id: CollectorId, state: State) -> Collector {
     c
 }
 
-/// Everything the store keeps, as comparable JSON (history compared on its own).
+/// Everything the store keeps of a record, as comparable JSON (labels compared on their own).
 fn facts(c: &Collector) -> serde_json::Value {
     let mut c = c.clone();
-    c.history.clear();
+    c.labels.clear();
     let mut value = serde_json::to_value(&c).unwrap();
     // Not serialised by the record's JSON form, so compared by hand.
     value["available_components"] = serde_json::to_value(&c.available_components).unwrap();
@@ -163,12 +165,49 @@ fn facts(c: &Collector) -> serde_json::Value {
     value
 }
 
-fn batch(records: Vec<Collector>, transitions: Vec<(CollectorId, Transition)>) -> Batch {
-    Batch {
-        records: records.into_iter().map(|c| (c.id, Box::new(c))).collect(),
-        transitions,
-        ..Batch::default()
+/// What an actor hands over for `c`: its hot part and every facts part.
+fn record_change(c: &Collector, epoch: Epoch, create: bool) -> Change {
+    Change::Record {
+        hot: Box::new(Hot::of(c).expect("a record with a state")),
+        facts: Box::new(Changed::all().take(c)),
+        epoch,
+        create,
     }
+}
+
+fn transition_change(id: CollectorId, epoch: Epoch, transition: Transition) -> Change {
+    Change::Transition {
+        id,
+        epoch,
+        transition,
+    }
+}
+
+fn batch_of(changes: impl IntoIterator<Item = Change>) -> Batch {
+    let mut batch = Batch::default();
+    for change in changes {
+        batch.take(change);
+    }
+    batch
+}
+
+/// New records (epoch 1) and their transitions, as first contacts write them.
+fn creating(records: &[Collector], transitions: Vec<(CollectorId, Transition)>) -> Batch {
+    batch_of(
+        records.iter().map(|c| record_change(c, 1, true)).chain(
+            transitions
+                .into_iter()
+                .map(|(id, t)| transition_change(id, 1, t)),
+        ),
+    )
+}
+
+async fn label(store: &dyn Store, c: &Collector) {
+    store
+        .edit_labels(c.id, &LabelEdit::Replace(c.labels.clone()))
+        .await
+        .unwrap()
+        .expect("the collector exists");
 }
 
 async fn migrations_apply_to_an_empty_database_and_again(backend: Backend) {
@@ -197,23 +236,19 @@ async fn a_record_and_its_history_round_trip(backend: Backend) {
             ),
         ),
     ];
-    store
-        .write(&batch(vec![record.clone()], history.clone()))
+    let fenced = store
+        .write(&creating(std::slice::from_ref(&record), history.clone()))
         .await
         .unwrap();
+    assert!(fenced.is_empty());
+    label(store.as_ref(), &record).await;
 
-    let loaded = store.load(id, 10).await.unwrap().expect("stored");
+    let loaded = store.load(id).await.unwrap().expect("stored");
     assert_eq!(facts(&loaded), facts(&record));
+    assert_eq!(loaded.labels, record.labels);
     let expected: Vec<_> = history.into_iter().map(|(_, t)| t).collect();
-    assert_eq!(loaded.history, expected);
     assert_eq!(store.transitions(id).await.unwrap(), expected);
-    assert!(
-        store
-            .load(CollectorId::new_v7(), 10)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(store.load(CollectorId::new_v7()).await.unwrap().is_none());
 }
 
 async fn the_latest_record_wins_and_transitions_only_append(backend: Backend) {
@@ -223,25 +258,206 @@ async fn the_latest_record_wins_and_transitions_only_append(backend: Backend) {
     let mut record = full_record(id, State::Connected);
     let t = |n: u64| (id, transition(None, State::Connected, Reason::Initial, n));
     store
-        .write(&batch(vec![record.clone()], vec![t(1), t(2)]))
+        .write(&creating(std::slice::from_ref(&record), vec![t(1), t(2)]))
         .await
         .unwrap();
+    label(store.as_ref(), &record).await;
     record.state = Some(State::Configuring);
-    record.labels.insert("tier".into(), "gold".into());
-    record.health = None;
+    let (_, third) = t(3);
     store
-        .write(&batch(vec![record.clone()], vec![t(3)]))
+        .write(&batch_of([
+            record_change(&record, 1, false),
+            transition_change(id, 1, third),
+        ]))
         .await
         .unwrap();
 
     let all = store.collectors().await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(facts(&all[0]), facts(&record));
+    assert_eq!(all[0].labels, record.labels, "a record write leaves labels");
     let history = store.transitions(id).await.unwrap();
     assert_eq!(history, vec![t(1).1, t(2).1, t(3).1]);
-    // The most recent ones, oldest first.
-    let loaded = store.load(id, 2).await.unwrap().unwrap();
-    assert_eq!(loaded.history, vec![t(2).1, t(3).1]);
+}
+
+async fn facts_are_written_part_by_part_and_a_touch_moves_only_last_seen(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    let id = CollectorId::new_v7();
+    let mut record = full_record(id, State::Error);
+    store
+        .write(&creating(std::slice::from_ref(&record), vec![]))
+        .await
+        .unwrap();
+    // Only health changed: the other parts in the store stay as they were.
+    record.health = Some(Health {
+        healthy: true,
+        ..Health::default()
+    });
+    record.state = Some(State::Connected);
+    store
+        .write(&batch_of([Change::Record {
+            hot: Box::new(Hot::of(&record).unwrap()),
+            facts: Box::new(FactParts {
+                health: record.health.clone(),
+                ..FactParts::default()
+            }),
+            epoch: 1,
+            create: false,
+        }]))
+        .await
+        .unwrap();
+    let loaded = store.load(id).await.unwrap().unwrap();
+    assert_eq!(facts(&loaded), facts(&record));
+    store
+        .write(&batch_of([Change::Touch {
+            id,
+            epoch: 1,
+            last_seen: at(50),
+        }]))
+        .await
+        .unwrap();
+    let touched = store.load(id).await.unwrap().unwrap();
+    assert_eq!(touched.last_seen, Some(at(50)));
+    record.last_seen = Some(at(50));
+    assert_eq!(facts(&touched), facts(&record), "nothing else moved");
+}
+
+async fn writes_under_a_superseded_claim_are_refused(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    let id = CollectorId::new_v7();
+    let record = full_record(id, State::Connected);
+    let t = |n: u64| transition(None, State::Connected, Reason::Initial, n);
+    store
+        .write(&creating(std::slice::from_ref(&record), vec![(id, t(1))]))
+        .await
+        .unwrap();
+    label(store.as_ref(), &record).await;
+
+    assert!(
+        store
+            .claim(&[CollectorId::new_v7()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = store.claim(&[id]).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].epoch, 2, "the first claim after the creation");
+    assert_eq!(claimed[0].record.labels, record.labels);
+    assert_eq!(facts(&claimed[0].record), facts(&record));
+
+    // The creator's epoch is superseded: its writes, transitions included, are not applied.
+    let mut stale = record.clone();
+    stale.state = Some(State::Disconnected);
+    let fenced = store
+        .write(&batch_of([
+            record_change(&stale, 1, false),
+            transition_change(id, 1, t(2)),
+            Change::Touch {
+                id,
+                epoch: 1,
+                last_seen: at(99),
+            },
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(fenced, vec![(id, 1)]);
+    let kept = store.load(id).await.unwrap().unwrap();
+    assert_eq!(kept.state, Some(State::Connected));
+    assert_eq!(kept.last_seen, record.last_seen);
+    assert_eq!(store.transitions(id).await.unwrap(), vec![t(1)]);
+
+    // Creating a record that exists is refused too: an actor that read nothing overwrites nothing.
+    let blank = full_record(id, State::Connected);
+    let fenced = store
+        .write(&batch_of([record_change(&blank, 1, true)]))
+        .await
+        .unwrap();
+    assert_eq!(fenced, vec![(id, 1)]);
+    assert_eq!(store.load(id).await.unwrap().unwrap().labels, record.labels);
+
+    // The claim's own writes land.
+    let fenced = store
+        .write(&batch_of([
+            record_change(&stale, 2, false),
+            transition_change(id, 2, t(2)),
+        ]))
+        .await
+        .unwrap();
+    assert!(fenced.is_empty());
+    assert_eq!(
+        store.load(id).await.unwrap().unwrap().state,
+        Some(State::Disconnected)
+    );
+    assert_eq!(store.claim(&[id]).await.unwrap()[0].epoch, 3);
+}
+
+async fn labels_are_replaced_and_patched_at_once(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    let record = full_record(CollectorId::new_v7(), State::Connected);
+    store
+        .write(&creating(std::slice::from_ref(&record), vec![]))
+        .await
+        .unwrap();
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let replaced = store
+        .edit_labels(
+            record.id,
+            &LabelEdit::Replace(labels(&[("env", "prod"), ("tier", "gold")])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replaced, Some(labels(&[("env", "prod"), ("tier", "gold")])));
+    let patch = BTreeMap::from([
+        ("tier".to_owned(), None),
+        ("zone".to_owned(), Some("eu-1".to_owned())),
+        ("absent".to_owned(), None),
+    ]);
+    let patched = store
+        .edit_labels(record.id, &LabelEdit::Merge(patch))
+        .await
+        .unwrap();
+    assert_eq!(patched, Some(labels(&[("env", "prod"), ("zone", "eu-1")])));
+    assert_eq!(
+        store.load(record.id).await.unwrap().unwrap().labels,
+        labels(&[("env", "prod"), ("zone", "eu-1")])
+    );
+    assert!(
+        store
+            .edit_labels(CollectorId::new_v7(), &LabelEdit::Replace(BTreeMap::new()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn quarantined_rows_are_kept_with_their_error(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open_store(&url, "a").await;
+    let row = store::Quarantined {
+        collector: CollectorId::new_v7(),
+        kind: "facts",
+        error: "invalid byte sequence \0 here".into(),
+        payload: b"anything \0\xff at all".to_vec(),
+        at: at(7),
+    };
+    store.quarantine(std::slice::from_ref(&row)).await.unwrap();
+    let kept = store.quarantined().await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].payload, row.payload, "bytes kept exactly");
+    assert_eq!(kept[0].error, "invalid byte sequence \u{fffd} here");
+    assert_eq!(
+        (kept[0].collector, kept[0].kind, kept[0].at),
+        (row.collector, "facts", at(7))
+    );
 }
 
 async fn a_large_batch_lands_in_one_write(backend: Backend) {
@@ -254,10 +470,11 @@ async fn a_large_batch_lands_in_one_write(backend: Backend) {
         .iter()
         .map(|c| (c.id, transition(None, State::Connected, Reason::Initial, 1)))
         .collect();
-    store.write(&batch(records, transitions)).await.unwrap();
+    store.write(&creating(&records, transitions)).await.unwrap();
     let all = store.collectors().await.unwrap();
     assert_eq!(all.len(), 2500);
     assert_eq!(store.transitions(all[1234].id).await.unwrap().len(), 1);
+    assert!(all[1234].health.is_some(), "facts read back for every page");
 }
 
 async fn recovery_disconnects_only_this_nodes_live_collectors(backend: Backend) {
@@ -268,25 +485,26 @@ async fn recovery_disconnects_only_this_nodes_live_collectors(backend: Backend) 
     let pending = full_record(CollectorId::new_v7(), State::Pending);
     let gone = full_record(CollectorId::new_v7(), State::Disconnected);
     let elsewhere = full_record(CollectorId::new_v7(), State::Connected);
-    ours.write(&batch(
-        vec![live.clone(), pending.clone(), gone.clone()],
+    ours.write(&creating(
+        &[live.clone(), pending.clone(), gone.clone()],
         vec![],
     ))
     .await
     .unwrap();
     theirs
-        .write(&batch(vec![elsewhere.clone()], vec![]))
+        .write(&creating(std::slice::from_ref(&elsewhere), vec![]))
         .await
         .unwrap();
 
     assert_eq!(ours.recover(at(100)).await.unwrap(), 2);
     for (before, id) in [(State::Configuring, live.id), (State::Pending, pending.id)] {
-        let c = ours.load(id, 10).await.unwrap().unwrap();
+        let c = ours.load(id).await.unwrap().unwrap();
         assert_eq!(c.state, Some(State::Disconnected));
         assert_eq!(c.state_reason, Some(Reason::ServerTermination));
         assert_eq!(c.state_since, Some(at(100)));
         assert!(!c.connected);
-        let t = &c.history[0];
+        let history = ours.transitions(id).await.unwrap();
+        let t = &history[0];
         assert_eq!(
             (t.from, t.to, t.reason, t.at),
             (
@@ -297,8 +515,14 @@ async fn recovery_disconnects_only_this_nodes_live_collectors(backend: Backend) 
             )
         );
     }
+    // Recovery is a claim of its own: the crashed run's late writes cannot land.
+    let fenced = ours
+        .write(&batch_of([record_change(&live, 1, false)]))
+        .await
+        .unwrap();
+    assert_eq!(fenced, vec![(live.id, 1)]);
     assert!(ours.transitions(gone.id).await.unwrap().is_empty());
-    let other = ours.load(elsewhere.id, 10).await.unwrap().unwrap();
+    let other = ours.load(elsewhere.id).await.unwrap().unwrap();
     assert_eq!(
         other.state,
         Some(State::Connected),
@@ -338,6 +562,13 @@ fn fleet() -> Vec<Collector> {
         .collect()
 }
 
+async fn store_fleet(store: &dyn Store, fleet: &[Collector]) {
+    store.write(&creating(fleet, vec![])).await.unwrap();
+    for c in fleet {
+        label(store, c).await;
+    }
+}
+
 fn query() -> CollectorQuery {
     CollectorQuery {
         states: vec![],
@@ -358,7 +589,7 @@ async fn filters_select_by_state_labels_and_text(backend: Backend) {
     let (url, _dir) = fresh_url(backend).await;
     let store = open_store(&url, "a").await;
     let fleet = fleet();
-    store.write(&batch(fleet.clone(), vec![])).await.unwrap();
+    store_fleet(store.as_ref(), &fleet).await;
     let select = |text: &str| CollectorQuery {
         selector: Selector::parse(text).unwrap(),
         ..query()
@@ -464,7 +695,7 @@ async fn pages_cover_everything_once(
 async fn cursor_pages_follow_every_sort_order(backend: Backend) {
     let (url, _dir) = fresh_url(backend).await;
     let store = open_store(&url, "a").await;
-    store.write(&batch(fleet(), vec![])).await.unwrap();
+    store_fleet(store.as_ref(), &fleet()).await;
     // last_seen falls as n rises.
     let by_seen = pages_cover_everything_once(store.as_ref(), SortKey::LastSeen, false).await;
     assert_eq!(
@@ -495,7 +726,7 @@ async fn history_and_events_page_by_position(backend: Backend) {
     assert_eq!(store.last_seq().await.unwrap(), 0);
     let fleet = fleet();
     let (a, b) = (&fleet[0], &fleet[1]);
-    store.write(&batch(fleet.clone(), vec![])).await.unwrap();
+    store_fleet(store.as_ref(), &fleet).await;
     let mut transitions = Vec::new();
     for i in 0..6 {
         let to = if i % 2 == 0 {
@@ -504,9 +735,13 @@ async fn history_and_events_page_by_position(backend: Backend) {
             State::Connected
         };
         let who = if i < 4 { a.id } else { b.id };
-        transitions.push((who, transition(None, to, Reason::Initial, i)));
+        transitions.push(transition_change(
+            who,
+            1,
+            transition(None, to, Reason::Initial, i),
+        ));
     }
-    store.write(&batch(vec![], transitions)).await.unwrap();
+    store.write(&batch_of(transitions)).await.unwrap();
 
     let newest = store.history(a.id, None, 3).await.unwrap();
     assert_eq!(
@@ -549,28 +784,52 @@ async fn history_and_events_page_by_position(backend: Backend) {
     assert!(events.iter().all(|e| e.collector == b.id));
 }
 
-async fn forgetting_deletes_record_and_history_before_new_writes(backend: Backend) {
+async fn forgetting_deletes_record_facts_and_history(backend: Backend) {
     let (url, _dir) = fresh_url(backend).await;
     let store = open_store(&url, "a").await;
     let gone = full_record(CollectorId::new_v7(), State::Disconnected);
-    let back = full_record(CollectorId::new_v7(), State::Disconnected);
+    let kept = full_record(CollectorId::new_v7(), State::Disconnected);
     let t = |id| (id, transition(None, State::Connected, Reason::Initial, 1));
     store
-        .write(&batch(
-            vec![gone.clone(), back.clone()],
-            vec![t(gone.id), t(back.id)],
+        .write(&creating(
+            &[gone.clone(), kept.clone()],
+            vec![t(gone.id), t(kept.id)],
         ))
         .await
         .unwrap();
-    // `back` is forgotten and returns within one batch: only its new life remains.
-    let mut next = batch(vec![], vec![]);
-    next.forget(gone.id);
-    next.forget(back.id);
-    next.absorb(batch(vec![back.clone()], vec![t(back.id)]));
-    store.write(&next).await.unwrap();
-    assert!(store.load(gone.id, 10).await.unwrap().is_none());
+    label(store.as_ref(), &gone).await;
+    // A forget under a superseded claim is refused like any write.
+    store
+        .write(&batch_of([Change::Forget {
+            id: kept.id,
+            epoch: 7,
+        }]))
+        .await
+        .unwrap();
+    store
+        .write(&batch_of([Change::Forget {
+            id: gone.id,
+            epoch: 1,
+        }]))
+        .await
+        .unwrap();
+    assert!(store.load(gone.id).await.unwrap().is_none());
     assert!(store.transitions(gone.id).await.unwrap().is_empty());
-    assert_eq!(store.transitions(back.id).await.unwrap().len(), 1);
+    assert!(store.claim(&[gone.id]).await.unwrap().is_empty());
+    // It comes back as a new collector: no labels, no facts, no history from before.
+    let mut back = Collector::new(gone.id);
+    back.state = Some(State::Connected);
+    let fenced = store
+        .write(&batch_of([record_change(&back, 1, true)]))
+        .await
+        .unwrap();
+    assert!(fenced.is_empty());
+    let returned = store.load(gone.id).await.unwrap().unwrap();
+    assert!(returned.labels.is_empty());
+    assert!(returned.health.is_none(), "no facts from its earlier life");
+    assert!(store.transitions(gone.id).await.unwrap().is_empty());
+    assert!(store.load(kept.id).await.unwrap().is_some());
+    assert_eq!(store.transitions(kept.id).await.unwrap().len(), 1);
 }
 
 async fn configuration_versions_count_up_and_never_repeat(backend: Backend) {
@@ -646,6 +905,10 @@ crate::on_both_stores!(
     filters_select_by_state_labels_and_text,
     cursor_pages_follow_every_sort_order,
     history_and_events_page_by_position,
-    forgetting_deletes_record_and_history_before_new_writes,
+    forgetting_deletes_record_facts_and_history,
+    facts_are_written_part_by_part_and_a_touch_moves_only_last_seen,
+    writes_under_a_superseded_claim_are_refused,
+    labels_are_replaced_and_patched_at_once,
+    quarantined_rows_are_kept_with_their_error,
     configuration_versions_count_up_and_never_repeat,
 );

@@ -103,6 +103,24 @@ impl TestServer {
         self.running().registry.view(id).await
     }
 
+    /// The collector's whole history as stored, once everything its actor has done so far is
+    /// committed (the actor holds no history; the store is the history).
+    pub async fn history(&self, id: CollectorId) -> Vec<opampd::collector::Transition> {
+        // A view is answered after the actor has queued every earlier change; a barrier queued
+        // after it resolves once they are committed.
+        let _ = self.view(id).await;
+        let committed = self
+            .running()
+            .registry
+            .persistence()
+            .barrier()
+            .await
+            .committed()
+            .await;
+        assert!(committed, "the store took the collector's changes");
+        self.store().transitions(id).await.expect("the history")
+    }
+
     /// Waits until the collector's record satisfies `check`, and returns it.
     pub async fn wait_for(
         &self,
@@ -203,6 +221,18 @@ pub fn is_bad_request(reply: &proto::ServerToAgent) -> bool {
         .error_response
         .as_ref()
         .is_some_and(|e| e.r#type == proto::ServerErrorResponseType::BadRequest as i32)
+}
+
+/// An UNAVAILABLE answer with a retry delay: the collector is to come back later.
+pub fn is_unavailable(reply: &proto::ServerToAgent) -> bool {
+    reply.error_response.as_ref().is_some_and(|e| {
+        e.r#type == proto::ServerErrorResponseType::Unavailable as i32
+            && matches!(
+                e.details,
+                Some(proto::server_error_response::Details::RetryInfo(ref r))
+                    if r.retry_after_nanoseconds > 0
+            )
+    })
 }
 
 /// A WebSocket OpAMP client, speaking the framing by hand so tests can also break it.

@@ -1,6 +1,9 @@
 //! The two SQL stores. Their code is one body instantiated for each database: the statements are
 //! built with `QueryBuilder`, which writes each database's placeholders, and the column types
-//! (`OffsetDateTime`, `Json`, `bool`, `i64`) map onto both. Only the migrations differ.
+//! (`OffsetDateTime`, `Json`, `bool`, `i64`) map onto both. Only the migrations differ, and the
+//! few spellings in [`Dialect`].
+
+mod write;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -14,13 +17,18 @@ use sqlx::sqlite::{
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 use time::OffsetDateTime;
 
-use super::row::{ConfigurationRow, EventRow, RecordRow, TransitionRow};
+use super::batch::{Entry, Key};
+use super::row::{
+    ConfigurationRow, EventRow, FactsRow, FactsWrite, HotRow, RecordRow, TransitionRow,
+};
 use super::{
     After, Batch, CollectorQuery, ConfigurationFile, ConfigurationVersion, Event, EventFilter,
-    SortKey, Store, StoreError,
+    LabelEdit, Quarantined, SortKey, Store, StoreError,
 };
+use crate::collector::persist::Claimed;
 use crate::collector::{Collector, CollectorId, Reason, State, Transition};
 use crate::selector::{Requirement, Selector};
+use write::{push_hot, sql_writes};
 
 /// What the two databases spell differently.
 struct Dialect {
@@ -31,6 +39,8 @@ struct Dialect {
     /// A label's value is `label_prefix <key> label_suffix`, NULL when absent.
     label_prefix: &'static str,
     label_suffix: &'static str,
+    /// The labels with a JSON merge patch (the bound value) applied: null removes a label.
+    merge_labels: (&'static str, &'static str),
 }
 
 /// SQLite keeps times as RFC 3339 text, whose fractions do not sort as text; `julianday` does.
@@ -39,6 +49,7 @@ const SQLITE: Dialect = Dialect {
     time: "julianday({})",
     label_prefix: "json_extract(labels, '$.\"' || ",
     label_suffix: " || '\"')",
+    merge_labels: ("json_patch(labels, ", ")"),
 };
 
 const POSTGRES: Dialect = Dialect {
@@ -46,6 +57,8 @@ const POSTGRES: Dialect = Dialect {
     time: "{}",
     label_prefix: "(labels ->> ",
     label_suffix: ")",
+    // Labels never hold nulls, so stripping them removes exactly the labels the patch removed.
+    merge_labels: ("jsonb_strip_nulls(labels || ", ")"),
 };
 
 impl Dialect {
@@ -80,9 +93,27 @@ const CHUNK: usize = 1000;
 /// A pooled connection that cannot be had within this is an outage, not a wait.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-const RECORD_COLUMNS: &str = "id, node, state, state_since, state_reason, state_message, \
+/// The collectors row as it is read.
+const RECORD_COLUMNS: &str = "id, epoch, state, state_since, state_reason, state_message, \
+     connected, transport, connected_since, last_seen, capabilities, sequence_num, labels, control";
+
+/// The hot part as it is written, in the order `push_hot!` binds it.
+const HOT_COLUMNS: &str = "id, epoch, state, state_since, state_reason, state_message, \
      connected, transport, connected_since, last_seen, name, host_name, version, capabilities, \
-     sequence_num, labels, facts, updated_at";
+     sequence_num, control";
+
+const FACT_COLUMNS: &str = "description, health, effective_config, remote_config_status, \
+     package_statuses, available_components";
+const FACT_ALIASES: &str = "v_description, v_health, v_effective_config, \
+     v_remote_config_status, v_package_statuses, v_available_components";
+
+/// The quarantine's kinds, as stored text back to the names the code uses.
+fn quarantine_kind(kind: &str) -> &'static str {
+    ["record", "facts", "transition", "forget"]
+        .into_iter()
+        .find(|k| *k == kind)
+        .unwrap_or("unknown")
+}
 
 const TRANSITION_COLUMNS: &str = "collector_id, from_state, to_state, reason, message, at, cause";
 
@@ -135,6 +166,8 @@ impl PostgresStore {
 
 macro_rules! sql_store {
     ($store:ty, $db:ty, $backend:literal, $migrations:literal, $dialect:expr) => {
+        sql_writes!($store, $db, $dialect);
+
         impl $store {
             /// Appends ` AND <requirement>` for each part of the selector.
             fn push_selector(q: &mut QueryBuilder<'_, $db>, selector: &Selector) {
@@ -214,124 +247,46 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
-                let now = SystemTime::now();
-                let records: Vec<RecordRow> = batch
-                    .records
-                    .values()
-                    .filter_map(|c| RecordRow::from_record(c, &self.node, now))
-                    .collect();
+            async fn write(&self, batch: &Batch) -> Result<Vec<Key>, StoreError> {
                 let mut tx = self.pool.begin().await?;
-                let forgotten: Vec<String> =
-                    batch.forgotten.iter().map(ToString::to_string).collect();
-                for chunk in forgotten.chunks(CHUNK) {
-                    for table in ["transitions WHERE collector_id", "collectors WHERE id"] {
-                        let mut q = QueryBuilder::<$db>::new(format!("DELETE FROM {table} IN ("));
-                        let mut list = q.separated(", ");
-                        for id in chunk {
-                            list.push_bind(id);
-                        }
-                        q.push(")");
-                        q.build().execute(&mut *tx).await?;
-                    }
-                }
-                for chunk in records.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO collectors ({RECORD_COLUMNS}) "
-                    ));
-                    q.push_values(chunk, |mut b, r| {
-                        b.push_bind(&r.id)
-                            .push_bind(&r.node)
-                            .push_bind(&r.state)
-                            .push_bind(r.state_since)
-                            .push_bind(&r.state_reason)
-                            .push_bind(&r.state_message)
-                            .push_bind(r.connected)
-                            .push_bind(&r.transport)
-                            .push_bind(r.connected_since)
-                            .push_bind(r.last_seen)
-                            .push_bind(&r.name)
-                            .push_bind(&r.host_name)
-                            .push_bind(&r.version)
-                            .push_bind(r.capabilities)
-                            .push_bind(r.sequence_num)
-                            .push_bind(&r.labels)
-                            .push_bind(&r.facts)
-                            .push_bind(r.updated_at);
-                    });
-                    q.push(
-                        " ON CONFLICT (id) DO UPDATE SET node = excluded.node, \
-                         state = excluded.state, state_since = excluded.state_since, \
-                         state_reason = excluded.state_reason, \
-                         state_message = excluded.state_message, \
-                         connected = excluded.connected, transport = excluded.transport, \
-                         connected_since = excluded.connected_since, \
-                         last_seen = excluded.last_seen, name = excluded.name, \
-                         host_name = excluded.host_name, version = excluded.version, \
-                         capabilities = excluded.capabilities, \
-                         sequence_num = excluded.sequence_num, labels = excluded.labels, \
-                         facts = excluded.facts, updated_at = excluded.updated_at",
-                    );
-                    q.build().execute(&mut *tx).await?;
-                }
-                let transitions: Vec<TransitionRow> = batch
-                    .transitions
-                    .iter()
-                    .map(|(id, t)| TransitionRow::new(*id, t))
-                    .collect();
-                for chunk in transitions.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO transitions ({TRANSITION_COLUMNS}) "
-                    ));
-                    q.push_values(chunk, |mut b, t| {
-                        b.push_bind(&t.collector_id)
-                            .push_bind(&t.from_state)
-                            .push_bind(&t.to_state)
-                            .push_bind(&t.reason)
-                            .push_bind(&t.message)
-                            .push_bind(t.at)
-                            .push_bind(&t.cause);
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
+                let fenced = Self::write_in(&mut tx, &self.node, batch).await?;
                 tx.commit().await?;
-                Ok(())
+                Ok(fenced)
             }
 
-            async fn load(
+            async fn quarantine(&self, rows: &[Quarantined]) -> Result<(), StoreError> {
+                self.quarantine_rows(rows).await
+            }
+
+            async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+                self.quarantine_rows_read().await
+            }
+
+            async fn claim(&self, ids: &[CollectorId]) -> Result<Vec<Claimed>, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let claimed = Self::claim_in(&mut tx, &self.node, ids).await?;
+                tx.commit().await?;
+                Ok(claimed)
+            }
+
+            async fn edit_labels(
                 &self,
                 id: CollectorId,
-                history: usize,
-            ) -> Result<Option<Collector>, StoreError> {
-                let key = id.to_string();
+                edit: &LabelEdit,
+            ) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+                self.labels_edited(id, edit).await
+            }
+
+            async fn load(&self, id: CollectorId) -> Result<Option<Collector>, StoreError> {
                 let mut q = QueryBuilder::<$db>::new(format!(
                     "SELECT {RECORD_COLUMNS} FROM collectors WHERE id = "
                 ));
-                q.push_bind(&key);
-                let Some(row) = q
-                    .build_query_as::<RecordRow>()
-                    .fetch_optional(&self.pool)
-                    .await?
-                else {
-                    return Ok(None);
-                };
-                let mut record = row.into_record()?;
-                let mut q = QueryBuilder::<$db>::new(format!(
-                    "SELECT {TRANSITION_COLUMNS} FROM transitions WHERE collector_id = "
-                ));
-                q.push_bind(&key);
-                q.push(" ORDER BY seq DESC LIMIT ");
-                q.push_bind(i64::try_from(history).unwrap_or(i64::MAX));
+                q.push_bind(id.to_string());
                 let rows = q
-                    .build_query_as::<TransitionRow>()
+                    .build_query_as::<RecordRow>()
                     .fetch_all(&self.pool)
                     .await?;
-                record.history = rows
-                    .into_iter()
-                    .rev()
-                    .map(TransitionRow::into_transition)
-                    .collect::<Result<_, _>>()?;
-                Ok(Some(record))
+                Ok(self.read_records(rows).await?.pop())
             }
 
             async fn collectors(&self) -> Result<Vec<Collector>, StoreError> {
@@ -340,7 +295,7 @@ macro_rules! sql_store {
                 ))
                 .fetch_all(&self.pool)
                 .await?;
-                rows.into_iter().map(RecordRow::into_record).collect()
+                self.read_records(rows).await
             }
 
             async fn transitions(&self, id: CollectorId) -> Result<Vec<Transition>, StoreError> {
@@ -408,7 +363,7 @@ macro_rules! sql_store {
                     .build_query_as::<RecordRow>()
                     .fetch_all(&self.pool)
                     .await?;
-                rows.into_iter().map(RecordRow::into_record).collect()
+                self.read_records(rows).await
             }
 
             async fn count_by_state(&self) -> Result<BTreeMap<State, u64>, StoreError> {
@@ -667,7 +622,7 @@ macro_rules! sql_store {
                     .push_bind(at)
                     .push(", connected = ")
                     .push_bind(false)
-                    .push(", updated_at = ")
+                    .push(", epoch = epoch + 1, updated_at = ")
                     .push_bind(at)
                     .push(" WHERE node = ")
                     .push_bind(&self.node)

@@ -1,0 +1,103 @@
+//! Claims for actors, in batches: each collector's actor asks for its record alone, and the loader
+//! answers all the questions that arrived while the previous claim ran with one statement, so a
+//! fleet reconnecting at once costs a few round trips, not one each.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::Store;
+use crate::collector::CollectorId;
+use crate::collector::persist::{Claimed, LoadError, Records};
+
+/// Most records claimed by one statement.
+const MOST: usize = 500;
+/// Claims running at once: enough to keep the pool busy, few enough to leave it for writes.
+const CONCURRENT: usize = 4;
+const QUEUE: usize = 4096;
+
+type Reply = oneshot::Sender<Result<Option<Claimed>, LoadError>>;
+
+struct Request {
+    id: CollectorId,
+    reply: Reply,
+}
+
+/// The actors find known collectors here.
+pub struct StoreRecords {
+    requests: mpsc::Sender<Request>,
+}
+
+impl StoreRecords {
+    /// Starts the loader; it stops when this is dropped.
+    pub fn spawn(store: Arc<dyn Store>) -> Self {
+        let (requests, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(store, rx));
+        Self { requests }
+    }
+}
+
+#[async_trait]
+impl Records for StoreRecords {
+    async fn claim(&self, id: CollectorId) -> Result<Option<Claimed>, LoadError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { id, reply })
+            .await
+            .map_err(|_| LoadError("the loader has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| LoadError("the loader has stopped".into()))?
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>) {
+    let permits = Arc::new(Semaphore::new(CONCURRENT));
+    let mut held: Vec<Request> = Vec::new();
+    loop {
+        if held.is_empty() {
+            match rx.recv().await {
+                Some(first) => held.push(first),
+                None => return,
+            }
+        }
+        while held.len() < MOST {
+            match rx.try_recv() {
+                Ok(request) => held.push(request),
+                Err(_) => break,
+            }
+        }
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        // One claim per collector per statement; a second question for the same collector waits
+        // for the next round (it cannot share the first one's epoch).
+        let mut seen = HashSet::new();
+        let (batch, rest): (Vec<Request>, Vec<Request>) =
+            held.drain(..).partition(|r| seen.insert(r.id));
+        held = rest;
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let ids: Vec<CollectorId> = batch.iter().map(|r| r.id).collect();
+            let result = store.claim(&ids).await;
+            drop(permit);
+            match result {
+                Ok(claimed) => {
+                    let mut claimed: std::collections::HashMap<CollectorId, Claimed> =
+                        claimed.into_iter().map(|c| (c.record.id, c)).collect();
+                    for request in batch {
+                        let _ = request.reply.send(Ok(claimed.remove(&request.id)));
+                    }
+                }
+                Err(err) => {
+                    let err = LoadError(err.to_string());
+                    for request in batch {
+                        let _ = request.reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
