@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
 use crate::collector::Registry;
-use crate::collector::actor::ActorSettings;
+use crate::collector::handle::ActorSettings;
 use crate::collector::persist::Persistence;
 use crate::config::Config;
 use crate::fleet::engine::Fleet;

@@ -10,15 +10,18 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::contest::{Contest, Verdict};
-use super::facts::{Changed, Facts};
+use super::contest::Contest;
+use super::facts::Changed;
+use super::handle::{
+    Answer, CollectorHandle, Command, ConnectionRef, Ending, Forgotten, Published, Reached,
+    Unavailable,
+};
 use super::machine::{Collector, Effect, Event, Transition, step};
 use super::persist::{Change, Claimed, Confirmation, Epoch, FIRST_EPOCH, Hot};
 use super::registry::Shared;
-use super::{
-    AvailableComponents, CloseReason, CollectorId, Delivery, Outbound, Reassignment, Report, State,
-    Transport,
-};
+use super::{CloseReason, CollectorId, Delivery, State};
+
+mod serving;
 
 /// Small on purpose: a collector sends one message at a time, so a deep mailbox would only hide a
 /// stuck actor.
@@ -29,93 +32,35 @@ const MAILBOX: usize = 16;
 const LOAD_BUDGET: Duration = Duration::from_secs(2);
 const LOAD_FIRST_RETRY: Duration = Duration::from_millis(50);
 
-/// A connection as an actor sees it: which one it is, and how to reach it (WebSocket only; an HTTP
-/// collector is only ever answered).
-#[derive(Debug, Clone)]
-pub struct ConnectionRef {
-    pub id: u64,
-    pub transport: Transport,
-    pub push: Option<mpsc::Sender<Delivery>>,
-}
-
-/// Why a connection ended, as its owner saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// Closed, failed or timed out: the collector's side or the network.
-    Lost,
-    /// Closed by us because the server is shutting down.
-    ServerClosing,
-}
-
-/// A transition as published on the bus, with whose it is.
-#[derive(Debug, Clone)]
-pub struct Published {
-    pub collector: CollectorId,
-    pub transition: Transition,
-}
-
-/// What a collector's message gets.
-#[derive(Debug)]
-pub enum Answer {
-    /// The reply's content, and, when the message changed the record, the commit it must wait for.
-    Reply {
-        outbound: Outbound,
-        confirm: Option<Confirmation>,
-    },
-    /// Nothing was acted on; the collector is to try again later.
-    Unavailable(Unavailable),
-    /// Another live collector holds this uid: the message belongs to a new collector, `to`.
-    Reassign {
-        to: CollectorId,
-        report: Box<Report>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unavailable {
-    /// The store cannot answer for this collector now.
-    Store,
-    /// The server holds as many collectors as it may (`collectors.max_resident`).
-    Full,
-}
-
-/// What became of a request to forget a collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forgotten {
-    Done,
-    Unknown,
-    /// Only a Disconnected collector may be forgotten; this is the state it is in.
-    Refused(State),
-    Unavailable,
-}
-
-/// An actor's answer, or its refusal because it was leaving (the registry asks a new one).
-#[derive(Debug)]
-pub(super) enum Reached<T> {
-    Answered(T),
-    Bounced,
-}
-
-#[derive(Debug)]
-pub(super) enum Command {
-    Report {
-        connection: ConnectionRef,
-        report: Box<Report>,
-        reassigned_from: Option<CollectorId>,
-        reply: oneshot::Sender<Result<Answer, Box<Report>>>,
-    },
-    Detached {
-        connection_id: u64,
-        ending: Ending,
-    },
-    /// A fleet event; answers whether it was applied (`false` from a leaving actor).
-    Apply(Event, oneshot::Sender<bool>),
-    View(oneshot::Sender<Collector>),
-    Forget(oneshot::Sender<Reached<Forgotten>>),
-    /// A reply that could not be confirmed in time: what it carried goes back to the outbox.
-    Unsent(Box<Outbound>),
-    /// The store refused a write of this epoch: another actor claimed the record.
-    Fenced(Epoch),
+/// Starts the actor of collector `id`; `serial` tells it from a later one for the same collector.
+pub(super) fn spawn(
+    id: CollectorId,
+    serial: u64,
+    shared: Shared,
+    shutdown: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> CollectorHandle {
+    let (tx, rx) = mpsc::channel(MAILBOX);
+    let actor = Actor {
+        id,
+        serial,
+        record: Collector::new(id),
+        epoch: FIRST_EPOCH,
+        stored: false,
+        connection: None,
+        silent_deadline: None,
+        evict_deadline: None,
+        shared,
+        unsaved: Vec::new(),
+        changed: Changed::default(),
+        hot: false,
+        saved_at: None,
+        unconfirmed: false,
+        confirm: None,
+        contest: Contest::default(),
+    };
+    tracker.spawn(actor.run(rx, shutdown));
+    CollectorHandle::new(tx, serial)
 }
 
 /// Whether the actor goes on after a command.
@@ -123,66 +68,6 @@ pub(super) enum Command {
 enum Flow {
     Continue,
     Leave,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct ActorSettings {
-    /// How long a plain-HTTP collector may stay silent before it counts as disconnected.
-    pub liveness_window: Duration,
-    /// How often a record whose only news is `last_seen` is written: heartbeats are coalesced.
-    pub last_seen_interval: Duration,
-    /// How long an actor stays resident after its collector disconnected.
-    pub grace_period: Duration,
-}
-
-/// A cloneable way to reach one collector's actor.
-#[derive(Debug, Clone)]
-pub struct CollectorHandle {
-    tx: mpsc::Sender<Command>,
-    /// Tells this actor from a later one for the same collector.
-    pub(super) serial: u64,
-}
-
-/// The actor is gone: the server is shutting down.
-#[derive(Debug, thiserror::Error)]
-#[error("collector {0} is no longer running")]
-pub struct ActorGone(pub CollectorId);
-
-impl CollectorHandle {
-    pub(super) fn spawn(
-        id: CollectorId,
-        serial: u64,
-        shared: Shared,
-        shutdown: CancellationToken,
-        tracker: &tokio_util::task::TaskTracker,
-    ) -> Self {
-        let (tx, rx) = mpsc::channel(MAILBOX);
-        let actor = Actor {
-            id,
-            serial,
-            record: Collector::new(id),
-            epoch: FIRST_EPOCH,
-            stored: false,
-            connection: None,
-            silent_deadline: None,
-            evict_deadline: None,
-            shared,
-            unsaved: Vec::new(),
-            changed: Changed::default(),
-            hot: false,
-            saved_at: None,
-            unconfirmed: false,
-            confirm: None,
-            contest: Contest::default(),
-        };
-        tracker.spawn(actor.run(rx, shutdown));
-        Self { tx, serial }
-    }
-
-    /// Sends a command; an actor that has left hands it back.
-    pub(super) async fn send(&self, command: Command) -> Result<(), Command> {
-        self.tx.send(command).await.map_err(|e| e.0)
-    }
 }
 
 struct Actor {
@@ -549,167 +434,6 @@ impl Actor {
             collector: self.id,
             transition,
         });
-    }
-
-    async fn on_report(
-        &mut self,
-        connection: ConnectionRef,
-        report: Box<Report>,
-        reassigned_from: Option<CollectorId>,
-    ) -> Answer {
-        if self.contested_by(&connection) == Verdict::Reassign {
-            let to = CollectorId::new_v7();
-            warn!(collector_id = %self.id, new_id = %to, "two live collectors share this uid; the newer is given a fresh one");
-            metrics::counter!(crate::telemetry::metrics::DUPLICATE_UIDS).increment(1);
-            self.record.reassigned = Some(Reassignment::Kept {
-                to,
-                at: SystemTime::now(),
-            });
-            self.hot = true;
-            return Answer::Reassign { to, report };
-        }
-        if let Some(from) = reassigned_from {
-            self.record.reassigned = Some(Reassignment::Given {
-                from,
-                at: SystemTime::now(),
-            });
-            self.hot = true;
-        }
-        let before = Facts::before(&self.record, &report);
-        self.hot |= !report.is_heartbeat() || report.capabilities != self.record.capabilities;
-        let asks = self.asks_for(&report);
-        let transport = connection.transport;
-        self.attach(connection);
-        let goodbye = report.disconnect;
-        self.apply(Event::Report { report, transport });
-        if goodbye {
-            self.detach();
-            self.evict_deadline = Some(Instant::now() + self.shared.settings.grace_period);
-        } else if transport == Transport::Http {
-            self.silent_deadline = Some(Instant::now() + self.shared.settings.liveness_window);
-        }
-        self.changed = self.changed.between(&before, &self.record);
-        self.record.outbox.merge(asks);
-        let outbound = self.record.outbox.take_sendable();
-        self.save().await;
-        Answer::Reply {
-            outbound,
-            confirm: self.confirmation().await,
-        }
-    }
-
-    /// Whether `connection` takes over from a different live WebSocket, or is a second live
-    /// collector with the same uid.
-    fn contested_by(&mut self, connection: &ConnectionRef) -> Verdict {
-        let live_elsewhere = self
-            .connection
-            .as_ref()
-            .is_some_and(|old| old.id != connection.id && old.push.is_some());
-        if live_elsewhere && connection.push.is_some() {
-            self.contest.claim(Instant::now())
-        } else {
-            Verdict::Replace
-        }
-    }
-
-    /// What the reply must ask of the collector: its full state after a gap or on first contact
-    /// (unless this report is already complete), and its component set when the hash is unknown.
-    fn asks_for(&mut self, report: &Report) -> Outbound {
-        let continuous = self
-            .record
-            .sequence_num
-            .is_some_and(|last| report.sequence_num == last.wrapping_add(1));
-        let mut asks = Outbound {
-            report_full_state: !continuous && !report.is_full_state(),
-            ..Outbound::default()
-        };
-        if let Some(available) = &report.available_components {
-            let catalog = &self.shared.catalog;
-            let resolved = available.components.clone().or_else(|| {
-                self.record
-                    .available_components
-                    .as_ref()
-                    .filter(|known| known.hash == available.hash)
-                    .and_then(|known| known.components.clone())
-                    .or_else(|| catalog.get(&available.hash))
-            });
-            match &resolved {
-                Some(components) if available.components.is_some() => {
-                    catalog.insert(&available.hash, components);
-                }
-                Some(_) => {}
-                None => asks.report_available_components = true,
-            }
-            self.record.available_components = Some(AvailableComponents {
-                hash: available.hash.clone(),
-                components: resolved,
-            });
-        }
-        asks
-    }
-
-    /// Makes `connection` the collector's current one, closing a different WebSocket it replaces.
-    fn attach(&mut self, connection: ConnectionRef) {
-        if let Some(old) = self.connection.as_ref()
-            && old.id != connection.id
-            && let Some(push) = &old.push
-        {
-            debug!(collector_id = %self.id, old = old.id, new = connection.id, "connection replaced");
-            // If the old connection's queue is full it is stuck anyway; its reader will notice.
-            let _ = push.try_send(Delivery::Close(CloseReason::Replaced));
-        }
-        if connection.transport == Transport::WebSocket {
-            self.silent_deadline = None;
-        }
-        self.evict_deadline = None;
-        self.connection = Some(connection);
-    }
-
-    fn detach(&mut self) {
-        self.connection = None;
-        self.silent_deadline = None;
-    }
-
-    /// Pushes whatever waits to a WebSocket connection; HTTP collectors get it on their next poll.
-    fn flush_outbox(&mut self) {
-        let Some(push) = self.connection.as_ref().and_then(|c| c.push.clone()) else {
-            return;
-        };
-        while !self.record.outbox.is_empty() {
-            let out = self.record.outbox.take_sendable();
-            if let Err(err) = push.try_send(Delivery::Send(self.id, Box::new(out))) {
-                if matches!(err, mpsc::error::TrySendError::Full(_)) {
-                    warn!(collector_id = %self.id, "connection queue full; message kept for later");
-                }
-                // Kept, not lost: it goes out with the next reply or on the next connection.
-                if let Delivery::Send(_, out) = err.into_inner() {
-                    self.record.outbox.merge(*out);
-                }
-                return;
-            }
-        }
-    }
-}
-
-impl Report {
-    /// Nothing but "still here": no sub-message, no goodbye. Such a report changes only
-    /// `last_seen` and the sequence number, which need not be written every time.
-    pub(super) fn is_heartbeat(&self) -> bool {
-        self.description.is_none()
-            && self.health.is_none()
-            && self.effective_config.is_none()
-            && self.remote_config_status.is_none()
-            && self.package_statuses.is_none()
-            && self.available_components.is_none()
-            && !self.disconnect
-    }
-
-    /// Whether this report is a full state. Clients send the description with every full state and
-    /// leave out what they do not have yet (Python's first message has no effective configuration
-    /// even though it announces one), so demanding every announced part would only make them send
-    /// the same message again.
-    fn is_full_state(&self) -> bool {
-        self.description.is_some()
     }
 }
 

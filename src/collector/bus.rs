@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::broadcast;
 
-use super::actor::Published;
+use super::handle::Published;
 
 #[derive(Debug, Clone)]
 pub struct Bus {

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod contest;
 pub mod encoding;
 pub mod facts;
+pub mod handle;
 pub mod machine;
 pub mod persist;
 pub mod registry;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use actor::{Answer, CollectorHandle, Forgotten, Unavailable};
+pub use handle::{Answer, CollectorHandle, Forgotten, Unavailable};
 pub use machine::{Collector, Event, Transition};
 pub use registry::Registry;
 pub use state::{Reason, State};

@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use super::actor::{
+use super::bus::{Bus, Subscription};
+use super::handle::{
     ActorGone, ActorSettings, Answer, CollectorHandle, Command, ConnectionRef, Ending, Forgotten,
     Reached, Unavailable,
 };
-use super::bus::{Bus, Subscription};
 use super::machine::{Collector, Event};
 use super::persist::{Epoch, Persistence};
 use super::{CollectorId, Components, Outbound, Report};
@@ -152,7 +152,7 @@ impl Registry {
             return None;
         }
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
-        let handle = CollectorHandle::spawn(
+        let handle = super::actor::spawn(
             id,
             serial,
             self.shared.clone(),

@@ -13,7 +13,7 @@ use tracing::{Instrument, field, info_span};
 
 use super::{Opamp, OpampError};
 use crate::collector::Transport;
-use crate::collector::actor::ConnectionRef;
+use crate::collector::handle::ConnectionRef;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 

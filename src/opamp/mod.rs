@@ -30,7 +30,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 use tracing::{Span, debug};
 
-use crate::collector::actor::ConnectionRef;
+use crate::collector::handle::ConnectionRef;
 use crate::collector::{Answer, CollectorId, Registry, Unavailable};
 use crate::config::OpampConfig;
 use crate::proto;

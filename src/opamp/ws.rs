@@ -15,7 +15,7 @@ use tracing::{Instrument, debug, field, info_span, warn};
 
 use super::identity::WireUid;
 use super::{Opamp, OpampError, frame, report};
-use crate::collector::actor::{self, ConnectionRef};
+use crate::collector::handle::{self, ConnectionRef};
 use crate::collector::{CloseReason, CollectorId, Delivery, Transport};
 
 /// Pushes waiting for one connection; an actor never blocks on it (it keeps the message instead).
@@ -106,9 +106,9 @@ impl Session {
         let ending = self.serve().await;
         open.decrement(1);
         let why = if matches!(ending, Ending::Close(close_code::GOING_AWAY, _)) {
-            actor::Ending::ServerClosing
+            handle::Ending::ServerClosing
         } else {
-            actor::Ending::Lost
+            handle::Ending::Lost
         };
         match ending {
             Ending::Close(code, reason) => self.close(code, reason).await,

@@ -1,0 +1,181 @@
+//! Serving a collector: its messages (what the reply carries, what they change, whether another
+//! live connection contests its uid) and the connection it is reached on.
+
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::Actor;
+use crate::collector::contest::Verdict;
+use crate::collector::facts::Facts;
+use crate::collector::handle::{Answer, ConnectionRef};
+use crate::collector::machine::Event;
+use crate::collector::{
+    AvailableComponents, CloseReason, CollectorId, Delivery, Outbound, Reassignment, Report,
+    Transport,
+};
+
+impl Actor {
+    pub(super) async fn on_report(
+        &mut self,
+        connection: ConnectionRef,
+        report: Box<Report>,
+        reassigned_from: Option<CollectorId>,
+    ) -> Answer {
+        if self.contested_by(&connection) == Verdict::Reassign {
+            let to = CollectorId::new_v7();
+            warn!(collector_id = %self.id, new_id = %to, "two live collectors share this uid; the newer is given a fresh one");
+            metrics::counter!(crate::telemetry::metrics::DUPLICATE_UIDS).increment(1);
+            self.record.reassigned = Some(Reassignment::Kept {
+                to,
+                at: SystemTime::now(),
+            });
+            self.hot = true;
+            return Answer::Reassign { to, report };
+        }
+        if let Some(from) = reassigned_from {
+            self.record.reassigned = Some(Reassignment::Given {
+                from,
+                at: SystemTime::now(),
+            });
+            self.hot = true;
+        }
+        let before = Facts::before(&self.record, &report);
+        self.hot |= !report.is_heartbeat() || report.capabilities != self.record.capabilities;
+        let asks = self.asks_for(&report);
+        let transport = connection.transport;
+        self.attach(connection);
+        let goodbye = report.disconnect;
+        self.apply(Event::Report { report, transport });
+        if goodbye {
+            self.detach();
+            self.evict_deadline = Some(Instant::now() + self.shared.settings.grace_period);
+        } else if transport == Transport::Http {
+            self.silent_deadline = Some(Instant::now() + self.shared.settings.liveness_window);
+        }
+        self.changed = self.changed.between(&before, &self.record);
+        self.record.outbox.merge(asks);
+        let outbound = self.record.outbox.take_sendable();
+        self.save().await;
+        Answer::Reply {
+            outbound,
+            confirm: self.confirmation().await,
+        }
+    }
+
+    /// Whether `connection` takes over from a different live WebSocket, or is a second live
+    /// collector with the same uid.
+    fn contested_by(&mut self, connection: &ConnectionRef) -> Verdict {
+        let live_elsewhere = self
+            .connection
+            .as_ref()
+            .is_some_and(|old| old.id != connection.id && old.push.is_some());
+        if live_elsewhere && connection.push.is_some() {
+            self.contest.claim(Instant::now())
+        } else {
+            Verdict::Replace
+        }
+    }
+
+    /// What the reply must ask of the collector: its full state after a gap or on first contact
+    /// (unless this report is already complete), and its component set when the hash is unknown.
+    fn asks_for(&mut self, report: &Report) -> Outbound {
+        let continuous = self
+            .record
+            .sequence_num
+            .is_some_and(|last| report.sequence_num == last.wrapping_add(1));
+        let mut asks = Outbound {
+            report_full_state: !continuous && !report.is_full_state(),
+            ..Outbound::default()
+        };
+        if let Some(available) = &report.available_components {
+            let catalog = &self.shared.catalog;
+            let resolved = available.components.clone().or_else(|| {
+                self.record
+                    .available_components
+                    .as_ref()
+                    .filter(|known| known.hash == available.hash)
+                    .and_then(|known| known.components.clone())
+                    .or_else(|| catalog.get(&available.hash))
+            });
+            match &resolved {
+                Some(components) if available.components.is_some() => {
+                    catalog.insert(&available.hash, components);
+                }
+                Some(_) => {}
+                None => asks.report_available_components = true,
+            }
+            self.record.available_components = Some(AvailableComponents {
+                hash: available.hash.clone(),
+                components: resolved,
+            });
+        }
+        asks
+    }
+
+    /// Makes `connection` the collector's current one, closing a different WebSocket it replaces.
+    fn attach(&mut self, connection: ConnectionRef) {
+        if let Some(old) = self.connection.as_ref()
+            && old.id != connection.id
+            && let Some(push) = &old.push
+        {
+            debug!(collector_id = %self.id, old = old.id, new = connection.id, "connection replaced");
+            // If the old connection's queue is full it is stuck anyway; its reader will notice.
+            let _ = push.try_send(Delivery::Close(CloseReason::Replaced));
+        }
+        if connection.transport == Transport::WebSocket {
+            self.silent_deadline = None;
+        }
+        self.evict_deadline = None;
+        self.connection = Some(connection);
+    }
+
+    pub(super) fn detach(&mut self) {
+        self.connection = None;
+        self.silent_deadline = None;
+    }
+
+    /// Pushes whatever waits to a WebSocket connection; HTTP collectors get it on their next poll.
+    pub(super) fn flush_outbox(&mut self) {
+        let Some(push) = self.connection.as_ref().and_then(|c| c.push.clone()) else {
+            return;
+        };
+        while !self.record.outbox.is_empty() {
+            let out = self.record.outbox.take_sendable();
+            if let Err(err) = push.try_send(Delivery::Send(self.id, Box::new(out))) {
+                if matches!(err, mpsc::error::TrySendError::Full(_)) {
+                    warn!(collector_id = %self.id, "connection queue full; message kept for later");
+                }
+                // Kept, not lost: it goes out with the next reply or on the next connection.
+                if let Delivery::Send(_, out) = err.into_inner() {
+                    self.record.outbox.merge(*out);
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl Report {
+    /// Nothing but "still here": no sub-message, no goodbye. Such a report changes only
+    /// `last_seen` and the sequence number, which need not be written every time.
+    pub(super) fn is_heartbeat(&self) -> bool {
+        self.description.is_none()
+            && self.health.is_none()
+            && self.effective_config.is_none()
+            && self.remote_config_status.is_none()
+            && self.package_statuses.is_none()
+            && self.available_components.is_none()
+            && !self.disconnect
+    }
+
+    /// Whether this report is a full state. Clients send the description with every full state and
+    /// leave out what they do not have yet (Python's first message has no effective configuration
+    /// even though it announces one), so demanding every announced part would only make them send
+    /// the same message again.
+    fn is_full_state(&self) -> bool {
+        self.description.is_some()
+    }
+}

@@ -1,0 +1,133 @@
+//! How the rest of the server reaches a collector's actor: the handle, the commands it carries, and
+//! what the actor answers with.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::machine::{Collector, Event, Transition};
+use super::persist::{Confirmation, Epoch};
+use super::{CollectorId, Delivery, Outbound, Report, State, Transport};
+
+/// A connection as an actor sees it: which one it is, and how to reach it (WebSocket only; an HTTP
+/// collector is only ever answered).
+#[derive(Debug, Clone)]
+pub struct ConnectionRef {
+    pub id: u64,
+    pub transport: Transport,
+    pub push: Option<mpsc::Sender<Delivery>>,
+}
+
+/// Why a connection ended, as its owner saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Closed, failed or timed out: the collector's side or the network.
+    Lost,
+    /// Closed by us because the server is shutting down.
+    ServerClosing,
+}
+
+/// A transition as published on the bus, with whose it is.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub collector: CollectorId,
+    pub transition: Transition,
+}
+
+/// What a collector's message gets.
+#[derive(Debug)]
+pub enum Answer {
+    /// The reply's content, and, when the message changed the record, the commit it must wait for.
+    Reply {
+        outbound: Outbound,
+        confirm: Option<Confirmation>,
+    },
+    /// Nothing was acted on; the collector is to try again later.
+    Unavailable(Unavailable),
+    /// Another live collector holds this uid: the message belongs to a new collector, `to`.
+    Reassign {
+        to: CollectorId,
+        report: Box<Report>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The store cannot answer for this collector now.
+    Store,
+    /// The server holds as many collectors as it may (`collectors.max_resident`).
+    Full,
+}
+
+/// What became of a request to forget a collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgotten {
+    Done,
+    Unknown,
+    /// Only a Disconnected collector may be forgotten; this is the state it is in.
+    Refused(State),
+    Unavailable,
+}
+
+/// An actor's answer, or its refusal because it was leaving (the registry asks a new one).
+#[derive(Debug)]
+pub(super) enum Reached<T> {
+    Answered(T),
+    Bounced,
+}
+
+#[derive(Debug)]
+pub(super) enum Command {
+    Report {
+        connection: ConnectionRef,
+        report: Box<Report>,
+        reassigned_from: Option<CollectorId>,
+        reply: oneshot::Sender<Result<Answer, Box<Report>>>,
+    },
+    Detached {
+        connection_id: u64,
+        ending: Ending,
+    },
+    /// A fleet event; answers whether it was applied (`false` from a leaving actor).
+    Apply(Event, oneshot::Sender<bool>),
+    View(oneshot::Sender<Collector>),
+    Forget(oneshot::Sender<Reached<Forgotten>>),
+    /// A reply that could not be confirmed in time: what it carried goes back to the outbox.
+    Unsent(Box<Outbound>),
+    /// The store refused a write of this epoch: another actor claimed the record.
+    Fenced(Epoch),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ActorSettings {
+    /// How long a plain-HTTP collector may stay silent before it counts as disconnected.
+    pub liveness_window: Duration,
+    /// How often a record whose only news is `last_seen` is written: heartbeats are coalesced.
+    pub last_seen_interval: Duration,
+    /// How long an actor stays resident after its collector disconnected.
+    pub grace_period: Duration,
+}
+
+/// A cloneable way to reach one collector's actor.
+#[derive(Debug, Clone)]
+pub struct CollectorHandle {
+    tx: mpsc::Sender<Command>,
+    /// Tells this actor from a later one for the same collector.
+    pub(super) serial: u64,
+}
+
+/// The actor is gone: the server is shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("collector {0} is no longer running")]
+pub struct ActorGone(pub CollectorId);
+
+impl CollectorHandle {
+    pub(super) fn new(tx: mpsc::Sender<Command>, serial: u64) -> Self {
+        Self { tx, serial }
+    }
+
+    /// Sends a command; an actor that has left hands it back.
+    pub(super) async fn send(&self, command: Command) -> Result<(), Command> {
+        self.tx.send(command).await.map_err(|e| e.0)
+    }
+}
