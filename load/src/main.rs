@@ -1,0 +1,3 @@
+//! `opampd-load` (the runner comes in the next change).
+
+fn main() {}
