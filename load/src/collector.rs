@@ -288,6 +288,10 @@ async fn session(
                         if let Some((message, _)) = in_flight.take() {
                             keep_unanswered(life, message);
                         }
+                        // HTTP 503/429: stay away as long as the server asked.
+                        if error.kind() == ErrorKind::Throttled {
+                            return End::Throttled(error.retry_after());
+                        }
                         return End::Failed(error);
                     }
                 };

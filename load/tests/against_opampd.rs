@@ -25,6 +25,10 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let data = tempfile::tempdir().expect("temporary directory");
         let mut config = Config::default();
         config.opamp.listen = "127.0.0.1:0".parse().unwrap();
@@ -32,6 +36,7 @@ impl Server {
         config.database.flush_interval = Duration::from_millis(5);
         config.server.data_dir = data.path().to_owned();
         config.server.shutdown_timeout = Duration::from_secs(2);
+        adjust(&mut config);
         let running = opampd::app::start(config.clone())
             .await
             .expect("server starts");
@@ -192,6 +197,34 @@ async fn storm_reconnects_every_collector_over_both_transports() {
         assert!(all_back * 1000.0 + 1.0 >= storm.latency.max_ms * 0.99);
         assert_eq!(report.reconnection.drops, 0);
     }
+    server.stop().await;
+}
+
+/// A server at its connection limit answers 503 with `Retry-After`: the collectors wait as long
+/// as they are told, send again, and every one gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_http_collectors_wait_and_get_through() {
+    let mut server = Server::start_with(|config| {
+        config.opamp.max_connections = 2;
+        config.opamp.retry_after = Duration::from_secs(1);
+    })
+    .await;
+    let report = load(args(
+        &server.url("http"),
+        Mode::Burst,
+        12,
+        &["--duration", "2s", "--max-errors", "100000"],
+    ))
+    .await;
+    assert!(report.ok, "{:?}", report.failures);
+    assert_eq!(report.ramp.connected, 12);
+    let throttled = report.errors.by_kind.get("throttled").copied().unwrap_or(0);
+    assert!(throttled > 0, "{:?}", report.errors);
+    assert_eq!(report.errors.total, throttled, "{:?}", report.errors);
+    assert!(report.measure.changes_acked > 0);
+    // A throttled collector stayed away at least the second it was told to: with twelve
+    // collectors and two places, nobody can have had more than two tries a second.
+    assert!(throttled <= 12 * 2 * 4, "{:?}", report.errors);
     server.stop().await;
 }
 
