@@ -66,8 +66,8 @@ pub struct Args {
     pub storm_after: Duration,
 
     /// Hold mode: the server is expected to go away (a restart) during the run. Drops and failed
-    /// reconnections are not errors, and the run ends as soon as every collector is back after
-    /// the outage (`--duration` is then the longest it waits).
+    /// reconnections are not errors, and the run ends as soon as every collector has been cut
+    /// off and is back (`--duration` is then the longest it waits).
     #[arg(long)]
     pub wait_for_server_restart: bool,
 

@@ -103,6 +103,7 @@ struct Life {
     ever_answered: bool,
     /// Cut off by the server; counted in the outage until answered again.
     down: bool,
+    ever_dropped: bool,
     /// The storm we are coming back from, with its start.
     storm_pending: Option<Instant>,
     seen_storm: u32,
@@ -129,6 +130,7 @@ pub async fn run(
         agent,
         ever_answered: false,
         down: false,
+        ever_dropped: false,
         storm_pending: None,
         seen_storm: control.borrow().storm.map_or(0, |(n, _)| n),
         failures: 0,
@@ -174,6 +176,10 @@ pub async fn run(
 fn lost(shared: &Shared, life: &mut Life) {
     if life.ever_answered && !life.down {
         Counters::add(&shared.counters.drops);
+        if !life.ever_dropped {
+            life.ever_dropped = true;
+            Counters::add(&shared.counters.collectors_dropped);
+        }
         shared.outage.down(Instant::now().into_std());
         life.down = true;
     }

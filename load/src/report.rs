@@ -81,6 +81,8 @@ pub struct Storm {
 pub struct Reconnection {
     /// Connections lost that we did not drop ourselves.
     pub drops: u64,
+    /// Collectors that lost a connection at least once.
+    pub collectors_dropped: u64,
     /// Collectors answered again on a new connection (storms, drops, throttling).
     pub reconnects: u64,
     /// Failed connection attempts while the server was expected to be away.

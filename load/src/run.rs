@@ -232,8 +232,11 @@ pub async fn run_with(args: Args, hooks: Hooks) -> Result<Report, LoadError> {
                     break;
                 }
                 if args.wait_for_server_restart {
+                    // Done when the server has cut every collector off once and all are back
+                    // (a collector that comes back quickly must not end the wait for the others).
                     let outage = shared.outage.state();
-                    if outage.first_drop.is_some() && outage.down == 0 {
+                    let dropped = shared.counters.snapshot().collectors_dropped;
+                    if dropped >= at_ramp.connected && outage.down == 0 {
                         break;
                     }
                 }
@@ -444,6 +447,7 @@ fn assemble(a: &Assembly<'_>) -> Report {
         storm,
         reconnection: Reconnection {
             drops: a.last.drops,
+            collectors_dropped: a.last.collectors_dropped,
             reconnects: a.last.reconnects,
             reconnect_failures: a.last.reconnect_failures,
             http_reopens: a.last.http_reopens,

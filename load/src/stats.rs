@@ -153,6 +153,8 @@ pub struct Counters {
     pub connected: AtomicU64,
     /// Connections that ended for a reason other than our own stop or storm.
     pub drops: AtomicU64,
+    /// Collectors that lost a connection at least once.
+    pub collectors_dropped: AtomicU64,
     /// Collectors answered on a new connection after a drop, a throttle or a storm.
     pub reconnects: AtomicU64,
     /// Failed attempts to connect again after a drop (not errors while the server restarts).
@@ -186,6 +188,7 @@ impl Counters {
             new_uids: get(&self.new_uids),
             connected: get(&self.connected),
             drops: get(&self.drops),
+            collectors_dropped: get(&self.collectors_dropped),
             reconnects: get(&self.reconnects),
             reconnect_failures: get(&self.reconnect_failures),
             http_reopens: get(&self.http_reopens),
@@ -208,6 +211,7 @@ pub struct Snapshot {
     pub new_uids: u64,
     pub connected: u64,
     pub drops: u64,
+    pub collectors_dropped: u64,
     pub reconnects: u64,
     pub reconnect_failures: u64,
     pub http_reopens: u64,

@@ -267,6 +267,7 @@ async fn a_server_restart_is_waited_for_and_timed() {
         assert!(report.ok, "{scheme}: {:?}", report.failures);
         assert_eq!(report.errors.total, 0, "{:?}", report.errors.by_kind);
         assert_eq!(report.reconnection.drops, 20, "{scheme}");
+        assert_eq!(report.reconnection.collectors_dropped, 20);
         assert_eq!(report.reconnection.reconnects, 20);
         assert_eq!(report.reconnection.max_down, 20);
         assert_eq!(report.reconnection.down_at_end, 0);
