@@ -54,7 +54,7 @@ pub enum TargetError {
     Url(String),
     #[error("`{0}`: the scheme must be ws:// or http:// (TLS is not supported)")]
     Scheme(String),
-    #[error("cannot resolve `{host}`: {source}")]
+    #[error("cannot resolve `{host}`")]
     Resolve {
         host: String,
         source: std::io::Error,

@@ -9,7 +9,7 @@ pub const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
-    #[error("cannot read /proc/{pid}/{file}: {source}")]
+    #[error("cannot read /proc/{pid}/{file}")]
     Read {
         pid: u32,
         file: &'static str,

@@ -24,9 +24,9 @@ const PORTS_PER_ADDRESS: usize = 28_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("--source-addrs: {0}")]
+    #[error("--source-addrs")]
     Addrs(#[from] AddrsError),
-    #[error("--url: {0}")]
+    #[error("--url")]
     Target(#[from] TargetError),
     #[error(
         "{collectors} collectors need {needed} file descriptors, but this process may open at most \
@@ -40,7 +40,7 @@ pub enum LoadError {
     },
     #[error("cannot raise the open-files limit: {0}")]
     Rlimit(std::io::Error),
-    #[error("--server-pid: {0}")]
+    #[error("--server-pid")]
     Proc(#[from] ProcError),
     #[error("{0}")]
     Invalid(&'static str),
