@@ -73,7 +73,7 @@ impl Server {
     }
 
     fn connected(&self) -> usize {
-        self.running.as_ref().map_or(0, |r| r.registry.len())
+        self.running.as_ref().map_or(0, |r| r.registry.resident())
     }
 }
 
