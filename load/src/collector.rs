@@ -307,7 +307,11 @@ async fn session(
                     Counters::add(&counters.http_reopens);
                 }
                 let answered_message = in_flight.take();
-                if let Some((message, sent_at)) = &answered_message {
+                // An UNAVAILABLE answer took nothing: it is not an acknowledgement, and a
+                // collector told to come back later is not back.
+                let reaction = life.agent.on_reply(&reply);
+                let throttled = reaction.throttle.is_some();
+                if let Some((message, sent_at)) = answered_message.as_ref().filter(|_| !throttled) {
                     match message.kind {
                         Sent::Heartbeat => Counters::add(&counters.heartbeats_acked),
                         Sent::StatusChange => Counters::add(&counters.changes_acked),
@@ -317,7 +321,7 @@ async fn session(
                         shared.reply_latency.record(now - *sent_at);
                     }
                 }
-                if !answered {
+                if !answered && !throttled {
                     answered = true;
                     life.failures = 0;
                     if life.ever_answered {
@@ -338,7 +342,6 @@ async fn session(
                         shared.progress.notify_one();
                     }
                 }
-                let reaction = life.agent.on_reply(&reply);
                 match reaction.problem {
                     Some(ReplyProblem::BadRequest) => counters.error(ErrorKind::BadRequest),
                     Some(ReplyProblem::ServerError | ReplyProblem::BadNewUid) => {

@@ -28,8 +28,10 @@ mod serving;
 const MAILBOX: usize = 16;
 
 /// How long a new actor keeps trying to claim its record before the collector is told to come
-/// back later (UNAVAILABLE): never a blank record in place of one the store could not read.
-const LOAD_BUDGET: Duration = Duration::from_secs(2);
+/// back later (UNAVAILABLE): never a blank record in place of one the store could not read. In a
+/// reconnect storm claims queue behind each other; waiting here costs a collector less than a
+/// second round trip after a retry delay.
+const LOAD_BUDGET: Duration = Duration::from_secs(5);
 const LOAD_FIRST_RETRY: Duration = Duration::from_millis(50);
 
 /// Starts the actor of collector `id`; `serial` tells it from a later one for the same collector.

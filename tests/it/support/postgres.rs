@@ -88,10 +88,10 @@ fn free_port() -> u16 {
 /// each acknowledged with `done`); at end of input, which comes at the latest when the test
 /// process exits however it exits, it stops the server at once and deletes its directory.
 const WATCHDOG: &str = r#"
-dir=$1; port=$2; postgres=$3; shift 3
+dir=$1; port=$2; postgres=$3; durability=$4; shift 4
 start() {
     "$@" "$postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
-        -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=300 \
+        $durability -c max_connections=300 \
         >>"$dir/server.log" 2>&1 &
     pid=$!
 }
@@ -116,9 +116,22 @@ struct Process {
     acks: BufReader<ChildStdout>,
 }
 
+/// Tests trade durability for speed; benchmarks measure a server that keeps its promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync, full page writes and synchronous commit off.
+    Off,
+    /// PostgreSQL's defaults: fsync on.
+    On,
+}
+
 impl Process {
     /// initdb in a new temporary directory, then the server on a free port.
     fn launch() -> Self {
+        Self::launch_with(Durability::Off)
+    }
+
+    fn launch_with(durability: Durability) -> Self {
         let bin = find_binaries();
         let user = unprivileged();
         let dir = tempfile::Builder::new()
@@ -156,7 +169,11 @@ impl Process {
             .args(["-c", WATCHDOG, "watchdog"])
             .arg(&dir)
             .arg(port.to_string())
-            .arg(bin.join("postgres"));
+            .arg(bin.join("postgres"))
+            .arg(match durability {
+                Durability::Off => "-c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+                Durability::On => "-c fsync=on",
+            });
         if let Some((uid, gid)) = user {
             command.args([
                 "setpriv",
@@ -264,7 +281,11 @@ pub struct PgServer {
 
 impl PgServer {
     pub async fn start() -> Self {
-        let process = tokio::task::spawn_blocking(Process::launch)
+        Self::start_with(Durability::Off).await
+    }
+
+    pub async fn start_with(durability: Durability) -> Self {
+        let process = tokio::task::spawn_blocking(move || Process::launch_with(durability))
             .await
             .expect("launch thread");
         process.ready().await;
