@@ -19,9 +19,10 @@
 
 #[path = "../tests/it/support/postgres.rs"]
 mod postgres;
+#[path = "support/server.rs"]
+mod server;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
@@ -29,90 +30,7 @@ use opampd::collector::Reason;
 use opampd::config::Config;
 use opampd_load::{Args, Hooks, Stage};
 use serde_json::{Value, json};
-
-struct Server {
-    child: Child,
-    opamp: String,
-    api: String,
-    data: std::path::PathBuf,
-    database: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    fn start(data: &std::path::Path, database: &str, opamp: &str, api: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_opampd"))
-            .args([
-                "--opamp-listen",
-                opamp,
-                "--api-listen",
-                api,
-                "--log-level",
-                "warn",
-            ])
-            .env("OPAMPD_DATABASE__URL", database)
-            .env("OPAMPD_SERVER__DATA_DIR", data)
-            .env("OPAMPD_OPAMP__MAX_CONNECTIONS", "20000")
-            .env("OPAMPD_SERVER__SHUTDOWN_TIMEOUT", "60s")
-            .current_dir(data)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the server starts");
-        Self {
-            child,
-            opamp: opamp.to_owned(),
-            api: api.to_owned(),
-            data: data.to_owned(),
-            database: database.to_owned(),
-        }
-    }
-
-    async fn ready(&mut self, client: &reqwest::Client) -> Duration {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("the server exited at start-up: {status}");
-            }
-            let ready = client
-                .get(format!("http://{}/readyz", self.api))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if ready {
-                return started.elapsed();
-            }
-            assert!(started.elapsed() < Duration::from_mins(2), "not ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, and how long until it exited.
-    fn stop(&mut self) -> (Duration, bool) {
-        let started = Instant::now();
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        (started.elapsed(), status.success())
-    }
-}
-
-impl Drop for Server {
-    /// A run that fails part-way leaves no server behind.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+use server::{Server, free_port};
 
 /// Every collector the API lists, by id.
 async fn all_ids(client: &reqwest::Client, api: &str) -> Vec<String> {
@@ -167,7 +85,7 @@ async fn run(backend: &str, database: String, collectors: usize) -> Value {
         .timeout(Duration::from_mins(1))
         .build()
         .unwrap();
-    let mut server = Server::start(data.path(), &database, &opamp, &api);
+    let mut server = Server::start(data.path(), &database, &opamp, &api, &[]);
     server.ready(&client).await;
 
     let args = Args::try_parse_from([
@@ -210,7 +128,7 @@ async fn run(backend: &str, database: String, collectors: usize) -> Value {
 
     let (stopping, clean) = server.stop();
     let restarted = Instant::now();
-    let mut server = Server::start(data.path(), &database, &opamp, &api);
+    let mut server = Server::start(data.path(), &database, &opamp, &api, &[]);
     let ready = server.ready(&client).await;
     let report = load.await.unwrap().expect("the load generator runs");
     let back_after_start = restarted.elapsed();
@@ -243,13 +161,7 @@ async fn run(backend: &str, database: String, collectors: usize) -> Value {
         let shape: Vec<&str> = history.iter().map(|t| t.reason.as_str()).collect();
         *histories.entry(shape.join(" > ")).or_default() += 1;
     }
-    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        });
+    let rss_kib = server.rss_kib();
     let (final_stop, _) = server.stop();
     let figures = json!({
         "bench": "restart_storm",

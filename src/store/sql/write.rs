@@ -1,6 +1,11 @@
 //! The collectors' writes, for both databases: a batch in one transaction (forgets, creates, hot
 //! updates, `last_seen` touches, facts parts, transitions), every statement fenced by the epoch the
 //! writing actor claimed; claims; operators' label edits; the quarantine.
+//!
+//! Multi-row statements are not kept prepared (`persistent(false)`): their text changes with the
+//! number of rows, so each size would stay in every connection's statement cache, and a
+//! thousand-row statement's compiled program is tens of kilobytes (measured: the cache grew by
+//! tens of megabytes per wave of collectors).
 
 /// Generates `impl $store { ... }` with the collector write paths.
 macro_rules! sql_writes {
@@ -40,7 +45,7 @@ macro_rules! sql_writes {
                         ") DELETE FROM collectors WHERE (id, epoch) IN \
                          (SELECT v_id, v_epoch FROM v) RETURNING id",
                     );
-                    let deleted: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                    let deleted: Vec<(String,)> = q.build_query_as().persistent(false).fetch_all(&mut **tx).await?;
                     if deleted.is_empty() {
                         continue;
                     }
@@ -51,7 +56,7 @@ macro_rules! sql_writes {
                             list.push_bind(id);
                         }
                         q.push(")");
-                        q.build().execute(&mut **tx).await?;
+                        q.build().persistent(false).execute(&mut **tx).await?;
                     }
                 }
                 Ok(())
@@ -93,7 +98,7 @@ macro_rules! sql_writes {
                         push_hot!(b, r);
                     });
                     q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-                    let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                    let rows: Vec<(String,)> = q.build_query_as().persistent(false).fetch_all(&mut **tx).await?;
                     applied.extend(rows.into_iter().map(|(id,)| id));
                 }
                 let assignments: String = HOT_COLUMNS
@@ -115,7 +120,7 @@ macro_rules! sql_writes {
                     q.push(format!(") UPDATE collectors SET {assignments}, updated_at = "));
                     q.push_bind(now);
                     q.push(" FROM v WHERE id = v_id AND epoch = v_epoch RETURNING id");
-                    let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                    let rows: Vec<(String,)> = q.build_query_as().persistent(false).fetch_all(&mut **tx).await?;
                     applied.extend(rows.into_iter().map(|(id,)| id));
                 }
                 let fenced = creates
@@ -134,7 +139,7 @@ macro_rules! sql_writes {
                         ") UPDATE collectors SET last_seen = v_last_seen FROM v \
                          WHERE id = v_id AND epoch = v_epoch",
                     );
-                    q.build().execute(&mut **tx).await?;
+                    q.build().persistent(false).execute(&mut **tx).await?;
                 }
                 Ok(fenced)
             }
@@ -185,7 +190,7 @@ macro_rules! sql_writes {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
-                    q.build().execute(&mut **tx).await?;
+                    q.build().persistent(false).execute(&mut **tx).await?;
                 }
                 Ok(())
             }
@@ -228,7 +233,7 @@ macro_rules! sql_writes {
                          SELECT v_id, v_from, v_to, v_reason, v_message, v_at, v_cause \
                          FROM v JOIN collectors ON id = v_id AND epoch = v_epoch ORDER BY v_ord"
                     ));
-                    q.build().execute(&mut **tx).await?;
+                    q.build().persistent(false).execute(&mut **tx).await?;
                 }
                 Ok(())
             }
@@ -249,6 +254,7 @@ macro_rules! sql_writes {
                     q.push(format!(") RETURNING {RECORD_COLUMNS}"));
                     let rows = q
                         .build_query_as::<RecordRow>()
+                        .persistent(false)
                         .fetch_all(&mut **tx)
                         .await?;
                     let records = Self::with_facts(&mut **tx, rows).await?;
@@ -279,7 +285,9 @@ macro_rules! sql_writes {
                     list.push_bind(row.id.clone());
                 }
                 q.push(")");
-                let facts = q.build_query_as::<FactsRow>().fetch_all(executor).await?;
+                let facts = q.build_query_as::<FactsRow>()
+                    .persistent(false)
+                    .fetch_all(executor).await?;
                 let mut facts: std::collections::HashMap<String, FactsRow> =
                     facts.into_iter().map(|f| (f.id.clone(), f)).collect();
                 rows.into_iter()
@@ -349,7 +357,7 @@ macro_rules! sql_writes {
                             .push_bind(r.payload.clone())
                             .push_bind(OffsetDateTime::from(r.at));
                     });
-                    q.build().execute(&self.pool).await?;
+                    q.build().persistent(false).execute(&self.pool).await?;
                 }
                 Ok(())
             }

@@ -1,0 +1,115 @@
+//! The real `opampd` binary as the benchmarks run it: started on given addresses and database,
+//! waited on until ready, stopped with SIGTERM, its memory read from `/proc`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    child: Child,
+    opamp: String,
+    api: String,
+    data: std::path::PathBuf,
+    database: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// The real binary on these addresses and this database; `env` adds settings.
+    pub fn start(
+        data: &std::path::Path,
+        database: &str,
+        opamp: &str,
+        api: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_opampd"))
+            .args([
+                "--opamp-listen",
+                opamp,
+                "--api-listen",
+                api,
+                "--log-level",
+                "warn",
+            ])
+            .env("OPAMPD_DATABASE__URL", database)
+            .env("OPAMPD_SERVER__DATA_DIR", data)
+            .env("OPAMPD_OPAMP__MAX_CONNECTIONS", "20000")
+            .env("OPAMPD_SERVER__SHUTDOWN_TIMEOUT", "60s")
+            .current_dir(data)
+            .stdout(Stdio::null())
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("the server starts");
+        Self {
+            child,
+            opamp: opamp.to_owned(),
+            api: api.to_owned(),
+            data: data.to_owned(),
+            database: database.to_owned(),
+        }
+    }
+
+    pub async fn ready(&mut self, client: &reqwest::Client) -> Duration {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the server exited at start-up: {status}");
+            }
+            let ready = client
+                .get(format!("http://{}/readyz", self.api))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < Duration::from_mins(2), "not ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, and how long until it exited.
+    pub fn stop(&mut self) -> (Duration, bool) {
+        let started = Instant::now();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        (started.elapsed(), status.success())
+    }
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory now, from `/proc`.
+    pub fn rss_kib(&self) -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Server {
+    /// A run that fails part-way leaves no server behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
