@@ -3,20 +3,29 @@
 # Run:   docker run -p 4320:4320 -p 8080:8080 -v opampd-data:/var/lib/opampd opampd
 
 FROM rust:1.95-slim-bookworm AS build
+# jemalloc (the server's allocator) is built from C sources with make.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, in their own layer: it is rebuilt only when the manifests change.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY load/Cargo.toml load/Cargo.toml
+# The manifest names its benchmarks and their shared support, so cargo wants them present.
+COPY benches benches
+COPY tests/it/support/postgres.rs tests/it/support/postgres.rs
 COPY proto proto
-RUN mkdir src \
+RUN mkdir -p src load/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
- && cargo build --release --locked \
- && rm -rf src
+ && touch src/lib.rs load/src/lib.rs \
+ && echo 'fn main() {}' > load/src/main.rs \
+ && cargo build --release --locked -p opampd \
+ && rm -rf src load/src
 COPY src src
 COPY migrations migrations
 COPY config config
+COPY load/src load/src
 # Make sure cargo sees the real sources as newer than the placeholder build.
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked -p opampd
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/opampd opampd \
