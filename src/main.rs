@@ -9,6 +9,7 @@ use opampd::config::{Config, FlagOverrides, LogFormat};
 /// jemalloc with background purging: freed memory goes back to the system within seconds, so the
 /// server's resident memory follows its resident collectors down after they leave (glibc's malloc
 /// kept the high-water mark). Measured in docs/performance.md.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
