@@ -8,22 +8,8 @@ use opampd::config::{ApiKey, Role};
 use opampd::proto;
 use serde_json::{Value, json};
 
-use crate::store::Backend;
 use crate::support::api::{Api, assert_error};
 use crate::support::*;
-
-async fn server(backend: Backend) -> TestServer {
-    let url = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(crate::support::postgres::fresh_database().await),
-    };
-    TestServer::start_with(|c| {
-        if let Some(url) = url {
-            c.database.url = url;
-        }
-    })
-    .await
-}
 
 /// A first message naming the collector and its version.
 fn hello_as(uid: &Bytes, name: &str, version: &str) -> proto::AgentToServer {
@@ -47,11 +33,8 @@ async fn collectors(server: &TestServer, api: &Api, n: usize) -> Vec<(Bytes, Str
         .await;
         made.push((uid.clone(), id_of(&uid).to_string()));
     }
-    for (_, id) in &made {
-        eventually("the collector is in the store", || async {
-            (api.get(&format!("/api/v1/collectors/{id}")).await.status == 200).then_some(())
-        })
-        .await;
+    for (uid, _) in &made {
+        api.stored(id_of(uid)).await;
     }
     made
 }
@@ -66,7 +49,7 @@ fn names(page: &Value) -> Vec<String> {
 }
 
 async fn list_filters_sorts_and_pages(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let made = collectors(&server, &api, 7).await;
     for (i, (_, id)) in made.iter().enumerate() {
@@ -155,7 +138,7 @@ async fn list_filters_sorts_and_pages(backend: Backend) {
 }
 
 async fn one_collector_shows_every_fact(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let uid = new_uid();
     let mut first = hello_as(&uid, "gateway", "0.110.0");
@@ -173,11 +156,7 @@ async fn one_collector_shows_every_fact(backend: Backend) {
     });
     post_ok(&server.opamp_url, &first).await;
     let id = id_of(&uid).to_string();
-    let c = eventually("stored", || async {
-        let answer = api.get(&format!("/api/v1/collectors/{id}")).await;
-        (answer.status == 200).then_some(answer.body)
-    })
-    .await;
+    let c = api.stored(id_of(&uid)).await;
     assert_eq!(c["id"], id);
     assert_eq!(c["name"], "gateway");
     assert_eq!(c["version"], "0.110.0");
@@ -231,7 +210,7 @@ async fn one_collector_shows_every_fact(backend: Backend) {
 }
 
 async fn history_is_newest_first_in_pages(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let made = collectors(&server, &api, 1).await;
     let (uid, id) = &made[0];
@@ -287,7 +266,7 @@ async fn history_is_newest_first_in_pages(backend: Backend) {
 }
 
 async fn labels_are_replaced_and_patched(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let made = collectors(&server, &api, 1).await;
     let path = format!("/api/v1/collectors/{}/labels", made[0].1);
@@ -328,7 +307,7 @@ async fn labels_are_replaced_and_patched(backend: Backend) {
 }
 
 async fn only_a_disconnected_collector_is_forgotten(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let made = collectors(&server, &api, 1).await;
     let (uid, id) = &made[0];
@@ -363,7 +342,7 @@ async fn only_a_disconnected_collector_is_forgotten(backend: Backend) {
 }
 
 async fn summary_counts_every_state(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let made = collectors(&server, &api, 3).await;
     post_ok(&server.opamp_url, &health_report(&made[0].0, 1, false, "x")).await;
@@ -405,7 +384,7 @@ async fn the_state_machine_is_published() {
 }
 
 async fn live_events_arrive_once_and_resume(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let mut all = api.events("", None).await;
     let mut errors = api.events("?state=error", None).await;
@@ -494,10 +473,7 @@ async fn keys_and_roles_decide_who_may_do_what() {
     let id = id_of(&uid);
     let labels = format!("/api/v1/collectors/{id}/labels");
     let one = format!("/api/v1/collectors/{id}");
-    eventually("stored", || async {
-        (as_("viewer").get(&one).await.status == 200).then_some(())
-    })
-    .await;
+    as_("viewer").stored(id).await;
     assert_error(
         &as_("viewer").put(&labels, &json!({"a": "b"})).await,
         403,
@@ -578,9 +554,7 @@ async fn restart_reaches_a_collector_that_accepts_it() {
     let mut ws = WsClient::connect(&server.ws_url).await;
     ws.exchange(&hello(&uid, 0)).await;
     let path = format!("/api/v1/collectors/{}/restart", id_of(&uid));
-    let answer = api
-        .with_body(reqwest::Method::POST, &path, String::new())
-        .await;
+    let answer = api.post(&path, &json!({})).await;
     assert_eq!(answer.status, 202, "{}", answer.body);
     let pushed = ws.recv().await;
     assert_eq!(
@@ -594,17 +568,7 @@ async fn restart_reaches_a_collector_that_accepts_it() {
     refuses.capabilities = 0x1;
     post_ok(&server.opamp_url, &refuses).await;
     let path = format!("/api/v1/collectors/{}/restart", id_of(&other));
-    assert_error(
-        &api.with_body(reqwest::Method::POST, &path, String::new())
-            .await,
-        409,
-        "conflict",
-    );
+    assert_error(&api.post(&path, &json!({})).await, 409, "conflict");
     let path = format!("/api/v1/collectors/{}/restart", CollectorId::new_v7());
-    assert_error(
-        &api.with_body(reqwest::Method::POST, &path, String::new())
-            .await,
-        404,
-        "not_found",
-    );
+    assert_error(&api.post(&path, &json!({})).await, 404, "not_found");
 }

@@ -3,7 +3,7 @@
 
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::binary::ServerProcess;
+use crate::support::binary::{ServerProcess, run};
 use crate::support::*;
 
 #[tokio::test]
@@ -43,12 +43,7 @@ async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
 
 #[tokio::test]
 async fn a_bad_configuration_value_fails_start_up_naming_the_key_and_source() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_opampd"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("OPAMPD_OPAMP__MAX_CONNECTIONS", "lots")
-        .output()
-        .await
-        .unwrap();
+    let output = run(&[], &[("OPAMPD_OPAMP__MAX_CONNECTIONS", "lots")]).await;
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("opamp.max_connections"), "{stderr}");
@@ -79,39 +74,21 @@ async fn migrate_prepares_a_database_and_is_idempotent() {
     let data = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", data.path().join("fresh.db").display());
     for _ in 0..2 {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_opampd"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["migrate", "--database-url", &url])
-            .output()
-            .await
-            .unwrap();
+        let output = run(&["migrate", "--database-url", &url], &[]).await;
         assert!(
             output.status.success(),
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let store = crate::store::open_store(&url, "opampd").await;
+    let store = open_store(&url, "opampd").await;
     assert!(store.collectors().await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn an_unreachable_database_fails_start_up_with_a_clear_message() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_opampd"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "--database-url",
-            "postgres://opampd:secret@127.0.0.1:1/opampd",
-        ])
-        .args([
-            "--opamp-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let url = "postgres://opampd:secret@127.0.0.1:1/opampd";
+    let output = run(&["--database-url", url], &[]).await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot open the database"), "{stderr}");

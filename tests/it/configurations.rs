@@ -7,12 +7,7 @@ use crate::support::TestServer;
 use crate::support::api::{Answer, Api, assert_error};
 
 async fn post(api: &Api, body: serde_json::Value) -> Answer {
-    api.with_body(
-        reqwest::Method::POST,
-        "/api/v1/configurations",
-        body.to_string(),
-    )
-    .await
+    api.post("/api/v1/configurations", &body).await
 }
 
 const V1: &str = "receivers:\n  otlp:\nexporters:\n  debug:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [debug]\n";

@@ -11,33 +11,10 @@ use opampd::proto;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::store::{Backend, fresh_url, open_store};
 use crate::support::api::Api;
 use crate::support::*;
 
 use {Reason as R, State as S};
-
-/// A server on `backend`, adjusted.
-async fn server_on(
-    backend: Backend,
-    adjust: impl FnOnce(&mut opampd::config::Config),
-) -> TestServer {
-    let url = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(crate::support::postgres::fresh_database().await),
-    };
-    TestServer::start_with(|c| {
-        if let Some(url) = url {
-            c.database.url = url;
-        }
-        adjust(c);
-    })
-    .await
-}
-
-fn steps(history: &[opampd::collector::Transition]) -> Vec<(Option<S>, S, R)> {
-    history.iter().map(|t| (t.from, t.to, t.reason)).collect()
-}
 
 /// The retry delay an UNAVAILABLE answer carries.
 fn retry_after(reply: &proto::ServerToAgent) -> Option<Duration> {
@@ -73,49 +50,11 @@ async fn hello_until_served(
     }
 }
 
-/// A transaction elsewhere that keeps the server from claiming records until it is dropped.
-enum StoreLock {
-    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
-}
-
-async fn lock_the_store(server: &TestServer) -> StoreLock {
-    let url = opampd::config::Config::database_url(&server.config);
-    if url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        let mut tx = pool.begin().await.unwrap();
-        sqlx::query("LOCK TABLE collectors IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        StoreLock::Postgres(tx)
-    } else {
-        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        let mut conn = pool.acquire().await.unwrap();
-        sqlx::query("BEGIN EXCLUSIVE")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        StoreLock::Sqlite(conn)
-    }
-}
-
-impl StoreLock {
-    async fn release(self) {
-        match self {
-            StoreLock::Sqlite(mut conn) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
-            }
-            StoreLock::Postgres(tx) => tx.commit().await.unwrap(),
-        }
-    }
-}
-
 /// Item 1 of the issue, made deterministic: a pool of one connection and a store that cannot
 /// claim a single record while a few hundred collectors reconnect at once after a restart.
 async fn a_restart_storm_keeps_every_label_and_every_history(backend: Backend) {
     const N: usize = 200;
-    let server = server_on(backend, |c| {
+    let server = TestServer::on(backend, |c| {
         c.database.max_connections = 1;
         c.opamp.store_retry_after = Duration::from_secs(1);
     })
@@ -139,7 +78,7 @@ async fn a_restart_storm_keeps_every_label_and_every_history(backend: Backend) {
 
     let server = server.restart().await;
     drop(sockets);
-    let lock = lock_the_store(&server).await;
+    let lock = StoreLock::take(&server).await;
     let (told, mut waited) = mpsc::unbounded_channel();
     let mut storm = tokio::task::JoinSet::new();
     for uid in uids.clone() {
@@ -166,7 +105,7 @@ async fn a_restart_storm_keeps_every_label_and_every_history(backend: Backend) {
             "labels of collector {i}"
         );
         assert_eq!(
-            steps(&server.history(id).await),
+            server.steps(id).await,
             [
                 (None, S::Connected, R::Initial),
                 (Some(S::Connected), S::Disconnected, R::ServerTermination),
@@ -179,7 +118,7 @@ async fn a_restart_storm_keeps_every_label_and_every_history(backend: Backend) {
 
 /// Writes the collector's record must not wait on: the API reads them back at once.
 async fn operators_read_their_own_writes_at_once(backend: Backend) {
-    let server = server_on(backend, |_| {}).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let uid = new_uid();
     let path = format!("/api/v1/collectors/{}", id_of(&uid));
@@ -234,7 +173,7 @@ async fn operators_read_their_own_writes_at_once(backend: Backend) {
         "forgotten labels stay forgotten"
     );
     assert_eq!(
-        steps(&server.history(id_of(&uid)).await),
+        server.steps(id_of(&uid)).await,
         [(None, S::Connected, R::Initial)]
     );
 }
@@ -248,7 +187,7 @@ crate::on_both_stores!(
 /// refused, and every other collector's change lands with it.
 #[tokio::test]
 async fn a_collectors_bad_bytes_are_stored_safely_and_stop_nobody() {
-    let server = server_on(Backend::Postgres, |_| {}).await;
+    let server = TestServer::on(Backend::Postgres, |_| {}).await;
     let api = Api::new(&server.api_url);
     let (bad, good) = (new_uid(), new_uid());
     for uid in [&bad, &good] {
@@ -287,8 +226,8 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
     use opampd::collector::{Collector, CollectorId, Health, Transition};
     use opampd::store::writer::{Writer, WriterSettings};
 
-    let (url, _dir) = fresh_url(Backend::Postgres).await;
-    let store = open_store(&url, "a").await;
+    let db = fresh_database(Backend::Postgres).await;
+    let store = open_store(&db.url, "a").await;
     let (changes, queue) = mpsc::channel(64);
     let (writer, _fenced) = Writer::spawn(
         std::sync::Arc::clone(&store),
@@ -424,7 +363,7 @@ async fn collectors_that_leave_stop_being_resident_and_return_from_the_store() {
     let mut ws = WsClient::connect(&server.ws_url).await;
     ws.exchange(&hello(&back, 0)).await;
     assert_eq!(
-        steps(&server.history(id_of(&back)).await),
+        server.steps(id_of(&back)).await,
         [
             (None, S::Connected, R::Initial),
             (Some(S::Connected), S::Disconnected, R::NetworkInterruption),

@@ -62,16 +62,12 @@ impl Subject {
     async fn open(&mut self) {
         self.ws = Some(WsClient::connect(&self.server.ws_url).await);
         let seq = self.next_seq();
-        let mut hello = hello(&self.uid, seq);
-        hello.capabilities |= 0x4000;
-        let mut receivers = proto::ComponentDetails::default();
-        receivers
-            .sub_component_map
-            .insert("otlp".into(), proto::ComponentDetails::default());
-        hello.available_components = Some(proto::AvailableComponents {
-            components: [("receivers".to_owned(), receivers)].into(),
-            hash: Bytes::from_static(b"otlp-only"),
-        });
+        let hello = with_components(
+            hello(&self.uid, seq),
+            "otlp-only",
+            &[("receivers", &["otlp"])],
+            true,
+        );
         self.exchange(hello).await;
     }
 
@@ -157,14 +153,7 @@ impl Subject {
     }
 
     async fn fleet(&self, event: Event) {
-        assert!(
-            self.server
-                .running()
-                .registry
-                .apply(self.id, event)
-                .await
-                .unwrap()
-        );
+        self.server.apply(self.id, event).await;
     }
 
     async fn configure(&self, hash: &[u8], required: Vec<String>) {
@@ -210,7 +199,7 @@ impl Subject {
             {
                 return last.clone();
             }
-            let summary: Vec<_> = history.iter().map(|t| (t.from, t.to, t.reason)).collect();
+            let summary = steps(&history);
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "expected last transition {from:?} -> {to:?} ({reason:?}); history: {summary:?}"
@@ -670,17 +659,10 @@ async fn a_configuration_sent_while_disconnected_goes_out_on_reconnect() {
         &reply.remote_config.expect("sent on reconnect").config_hash[..],
         &CONFIG_HASH
     );
-    let history = s.history().await;
-    let tail: Vec<_> = history
-        .iter()
-        .rev()
-        .take(2)
-        .rev()
-        .map(|t| (t.from, t.to, t.reason))
-        .collect();
+    let history = s.server.steps(s.id).await;
     assert_eq!(
-        tail,
-        vec![
+        history[history.len() - 2..],
+        [
             (Some(Disconnected), Connected, Reason::ConnectionRestored),
             (Some(Connected), Configuring, Reason::NewConfiguration),
         ]
@@ -734,14 +716,8 @@ async fn a_collector_life(transport: opampd::collector::Transport) {
     }
     server.wait_for(id, "disconnected", |c| !c.connected).await;
     say(&mut ws, heartbeat(&uid, seq)).await;
-    let history: Vec<_> = server
-        .history(id)
-        .await
-        .iter()
-        .map(|t| (t.from, t.to, t.reason))
-        .collect();
     assert_eq!(
-        history,
+        server.steps(id).await,
         vec![
             (None, Connected, Reason::Initial),
             (Some(Connected), Error, Reason::RuntimeError),

@@ -1,8 +1,9 @@
 //! A small REST client for the operators' API, and a reader of its Server-Sent Events.
 
+use opampd::collector::CollectorId;
 use serde_json::Value;
 
-use super::{DEADLINE, http_client};
+use super::{eventually, http_client, within};
 
 pub struct Api {
     pub base: String,
@@ -73,6 +74,24 @@ impl Api {
             .await
     }
 
+    /// POSTs `body` as JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.with_body(reqwest::Method::POST, path, body.to_string())
+            .await
+    }
+
+    /// POSTs `body` as JSON and asserts a success (200, 201 or 202), returning the answer's body.
+    pub async fn post_ok(&self, path: &str, body: &Value) -> Value {
+        let answer = self.post(path, body).await;
+        assert!(
+            (200..=202).contains(&answer.status),
+            "POST {path}: {} {}",
+            answer.status,
+            answer.body
+        );
+        answer.body
+    }
+
     pub async fn with_body(&self, method: reqwest::Method, path: &str, body: String) -> Answer {
         Self::send(
             self.request(method, path)
@@ -87,6 +106,16 @@ impl Api {
         let answer = self.get(path).await;
         assert_eq!(answer.status, 200, "GET {path}: {}", answer.body);
         answer.body
+    }
+
+    /// Waits until the collector is in the store, and returns it as the API shows it.
+    pub async fn stored(&self, id: CollectorId) -> Value {
+        let path = format!("/api/v1/collectors/{id}");
+        eventually(&format!("collector {id} in the store"), || async {
+            let answer = self.get(&path).await;
+            (answer.status == 200).then_some(answer.body)
+        })
+        .await
     }
 
     pub async fn events(&self, query: &str, last_event_id: Option<&str>) -> EventStream {
@@ -138,7 +167,7 @@ pub struct EventStream {
 impl EventStream {
     /// The next event (keep-alive comments skipped), within the deadline.
     pub async fn next(&mut self) -> Sse {
-        tokio::time::timeout(DEADLINE, async {
+        within("an event on the stream", async {
             loop {
                 if let Some(end) = self.buffer.find("\n\n") {
                     let frame: String = self.buffer.drain(..end + 2).collect();
@@ -172,6 +201,5 @@ impl EventStream {
             }
         })
         .await
-        .expect("an event before the deadline")
     }
 }
