@@ -416,13 +416,15 @@ impl Actor {
     }
 
     fn publish(&self, transition: Transition) {
-        metrics::counter!(
-            crate::telemetry::metrics::TRANSITIONS,
-            "from" => transition.from.map_or("none", State::as_str),
-            "to" => transition.to.as_str(),
-            "reason" => transition.reason.as_str(),
-        )
-        .increment(1);
+        let labels = [
+            ("from", transition.from.map_or("none", State::as_str)),
+            ("to", transition.to.as_str()),
+            ("reason", transition.reason.as_str()),
+        ];
+        self.shared
+            .metrics
+            .counter(crate::telemetry::metrics::TRANSITIONS, &labels)
+            .increment(1);
         info!(
             collector_id = %self.id,
             from = transition.from.map_or("none", |s| s.as_str()),

@@ -17,12 +17,19 @@ use crate::collector::handle::ConnectionRef;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 
-pub async fn handle(
-    State(opamp): State<Arc<Opamp>>,
-    headers: HeaderMap,
+pub async fn handle(State(opamp): State<Arc<Opamp>>, headers: HeaderMap, body: Body) -> Response {
+    match answer(&opamp, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => opamp.refuse(error),
+    }
+}
+
+async fn answer(
+    opamp: &Arc<Opamp>,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, OpampError> {
-    if !is_protobuf(&headers) {
+    if !is_protobuf(headers) {
         return Err(OpampError::UnsupportedMediaType);
     }
     let _permit = opamp.admit()?;

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use super::batch::{Entry, Key};
 use super::{Batch, Quarantined, Store, StoreError};
 use crate::collector::persist::Change;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, Metrics};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
@@ -118,6 +118,7 @@ impl Writer {
         store: Arc<dyn Store>,
         changes: mpsc::Receiver<Change>,
         settings: WriterSettings,
+        metrics: Metrics,
     ) -> (Self, mpsc::Receiver<Key>) {
         let finish = CancellationToken::new();
         let health = Arc::new(StoreHealth::default());
@@ -131,6 +132,7 @@ impl Writer {
             finish: finish.clone(),
             health: Arc::clone(&health),
             fenced,
+            metrics,
         };
         let writer = Self {
             task: tokio::spawn(batcher.run()),
@@ -165,6 +167,7 @@ struct Batcher {
     finish: CancellationToken,
     health: Arc<StoreHealth>,
     fenced: mpsc::Sender<Key>,
+    metrics: Metrics,
 }
 
 /// Why a batch did not land, and what of it is still to be written.
@@ -256,7 +259,8 @@ impl Batcher {
             let barriers = std::mem::take(&mut self.barriers);
             let started = std::time::Instant::now();
             let landed = self.land(batch).await;
-            ::metrics::histogram!(metrics::STORE_WRITE_SECONDS)
+            self.metrics
+                .histogram(metrics::STORE_WRITE_SECONDS)
                 .record(started.elapsed().as_secs_f64());
             let Unlanded { error, rest } = match landed {
                 Ok(()) => {
@@ -285,7 +289,9 @@ impl Batcher {
                 .pending_transitions
                 .store(self.pending.transition_count(), Ordering::Relaxed);
             self.health.failed_writes.fetch_add(1, Ordering::Relaxed);
-            ::metrics::counter!(metrics::STORE_WRITE_FAILURES).increment(1);
+            self.metrics
+                .counter(metrics::STORE_WRITE_FAILURES, &[])
+                .increment(1);
             if !self.health.degraded.swap(true, Ordering::Relaxed) {
                 warn!(%error, "database write failed; keeping every change and retrying");
             }
@@ -387,14 +393,18 @@ impl Batcher {
         self.health
             .quarantined
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        ::metrics::counter!(metrics::STORE_QUARANTINED).increment(rows.len() as u64);
+        self.metrics
+            .counter(metrics::STORE_QUARANTINED, &[])
+            .increment(rows.len() as u64);
         Ok(())
     }
 
     fn report_fenced(&self, fenced: Vec<Key>) {
         for key in fenced {
             self.health.fenced.fetch_add(1, Ordering::Relaxed);
-            ::metrics::counter!(metrics::STORE_FENCED).increment(1);
+            self.metrics
+                .counter(metrics::STORE_FENCED, &[])
+                .increment(1);
             warn!(collector_id = %key.0, epoch = key.1,
                 "a write under a superseded claim was refused");
             // A full queue only delays the actor's discovery to its next write.

@@ -11,7 +11,9 @@ use opampd::proto;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::support::api::Api;
+use opampd::telemetry::metrics::{DUPLICATE_UIDS, Metrics, STORE_QUARANTINED as QUARANTINED};
+
+use crate::support::api::{Api, Scrape};
 use crate::support::*;
 
 use {Reason as R, State as S};
@@ -229,6 +231,7 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
     let db = fresh_database(Backend::Postgres).await;
     let store = open_store(&db.url, "a").await;
     let (changes, queue) = mpsc::channel(64);
+    let metrics = Metrics::default();
     let (writer, _fenced) = Writer::spawn(
         std::sync::Arc::clone(&store),
         queue,
@@ -236,14 +239,12 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
             flush_interval: Duration::from_millis(5),
             max_pending: 1000,
         },
+        metrics.clone(),
     );
     let barrier = || async {
         let (done, signal) = tokio::sync::oneshot::channel();
         changes.send(Change::Barrier(done)).await.unwrap();
-        tokio::time::timeout(DEADLINE, signal)
-            .await
-            .unwrap()
-            .is_ok()
+        within("the batch", signal).await.is_ok()
     };
     let record = |id: CollectorId, state: S, error: &str| {
         let mut c = Collector::new(id);
@@ -319,6 +320,7 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
     assert_eq!((kept[0].collector, kept[0].kind), (ids[2], "facts"));
     assert!(kept[0].error.contains("Unicode"), "{}", kept[0].error);
     assert_eq!(writer.health.quarantined(), 1);
+    assert_eq!(Scrape::parse(&metrics.render()).value(QUARANTINED, &[]), 1);
     assert!(writer.health.degraded().is_none());
     writer.finish(DEADLINE).await;
 }
@@ -481,4 +483,5 @@ async fn two_live_collectors_with_one_uid_end_with_two_uids() {
         (old["connected"].clone(), new["connected"].clone()),
         (json!(true), json!(true))
     );
+    assert_eq!(api.metrics().await.value(DUPLICATE_UIDS, &[]), 1);
 }
