@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost::Message as _;
-use tracing::{Instrument, field, info_span};
+use tracing::{Instrument, debug, field, info_span};
 
 use super::{Opamp, OpampError};
 use crate::collector::Transport;
@@ -58,6 +58,11 @@ async fn answer(
         let processed = opamp.process(payload, connection).await?;
         opamp.check_outgoing(&processed.reply)?;
         let body = processed.reply.encode_to_vec();
+        debug!(
+            bytes = body.len(),
+            retry_after = processed.retry_after,
+            "OpAMP request answered"
+        );
         Ok(match processed.retry_after {
             None => ([(header::CONTENT_TYPE, PROTOBUF)], body).into_response(),
             Some(retry_after) => (

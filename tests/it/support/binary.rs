@@ -38,12 +38,14 @@ fn command(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
 /// Runs the binary with `args` to its end, within the deadline, in a temporary data directory.
 pub async fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let data = tempfile::tempdir().expect("a temporary directory");
-    let output = command(data.path(), args, envs)
-        .stdin(Stdio::null())
-        .output();
-    within(&format!("opampd {} to exit", args.join(" ")), output)
-        .await
-        .expect("opampd runs")
+    run_with_data(data.path(), args, envs).await
+}
+
+/// [`run`] with `data` as the data directory, which the test then inspects.
+pub async fn run_with_data(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let output = command(data, args, envs).stdin(Stdio::null()).output();
+    let what = format!("opampd {} to exit", args.join(" "));
+    within(what.trim(), output).await.expect("opampd runs")
 }
 
 pub struct ServerProcess {
