@@ -1,10 +1,13 @@
 //! The plain-HTTP transport: content types, gzip both ways, limits, bad bodies, and messages kept
 //! for the next poll.
 
+use std::time::Duration;
+
 use prost::Message as _;
+use tokio::time::Instant;
 
 use crate::support::*;
-use opampd::collector::{ConfigOffer, Event};
+use opampd::collector::{ConfigOffer, Event, Reason as R, State as S};
 
 const PROTOBUF: (&str, &str) = ("content-type", "application/x-protobuf");
 
@@ -197,19 +200,64 @@ async fn the_instance_uid_header_is_read_but_the_body_decides() {
 }
 
 #[tokio::test]
-async fn a_silent_http_collector_is_disconnected_after_its_liveness_window() {
+async fn a_silent_http_collector_is_disconnected_after_its_liveness_window_and_not_before() {
     let server = TestServer::start_with(|c| {
-        c.opamp.heartbeat_interval = std::time::Duration::from_millis(100);
-        c.opamp.liveness_intervals = 2;
+        c.opamp.heartbeat_interval = Duration::from_millis(150);
+        c.opamp.liveness_intervals = 3;
     })
     .await;
+    let window = server.config.opamp.liveness_window();
     let uid = new_uid();
+    let polled = Instant::now();
     post_ok(&server.opamp_url, &hello(&uid, 0)).await;
     server
         .wait_for(id_of(&uid), "disconnected after silence", |v| !v.connected)
         .await;
+    let silent = polled.elapsed();
+    assert!(silent >= window, "disconnected after {silent:?}");
     post_ok(&server.opamp_url, &heartbeat(&uid, 1)).await;
-    server.wait_for(id_of(&uid), "back", |v| v.connected).await;
+    assert_eq!(
+        server.steps(id_of(&uid)).await,
+        [
+            (None, S::Connected, R::Initial),
+            (Some(S::Connected), S::Disconnected, R::NetworkInterruption),
+            (Some(S::Disconnected), S::Connected, R::ConnectionRestored),
+        ]
+    );
+}
+
+/// A collector that polls at its heartbeat interval is never taken for gone, however long it
+/// goes on.
+#[tokio::test]
+async fn a_polling_http_collector_stays_connected_past_its_liveness_window() {
+    let server = TestServer::start_with(|c| {
+        c.opamp.heartbeat_interval = Duration::from_millis(250);
+        c.opamp.liveness_intervals = 4;
+    })
+    .await;
+    let window = server.config.opamp.liveness_window();
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let started = Instant::now();
+    // Faster than it needs to: the collector's own schedule, not a guess at the server's.
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    let (mut seq, mut last, mut longest) = (1, Instant::now(), Duration::ZERO);
+    while started.elapsed() < window * 3 {
+        every.tick().await;
+        longest = longest.max(last.elapsed());
+        last = Instant::now();
+        post_ok(&server.opamp_url, &heartbeat(&uid, seq)).await;
+        seq += 1;
+    }
+    assert!(
+        longest < window,
+        "this machine stalled for {longest:?}, longer than the window: the test cannot tell"
+    );
+    assert!(server.view(id_of(&uid)).await.unwrap().connected);
+    assert_eq!(
+        server.steps(id_of(&uid)).await,
+        [(None, S::Connected, R::Initial)]
+    );
 }
 
 #[tokio::test]
