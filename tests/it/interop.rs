@@ -34,7 +34,11 @@ async fn heartbeating(client: Client) -> (ServerProcess, Driver, CollectorId) {
         .expect_where("sent", |e| e["agent_description"] == true)
         .await;
     assert_eq!(first["ok"], true, "first full state accepted: {first}");
-    assert_eq!(first["http_status"], 200);
+    assert_eq!(first["http_status"], 200, "{first}");
+    assert_eq!(
+        first["response_content_type"], "application/x-protobuf",
+        "{first}"
+    );
     for _ in 0..2 {
         let beat = driver
             .expect_where("sent", |e| e["agent_description"] == false)
@@ -105,13 +109,15 @@ async fn both_clients_get_through_agent_authentication() {
             &["--auth-header", "Bearer wrong"],
         )
         .await;
-        let refused = bad.expect_where("error", |e| e["source"] == "client").await;
+        let refused = bad.expect_where("sent", |e| e["ok"] == false).await;
+        assert_eq!(refused["http_status"], 401, "{client:?}: {refused}");
+        let error = bad.expect_where("error", |e| e["source"] == "client").await;
         assert!(
-            refused["message"]
+            error["message"]
                 .as_str()
                 .unwrap_or_default()
                 .contains("401"),
-            "{client:?}: {refused}"
+            "{client:?}: {error}"
         );
         good.stop().await;
         bad.stop().await;

@@ -293,6 +293,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
+        scripted::assert_untroubled();
         if let Some(value) = probe().await {
             return value;
         }
