@@ -181,6 +181,64 @@ async fn messages_for_http_collectors_wait_for_the_next_poll() {
     assert!(third.remote_config.is_none(), "delivered once");
 }
 
+/// Offers made while a plain-HTTP collector is between polls are folded: its next poll carries
+/// the latest configuration and the latest package, never an older one, and the restart
+/// command, which travels alone, the poll after.
+#[tokio::test]
+async fn a_poll_gets_the_latest_of_each_kind() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let id = id_of(&uid);
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let configure = |hash: u8| Event::SendConfiguration {
+        offer: ConfigOffer {
+            files: opampd::collector::ConfigFiles::new(),
+            hash: vec![hash; 32],
+        },
+        required: vec![],
+        rollout: None,
+    };
+    let package = |version: &str| {
+        Event::OfferPackage(opampd::collector::PackageOffer {
+            name: "otelcol".into(),
+            version: version.into(),
+            download_url: format!("https://packages.example/otelcol-{version}.tar.gz"),
+            content_hash: vec![1; 32],
+            signature: vec![],
+            hash: version.as_bytes().to_vec(),
+        })
+    };
+    for event in [
+        configure(1),
+        package("0.2.0"),
+        Event::Restart,
+        configure(2),
+        package("0.3.0"),
+    ] {
+        server.apply(id, event).await;
+    }
+    let first = post_ok(&server.opamp_url, &heartbeat(&uid, 1)).await;
+    let config = first.remote_config.expect("a configuration");
+    assert_eq!(
+        &config.config_hash[..],
+        &[2; 32],
+        "the latest configuration"
+    );
+    let packages = first.packages_available.expect("a package offer");
+    assert_eq!(
+        packages.packages["otelcol"].version, "0.3.0",
+        "the latest package"
+    );
+    assert!(first.command.is_none(), "the restart travels alone");
+    let second = post_ok(&server.opamp_url, &heartbeat(&uid, 2)).await;
+    assert!(second.command.is_some());
+    assert!(second.remote_config.is_none() && second.packages_available.is_none());
+    let third = post_ok(&server.opamp_url, &heartbeat(&uid, 3)).await;
+    assert_eq!(third.remote_config, None);
+    assert_eq!(third.packages_available, None);
+    assert_eq!(third.command, None, "each delivered once");
+}
+
 #[tokio::test]
 async fn the_instance_uid_header_is_read_but_the_body_decides() {
     let server = TestServer::start().await;

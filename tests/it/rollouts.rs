@@ -24,11 +24,18 @@ async fn configuration(api: &Api) {
 
 /// Waits until every collector is in the store (a rollout selects from it), labelled `env=prod`.
 async fn labelled(api: &Api, collectors: &[&Scripted]) {
-    for c in collectors {
-        let path = format!("/api/v1/collectors/{}", c.id);
-        api.stored(c.id).await;
+    let ids: Vec<CollectorId> = collectors.iter().map(|c| c.id).collect();
+    labelled_ids(api, &ids).await;
+}
+
+async fn labelled_ids(api: &Api, collectors: &[CollectorId]) {
+    for id in collectors {
+        api.stored(*id).await;
         let answer = api
-            .put(&format!("{path}/labels"), &json!({"env": "prod"}))
+            .put(
+                &format!("/api/v1/collectors/{id}/labels"),
+                &json!({"env": "prod"}),
+            )
             .await;
         assert_eq!(answer.status, 200);
     }
@@ -494,6 +501,21 @@ async fn an_upgrade_goes_through_upgrading_batch_by_batch() {
     assert_eq!(done["progress"]["failed"], 1);
     assert_eq!(done["progress"]["unsupported"], 1);
     assert_eq!(target(&done, installs[1].id)["error"], "checksum mismatch");
+    // initial_batch 1, multiplier 2: the first alone, then the other two.
+    assert_eq!(done["batches_started"], 2, "{done}");
+    let batches: Vec<&Value> = installs
+        .iter()
+        .map(|c| &target(&done, c.id)["batch"])
+        .collect();
+    assert_eq!(batches, [&json!(0), &json!(1), &json!(1)], "{done}");
+    assert!(target(&done, id_of(&no_packages))["batch"].is_null());
+    // Batch by batch: the second was offered only once the first had its verdict.
+    let first_done = server.history(installs[0].id).await[2].at;
+    for c in &installs[1..] {
+        let offered = server.history(c.id).await[1].clone();
+        assert_eq!(offered.reason, R::PackageUpgradeInitiated);
+        assert!(offered.at >= first_done, "offered before batch 0 settled");
+    }
 
     let upgraded = [
         (None, S::Connected, R::Initial),
@@ -555,5 +577,109 @@ async fn a_collector_away_at_its_turn_gets_the_configuration_when_it_returns() {
             (Some(S::Connected), S::Configuring, R::NewConfiguration),
             (Some(S::Configuring), S::Connected, R::ConfigApplied),
         ]
+    );
+}
+
+/// An operator pauses a running rollout: the batch out there still settles, the next one is not
+/// sent until the rollout is resumed. A collector that does not report its components is taken
+/// as compatible, and marked so.
+#[tokio::test]
+async fn an_operator_pauses_a_running_rollout_and_resumes_it() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    // First (so first in the rollout's order), a plain-HTTP collector this test answers for by
+    // hand; it reports no components.
+    let manual = new_uid();
+    post_ok(&server.opamp_url, &hello(&manual, 0)).await;
+    let later = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    labelled_ids(&api, &[id_of(&manual), later.id]).await;
+    let started = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "initial_batch": 1, "multiplier": 1}),
+        )
+        .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    assert_eq!(target(&started, id_of(&manual))["outcome"], "configuring");
+    assert_eq!(target(&started, id_of(&manual))["components_unknown"], true);
+    assert_eq!(target(&started, later.id)["components_unknown"], false);
+    assert_eq!(target(&started, later.id)["outcome"], "pending");
+
+    let paused = api
+        .post_ok(&format!("/api/v1/rollouts/{id}/pause"), &json!({}))
+        .await;
+    assert_eq!(paused["status"], "paused");
+    assert_eq!(paused["reason"], "paused by an operator");
+    assert_error(
+        &api.post(&format!("/api/v1/rollouts/{id}/pause"), &json!({}))
+            .await,
+        409,
+        "conflict",
+    );
+    let sent = post_ok(&server.opamp_url, &heartbeat(&manual, 1))
+        .await
+        .remote_config
+        .expect("batch 0 went out before the pause");
+    let applied = opampd::proto::AgentToServer {
+        remote_config_status: Some(opampd::proto::RemoteConfigStatus {
+            last_remote_config_hash: sent.config_hash,
+            status: opampd::proto::RemoteConfigStatuses::Applied as i32,
+            error_message: String::new(),
+        }),
+        ..heartbeat(&manual, 2)
+    };
+    post_ok(&server.opamp_url, &applied).await;
+    // The rollout takes the verdict in while paused, in the very step that would have sent the
+    // next batch had it been running.
+    let settled = rollout_where(&api, &id, "batch 0 applied while paused", |r| {
+        target(r, id_of(&manual))["outcome"] == "applied"
+    })
+    .await;
+    assert_eq!(settled["status"], "paused");
+    assert_eq!(settled["batches_started"], 1);
+    assert_eq!(target(&settled, later.id)["outcome"], "pending");
+    assert_eq!(later.received(), 0, "nothing sent while paused");
+
+    let resumed = api
+        .post_ok(&format!("/api/v1/rollouts/{id}/resume"), &json!({}))
+        .await;
+    assert_eq!(resumed["status"], "running");
+    let done = rollout_where(&api, &id, "completed", |r| r["status"] == "completed").await;
+    assert_eq!(target(&done, later.id)["batch"], 1);
+    assert_eq!(target(&done, later.id)["outcome"], "applied");
+    assert_eq!(later.received(), 1);
+}
+
+/// A collector already running the configuration is `skipped`: nothing is sent to it and its
+/// history does not move; the others get it.
+#[tokio::test]
+async fn a_collector_already_running_the_configuration_is_skipped() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let running = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    labelled(&api, &[&running]).await;
+    let rollout = json!({"configuration": "gateway", "version": 1, "selector": "env=prod"});
+    let first = api.post_ok("/api/v1/rollouts", &rollout).await;
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    rollout_where(&api, &first_id, "completed", |r| r["status"] == "completed").await;
+    let before = server.steps(running.id).await;
+
+    let newcomer = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    labelled(&api, &[&running, &newcomer]).await;
+    let again = api.post_ok("/api/v1/rollouts", &rollout).await;
+    assert_eq!(target(&again, running.id)["outcome"], "skipped");
+    assert!(target(&again, running.id)["batch"].is_null());
+    let again_id = again["id"].as_str().unwrap().to_owned();
+    let done = rollout_where(&api, &again_id, "completed", |r| r["status"] == "completed").await;
+    assert_eq!(done["progress"]["skipped"], 1, "{done}");
+    assert_eq!(done["progress"]["applied"], 1, "{done}");
+    assert_eq!(running.received(), 1, "sent once, by the first rollout");
+    assert_eq!(newcomer.received(), 1);
+    assert_eq!(
+        server.steps(running.id).await,
+        before,
+        "its history did not move"
     );
 }

@@ -475,6 +475,49 @@ async fn configuring_to_error() {
     assert_eq!(s.state().await, Error);
 }
 
+/// "Not sent again" on the wire: a plain-HTTP collector gets whatever waits for it on its next
+/// poll, so a poll after the failed configuration is offered again shows that nothing went out.
+#[tokio::test]
+async fn a_failed_configuration_is_never_sent_again_on_the_wire() {
+    let server = TestServer::start().await;
+    let url = &server.opamp_url;
+    let uid = new_uid();
+    let id = id_of(&uid);
+    post_ok(url, &hello(&uid, 0)).await;
+    let configure = || Event::SendConfiguration {
+        offer: offer(&CONFIG_HASH),
+        required: vec![],
+        rollout: None,
+    };
+    server.apply(id, configure()).await;
+    let sent = post_ok(url, &heartbeat(&uid, 1)).await;
+    assert_eq!(
+        &sent.remote_config.expect("sent once").config_hash[..],
+        &CONFIG_HASH
+    );
+    let failed = proto::AgentToServer {
+        remote_config_status: Some(proto::RemoteConfigStatus {
+            last_remote_config_hash: Bytes::copy_from_slice(&CONFIG_HASH),
+            status: proto::RemoteConfigStatuses::Failed as i32,
+            error_message: "unknown exporter".into(),
+        }),
+        ..heartbeat(&uid, 2)
+    };
+    assert!(post_ok(url, &failed).await.remote_config.is_none());
+
+    server.apply(id, configure()).await;
+    let next = post_ok(url, &heartbeat(&uid, 3)).await;
+    assert!(next.remote_config.is_none(), "sent again: {next:?}");
+    assert_eq!(
+        server.steps(id).await,
+        [
+            (None, Connected, Reason::Initial),
+            (Some(Connected), Configuring, Reason::NewConfiguration),
+            (Some(Configuring), Error, Reason::ConfigFailed),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn pending_to_configuring() {
     let s = Subject::connected().await;
