@@ -357,7 +357,134 @@ async fn summary_counts_every_state(backend: Backend) {
     assert_eq!(summary["by_state"]["upgrading"], 0);
 }
 
+/// Every sort key, both ways, paged two at a time through HTTP with the cursor: every collector
+/// once, in the key's order (ties, which this fleet has for names and states, by id).
+async fn every_sort_key_pages_through_http_with_its_cursor(backend: Backend) {
+    let server = TestServer::on(backend, |_| {}).await;
+    let api = Api::new(&server.api_url);
+    let mut ids = Vec::new();
+    for i in 0..9_u64 {
+        let uid = new_uid();
+        let name = format!("name-{}", i % 3);
+        post_ok(&server.opamp_url, &hello_as(&uid, &name, "1.0.0")).await;
+        if i % 3 == 1 {
+            post_ok(&server.opamp_url, &health_report(&uid, 1, false, "x")).await;
+        }
+        if i % 4 == 2 {
+            let mut goodbye = heartbeat(&uid, 2);
+            goodbye.agent_disconnect = Some(proto::AgentDisconnect {});
+            post_ok(&server.opamp_url, &goodbye).await;
+        }
+        ids.push(id_of(&uid).to_string());
+    }
+    ids.sort();
+    for key in ["id", "name", "state", "last_seen", "state_since"] {
+        for descending in [false, true] {
+            let sort = if descending {
+                format!("-{key}")
+            } else {
+                key.to_owned()
+            };
+            let mut seen: Vec<Value> = Vec::new();
+            let mut path = format!("/api/v1/collectors?limit=2&sort={sort}");
+            loop {
+                let page = api.ok(&path).await;
+                let items = page["items"].as_array().unwrap();
+                assert!(items.len() <= 2);
+                seen.extend(items.iter().cloned());
+                match page["next_cursor"].as_str() {
+                    Some(cursor) => {
+                        path = format!("/api/v1/collectors?limit=2&sort={sort}&cursor={cursor}");
+                    }
+                    None => break,
+                }
+            }
+            let mut got: Vec<String> = seen
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect();
+            got.sort();
+            assert_eq!(got, ids, "{sort}: every collector once");
+            for pair in seen.windows(2) {
+                let order = sort_order(key, &pair[0], &pair[1]);
+                let expected = if descending {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Less
+                };
+                assert!(
+                    order == expected || order == std::cmp::Ordering::Equal,
+                    "{sort}: {} then {}",
+                    pair[0],
+                    pair[1]
+                );
+            }
+        }
+    }
+}
+
+/// How two collectors compare under `key` as the API shows them. Times compare to the
+/// millisecond (SQLite sorts them at that precision) and then without a tie-break; the other
+/// keys by value, then id.
+fn sort_order(key: &str, a: &Value, b: &Value) -> std::cmp::Ordering {
+    let text = |c: &Value, field: &str| c[field].as_str().unwrap_or_default().to_owned();
+    let millis = |c: &Value| {
+        let at = time::OffsetDateTime::parse(
+            c[key].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        at.unix_timestamp_nanos() / 1_000_000
+    };
+    match key {
+        "id" => text(a, "id").cmp(&text(b, "id")),
+        "last_seen" | "state_since" => millis(a).cmp(&millis(b)),
+        _ => (text(a, key), text(a, "id")).cmp(&(text(b, key), text(b, "id"))),
+    }
+}
+
+/// The event stream's `selector` keeps to the collectors whose labels match.
+async fn live_events_follow_a_selector(backend: Backend) {
+    let server = TestServer::on(backend, |_| {}).await;
+    let api = Api::new(&server.api_url);
+    let (prod, dev) = (new_uid(), new_uid());
+    for (uid, env) in [(&prod, "prod"), (&dev, "dev")] {
+        post_ok(&server.opamp_url, &hello(uid, 0)).await;
+        let labels = format!("/api/v1/collectors/{}/labels", id_of(uid));
+        assert_eq!(api.put(&labels, &json!({"env": env})).await.status, 200);
+    }
+    let mut only_prod = api.events("?selector=env%3Dprod", None).await;
+    let mut not_prod = api.events("?selector=env!%3Dprod", None).await;
+    // The other collector's transition comes first: the stream must pass over it.
+    post_ok(&server.opamp_url, &health_report(&dev, 1, false, "dev")).await;
+    post_ok(&server.opamp_url, &health_report(&prod, 1, false, "prod")).await;
+    let event = only_prod.next().await;
+    assert_eq!(event.data["collector_id"], id_of(&prod).to_string());
+    assert_eq!(event.data["message"], "prod");
+    let event = not_prod.next().await;
+    assert_eq!(event.data["collector_id"], id_of(&dev).to_string());
+    post_ok(&server.opamp_url, &health_report(&dev, 2, true, "")).await;
+    let event = not_prod.next().await;
+    assert_eq!(
+        (
+            event.data["collector_id"].as_str(),
+            event.data["reason"].as_str()
+        ),
+        (
+            Some(id_of(&dev).to_string().as_str()),
+            Some("error_resolved")
+        )
+    );
+    assert_error(
+        &api.get("/api/v1/events?selector=env%20in%20prod").await,
+        400,
+        "bad_request",
+    );
+}
+
 crate::on_both_stores!(
+    every_sort_key_pages_through_http_with_its_cursor,
+    live_events_follow_a_selector,
     list_filters_sorts_and_pages,
     one_collector_shows_every_fact,
     history_is_newest_first_in_pages,
@@ -537,10 +664,48 @@ async fn restart_reaches_a_collector_that_accepts_it() {
     // One that does not accept it is told so, and so is a stranger.
     let other = new_uid();
     let mut refuses = hello(&other, 0);
-    refuses.capabilities = 0x1;
+    refuses.capabilities = capabilities(&[proto::AgentCapabilities::ReportsStatus]);
     post_ok(&server.opamp_url, &refuses).await;
     let path = format!("/api/v1/collectors/{}/restart", id_of(&other));
     assert_error(&api.post(&path, &json!({})).await, 409, "conflict");
     let path = format!("/api/v1/collectors/{}/restart", CollectorId::new_v7());
     assert_error(&api.post(&path, &json!({})).await, 404, "not_found");
+
+    // One that accepts it but is no longer connected (its actor still resident) cannot get it.
+    ws.socket.close(None).await.unwrap();
+    server
+        .wait_for(id_of(&uid), "disconnected", |c| !c.connected)
+        .await;
+    let path = format!("/api/v1/collectors/{}/restart", id_of(&uid));
+    assert_error(&api.post(&path, &json!({})).await, 409, "conflict");
+}
+
+/// A REST request that takes longer than `api.request_timeout` is answered 408; an event stream
+/// is not a request that times out, and stays open past it.
+#[tokio::test]
+async fn a_request_past_the_timeout_gets_408_while_event_streams_stay_open() {
+    let timeout = std::time::Duration::from_millis(300);
+    let server = TestServer::start_with(|c| c.api.request_timeout = timeout).await;
+    let api = Api::new(&server.api_url);
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let mut stream = api.events("", None).await;
+    let opened = tokio::time::Instant::now();
+
+    // A label edit waits for the lock another transaction holds on the store.
+    let lock = StoreLock::take(&server).await;
+    let labels = format!("/api/v1/collectors/{}/labels", id_of(&uid));
+    let answer = api.put(&labels, &json!({"env": "prod"})).await;
+    assert_eq!(answer.status, 408, "{}", answer.body);
+    assert!(opened.elapsed() >= timeout);
+    lock.release().await;
+
+    post_ok(
+        &server.opamp_url,
+        &health_report(&uid, 1, false, "after the timeout"),
+    )
+    .await;
+    let event = stream.next().await;
+    assert_eq!(event.data["reason"], "runtime_error");
+    assert_eq!(event.data["message"], "after the timeout");
 }
