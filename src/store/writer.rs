@@ -307,7 +307,7 @@ impl Batcher {
                 );
             }
             self.gather_until(Instant::now() + retry).await;
-            retry = (retry * 2).min(LAST_RETRY);
+            retry = next_retry(retry);
         }
     }
 
@@ -413,6 +413,11 @@ impl Batcher {
     }
 }
 
+/// The wait before the next attempt: twice the last, up to [`LAST_RETRY`].
+fn next_retry(last: Duration) -> Duration {
+    (last * 2).min(LAST_RETRY)
+}
+
 fn unlanded(error: String, mut piece: Batch, queue: VecDeque<Batch>) -> Unlanded {
     for later in queue {
         piece.absorb(later);
@@ -427,5 +432,21 @@ fn kind_of(piece: &Batch) -> &'static str {
         Some(Entry::Write(w)) if w.hot.is_some() || w.create || w.touch.is_some() => "record",
         Some(Entry::Write(_)) => "facts",
         None => "transition",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 100 ms doubling to 5 s, then 5 s for as long as the database is away (the waits
+    /// themselves are shown in `tests/it/persistence.rs`).
+    #[test]
+    fn retries_back_off_from_100_ms_doubling_to_5_s() {
+        let waits: Vec<u128> = std::iter::successors(Some(FIRST_RETRY), |w| Some(next_retry(*w)))
+            .take(9)
+            .map(|w| w.as_millis())
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
     }
 }
