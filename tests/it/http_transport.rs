@@ -17,7 +17,8 @@ async fn a_poll_gets_an_exact_content_type_and_the_uid_back() {
     let uid = new_uid();
     let reply = post_ok(&server.opamp_url, &hello(&uid, 0)).await;
     assert_eq!(reply.instance_uid, uid);
-    assert_eq!(reply.capabilities & 0x1, 0x1);
+    let accepts_status = opampd::proto::ServerCapabilities::AcceptsStatus as u64;
+    assert_eq!(reply.capabilities & accepts_status, accepts_status);
     let view = server
         .wait_for(id_of(&uid), "connected", |v| v.connected)
         .await;

@@ -459,7 +459,10 @@ async fn an_upgrade_goes_through_upgrading_batch_by_batch() {
     // A collector without AcceptsPackages is refused and listed.
     let no_packages = new_uid();
     let mut first = hello(&no_packages, 0);
-    first.capabilities = 0x1 | 0x2000;
+    first.capabilities = capabilities(&[
+        opampd::proto::AgentCapabilities::ReportsStatus,
+        opampd::proto::AgentCapabilities::ReportsHeartbeat,
+    ]);
     post_ok(&server.opamp_url, &first).await;
     let mut all: Vec<&Scripted> = installs.iter().collect();
     let ids: Vec<CollectorId> = all

@@ -21,7 +21,12 @@ async fn replies_echo_the_uid_with_capabilities_and_header() {
     let uid = new_uid();
     let reply = client.exchange(&hello(&uid, 0)).await;
     assert_eq!(reply.instance_uid, uid);
-    assert_eq!(reply.capabilities & 0x1, 0x1, "AcceptsStatus is always set");
+    let accepts_status = proto::ServerCapabilities::AcceptsStatus as u64;
+    assert_eq!(
+        reply.capabilities & accepts_status,
+        accepts_status,
+        "always set"
+    );
     assert!(reply.error_response.is_none());
     let view = server
         .wait_for(id_of(&uid), "connected", |v| v.connected)
