@@ -452,15 +452,21 @@ impl WsClient {
                 .headers_mut()
                 .insert(*name, value.parse().expect("header value"));
         }
-        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        let (socket, _) = within(
+            "the WebSocket upgrade",
+            tokio_tungstenite::connect_async(request),
+        )
+        .await?;
         Ok(Self { socket })
     }
 
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
-        self.socket
-            .send(Message::Binary(bytes.into()))
-            .await
-            .expect("send");
+        within(
+            "a message to be sent",
+            self.socket.send(Message::Binary(bytes.into())),
+        )
+        .await
+        .expect("send");
     }
 
     pub async fn send(&mut self, message: &proto::AgentToServer) {
