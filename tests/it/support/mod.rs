@@ -90,6 +90,24 @@ pub async fn open_store(url: &str, node: &str) -> Arc<dyn Store> {
     store
 }
 
+/// A set of configuration files' hash as the README promises it, computed here on our own:
+/// SHA-256 over each file's name, content type and body, in name order, each part preceded by
+/// its length (8 bytes, big-endian) so that no two sets of files run together into the same
+/// bytes.
+pub fn files_hash(files: &[(&str, &str, &[u8])]) -> String {
+    use sha2::Digest as _;
+    let mut files = files.to_vec();
+    files.sort_unstable();
+    let mut digest = sha2::Sha256::new();
+    for (name, content_type, body) in files {
+        for part in [name.as_bytes(), content_type.as_bytes(), body] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+    }
+    opampd::collector::machine::hex(&digest.finalize())
+}
+
 /// A transition as the tests compare them: from, to, reason.
 pub type Step = (Option<State>, State, Reason);
 

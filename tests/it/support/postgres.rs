@@ -372,7 +372,15 @@ impl Drop for PgServer {
                 ..
             } = process;
             drop(commands);
-            let _ = watchdog.wait();
+            let deadline = std::time::Instant::now() + SERVER_DEADLINE;
+            while matches!(watchdog.try_wait(), Ok(None)) {
+                if std::time::Instant::now() > deadline {
+                    eprintln!("the PostgreSQL watchdog did not stop in time; killing it");
+                    let _ = watchdog.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
