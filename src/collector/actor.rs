@@ -284,7 +284,8 @@ impl Actor {
     async fn confirmation(&mut self) -> Option<Confirmation> {
         if self.unconfirmed {
             self.unconfirmed = false;
-            self.confirm = Some(self.shared.persistence.barrier().await);
+            let barrier = self.shared.persistence.claim_barrier(self.id, self.epoch);
+            self.confirm = Some(barrier.await);
         }
         match &self.confirm {
             Some(confirm) if !confirm.is_settled() => Some(confirm.clone()),

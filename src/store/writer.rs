@@ -1,11 +1,12 @@
 //! The write-behind batcher: drains the actors' changes into one batch per flush window and writes
 //! it in one transaction, then signals the barriers queued with it (a reply that waits on one is
-//! sent only once its changes are committed). While the database is down it keeps everything and
-//! retries with backoff. A batch the database refuses for its data is split until the refused rows
-//! are found; those go to the quarantine, and every other row lands. Writes the store fenced (their
-//! actor's claim was superseded) are reported back.
+//! sent only once its changes are committed; the barrier of a claim whose writes the store
+//! refused is dropped instead). While the database is down it keeps everything and retries with
+//! backoff. A batch the database refuses for its data is split until the refused rows are found;
+//! those go to the quarantine, and every other row lands. Writes the store fenced (their actor's
+//! claim was superseded) are reported back.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -27,6 +28,9 @@ const LAST_RETRY: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fenced writes waiting to be told to their actors; beyond it they are only logged.
 const FENCED_QUEUE: usize = 1024;
+/// Fenced claims remembered for their barriers. A fenced actor leaves as soon as it hears, so
+/// only recent ones can still have a barrier coming; the bound keeps a long run's memory flat.
+const FENCED_KEPT: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
@@ -129,6 +133,7 @@ impl Writer {
             settings,
             pending: Batch::default(),
             barriers: Vec::new(),
+            refused: Refused::default(),
             finish: finish.clone(),
             health: Arc::clone(&health),
             fenced,
@@ -162,8 +167,10 @@ struct Batcher {
     changes: mpsc::Receiver<Change>,
     settings: WriterSettings,
     pending: Batch,
-    /// Signalled once everything taken so far has landed.
-    barriers: Vec<oneshot::Sender<()>>,
+    /// Signalled once everything taken so far has landed, each with the claim it confirms.
+    barriers: Vec<(oneshot::Sender<()>, Option<Key>)>,
+    /// Claims whose writes the store refused.
+    refused: Refused,
     finish: CancellationToken,
     health: Arc<StoreHealth>,
     fenced: mpsc::Sender<Key>,
@@ -215,7 +222,7 @@ impl Batcher {
 
     fn take(&mut self, change: Change) {
         match change {
-            Change::Barrier(done) => self.barriers.push(done),
+            Change::Barrier { done, claim } => self.barriers.push((done, claim)),
             change => self.pending.take(change),
         }
         self.health
@@ -264,8 +271,13 @@ impl Batcher {
                 .record(started.elapsed().as_secs_f64());
             let Unlanded { error, rest } = match landed {
                 Ok(()) => {
-                    for done in barriers {
-                        let _ = done.send(());
+                    for (done, claim) in barriers {
+                        if claim.is_some_and(|c| self.refused.contains(&c)) {
+                            // Not committed: the reply waiting on it must not say so.
+                            drop(done);
+                        } else {
+                            let _ = done.send(());
+                        }
                     }
                     self.health
                         .pending_transitions
@@ -314,7 +326,7 @@ impl Batcher {
     /// Writes `batch`. When the database refuses its data, it is split until the refused rows are
     /// found; they are quarantined and the rest lands. Any other failure returns what has not
     /// landed yet.
-    async fn land(&self, batch: Batch) -> Result<(), Unlanded> {
+    async fn land(&mut self, batch: Batch) -> Result<(), Unlanded> {
         let mut queue = VecDeque::from([batch]);
         while let Some(piece) = queue.pop_front() {
             let result = tokio::time::timeout(WRITE_TIMEOUT, self.store.write(&piece)).await;
@@ -399,8 +411,9 @@ impl Batcher {
         Ok(())
     }
 
-    fn report_fenced(&self, fenced: Vec<Key>) {
+    fn report_fenced(&mut self, fenced: Vec<Key>) {
         for key in fenced {
+            self.refused.insert(key);
             self.health.fenced.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .counter(metrics::STORE_FENCED, &[])
@@ -410,6 +423,30 @@ impl Batcher {
             // A full queue only delays the actor's discovery to its next write.
             let _ = self.fenced.try_send(key);
         }
+    }
+}
+
+/// The most recent claims the store refused writes of.
+#[derive(Default)]
+struct Refused {
+    order: VecDeque<Key>,
+    keys: HashSet<Key>,
+}
+
+impl Refused {
+    fn insert(&mut self, key: Key) {
+        if self.keys.insert(key) {
+            self.order.push_back(key);
+        }
+        while self.order.len() > FENCED_KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.keys.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.keys.contains(key)
     }
 }
 

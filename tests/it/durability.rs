@@ -243,7 +243,8 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
     );
     let barrier = || async {
         let (done, signal) = tokio::sync::oneshot::channel();
-        changes.send(Change::Barrier(done)).await.unwrap();
+        let barrier = Change::Barrier { done, claim: None };
+        changes.send(barrier).await.unwrap();
         within("the batch", signal).await.is_ok()
     };
     let record = |id: CollectorId, state: S, error: &str| {

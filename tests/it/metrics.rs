@@ -154,9 +154,10 @@ async fn metrics_show_exactly_this_servers_own_traffic() {
 }
 
 /// Two replicas share a database; a collector moves to the second, and the first's late write
-/// of it is refused: counted there, and its connection is told to go elsewhere (1013).
+/// of it is refused: counted there, never acknowledged (the reply says to come back later), and
+/// its connection is told to go elsewhere (1013).
 #[tokio::test]
-async fn a_write_under_a_superseded_claim_is_counted_as_fenced() {
+async fn a_write_under_a_superseded_claim_is_refused_counted_and_not_acknowledged() {
     let first = TestServer::on(Backend::Postgres, |c| c.server.node_id = "one".into()).await;
     let url = first.config.database.url.clone();
     let second = TestServer::start_with(|c| {
@@ -169,8 +170,10 @@ async fn a_write_under_a_superseded_claim_is_counted_as_fenced() {
     old.exchange(&hello(&uid, 0)).await;
     post_ok(&second.opamp_url, &hello(&uid, 0)).await;
 
-    old.send(&health_report(&uid, 1, false, "on the old replica"))
+    let reply = old
+        .exchange(&health_report(&uid, 1, false, "on the old replica"))
         .await;
+    assert!(is_unavailable(&reply), "not a receipt: {reply:?}");
     assert_eq!(old.expect_close().await, CloseCode::Again);
     let m = Api::new(&first.api_url).metrics().await;
     assert_eq!(m.value(STORE_FENCED, &[]), 1);
