@@ -21,6 +21,7 @@ use crate::opamp::Opamp;
 use crate::store::batch::Key;
 use crate::store::writer::{StoreHealth, Writer, WriterSettings};
 use crate::store::{self, Store, StoreRecords};
+use crate::telemetry::metrics::Metrics;
 
 /// A started server. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -122,6 +123,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let actors_stop = CancellationToken::new();
     let sessions = TaskTracker::new();
     let actors = TaskTracker::new();
+    let metrics = Metrics::default();
     let (changes, queue) = tokio::sync::mpsc::channel(config.database.queue_capacity);
     let (writer, fenced) = Writer::spawn(
         Arc::clone(&store),
@@ -130,6 +132,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             flush_interval: config.database.flush_interval,
             max_pending: config.database.max_pending,
         },
+        metrics.clone(),
     );
     let store_health = Arc::clone(&writer.health);
     let registry = Arc::new(Registry::new(
@@ -140,6 +143,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         },
         Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store)))),
         config.collectors.max_resident,
+        metrics.clone(),
         actors_stop.clone(),
         actors.clone(),
     ));
@@ -147,6 +151,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let opamp = Opamp::new(
         config.opamp.clone(),
         Arc::clone(&registry),
+        metrics.clone(),
         shutdown.clone(),
         sessions.clone(),
     );
@@ -159,7 +164,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
-    crate::telemetry::metrics::handle();
     let fleet = Fleet::start(Arc::clone(&registry), Arc::clone(&store), shutdown.clone())
         .await
         .context("cannot start the rollout engine")?;
@@ -170,6 +174,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: Arc::clone(&store),
         store_health: Arc::clone(&store_health),
         config: Arc::new(config.api.clone()),
+        metrics,
     });
     let stop = shutdown.clone();
     servers.spawn(async move {

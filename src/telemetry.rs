@@ -17,11 +17,12 @@ pub fn init(config: &LogConfig) {
     };
 }
 
-/// Every metric's name, in one place, and the recorder that renders them for `/metrics`.
+/// Every metric's name, in one place, and each server's own recorder that renders them.
 pub mod metrics {
-    use std::sync::OnceLock;
+    use std::sync::Arc;
 
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+    use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder as _};
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
     pub const COLLECTORS: &str = "opampd_collectors";
     pub const TRANSITIONS: &str = "opampd_transitions_total";
@@ -41,31 +42,73 @@ pub mod metrics {
     pub const RESIDENT_REFUSED: &str = "opampd_resident_refused_total";
     pub const DUPLICATE_UIDS: &str = "opampd_duplicate_uids_total";
 
-    /// The process-wide recorder: installed by the first server in the process (tests start many;
-    /// they share it, so counters there only ever grow).
-    pub fn handle() -> &'static PrometheusHandle {
-        static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-        HANDLE.get_or_init(|| {
+    const WRITE_BUCKETS: [f64; 12] = [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+
+    /// One server's metrics. Each server records into its own recorder rather than the
+    /// process-wide one, so `/metrics` shows that server's traffic alone, whatever else runs in
+    /// the process (tests start many servers side by side).
+    #[derive(Clone)]
+    pub struct Metrics {
+        recorder: Arc<PrometheusRecorder>,
+    }
+
+    impl std::fmt::Debug for Metrics {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Metrics")
+        }
+    }
+
+    impl Default for Metrics {
+        fn default() -> Self {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full(STORE_WRITE_SECONDS.to_owned()),
-                    &[
-                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    ],
+                    &WRITE_BUCKETS,
                 )
                 .unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be installed (a library user's): ours still renders.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
+            Self {
+                recorder: Arc::new(builder.build_recorder()),
+            }
+        }
     }
 
-    /// One OpAMP message in or out, by transport.
-    pub fn message(transport: &'static str, direction: &'static str, bytes: usize) {
-        let labels = [("transport", transport), ("direction", direction)];
-        metrics::counter!(MESSAGES, &labels).increment(1);
-        metrics::counter!(BYTES, &labels).increment(bytes as u64);
+    fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, *v)).collect();
+        Key::from_parts(name, labels)
+    }
+
+    const METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
+
+    impl Metrics {
+        pub fn counter(
+            &self,
+            name: &'static str,
+            labels: &[(&'static str, &'static str)],
+        ) -> Counter {
+            self.recorder
+                .register_counter(&key(name, labels), &METADATA)
+        }
+
+        pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &'static str)]) -> Gauge {
+            self.recorder.register_gauge(&key(name, labels), &METADATA)
+        }
+
+        pub fn histogram(&self, name: &'static str) -> Histogram {
+            self.recorder.register_histogram(&key(name, &[]), &METADATA)
+        }
+
+        /// One OpAMP message in or out, by transport.
+        pub fn message(&self, transport: &'static str, direction: &'static str, bytes: usize) {
+            let labels = [("transport", transport), ("direction", direction)];
+            self.counter(MESSAGES, &labels).increment(1);
+            self.counter(BYTES, &labels).increment(bytes as u64);
+        }
+
+        /// What was recorded, in the Prometheus text format.
+        pub fn render(&self) -> String {
+            self.recorder.handle().render()
+        }
     }
 }

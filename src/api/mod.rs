@@ -40,6 +40,8 @@ pub struct ApiState {
     pub store_health: Arc<StoreHealth>,
     pub config: Arc<ApiConfig>,
     pub fleet: crate::fleet::engine::Fleet,
+    /// This server's own metrics.
+    pub metrics: metrics::Metrics,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -122,7 +124,7 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// How long `/readyz` waits for the store to answer.
+/// How long `/readyz` and `/metrics` wait for the store to answer.
 const PING_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn unknown_route() -> ApiError {
@@ -136,31 +138,63 @@ async fn openapi(
     Ok(axum::Json(openapi::ApiDoc::openapi()))
 }
 
-/// Prometheus text. Gauges that describe the whole fleet are read from the store at scrape time,
-/// so every replica reports the same counts; the rest are this process's own.
+/// Prometheus text: what this server recorded, then what it reads from its own state at this
+/// moment. The second part is rendered here rather than written into the recorder first, so two
+/// scrapes at once cannot mix their readings. The fleet's counts come from the store, so every
+/// replica reports the same ones.
 async fn prometheus(State(state): State<ApiState>) -> impl IntoResponse {
-    let handle = metrics::handle();
-    match state.store.count_by_state().await {
-        Ok(counts) => {
-            for s in crate::collector::State::ALL {
+    let mut text = state.metrics.render();
+    // A scrape answers in time while the database is down; only the fleet's counts are missing.
+    match tokio::time::timeout(PING_BUDGET, state.store.count_by_state()).await {
+        Ok(Ok(counts)) => {
+            let values = crate::collector::State::ALL.map(|s| {
                 let n = counts.get(&s).copied().unwrap_or(0);
-                ::metrics::gauge!(metrics::COLLECTORS, "state" => s.as_str()).set(n as f64);
-            }
+                (Some(("state", s.as_str())), n)
+            });
+            sample_lines(&mut text, metrics::COLLECTORS, "gauge", &values);
         }
-        Err(err) => tracing::warn!(%err, "metrics: cannot count collectors by state"),
+        Ok(Err(err)) => tracing::warn!(%err, "metrics: cannot count collectors by state"),
+        Err(_) => tracing::warn!("metrics: the store did not count collectors in time"),
     }
     let persistence = state.registry.persistence();
-    ::metrics::gauge!(metrics::STORE_QUEUE).set(persistence.queued() as f64);
-    ::metrics::gauge!(metrics::STORE_PENDING).set(state.store_health.pending_transitions() as f64);
-    ::metrics::counter!(metrics::STORE_STALLS).absolute(persistence.stalls());
-    ::metrics::counter!(metrics::BUS_DROPPED).absolute(state.registry.dropped_subscribers());
+    let registry = &state.registry;
+    for (name, kind, value) in [
+        (metrics::STORE_QUEUE, "gauge", persistence.queued() as u64),
+        (
+            metrics::STORE_PENDING,
+            "gauge",
+            state.store_health.pending_transitions() as u64,
+        ),
+        (metrics::STORE_STALLS, "counter", persistence.stalls()),
+        (
+            metrics::BUS_DROPPED,
+            "counter",
+            registry.dropped_subscribers(),
+        ),
+        (metrics::RESIDENT, "gauge", registry.resident() as u64),
+    ] {
+        sample_lines(&mut text, name, kind, &[(None, value)]);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        handle.render(),
+        text,
     )
+}
+
+/// Appends one metric family in the Prometheus text format.
+fn sample_lines(text: &mut String, name: &str, kind: &str, values: &[(Option<(&str, &str)>, u64)]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(text, "# TYPE {name} {kind}");
+    for (label, value) in values {
+        let _ = match label {
+            Some((key, label)) => writeln!(text, "{name}{{{key}=\"{label}\"}} {value}"),
+            None => writeln!(text, "{name} {value}"),
+        };
+    }
+    text.push('\n');
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -286,7 +286,8 @@ impl Actor {
     async fn confirmation(&mut self) -> Option<Confirmation> {
         if self.unconfirmed {
             self.unconfirmed = false;
-            self.confirm = Some(self.shared.persistence.barrier().await);
+            let barrier = self.shared.persistence.claim_barrier(self.id, self.epoch);
+            self.confirm = Some(barrier.await);
         }
         match &self.confirm {
             Some(confirm) if !confirm.is_settled() => Some(confirm.clone()),
@@ -418,13 +419,15 @@ impl Actor {
     }
 
     fn publish(&self, transition: Transition) {
-        metrics::counter!(
-            crate::telemetry::metrics::TRANSITIONS,
-            "from" => transition.from.map_or("none", State::as_str),
-            "to" => transition.to.as_str(),
-            "reason" => transition.reason.as_str(),
-        )
-        .increment(1);
+        let labels = [
+            ("from", transition.from.map_or("none", State::as_str)),
+            ("to", transition.to.as_str()),
+            ("reason", transition.reason.as_str()),
+        ];
+        self.shared
+            .metrics
+            .counter(crate::telemetry::metrics::TRANSITIONS, &labels)
+            .increment(1);
         info!(
             collector_id = %self.id,
             from = transition.from.map_or("none", |s| s.as_str()),

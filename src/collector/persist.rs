@@ -119,8 +119,13 @@ pub enum Change {
     },
     /// An operator forgot the collector: delete its record, facts and history.
     Forget { id: CollectorId, epoch: Epoch },
-    /// Signalled once everything queued before it is committed (or quarantined).
-    Barrier(oneshot::Sender<()>),
+    /// Signalled once everything queued before it is committed (or quarantined). A collector's
+    /// own barrier names the claim it confirms: when the store refused that claim's writes
+    /// (fenced), it is dropped instead, so no reply takes them for committed.
+    Barrier {
+        done: oneshot::Sender<()>,
+        claim: Option<(CollectorId, Epoch)>,
+    },
 }
 
 /// Resolves once the writes it stands for are committed; cloneable, so every reply that depends on
@@ -211,7 +216,7 @@ impl Persistence {
         let (changes, mut rx) = mpsc::channel(64);
         tokio::spawn(async move {
             while let Some(change) = rx.recv().await {
-                if let Change::Barrier(done) = change {
+                if let Change::Barrier { done, .. } = change {
                     let _ = done.send(());
                 }
             }
@@ -248,8 +253,18 @@ impl Persistence {
 
     /// Queues a barrier behind everything this caller has queued so far.
     pub async fn barrier(&self) -> Confirmation {
+        self.barrier_of(None).await
+    }
+
+    /// A barrier confirming the writes of the collector's claim `(id, epoch)`: it resolves as not
+    /// committed if the store refused them.
+    pub async fn claim_barrier(&self, id: CollectorId, epoch: Epoch) -> Confirmation {
+        self.barrier_of(Some((id, epoch))).await
+    }
+
+    async fn barrier_of(&self, claim: Option<(CollectorId, Epoch)>) -> Confirmation {
         let (done, signal) = oneshot::channel();
-        self.save(Change::Barrier(done)).await;
+        self.save(Change::Barrier { done, claim }).await;
         Confirmation::new(signal)
     }
 

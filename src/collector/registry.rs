@@ -19,7 +19,7 @@ use super::handle::{
 use super::machine::{Collector, Event};
 use super::persist::{Epoch, Persistence};
 use super::{CollectorId, Components, Outbound, Report};
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, Metrics};
 
 /// Transitions published and not yet read by the slowest subscriber; beyond it, that subscriber
 /// lags (loses the oldest) rather than slowing any actor.
@@ -77,7 +77,6 @@ impl Roster {
         if actors.get(&id).is_some_and(|h| h.serial == serial) {
             actors.remove(&id);
         }
-        ::metrics::gauge!(metrics::RESIDENT).set(actors.len() as f64);
     }
 }
 
@@ -90,6 +89,7 @@ pub(super) struct Shared {
     pub bus: Bus,
     pub persistence: Persistence,
     pub roster: Arc<Roster>,
+    pub metrics: Metrics,
 }
 
 pub struct Registry {
@@ -108,6 +108,7 @@ impl Registry {
         settings: ActorSettings,
         persistence: Persistence,
         max_resident: usize,
+        metrics: Metrics,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
@@ -118,6 +119,7 @@ impl Registry {
                 bus: Bus::new(BUS_CAPACITY),
                 persistence,
                 roster: Arc::new(Roster::default()),
+                metrics,
             },
             max_resident,
             next_serial: AtomicU64::new(1),
@@ -141,7 +143,10 @@ impl Registry {
         if actors.len() >= self.max_resident {
             drop(actors);
             let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-            ::metrics::counter!(metrics::RESIDENT_REFUSED).increment(1);
+            self.shared
+                .metrics
+                .counter(metrics::RESIDENT_REFUSED, &[])
+                .increment(1);
             if refused.is_power_of_two() {
                 warn!(
                     refused,
@@ -160,7 +165,6 @@ impl Registry {
             &self.tracker,
         );
         actors.insert(id, handle.clone());
-        ::metrics::gauge!(metrics::RESIDENT).set(actors.len() as f64);
         Some(handle)
     }
 

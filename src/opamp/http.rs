@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost::Message as _;
-use tracing::{Instrument, field, info_span};
+use tracing::{Instrument, debug, field, info_span};
 
 use super::{Opamp, OpampError};
 use crate::collector::Transport;
@@ -17,12 +17,19 @@ use crate::collector::handle::ConnectionRef;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 
-pub async fn handle(
-    State(opamp): State<Arc<Opamp>>,
-    headers: HeaderMap,
+pub async fn handle(State(opamp): State<Arc<Opamp>>, headers: HeaderMap, body: Body) -> Response {
+    match answer(&opamp, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => opamp.refuse(error),
+    }
+}
+
+async fn answer(
+    opamp: &Arc<Opamp>,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, OpampError> {
-    if !is_protobuf(&headers) {
+    if !is_protobuf(headers) {
         return Err(OpampError::UnsupportedMediaType);
     }
     let _permit = opamp.admit()?;
@@ -51,6 +58,11 @@ pub async fn handle(
         let processed = opamp.process(payload, connection).await?;
         opamp.check_outgoing(&processed.reply)?;
         let body = processed.reply.encode_to_vec();
+        debug!(
+            bytes = body.len(),
+            retry_after = processed.retry_after,
+            "OpAMP request answered"
+        );
         Ok(match processed.retry_after {
             None => ([(header::CONTENT_TYPE, PROTOBUF)], body).into_response(),
             Some(retry_after) => (

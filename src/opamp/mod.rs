@@ -34,13 +34,14 @@ use crate::collector::handle::ConnectionRef;
 use crate::collector::{Answer, CollectorId, Registry, Unavailable};
 use crate::config::OpampConfig;
 use crate::proto;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, Metrics};
 use identity::WireUid;
 
 /// Everything an OpAMP request needs, shared by all connections.
 pub struct Opamp {
     config: OpampConfig,
     registry: Arc<Registry>,
+    metrics: Metrics,
     admission: Arc<Semaphore>,
     next_connection: AtomicU64,
     shutdown: CancellationToken,
@@ -52,6 +53,7 @@ impl Opamp {
     pub fn new(
         config: OpampConfig,
         registry: Arc<Registry>,
+        metrics: Metrics,
         shutdown: CancellationToken,
         sessions: TaskTracker,
     ) -> Arc<Self> {
@@ -59,6 +61,7 @@ impl Opamp {
             admission: Arc::new(Semaphore::new(config.max_connections)),
             config,
             registry,
+            metrics,
             next_connection: AtomicU64::new(1),
             shutdown,
             sessions,
@@ -109,7 +112,7 @@ impl Opamp {
         connection: ConnectionRef,
     ) -> Result<Processed, OpampError> {
         let transport = connection.transport.as_str();
-        metrics::message(transport, "in", payload.len());
+        self.metrics.message(transport, "in", payload.len());
         let message =
             proto::AgentToServer::decode(payload).map_err(|e| OpampError::BadRequest {
                 uid: Bytes::new(),
@@ -145,7 +148,8 @@ impl Opamp {
                             // receipt. What it carried goes back to wait for the next one.
                             self.registry.unsent(known_as.id, outbound).await;
                             let retry_after = jittered(self.config.store_retry_after);
-                            ::metrics::counter!(metrics::REJECTED, "reason" => "not_committed")
+                            self.metrics
+                                .counter(metrics::REJECTED, &[("reason", "not_committed")])
                                 .increment(1);
                             return Ok(Processed {
                                 reply: report::unavailable(sent.bytes, retry_after),
@@ -158,7 +162,7 @@ impl Opamp {
                     if reply.command.is_none() {
                         reply.agent_identification = identification;
                     }
-                    metrics::message(transport, "out", reply.encoded_len());
+                    self.metrics.message(transport, "out", reply.encoded_len());
                     return Ok(Processed {
                         collector: known_as,
                         reply,
@@ -243,10 +247,10 @@ pub enum OpampError {
     Unavailable { uid: Bytes, retry_after: u64 },
 }
 
-impl IntoResponse for OpampError {
-    fn into_response(self) -> Response {
-        debug!(error = %self, "OpAMP request refused");
-        let reason = match &self {
+impl OpampError {
+    /// The `reason` label it is counted under.
+    fn reason(&self) -> &'static str {
+        match self {
             OpampError::Unauthorized => "unauthorized",
             OpampError::Overloaded { .. } => "overloaded",
             OpampError::UnsupportedMediaType => "unsupported_media_type",
@@ -255,8 +259,23 @@ impl IntoResponse for OpampError {
             OpampError::ReplyTooLarge => "reply_too_large",
             OpampError::ShuttingDown => "shutting_down",
             OpampError::Unavailable { .. } => "unavailable",
-        };
-        ::metrics::counter!(metrics::REJECTED, "reason" => reason).increment(1);
+        }
+    }
+}
+
+impl Opamp {
+    /// The answer to a refused request, counted by why.
+    fn refuse(&self, error: OpampError) -> Response {
+        self.metrics
+            .counter(metrics::REJECTED, &[("reason", error.reason())])
+            .increment(1);
+        error.into_response()
+    }
+}
+
+impl IntoResponse for OpampError {
+    fn into_response(self) -> Response {
+        debug!(error = %self, "OpAMP request refused");
         match self {
             OpampError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -337,6 +356,6 @@ async fn authenticate(State(opamp): State<Arc<Opamp>>, request: Request, next: N
     if accepted {
         next.run(request).await
     } else {
-        OpampError::Unauthorized.into_response()
+        opamp.refuse(OpampError::Unauthorized)
     }
 }

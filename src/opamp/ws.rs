@@ -32,11 +32,11 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-pub async fn upgrade(
-    State(opamp): State<Arc<Opamp>>,
-    upgrade: WebSocketUpgrade,
-) -> Result<Response, OpampError> {
-    let permit = opamp.admit()?;
+pub async fn upgrade(State(opamp): State<Arc<Opamp>>, upgrade: WebSocketUpgrade) -> Response {
+    let permit = match opamp.admit() {
+        Ok(permit) => permit,
+        Err(error) => return opamp.refuse(error),
+    };
     let config = &opamp.config;
     let limit = config.max_message_bytes;
     let connection_id = opamp.connection_id();
@@ -48,7 +48,7 @@ pub async fn upgrade(
     );
     let sessions = opamp.sessions.clone();
     let opamp = Arc::clone(&opamp);
-    Ok(upgrade
+    upgrade
         .read_buffer_size(config.ws_buffer_bytes)
         .write_buffer_size(config.ws_buffer_bytes)
         .max_write_buffer_size(limit.saturating_mul(2))
@@ -57,7 +57,7 @@ pub async fn upgrade(
         .on_upgrade(move |socket| {
             let session = Session::new(opamp, socket, connection_id, permit);
             sessions.track_future(session.run().instrument(span))
-        }))
+        })
 }
 
 struct Session {
@@ -100,8 +100,10 @@ impl Session {
 
     async fn run(mut self) {
         debug!("WebSocket connection opened");
-        let open =
-            ::metrics::gauge!(crate::telemetry::metrics::CONNECTIONS, "transport" => "websocket");
+        let open = self.opamp.metrics.gauge(
+            crate::telemetry::metrics::CONNECTIONS,
+            &[("transport", "websocket")],
+        );
         open.increment(1);
         let ending = self.serve().await;
         open.decrement(1);

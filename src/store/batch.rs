@@ -110,7 +110,7 @@ impl Batch {
                 transition,
             }),
             Change::Forget { id, epoch } => self.forget((id, epoch)),
-            Change::Barrier(_) => {}
+            Change::Barrier { .. } => {}
         }
     }
 

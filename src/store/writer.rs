@@ -1,11 +1,12 @@
 //! The write-behind batcher: drains the actors' changes into one batch per flush window and writes
 //! it in one transaction, then signals the barriers queued with it (a reply that waits on one is
-//! sent only once its changes are committed). While the database is down it keeps everything and
-//! retries with backoff. A batch the database refuses for its data is split until the refused rows
-//! are found; those go to the quarantine, and every other row lands. Writes the store fenced (their
-//! actor's claim was superseded) are reported back.
+//! sent only once its changes are committed; the barrier of a claim whose writes the store
+//! refused is dropped instead). While the database is down it keeps everything and retries with
+//! backoff. A batch the database refuses for its data is split until the refused rows are found;
+//! those go to the quarantine, and every other row lands. Writes the store fenced (their actor's
+//! claim was superseded) are reported back.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -19,7 +20,7 @@ use tracing::{error, info, warn};
 use super::batch::{Entry, Key};
 use super::{Batch, Quarantined, Store, StoreError};
 use crate::collector::persist::Change;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, Metrics};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
@@ -27,6 +28,9 @@ const LAST_RETRY: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fenced writes waiting to be told to their actors; beyond it they are only logged.
 const FENCED_QUEUE: usize = 1024;
+/// Fenced claims remembered for their barriers. A fenced actor leaves as soon as it hears, so
+/// only recent ones can still have a barrier coming; the bound keeps a long run's memory flat.
+const FENCED_KEPT: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
@@ -118,6 +122,7 @@ impl Writer {
         store: Arc<dyn Store>,
         changes: mpsc::Receiver<Change>,
         settings: WriterSettings,
+        metrics: Metrics,
     ) -> (Self, mpsc::Receiver<Key>) {
         let finish = CancellationToken::new();
         let health = Arc::new(StoreHealth::default());
@@ -128,9 +133,11 @@ impl Writer {
             settings,
             pending: Batch::default(),
             barriers: Vec::new(),
+            refused: Refused::default(),
             finish: finish.clone(),
             health: Arc::clone(&health),
             fenced,
+            metrics,
         };
         let writer = Self {
             task: tokio::spawn(batcher.run()),
@@ -160,11 +167,14 @@ struct Batcher {
     changes: mpsc::Receiver<Change>,
     settings: WriterSettings,
     pending: Batch,
-    /// Signalled once everything taken so far has landed.
-    barriers: Vec<oneshot::Sender<()>>,
+    /// Signalled once everything taken so far has landed, each with the claim it confirms.
+    barriers: Vec<(oneshot::Sender<()>, Option<Key>)>,
+    /// Claims whose writes the store refused.
+    refused: Refused,
     finish: CancellationToken,
     health: Arc<StoreHealth>,
     fenced: mpsc::Sender<Key>,
+    metrics: Metrics,
 }
 
 /// Why a batch did not land, and what of it is still to be written.
@@ -212,7 +222,7 @@ impl Batcher {
 
     fn take(&mut self, change: Change) {
         match change {
-            Change::Barrier(done) => self.barriers.push(done),
+            Change::Barrier { done, claim } => self.barriers.push((done, claim)),
             change => self.pending.take(change),
         }
         self.health
@@ -256,12 +266,18 @@ impl Batcher {
             let barriers = std::mem::take(&mut self.barriers);
             let started = std::time::Instant::now();
             let landed = self.land(batch).await;
-            ::metrics::histogram!(metrics::STORE_WRITE_SECONDS)
+            self.metrics
+                .histogram(metrics::STORE_WRITE_SECONDS)
                 .record(started.elapsed().as_secs_f64());
             let Unlanded { error, rest } = match landed {
                 Ok(()) => {
-                    for done in barriers {
-                        let _ = done.send(());
+                    for (done, claim) in barriers {
+                        if claim.is_some_and(|c| self.refused.contains(&c)) {
+                            // Not committed: the reply waiting on it must not say so.
+                            drop(done);
+                        } else {
+                            let _ = done.send(());
+                        }
                     }
                     self.health
                         .pending_transitions
@@ -285,7 +301,9 @@ impl Batcher {
                 .pending_transitions
                 .store(self.pending.transition_count(), Ordering::Relaxed);
             self.health.failed_writes.fetch_add(1, Ordering::Relaxed);
-            ::metrics::counter!(metrics::STORE_WRITE_FAILURES).increment(1);
+            self.metrics
+                .counter(metrics::STORE_WRITE_FAILURES, &[])
+                .increment(1);
             if !self.health.degraded.swap(true, Ordering::Relaxed) {
                 warn!(%error, "database write failed; keeping every change and retrying");
             }
@@ -301,14 +319,14 @@ impl Batcher {
                 );
             }
             self.gather_until(Instant::now() + retry).await;
-            retry = (retry * 2).min(LAST_RETRY);
+            retry = next_retry(retry);
         }
     }
 
     /// Writes `batch`. When the database refuses its data, it is split until the refused rows are
     /// found; they are quarantined and the rest lands. Any other failure returns what has not
     /// landed yet.
-    async fn land(&self, batch: Batch) -> Result<(), Unlanded> {
+    async fn land(&mut self, batch: Batch) -> Result<(), Unlanded> {
         let mut queue = VecDeque::from([batch]);
         while let Some(piece) = queue.pop_front() {
             let result = tokio::time::timeout(WRITE_TIMEOUT, self.store.write(&piece)).await;
@@ -387,20 +405,54 @@ impl Batcher {
         self.health
             .quarantined
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        ::metrics::counter!(metrics::STORE_QUARANTINED).increment(rows.len() as u64);
+        self.metrics
+            .counter(metrics::STORE_QUARANTINED, &[])
+            .increment(rows.len() as u64);
         Ok(())
     }
 
-    fn report_fenced(&self, fenced: Vec<Key>) {
+    fn report_fenced(&mut self, fenced: Vec<Key>) {
         for key in fenced {
+            self.refused.insert(key);
             self.health.fenced.fetch_add(1, Ordering::Relaxed);
-            ::metrics::counter!(metrics::STORE_FENCED).increment(1);
+            self.metrics
+                .counter(metrics::STORE_FENCED, &[])
+                .increment(1);
             warn!(collector_id = %key.0, epoch = key.1,
                 "a write under a superseded claim was refused");
             // A full queue only delays the actor's discovery to its next write.
             let _ = self.fenced.try_send(key);
         }
     }
+}
+
+/// The most recent claims the store refused writes of.
+#[derive(Default)]
+struct Refused {
+    order: VecDeque<Key>,
+    keys: HashSet<Key>,
+}
+
+impl Refused {
+    fn insert(&mut self, key: Key) {
+        if self.keys.insert(key) {
+            self.order.push_back(key);
+        }
+        while self.order.len() > FENCED_KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.keys.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.keys.contains(key)
+    }
+}
+
+/// The wait before the next attempt: twice the last, up to [`LAST_RETRY`].
+fn next_retry(last: Duration) -> Duration {
+    (last * 2).min(LAST_RETRY)
 }
 
 fn unlanded(error: String, mut piece: Batch, queue: VecDeque<Batch>) -> Unlanded {
@@ -417,5 +469,21 @@ fn kind_of(piece: &Batch) -> &'static str {
         Some(Entry::Write(w)) if w.hot.is_some() || w.create || w.touch.is_some() => "record",
         Some(Entry::Write(_)) => "facts",
         None => "transition",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 100 ms doubling to 5 s, then 5 s for as long as the database is away (the waits
+    /// themselves are shown in `tests/it/persistence.rs`).
+    #[test]
+    fn retries_back_off_from_100_ms_doubling_to_5_s() {
+        let waits: Vec<u128> = std::iter::successors(Some(FIRST_RETRY), |w| Some(next_retry(*w)))
+            .take(9)
+            .map(|w| w.as_millis())
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
     }
 }

@@ -221,8 +221,27 @@ client.setAgentDescription({
     },
 });
 
+// The client's diagnostics do not carry the HTTP response, so it is read from undici's own
+// channels: the client sends one request at a time, so the last response seen is this send's.
+let lastResponse = null;
+subscribe('undici:request:create', () => {
+    lastResponse = null;
+});
+subscribe('undici:request:headers', ({response}) => {
+    const headers = {};
+    const raw = response.headers ?? [];
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+        headers[String(raw[i]).toLowerCase()] = String(raw[i + 1]);
+    }
+    lastResponse = {status: response.statusCode, contentType: headers['content-type'] ?? null};
+});
+const responseFields = () => ({
+    http_status: lastResponse ? lastResponse.status : null,
+    response_content_type: lastResponse ? lastResponse.contentType : null,
+});
+
 subscribe(DIAG_CH_SEND_SUCCESS, ({a2s, s2a}) => {
-    emit({event: 'sent', ok: true, ...describeA2S(a2s), http_status: 200});
+    emit({event: 'sent', ok: true, ...describeA2S(a2s), ...responseFields()});
     emit({
         event: 'message',
         // onMessage is only called when the message carries a remote config (and the uid matches).
@@ -232,7 +251,7 @@ subscribe(DIAG_CH_SEND_SUCCESS, ({a2s, s2a}) => {
 });
 subscribe(DIAG_CH_SEND_FAIL, ({a2s, err, retryAfterMs}) => {
     const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-    emit({event: 'sent', ok: false, ...describeA2S(a2s), http_status: null, error: message});
+    emit({event: 'sent', ok: false, ...describeA2S(a2s), ...responseFields(), error: message});
     const m = /^ServerErrorResponse (\w+)/.exec(message);
     emit({
         event: 'error',

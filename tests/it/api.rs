@@ -1,6 +1,6 @@
 //! The operators' REST API over the real listener, against both stores: filters, pages, one
-//! collector, histories, labels, forgetting, summary, the state machine, live events, auth,
-//! metrics and the OpenAPI contract.
+//! collector, histories, labels, forgetting, summary, the state machine, live events, auth and
+//! the OpenAPI contract (metrics are in `metrics.rs`).
 
 use bytes::Bytes;
 use opampd::collector::CollectorId;
@@ -8,22 +8,8 @@ use opampd::config::{ApiKey, Role};
 use opampd::proto;
 use serde_json::{Value, json};
 
-use crate::store::Backend;
 use crate::support::api::{Api, assert_error};
 use crate::support::*;
-
-async fn server(backend: Backend) -> TestServer {
-    let url = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(crate::support::postgres::fresh_database().await),
-    };
-    TestServer::start_with(|c| {
-        if let Some(url) = url {
-            c.database.url = url;
-        }
-    })
-    .await
-}
 
 /// A first message naming the collector and its version.
 fn hello_as(uid: &Bytes, name: &str, version: &str) -> proto::AgentToServer {
@@ -47,11 +33,8 @@ async fn collectors(server: &TestServer, api: &Api, n: usize) -> Vec<(Bytes, Str
         .await;
         made.push((uid.clone(), id_of(&uid).to_string()));
     }
-    for (_, id) in &made {
-        eventually("the collector is in the store", || async {
-            (api.get(&format!("/api/v1/collectors/{id}")).await.status == 200).then_some(())
-        })
-        .await;
+    for (uid, _) in &made {
+        api.stored(id_of(uid)).await;
     }
     made
 }
@@ -66,7 +49,7 @@ fn names(page: &Value) -> Vec<String> {
 }
 
 async fn list_filters_sorts_and_pages(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let made = collectors(&server, &api, 7).await;
     for (i, (_, id)) in made.iter().enumerate() {
@@ -155,7 +138,7 @@ async fn list_filters_sorts_and_pages(backend: Backend) {
 }
 
 async fn one_collector_shows_every_fact(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let uid = new_uid();
     let mut first = hello_as(&uid, "gateway", "0.110.0");
@@ -173,11 +156,7 @@ async fn one_collector_shows_every_fact(backend: Backend) {
     });
     post_ok(&server.opamp_url, &first).await;
     let id = id_of(&uid).to_string();
-    let c = eventually("stored", || async {
-        let answer = api.get(&format!("/api/v1/collectors/{id}")).await;
-        (answer.status == 200).then_some(answer.body)
-    })
-    .await;
+    let c = api.stored(id_of(&uid)).await;
     assert_eq!(c["id"], id);
     assert_eq!(c["name"], "gateway");
     assert_eq!(c["version"], "0.110.0");
@@ -196,7 +175,12 @@ async fn one_collector_shows_every_fact(backend: Backend) {
     assert!(capabilities.contains(&json!("accepts_remote_config")));
     assert_eq!(c["health"]["healthy"], true);
     assert_eq!(c["remote_config"]["status"], "unset");
-    assert_eq!(c["effective_config"]["hash"].as_str().unwrap().len(), 64);
+    // The same hash a configuration version of these files has, so the two can be compared.
+    let running: &[u8] = b"receivers: {otlp: {}}\n";
+    assert_eq!(
+        c["effective_config"]["hash"],
+        files_hash(&[("collector.yaml", "text/yaml", running)])
+    );
     assert!(
         c["effective_config"]["files"].is_null(),
         "files only on request"
@@ -231,7 +215,7 @@ async fn one_collector_shows_every_fact(backend: Backend) {
 }
 
 async fn history_is_newest_first_in_pages(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let made = collectors(&server, &api, 1).await;
     let (uid, id) = &made[0];
@@ -287,7 +271,7 @@ async fn history_is_newest_first_in_pages(backend: Backend) {
 }
 
 async fn labels_are_replaced_and_patched(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let made = collectors(&server, &api, 1).await;
     let path = format!("/api/v1/collectors/{}/labels", made[0].1);
@@ -328,7 +312,7 @@ async fn labels_are_replaced_and_patched(backend: Backend) {
 }
 
 async fn only_a_disconnected_collector_is_forgotten(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let made = collectors(&server, &api, 1).await;
     let (uid, id) = &made[0];
@@ -363,7 +347,7 @@ async fn only_a_disconnected_collector_is_forgotten(backend: Backend) {
 }
 
 async fn summary_counts_every_state(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let made = collectors(&server, &api, 3).await;
     post_ok(&server.opamp_url, &health_report(&made[0].0, 1, false, "x")).await;
@@ -378,7 +362,134 @@ async fn summary_counts_every_state(backend: Backend) {
     assert_eq!(summary["by_state"]["upgrading"], 0);
 }
 
+/// Every sort key, both ways, paged two at a time through HTTP with the cursor: every collector
+/// once, in the key's order (ties, which this fleet has for names and states, by id).
+async fn every_sort_key_pages_through_http_with_its_cursor(backend: Backend) {
+    let server = TestServer::on(backend, |_| {}).await;
+    let api = Api::new(&server.api_url);
+    let mut ids = Vec::new();
+    for i in 0..9_u64 {
+        let uid = new_uid();
+        let name = format!("name-{}", i % 3);
+        post_ok(&server.opamp_url, &hello_as(&uid, &name, "1.0.0")).await;
+        if i % 3 == 1 {
+            post_ok(&server.opamp_url, &health_report(&uid, 1, false, "x")).await;
+        }
+        if i % 4 == 2 {
+            let mut goodbye = heartbeat(&uid, 2);
+            goodbye.agent_disconnect = Some(proto::AgentDisconnect {});
+            post_ok(&server.opamp_url, &goodbye).await;
+        }
+        ids.push(id_of(&uid).to_string());
+    }
+    ids.sort();
+    for key in ["id", "name", "state", "last_seen", "state_since"] {
+        for descending in [false, true] {
+            let sort = if descending {
+                format!("-{key}")
+            } else {
+                key.to_owned()
+            };
+            let mut seen: Vec<Value> = Vec::new();
+            let mut path = format!("/api/v1/collectors?limit=2&sort={sort}");
+            loop {
+                let page = api.ok(&path).await;
+                let items = page["items"].as_array().unwrap();
+                assert!(items.len() <= 2);
+                seen.extend(items.iter().cloned());
+                match page["next_cursor"].as_str() {
+                    Some(cursor) => {
+                        path = format!("/api/v1/collectors?limit=2&sort={sort}&cursor={cursor}");
+                    }
+                    None => break,
+                }
+            }
+            let mut got: Vec<String> = seen
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect();
+            got.sort();
+            assert_eq!(got, ids, "{sort}: every collector once");
+            for pair in seen.windows(2) {
+                let order = sort_order(key, &pair[0], &pair[1]);
+                let expected = if descending {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Less
+                };
+                assert!(
+                    order == expected || order == std::cmp::Ordering::Equal,
+                    "{sort}: {} then {}",
+                    pair[0],
+                    pair[1]
+                );
+            }
+        }
+    }
+}
+
+/// How two collectors compare under `key` as the API shows them. Times compare to the
+/// millisecond (SQLite sorts them at that precision) and then without a tie-break; the other
+/// keys by value, then id.
+fn sort_order(key: &str, a: &Value, b: &Value) -> std::cmp::Ordering {
+    let text = |c: &Value, field: &str| c[field].as_str().unwrap_or_default().to_owned();
+    let millis = |c: &Value| {
+        let at = time::OffsetDateTime::parse(
+            c[key].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        at.unix_timestamp_nanos() / 1_000_000
+    };
+    match key {
+        "id" => text(a, "id").cmp(&text(b, "id")),
+        "last_seen" | "state_since" => millis(a).cmp(&millis(b)),
+        _ => (text(a, key), text(a, "id")).cmp(&(text(b, key), text(b, "id"))),
+    }
+}
+
+/// The event stream's `selector` keeps to the collectors whose labels match.
+async fn live_events_follow_a_selector(backend: Backend) {
+    let server = TestServer::on(backend, |_| {}).await;
+    let api = Api::new(&server.api_url);
+    let (prod, dev) = (new_uid(), new_uid());
+    for (uid, env) in [(&prod, "prod"), (&dev, "dev")] {
+        post_ok(&server.opamp_url, &hello(uid, 0)).await;
+        let labels = format!("/api/v1/collectors/{}/labels", id_of(uid));
+        assert_eq!(api.put(&labels, &json!({"env": env})).await.status, 200);
+    }
+    let mut only_prod = api.events("?selector=env%3Dprod", None).await;
+    let mut not_prod = api.events("?selector=env!%3Dprod", None).await;
+    // The other collector's transition comes first: the stream must pass over it.
+    post_ok(&server.opamp_url, &health_report(&dev, 1, false, "dev")).await;
+    post_ok(&server.opamp_url, &health_report(&prod, 1, false, "prod")).await;
+    let event = only_prod.next().await;
+    assert_eq!(event.data["collector_id"], id_of(&prod).to_string());
+    assert_eq!(event.data["message"], "prod");
+    let event = not_prod.next().await;
+    assert_eq!(event.data["collector_id"], id_of(&dev).to_string());
+    post_ok(&server.opamp_url, &health_report(&dev, 2, true, "")).await;
+    let event = not_prod.next().await;
+    assert_eq!(
+        (
+            event.data["collector_id"].as_str(),
+            event.data["reason"].as_str()
+        ),
+        (
+            Some(id_of(&dev).to_string().as_str()),
+            Some("error_resolved")
+        )
+    );
+    assert_error(
+        &api.get("/api/v1/events?selector=env%20in%20prod").await,
+        400,
+        "bad_request",
+    );
+}
+
 crate::on_both_stores!(
+    every_sort_key_pages_through_http_with_its_cursor,
+    live_events_follow_a_selector,
     list_filters_sorts_and_pages,
     one_collector_shows_every_fact,
     history_is_newest_first_in_pages,
@@ -405,7 +516,7 @@ async fn the_state_machine_is_published() {
 }
 
 async fn live_events_arrive_once_and_resume(backend: Backend) {
-    let server = server(backend).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let mut all = api.events("", None).await;
     let mut errors = api.events("?state=error", None).await;
@@ -494,10 +605,7 @@ async fn keys_and_roles_decide_who_may_do_what() {
     let id = id_of(&uid);
     let labels = format!("/api/v1/collectors/{id}/labels");
     let one = format!("/api/v1/collectors/{id}");
-    eventually("stored", || async {
-        (as_("viewer").get(&one).await.status == 200).then_some(())
-    })
-    .await;
+    as_("viewer").stored(id).await;
     assert_error(
         &as_("viewer").put(&labels, &json!({"a": "b"})).await,
         403,
@@ -512,34 +620,6 @@ async fn keys_and_roles_decide_who_may_do_what() {
     );
     assert_error(&as_("operator").delete(&one).await, 403, "forbidden");
     assert_error(&as_("admin").delete(&one).await, 409, "conflict");
-}
-
-#[tokio::test]
-async fn metrics_cover_the_fleet_without_collector_ids() {
-    let server = TestServer::start().await;
-    let api = Api::new(&server.api_url);
-    let made = collectors(&server, &api, 2).await;
-    post_ok(&server.opamp_url, &health_report(&made[0].0, 1, false, "x")).await;
-    let text = eventually("an error gauge", || async {
-        let answer = api.get("/metrics").await;
-        let text = answer.body.as_str().unwrap_or_default().to_owned();
-        text.contains("opampd_collectors{state=\"error\"} 1")
-            .then_some(text)
-    })
-    .await;
-    for needle in [
-        "opampd_collectors{state=\"connected\"} 1",
-        "opampd_transitions_total{from=\"connected\",to=\"error\",reason=\"runtime_error\"}",
-        "opampd_opamp_messages_total{transport=\"http\",direction=\"in\"}",
-        "opampd_opamp_bytes_total{transport=\"http\",direction=\"out\"}",
-        "opampd_store_write_seconds_bucket",
-        "opampd_store_queue_depth",
-    ] {
-        assert!(text.contains(needle), "{needle} missing from:\n{text}");
-    }
-    for (_, id) in &made {
-        assert!(!text.contains(id.as_str()), "a collector id in the metrics");
-    }
 }
 
 #[tokio::test]
@@ -578,9 +658,7 @@ async fn restart_reaches_a_collector_that_accepts_it() {
     let mut ws = WsClient::connect(&server.ws_url).await;
     ws.exchange(&hello(&uid, 0)).await;
     let path = format!("/api/v1/collectors/{}/restart", id_of(&uid));
-    let answer = api
-        .with_body(reqwest::Method::POST, &path, String::new())
-        .await;
+    let answer = api.post(&path, &json!({})).await;
     assert_eq!(answer.status, 202, "{}", answer.body);
     let pushed = ws.recv().await;
     assert_eq!(
@@ -591,20 +669,48 @@ async fn restart_reaches_a_collector_that_accepts_it() {
     // One that does not accept it is told so, and so is a stranger.
     let other = new_uid();
     let mut refuses = hello(&other, 0);
-    refuses.capabilities = 0x1;
+    refuses.capabilities = capabilities(&[proto::AgentCapabilities::ReportsStatus]);
     post_ok(&server.opamp_url, &refuses).await;
     let path = format!("/api/v1/collectors/{}/restart", id_of(&other));
-    assert_error(
-        &api.with_body(reqwest::Method::POST, &path, String::new())
-            .await,
-        409,
-        "conflict",
-    );
+    assert_error(&api.post(&path, &json!({})).await, 409, "conflict");
     let path = format!("/api/v1/collectors/{}/restart", CollectorId::new_v7());
-    assert_error(
-        &api.with_body(reqwest::Method::POST, &path, String::new())
-            .await,
-        404,
-        "not_found",
-    );
+    assert_error(&api.post(&path, &json!({})).await, 404, "not_found");
+
+    // One that accepts it but is no longer connected (its actor still resident) cannot get it.
+    ws.socket.close(None).await.unwrap();
+    server
+        .wait_for(id_of(&uid), "disconnected", |c| !c.connected)
+        .await;
+    let path = format!("/api/v1/collectors/{}/restart", id_of(&uid));
+    assert_error(&api.post(&path, &json!({})).await, 409, "conflict");
+}
+
+/// A REST request that takes longer than `api.request_timeout` is answered 408; an event stream
+/// is not a request that times out, and stays open past it.
+#[tokio::test]
+async fn a_request_past_the_timeout_gets_408_while_event_streams_stay_open() {
+    let timeout = std::time::Duration::from_millis(300);
+    let server = TestServer::start_with(|c| c.api.request_timeout = timeout).await;
+    let api = Api::new(&server.api_url);
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let mut stream = api.events("", None).await;
+    let opened = tokio::time::Instant::now();
+
+    // A label edit waits for the lock another transaction holds on the store.
+    let lock = StoreLock::take(&server).await;
+    let labels = format!("/api/v1/collectors/{}/labels", id_of(&uid));
+    let answer = api.put(&labels, &json!({"env": "prod"})).await;
+    assert_eq!(answer.status, 408, "{}", answer.body);
+    assert!(opened.elapsed() >= timeout);
+    lock.release().await;
+
+    post_ok(
+        &server.opamp_url,
+        &health_report(&uid, 1, false, "after the timeout"),
+    )
+    .await;
+    let event = stream.next().await;
+    assert_eq!(event.data["reason"], "runtime_error");
+    assert_eq!(event.data["message"], "after the timeout");
 }

@@ -1,18 +1,14 @@
 //! Configurations through the API: versions are checked, hashed and counted; bad YAML is refused
-//! with its position; versions can be listed, read and compared.
+//! with its position; versions can be listed, read and compared; the hash is the documented one,
+//! and the one collectors are sent.
 
 use serde_json::json;
 
-use crate::support::TestServer;
 use crate::support::api::{Answer, Api, assert_error};
+use crate::support::*;
 
 async fn post(api: &Api, body: serde_json::Value) -> Answer {
-    api.with_body(
-        reqwest::Method::POST,
-        "/api/v1/configurations",
-        body.to_string(),
-    )
-    .await
+    api.post("/api/v1/configurations", &body).await
 }
 
 const V1: &str = "receivers:\n  otlp:\nexporters:\n  debug:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [debug]\n";
@@ -147,4 +143,92 @@ async fn versions_are_listed_read_and_compared() {
         400,
         "bad_request",
     );
+}
+
+/// The hash of YAML files, as the README promises it.
+fn expected_hash(files: &[(&str, &str)]) -> String {
+    let files: Vec<(&str, &str, &[u8])> = files
+        .iter()
+        .map(|(name, body)| (*name, "text/yaml", body.as_bytes()))
+        .collect();
+    files_hash(&files)
+}
+
+/// The version's hash is the documented SHA-256, and it is the `config_hash` collectors are sent,
+/// with the files as stored.
+#[tokio::test]
+async fn the_hash_is_the_documented_sha256_and_what_collectors_are_sent() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let extra = "exporters:\n  debug:\n";
+    let created = post(
+        &api,
+        json!({"name": "split", "files": {"z.yaml": extra, "collector.yaml": V1}}),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let hash = created.body["hash"].as_str().unwrap().to_owned();
+    assert_eq!(
+        hash,
+        expected_hash(&[("collector.yaml", V1), ("z.yaml", extra)])
+    );
+    let single = post(&api, json!({"name": "single", "yaml": V1})).await;
+    assert_eq!(
+        single.body["hash"],
+        expected_hash(&[("collector.yaml", V1)]),
+        "one file named collector.yaml"
+    );
+
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    api.stored(id_of(&uid)).await;
+    api.post_ok(
+        "/api/v1/rollouts",
+        &json!({"configuration": "split", "version": 1}),
+    )
+    .await;
+    let sent = eventually("the configuration on the next poll", || async {
+        post_ok(&server.opamp_url, &heartbeat(&uid, 1))
+            .await
+            .remote_config
+    })
+    .await;
+    assert_eq!(opampd::collector::machine::hex(&sent.config_hash), hash);
+    let files = sent.config.unwrap().config_map;
+    assert_eq!(files.len(), 2);
+    assert_eq!(files["z.yaml"].body, extra.as_bytes());
+    assert_eq!(files["collector.yaml"].content_type, "text/yaml");
+}
+
+/// Creating versions while collectors' changes are being written: every creation lands. (On
+/// SQLite a transaction that reads the latest version and then writes the next failed at once,
+/// without waiting, whenever a collector's write committed in between.)
+#[tokio::test]
+async fn versions_are_created_while_collectors_write() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let url = server.opamp_url.clone();
+    let writers = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let url = url.clone();
+            tasks.spawn(async move {
+                let uid = new_uid();
+                post_ok(&url, &hello(&uid, 0)).await;
+                for seq in 1..40 {
+                    let healthy = seq % 2 == 0;
+                    post_ok(&url, &health_report(&uid, seq, healthy, "flapping")).await;
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    });
+    for n in 0..40 {
+        let yaml = V1.replace("debug:", &format!("debug/{n}:"));
+        let created = post(&api, json!({"name": "busy", "yaml": yaml})).await;
+        assert_eq!(created.status, 201, "version {}: {}", n + 1, created.body);
+    }
+    within("the collectors' writes", writers).await.unwrap();
 }

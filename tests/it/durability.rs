@@ -11,33 +11,12 @@ use opampd::proto;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::store::{Backend, fresh_url, open_store};
-use crate::support::api::Api;
+use opampd::telemetry::metrics::{DUPLICATE_UIDS, Metrics, STORE_QUARANTINED as QUARANTINED};
+
+use crate::support::api::{Api, Scrape};
 use crate::support::*;
 
 use {Reason as R, State as S};
-
-/// A server on `backend`, adjusted.
-async fn server_on(
-    backend: Backend,
-    adjust: impl FnOnce(&mut opampd::config::Config),
-) -> TestServer {
-    let url = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(crate::support::postgres::fresh_database().await),
-    };
-    TestServer::start_with(|c| {
-        if let Some(url) = url {
-            c.database.url = url;
-        }
-        adjust(c);
-    })
-    .await
-}
-
-fn steps(history: &[opampd::collector::Transition]) -> Vec<(Option<S>, S, R)> {
-    history.iter().map(|t| (t.from, t.to, t.reason)).collect()
-}
 
 /// The retry delay an UNAVAILABLE answer carries.
 fn retry_after(reply: &proto::ServerToAgent) -> Option<Duration> {
@@ -73,49 +52,11 @@ async fn hello_until_served(
     }
 }
 
-/// A transaction elsewhere that keeps the server from claiming records until it is dropped.
-enum StoreLock {
-    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
-}
-
-async fn lock_the_store(server: &TestServer) -> StoreLock {
-    let url = opampd::config::Config::database_url(&server.config);
-    if url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        let mut tx = pool.begin().await.unwrap();
-        sqlx::query("LOCK TABLE collectors IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        StoreLock::Postgres(tx)
-    } else {
-        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        let mut conn = pool.acquire().await.unwrap();
-        sqlx::query("BEGIN EXCLUSIVE")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        StoreLock::Sqlite(conn)
-    }
-}
-
-impl StoreLock {
-    async fn release(self) {
-        match self {
-            StoreLock::Sqlite(mut conn) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
-            }
-            StoreLock::Postgres(tx) => tx.commit().await.unwrap(),
-        }
-    }
-}
-
 /// Item 1 of the issue, made deterministic: a pool of one connection and a store that cannot
 /// claim a single record while a few hundred collectors reconnect at once after a restart.
 async fn a_restart_storm_keeps_every_label_and_every_history(backend: Backend) {
     const N: usize = 200;
-    let server = server_on(backend, |c| {
+    let server = TestServer::on(backend, |c| {
         c.database.max_connections = 1;
         c.opamp.store_retry_after = Duration::from_secs(1);
     })
@@ -139,7 +80,7 @@ async fn a_restart_storm_keeps_every_label_and_every_history(backend: Backend) {
 
     let server = server.restart().await;
     drop(sockets);
-    let lock = lock_the_store(&server).await;
+    let lock = StoreLock::take(&server).await;
     let (told, mut waited) = mpsc::unbounded_channel();
     let mut storm = tokio::task::JoinSet::new();
     for uid in uids.clone() {
@@ -166,7 +107,7 @@ async fn a_restart_storm_keeps_every_label_and_every_history(backend: Backend) {
             "labels of collector {i}"
         );
         assert_eq!(
-            steps(&server.history(id).await),
+            server.steps(id).await,
             [
                 (None, S::Connected, R::Initial),
                 (Some(S::Connected), S::Disconnected, R::ServerTermination),
@@ -179,7 +120,7 @@ async fn a_restart_storm_keeps_every_label_and_every_history(backend: Backend) {
 
 /// Writes the collector's record must not wait on: the API reads them back at once.
 async fn operators_read_their_own_writes_at_once(backend: Backend) {
-    let server = server_on(backend, |_| {}).await;
+    let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
     let uid = new_uid();
     let path = format!("/api/v1/collectors/{}", id_of(&uid));
@@ -234,7 +175,7 @@ async fn operators_read_their_own_writes_at_once(backend: Backend) {
         "forgotten labels stay forgotten"
     );
     assert_eq!(
-        steps(&server.history(id_of(&uid)).await),
+        server.steps(id_of(&uid)).await,
         [(None, S::Connected, R::Initial)]
     );
 }
@@ -248,7 +189,7 @@ crate::on_both_stores!(
 /// refused, and every other collector's change lands with it.
 #[tokio::test]
 async fn a_collectors_bad_bytes_are_stored_safely_and_stop_nobody() {
-    let server = server_on(Backend::Postgres, |_| {}).await;
+    let server = TestServer::on(Backend::Postgres, |_| {}).await;
     let api = Api::new(&server.api_url);
     let (bad, good) = (new_uid(), new_uid());
     for uid in [&bad, &good] {
@@ -287,9 +228,10 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
     use opampd::collector::{Collector, CollectorId, Health, Transition};
     use opampd::store::writer::{Writer, WriterSettings};
 
-    let (url, _dir) = fresh_url(Backend::Postgres).await;
-    let store = open_store(&url, "a").await;
+    let db = fresh_database(Backend::Postgres).await;
+    let store = open_store(&db.url, "a").await;
     let (changes, queue) = mpsc::channel(64);
+    let metrics = Metrics::default();
     let (writer, _fenced) = Writer::spawn(
         std::sync::Arc::clone(&store),
         queue,
@@ -297,14 +239,13 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
             flush_interval: Duration::from_millis(5),
             max_pending: 1000,
         },
+        metrics.clone(),
     );
     let barrier = || async {
         let (done, signal) = tokio::sync::oneshot::channel();
-        changes.send(Change::Barrier(done)).await.unwrap();
-        tokio::time::timeout(DEADLINE, signal)
-            .await
-            .unwrap()
-            .is_ok()
+        let barrier = Change::Barrier { done, claim: None };
+        changes.send(barrier).await.unwrap();
+        within("the batch", signal).await.is_ok()
     };
     let record = |id: CollectorId, state: S, error: &str| {
         let mut c = Collector::new(id);
@@ -380,6 +321,7 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
     assert_eq!((kept[0].collector, kept[0].kind), (ids[2], "facts"));
     assert!(kept[0].error.contains("Unicode"), "{}", kept[0].error);
     assert_eq!(writer.health.quarantined(), 1);
+    assert_eq!(Scrape::parse(&metrics.render()).value(QUARANTINED, &[]), 1);
     assert!(writer.health.degraded().is_none());
     writer.finish(DEADLINE).await;
 }
@@ -424,7 +366,7 @@ async fn collectors_that_leave_stop_being_resident_and_return_from_the_store() {
     let mut ws = WsClient::connect(&server.ws_url).await;
     ws.exchange(&hello(&back, 0)).await;
     assert_eq!(
-        steps(&server.history(id_of(&back)).await),
+        server.steps(id_of(&back)).await,
         [
             (None, S::Connected, R::Initial),
             (Some(S::Connected), S::Disconnected, R::NetworkInterruption),
@@ -542,4 +484,5 @@ async fn two_live_collectors_with_one_uid_end_with_two_uids() {
         (old["connected"].clone(), new["connected"].clone()),
         (json!(true), json!(true))
     );
+    assert_eq!(api.metrics().await.value(DUPLICATE_UIDS, &[]), 1);
 }

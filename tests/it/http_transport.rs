@@ -1,10 +1,13 @@
 //! The plain-HTTP transport: content types, gzip both ways, limits, bad bodies, and messages kept
 //! for the next poll.
 
+use std::time::Duration;
+
 use prost::Message as _;
+use tokio::time::Instant;
 
 use crate::support::*;
-use opampd::collector::{ConfigOffer, Event};
+use opampd::collector::{ConfigOffer, Event, Reason as R, State as S};
 
 const PROTOBUF: (&str, &str) = ("content-type", "application/x-protobuf");
 
@@ -14,7 +17,8 @@ async fn a_poll_gets_an_exact_content_type_and_the_uid_back() {
     let uid = new_uid();
     let reply = post_ok(&server.opamp_url, &hello(&uid, 0)).await;
     assert_eq!(reply.instance_uid, uid);
-    assert_eq!(reply.capabilities & 0x1, 0x1);
+    let accepts_status = opampd::proto::ServerCapabilities::AcceptsStatus as u64;
+    assert_eq!(reply.capabilities & accepts_status, accepts_status);
     let view = server
         .wait_for(id_of(&uid), "connected", |v| v.connected)
         .await;
@@ -178,6 +182,64 @@ async fn messages_for_http_collectors_wait_for_the_next_poll() {
     assert!(third.remote_config.is_none(), "delivered once");
 }
 
+/// Offers made while a plain-HTTP collector is between polls are folded: its next poll carries
+/// the latest configuration and the latest package, never an older one, and the restart
+/// command, which travels alone, the poll after.
+#[tokio::test]
+async fn a_poll_gets_the_latest_of_each_kind() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let id = id_of(&uid);
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let configure = |hash: u8| Event::SendConfiguration {
+        offer: ConfigOffer {
+            files: opampd::collector::ConfigFiles::new(),
+            hash: vec![hash; 32],
+        },
+        required: vec![],
+        rollout: None,
+    };
+    let package = |version: &str| {
+        Event::OfferPackage(opampd::collector::PackageOffer {
+            name: "otelcol".into(),
+            version: version.into(),
+            download_url: format!("https://packages.example/otelcol-{version}.tar.gz"),
+            content_hash: vec![1; 32],
+            signature: vec![],
+            hash: version.as_bytes().to_vec(),
+        })
+    };
+    for event in [
+        configure(1),
+        package("0.2.0"),
+        Event::Restart,
+        configure(2),
+        package("0.3.0"),
+    ] {
+        server.apply(id, event).await;
+    }
+    let first = post_ok(&server.opamp_url, &heartbeat(&uid, 1)).await;
+    let config = first.remote_config.expect("a configuration");
+    assert_eq!(
+        &config.config_hash[..],
+        &[2; 32],
+        "the latest configuration"
+    );
+    let packages = first.packages_available.expect("a package offer");
+    assert_eq!(
+        packages.packages["otelcol"].version, "0.3.0",
+        "the latest package"
+    );
+    assert!(first.command.is_none(), "the restart travels alone");
+    let second = post_ok(&server.opamp_url, &heartbeat(&uid, 2)).await;
+    assert!(second.command.is_some());
+    assert!(second.remote_config.is_none() && second.packages_available.is_none());
+    let third = post_ok(&server.opamp_url, &heartbeat(&uid, 3)).await;
+    assert_eq!(third.remote_config, None);
+    assert_eq!(third.packages_available, None);
+    assert_eq!(third.command, None, "each delivered once");
+}
+
 #[tokio::test]
 async fn the_instance_uid_header_is_read_but_the_body_decides() {
     let server = TestServer::start().await;
@@ -197,19 +259,64 @@ async fn the_instance_uid_header_is_read_but_the_body_decides() {
 }
 
 #[tokio::test]
-async fn a_silent_http_collector_is_disconnected_after_its_liveness_window() {
+async fn a_silent_http_collector_is_disconnected_after_its_liveness_window_and_not_before() {
     let server = TestServer::start_with(|c| {
-        c.opamp.heartbeat_interval = std::time::Duration::from_millis(100);
-        c.opamp.liveness_intervals = 2;
+        c.opamp.heartbeat_interval = Duration::from_millis(150);
+        c.opamp.liveness_intervals = 3;
     })
     .await;
+    let window = server.config.opamp.liveness_window();
     let uid = new_uid();
+    let polled = Instant::now();
     post_ok(&server.opamp_url, &hello(&uid, 0)).await;
     server
         .wait_for(id_of(&uid), "disconnected after silence", |v| !v.connected)
         .await;
+    let silent = polled.elapsed();
+    assert!(silent >= window, "disconnected after {silent:?}");
     post_ok(&server.opamp_url, &heartbeat(&uid, 1)).await;
-    server.wait_for(id_of(&uid), "back", |v| v.connected).await;
+    assert_eq!(
+        server.steps(id_of(&uid)).await,
+        [
+            (None, S::Connected, R::Initial),
+            (Some(S::Connected), S::Disconnected, R::NetworkInterruption),
+            (Some(S::Disconnected), S::Connected, R::ConnectionRestored),
+        ]
+    );
+}
+
+/// A collector that polls at its heartbeat interval is never taken for gone, however long it
+/// goes on.
+#[tokio::test]
+async fn a_polling_http_collector_stays_connected_past_its_liveness_window() {
+    let server = TestServer::start_with(|c| {
+        c.opamp.heartbeat_interval = Duration::from_millis(250);
+        c.opamp.liveness_intervals = 4;
+    })
+    .await;
+    let window = server.config.opamp.liveness_window();
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let started = Instant::now();
+    // Faster than it needs to: the collector's own schedule, not a guess at the server's.
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    let (mut seq, mut last, mut longest) = (1, Instant::now(), Duration::ZERO);
+    while started.elapsed() < window * 3 {
+        every.tick().await;
+        longest = longest.max(last.elapsed());
+        last = Instant::now();
+        post_ok(&server.opamp_url, &heartbeat(&uid, seq)).await;
+        seq += 1;
+    }
+    assert!(
+        longest < window,
+        "this machine stalled for {longest:?}, longer than the window: the test cannot tell"
+    );
+    assert!(server.view(id_of(&uid)).await.unwrap().connected);
+    assert_eq!(
+        server.steps(id_of(&uid)).await,
+        [(None, S::Connected, R::Initial)]
+    );
 }
 
 #[tokio::test]

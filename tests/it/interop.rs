@@ -19,6 +19,20 @@ fn collector_id(started: &Value) -> CollectorId {
     CollectorId(uid.parse().expect("the drivers print the uid as a UUID"))
 }
 
+/// What opampd says it can do, in every reply.
+fn server_capabilities() -> u64 {
+    use opampd::proto::ServerCapabilities as Can;
+    [
+        Can::AcceptsStatus,
+        Can::OffersRemoteConfig,
+        Can::AcceptsEffectiveConfig,
+        Can::OffersPackages,
+        Can::AcceptsPackagesStatus,
+    ]
+    .iter()
+    .fold(0, |bits, c| bits | *c as u64)
+}
+
 /// A reply the client took as its own: 200, protobuf, its own uid, no error.
 fn accepted(message: &Value) -> bool {
     message["uid_matches"] == true && message["error"].is_null()
@@ -34,7 +48,11 @@ async fn heartbeating(client: Client) -> (ServerProcess, Driver, CollectorId) {
         .expect_where("sent", |e| e["agent_description"] == true)
         .await;
     assert_eq!(first["ok"], true, "first full state accepted: {first}");
-    assert_eq!(first["http_status"], 200);
+    assert_eq!(first["http_status"], 200, "{first}");
+    assert_eq!(
+        first["response_content_type"], "application/x-protobuf",
+        "{first}"
+    );
     for _ in 0..2 {
         let beat = driver
             .expect_where("sent", |e| e["agent_description"] == false)
@@ -43,7 +61,8 @@ async fn heartbeating(client: Client) -> (ServerProcess, Driver, CollectorId) {
         let reply = driver.expect("message").await;
         assert!(accepted(&reply), "reply accepted: {reply}");
         assert_eq!(
-            reply["capabilities"], 0x1f,
+            reply["capabilities"],
+            server_capabilities(),
             "our capabilities in every reply"
         );
     }
@@ -105,13 +124,15 @@ async fn both_clients_get_through_agent_authentication() {
             &["--auth-header", "Bearer wrong"],
         )
         .await;
-        let refused = bad.expect_where("error", |e| e["source"] == "client").await;
+        let refused = bad.expect_where("sent", |e| e["ok"] == false).await;
+        assert_eq!(refused["http_status"], 401, "{client:?}: {refused}");
+        let error = bad.expect_where("error", |e| e["source"] == "client").await;
         assert!(
-            refused["message"]
+            error["message"]
                 .as_str()
                 .unwrap_or_default()
                 .contains("401"),
-            "{client:?}: {refused}"
+            "{client:?}: {error}"
         );
         good.stop().await;
         bad.stop().await;
@@ -230,14 +251,8 @@ async fn python_client_scenarios_leave_the_expected_history() {
     server
         .wait_for(id, "Disconnected", state_is(State::Disconnected))
         .await;
-    let history: Vec<_> = server
-        .history(id)
-        .await
-        .iter()
-        .map(|t| (t.from, t.to, t.reason))
-        .collect();
     assert_eq!(
-        history,
+        server.steps(id).await,
         [
             (None, S::Connected, R::Initial),
             (Some(S::Connected), S::Error, R::RuntimeError),
@@ -380,10 +395,7 @@ async fn labelled_clients(
         let driver = Driver::start(*client, &server.opamp_url, &[]).await;
         let id = collector_id(&driver.seen[0]).to_string();
         let path = format!("/api/v1/collectors/{id}");
-        eventually("stored", || async {
-            (api.get(&path).await.status == 200).then_some(())
-        })
-        .await;
+        api.stored(collector_id(&driver.seen[0])).await;
         assert_eq!(
             api.put(&format!("{path}/labels"), &json!({ "env": env }))
                 .await
@@ -397,17 +409,15 @@ async fn labelled_clients(
         (page["items"].as_array().unwrap().len() == clients.len()).then_some(())
     })
     .await;
-    api_post(
-        api,
+    api.post_ok(
         "/api/v1/configurations",
-        json!({"name": "logs", "yaml": LOGS_YAML}),
+        &json!({"name": "logs", "yaml": LOGS_YAML}),
     )
     .await;
     let v2 = LOGS_YAML.replace("debug", "nop");
-    api_post(
-        api,
+    api.post_ok(
         "/api/v1/configurations",
-        json!({"name": "logs", "yaml": v2}),
+        &json!({"name": "logs", "yaml": v2}),
     )
     .await;
     started
@@ -421,12 +431,12 @@ async fn python_applies_and_fails_configurations_from_rollouts() {
     let api = crate::support::api::Api::new(&server.api_url);
     let clients = [(Client::Python, "ok"), (Client::Python, "bad")];
     let mut drivers = labelled_clients(&server, &api, &clients).await;
-    let good = api_post(
-        &api,
-        "/api/v1/rollouts",
-        json!({"configuration": "logs", "version": 1, "selector": "env=ok"}),
-    )
-    .await;
+    let good = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "logs", "version": 1, "selector": "env=ok"}),
+        )
+        .await;
     let (applier, ok_id) = &mut drivers[0];
     assert_eq!(applier.expect("remote_config").await["hash"], good["hash"]);
     applier
@@ -455,12 +465,12 @@ async fn python_applies_and_fails_configurations_from_rollouts() {
     })
     .await;
 
-    let bad = api_post(
-        &api,
-        "/api/v1/rollouts",
-        json!({"configuration": "logs", "version": 2, "selector": "env=bad", "max_errors": 1}),
-    )
-    .await;
+    let bad = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "logs", "version": 2, "selector": "env=bad", "max_errors": 1}),
+        )
+        .await;
     let (refuser, bad_id) = &mut drivers[1];
     refuser.expect("remote_config").await;
     refuser
@@ -492,12 +502,12 @@ async fn node_acknowledges_a_configuration_from_a_rollout() {
     let server = TestServer::start().await;
     let api = crate::support::api::Api::new(&server.api_url);
     let mut drivers = labelled_clients(&server, &api, &[(Client::Node, "node")]).await;
-    let rollout = api_post(
-        &api,
-        "/api/v1/rollouts",
-        json!({"configuration": "logs", "version": 1, "selector": "env=node"}),
-    )
-    .await;
+    let rollout = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "logs", "version": 1, "selector": "env=node"}),
+        )
+        .await;
     let (node, id) = &mut drivers[0];
     let received = node.expect("remote_config").await;
     assert_eq!(received["hash"], rollout["hash"]);
@@ -527,14 +537,6 @@ async fn node_acknowledges_a_configuration_from_a_rollout() {
     );
     assert!(node.stop().await.success());
     assert!(node.errors().is_empty(), "{:#?}", node.errors());
-}
-
-async fn api_post(api: &crate::support::api::Api, path: &str, body: Value) -> Value {
-    let answer = api
-        .with_body(reqwest::Method::POST, path, body.to_string())
-        .await;
-    assert!(answer.status < 300, "{path}: {}", answer.body);
-    answer.body
 }
 
 async fn rollout_reaches(

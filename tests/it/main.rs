@@ -35,6 +35,7 @@ mod configurations;
 mod durability;
 mod http_transport;
 mod interop;
+mod metrics;
 mod persistence;
 mod protocol;
 mod rollouts;

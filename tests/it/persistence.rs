@@ -1,20 +1,21 @@
 //! Nothing lost: collectors' records and transitions reach the store, survive clean restarts,
-//! crashes (kill -9 of the real binary) and a PostgreSQL outage, and histories continue.
+//! crashes (kill -9 of the real binary) and a PostgreSQL outage, and histories continue; writes
+//! as narrow as the news; during an outage the batcher backs off, holds a bounded backlog and
+//! makes collectors wait beyond it; shutdown is bounded even then.
+
+use std::time::Duration;
 
 use bytes::Bytes;
-use opampd::collector::{CollectorId, Reason, State, Transition};
+use opampd::collector::{CollectorId, Reason, State};
 use opampd::store::Store;
+use opampd::telemetry::metrics::{STORE_PENDING, STORE_QUEUE, STORE_STALLS, STORE_WRITE_FAILURES};
+use serde_json::json;
+use tokio::time::Instant;
 
-use crate::store::open_store;
+use crate::support::api::Api;
 use crate::support::binary::ServerProcess;
 use crate::support::postgres::PgServer;
 use crate::support::*;
-
-type Step = (Option<State>, State, Reason);
-
-fn steps(history: &[Transition]) -> Vec<Step> {
-    history.iter().map(|t| (t.from, t.to, t.reason)).collect()
-}
 
 /// Waits until the store holds exactly `expected` as the collector's history.
 async fn stored_history(store: &dyn Store, id: CollectorId, expected: &[Step]) {
@@ -62,11 +63,7 @@ async fn a_history_continues_across_a_clean_restart() {
         before[1],
         (Some(S::Disconnected), S::Connected, R::ConnectionRestored),
     ];
-    assert_eq!(
-        steps(&server.history(id).await),
-        after,
-        "the history continues"
-    );
+    assert_eq!(server.steps(id).await, after, "the history continues");
 }
 
 #[tokio::test]
@@ -95,6 +92,12 @@ async fn heartbeats_do_not_cost_a_write_each() {
         saved,
         "no record written for them"
     );
+    let _ = server.history(id).await;
+    let stored = server.store().load(id).await.unwrap().unwrap();
+    assert!(
+        view.last_seen > stored.last_seen,
+        "last_seen not written yet"
+    );
 
     // Real news is written at once.
     post_ok(
@@ -110,6 +113,36 @@ async fn heartbeats_do_not_cost_a_write_each() {
     .await;
     assert_eq!(stored.health.unwrap().last_error, "disk full");
     assert_eq!(stored.sequence_num, Some(21));
+}
+
+/// Past `database.last_seen_interval` a heartbeat writes `last_seen`, as a touch of that column
+/// alone, not a record.
+#[tokio::test]
+async fn a_heartbeat_past_the_last_seen_interval_writes_last_seen() {
+    let server = TestServer::start_with(|c| {
+        c.database.last_seen_interval = Duration::from_millis(100);
+    })
+    .await;
+    let uid = new_uid();
+    let id = id_of(&uid);
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let _ = server.history(id).await;
+    let first = server.store().load(id).await.unwrap().unwrap().last_seen;
+    let persistence = server.running().registry.persistence();
+    let saved = persistence.saved_records();
+    let seq = std::cell::Cell::new(1);
+    let (heard, stored) = eventually("a heartbeat's last_seen in the store", || async {
+        post_ok(&server.opamp_url, &heartbeat(&uid, seq.get())).await;
+        seq.set(seq.get() + 1);
+        let heard = server.view(id).await?.last_seen;
+        let _ = server.history(id).await;
+        let stored = server.store().load(id).await.ok()??.last_seen;
+        (stored > first).then_some((heard, stored))
+    })
+    .await;
+    assert_eq!(stored, heard, "the latest heartbeat's time");
+    assert_eq!(persistence.saved_records(), saved, "a touch, not a record");
+    assert_eq!(server.steps(id).await, [(None, S::Connected, R::Initial)]);
 }
 
 /// A WebSocket collector that said hello, healthy or not.
@@ -167,7 +200,11 @@ async fn after_kill_9_nothing_is_lost_and_collectors_are_disconnected_then_retur
             expected
         );
     }
-    assert!(server.logged("did not shut down cleanly"));
+    assert!(
+        server.logged(
+            "the last run did not shut down cleanly; its collectors are marked disconnected"
+        )
+    );
 
     let mut sockets = Vec::new();
     for uid in &uids {
@@ -247,4 +284,169 @@ async fn every_transition_lands_after_a_postgres_outage() {
     })
     .await;
     assert_eq!(body["store"]["status"], "ok", "{status} {body}");
+}
+
+/// A store for `server` that cannot take writes: its PostgreSQL stopped.
+async fn server_on_postgres(
+    adjust: impl FnOnce(&mut opampd::config::Config),
+) -> (PgServer, TestServer) {
+    let mut pg = PgServer::start().await;
+    let url = pg.create_database("outage").await;
+    let server = TestServer::start_with(|c| {
+        c.database.url = url;
+        c.opamp.commit_timeout = Duration::from_millis(200);
+        adjust(c);
+    })
+    .await;
+    (pg, server)
+}
+
+/// Collectors that each report a problem and its end, concurrently, whatever the answers: over
+/// plain HTTP, each on a task of its own (a request may wait as long as its actor does).
+fn flapping(url: &str, uids: &[Bytes]) -> tokio::task::JoinSet<()> {
+    let mut flips = tokio::task::JoinSet::new();
+    for uid in uids {
+        let (url, uid) = (url.to_owned(), uid.clone());
+        flips.spawn(async move {
+            for (seq, healthy) in [(1, false), (2, true)] {
+                let error = if healthy { "" } else { "exporter down" };
+                let reply = post(&url, &health_report(&uid, seq, healthy, error)).await;
+                assert!(
+                    matches!(reply.status.as_u16(), 200 | 503),
+                    "{}",
+                    reply.status
+                );
+            }
+        });
+    }
+    flips
+}
+
+/// While the database is down the batcher holds at most `max_pending` transitions; then the
+/// queue behind it fills, and collectors' actors wait for the database (counted as stalls)
+/// rather than anything being dropped. When it is back, everything lands.
+#[tokio::test]
+async fn beyond_max_pending_collectors_wait_for_the_database_and_nothing_is_lost() {
+    let (mut pg, server) = server_on_postgres(|c| {
+        c.database.max_pending = 3;
+        c.database.queue_capacity = 4;
+    })
+    .await;
+    let api = Api::new(&server.api_url);
+    let uids: Vec<Bytes> = (0..6).map(|_| new_uid()).collect();
+    for uid in &uids {
+        post_ok(&server.opamp_url, &hello(uid, 0)).await;
+    }
+    pg.stop().await;
+    let flips = flapping(&server.opamp_url, &uids);
+    eventually("the backlog at its bound and an actor waiting", || async {
+        let m = api.metrics().await;
+        let full = m.value(STORE_PENDING, &[]) == 3
+            && m.value(STORE_QUEUE, &[]) == 4
+            && m.value(STORE_STALLS, &[]) >= 1
+            && m.get(STORE_WRITE_FAILURES, &[]) >= Some(1);
+        full.then_some(())
+    })
+    .await;
+    let (status, body) = readyz(&server.api_url).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (503, &json!("degraded")),
+        "{body}"
+    );
+    assert_eq!(body["store"]["pending_transitions"], 3);
+
+    pg.restart().await;
+    within("every waiting collector answered", flips.join_all()).await;
+    let expected = [
+        (None, S::Connected, R::Initial),
+        (Some(S::Connected), S::Error, R::RuntimeError),
+        (Some(S::Error), S::Connected, R::ErrorResolved),
+    ];
+    for uid in &uids {
+        assert_eq!(server.steps(id_of(uid)).await, expected, "{}", id_of(uid));
+    }
+    let after = api.metrics().await;
+    assert_eq!(after.value(STORE_PENDING, &[]), 0);
+    assert_eq!(after.value(STORE_QUEUE, &[]), 0);
+}
+
+/// While the database is down, failed writes are retried after 100 ms, then twice as long each
+/// time: the fifth attempt comes no sooner than 100 + 200 + 400 + 800 ms after the first.
+#[tokio::test]
+async fn failed_writes_are_retried_with_a_doubling_back_off() {
+    let (mut pg, server) = server_on_postgres(|_| {}).await;
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let health = &server.running().store_health;
+    let failed_before = health.failed_writes();
+    pg.stop().await;
+    let stopped = Instant::now();
+    let reply = post(&server.opamp_url, &health_report(&uid, 1, false, "x")).await;
+    assert_eq!(reply.status, 503, "not committed");
+    eventually("five failed attempts", || async {
+        (health.failed_writes() - failed_before >= 5).then_some(())
+    })
+    .await;
+    let waited = stopped.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100 + 200 + 400 + 800),
+        "five attempts within {waited:?}"
+    );
+    pg.restart().await;
+    eventually("the change lands once the database is back", || async {
+        let c = server.store().load(id_of(&uid)).await.ok()??;
+        (c.state == Some(S::Error)).then_some(())
+    })
+    .await;
+}
+
+/// Shutdown waits at most `server.shutdown_timeout` for each of its steps: with the database
+/// down and collectors' actors stuck behind a full queue (their connections and requests waiting
+/// on them), it still ends, and says what it could not finish.
+#[tokio::test]
+async fn shutdown_ends_within_its_time_outs_while_the_database_is_down() {
+    let (mut pg, mut server) = server_on_postgres(|c| {
+        c.database.max_pending = 1;
+        c.database.queue_capacity = 2;
+        c.server.shutdown_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let api = Api::new(&server.api_url);
+    let uids: Vec<Bytes> = (0..4).map(|_| new_uid()).collect();
+    for uid in &uids {
+        post_ok(&server.opamp_url, &hello(uid, 0)).await;
+    }
+    let ws_uid = new_uid();
+    let mut ws = WsClient::connect(&server.ws_url).await;
+    ws.exchange(&hello(&ws_uid, 0)).await;
+    pg.stop().await;
+    // The WebSocket collector's first change fills the backlog (its one transition) and is told
+    // to come back, the barrier its reply waited on left in the queue; its second fills the
+    // queue, and its actor, so its connection, waits.
+    let first = ws
+        .exchange(&health_report(&ws_uid, 1, false, "stuck"))
+        .await;
+    assert!(is_unavailable(&first), "{first:?}");
+    ws.send(&health_report(&ws_uid, 2, true, "")).await;
+    let api = &api;
+    let metric = |name: &'static str| async move { api.metrics().await.value(name, &[]) };
+    eventually("the queue full", || async {
+        (metric(STORE_QUEUE).await == 2).then_some(())
+    })
+    .await;
+    // Then every plain-HTTP collector's request waits on its actor, stuck the same way: the
+    // queue stays full, so each of them is one more stall.
+    let stalled = metric(STORE_STALLS).await;
+    let _flips = flapping(&server.opamp_url, &uids);
+    eventually("every actor waiting", || async {
+        (metric(STORE_STALLS).await == stalled + 4).then_some(())
+    })
+    .await;
+    let stopping = Instant::now();
+    server.shutdown().await;
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(300),
+        "it did wait for what was stuck"
+    );
 }

@@ -89,21 +89,12 @@ async fn legacy_ulid_uids_are_echoed_as_they_came() {
 }
 
 fn components_report(uid: &bytes::Bytes, sequence_num: u64, full: bool) -> proto::AgentToServer {
-    let mut message = hello(uid, sequence_num);
-    message.capabilities |= 0x4000;
-    let mut components = std::collections::HashMap::new();
-    if full {
-        let mut receivers = proto::ComponentDetails::default();
-        receivers
-            .sub_component_map
-            .insert("otlp".into(), proto::ComponentDetails::default());
-        components.insert("receivers".to_owned(), receivers);
-    }
-    message.available_components = Some(proto::AvailableComponents {
-        components,
-        hash: bytes::Bytes::from_static(b"components-v1"),
-    });
-    message
+    with_components(
+        hello(uid, sequence_num),
+        "components-v1",
+        &[("receivers", &["otlp"])],
+        full,
+    )
 }
 
 #[tokio::test]

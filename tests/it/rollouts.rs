@@ -14,37 +14,28 @@ const KAFKA: &str = "receivers:\n  otlp:\nexporters:\n  kafka:\nservice:\n  pipe
 /// Stores configuration `gateway` version 1 (it needs `receivers/otlp` and `exporters/kafka`).
 async fn configuration(api: &Api) {
     let answer = api
-        .with_body(
-            reqwest::Method::POST,
+        .post(
             "/api/v1/configurations",
-            json!({"name": "gateway", "yaml": KAFKA}).to_string(),
+            &json!({"name": "gateway", "yaml": KAFKA}),
         )
         .await;
     assert_eq!(answer.status, 201, "{}", answer.body);
 }
 
-async fn post(api: &Api, path: &str, body: &Value) -> Value {
-    let answer = api
-        .with_body(reqwest::Method::POST, path, body.to_string())
-        .await;
-    assert!(
-        answer.status == 200 || answer.status == 201,
-        "POST {path}: {}",
-        answer.body
-    );
-    answer.body
-}
-
 /// Waits until every collector is in the store (a rollout selects from it), labelled `env=prod`.
 async fn labelled(api: &Api, collectors: &[&Scripted]) {
-    for c in collectors {
-        let path = format!("/api/v1/collectors/{}", c.id);
-        eventually("stored", || async {
-            (api.get(&path).await.status == 200).then_some(())
-        })
-        .await;
+    let ids: Vec<CollectorId> = collectors.iter().map(|c| c.id).collect();
+    labelled_ids(api, &ids).await;
+}
+
+async fn labelled_ids(api: &Api, collectors: &[CollectorId]) {
+    for id in collectors {
+        api.stored(*id).await;
         let answer = api
-            .put(&format!("{path}/labels"), &json!({"env": "prod"}))
+            .put(
+                &format!("/api/v1/collectors/{id}/labels"),
+                &json!({"env": "prod"}),
+            )
             .await;
         assert_eq!(answer.status, 200);
     }
@@ -73,17 +64,6 @@ fn target(rollout: &Value, id: CollectorId) -> &Value {
         .iter()
         .find(|t| t["collector"] == id.to_string())
         .expect("a target")
-}
-
-type Step = (Option<State>, State, Reason);
-
-async fn history(server: &TestServer, id: CollectorId) -> Vec<Step> {
-    server
-        .history(id)
-        .await
-        .iter()
-        .map(|t| (t.from, t.to, t.reason))
-        .collect()
 }
 
 use {Reason as R, State as S};
@@ -117,7 +97,7 @@ async fn assert_histories(server: &TestServer, collectors: &[Scripted]) {
             8 | 9 => &incompatible,
             _ => &applied,
         };
-        assert_eq!(history(server, c.id).await, expected, "collector {i}");
+        assert_eq!(server.steps(c.id).await, expected, "collector {i}");
         let sent = usize::from(!matches!(i, 8 | 9));
         assert_eq!(
             c.received(),
@@ -146,13 +126,13 @@ async fn ten_collectors_batch_by_batch_with_pause_and_resume() {
     }
     labelled(&api, &collectors.iter().collect::<Vec<_>>()).await;
 
-    let started = post(
-        &api,
-        "/api/v1/rollouts",
-        &json!({"configuration": "gateway", "version": 1, "selector": "env=prod",
+    let started = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "selector": "env=prod",
                 "initial_batch": 2, "multiplier": 2, "max_batch": 4, "max_errors": 0}),
-    )
-    .await;
+        )
+        .await;
     let id = started["id"].as_str().unwrap().to_owned();
     assert_eq!(started["progress"]["incompatible"], 2);
     assert_eq!(
@@ -186,7 +166,9 @@ async fn ten_collectors_batch_by_batch_with_pause_and_resume() {
         "kafka: broker unreachable"
     );
 
-    let resumed = post(&api, &format!("/api/v1/rollouts/{id}/resume"), &json!({})).await;
+    let resumed = api
+        .post_ok(&format!("/api/v1/rollouts/{id}/resume"), &json!({}))
+        .await;
     assert_eq!(resumed["status"], "running");
     let done = rollout_where(&api, &id, "completed", |r| r["status"] == "completed").await;
     assert_eq!(done["progress"]["applied"], 6);
@@ -200,12 +182,8 @@ async fn ten_collectors_batch_by_batch_with_pause_and_resume() {
     })
     .await;
     assert_error(
-        &api.with_body(
-            reqwest::Method::POST,
-            &format!("/api/v1/rollouts/{id}/pause"),
-            "{}".into(),
-        )
-        .await,
+        &api.post(&format!("/api/v1/rollouts/{id}/pause"), &json!({}))
+            .await,
         409,
         "conflict",
     );
@@ -227,9 +205,7 @@ async fn cancel_returns_queued_collectors_and_a_dry_run_changes_nothing() {
     all.push(&lacking);
     labelled(&api, &all).await;
 
-    let plan = post(
-        &api,
-        "/api/v1/rollouts",
+    let plan = api.post_ok("/api/v1/rollouts",
         &json!({"configuration": "gateway", "version": 1, "selector": "env=prod", "dry_run": true}),
     )
     .await;
@@ -246,27 +222,23 @@ async fn cancel_returns_queued_collectors_and_a_dry_run_changes_nothing() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(
-        history(&server, silent.id).await.len(),
-        1,
-        "nothing changed"
-    );
+    assert_eq!(server.steps(silent.id).await.len(), 1, "nothing changed");
 
     // The silent collector is alone in batch 0 and never answers: the rollout waits on it.
-    let started = post(
-        &api,
-        "/api/v1/rollouts",
+    let started = api.post_ok("/api/v1/rollouts",
         &json!({"configuration": "gateway", "version": 1, "selector": "env=prod", "initial_batch": 1}),
     )
     .await;
     let id = started["id"].as_str().unwrap();
     assert_eq!(target(&started, silent.id)["outcome"], "configuring");
-    let cancelled = post(&api, &format!("/api/v1/rollouts/{id}/cancel"), &json!({})).await;
+    let cancelled = api
+        .post_ok(&format!("/api/v1/rollouts/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(cancelled["progress"]["removed"], 3);
     for c in &others {
         assert_eq!(
-            history(&server, c.id).await,
+            server.steps(c.id).await,
             [
                 (None, S::Connected, R::Initial),
                 (Some(S::Connected), S::Pending, R::QueuedForRollout),
@@ -276,20 +248,15 @@ async fn cancel_returns_queued_collectors_and_a_dry_run_changes_nothing() {
         assert_eq!(c.received(), 0);
     }
     assert_error(
-        &api.with_body(
-            reqwest::Method::POST,
-            &format!("/api/v1/rollouts/{id}/resume"),
-            "{}".into(),
-        )
-        .await,
+        &api.post(&format!("/api/v1/rollouts/{id}/resume"), &json!({}))
+            .await,
         409,
         "conflict",
     );
     let missing = api
-        .with_body(
-            reqwest::Method::POST,
+        .post(
             "/api/v1/rollouts",
-            json!({"configuration": "gateway", "version": 9}).to_string(),
+            &json!({"configuration": "gateway", "version": 9}),
         )
         .await;
     assert_error(&missing, 404, "not_found");
@@ -310,29 +277,28 @@ async fn a_new_rollout_takes_over_and_late_collectors_join_a_completed_one() {
             .status,
         200
     );
-    let first = post(
-        &api,
-        "/api/v1/rollouts",
-        &json!({"configuration": "gateway", "version": 1, "initial_batch": 1}),
-    )
-    .await;
+    let first = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "initial_batch": 1}),
+        )
+        .await;
     let first_id = first["id"].as_str().unwrap().to_owned();
 
     let second_yaml = KAFKA.replace("kafka:", "kafka:\n    topic: spans");
     let v2 = api
-        .with_body(
-            reqwest::Method::POST,
+        .post(
             "/api/v1/configurations",
-            json!({"name": "gateway", "yaml": second_yaml}).to_string(),
+            &json!({"name": "gateway", "yaml": second_yaml}),
         )
         .await;
     assert_eq!(v2.body["version"], 2);
-    let second = post(
-        &api,
-        "/api/v1/rollouts",
-        &json!({"configuration": "gateway", "version": 2, "selector": "env=prod"}),
-    )
-    .await;
+    let second = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 2, "selector": "env=prod"}),
+        )
+        .await;
     let old = api.ok(&format!("/api/v1/rollouts/{first_id}")).await;
     assert_eq!(old["progress"]["replaced"], 2, "visibly taken over: {old}");
     assert!(
@@ -348,12 +314,12 @@ async fn a_new_rollout_takes_over_and_late_collectors_join_a_completed_one() {
     .await;
 
     // A completed rollout over every collector configures one that connects later.
-    let everyone = post(
-        &api,
-        "/api/v1/rollouts",
-        &json!({"configuration": "gateway", "version": 2, "selector": "!stuck"}),
-    )
-    .await;
+    let everyone = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 2, "selector": "!stuck"}),
+        )
+        .await;
     let everyone_id = everyone["id"].as_str().unwrap().to_owned();
     rollout_where(&api, &everyone_id, "completed", |r| {
         r["status"] == "completed"
@@ -387,12 +353,12 @@ async fn a_rollout_survives_a_restart_and_sends_nothing_twice() {
         collectors.push(Scripted::start(&server.ws_url, &["kafka"], script).await);
     }
     labelled(&api, &collectors.iter().collect::<Vec<_>>()).await;
-    let started = post(
-        &api,
-        "/api/v1/rollouts",
-        &json!({"configuration": "gateway", "version": 1, "initial_batch": 2, "multiplier": 1}),
-    )
-    .await;
+    let started = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "initial_batch": 2, "multiplier": 1}),
+        )
+        .await;
     let id = started["id"].as_str().unwrap().to_owned();
     // Batch 0 applies; batch 1 hangs on the silent collector (2), with 3 waiting behind it.
     rollout_where(&api, &id, "batch 1 sent", |r| r["batches_started"] == 2).await;
@@ -425,30 +391,29 @@ async fn a_failed_collector_is_rolled_back_to_what_it_ran() {
     configuration(&api).await;
     let c = Scripted::start(&server.ws_url, &["kafka"], Script::FailSecond("bad topic")).await;
     labelled(&api, &[&c]).await;
-    let first = post(
-        &api,
-        "/api/v1/rollouts",
-        &json!({"configuration": "gateway", "version": 1}),
-    )
-    .await;
+    let first = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1}),
+        )
+        .await;
     let first_id = first["id"].as_str().unwrap().to_owned();
     rollout_where(&api, &first_id, "v1 applied", |r| {
         r["progress"]["applied"] == 1
     })
     .await;
     let v2 = KAFKA.replace("kafka:", "kafka:\n    topic: spans");
-    post(
-        &api,
+    api.post_ok(
         "/api/v1/configurations",
         &json!({"name": "gateway", "yaml": v2}),
     )
     .await;
-    let second = post(
-        &api,
-        "/api/v1/rollouts",
-        &json!({"configuration": "gateway", "version": 2, "rollback": true, "max_errors": 1}),
-    )
-    .await;
+    let second = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 2, "rollback": true, "max_errors": 1}),
+        )
+        .await;
     let second_id = second["id"].as_str().unwrap().to_owned();
     let done = rollout_where(&api, &second_id, "failed and rolled back", |r| {
         r["status"] == "completed" && target(r, c.id)["rolled_back"] == true
@@ -458,15 +423,8 @@ async fn a_failed_collector_is_rolled_back_to_what_it_ran() {
     let view = server
         .wait_for(c.id, "back on v1", |v| v.state == Some(S::Connected))
         .await;
-    let last: Vec<Step> = server
-        .history(c.id)
-        .await
-        .iter()
-        .rev()
-        .take(3)
-        .rev()
-        .map(|t| (t.from, t.to, t.reason))
-        .collect();
+    let all = server.steps(c.id).await;
+    let last = &all[all.len() - 3..];
     assert_eq!(
         last,
         [
@@ -501,7 +459,10 @@ async fn an_upgrade_goes_through_upgrading_batch_by_batch() {
     // A collector without AcceptsPackages is refused and listed.
     let no_packages = new_uid();
     let mut first = hello(&no_packages, 0);
-    first.capabilities = 0x1 | 0x2000;
+    first.capabilities = capabilities(&[
+        opampd::proto::AgentCapabilities::ReportsStatus,
+        opampd::proto::AgentCapabilities::ReportsHeartbeat,
+    ]);
     post_ok(&server.opamp_url, &first).await;
     let mut all: Vec<&Scripted> = installs.iter().collect();
     let ids: Vec<CollectorId> = all
@@ -510,11 +471,7 @@ async fn an_upgrade_goes_through_upgrading_batch_by_batch() {
         .chain([id_of(&no_packages)])
         .collect();
     for id in &ids {
-        let path = format!("/api/v1/collectors/{id}");
-        eventually("stored", || async {
-            (api.get(&path).await.status == 200).then_some(())
-        })
-        .await;
+        api.stored(*id).await;
     }
     all.clear();
 
@@ -523,7 +480,7 @@ async fn an_upgrade_goes_through_upgrading_batch_by_batch() {
         "sha256": "ab".repeat(32), "initial_batch": 1, "multiplier": 2, "max_errors": 1});
     let mut plan = package.clone();
     plan["dry_run"] = json!(true);
-    let planned = post(&api, "/api/v1/upgrades", &plan).await;
+    let planned = api.post_ok("/api/v1/upgrades", &plan).await;
     assert_eq!(planned["status"], "dry_run");
     assert_eq!(planned["progress"]["pending"], 3);
     assert_eq!(
@@ -532,12 +489,10 @@ async fn an_upgrade_goes_through_upgrading_batch_by_batch() {
     );
     let mut bad = package.clone();
     bad["sha256"] = json!("not-hex");
-    let refused = api
-        .with_body(reqwest::Method::POST, "/api/v1/upgrades", bad.to_string())
-        .await;
+    let refused = api.post("/api/v1/upgrades", &bad).await;
     assert_error(&refused, 400, "bad_request");
 
-    let started = post(&api, "/api/v1/upgrades", &package).await;
+    let started = api.post_ok("/api/v1/upgrades", &package).await;
     assert_eq!(started["kind"], "package");
     assert_eq!(started["package"]["version"], "0.2.0");
     let id = started["id"].as_str().unwrap().to_owned();
@@ -549,22 +504,37 @@ async fn an_upgrade_goes_through_upgrading_batch_by_batch() {
     assert_eq!(done["progress"]["failed"], 1);
     assert_eq!(done["progress"]["unsupported"], 1);
     assert_eq!(target(&done, installs[1].id)["error"], "checksum mismatch");
+    // initial_batch 1, multiplier 2: the first alone, then the other two.
+    assert_eq!(done["batches_started"], 2, "{done}");
+    let batches: Vec<&Value> = installs
+        .iter()
+        .map(|c| &target(&done, c.id)["batch"])
+        .collect();
+    assert_eq!(batches, [&json!(0), &json!(1), &json!(1)], "{done}");
+    assert!(target(&done, id_of(&no_packages))["batch"].is_null());
+    // Batch by batch: the second was offered only once the first had its verdict.
+    let first_done = server.history(installs[0].id).await[2].at;
+    for c in &installs[1..] {
+        let offered = server.history(c.id).await[1].clone();
+        assert_eq!(offered.reason, R::PackageUpgradeInitiated);
+        assert!(offered.at >= first_done, "offered before batch 0 settled");
+    }
 
     let upgraded = [
         (None, S::Connected, R::Initial),
         (Some(S::Connected), S::Upgrading, R::PackageUpgradeInitiated),
         (Some(S::Upgrading), S::Connected, R::UpgradeSucceeded),
     ];
-    assert_eq!(history(&server, installs[0].id).await, upgraded);
+    assert_eq!(server.steps(installs[0].id).await, upgraded);
     assert_eq!(
-        history(&server, installs[1].id).await,
+        server.steps(installs[1].id).await,
         [
             upgraded[0],
             upgraded[1],
             (Some(S::Upgrading), S::Error, R::UpgradeFailed)
         ]
     );
-    assert_eq!(history(&server, id_of(&no_packages)).await, [upgraded[0]]);
+    assert_eq!(server.steps(id_of(&no_packages)).await, [upgraded[0]]);
     let path = format!("/api/v1/collectors/{}", installs[2].id);
     eventually("the new version is reported", || async {
         (api.ok(&path).await["version"] == "0.2.0").then_some(())
@@ -584,12 +554,12 @@ async fn a_collector_away_at_its_turn_gets_the_configuration_when_it_returns() {
     server
         .wait_for(away_id, "away", |c| c.state == Some(S::Disconnected))
         .await;
-    let started = post(
-        &api,
-        "/api/v1/rollouts",
-        &json!({"configuration": "gateway", "version": 1}),
-    )
-    .await;
+    let started = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1}),
+        )
+        .await;
     let id = started["id"].as_str().unwrap().to_owned();
     let done = rollout_where(&api, &id, "completed without waiting for it", |r| {
         r["status"] == "completed"
@@ -602,7 +572,7 @@ async fn a_collector_away_at_its_turn_gets_the_configuration_when_it_returns() {
     })
     .await;
     assert_eq!(back.received(), 1);
-    let last = history(&server, away_id).await;
+    let last = server.steps(away_id).await;
     assert_eq!(
         last[last.len() - 3..],
         [
@@ -610,5 +580,109 @@ async fn a_collector_away_at_its_turn_gets_the_configuration_when_it_returns() {
             (Some(S::Connected), S::Configuring, R::NewConfiguration),
             (Some(S::Configuring), S::Connected, R::ConfigApplied),
         ]
+    );
+}
+
+/// An operator pauses a running rollout: the batch out there still settles, the next one is not
+/// sent until the rollout is resumed. A collector that does not report its components is taken
+/// as compatible, and marked so.
+#[tokio::test]
+async fn an_operator_pauses_a_running_rollout_and_resumes_it() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    // First (so first in the rollout's order), a plain-HTTP collector this test answers for by
+    // hand; it reports no components.
+    let manual = new_uid();
+    post_ok(&server.opamp_url, &hello(&manual, 0)).await;
+    let later = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    labelled_ids(&api, &[id_of(&manual), later.id]).await;
+    let started = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "initial_batch": 1, "multiplier": 1}),
+        )
+        .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    assert_eq!(target(&started, id_of(&manual))["outcome"], "configuring");
+    assert_eq!(target(&started, id_of(&manual))["components_unknown"], true);
+    assert_eq!(target(&started, later.id)["components_unknown"], false);
+    assert_eq!(target(&started, later.id)["outcome"], "pending");
+
+    let paused = api
+        .post_ok(&format!("/api/v1/rollouts/{id}/pause"), &json!({}))
+        .await;
+    assert_eq!(paused["status"], "paused");
+    assert_eq!(paused["reason"], "paused by an operator");
+    assert_error(
+        &api.post(&format!("/api/v1/rollouts/{id}/pause"), &json!({}))
+            .await,
+        409,
+        "conflict",
+    );
+    let sent = post_ok(&server.opamp_url, &heartbeat(&manual, 1))
+        .await
+        .remote_config
+        .expect("batch 0 went out before the pause");
+    let applied = opampd::proto::AgentToServer {
+        remote_config_status: Some(opampd::proto::RemoteConfigStatus {
+            last_remote_config_hash: sent.config_hash,
+            status: opampd::proto::RemoteConfigStatuses::Applied as i32,
+            error_message: String::new(),
+        }),
+        ..heartbeat(&manual, 2)
+    };
+    post_ok(&server.opamp_url, &applied).await;
+    // The rollout takes the verdict in while paused, in the very step that would have sent the
+    // next batch had it been running.
+    let settled = rollout_where(&api, &id, "batch 0 applied while paused", |r| {
+        target(r, id_of(&manual))["outcome"] == "applied"
+    })
+    .await;
+    assert_eq!(settled["status"], "paused");
+    assert_eq!(settled["batches_started"], 1);
+    assert_eq!(target(&settled, later.id)["outcome"], "pending");
+    assert_eq!(later.received(), 0, "nothing sent while paused");
+
+    let resumed = api
+        .post_ok(&format!("/api/v1/rollouts/{id}/resume"), &json!({}))
+        .await;
+    assert_eq!(resumed["status"], "running");
+    let done = rollout_where(&api, &id, "completed", |r| r["status"] == "completed").await;
+    assert_eq!(target(&done, later.id)["batch"], 1);
+    assert_eq!(target(&done, later.id)["outcome"], "applied");
+    assert_eq!(later.received(), 1);
+}
+
+/// A collector already running the configuration is `skipped`: nothing is sent to it and its
+/// history does not move; the others get it.
+#[tokio::test]
+async fn a_collector_already_running_the_configuration_is_skipped() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let running = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    labelled(&api, &[&running]).await;
+    let rollout = json!({"configuration": "gateway", "version": 1, "selector": "env=prod"});
+    let first = api.post_ok("/api/v1/rollouts", &rollout).await;
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    rollout_where(&api, &first_id, "completed", |r| r["status"] == "completed").await;
+    let before = server.steps(running.id).await;
+
+    let newcomer = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    labelled(&api, &[&running, &newcomer]).await;
+    let again = api.post_ok("/api/v1/rollouts", &rollout).await;
+    assert_eq!(target(&again, running.id)["outcome"], "skipped");
+    assert!(target(&again, running.id)["batch"].is_null());
+    let again_id = again["id"].as_str().unwrap().to_owned();
+    let done = rollout_where(&api, &again_id, "completed", |r| r["status"] == "completed").await;
+    assert_eq!(done["progress"]["skipped"], 1, "{done}");
+    assert_eq!(done["progress"]["applied"], 1, "{done}");
+    assert_eq!(running.received(), 1, "sent once, by the first rollout");
+    assert_eq!(newcomer.received(), 1);
+    assert_eq!(
+        server.steps(running.id).await,
+        before,
+        "its history did not move"
     );
 }

@@ -62,16 +62,12 @@ impl Subject {
     async fn open(&mut self) {
         self.ws = Some(WsClient::connect(&self.server.ws_url).await);
         let seq = self.next_seq();
-        let mut hello = hello(&self.uid, seq);
-        hello.capabilities |= 0x4000;
-        let mut receivers = proto::ComponentDetails::default();
-        receivers
-            .sub_component_map
-            .insert("otlp".into(), proto::ComponentDetails::default());
-        hello.available_components = Some(proto::AvailableComponents {
-            components: [("receivers".to_owned(), receivers)].into(),
-            hash: Bytes::from_static(b"otlp-only"),
-        });
+        let hello = with_components(
+            hello(&self.uid, seq),
+            "otlp-only",
+            &[("receivers", &["otlp"])],
+            true,
+        );
         self.exchange(hello).await;
     }
 
@@ -157,14 +153,7 @@ impl Subject {
     }
 
     async fn fleet(&self, event: Event) {
-        assert!(
-            self.server
-                .running()
-                .registry
-                .apply(self.id, event)
-                .await
-                .unwrap()
-        );
+        self.server.apply(self.id, event).await;
     }
 
     async fn configure(&self, hash: &[u8], required: Vec<String>) {
@@ -210,7 +199,7 @@ impl Subject {
             {
                 return last.clone();
             }
-            let summary: Vec<_> = history.iter().map(|t| (t.from, t.to, t.reason)).collect();
+            let summary = steps(&history);
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "expected last transition {from:?} -> {to:?} ({reason:?}); history: {summary:?}"
@@ -252,7 +241,9 @@ async fn connected_to_disconnected_by_server_termination() {
     let registry = std::sync::Arc::clone(&s.server.running().registry);
     let mut bus = registry.subscribe();
     s.server.shutdown().await;
-    let published = bus.recv().await.unwrap();
+    let published = within("server_termination on the bus", bus.recv())
+        .await
+        .expect("the transition");
     assert_eq!(published.collector, s.id);
     assert_eq!(
         (
@@ -484,6 +475,49 @@ async fn configuring_to_error() {
     assert_eq!(s.state().await, Error);
 }
 
+/// "Not sent again" on the wire: a plain-HTTP collector gets whatever waits for it on its next
+/// poll, so a poll after the failed configuration is offered again shows that nothing went out.
+#[tokio::test]
+async fn a_failed_configuration_is_never_sent_again_on_the_wire() {
+    let server = TestServer::start().await;
+    let url = &server.opamp_url;
+    let uid = new_uid();
+    let id = id_of(&uid);
+    post_ok(url, &hello(&uid, 0)).await;
+    let configure = || Event::SendConfiguration {
+        offer: offer(&CONFIG_HASH),
+        required: vec![],
+        rollout: None,
+    };
+    server.apply(id, configure()).await;
+    let sent = post_ok(url, &heartbeat(&uid, 1)).await;
+    assert_eq!(
+        &sent.remote_config.expect("sent once").config_hash[..],
+        &CONFIG_HASH
+    );
+    let failed = proto::AgentToServer {
+        remote_config_status: Some(proto::RemoteConfigStatus {
+            last_remote_config_hash: Bytes::copy_from_slice(&CONFIG_HASH),
+            status: proto::RemoteConfigStatuses::Failed as i32,
+            error_message: "unknown exporter".into(),
+        }),
+        ..heartbeat(&uid, 2)
+    };
+    assert!(post_ok(url, &failed).await.remote_config.is_none());
+
+    server.apply(id, configure()).await;
+    let next = post_ok(url, &heartbeat(&uid, 3)).await;
+    assert!(next.remote_config.is_none(), "sent again: {next:?}");
+    assert_eq!(
+        server.steps(id).await,
+        [
+            (None, Connected, Reason::Initial),
+            (Some(Connected), Configuring, Reason::NewConfiguration),
+            (Some(Configuring), Error, Reason::ConfigFailed),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn pending_to_configuring() {
     let s = Subject::connected().await;
@@ -670,17 +704,10 @@ async fn a_configuration_sent_while_disconnected_goes_out_on_reconnect() {
         &reply.remote_config.expect("sent on reconnect").config_hash[..],
         &CONFIG_HASH
     );
-    let history = s.history().await;
-    let tail: Vec<_> = history
-        .iter()
-        .rev()
-        .take(2)
-        .rev()
-        .map(|t| (t.from, t.to, t.reason))
-        .collect();
+    let history = s.server.steps(s.id).await;
     assert_eq!(
-        tail,
-        vec![
+        history[history.len() - 2..],
+        [
             (Some(Disconnected), Connected, Reason::ConnectionRestored),
             (Some(Connected), Configuring, Reason::NewConfiguration),
         ]
@@ -691,9 +718,12 @@ async fn a_configuration_sent_while_disconnected_goes_out_on_reconnect() {
 async fn a_collector_life(transport: opampd::collector::Transport) {
     use opampd::collector::Transport;
     let server = TestServer::start_with(|c| {
-        // Over HTTP, "disconnect" is silence: keep the window short so the test is quick.
-        c.opamp.heartbeat_interval = std::time::Duration::from_millis(500);
-        c.opamp.liveness_intervals = 2;
+        // Over HTTP, "disconnect" is silence, so the test waits one whole window for it. It must
+        // still be long beside the gaps between this collector's messages (each sent as soon as
+        // the last is answered), or a slow machine adds a Disconnected the history does not
+        // expect.
+        c.opamp.heartbeat_interval = std::time::Duration::from_secs(1);
+        c.opamp.liveness_intervals = 3;
     })
     .await;
     let uid = new_uid();
@@ -734,14 +764,8 @@ async fn a_collector_life(transport: opampd::collector::Transport) {
     }
     server.wait_for(id, "disconnected", |c| !c.connected).await;
     say(&mut ws, heartbeat(&uid, seq)).await;
-    let history: Vec<_> = server
-        .history(id)
-        .await
-        .iter()
-        .map(|t| (t.from, t.to, t.reason))
-        .collect();
     assert_eq!(
-        history,
+        server.steps(id).await,
         vec![
             (None, Connected, Reason::Initial),
             (Some(Connected), Error, Reason::RuntimeError),

@@ -12,40 +12,12 @@ use opampd::collector::{
     Health, PackageOffer, PackageState, PackageStatus, PackageStatuses, Reason, RemoteConfigState,
     RemoteConfigStatus, State, Transition, Transport,
 };
-use opampd::config::Config;
 use opampd::selector::Selector;
 use opampd::store::{
-    self, After, Batch, CollectorQuery, ConfigurationFile, EventFilter, LabelEdit, SortKey, Store,
+    After, Batch, CollectorQuery, ConfigurationFile, EventFilter, LabelEdit, SortKey, Store,
 };
 
-/// Where a contract test's database lives.
-#[derive(Debug, Clone, Copy)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A fresh, empty database of `backend`: its URL, and for SQLite the directory holding it.
-pub async fn fresh_url(backend: Backend) -> (String, Option<tempfile::TempDir>) {
-    match backend {
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", dir.path().join("store.db").display());
-            (url, Some(dir))
-        }
-        Backend::Postgres => (crate::support::postgres::fresh_database().await, None),
-    }
-}
-
-/// Opens (and migrates) the store at `url` as replica `node`.
-pub async fn open_store(url: &str, node: &str) -> Arc<dyn Store> {
-    let mut config = Config::default();
-    config.database.url = url.to_owned();
-    config.server.node_id = node.to_owned();
-    let store = store::open(&config).await.expect("the store opens");
-    store.migrate().await.expect("migrations apply");
-    store
-}
+use crate::support::{Backend, fresh_database, open_store};
 
 /// A time the databases keep exactly (microseconds).
 fn at(seconds: u64) -> SystemTime {
@@ -211,7 +183,8 @@ async fn label(store: &dyn Store, c: &Collector) {
 }
 
 async fn migrations_apply_to_an_empty_database_and_again(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let first = open_store(&url, "a").await;
     first.migrate().await.expect("a second run changes nothing");
     let again = open_store(&url, "a").await;
@@ -220,7 +193,8 @@ async fn migrations_apply_to_an_empty_database_and_again(backend: Backend) {
 }
 
 async fn a_record_and_its_history_round_trip(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     let id = CollectorId::new_v7();
     let record = full_record(id, State::Error);
@@ -252,7 +226,8 @@ async fn a_record_and_its_history_round_trip(backend: Backend) {
 }
 
 async fn the_latest_record_wins_and_transitions_only_append(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     let id = CollectorId::new_v7();
     let mut record = full_record(id, State::Connected);
@@ -281,7 +256,8 @@ async fn the_latest_record_wins_and_transitions_only_append(backend: Backend) {
 }
 
 async fn facts_are_written_part_by_part_and_a_touch_moves_only_last_seen(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     let id = CollectorId::new_v7();
     let mut record = full_record(id, State::Error);
@@ -324,7 +300,8 @@ async fn facts_are_written_part_by_part_and_a_touch_moves_only_last_seen(backend
 }
 
 async fn writes_under_a_superseded_claim_are_refused(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     let id = CollectorId::new_v7();
     let record = full_record(id, State::Connected);
@@ -395,7 +372,8 @@ async fn writes_under_a_superseded_claim_are_refused(backend: Backend) {
 }
 
 async fn labels_are_replaced_and_patched_at_once(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     let record = full_record(CollectorId::new_v7(), State::Connected);
     store
@@ -440,9 +418,10 @@ async fn labels_are_replaced_and_patched_at_once(backend: Backend) {
 }
 
 async fn quarantined_rows_are_kept_with_their_error(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
-    let row = store::Quarantined {
+    let row = opampd::store::Quarantined {
         collector: CollectorId::new_v7(),
         kind: "facts",
         error: "invalid byte sequence \0 here".into(),
@@ -461,7 +440,8 @@ async fn quarantined_rows_are_kept_with_their_error(backend: Backend) {
 }
 
 async fn a_large_batch_lands_in_one_write(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     let records: Vec<_> = (0..2500)
         .map(|_| full_record(CollectorId::new_v7(), State::Connected))
@@ -478,7 +458,8 @@ async fn a_large_batch_lands_in_one_write(backend: Backend) {
 }
 
 async fn recovery_disconnects_only_this_nodes_live_collectors(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let ours = open_store(&url, "node-a").await;
     let theirs = open_store(&url, "node-b").await;
     let live = full_record(CollectorId::new_v7(), State::Configuring);
@@ -586,7 +567,8 @@ fn ns(found: &[Collector]) -> Vec<String> {
 }
 
 async fn filters_select_by_state_labels_and_text(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     let fleet = fleet();
     store_fleet(store.as_ref(), &fleet).await;
@@ -693,7 +675,8 @@ async fn pages_cover_everything_once(
 }
 
 async fn cursor_pages_follow_every_sort_order(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     store_fleet(store.as_ref(), &fleet()).await;
     // last_seen falls as n rises.
@@ -721,7 +704,8 @@ async fn cursor_pages_follow_every_sort_order(backend: Backend) {
 }
 
 async fn history_and_events_page_by_position(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     assert_eq!(store.last_seq().await.unwrap(), 0);
     let fleet = fleet();
@@ -785,7 +769,8 @@ async fn history_and_events_page_by_position(backend: Backend) {
 }
 
 async fn forgetting_deletes_record_facts_and_history(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     let gone = full_record(CollectorId::new_v7(), State::Disconnected);
     let kept = full_record(CollectorId::new_v7(), State::Disconnected);
@@ -833,7 +818,8 @@ async fn forgetting_deletes_record_facts_and_history(backend: Backend) {
 }
 
 async fn configuration_versions_count_up_and_never_repeat(backend: Backend) {
-    let (url, _dir) = fresh_url(backend).await;
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
     let store = open_store(&url, "a").await;
     let files = |body: &str| {
         BTreeMap::from([(

@@ -1,12 +1,18 @@
 //! The WebSocket transport: framing, limits, bad input, pings, replacement and shutdown.
 
-use futures_util::SinkExt;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use opampd::collector::{Reason, State};
 use prost::Message as _;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::support::api::Api;
 use crate::support::*;
 use opampd::proto;
+use opampd::telemetry::metrics::CONNECTIONS;
 
 #[tokio::test]
 async fn replies_echo_the_uid_with_capabilities_and_header() {
@@ -15,7 +21,12 @@ async fn replies_echo_the_uid_with_capabilities_and_header() {
     let uid = new_uid();
     let reply = client.exchange(&hello(&uid, 0)).await;
     assert_eq!(reply.instance_uid, uid);
-    assert_eq!(reply.capabilities & 0x1, 0x1, "AcceptsStatus is always set");
+    let accepts_status = proto::ServerCapabilities::AcceptsStatus as u64;
+    assert_eq!(
+        reply.capabilities & accepts_status,
+        accepts_status,
+        "always set"
+    );
     assert!(reply.error_response.is_none());
     let view = server
         .wait_for(id_of(&uid), "connected", |v| v.connected)
@@ -118,16 +129,27 @@ async fn a_message_just_under_the_limit_is_fine() {
 
 #[tokio::test]
 async fn a_second_connection_replaces_the_first() {
-    let server = TestServer::start().await;
+    // Two places only: the first connection's place comes free once its session has ended, and
+    // a session tells the collector's actor it ended before it gives its place back.
+    let server = TestServer::start_with(|c| c.opamp.max_connections = 2).await;
     let uid = new_uid();
     let mut first = WsClient::connect(&server.ws_url).await;
     first.exchange(&hello(&uid, 0)).await;
     let mut second = WsClient::connect(&server.ws_url).await;
     second.exchange(&heartbeat(&uid, 1)).await;
     assert_eq!(first.expect_close().await, CloseCode::Policy);
-    // The replaced connection's end must not mark the collector disconnected.
+    eventually("the replaced connection's session to end", || async {
+        let probe = post(&server.opamp_url, &hello(&new_uid(), 0)).await;
+        (probe.status == 200).then_some(())
+    })
+    .await;
+    // Its end did not disconnect the collector: no Disconnected, and so no return either.
     let reply = second.exchange(&heartbeat(&uid, 2)).await;
     assert_eq!(reply.instance_uid, uid);
+    assert_eq!(
+        server.steps(id_of(&uid)).await,
+        [(None, State::Connected, Reason::Initial)]
+    );
     assert!(server.view(id_of(&uid)).await.unwrap().connected);
 }
 
@@ -144,22 +166,91 @@ async fn closing_the_connection_disconnects_the_collector() {
 }
 
 #[tokio::test]
-async fn a_silent_peer_is_closed_after_the_pong_timeout() {
+async fn a_silent_peer_is_closed_after_the_pong_timeout_and_not_before() {
+    let (ping_every, pong_within) = (Duration::from_millis(200), Duration::from_millis(400));
     let server = TestServer::start_with(|c| {
-        c.opamp.ws_ping_interval = std::time::Duration::from_millis(100);
-        c.opamp.ws_pong_timeout = std::time::Duration::from_millis(200);
+        c.opamp.ws_ping_interval = ping_every;
+        c.opamp.ws_pong_timeout = pong_within;
     })
     .await;
     // The client does not read, so it never answers the server's pings.
     let uid = new_uid();
+    let api = Api::new(&server.api_url);
+    let connecting = Instant::now();
     let mut client = WsClient::connect(&server.ws_url).await;
     client.exchange(&hello(&uid, 0)).await;
+    // The moment the server gives the peer up is the moment it stops counting the connection
+    // as open (the close handshake it then attempts takes longer, the peer not reading).
+    let open = [("transport", "websocket")];
+    eventually("the server to give the silent peer up", || async {
+        (api.metrics().await.value(CONNECTIONS, &open) == 0).then_some(())
+    })
+    .await;
+    // The first ping goes out a ping interval after the connection opened, and its pong is
+    // awaited for the pong timeout: no sooner may the peer be given up.
+    let waited = connecting.elapsed();
+    assert!(
+        waited >= ping_every + pong_within,
+        "given up after {waited:?}"
+    );
     server
         .wait_for(id_of(&uid), "disconnected after the pong timeout", |v| {
             !v.connected
         })
         .await;
     assert_eq!(client.expect_close().await, CloseCode::Error);
+    assert_eq!(
+        server.steps(id_of(&uid)).await,
+        [
+            (None, State::Connected, Reason::Initial),
+            (
+                Some(State::Connected),
+                State::Disconnected,
+                Reason::NetworkInterruption
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_answers_pings_stays_connected_past_the_pong_timeout() {
+    let (ping_every, pong_within) = (Duration::from_millis(100), Duration::from_millis(500));
+    let server = TestServer::start_with(|c| {
+        c.opamp.ws_ping_interval = ping_every;
+        c.opamp.ws_pong_timeout = pong_within;
+    })
+    .await;
+    let uid = new_uid();
+    let mut client = WsClient::connect(&server.ws_url).await;
+    let connected = Instant::now();
+    client.exchange(&hello(&uid, 0)).await;
+    // Reading is what answers a ping (the client queues the pong and sends it as it reads on).
+    // The server sends its next ping only once the last was answered, so eight pings are seven
+    // answers, over more than one whole ping interval plus pong timeout.
+    let mut pings = 0;
+    within("eight pings", async {
+        while pings < 8 {
+            match client.socket.next().await {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                other => panic!("the connection ended or sent something else: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(connected.elapsed() > ping_every + pong_within);
+    let view = server.view(id_of(&uid)).await.unwrap();
+    assert!(view.connected);
+    assert_eq!(
+        server.steps(id_of(&uid)).await,
+        [(None, State::Connected, Reason::Initial)]
+    );
+    assert!(
+        client
+            .exchange(&heartbeat(&uid, 1))
+            .await
+            .error_response
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -27,7 +27,10 @@ impl Actor {
         if self.contested_by(&connection) == Verdict::Reassign {
             let to = CollectorId::new_v7();
             warn!(collector_id = %self.id, new_id = %to, "two live collectors share this uid; the newer is given a fresh one");
-            metrics::counter!(crate::telemetry::metrics::DUPLICATE_UIDS).increment(1);
+            self.shared
+                .metrics
+                .counter(crate::telemetry::metrics::DUPLICATE_UIDS, &[])
+                .increment(1);
             self.record.reassigned = Some(Reassignment::Kept {
                 to,
                 at: SystemTime::now(),

@@ -41,6 +41,10 @@ struct Dialect {
     label_suffix: &'static str,
     /// The labels with a JSON merge patch (the bound value) applied: null removes a label.
     merge_labels: (&'static str, &'static str),
+    /// Begins a transaction that reads and then writes. SQLite must take the write lock at once:
+    /// a deferred transaction that read first is refused its write, at once and without the busy
+    /// wait (`SQLITE_BUSY_SNAPSHOT`), whenever another connection committed in between.
+    begin_read_then_write: &'static str,
 }
 
 /// SQLite keeps times as RFC 3339 text, whose fractions do not sort as text; `julianday` does.
@@ -50,6 +54,7 @@ const SQLITE: Dialect = Dialect {
     label_prefix: "json_extract(labels, '$.\"' || ",
     label_suffix: " || '\"')",
     merge_labels: ("json_patch(labels, ", ")"),
+    begin_read_then_write: "BEGIN IMMEDIATE",
 };
 
 const POSTGRES: Dialect = Dialect {
@@ -59,6 +64,7 @@ const POSTGRES: Dialect = Dialect {
     label_suffix: ")",
     // Labels never hold nulls, so stripping them removes exactly the labels the patch removed.
     merge_labels: ("jsonb_strip_nulls(labels || ", ")"),
+    begin_read_then_write: "BEGIN",
 };
 
 impl Dialect {
@@ -439,7 +445,8 @@ macro_rules! sql_store {
                 components: &[String],
                 at: SystemTime,
             ) -> Result<(ConfigurationVersion, bool), StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let d: &Dialect = &$dialect;
+                let mut tx = self.pool.begin_with(d.begin_read_then_write).await?;
                 let mut q = QueryBuilder::<$db>::new(format!(
                     "SELECT {CONFIGURATION_COLUMNS} FROM configuration_versions WHERE name = "
                 ));

@@ -1,8 +1,12 @@
-//! A small REST client for the operators' API, and a reader of its Server-Sent Events.
+//! A small REST client for the operators' API, a reader of its Server-Sent Events, and a parser of
+//! its Prometheus text.
 
+use std::collections::BTreeMap;
+
+use opampd::collector::CollectorId;
 use serde_json::Value;
 
-use super::{DEADLINE, http_client};
+use super::{eventually, http_client, within};
 
 pub struct Api {
     pub base: String,
@@ -73,6 +77,24 @@ impl Api {
             .await
     }
 
+    /// POSTs `body` as JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.with_body(reqwest::Method::POST, path, body.to_string())
+            .await
+    }
+
+    /// POSTs `body` as JSON and asserts a success (200, 201 or 202), returning the answer's body.
+    pub async fn post_ok(&self, path: &str, body: &Value) -> Value {
+        let answer = self.post(path, body).await;
+        assert!(
+            (200..=202).contains(&answer.status),
+            "POST {path}: {} {}",
+            answer.status,
+            answer.body
+        );
+        answer.body
+    }
+
     pub async fn with_body(&self, method: reqwest::Method, path: &str, body: String) -> Answer {
         Self::send(
             self.request(method, path)
@@ -87,6 +109,23 @@ impl Api {
         let answer = self.get(path).await;
         assert_eq!(answer.status, 200, "GET {path}: {}", answer.body);
         answer.body
+    }
+
+    /// Waits until the collector is in the store, and returns it as the API shows it.
+    pub async fn stored(&self, id: CollectorId) -> Value {
+        let path = format!("/api/v1/collectors/{id}");
+        eventually(&format!("collector {id} in the store"), || async {
+            let answer = self.get(&path).await;
+            (answer.status == 200).then_some(answer.body)
+        })
+        .await
+    }
+
+    /// `GET /metrics`, parsed.
+    pub async fn metrics(&self) -> Scrape {
+        let answer = self.get("/metrics").await;
+        assert_eq!(answer.status, 200);
+        Scrape::parse(answer.body.as_str().expect("Prometheus text"))
     }
 
     pub async fn events(&self, query: &str, last_event_id: Option<&str>) -> EventStream {
@@ -138,7 +177,7 @@ pub struct EventStream {
 impl EventStream {
     /// The next event (keep-alive comments skipped), within the deadline.
     pub async fn next(&mut self) -> Sse {
-        tokio::time::timeout(DEADLINE, async {
+        within("an event on the stream", async {
             loop {
                 if let Some(end) = self.buffer.find("\n\n") {
                     let frame: String = self.buffer.drain(..end + 2).collect();
@@ -172,6 +211,77 @@ impl EventStream {
             }
         })
         .await
-        .expect("an event before the deadline")
+    }
+}
+
+/// One scrape of `/metrics`: every sample by name and labels.
+#[derive(Debug)]
+pub struct Scrape {
+    pub text: String,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Scrape {
+    /// Reads the sample lines (`name{k="v",...} value`); comments and types are left aside.
+    pub fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let (series, value) = line.rsplit_once(' ').expect("a sample: series and value");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    let inner = rest.strip_suffix('}').expect("labels end with }");
+                    let labels = inner
+                        .split(',')
+                        .filter(|pair| !pair.is_empty())
+                        .map(|pair| {
+                            let (k, v) = pair.split_once('=').expect("label=value");
+                            (k.to_owned(), v.trim_matches('"').to_owned())
+                        })
+                        .collect();
+                    (name, labels)
+                }
+                None => (series, BTreeMap::new()),
+            };
+            let value = value.parse().expect("a numeric sample value");
+            samples.push((name.to_owned(), labels, value));
+        }
+        Self {
+            text: text.to_owned(),
+            samples,
+        }
+    }
+
+    /// The sample with exactly these labels, if there is one, as the count it is (every metric
+    /// of ours but the histogram's sum counts something).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        let wanted: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.samples
+            .iter()
+            .find(|(n, l, _)| n == name && *l == wanted)
+            .map(|(_, _, v)| {
+                assert!(v.fract() == 0.0 && *v >= 0.0, "{name}: not a count: {v}");
+                *v as u64
+            })
+    }
+
+    /// The sample with exactly these labels; the test fails when there is none.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.get(name, labels)
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?} in:\n{}", self.text))
+    }
+
+    /// The label sets `name` has samples for.
+    pub fn all(&self, name: &str) -> Vec<&BTreeMap<String, String>> {
+        self.samples
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, l, _)| l)
+            .collect()
     }
 }

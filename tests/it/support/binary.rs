@@ -1,15 +1,52 @@
-//! The real `opampd` binary, started on loopback port 0 with JSON logs, so tests can find its
-//! addresses in its start-up log line and stop it with real signals.
+//! The real `opampd` binary: every run of it goes through [`command`], with the shipped
+//! `config/opampd.toml`, in a temporary directory that holds its data, with both listeners on
+//! loopback port 0 unless the test says otherwise, and is killed if it outlives its test. A server is started with JSON logs, so tests find its addresses in its start-up line
+//! and stop it with real signals; a command is run to its end within the deadline.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::{ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::DEADLINE;
+use super::{DEADLINE, within};
+
+/// The binary as every test runs it. A run that wrongly starts the server (a configuration check
+/// that lets a bad value through, say) binds loopback port 0 and writes into `data`, never the
+/// checkout, even if it ignores the configuration; flags and the test's own variables still win
+/// over these.
+fn command(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/opampd.toml");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_opampd"));
+    command
+        .current_dir(data)
+        .env("OPAMPD_CONFIG", shipped)
+        .env("OPAMPD_SERVER__DATA_DIR", data)
+        .env("OPAMPD_OPAMP__LISTEN", "127.0.0.1:0")
+        .env("OPAMPD_API__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .args(args)
+        .kill_on_drop(true);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    command
+}
+
+/// Runs the binary with `args` to its end, within the deadline, in a temporary data directory.
+pub async fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let data = tempfile::tempdir().expect("a temporary directory");
+    run_with_data(data.path(), args, envs).await
+}
+
+/// [`run`] with `data` as the data directory, which the test then inspects.
+pub async fn run_with_data(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let output = command(data, args, envs).stdin(Stdio::null()).output();
+    let what = format!("opampd {} to exit", args.join(" "));
+    within(what.trim(), output).await.expect("opampd runs")
+}
 
 pub struct ServerProcess {
     child: Child,
@@ -23,7 +60,7 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the binary from the crate root (so it reads the shipped `config/opampd.toml`), with
+    /// Starts the binary with the shipped `config/opampd.toml`, with
     /// a SQLite database in a fresh temporary data directory.
     pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("a temporary directory");
@@ -35,26 +72,11 @@ impl ServerProcess {
     /// Starts the binary with `data` as its data directory (a restarted server finds its SQLite
     /// database there).
     pub async fn start_with_data(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_opampd"));
+        let mut command = command(data, args, envs);
         command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("OPAMPD_SERVER__DATA_DIR", data)
-            .args(args)
-            .args([
-                "--opamp-listen",
-                "127.0.0.1:0",
-                "--api-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .env("RUST_LOG", "info")
+            .args(["--log-format", "json"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (key, value) in envs {
-            command.env(key, value);
-        }
+            .stderr(Stdio::inherit());
         let mut child = command.spawn().expect("opampd binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -124,15 +146,23 @@ impl ServerProcess {
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         super::eventually(what, || async {
-            let logs = self.logs.lock().unwrap();
-            logs.iter()
-                .filter_map(|line| serde_json::from_str(line).ok())
-                .find(|event| check(event))
+            self.events().into_iter().find(|e| check(e))
         })
         .await
     }
 
-    pub fn logged(&self, needle: &str) -> bool {
-        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    /// Whether a log event's message is exactly `message`.
+    pub fn logged(&self, message: &str) -> bool {
+        self.events()
+            .iter()
+            .any(|event| event["message"] == message)
+    }
+
+    /// Every log event so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let logs = self.logs.lock().unwrap();
+        logs.iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 }

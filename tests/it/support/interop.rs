@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
 
 use super::DEADLINE;
 
@@ -28,26 +28,35 @@ fn interop_dir() -> PathBuf {
         .map_or_else(|| repo().join("target/interop"), |dir| repo().join(dir))
 }
 
+/// The first install downloads both clients; a second run takes well under a second.
+const INSTALL_DEADLINE: Duration = Duration::from_mins(5);
+
 /// Installs both clients once per test run (the script is idempotent and locks itself).
-fn ensure_installed() {
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = INSTALLED.get_or_init(|| {
-        let output = std::process::Command::new("bash")
-            .arg(repo().join("tests/interop/setup.sh"))
-            .current_dir(repo())
-            .output()
-            .map_err(|e| format!("cannot run tests/interop/setup.sh: {e}"))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "tests/interop/setup.sh failed (it needs python3 with venv, node and npm, and \
-                 access to PyPI and npm):\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ))
-        }
-    });
+async fn ensure_installed() {
+    static INSTALLED: OnceCell<Result<(), String>> = OnceCell::const_new();
+    let result = INSTALLED
+        .get_or_init(|| async {
+            let install = Command::new("bash")
+                .arg(repo().join("tests/interop/setup.sh"))
+                .current_dir(repo())
+                .kill_on_drop(true)
+                .output();
+            let output = tokio::time::timeout(INSTALL_DEADLINE, install)
+                .await
+                .map_err(|_| format!("tests/interop/setup.sh took over {INSTALL_DEADLINE:?}"))?
+                .map_err(|e| format!("cannot run tests/interop/setup.sh: {e}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "tests/interop/setup.sh failed (it needs python3 with venv, node and npm, \
+                     and access to PyPI and npm):\n{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }
+        })
+        .await;
     if let Err(message) = result {
         panic!("{message}");
     }
@@ -65,9 +74,7 @@ pub struct Driver {
 impl Driver {
     /// Starts a client against `endpoint` with a one-second heartbeat and waits for it to start.
     pub async fn start(client: Client, endpoint: &str, extra: &[&str]) -> Self {
-        tokio::task::spawn_blocking(ensure_installed)
-            .await
-            .expect("installer thread");
+        ensure_installed().await;
         let mut command = match client {
             Client::Python => {
                 let mut c = Command::new(interop_dir().join("venv/bin/python"));

@@ -1,7 +1,6 @@
-//! Shared test helpers: start a server on port 0 (in-process or the real binary), talk OpAMP to it
-//! over WebSocket and HTTP, and wait on conditions with a deadline instead of sleeping.
-
-#![allow(dead_code)]
+//! Shared test helpers: start a server on port 0 (in-process or the real binary), on SQLite or
+//! PostgreSQL, talk OpAMP to it over WebSocket and HTTP, read what it stored, and wait on
+//! conditions with a deadline instead of sleeping.
 
 pub mod api;
 pub mod binary;
@@ -10,14 +9,17 @@ pub mod postgres;
 pub mod scripted;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use opampd::app::Running;
-use opampd::collector::{Collector, CollectorId};
+use opampd::collector::{Collector, CollectorId, Reason, State, Transition};
 use opampd::config::Config;
 use opampd::proto;
+use opampd::proto::AgentCapabilities as Can;
+use opampd::store::Store;
 use prost::Message as _;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -27,6 +29,91 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Generous: CI machines are slow and shared; a passing test never waits this long.
 pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Awaits `future` within the deadline, failing the test with `what` when it does not finish.
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
+}
+
+/// Where a test's database lives.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database: deleted (SQLite) or dropped (PostgreSQL) with this value.
+pub struct Database {
+    pub url: String,
+    _sqlite: Option<tempfile::TempDir>,
+    _postgres: Option<postgres::PgDatabase>,
+}
+
+pub async fn fresh_database(backend: Backend) -> Database {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            Database {
+                url: format!("sqlite://{}", dir.path().join("store.db").display()),
+                _sqlite: Some(dir),
+                _postgres: None,
+            }
+        }
+        Backend::Postgres => {
+            let db = postgres::fresh_database().await;
+            Database {
+                url: db.url.clone(),
+                _sqlite: None,
+                _postgres: Some(db),
+            }
+        }
+    }
+}
+
+/// Opens the store at `url` as replica `node`, without migrating it: for reading what a server
+/// (or the binary) wrote, so that nothing the test does can stand in for the server's own work.
+pub async fn open_existing_store(url: &str, node: &str) -> Arc<dyn Store> {
+    let mut config = Config::default();
+    config.database.url = url.to_owned();
+    config.server.node_id = node.to_owned();
+    opampd::store::open(&config).await.expect("the store opens")
+}
+
+/// Opens (and migrates) the store at `url` as replica `node`.
+pub async fn open_store(url: &str, node: &str) -> Arc<dyn Store> {
+    let store = open_existing_store(url, node).await;
+    within("migrations", store.migrate())
+        .await
+        .expect("migrations apply");
+    store
+}
+
+/// A set of configuration files' hash as the README promises it, computed here on our own:
+/// SHA-256 over each file's name, content type and body, in name order, each part preceded by
+/// its length (8 bytes, big-endian) so that no two sets of files run together into the same
+/// bytes.
+pub fn files_hash(files: &[(&str, &str, &[u8])]) -> String {
+    use sha2::Digest as _;
+    let mut files = files.to_vec();
+    files.sort_unstable();
+    let mut digest = sha2::Sha256::new();
+    for (name, content_type, body) in files {
+        for part in [name.as_bytes(), content_type.as_bytes(), body] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+    }
+    opampd::collector::machine::hex(&digest.finalize())
+}
+
+/// A transition as the tests compare them: from, to, reason.
+pub type Step = (Option<State>, State, Reason);
+
+pub fn steps(history: &[Transition]) -> Vec<Step> {
+    history.iter().map(|t| (t.from, t.to, t.reason)).collect()
+}
 
 /// A server started in this process, on loopback port 0, with its own SQLite file unless the
 /// test names another database.
@@ -38,6 +125,8 @@ pub struct TestServer {
     /// Holds the SQLite file (and removes it when the test ends).
     pub data: tempfile::TempDir,
     pub config: Config,
+    /// The database the test gave it, kept as long as the server.
+    pub database: Option<Database>,
 }
 
 pub fn test_config() -> Config {
@@ -55,16 +144,35 @@ impl TestServer {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on_database(None, adjust).await
+    }
+
+    /// A server on a fresh database of `backend`.
+    pub async fn on(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(fresh_database(backend).await),
+        };
+        Self::start_on_database(database, adjust).await
+    }
+
+    async fn start_on_database(
+        database: Option<Database>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let data = tempfile::tempdir().expect("a temporary directory");
         let mut config = test_config();
         config.server.data_dir = data.path().to_owned();
+        if let Some(database) = &database {
+            config.database.url.clone_from(&database.url);
+        }
         adjust(&mut config);
-        Self::start_on(config, data).await
+        Self::start_on(config, data, database).await
     }
 
-    async fn start_on(config: Config, data: tempfile::TempDir) -> Self {
+    async fn start_on(config: Config, data: tempfile::TempDir, database: Option<Database>) -> Self {
         let path = config.opamp.path.clone();
-        let running = opampd::app::start(config.clone())
+        let running = within("the server starts", opampd::app::start(config.clone()))
             .await
             .expect("server starts");
         Self {
@@ -74,6 +182,7 @@ impl TestServer {
             running: Some(running),
             data,
             config,
+            database,
         }
     }
 
@@ -83,12 +192,15 @@ impl TestServer {
             running,
             data,
             config,
+            database,
             ..
         } = self;
         if let Some(running) = running {
-            running.shutdown().await.expect("clean shutdown");
+            within("a clean shutdown", running.shutdown())
+                .await
+                .expect("clean shutdown");
         }
-        Self::start_on(config, data).await
+        Self::start_on(config, data, database).await
     }
 
     pub fn store(&self) -> &dyn opampd::store::Store {
@@ -100,7 +212,7 @@ impl TestServer {
     }
 
     pub async fn view(&self, id: CollectorId) -> Option<Collector> {
-        self.running().registry.view(id).await
+        within("the collector's actor", self.running().registry.view(id)).await
     }
 
     /// The collector's whole history as stored, once everything its actor has done so far is
@@ -109,16 +221,24 @@ impl TestServer {
         // A view is answered after the actor has queued every earlier change; a barrier queued
         // after it resolves once they are committed.
         let _ = self.view(id).await;
-        let committed = self
-            .running()
-            .registry
-            .persistence()
-            .barrier()
-            .await
-            .committed()
-            .await;
+        let persistence = self.running().registry.persistence();
+        let committed = within("the collector's changes to be committed", async {
+            persistence.barrier().await.committed().await
+        })
+        .await;
         assert!(committed, "the store took the collector's changes");
         self.store().transitions(id).await.expect("the history")
+    }
+
+    /// [`Self::history`] as (from, to, reason).
+    pub async fn steps(&self, id: CollectorId) -> Vec<Step> {
+        steps(&self.history(id).await)
+    }
+
+    /// Applies a fleet event to a resident collector, asserting it was applied.
+    pub async fn apply(&self, id: CollectorId, event: opampd::collector::Event) {
+        let applied = within("the fleet event", self.running().registry.apply(id, event)).await;
+        assert!(applied.expect("the server is running"), "{id} is resident");
     }
 
     /// Waits until the collector's record satisfies `check`, and returns it.
@@ -136,7 +256,49 @@ impl TestServer {
 
     pub async fn shutdown(&mut self) {
         if let Some(running) = self.running.take() {
-            running.shutdown().await.expect("clean shutdown");
+            within("a clean shutdown", running.shutdown())
+                .await
+                .expect("clean shutdown");
+        }
+    }
+}
+
+/// A transaction elsewhere that keeps the server from claiming or writing records until it is
+/// released.
+pub enum StoreLock {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl StoreLock {
+    /// Begins a transaction that locks the server's records, on either database.
+    pub async fn take(server: &TestServer) -> Self {
+        let url = opampd::config::Config::database_url(&server.config);
+        if url.starts_with("postgres") {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("LOCK TABLE collectors IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            StoreLock::Postgres(tx)
+        } else {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            StoreLock::Sqlite(conn)
+        }
+    }
+
+    pub async fn release(self) {
+        match self {
+            StoreLock::Sqlite(mut conn) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+            }
+            StoreLock::Postgres(tx) => tx.commit().await.unwrap(),
         }
     }
 }
@@ -149,6 +311,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
+        scripted::assert_untroubled();
         if let Some(value) = probe().await {
             return value;
         }
@@ -160,9 +323,25 @@ where
     }
 }
 
+/// Capability bits, named as the protocol names them.
+pub fn capabilities(all: &[Can]) -> u64 {
+    all.iter().fold(0, |bits, c| bits | *c as u64)
+}
+
 /// What the test collector can do: report status, health, effective and remote config and
 /// package statuses; accept remote config, packages and the restart command.
-pub const CAPABILITIES: u64 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x400 | 0x800 | 0x1000;
+pub fn all_capabilities() -> u64 {
+    capabilities(&[
+        Can::ReportsStatus,
+        Can::AcceptsRemoteConfig,
+        Can::ReportsEffectiveConfig,
+        Can::AcceptsPackages,
+        Can::ReportsPackageStatuses,
+        Can::AcceptsRestartCommand,
+        Can::ReportsHealth,
+        Can::ReportsRemoteConfig,
+    ])
+}
 
 pub fn new_uid() -> Bytes {
     Bytes::copy_from_slice(uuid::Uuid::now_v7().as_bytes())
@@ -177,7 +356,7 @@ pub fn hello(uid: &Bytes, sequence_num: u64) -> proto::AgentToServer {
     proto::AgentToServer {
         instance_uid: uid.clone(),
         sequence_num,
-        capabilities: CAPABILITIES,
+        capabilities: all_capabilities(),
         agent_description: Some(proto::AgentDescription {
             identifying_attributes: vec![kv("service.name", "test-collector")],
             non_identifying_attributes: vec![kv("host.name", "test-host")],
@@ -198,7 +377,7 @@ pub fn heartbeat(uid: &Bytes, sequence_num: u64) -> proto::AgentToServer {
     proto::AgentToServer {
         instance_uid: uid.clone(),
         sequence_num,
-        capabilities: CAPABILITIES,
+        capabilities: all_capabilities(),
         ..Default::default()
     }
 }
@@ -210,6 +389,39 @@ pub fn kv(key: &str, value: &str) -> proto::KeyValue {
             value: Some(proto::any_value::Value::StringValue(value.to_owned())),
         }),
     }
+}
+
+/// `message` announcing the components `(kind, types)` under `hash`; with `full` the set itself,
+/// else only its hash (as a collector does once the server knows the set).
+pub fn with_components(
+    mut message: proto::AgentToServer,
+    hash: &str,
+    components: &[(&str, &[&str])],
+    full: bool,
+) -> proto::AgentToServer {
+    message.capabilities |= Can::ReportsAvailableComponents as u64;
+    let components = if full {
+        components
+            .iter()
+            .map(|(kind, types)| {
+                let details = proto::ComponentDetails {
+                    sub_component_map: types
+                        .iter()
+                        .map(|t| ((*t).to_owned(), proto::ComponentDetails::default()))
+                        .collect(),
+                    ..Default::default()
+                };
+                ((*kind).to_owned(), details)
+            })
+            .collect()
+    } else {
+        std::collections::HashMap::new()
+    };
+    message.available_components = Some(proto::AvailableComponents {
+        components,
+        hash: Bytes::copy_from_slice(hash.as_bytes()),
+    });
+    message
 }
 
 pub fn has_flag(reply: &proto::ServerToAgent, flag: proto::ServerToAgentFlags) -> bool {
@@ -258,15 +470,21 @@ impl WsClient {
                 .headers_mut()
                 .insert(*name, value.parse().expect("header value"));
         }
-        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        let (socket, _) = within(
+            "the WebSocket upgrade",
+            tokio_tungstenite::connect_async(request),
+        )
+        .await?;
         Ok(Self { socket })
     }
 
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
-        self.socket
-            .send(Message::Binary(bytes.into()))
-            .await
-            .expect("send");
+        within(
+            "a message to be sent",
+            self.socket.send(Message::Binary(bytes.into())),
+        )
+        .await
+        .expect("send");
     }
 
     pub async fn send(&mut self, message: &proto::AgentToServer) {
@@ -277,7 +495,7 @@ impl WsClient {
 
     /// The next data message, skipping control frames; `None` if the connection ended instead.
     pub async fn next_binary(&mut self) -> Option<Bytes> {
-        let next = tokio::time::timeout(DEADLINE, async {
+        within("a message from the server", async {
             loop {
                 match self.socket.next().await {
                     Some(Ok(Message::Binary(data))) => return Some(data),
@@ -286,8 +504,7 @@ impl WsClient {
                 }
             }
         })
-        .await;
-        next.expect("a message before the deadline")
+        .await
     }
 
     pub async fn recv(&mut self) -> proto::ServerToAgent {
@@ -307,7 +524,7 @@ impl WsClient {
 
     /// Waits for the server's Close frame and returns its code, answering it as RFC 6455 asks.
     pub async fn expect_close(&mut self) -> CloseCode {
-        let code = tokio::time::timeout(DEADLINE, async {
+        let code = within("a Close frame", async {
             loop {
                 match self.socket.next().await {
                     Some(Ok(Message::Close(frame))) => {
@@ -320,10 +537,12 @@ impl WsClient {
             }
         })
         .await
-        .expect("a Close frame before the deadline")
         .expect("the Close frame carries a code");
         // Finish the handshake so the server's side ends cleanly.
-        while let Some(Ok(_)) = self.socket.next().await {}
+        within("the end of the close handshake", async {
+            while let Some(Ok(_)) = self.socket.next().await {}
+        })
+        .await;
         code
     }
 }

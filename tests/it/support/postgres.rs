@@ -1,12 +1,15 @@
 //! Throwaway PostgreSQL servers for the tests: `DATABASE_URL`'s server when it is set, else one
 //! started from the machine's PostgreSQL binaries in a temporary directory, with a fresh database
-//! per test; and dedicated servers a test may stop and start again.
+//! per test (dropped when the test is done with it); and dedicated servers a test may stop and
+//! start again. The servers started here listen on a Unix socket in their own directory only, so
+//! no TCP port is picked, released and bound later by someone else.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
@@ -77,12 +80,11 @@ fn as_user(user: Option<(u32, u32)>, program: &Path) -> Command {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+/// The port only names the socket file (`.s.PGSQL.5432`) in the server's own directory.
+const SOCKET_PORT: &str = "5432";
+
+/// initdb, a start or a stop: seconds on an idle machine, never this long.
+const SERVER_DEADLINE: Duration = Duration::from_mins(1);
 
 /// Keeps PostgreSQL running and cleans up after it. It reads commands on stdin (`stop`, `start`,
 /// each acknowledged with `done`); at end of input, which comes at the latest when the test
@@ -90,7 +92,7 @@ fn free_port() -> u16 {
 const WATCHDOG: &str = r#"
 dir=$1; port=$2; postgres=$3; durability=$4; shift 4
 start() {
-    "$@" "$postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
+    "$@" "$postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses='' \
         $durability -c max_connections=300 \
         >>"$dir/server.log" 2>&1 &
     pid=$!
@@ -110,7 +112,6 @@ rm -rf "$dir"
 
 struct Process {
     dir: PathBuf,
-    port: u16,
     watchdog: Child,
     commands: ChildStdin,
     acks: BufReader<ChildStdout>,
@@ -122,11 +123,12 @@ pub enum Durability {
     /// fsync, full page writes and synchronous commit off.
     Off,
     /// PostgreSQL's defaults: fsync on.
+    #[allow(dead_code)] // for the benchmarks, which include this file
     On,
 }
 
 impl Process {
-    /// initdb in a new temporary directory, then the server on a free port.
+    /// initdb in a new temporary directory, then the server on its socket there.
     fn launch() -> Self {
         Self::launch_with(Durability::Off)
     }
@@ -163,12 +165,11 @@ impl Process {
             dir.display(),
             String::from_utf8_lossy(&initdb.stderr)
         );
-        let port = free_port();
         let mut command = Command::new("sh");
         command
             .args(["-c", WATCHDOG, "watchdog"])
             .arg(&dir)
-            .arg(port.to_string())
+            .arg(SOCKET_PORT)
             .arg(bin.join("postgres"))
             .arg(match durability {
                 Durability::Off => "-c fsync=off -c full_page_writes=off -c synchronous_commit=off",
@@ -191,7 +192,6 @@ impl Process {
         let acks = BufReader::new(watchdog.stdout.take().expect("piped stdout"));
         Self {
             dir,
-            port,
             watchdog,
             commands,
             acks,
@@ -199,7 +199,10 @@ impl Process {
     }
 
     fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://postgres@localhost:{SOCKET_PORT}/postgres?host={}",
+            self.dir.display()
+        )
     }
 
     fn tell(&mut self, command: &str) {
@@ -216,7 +219,7 @@ impl Process {
     /// Polls until the server accepts connections.
     async fn ready(&self) {
         let url = self.admin_url();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + SERVER_DEADLINE;
         loop {
             if PgConnection::connect(&url).await.is_ok() {
                 return;
@@ -232,6 +235,17 @@ impl Process {
     }
 }
 
+/// `url` with its database name replaced by `name` (its query, a socket directory say, kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (server, _) = base.rsplit_once('/').expect("a URL with a database");
+    if query.is_empty() {
+        format!("{server}/{name}")
+    } else {
+        format!("{server}/{name}?{query}")
+    }
+}
+
 /// Creates database `name` on the server at `admin_url` and returns its URL.
 async fn create_database(admin_url: &str, name: &str) -> String {
     let mut admin = PgConnection::connect(admin_url)
@@ -241,8 +255,15 @@ async fn create_database(admin_url: &str, name: &str) -> String {
         .execute(&mut admin)
         .await
         .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
-    let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
-    format!("{base}/{name}")
+    with_database(admin_url, name)
+}
+
+/// Runs a blocking step of a server's life on a thread of its own, within the deadline.
+async fn blocking<T: Send + 'static>(what: &str, step: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::time::timeout(SERVER_DEADLINE, tokio::task::spawn_blocking(step))
+        .await
+        .unwrap_or_else(|_| panic!("PostgreSQL: {what} took longer than {SERVER_DEADLINE:?}"))
+        .unwrap_or_else(|e| panic!("PostgreSQL: {what} failed: {e}"))
 }
 
 /// The shared server's admin URL; the process (if we started one) lives as long as the tests.
@@ -258,9 +279,7 @@ async fn shared_admin_url() -> &'static str {
                 );
                 return (url, None);
             }
-            let process = tokio::task::spawn_blocking(Process::launch)
-                .await
-                .expect("launch thread");
+            let process = blocking("initdb and start", Process::launch).await;
             process.ready().await;
             (process.admin_url(), Some(Mutex::new(process)))
         })
@@ -268,13 +287,54 @@ async fn shared_admin_url() -> &'static str {
     url
 }
 
-/// A new, empty database on the shared server: its URL.
-pub async fn fresh_database() -> String {
-    let name = format!("opampd_test_{}", uuid::Uuid::now_v7().simple());
-    create_database(shared_admin_url().await, &name).await
+/// A new, empty database on the shared server, dropped when this is dropped: a shared server
+/// (`DATABASE_URL`) does not collect one database per test run.
+pub struct PgDatabase {
+    pub url: String,
+    admin_url: &'static str,
+    name: String,
 }
 
-/// A server of the test's own, which it may stop and start again (same port, same data).
+pub async fn fresh_database() -> PgDatabase {
+    let name = format!("opampd_test_{}", uuid::Uuid::now_v7().simple());
+    let admin_url = shared_admin_url().await;
+    PgDatabase {
+        url: create_database(admin_url, &name).await,
+        admin_url,
+        name,
+    }
+}
+
+impl Drop for PgDatabase {
+    /// On a thread with a runtime of its own: the test's runtime may be the one being dropped.
+    /// `FORCE` ends the sessions a server under test still holds.
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url, self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(admin_url).await?;
+                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                sqlx::query(&drop).execute(&mut admin).await?;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => eprintln!("cannot drop test database {}: {err}", self.name),
+            Err(_) => eprintln!(
+                "cannot drop test database {}: the thread panicked",
+                self.name
+            ),
+        }
+    }
+}
+
+/// A server of the test's own, which it may stop and start again (same socket, same data).
 pub struct PgServer {
     process: Option<Process>,
 }
@@ -285,9 +345,7 @@ impl PgServer {
     }
 
     pub async fn start_with(durability: Durability) -> Self {
-        let process = tokio::task::spawn_blocking(move || Process::launch_with(durability))
-            .await
-            .expect("launch thread");
+        let process = blocking("initdb and start", move || Process::launch_with(durability)).await;
         process.ready().await;
         Self {
             process: Some(process),
@@ -305,24 +363,22 @@ impl PgServer {
     /// Fast shutdown: connections are cut, and the call returns once the server has exited.
     pub async fn stop(&mut self) {
         let mut process = self.process.take().expect("the server process");
-        let process = tokio::task::spawn_blocking(move || {
+        let process = blocking("stop", move || {
             process.tell("stop");
             process
         })
-        .await
-        .expect("stop thread");
+        .await;
         self.process = Some(process);
     }
 
-    /// Starts it again on the same port and data directory, and waits until it accepts connections.
+    /// Starts it again on the same socket and data directory, and waits until it accepts connections.
     pub async fn restart(&mut self) {
         let mut process = self.process.take().expect("the server process");
-        let process = tokio::task::spawn_blocking(move || {
+        let process = blocking("start", move || {
             process.tell("start");
             process
         })
-        .await
-        .expect("start thread");
+        .await;
         process.ready().await;
         self.process = Some(process);
     }
@@ -338,7 +394,15 @@ impl Drop for PgServer {
                 ..
             } = process;
             drop(commands);
-            let _ = watchdog.wait();
+            let deadline = std::time::Instant::now() + SERVER_DEADLINE;
+            while matches!(watchdog.try_wait(), Ok(None)) {
+                if std::time::Instant::now() > deadline {
+                    eprintln!("the PostgreSQL watchdog did not stop in time; killing it");
+                    let _ = watchdog.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }

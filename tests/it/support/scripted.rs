@@ -1,18 +1,58 @@
 //! Our scriptable test collector: a real WebSocket OpAMP client that reports the components it
 //! has, and applies, fails or ignores every configuration it is sent, as its script says.
+//!
+//! Anything unexpected on its connection (a frame it cannot decode, an error response, a socket
+//! error, a close other than the server's shutdown) is trouble: recorded, and reported by every
+//! wait of the test that runs it ([`assert_untroubled`]), so a server bug fails the test at once
+//! with its cause instead of as a time-out without one.
 
-use std::sync::Arc;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use opampd::collector::CollectorId;
 use opampd::proto;
 use prost::Message as _;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::{WsClient, hello, id_of, new_uid};
+use super::{WsClient, hello, id_of, new_uid, with_components};
+
+type Troubles = Arc<Mutex<Vec<String>>>;
+
+thread_local! {
+    /// The troubles of the scripted collectors of the test running on this thread (a tokio test
+    /// runs on a thread of its own, and its scripted collectors' tasks with it).
+    static WATCHED: RefCell<Vec<Weak<Mutex<Vec<String>>>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn watch(troubles: &Troubles) {
+    WATCHED.with(|watched| {
+        let mut watched = watched.borrow_mut();
+        watched.retain(|w| w.strong_count() > 0);
+        watched.push(Arc::downgrade(troubles));
+    });
+}
+
+/// Fails the test with every trouble its live scripted collectors ran into so far.
+pub fn assert_untroubled() {
+    let troubles: Vec<String> = WATCHED.with(|watched| {
+        watched
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .flat_map(|t| t.lock().unwrap().clone())
+            .collect()
+    });
+    assert!(
+        troubles.is_empty(),
+        "a scripted collector ran into trouble:\n{}",
+        troubles.join("\n")
+    );
+}
 
 /// What the collector does with a configuration it is sent.
 #[derive(Debug, Clone, Copy)]
@@ -31,18 +71,9 @@ pub struct Scripted {
     /// Configurations received so far.
     pub received: Arc<AtomicUsize>,
     /// The hash it last applied, reported in its first message when it reconnects.
-    applied: Arc<std::sync::Mutex<Option<Bytes>>>,
+    applied: Arc<Mutex<Option<Bytes>>>,
+    troubles: Troubles,
     task: JoinHandle<()>,
-}
-
-fn details(types: &[&str]) -> proto::ComponentDetails {
-    proto::ComponentDetails {
-        sub_component_map: types
-            .iter()
-            .map(|t| ((*t).to_owned(), proto::ComponentDetails::default()))
-            .collect(),
-        ..Default::default()
-    }
 }
 
 fn status(
@@ -147,20 +178,16 @@ impl Scripted {
         exporters: Vec<String>,
         script: Script,
         received: Arc<AtomicUsize>,
-        applied: Arc<std::sync::Mutex<Option<Bytes>>>,
+        applied: Arc<Mutex<Option<Bytes>>>,
     ) -> Self {
         let mut ws = WsClient::connect(ws_url).await;
-        let mut first = hello(&uid, 0);
-        first.capabilities |= 0x4000;
         let exporter_types: Vec<&str> = exporters.iter().map(String::as_str).collect();
-        first.available_components = Some(proto::AvailableComponents {
-            components: [
-                ("receivers".to_owned(), details(&["otlp"])),
-                ("exporters".to_owned(), details(&exporter_types)),
-            ]
-            .into(),
-            hash: Bytes::from(format!("components:{}", exporters.join(","))),
-        });
+        let mut first = with_components(
+            hello(&uid, 0),
+            &format!("components:{}", exporters.join(",")),
+            &[("receivers", &["otlp"]), ("exporters", &exporter_types)],
+            true,
+        );
         let last = applied.lock().unwrap().clone();
         if let Some(hash) = last {
             first.remote_config_status = Some(proto::RemoteConfigStatus {
@@ -169,22 +196,38 @@ impl Scripted {
                 error_message: String::new(),
             });
         }
-        ws.exchange(&first).await;
-        let (task_uid, task_received, task_applied) =
-            (uid.clone(), Arc::clone(&received), Arc::clone(&applied));
+        let welcome = ws.exchange(&first).await;
+        assert!(
+            welcome.error_response.is_none(),
+            "scripted collector {uid:?} refused: {welcome:?}"
+        );
+        let troubles = Troubles::default();
+        watch(&troubles);
+        let (task_uid, task_received, task_applied, log) = (
+            uid.clone(),
+            Arc::clone(&received),
+            Arc::clone(&applied),
+            Arc::clone(&troubles),
+        );
         let task = tokio::spawn(async move {
+            let id = id_of(&task_uid);
             let mut seq = 1;
-            while let Some(Ok(message)) = ws.socket.next().await {
-                let Message::Binary(data) = message else {
-                    continue;
+            let report = |what: String| log.lock().unwrap().push(format!("{id}: {what}"));
+            loop {
+                let reply = match next_message(&mut ws).await {
+                    Ok(Some(reply)) => reply,
+                    Ok(None) => return,
+                    Err(what) => return report(what),
                 };
-                let Ok(reply) = proto::ServerToAgent::decode(&data[1..]) else {
-                    continue;
-                };
+                if let Some(error) = &reply.error_response {
+                    report(format!("an error response: {error:?}"));
+                }
                 if let Some(offered) = reply.packages_available {
                     if let Some(message) = package_verdict(&task_uid, seq, script, &offered) {
                         seq += 1;
-                        ws.send(&message).await;
+                        if let Err(what) = send(&mut ws, &message).await {
+                            return report(what);
+                        }
                     }
                     continue;
                 }
@@ -203,16 +246,15 @@ impl Scripted {
                         (proto::RemoteConfigStatuses::Applied, "")
                     }
                 };
-                ws.send(&status(
-                    &task_uid,
-                    seq,
-                    &hash,
-                    proto::RemoteConfigStatuses::Applying,
-                    "",
-                ))
-                .await;
-                ws.send(&status(&task_uid, seq + 1, &hash, verdict.0, verdict.1))
-                    .await;
+                let applying = proto::RemoteConfigStatuses::Applying;
+                for message in [
+                    status(&task_uid, seq, &hash, applying, ""),
+                    status(&task_uid, seq + 1, &hash, verdict.0, verdict.1),
+                ] {
+                    if let Err(what) = send(&mut ws, &message).await {
+                        return report(what);
+                    }
+                }
                 seq += 2;
                 if verdict.0 == proto::RemoteConfigStatuses::Applied {
                     *task_applied.lock().unwrap() = Some(hash);
@@ -224,6 +266,7 @@ impl Scripted {
             uid,
             received,
             applied,
+            troubles,
             task,
         }
     }
@@ -261,5 +304,41 @@ impl Scripted {
 impl Drop for Scripted {
     fn drop(&mut self) {
         self.task.abort();
+        if !std::thread::panicking() {
+            let troubles = self.troubles.lock().unwrap();
+            assert!(troubles.is_empty(), "{}", troubles.join("\n"));
+        }
     }
+}
+
+/// The next message from the server; `None` when the server closed the connection because it is
+/// shutting down (1001), which collectors expect; anything else unexpected, as trouble.
+async fn next_message(ws: &mut WsClient) -> Result<Option<proto::ServerToAgent>, String> {
+    loop {
+        let data = match ws.socket.next().await {
+            Some(Ok(Message::Binary(data))) => data,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(Some(frame)))) if frame.code == CloseCode::Away => {
+                return Ok(None);
+            }
+            Some(Ok(other)) => return Err(format!("an unexpected message: {other:?}")),
+            Some(Err(err)) => return Err(format!("the connection failed: {err}")),
+            None => return Err("the connection ended without a Close frame".into()),
+        };
+        let Some((0, body)) = data.split_first() else {
+            return Err(format!("a frame without the 0 header: {data:?}"));
+        };
+        return proto::ServerToAgent::decode(body)
+            .map(Some)
+            .map_err(|e| format!("an undecodable ServerToAgent ({e}): {data:?}"));
+    }
+}
+
+async fn send(ws: &mut WsClient, message: &proto::AgentToServer) -> Result<(), String> {
+    let mut bytes = vec![0];
+    message.encode(&mut bytes).expect("encode");
+    ws.socket
+        .send(Message::Binary(bytes.into()))
+        .await
+        .map_err(|e| format!("cannot send: {e}"))
 }
