@@ -10,7 +10,7 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 
 use super::StoreError;
-use crate::collector::encoding::unhex;
+use crate::collector::encoding::{rfc3339, unhex};
 use crate::collector::facts::FactParts;
 use crate::collector::machine::hex;
 use crate::collector::persist::{Control, Epoch, Hot};
@@ -75,25 +75,26 @@ pub struct RecordRow {
     pub control: Json<serde_json::Value>,
 }
 
-/// The hot part of a record as it is written.
-#[derive(Debug)]
+/// The hot part of a record as the write statements read it: one JSON object per row, the keys
+/// named as the table's columns, times as RFC 3339.
+#[derive(Debug, Serialize)]
 pub struct HotRow {
     pub id: String,
     pub epoch: i64,
     pub state: &'static str,
-    pub state_since: Option<OffsetDateTime>,
+    pub state_since: Option<String>,
     pub state_reason: Option<&'static str>,
     pub state_message: String,
     pub connected: bool,
     pub transport: Option<&'static str>,
-    pub connected_since: Option<OffsetDateTime>,
-    pub last_seen: Option<OffsetDateTime>,
+    pub connected_since: Option<String>,
+    pub last_seen: Option<String>,
     pub name: Option<String>,
     pub host_name: Option<String>,
     pub version: Option<String>,
     pub capabilities: i64,
     pub sequence_num: Option<i64>,
-    pub control: Json<serde_json::Value>,
+    pub control: serde_json::Value,
 }
 
 /// A collector's facts as they are read (absent parts are NULL or JSON null).
@@ -108,17 +109,52 @@ pub struct FactsRow {
     pub available_components: Option<Json<serde_json::Value>>,
 }
 
-/// The facts parts to write; NULL leaves the stored part as it is.
-#[derive(Debug)]
+/// The facts parts to write; an absent key (NULL) leaves the stored part as it is.
+#[derive(Debug, Serialize)]
 pub struct FactsWrite {
     pub id: String,
     pub epoch: i64,
-    pub description: Option<Json<serde_json::Value>>,
-    pub health: Option<Json<serde_json::Value>>,
-    pub effective_config: Option<Json<serde_json::Value>>,
-    pub remote_config_status: Option<Json<serde_json::Value>>,
-    pub package_statuses: Option<Json<serde_json::Value>>,
-    pub available_components: Option<Json<serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_config: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_config_status: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package_statuses: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available_components: Option<serde_json::Value>,
+}
+
+/// Only `last_seen` moved.
+#[derive(Debug, Serialize)]
+pub struct TouchRow {
+    pub id: String,
+    pub epoch: i64,
+    pub last_seen: String,
+}
+
+/// A claim's key, for forgetting.
+#[derive(Debug, Serialize)]
+pub struct KeyRow {
+    pub id: String,
+    pub epoch: i64,
+}
+
+/// A transition as the insert reads it, in the order it happened (`v_ord`).
+#[derive(Debug, Serialize)]
+pub struct TransitionWrite {
+    pub ord: i64,
+    pub epoch: i64,
+    pub id: String,
+    pub from: Option<&'static str>,
+    pub to: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+    pub at: String,
+    pub cause: Option<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -132,10 +168,6 @@ pub struct TransitionRow {
     pub cause: Option<String>,
 }
 
-fn time(at: Option<SystemTime>) -> Option<OffsetDateTime> {
-    at.map(OffsetDateTime::from)
-}
-
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("unknown {what} {value:?}"))
 }
@@ -145,8 +177,12 @@ fn json<T: Serialize>(value: &T) -> Json<serde_json::Value> {
     Json(serde_json::to_value(value).unwrap_or_default())
 }
 
-fn part<T: Serialize>(value: Option<&T>) -> Option<Json<serde_json::Value>> {
-    value.map(json)
+fn part<T: Serialize>(value: Option<&T>) -> Option<serde_json::Value> {
+    value.and_then(|v| serde_json::to_value(v).ok())
+}
+
+fn text_time(at: Option<SystemTime>) -> Option<String> {
+    at.map(rfc3339)
 }
 
 /// A stored part: SQL NULL and JSON null both mean "never reported".
@@ -169,19 +205,19 @@ impl HotRow {
             id: hot.id.to_string(),
             epoch,
             state: hot.state.as_str(),
-            state_since: time(hot.state_since),
+            state_since: text_time(hot.state_since),
             state_reason: hot.state_reason.map(Reason::as_str),
             state_message: hot.state_message.clone(),
             connected: hot.connected,
             transport: hot.transport.map(Transport::as_str),
-            connected_since: time(hot.connected_since),
-            last_seen: time(hot.last_seen),
+            connected_since: text_time(hot.connected_since),
+            last_seen: text_time(hot.last_seen),
             name: hot.name.clone(),
             host_name: hot.host_name.clone(),
             version: hot.version.clone(),
             capabilities: hot.capabilities.0.cast_signed(),
             sequence_num: hot.sequence_num.map(u64::cast_signed),
-            control: json(&ControlDoc::of(&hot.control)),
+            control: json(&ControlDoc::of(&hot.control)).0,
         }
     }
 }
@@ -197,6 +233,22 @@ impl FactsWrite {
             remote_config_status: part(facts.remote_config_status.as_ref()),
             package_statuses: part(facts.package_statuses.as_ref()),
             available_components: part(facts.available_components.as_ref()),
+        }
+    }
+}
+
+impl TransitionWrite {
+    pub fn new(ord: usize, id: CollectorId, epoch: Epoch, t: &Transition) -> Self {
+        Self {
+            ord: i64::try_from(ord).unwrap_or(i64::MAX),
+            epoch,
+            id: id.to_string(),
+            from: t.from.map(State::as_str),
+            to: t.to.as_str(),
+            reason: t.reason.as_str(),
+            message: t.message.clone(),
+            at: rfc3339(t.at),
+            cause: t.cause.clone(),
         }
     }
 }
@@ -281,18 +333,6 @@ impl EventRow {
 }
 
 impl TransitionRow {
-    pub fn new(collector: CollectorId, t: &Transition) -> Self {
-        Self {
-            collector_id: collector.to_string(),
-            from_state: t.from.map(|s| s.as_str().to_owned()),
-            to_state: t.to.as_str().to_owned(),
-            reason: t.reason.as_str().to_owned(),
-            message: t.message.clone(),
-            at: OffsetDateTime::from(t.at),
-            cause: t.cause.clone(),
-        }
-    }
-
     pub fn into_transition(self) -> Result<Transition, StoreError> {
         let state = |s: &str| State::parse(s).ok_or_else(|| corrupt("state", s));
         Ok(Transition {

@@ -19,7 +19,8 @@ use time::OffsetDateTime;
 
 use super::batch::{Entry, Key};
 use super::row::{
-    ConfigurationRow, EventRow, FactsRow, FactsWrite, HotRow, RecordRow, TransitionRow,
+    ConfigurationRow, EventRow, FactsRow, FactsWrite, HotRow, KeyRow, RecordRow, TouchRow,
+    TransitionRow, TransitionWrite,
 };
 use super::{
     After, Batch, CollectorQuery, ConfigurationFile, ConfigurationVersion, Event, EventFilter,
@@ -28,7 +29,27 @@ use super::{
 use crate::collector::persist::Claimed;
 use crate::collector::{Collector, CollectorId, Reason, State, Transition};
 use crate::selector::{Requirement, Selector};
-use write::{push_hot, sql_writes};
+use write::sql_writes;
+
+/// A column of a JSON row source, and what it holds.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Text,
+    Int,
+    Bool,
+    /// RFC 3339 text.
+    Time,
+    /// A JSON document kept as it is.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RowSyntax {
+    /// SQLite: `json_each` over the array, each column extracted by its key.
+    JsonEach,
+    /// PostgreSQL: `jsonb_to_recordset` with a column definition list.
+    JsonbRecordset,
+}
 
 /// What the two databases spell differently.
 struct Dialect {
@@ -41,6 +62,10 @@ struct Dialect {
     label_suffix: &'static str,
     /// The labels with a JSON merge patch (the bound value) applied: null removes a label.
     merge_labels: (&'static str, &'static str),
+    /// How a bound JSON array of row objects becomes a table (see [`Dialect::rows`]).
+    rows: RowSyntax,
+    /// A bound JSON array of strings as an `IN` list: `open <bind> close`.
+    id_list: (&'static str, &'static str),
     /// Begins a transaction that reads and then writes. SQLite must take the write lock at once:
     /// a deferred transaction that read first is refused its write, at once and without the busy
     /// wait (`SQLITE_BUSY_SNAPSHOT`), whenever another connection committed in between.
@@ -54,6 +79,8 @@ const SQLITE: Dialect = Dialect {
     label_prefix: "json_extract(labels, '$.\"' || ",
     label_suffix: " || '\"')",
     merge_labels: ("json_patch(labels, ", ")"),
+    rows: RowSyntax::JsonEach,
+    id_list: ("(SELECT value FROM json_each(", "))"),
     begin_read_then_write: "BEGIN IMMEDIATE",
 };
 
@@ -65,9 +92,60 @@ const POSTGRES: Dialect = Dialect {
     // Labels never hold nulls, so stripping them removes exactly the labels the patch removed.
     merge_labels: ("jsonb_strip_nulls(labels || ", ")"),
     begin_read_then_write: "BEGIN",
+    rows: RowSyntax::JsonbRecordset,
+    id_list: ("(SELECT jsonb_array_elements_text(", "))"),
 };
 
 impl Dialect {
+    /// A bound JSON array of objects as a table with these columns, each key `c` as column `v_c`:
+    /// `open <bind> close`. One statement text for any number of rows, so it is prepared once
+    /// and kept, where a multi-row `VALUES` list is a new statement for every size.
+    fn rows(&self, columns: &[(&str, Kind)]) -> (String, String) {
+        match self.rows {
+            RowSyntax::JsonEach => {
+                let picks: Vec<String> = columns
+                    .iter()
+                    .map(|(c, kind)| {
+                        let op = if matches!(kind, Kind::Json) {
+                            "->"
+                        } else {
+                            "->>"
+                        };
+                        format!("value {op} '$.{c}' AS v_{c}")
+                    })
+                    .collect();
+                (
+                    format!("(SELECT {} FROM json_each(", picks.join(", ")),
+                    "))".to_owned(),
+                )
+            }
+            RowSyntax::JsonbRecordset => {
+                let definitions: Vec<String> = columns
+                    .iter()
+                    .map(|(c, kind)| {
+                        let t = match kind {
+                            Kind::Text => "text",
+                            Kind::Int => "bigint",
+                            Kind::Bool => "boolean",
+                            Kind::Time => "timestamptz",
+                            Kind::Json => "jsonb",
+                        };
+                        // Quoted: some keys are keywords (`from`, `to`).
+                        format!("\"{c}\" {t}")
+                    })
+                    .collect();
+                let picks: Vec<String> = columns
+                    .iter()
+                    .map(|(c, _)| format!("\"{c}\" AS v_{c}"))
+                    .collect();
+                (
+                    format!("(SELECT {} FROM jsonb_to_recordset(", picks.join(", ")),
+                    format!(") AS r({}))", definitions.join(", ")),
+                )
+            }
+        }
+    }
+
     fn sort_expression(&self, key: SortKey) -> String {
         match key {
             SortKey::Id => "id".to_owned(),
@@ -103,15 +181,73 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const RECORD_COLUMNS: &str = "id, epoch, state, state_since, state_reason, state_message, \
      connected, transport, connected_since, last_seen, capabilities, sequence_num, labels, control";
 
-/// The hot part as it is written, in the order `push_hot!` binds it.
-const HOT_COLUMNS: &str = "id, epoch, state, state_since, state_reason, state_message, \
-     connected, transport, connected_since, last_seen, name, host_name, version, capabilities, \
-     sequence_num, control";
+/// The hot part as it is written (the row source's column `v_c` into the table's `c`).
+const HOT: &[(&str, Kind)] = &[
+    ("id", Kind::Text),
+    ("epoch", Kind::Int),
+    ("state", Kind::Text),
+    ("state_since", Kind::Time),
+    ("state_reason", Kind::Text),
+    ("state_message", Kind::Text),
+    ("connected", Kind::Bool),
+    ("transport", Kind::Text),
+    ("connected_since", Kind::Time),
+    ("last_seen", Kind::Time),
+    ("name", Kind::Text),
+    ("host_name", Kind::Text),
+    ("version", Kind::Text),
+    ("capabilities", Kind::Int),
+    ("sequence_num", Kind::Int),
+    ("control", Kind::Json),
+];
 
-const FACT_COLUMNS: &str = "description, health, effective_config, remote_config_status, \
-     package_statuses, available_components";
-const FACT_ALIASES: &str = "v_description, v_health, v_effective_config, \
-     v_remote_config_status, v_package_statuses, v_available_components";
+const FACTS: &[(&str, Kind)] = &[
+    ("id", Kind::Text),
+    ("epoch", Kind::Int),
+    ("description", Kind::Json),
+    ("health", Kind::Json),
+    ("effective_config", Kind::Json),
+    ("remote_config_status", Kind::Json),
+    ("package_statuses", Kind::Json),
+    ("available_components", Kind::Json),
+];
+
+const TOUCHES: &[(&str, Kind)] = &[
+    ("id", Kind::Text),
+    ("epoch", Kind::Int),
+    ("last_seen", Kind::Time),
+];
+
+const KEYS: &[(&str, Kind)] = &[("id", Kind::Text), ("epoch", Kind::Int)];
+
+const TRANSITIONS: &[(&str, Kind)] = &[
+    ("ord", Kind::Int),
+    ("epoch", Kind::Int),
+    ("id", Kind::Text),
+    ("from", Kind::Text),
+    ("to", Kind::Text),
+    ("reason", Kind::Text),
+    ("message", Kind::Text),
+    ("at", Kind::Time),
+    ("cause", Kind::Text),
+];
+
+/// `c1, c2, …` (table columns) and `v_c1, v_c2, …` (the row source's) for `columns`, leaving out
+/// `skip`.
+fn column_lists(columns: &[(&str, Kind)], skip: &[&str]) -> (String, String) {
+    let kept: Vec<&str> = columns
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| !skip.contains(c))
+        .collect();
+    (
+        kept.join(", "),
+        kept.iter()
+            .map(|c| format!("v_{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
 
 /// The quarantine's kinds, as stored text back to the names the code uses.
 fn quarantine_kind(kind: &str) -> &'static str {

@@ -2,10 +2,10 @@
 //! updates, `last_seen` touches, facts parts, transitions), every statement fenced by the epoch the
 //! writing actor claimed; claims; operators' label edits; the quarantine.
 //!
-//! Multi-row statements are not kept prepared (`persistent(false)`): their text changes with the
-//! number of rows, so each size would stay in every connection's statement cache, and a
-//! thousand-row statement's compiled program is tens of kilobytes (measured: the cache grew by
-//! tens of megabytes per wave of collectors).
+//! Rows travel as one bound JSON array per statement ([`Dialect::rows`]), so every statement has
+//! one text whatever the number of rows: prepared once per connection and kept. (Multi-row
+//! `VALUES` lists made a new statement for every size: measured, SQLite spent a fifth of a burst's
+//! CPU parsing and planning them, and each size stayed in every connection's statement cache.)
 
 /// Generates `impl $store { ... }` with the collector write paths.
 macro_rules! sql_writes {
@@ -30,33 +30,36 @@ macro_rules! sql_writes {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 batch: &Batch,
             ) -> Result<(), StoreError> {
-                let forgets: Vec<(String, i64)> = batch
+                let d: &Dialect = &$dialect;
+                let forgets: Vec<KeyRow> = batch
                     .entries
                     .iter()
                     .filter(|(_, e)| matches!(e, Entry::Forget))
-                    .map(|((id, epoch), _)| (id.to_string(), *epoch))
+                    .map(|((id, epoch), _)| KeyRow {
+                        id: id.to_string(),
+                        epoch: *epoch,
+                    })
                     .collect();
                 for chunk in forgets.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new("WITH v(v_id, v_epoch) AS (");
-                    q.push_values(chunk, |mut b, (id, epoch)| {
-                        b.push_bind(id).push_bind(*epoch);
-                    });
-                    q.push(
-                        ") DELETE FROM collectors WHERE (id, epoch) IN \
-                         (SELECT v_id, v_epoch FROM v) RETURNING id",
-                    );
-                    let deleted: Vec<(String,)> = q.build_query_as().persistent(false).fetch_all(&mut **tx).await?;
+                    let (open, close) = d.rows(KEYS);
+                    let mut q = QueryBuilder::<$db>::new(format!(
+                        "DELETE FROM collectors WHERE (id, epoch) IN \
+                         (SELECT v_id, v_epoch FROM {open}"
+                    ));
+                    q.push_bind(sqlx::types::Json(chunk))
+                        .push(format!("{close} AS v) RETURNING id"));
+                    let deleted: Vec<(String,)> =
+                        q.build_query_as().fetch_all(&mut **tx).await?;
                     if deleted.is_empty() {
                         continue;
                     }
+                    let ids: Vec<String> = deleted.into_iter().map(|(id,)| id).collect();
                     for table in ["transitions WHERE collector_id", "collector_facts WHERE id"] {
-                        let mut q = QueryBuilder::<$db>::new(format!("DELETE FROM {table} IN ("));
-                        let mut list = q.separated(", ");
-                        for (id,) in &deleted {
-                            list.push_bind(id);
-                        }
-                        q.push(")");
-                        q.build().persistent(false).execute(&mut **tx).await?;
+                        let (open, close) = d.id_list;
+                        let mut q =
+                            QueryBuilder::<$db>::new(format!("DELETE FROM {table} IN {open}"));
+                        q.push_bind(sqlx::types::Json(&ids)).push(close);
+                        q.build().execute(&mut **tx).await?;
                     }
                 }
                 Ok(())
@@ -70,6 +73,7 @@ macro_rules! sql_writes {
                 batch: &Batch,
                 now: OffsetDateTime,
             ) -> Result<Vec<Key>, StoreError> {
+                let d: &Dialect = &$dialect;
                 let mut creates = Vec::new();
                 let mut updates = Vec::new();
                 let mut touches = Vec::new();
@@ -82,45 +86,50 @@ macro_rules! sql_writes {
                         (Some(hot), false) => updates.push(HotRow::new(hot, *epoch)),
                         (None, _) => {
                             if let Some(seen) = write.touch {
-                                touches.push((id.to_string(), *epoch, OffsetDateTime::from(seen)));
+                                touches.push(TouchRow {
+                                    id: id.to_string(),
+                                    epoch: *epoch,
+                                    last_seen: crate::collector::encoding::rfc3339(seen),
+                                });
                             }
                         }
                     }
                 }
+                let (open, close) = d.rows(HOT);
                 let mut applied: std::collections::HashSet<String> =
                     std::collections::HashSet::new();
+                let (columns, picks) = column_lists(HOT, &[]);
                 for chunk in creates.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO collectors (node, updated_at, {HOT_COLUMNS}) "
+                        "INSERT INTO collectors (node, updated_at, {columns}) SELECT "
                     ));
-                    q.push_values(chunk, |mut b, r| {
-                        b.push_bind(node).push_bind(now);
-                        push_hot!(b, r);
-                    });
-                    q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-                    let rows: Vec<(String,)> = q.build_query_as().persistent(false).fetch_all(&mut **tx).await?;
+                    q.push_bind(node)
+                        .push(", ")
+                        .push_bind(now)
+                        .push(format!(", {picks} FROM {open}"))
+                        .push_bind(sqlx::types::Json(chunk))
+                        .push(format!(
+                            "{close} AS v WHERE 1 = 1 ON CONFLICT (id) DO NOTHING RETURNING id"
+                        ));
+                    let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
                     applied.extend(rows.into_iter().map(|(id,)| id));
                 }
-                let assignments: String = HOT_COLUMNS
-                    .split(", ")
+                let assignments: String = HOT
+                    .iter()
+                    .map(|(c, _)| *c)
                     .filter(|c| *c != "id" && *c != "epoch")
                     .map(|c| format!("{c} = v_{c}"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let aliases: String = HOT_COLUMNS
-                    .split(", ")
-                    .map(|c| format!("v_{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
                 for chunk in updates.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(format!("WITH v({aliases}) AS ("));
-                    q.push_values(chunk, |mut b, r| {
-                        push_hot!(b, r);
-                    });
-                    q.push(format!(") UPDATE collectors SET {assignments}, updated_at = "));
-                    q.push_bind(now);
-                    q.push(" FROM v WHERE id = v_id AND epoch = v_epoch RETURNING id");
-                    let rows: Vec<(String,)> = q.build_query_as().persistent(false).fetch_all(&mut **tx).await?;
+                    let mut q = QueryBuilder::<$db>::new(format!("WITH v AS {open}"));
+                    q.push_bind(sqlx::types::Json(chunk))
+                        .push(format!(
+                            "{close} UPDATE collectors SET {assignments}, updated_at = "
+                        ))
+                        .push_bind(now)
+                        .push(" FROM v WHERE id = v_id AND epoch = v_epoch RETURNING id");
+                    let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
                     applied.extend(rows.into_iter().map(|(id,)| id));
                 }
                 let fenced = creates
@@ -129,17 +138,14 @@ macro_rules! sql_writes {
                     .filter(|row| !applied.contains(&row.id))
                     .filter_map(|row| Some((CollectorId(row.id.parse().ok()?), row.epoch)))
                     .collect();
+                let (open, close) = d.rows(TOUCHES);
                 for chunk in touches.chunks(CHUNK) {
-                    let mut q =
-                        QueryBuilder::<$db>::new("WITH v(v_id, v_epoch, v_last_seen) AS (");
-                    q.push_values(chunk, |mut b, (id, epoch, seen)| {
-                        b.push_bind(id).push_bind(*epoch).push_bind(*seen);
-                    });
-                    q.push(
-                        ") UPDATE collectors SET last_seen = v_last_seen FROM v \
-                         WHERE id = v_id AND epoch = v_epoch",
-                    );
-                    q.build().persistent(false).execute(&mut **tx).await?;
+                    let mut q = QueryBuilder::<$db>::new(format!("WITH v AS {open}"));
+                    q.push_bind(sqlx::types::Json(chunk)).push(format!(
+                        "{close} UPDATE collectors SET last_seen = v_last_seen FROM v \
+                         WHERE id = v_id AND epoch = v_epoch"
+                    ));
+                    q.build().execute(&mut **tx).await?;
                 }
                 Ok(fenced)
             }
@@ -150,6 +156,7 @@ macro_rules! sql_writes {
                 batch: &Batch,
                 now: OffsetDateTime,
             ) -> Result<(), StoreError> {
+                let d: &Dialect = &$dialect;
                 let facts: Vec<FactsWrite> = batch
                     .entries
                     .iter()
@@ -160,37 +167,27 @@ macro_rules! sql_writes {
                         _ => None,
                     })
                     .collect();
+                let (open, close) = d.rows(FACTS);
+                let (columns, picks) = column_lists(FACTS, &["id", "epoch"]);
+                let updates = columns
+                    .split(", ")
+                    .map(|c| format!("{c} = COALESCE(excluded.{c}, collector_facts.{c})"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 for chunk in facts.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(format!(
-                        "WITH v(v_id, v_epoch, {FACT_ALIASES}) AS ("
+                        "INSERT INTO collector_facts (id, {columns}, updated_at) \
+                         SELECT v_id, {picks}, "
                     ));
-                    q.push_values(chunk, |mut b, f| {
-                        b.push_bind(&f.id)
-                            .push_bind(f.epoch)
-                            .push_bind(&f.description)
-                            .push_bind(&f.health)
-                            .push_bind(&f.effective_config)
-                            .push_bind(&f.remote_config_status)
-                            .push_bind(&f.package_statuses)
-                            .push_bind(&f.available_components);
-                    });
-                    q.push(format!(
-                        ") INSERT INTO collector_facts (id, {FACT_COLUMNS}, updated_at) \
-                         SELECT v_id, {FACT_ALIASES}, "
-                    ));
-                    q.push_bind(now);
-                    q.push(format!(
-                        " FROM v JOIN collectors ON id = v_id AND epoch = v_epoch WHERE 1 = 1 \
-                         ON CONFLICT (id) DO UPDATE SET {}, updated_at = excluded.updated_at",
-                        FACT_COLUMNS
-                            .split(", ")
-                            .map(|c| format!(
-                                "{c} = COALESCE(excluded.{c}, collector_facts.{c})"
-                            ))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                    q.build().persistent(false).execute(&mut **tx).await?;
+                    q.push_bind(now)
+                        .push(format!(" FROM {open}"))
+                        .push_bind(sqlx::types::Json(chunk))
+                        .push(format!(
+                            "{close} AS v JOIN collectors ON id = v_id AND epoch = v_epoch \
+                             WHERE 1 = 1 ON CONFLICT (id) DO UPDATE SET {updates}, \
+                             updated_at = excluded.updated_at"
+                        ));
+                    q.build().execute(&mut **tx).await?;
                 }
                 Ok(())
             }
@@ -200,40 +197,24 @@ macro_rules! sql_writes {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 batch: &Batch,
             ) -> Result<(), StoreError> {
-                let transitions: Vec<(i64, i64, TransitionRow)> = batch
+                let d: &Dialect = &$dialect;
+                let transitions: Vec<TransitionWrite> = batch
                     .transitions
                     .iter()
                     .enumerate()
-                    .map(|(i, t)| {
-                        (
-                            i as i64,
-                            t.epoch,
-                            TransitionRow::new(t.id, &t.transition),
-                        )
-                    })
+                    .map(|(i, t)| TransitionWrite::new(i, t.id, t.epoch, &t.transition))
                     .collect();
+                let (open, close) = d.rows(TRANSITIONS);
                 for chunk in transitions.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "WITH v(v_ord, v_epoch, v_id, v_from, v_to, v_reason, v_message, v_at, \
-                         v_cause) AS (",
-                    );
-                    q.push_values(chunk, |mut b, (ord, epoch, t)| {
-                        b.push_bind(*ord)
-                            .push_bind(*epoch)
-                            .push_bind(&t.collector_id)
-                            .push_bind(&t.from_state)
-                            .push_bind(&t.to_state)
-                            .push_bind(&t.reason)
-                            .push_bind(&t.message)
-                            .push_bind(t.at)
-                            .push_bind(&t.cause);
-                    });
-                    q.push(format!(
-                        ") INSERT INTO transitions ({TRANSITION_COLUMNS}) \
-                         SELECT v_id, v_from, v_to, v_reason, v_message, v_at, v_cause \
-                         FROM v JOIN collectors ON id = v_id AND epoch = v_epoch ORDER BY v_ord"
+                    let mut q = QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO transitions ({TRANSITION_COLUMNS}) \
+                         SELECT v_id, v_from, v_to, v_reason, v_message, v_at, v_cause FROM {open}"
                     ));
-                    q.build().persistent(false).execute(&mut **tx).await?;
+                    q.push_bind(sqlx::types::Json(chunk)).push(format!(
+                        "{close} AS v JOIN collectors ON id = v_id AND epoch = v_epoch \
+                         ORDER BY v_ord"
+                    ));
+                    q.build().execute(&mut **tx).await?;
                 }
                 Ok(())
             }
@@ -243,18 +224,20 @@ macro_rules! sql_writes {
                 node: &str,
                 ids: &[CollectorId],
             ) -> Result<Vec<Claimed>, StoreError> {
+                let d: &Dialect = &$dialect;
                 let mut claimed = Vec::new();
                 for chunk in ids.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new("UPDATE collectors SET epoch = epoch + 1, node = ");
-                    q.push_bind(node.to_owned()).push(" WHERE id IN (");
-                    let mut list = q.separated(", ");
-                    for id in chunk {
-                        list.push_bind(id.to_string());
-                    }
-                    q.push(format!(") RETURNING {RECORD_COLUMNS}"));
+                    let ids: Vec<String> = chunk.iter().map(ToString::to_string).collect();
+                    let (open, close) = d.id_list;
+                    let mut q = QueryBuilder::<$db>::new(
+                        "UPDATE collectors SET epoch = epoch + 1, node = ",
+                    );
+                    q.push_bind(node.to_owned())
+                        .push(format!(" WHERE id IN {open}"))
+                        .push_bind(sqlx::types::Json(ids))
+                        .push(format!("{close} RETURNING {RECORD_COLUMNS}"));
                     let rows = q
                         .build_query_as::<RecordRow>()
-                        .persistent(false)
                         .fetch_all(&mut **tx)
                         .await?;
                     let records = Self::with_facts(&mut **tx, rows).await?;
@@ -277,17 +260,15 @@ macro_rules! sql_writes {
                 if rows.is_empty() {
                     return Ok(Vec::new());
                 }
+                let d: &Dialect = &$dialect;
+                let (columns, _) = column_lists(FACTS, &["id", "epoch"]);
+                let (open, close) = d.id_list;
+                let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
                 let mut q = QueryBuilder::<$db>::new(format!(
-                    "SELECT id, {FACT_COLUMNS} FROM collector_facts WHERE id IN ("
+                    "SELECT id, {columns} FROM collector_facts WHERE id IN {open}"
                 ));
-                let mut list = q.separated(", ");
-                for row in &rows {
-                    list.push_bind(row.id.clone());
-                }
-                q.push(")");
-                let facts = q.build_query_as::<FactsRow>()
-                    .persistent(false)
-                    .fetch_all(executor).await?;
+                q.push_bind(sqlx::types::Json(ids)).push(close);
+                let facts = q.build_query_as::<FactsRow>().fetch_all(executor).await?;
                 let mut facts: std::collections::HashMap<String, FactsRow> =
                     facts.into_iter().map(|f| (f.id.clone(), f)).collect();
                 rows.into_iter()
@@ -388,26 +369,4 @@ macro_rules! sql_writes {
     };
 }
 
-/// Binds a [`HotRow`]'s values in `HOT_COLUMNS` order.
-macro_rules! push_hot {
-    ($b:ident, $r:ident) => {
-        $b.push_bind(&$r.id)
-            .push_bind($r.epoch)
-            .push_bind($r.state)
-            .push_bind($r.state_since)
-            .push_bind($r.state_reason)
-            .push_bind(&$r.state_message)
-            .push_bind($r.connected)
-            .push_bind($r.transport)
-            .push_bind($r.connected_since)
-            .push_bind($r.last_seen)
-            .push_bind(&$r.name)
-            .push_bind(&$r.host_name)
-            .push_bind(&$r.version)
-            .push_bind($r.capabilities)
-            .push_bind($r.sequence_num)
-            .push_bind(&$r.control)
-    };
-}
-
-pub(super) use {push_hot, sql_writes};
+pub(super) use sql_writes;
