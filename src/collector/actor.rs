@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::contest::Contest;
 use super::facts::Changed;
@@ -419,16 +419,14 @@ impl Actor {
     }
 
     fn publish(&self, transition: Transition) {
-        let labels = [
-            ("from", transition.from.map_or("none", State::as_str)),
-            ("to", transition.to.as_str()),
-            ("reason", transition.reason.as_str()),
-        ];
-        self.shared
-            .metrics
-            .counter(crate::telemetry::metrics::TRANSITIONS, &labels)
-            .increment(1);
-        info!(
+        self.shared.metrics.transition(
+            transition.from.map_or("none", State::as_str),
+            transition.to.as_str(),
+            transition.reason.as_str(),
+        );
+        // One line per transition at debug: at info a fleet's churn would be the log's bulk
+        // (tens of thousands of lines a second in a storm); the history is in the store.
+        debug!(
             collector_id = %self.id,
             from = transition.from.map_or("none", |s| s.as_str()),
             to = %transition.to,

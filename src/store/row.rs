@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sqlx::types::Json;
 use time::OffsetDateTime;
 
 use super::StoreError;
-use crate::collector::encoding::{rfc3339, unhex};
+use crate::collector::encoding::unhex;
 use crate::collector::facts::FactParts;
 use crate::collector::machine::hex;
 use crate::collector::persist::{Control, Epoch, Hot};
@@ -75,26 +76,25 @@ pub struct RecordRow {
     pub control: Json<serde_json::Value>,
 }
 
-/// The hot part of a record as the write statements read it: one JSON object per row, the keys
-/// named as the table's columns, times as RFC 3339.
-#[derive(Debug, Serialize)]
+/// The hot part of a record as it is written.
+#[derive(Debug)]
 pub struct HotRow {
     pub id: String,
     pub epoch: i64,
     pub state: &'static str,
-    pub state_since: Option<String>,
+    pub state_since: Option<OffsetDateTime>,
     pub state_reason: Option<&'static str>,
     pub state_message: String,
     pub connected: bool,
     pub transport: Option<&'static str>,
-    pub connected_since: Option<String>,
-    pub last_seen: Option<String>,
+    pub connected_since: Option<OffsetDateTime>,
+    pub last_seen: Option<OffsetDateTime>,
     pub name: Option<String>,
     pub host_name: Option<String>,
     pub version: Option<String>,
     pub capabilities: i64,
     pub sequence_num: Option<i64>,
-    pub control: serde_json::Value,
+    pub control: Json<Box<RawValue>>,
 }
 
 /// A collector's facts as they are read (absent parts are NULL or JSON null).
@@ -109,42 +109,21 @@ pub struct FactsRow {
     pub available_components: Option<Json<serde_json::Value>>,
 }
 
-/// The facts parts to write; an absent key (NULL) leaves the stored part as it is.
-#[derive(Debug, Serialize)]
+/// The facts parts to write; NULL leaves the stored part as it is.
+#[derive(Debug)]
 pub struct FactsWrite {
     pub id: String,
     pub epoch: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub effective_config: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_config_status: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub package_statuses: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub available_components: Option<serde_json::Value>,
+    pub description: Option<Json<Box<RawValue>>>,
+    pub health: Option<Json<Box<RawValue>>>,
+    pub effective_config: Option<Json<Box<RawValue>>>,
+    pub remote_config_status: Option<Json<Box<RawValue>>>,
+    pub package_statuses: Option<Json<Box<RawValue>>>,
+    pub available_components: Option<Json<Box<RawValue>>>,
 }
 
-/// Only `last_seen` moved.
-#[derive(Debug, Serialize)]
-pub struct TouchRow {
-    pub id: String,
-    pub epoch: i64,
-    pub last_seen: String,
-}
-
-/// A claim's key, for forgetting.
-#[derive(Debug, Serialize)]
-pub struct KeyRow {
-    pub id: String,
-    pub epoch: i64,
-}
-
-/// A transition as the insert reads it, in the order it happened (`v_ord`).
-#[derive(Debug, Serialize)]
+/// A transition as it is written, in the order it happened (`ord`).
+#[derive(Debug)]
 pub struct TransitionWrite {
     pub ord: i64,
     pub epoch: i64,
@@ -153,7 +132,7 @@ pub struct TransitionWrite {
     pub to: &'static str,
     pub reason: &'static str,
     pub message: String,
-    pub at: String,
+    pub at: OffsetDateTime,
     pub cause: Option<String>,
 }
 
@@ -172,17 +151,17 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("unknown {what} {value:?}"))
 }
 
-/// Serialising plain data into a JSON value cannot fail.
-fn json<T: Serialize>(value: &T) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(value).unwrap_or_default())
+/// Serialised once, straight to text: no JSON tree in between. Plain data always serialises.
+fn raw<T: Serialize>(value: &T) -> Json<Box<RawValue>> {
+    Json(serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()))
 }
 
-fn part<T: Serialize>(value: Option<&T>) -> Option<serde_json::Value> {
-    value.and_then(|v| serde_json::to_value(v).ok())
+fn part<T: Serialize>(value: Option<&T>) -> Option<Json<Box<RawValue>>> {
+    value.map(raw)
 }
 
-fn text_time(at: Option<SystemTime>) -> Option<String> {
-    at.map(rfc3339)
+fn time(at: Option<SystemTime>) -> Option<OffsetDateTime> {
+    at.map(OffsetDateTime::from)
 }
 
 /// A stored part: SQL NULL and JSON null both mean "never reported".
@@ -205,19 +184,19 @@ impl HotRow {
             id: hot.id.to_string(),
             epoch,
             state: hot.state.as_str(),
-            state_since: text_time(hot.state_since),
+            state_since: time(hot.state_since),
             state_reason: hot.state_reason.map(Reason::as_str),
             state_message: hot.state_message.clone(),
             connected: hot.connected,
             transport: hot.transport.map(Transport::as_str),
-            connected_since: text_time(hot.connected_since),
-            last_seen: text_time(hot.last_seen),
+            connected_since: time(hot.connected_since),
+            last_seen: time(hot.last_seen),
             name: hot.name.clone(),
             host_name: hot.host_name.clone(),
             version: hot.version.clone(),
             capabilities: hot.capabilities.0.cast_signed(),
             sequence_num: hot.sequence_num.map(u64::cast_signed),
-            control: json(&ControlDoc::of(&hot.control)).0,
+            control: raw(&ControlDoc::of(&hot.control)),
         }
     }
 }
@@ -247,7 +226,7 @@ impl TransitionWrite {
             to: t.to.as_str(),
             reason: t.reason.as_str(),
             message: t.message.clone(),
-            at: rfc3339(t.at),
+            at: OffsetDateTime::from(t.at),
             cause: t.cause.clone(),
         }
     }

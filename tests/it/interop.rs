@@ -67,11 +67,14 @@ async fn heartbeating(client: Client) -> (ServerProcess, Driver, CollectorId) {
         );
     }
     assert!(driver.errors().is_empty(), "{:#?}", driver.errors());
-    server
-        .wait_logged("the collector's first transition", |e| {
-            e["collector_id"] == id.to_string() && e["reason"] == "initial"
-        })
+    let api = crate::support::api::Api::new(&format!("http://{}", server.api_addr));
+    let history = api
+        .ok(&format!("/api/v1/collectors/{id}/transitions"))
         .await;
+    assert_eq!(
+        history["items"][0]["reason"], "initial",
+        "the collector's first transition: {history}"
+    );
     (server, driver, id)
 }
 
@@ -87,13 +90,16 @@ async fn python_client_connects_heartbeats_and_disconnects_cleanly() {
     assert!(status.success());
     let stopped = driver.seen.last().unwrap();
     assert_eq!(stopped["agent_disconnect_sent"], true, "{stopped}");
-    server
-        .wait_logged("collector_stopped for the Python collector", |e| {
-            e["collector_id"] == id.to_string()
-                && e["to"] == "disconnected"
-                && e["reason"] == "collector_stopped"
-        })
+    // The goodbye's reply waited for its commit, so the API has it now.
+    let api = crate::support::api::Api::new(&format!("http://{}", server.api_addr));
+    let newest = api
+        .ok(&format!("/api/v1/collectors/{id}/transitions?limit=1"))
         .await;
+    assert_eq!(
+        (&newest["items"][0]["to"], &newest["items"][0]["reason"]),
+        (&"disconnected".into(), &"collector_stopped".into()),
+        "collector_stopped for the Python collector: {newest}"
+    );
     assert!(driver.errors().is_empty(), "{:#?}", driver.errors());
 }
 

@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 
 use super::batch::{Entry, Key};
 use super::row::{
-    ConfigurationRow, EventRow, FactsRow, FactsWrite, HotRow, KeyRow, RecordRow, TouchRow,
-    TransitionRow, TransitionWrite,
+    ConfigurationRow, EventRow, FactsRow, FactsWrite, HotRow, RecordRow, TransitionRow,
+    TransitionWrite,
 };
 use super::{
     After, Batch, CollectorQuery, ConfigurationFile, ConfigurationVersion, Event, EventFilter,
@@ -29,27 +29,7 @@ use super::{
 use crate::collector::persist::Claimed;
 use crate::collector::{Collector, CollectorId, Reason, State, Transition};
 use crate::selector::{Requirement, Selector};
-use write::sql_writes;
-
-/// A column of a JSON row source, and what it holds.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Text,
-    Int,
-    Bool,
-    /// RFC 3339 text.
-    Time,
-    /// A JSON document kept as it is.
-    Json,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum RowSyntax {
-    /// SQLite: `json_each` over the array, each column extracted by its key.
-    JsonEach,
-    /// PostgreSQL: `jsonb_to_recordset` with a column definition list.
-    JsonbRecordset,
-}
+use write::{push_hot, sql_writes};
 
 /// What the two databases spell differently.
 struct Dialect {
@@ -62,8 +42,6 @@ struct Dialect {
     label_suffix: &'static str,
     /// The labels with a JSON merge patch (the bound value) applied: null removes a label.
     merge_labels: (&'static str, &'static str),
-    /// How a bound JSON array of row objects becomes a table (see [`Dialect::rows`]).
-    rows: RowSyntax,
     /// A bound JSON array of strings as an `IN` list: `open <bind> close`.
     id_list: (&'static str, &'static str),
     /// Begins a transaction that reads and then writes. SQLite must take the write lock at once:
@@ -79,7 +57,6 @@ const SQLITE: Dialect = Dialect {
     label_prefix: "json_extract(labels, '$.\"' || ",
     label_suffix: " || '\"')",
     merge_labels: ("json_patch(labels, ", ")"),
-    rows: RowSyntax::JsonEach,
     id_list: ("(SELECT value FROM json_each(", "))"),
     begin_read_then_write: "BEGIN IMMEDIATE",
 };
@@ -92,60 +69,10 @@ const POSTGRES: Dialect = Dialect {
     // Labels never hold nulls, so stripping them removes exactly the labels the patch removed.
     merge_labels: ("jsonb_strip_nulls(labels || ", ")"),
     begin_read_then_write: "BEGIN",
-    rows: RowSyntax::JsonbRecordset,
     id_list: ("(SELECT jsonb_array_elements_text(", "))"),
 };
 
 impl Dialect {
-    /// A bound JSON array of objects as a table with these columns, each key `c` as column `v_c`:
-    /// `open <bind> close`. One statement text for any number of rows, so it is prepared once
-    /// and kept, where a multi-row `VALUES` list is a new statement for every size.
-    fn rows(&self, columns: &[(&str, Kind)]) -> (String, String) {
-        match self.rows {
-            RowSyntax::JsonEach => {
-                let picks: Vec<String> = columns
-                    .iter()
-                    .map(|(c, kind)| {
-                        let op = if matches!(kind, Kind::Json) {
-                            "->"
-                        } else {
-                            "->>"
-                        };
-                        format!("value {op} '$.{c}' AS v_{c}")
-                    })
-                    .collect();
-                (
-                    format!("(SELECT {} FROM json_each(", picks.join(", ")),
-                    "))".to_owned(),
-                )
-            }
-            RowSyntax::JsonbRecordset => {
-                let definitions: Vec<String> = columns
-                    .iter()
-                    .map(|(c, kind)| {
-                        let t = match kind {
-                            Kind::Text => "text",
-                            Kind::Int => "bigint",
-                            Kind::Bool => "boolean",
-                            Kind::Time => "timestamptz",
-                            Kind::Json => "jsonb",
-                        };
-                        // Quoted: some keys are keywords (`from`, `to`).
-                        format!("\"{c}\" {t}")
-                    })
-                    .collect();
-                let picks: Vec<String> = columns
-                    .iter()
-                    .map(|(c, _)| format!("\"{c}\" AS v_{c}"))
-                    .collect();
-                (
-                    format!("(SELECT {} FROM jsonb_to_recordset(", picks.join(", ")),
-                    format!(") AS r({}))", definitions.join(", ")),
-                )
-            }
-        }
-    }
-
     fn sort_expression(&self, key: SortKey) -> String {
         match key {
             SortKey::Id => "id".to_owned(),
@@ -182,62 +109,62 @@ const RECORD_COLUMNS: &str = "id, epoch, state, state_since, state_reason, state
      connected, transport, connected_since, last_seen, capabilities, sequence_num, labels, control";
 
 /// The hot part as it is written (the row source's column `v_c` into the table's `c`).
-const HOT: &[(&str, Kind)] = &[
-    ("id", Kind::Text),
-    ("epoch", Kind::Int),
-    ("state", Kind::Text),
-    ("state_since", Kind::Time),
-    ("state_reason", Kind::Text),
-    ("state_message", Kind::Text),
-    ("connected", Kind::Bool),
-    ("transport", Kind::Text),
-    ("connected_since", Kind::Time),
-    ("last_seen", Kind::Time),
-    ("name", Kind::Text),
-    ("host_name", Kind::Text),
-    ("version", Kind::Text),
-    ("capabilities", Kind::Int),
-    ("sequence_num", Kind::Int),
-    ("control", Kind::Json),
+const HOT: &[&str] = &[
+    "id",
+    "epoch",
+    "state",
+    "state_since",
+    "state_reason",
+    "state_message",
+    "connected",
+    "transport",
+    "connected_since",
+    "last_seen",
+    "name",
+    "host_name",
+    "version",
+    "capabilities",
+    "sequence_num",
+    "control",
 ];
 
-const FACTS: &[(&str, Kind)] = &[
-    ("id", Kind::Text),
-    ("epoch", Kind::Int),
-    ("description", Kind::Json),
-    ("health", Kind::Json),
-    ("effective_config", Kind::Json),
-    ("remote_config_status", Kind::Json),
-    ("package_statuses", Kind::Json),
-    ("available_components", Kind::Json),
+const FACTS: &[&str] = &[
+    "id",
+    "epoch",
+    "description",
+    "health",
+    "effective_config",
+    "remote_config_status",
+    "package_statuses",
+    "available_components",
 ];
 
-const TOUCHES: &[(&str, Kind)] = &[
-    ("id", Kind::Text),
-    ("epoch", Kind::Int),
-    ("last_seen", Kind::Time),
+const TRANSITIONS: &[&str] = &[
+    "ord", "epoch", "id", "from", "to", "reason", "message", "at", "cause",
 ];
 
-const KEYS: &[(&str, Kind)] = &[("id", Kind::Text), ("epoch", Kind::Int)];
+/// Statement sizes, largest first: a batch goes out as chunks of these many rows, so each
+/// statement has a few texts, each prepared once per connection (SQLite allows 32,766 bound
+/// values: 256 rows of 17 columns is 4,352).
+const SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
-const TRANSITIONS: &[(&str, Kind)] = &[
-    ("ord", Kind::Int),
-    ("epoch", Kind::Int),
-    ("id", Kind::Text),
-    ("from", Kind::Text),
-    ("to", Kind::Text),
-    ("reason", Kind::Text),
-    ("message", Kind::Text),
-    ("at", Kind::Time),
-    ("cause", Kind::Text),
-];
+/// `rows` in chunks of the [`SIZES`], largest first.
+fn fixed_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        let size = SIZES.into_iter().find(|s| *s <= rest.len())?;
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
 
 /// `c1, c2, …` (table columns) and `v_c1, v_c2, …` (the row source's) for `columns`, leaving out
 /// `skip`.
-fn column_lists(columns: &[(&str, Kind)], skip: &[&str]) -> (String, String) {
+fn column_lists(columns: &[&str], skip: &[&str]) -> (String, String) {
     let kept: Vec<&str> = columns
         .iter()
-        .map(|(c, _)| *c)
+        .copied()
         .filter(|c| !skip.contains(c))
         .collect();
     (

@@ -2,10 +2,11 @@
 //! updates, `last_seen` touches, facts parts, transitions), every statement fenced by the epoch the
 //! writing actor claimed; claims; operators' label edits; the quarantine.
 //!
-//! Rows travel as one bound JSON array per statement ([`Dialect::rows`]), so every statement has
-//! one text whatever the number of rows: prepared once per connection and kept. (Multi-row
-//! `VALUES` lists made a new statement for every size: measured, SQLite spent a fifth of a burst's
-//! CPU parsing and planning them, and each size stayed in every connection's statement cache.)
+//! Rows go in multi-row `VALUES` lists of a few fixed sizes ([`fixed_chunks`]), so each statement
+//! has a handful of texts, each prepared once per connection and kept. (One list per batch size
+//! was a new statement every time: SQLite spent a fifth of a burst's CPU parsing and planning
+//! them, and every size stayed in the statement caches. One bound JSON array of rows was worse on
+//! SQLite: extracting each column re-reads the row's JSON, half the instructions of a burst.)
 
 /// Generates `impl $store { ... }` with the collector write paths.
 macro_rules! sql_writes {
@@ -31,23 +32,21 @@ macro_rules! sql_writes {
                 batch: &Batch,
             ) -> Result<(), StoreError> {
                 let d: &Dialect = &$dialect;
-                let forgets: Vec<KeyRow> = batch
+                let forgets: Vec<(String, i64)> = batch
                     .entries
                     .iter()
                     .filter(|(_, e)| matches!(e, Entry::Forget))
-                    .map(|((id, epoch), _)| KeyRow {
-                        id: id.to_string(),
-                        epoch: *epoch,
-                    })
+                    .map(|((id, epoch), _)| (id.to_string(), *epoch))
                     .collect();
-                for chunk in forgets.chunks(CHUNK) {
-                    let (open, close) = d.rows(KEYS);
-                    let mut q = QueryBuilder::<$db>::new(format!(
-                        "DELETE FROM collectors WHERE (id, epoch) IN \
-                         (SELECT v_id, v_epoch FROM {open}"
-                    ));
-                    q.push_bind(sqlx::types::Json(chunk))
-                        .push(format!("{close} AS v) RETURNING id"));
+                for chunk in fixed_chunks(&forgets) {
+                    let mut q = QueryBuilder::<$db>::new("WITH v(v_id, v_epoch) AS (");
+                    q.push_values(chunk, |mut b, (id, epoch)| {
+                        b.push_bind(id).push_bind(*epoch);
+                    });
+                    q.push(
+                        ") DELETE FROM collectors WHERE (id, epoch) IN \
+                         (SELECT v_id, v_epoch FROM v) RETURNING id",
+                    );
                     let deleted: Vec<(String,)> =
                         q.build_query_as().fetch_all(&mut **tx).await?;
                     if deleted.is_empty() {
@@ -73,7 +72,6 @@ macro_rules! sql_writes {
                 batch: &Batch,
                 now: OffsetDateTime,
             ) -> Result<Vec<Key>, StoreError> {
-                let d: &Dialect = &$dialect;
                 let mut creates = Vec::new();
                 let mut updates = Vec::new();
                 let mut touches = Vec::new();
@@ -86,49 +84,41 @@ macro_rules! sql_writes {
                         (Some(hot), false) => updates.push(HotRow::new(hot, *epoch)),
                         (None, _) => {
                             if let Some(seen) = write.touch {
-                                touches.push(TouchRow {
-                                    id: id.to_string(),
-                                    epoch: *epoch,
-                                    last_seen: crate::collector::encoding::rfc3339(seen),
-                                });
+                                touches.push((id.to_string(), *epoch, OffsetDateTime::from(seen)));
                             }
                         }
                     }
                 }
-                let (open, close) = d.rows(HOT);
                 let mut applied: std::collections::HashSet<String> =
                     std::collections::HashSet::new();
-                let (columns, picks) = column_lists(HOT, &[]);
-                for chunk in creates.chunks(CHUNK) {
+                let (columns, aliases) = column_lists(HOT, &[]);
+                for chunk in fixed_chunks(&creates) {
                     let mut q = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO collectors (node, updated_at, {columns}) SELECT "
+                        "INSERT INTO collectors (node, updated_at, {columns}) "
                     ));
-                    q.push_bind(node)
-                        .push(", ")
-                        .push_bind(now)
-                        .push(format!(", {picks} FROM {open}"))
-                        .push_bind(sqlx::types::Json(chunk))
-                        .push(format!(
-                            "{close} AS v WHERE 1 = 1 ON CONFLICT (id) DO NOTHING RETURNING id"
-                        ));
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(node).push_bind(now);
+                        push_hot!(b, r);
+                    });
+                    q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
                     let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
                     applied.extend(rows.into_iter().map(|(id,)| id));
                 }
                 let assignments: String = HOT
                     .iter()
-                    .map(|(c, _)| *c)
+                    .copied()
                     .filter(|c| *c != "id" && *c != "epoch")
                     .map(|c| format!("{c} = v_{c}"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                for chunk in updates.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(format!("WITH v AS {open}"));
-                    q.push_bind(sqlx::types::Json(chunk))
-                        .push(format!(
-                            "{close} UPDATE collectors SET {assignments}, updated_at = "
-                        ))
-                        .push_bind(now)
-                        .push(" FROM v WHERE id = v_id AND epoch = v_epoch RETURNING id");
+                for chunk in fixed_chunks(&updates) {
+                    let mut q = QueryBuilder::<$db>::new(format!("WITH v({aliases}) AS ("));
+                    q.push_values(chunk, |mut b, r| {
+                        push_hot!(b, r);
+                    });
+                    q.push(format!(") UPDATE collectors SET {assignments}, updated_at = "));
+                    q.push_bind(now);
+                    q.push(" FROM v WHERE id = v_id AND epoch = v_epoch RETURNING id");
                     let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
                     applied.extend(rows.into_iter().map(|(id,)| id));
                 }
@@ -138,13 +128,16 @@ macro_rules! sql_writes {
                     .filter(|row| !applied.contains(&row.id))
                     .filter_map(|row| Some((CollectorId(row.id.parse().ok()?), row.epoch)))
                     .collect();
-                let (open, close) = d.rows(TOUCHES);
-                for chunk in touches.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(format!("WITH v AS {open}"));
-                    q.push_bind(sqlx::types::Json(chunk)).push(format!(
-                        "{close} UPDATE collectors SET last_seen = v_last_seen FROM v \
-                         WHERE id = v_id AND epoch = v_epoch"
-                    ));
+                for chunk in fixed_chunks(&touches) {
+                    let mut q =
+                        QueryBuilder::<$db>::new("WITH v(v_id, v_epoch, v_last_seen) AS (");
+                    q.push_values(chunk, |mut b, (id, epoch, seen)| {
+                        b.push_bind(id).push_bind(*epoch).push_bind(*seen);
+                    });
+                    q.push(
+                        ") UPDATE collectors SET last_seen = v_last_seen FROM v \
+                         WHERE id = v_id AND epoch = v_epoch",
+                    );
                     q.build().execute(&mut **tx).await?;
                 }
                 Ok(fenced)
@@ -156,7 +149,6 @@ macro_rules! sql_writes {
                 batch: &Batch,
                 now: OffsetDateTime,
             ) -> Result<(), StoreError> {
-                let d: &Dialect = &$dialect;
                 let facts: Vec<FactsWrite> = batch
                     .entries
                     .iter()
@@ -167,26 +159,35 @@ macro_rules! sql_writes {
                         _ => None,
                     })
                     .collect();
-                let (open, close) = d.rows(FACTS);
+                let (_, aliases) = column_lists(FACTS, &[]);
                 let (columns, picks) = column_lists(FACTS, &["id", "epoch"]);
                 let updates = columns
                     .split(", ")
                     .map(|c| format!("{c} = COALESCE(excluded.{c}, collector_facts.{c})"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                for chunk in facts.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO collector_facts (id, {columns}, updated_at) \
+                for chunk in fixed_chunks(&facts) {
+                    let mut q = QueryBuilder::<$db>::new(format!("WITH v({aliases}) AS ("));
+                    q.push_values(chunk, |mut b, f| {
+                        b.push_bind(&f.id)
+                            .push_bind(f.epoch)
+                            .push_bind(&f.description)
+                            .push_bind(&f.health)
+                            .push_bind(&f.effective_config)
+                            .push_bind(&f.remote_config_status)
+                            .push_bind(&f.package_statuses)
+                            .push_bind(&f.available_components);
+                    });
+                    q.push(format!(
+                        ") INSERT INTO collector_facts (id, {columns}, updated_at) \
                          SELECT v_id, {picks}, "
                     ));
-                    q.push_bind(now)
-                        .push(format!(" FROM {open}"))
-                        .push_bind(sqlx::types::Json(chunk))
-                        .push(format!(
-                            "{close} AS v JOIN collectors ON id = v_id AND epoch = v_epoch \
-                             WHERE 1 = 1 ON CONFLICT (id) DO UPDATE SET {updates}, \
-                             updated_at = excluded.updated_at"
-                        ));
+                    q.push_bind(now);
+                    q.push(format!(
+                        " FROM v JOIN collectors ON id = v_id AND epoch = v_epoch WHERE 1 = 1 \
+                         ON CONFLICT (id) DO UPDATE SET {updates}, \
+                         updated_at = excluded.updated_at"
+                    ));
                     q.build().execute(&mut **tx).await?;
                 }
                 Ok(())
@@ -197,22 +198,30 @@ macro_rules! sql_writes {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 batch: &Batch,
             ) -> Result<(), StoreError> {
-                let d: &Dialect = &$dialect;
                 let transitions: Vec<TransitionWrite> = batch
                     .transitions
                     .iter()
                     .enumerate()
                     .map(|(i, t)| TransitionWrite::new(i, t.id, t.epoch, &t.transition))
                     .collect();
-                let (open, close) = d.rows(TRANSITIONS);
-                for chunk in transitions.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO transitions ({TRANSITION_COLUMNS}) \
-                         SELECT v_id, v_from, v_to, v_reason, v_message, v_at, v_cause FROM {open}"
-                    ));
-                    q.push_bind(sqlx::types::Json(chunk)).push(format!(
-                        "{close} AS v JOIN collectors ON id = v_id AND epoch = v_epoch \
-                         ORDER BY v_ord"
+                let (_, aliases) = column_lists(TRANSITIONS, &[]);
+                for chunk in fixed_chunks(&transitions) {
+                    let mut q = QueryBuilder::<$db>::new(format!("WITH v({aliases}) AS ("));
+                    q.push_values(chunk, |mut b, t| {
+                        b.push_bind(t.ord)
+                            .push_bind(t.epoch)
+                            .push_bind(&t.id)
+                            .push_bind(t.from)
+                            .push_bind(t.to)
+                            .push_bind(t.reason)
+                            .push_bind(&t.message)
+                            .push_bind(t.at)
+                            .push_bind(&t.cause);
+                    });
+                    q.push(format!(
+                        ") INSERT INTO transitions ({TRANSITION_COLUMNS}) \
+                         SELECT v_id, v_from, v_to, v_reason, v_message, v_at, v_cause \
+                         FROM v JOIN collectors ON id = v_id AND epoch = v_epoch ORDER BY v_ord"
                     ));
                     q.build().execute(&mut **tx).await?;
                 }
@@ -369,4 +378,26 @@ macro_rules! sql_writes {
     };
 }
 
-pub(super) use sql_writes;
+/// Binds a [`HotRow`]'s values in `HOT` order.
+macro_rules! push_hot {
+    ($b:ident, $r:ident) => {
+        $b.push_bind(&$r.id)
+            .push_bind($r.epoch)
+            .push_bind($r.state)
+            .push_bind($r.state_since)
+            .push_bind($r.state_reason)
+            .push_bind(&$r.state_message)
+            .push_bind($r.connected)
+            .push_bind($r.transport)
+            .push_bind($r.connected_since)
+            .push_bind($r.last_seen)
+            .push_bind(&$r.name)
+            .push_bind(&$r.host_name)
+            .push_bind(&$r.version)
+            .push_bind($r.capabilities)
+            .push_bind($r.sequence_num)
+            .push_bind(&$r.control)
+    };
+}
+
+pub(super) use {push_hot, sql_writes};
