@@ -1,4 +1,6 @@
-//! Compiles the OpAMP wire contract with protox, so no `protoc` is needed on any machine.
+//! Compiles the OpAMP wire contract with protox, so no `protoc` is needed on any machine; and
+//! rebuilds when a migration is added (`sqlx::migrate!` embeds them at compile time, and cargo
+//! would not otherwise notice a new file).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -8,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
+    println!("cargo:rerun-if-changed=migrations");
     let descriptors = protox::compile(files, ["proto"])?;
     prost_build::Config::new()
         .bytes(["."])

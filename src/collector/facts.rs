@@ -43,34 +43,57 @@ impl Changed {
         self.0 & part != 0
     }
 
-    /// Adds the parts that differ between `before` (the parts it copied) and `after`.
+    /// Adds the parts `report` carries that differ from what `record` holds: what applying the
+    /// report will change (a report's part replaces the record's). Compared in place, before the
+    /// report is applied, so nothing is copied to tell.
     #[must_use]
-    pub fn between(self, before: &Facts, after: &Collector) -> Self {
+    pub fn by_report(self, record: &Collector, report: &Report) -> Self {
+        fn differs<T: PartialEq>(reported: Option<&T>, held: Option<&T>) -> bool {
+            reported.is_some() && reported != held
+        }
         let mut changed = self.0;
-        let mut check = |part: u8, differs: bool| {
-            if before.carried.has(part) && differs {
+        for (part, differs) in [
+            (
+                DESCRIPTION,
+                differs(report.description.as_ref(), record.description.as_ref()),
+            ),
+            (
+                HEALTH,
+                differs(report.health.as_ref(), record.health.as_ref()),
+            ),
+            (
+                EFFECTIVE_CONFIG,
+                differs(
+                    report.effective_config.as_ref(),
+                    record.effective_config.as_ref(),
+                ),
+            ),
+            (
+                REMOTE_CONFIG_STATUS,
+                differs(
+                    report.remote_config_status.as_ref(),
+                    record.remote_config_status.as_ref(),
+                ),
+            ),
+            (
+                PACKAGE_STATUSES,
+                differs(
+                    report.package_statuses.as_ref(),
+                    record.package_statuses.as_ref(),
+                ),
+            ),
+        ] {
+            if differs {
                 changed |= part;
             }
-        };
-        check(DESCRIPTION, before.description != after.description);
-        check(HEALTH, before.health != after.health);
-        check(
-            EFFECTIVE_CONFIG,
-            before.effective_config != after.effective_config,
-        );
-        check(
-            REMOTE_CONFIG_STATUS,
-            before.remote_config_status != after.remote_config_status,
-        );
-        check(
-            PACKAGE_STATUSES,
-            before.package_statuses != after.package_statuses,
-        );
-        check(
-            AVAILABLE_COMPONENTS,
-            before.available_components != after.available_components,
-        );
+        }
         Self(changed)
+    }
+
+    /// Adds the available components part.
+    #[must_use]
+    pub fn with_available_components(self) -> Self {
+        Self(self.0 | AVAILABLE_COMPONENTS)
     }
 
     /// The changed parts as they are now in `record`.
@@ -95,57 +118,6 @@ impl Changed {
                 .available_components
                 .clone()
                 .filter(|_| part(AVAILABLE_COMPONENTS)),
-        }
-    }
-}
-
-/// The facts a report is about to overwrite, copied before it is applied so that what it changed
-/// can be told after. Only the parts the report carries are copied (a heartbeat copies nothing);
-/// configuration bodies and component sets are shared, not copied.
-#[derive(Debug, Clone, Default)]
-pub struct Facts {
-    /// The parts copied; the others are `None` here and not compared.
-    carried: Changed,
-    description: Option<Description>,
-    health: Option<Health>,
-    effective_config: Option<ConfigFiles>,
-    remote_config_status: Option<RemoteConfigStatus>,
-    package_statuses: Option<PackageStatuses>,
-    available_components: Option<AvailableComponents>,
-}
-
-impl Facts {
-    pub fn before(c: &Collector, report: &Report) -> Self {
-        let carried = Changed(
-            [
-                (DESCRIPTION, report.description.is_some()),
-                (HEALTH, report.health.is_some()),
-                (EFFECTIVE_CONFIG, report.effective_config.is_some()),
-                (REMOTE_CONFIG_STATUS, report.remote_config_status.is_some()),
-                (PACKAGE_STATUSES, report.package_statuses.is_some()),
-                (AVAILABLE_COMPONENTS, report.available_components.is_some()),
-            ]
-            .into_iter()
-            .filter(|(_, present)| *present)
-            .fold(0, |bits, (part, _)| bits | part),
-        );
-        Self {
-            carried,
-            ..Self::from(carried.take(c))
-        }
-    }
-}
-
-impl From<FactParts> for Facts {
-    fn from(p: FactParts) -> Self {
-        Self {
-            carried: Changed::default(),
-            description: p.description,
-            health: p.health,
-            effective_config: p.effective_config,
-            remote_config_status: p.remote_config_status,
-            package_statuses: p.package_statuses,
-            available_components: p.available_components,
         }
     }
 }
@@ -198,25 +170,26 @@ mod tests {
     fn only_reported_parts_that_differ_are_taken() {
         let mut c = Collector::new(CollectorId(uuid::Uuid::nil()));
         c.health = Some(unhealthy("a"));
-        let report = Report {
+        let same = Report {
             health: Some(unhealthy("a")),
             ..Report::default()
         };
-        let before = Facts::before(&c, &report);
         assert!(
-            !Changed::default().between(&before, &c).any(),
+            !Changed::default().by_report(&c, &same).any(),
             "same health"
         );
-        c.health = Some(unhealthy("b"));
-        let changed = Changed::default().between(&before, &c);
+        let other = Report {
+            health: Some(unhealthy("b")),
+            ..Report::default()
+        };
+        let changed = Changed::default().by_report(&c, &other);
+        c.health.clone_from(&other.health);
         let parts = changed.take(&c);
         assert_eq!(parts.health, Some(unhealthy("b")));
         assert!(parts.description.is_none() && parts.effective_config.is_none());
-        let heartbeat = Facts::before(&c, &Report::default());
-        c.health = Some(unhealthy("c"));
         assert!(
-            !Changed::default().between(&heartbeat, &c).any(),
-            "a heartbeat copies and compares nothing"
+            !Changed::default().by_report(&c, &Report::default()).any(),
+            "a heartbeat changes nothing"
         );
     }
 

@@ -97,29 +97,21 @@ pub struct HotRow {
     pub control: Json<Box<RawValue>>,
 }
 
-/// A collector's facts as they are read (absent parts are NULL or JSON null).
+/// One reported part of a collector's facts, as it is read.
 #[derive(Debug, sqlx::FromRow)]
-pub struct FactsRow {
+pub struct FactRow {
     pub id: String,
-    pub description: Option<Json<serde_json::Value>>,
-    pub health: Option<Json<serde_json::Value>>,
-    pub effective_config: Option<Json<serde_json::Value>>,
-    pub remote_config_status: Option<Json<serde_json::Value>>,
-    pub package_statuses: Option<Json<serde_json::Value>>,
-    pub available_components: Option<Json<serde_json::Value>>,
+    pub part: String,
+    pub value: Json<serde_json::Value>,
 }
 
-/// The facts parts to write; NULL leaves the stored part as it is.
+/// One reported part to write: it replaces the stored one.
 #[derive(Debug)]
-pub struct FactsWrite {
+pub struct FactWrite {
     pub id: String,
     pub epoch: i64,
-    pub description: Option<Json<Box<RawValue>>>,
-    pub health: Option<Json<Box<RawValue>>>,
-    pub effective_config: Option<Json<Box<RawValue>>>,
-    pub remote_config_status: Option<Json<Box<RawValue>>>,
-    pub package_statuses: Option<Json<Box<RawValue>>>,
-    pub available_components: Option<Json<Box<RawValue>>>,
+    pub part: &'static str,
+    pub value: Json<Box<RawValue>>,
 }
 
 /// A transition as it is written, in the order it happened (`ord`).
@@ -201,18 +193,35 @@ impl HotRow {
     }
 }
 
-impl FactsWrite {
-    pub fn new(id: CollectorId, epoch: Epoch, facts: &FactParts) -> Self {
-        Self {
-            id: id.to_string(),
-            epoch,
-            description: part(facts.description.as_ref()),
-            health: part(facts.health.as_ref()),
-            effective_config: part(facts.effective_config.as_ref()),
-            remote_config_status: part(facts.remote_config_status.as_ref()),
-            package_statuses: part(facts.package_statuses.as_ref()),
-            available_components: part(facts.available_components.as_ref()),
-        }
+impl FactWrite {
+    /// The parts `facts` carries, one row each.
+    pub fn rows(id: CollectorId, epoch: Epoch, facts: &FactParts) -> Vec<Self> {
+        let id = id.to_string();
+        let parts = [
+            ("description", part(facts.description.as_ref())),
+            ("health", part(facts.health.as_ref())),
+            ("effective_config", part(facts.effective_config.as_ref())),
+            (
+                "remote_config_status",
+                part(facts.remote_config_status.as_ref()),
+            ),
+            ("package_statuses", part(facts.package_statuses.as_ref())),
+            (
+                "available_components",
+                part(facts.available_components.as_ref()),
+            ),
+        ];
+        parts
+            .into_iter()
+            .filter_map(|(name, value)| {
+                Some(Self {
+                    id: id.clone(),
+                    epoch,
+                    part: name,
+                    value: value?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -240,8 +249,8 @@ impl RecordRow {
             .map_err(|_| corrupt("collector id", &self.id))
     }
 
-    /// The record, with its facts when the store has them.
-    pub fn into_record(self, facts: Option<FactsRow>) -> Result<Collector, StoreError> {
+    /// The record, with the facts parts the store has for it.
+    pub fn into_record(self, facts: Vec<FactRow>) -> Result<Collector, StoreError> {
         let id = self.collector_id()?;
         let control: ControlDoc = serde_json::from_value(self.control.0)
             .map_err(|e| StoreError::Corrupt(format!("control of {id}: {e}")))?;
@@ -271,26 +280,30 @@ impl RecordRow {
         c.rollout = control.rollout;
         c.missing_components = control.missing_components;
         c.reassigned = control.reassigned;
-        if let Some(f) = facts {
-            let id = f.id.clone();
-            FactParts {
-                description: read_part(&id, "description", f.description)?,
-                health: read_part(&id, "health", f.health)?,
-                effective_config: read_part(&id, "effective config", f.effective_config)?,
-                remote_config_status: read_part(
-                    &id,
-                    "remote config status",
-                    f.remote_config_status,
-                )?,
-                package_statuses: read_part(&id, "package statuses", f.package_statuses)?,
-                available_components: read_part(
-                    &id,
-                    "available components",
-                    f.available_components,
-                )?,
+        let mut parts = FactParts::default();
+        for f in facts {
+            let id = &f.id;
+            let value = Some(f.value);
+            match f.part.as_str() {
+                "description" => parts.description = read_part(id, "description", value)?,
+                "health" => parts.health = read_part(id, "health", value)?,
+                "effective_config" => {
+                    parts.effective_config = read_part(id, "effective config", value)?;
+                }
+                "remote_config_status" => {
+                    parts.remote_config_status = read_part(id, "remote config status", value)?;
+                }
+                "package_statuses" => {
+                    parts.package_statuses = read_part(id, "package statuses", value)?;
+                }
+                "available_components" => {
+                    parts.available_components = read_part(id, "available components", value)?;
+                }
+                // A part this version does not know is left alone, not refused.
+                _ => {}
             }
-            .apply_to(&mut c);
         }
+        parts.apply_to(&mut c);
         Ok(c)
     }
 }

@@ -9,7 +9,6 @@ use tracing::{debug, warn};
 
 use super::Actor;
 use crate::collector::contest::Verdict;
-use crate::collector::facts::Facts;
 use crate::collector::handle::{Answer, ConnectionRef};
 use crate::collector::machine::Event;
 use crate::collector::{
@@ -45,7 +44,7 @@ impl Actor {
             });
             self.hot = true;
         }
-        let before = Facts::before(&self.record, &report);
+        self.changed = self.changed.by_report(&self.record, &report);
         self.hot |= !report.is_heartbeat() || report.capabilities != self.record.capabilities;
         let asks = self.asks_for(&report);
         let transport = connection.transport;
@@ -58,7 +57,6 @@ impl Actor {
         } else if transport == Transport::Http {
             self.silent_deadline = Some(Instant::now() + self.shared.settings.liveness_window);
         }
-        self.changed = self.changed.between(&before, &self.record);
         self.record.outbox.merge(asks);
         let outbound = self.record.outbox.take_sendable();
         self.save().await;
@@ -110,10 +108,14 @@ impl Actor {
                 Some(_) => {}
                 None => asks.report_available_components = true,
             }
-            self.record.available_components = Some(AvailableComponents {
+            let now = AvailableComponents {
                 hash: available.hash.clone(),
                 components: resolved,
-            });
+            };
+            if self.record.available_components.as_ref() != Some(&now) {
+                self.changed = self.changed.with_available_components();
+                self.record.available_components = Some(now);
+            }
         }
         asks
     }

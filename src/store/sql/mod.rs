@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 use super::batch::{Entry, Key};
 use super::row::{
-    ConfigurationRow, EventRow, FactsRow, FactsWrite, HotRow, RecordRow, TransitionRow,
+    ConfigurationRow, EventRow, FactRow, FactWrite, HotRow, RecordRow, TransitionRow,
     TransitionWrite,
 };
 use super::{
@@ -126,17 +126,6 @@ const HOT: &[&str] = &[
     "capabilities",
     "sequence_num",
     "control",
-];
-
-const FACTS: &[&str] = &[
-    "id",
-    "epoch",
-    "description",
-    "health",
-    "effective_config",
-    "remote_config_status",
-    "package_statuses",
-    "available_components",
 ];
 
 const TRANSITIONS: &[&str] = &[

@@ -143,51 +143,41 @@ macro_rules! sql_writes {
                 Ok(fenced)
             }
 
-            /// The facts parts that changed, only for records this batch may write.
+            /// The facts parts that changed, one row each, only for records this batch may write.
             async fn facts_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 batch: &Batch,
                 now: OffsetDateTime,
             ) -> Result<(), StoreError> {
-                let facts: Vec<FactsWrite> = batch
+                let facts: Vec<FactWrite> = batch
                     .entries
                     .iter()
-                    .filter_map(|((id, epoch), entry)| match entry {
+                    .flat_map(|((id, epoch), entry)| match entry {
                         Entry::Write(w) if !w.facts.is_empty() => {
-                            Some(FactsWrite::new(*id, *epoch, &w.facts))
+                            FactWrite::rows(*id, *epoch, &w.facts)
                         }
-                        _ => None,
+                        _ => Vec::new(),
                     })
                     .collect();
-                let (_, aliases) = column_lists(FACTS, &[]);
-                let (columns, picks) = column_lists(FACTS, &["id", "epoch"]);
-                let updates = columns
-                    .split(", ")
-                    .map(|c| format!("{c} = COALESCE(excluded.{c}, collector_facts.{c})"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
                 for chunk in fixed_chunks(&facts) {
-                    let mut q = QueryBuilder::<$db>::new(format!("WITH v({aliases}) AS ("));
+                    let mut q =
+                        QueryBuilder::<$db>::new("WITH v(v_id, v_epoch, v_part, v_value) AS (");
                     q.push_values(chunk, |mut b, f| {
                         b.push_bind(&f.id)
                             .push_bind(f.epoch)
-                            .push_bind(&f.description)
-                            .push_bind(&f.health)
-                            .push_bind(&f.effective_config)
-                            .push_bind(&f.remote_config_status)
-                            .push_bind(&f.package_statuses)
-                            .push_bind(&f.available_components);
+                            .push_bind(f.part)
+                            .push_bind(&f.value);
                     });
-                    q.push(format!(
-                        ") INSERT INTO collector_facts (id, {columns}, updated_at) \
-                         SELECT v_id, {picks}, "
-                    ));
+                    q.push(
+                        ") INSERT INTO collector_facts (id, part, value, updated_at) \
+                         SELECT v_id, v_part, v_value, ",
+                    );
                     q.push_bind(now);
-                    q.push(format!(
+                    q.push(
                         " FROM v JOIN collectors ON id = v_id AND epoch = v_epoch WHERE 1 = 1 \
-                         ON CONFLICT (id) DO UPDATE SET {updates}, \
-                         updated_at = excluded.updated_at"
-                    ));
+                         ON CONFLICT (id, part) DO UPDATE SET value = excluded.value, \
+                         updated_at = excluded.updated_at",
+                    );
                     q.build().execute(&mut **tx).await?;
                 }
                 Ok(())
@@ -270,21 +260,23 @@ macro_rules! sql_writes {
                     return Ok(Vec::new());
                 }
                 let d: &Dialect = &$dialect;
-                let (columns, _) = column_lists(FACTS, &["id", "epoch"]);
                 let (open, close) = d.id_list;
                 let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
                 let mut q = QueryBuilder::<$db>::new(format!(
-                    "SELECT id, {columns} FROM collector_facts WHERE id IN {open}"
+                    "SELECT id, part, value FROM collector_facts WHERE id IN {open}"
                 ));
                 q.push_bind(sqlx::types::Json(ids)).push(close);
-                let facts = q.build_query_as::<FactsRow>().fetch_all(executor).await?;
-                let mut facts: std::collections::HashMap<String, FactsRow> =
-                    facts.into_iter().map(|f| (f.id.clone(), f)).collect();
+                let found = q.build_query_as::<FactRow>().fetch_all(executor).await?;
+                let mut facts: std::collections::HashMap<String, Vec<FactRow>> =
+                    std::collections::HashMap::new();
+                for f in found {
+                    facts.entry(f.id.clone()).or_default().push(f);
+                }
                 rows.into_iter()
                     .map(|row| {
                         let epoch = row.epoch;
-                        let f = facts.remove(&row.id);
-                        row.into_record(f).map(|r| (r, epoch))
+                        let parts = facts.remove(&row.id).unwrap_or_default();
+                        row.into_record(parts).map(|r| (r, epoch))
                     })
                     .collect()
             }
