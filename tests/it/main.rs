@@ -36,6 +36,7 @@ mod durability;
 mod http_transport;
 mod interop;
 mod metrics;
+mod opampctl;
 mod persistence;
 mod protocol;
 mod rollouts;
