@@ -32,6 +32,7 @@ mod support;
 mod api;
 mod binary;
 mod configurations;
+mod docs;
 mod durability;
 mod http_transport;
 mod interop;
