@@ -11,7 +11,7 @@ use serde_json::Value;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest silence on an open connection. The event stream sends a keep-alive comment every 15 s,
 /// so a stream silent for this long is dead and is opened again.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
+const READ_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Everything that can go wrong, each shown to the user as one line.
 #[derive(Debug, thiserror::Error)]

@@ -38,7 +38,7 @@ pub struct GetCollectors {
     /// Case-insensitive text in the id, name, host name or version.
     #[arg(short = 'q', long = "query")]
     pub query: Option<String>,
-    /// id (default), name, state, last_seen or state_since; a leading '-' sorts descending.
+    /// `id` (default), `name`, `state`, `last_seen` or `state_since`; a leading '-' sorts descending.
     #[arg(long, allow_hyphen_values = true)]
     pub sort: Option<String>,
     /// At most this many collectors (default: all of them, page after page).
@@ -331,9 +331,26 @@ fn health(out: &mut String, name: &str, health: &Value, depth: usize) {
 /// `describe collector`: the record in sections, kubectl-style, then its recent history.
 fn render_collector(c: &Value, history: &Value, now: OffsetDateTime) -> String {
     let mut out = String::new();
-    field(&mut out, "ID", text(&c["id"], "-"));
-    field(&mut out, "Name", text(&c["name"], "-"));
-    field(&mut out, "Version", text(&c["version"], "-"));
+    identity(&mut out, c, now);
+    reports(&mut out, c);
+    let _ = writeln!(out, "Recent transitions:");
+    let items = history["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        let _ = writeln!(out, "  <none>");
+    } else {
+        let table = output::table(&TRANSITION_HEADER, transition_rows(&items));
+        for line in table.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+/// Who it is, its state and connection, its labels and capabilities.
+fn identity(out: &mut String, c: &Value, now: OffsetDateTime) {
+    field(out, "ID", text(&c["id"], "-"));
+    field(out, "Name", text(&c["name"], "-"));
+    field(out, "Version", text(&c["version"], "-"));
     let mut state = format!(
         "{} ({}) since {} ({} ago)",
         text(&c["state"], "-"),
@@ -344,7 +361,7 @@ fn render_collector(c: &Value, history: &Value, now: OffsetDateTime) -> String {
     if let Some(message) = c["state_message"].as_str().filter(|m| !m.is_empty()) {
         let _ = write!(state, ": {message}");
     }
-    field(&mut out, "State", &state);
+    field(out, "State", &state);
     let connection = if c["connected"].as_bool() == Some(true) {
         format!(
             "yes, over {} since {}",
@@ -354,9 +371,9 @@ fn render_collector(c: &Value, history: &Value, now: OffsetDateTime) -> String {
     } else {
         "no".to_owned()
     };
-    field(&mut out, "Connected", &connection);
+    field(out, "Connected", &connection);
     field(
-        &mut out,
+        out,
         "Last seen",
         &format!(
             "{} ({} ago)",
@@ -364,11 +381,10 @@ fn render_collector(c: &Value, history: &Value, now: OffsetDateTime) -> String {
             age(&c["last_seen"], now)
         ),
     );
-    let labels = labels(&c["labels"]);
-    field(&mut out, "Labels", &labels.replace(',', ", "));
+    field(out, "Labels", &labels(&c["labels"]).replace(',', ", "));
     if let Some(reassigned) = c["reassigned"].as_object() {
         field(
-            &mut out,
+            out,
             "Reassigned",
             &Value::Object(reassigned.clone()).to_string(),
         );
@@ -377,17 +393,17 @@ fn render_collector(c: &Value, history: &Value, now: OffsetDateTime) -> String {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    field(&mut out, "Capabilities", &capabilities.join(", "));
+    field(out, "Capabilities", &capabilities.join(", "));
+}
+
+/// What the collector reported: description, health, configurations, packages, components.
+fn reports(out: &mut String, c: &Value) {
     let _ = writeln!(out, "Description:");
-    attributes(&mut out, "identifying", &c["description"]["identifying"]);
-    attributes(
-        &mut out,
-        "non-identifying",
-        &c["description"]["non_identifying"],
-    );
+    attributes(out, "identifying", &c["description"]["identifying"]);
+    attributes(out, "non-identifying", &c["description"]["non_identifying"]);
     if c["health"].is_object() {
         let _ = writeln!(out, "Health:");
-        health(&mut out, "collector", &c["health"], 1);
+        health(out, "collector", &c["health"], 1);
     }
     if let Some(remote) = c["remote_config"].as_object() {
         let mut line = format!(
@@ -398,11 +414,11 @@ fn render_collector(c: &Value, history: &Value, now: OffsetDateTime) -> String {
         if let Some(error) = remote["error_message"].as_str().filter(|e| !e.is_empty()) {
             let _ = write!(line, ": {error}");
         }
-        field(&mut out, "Remote config", &line);
+        field(out, "Remote config", &line);
     }
     if c["effective_config"].is_object() {
         field(
-            &mut out,
+            out,
             "Effective config",
             &format!("hash {}", short_hash(&c["effective_config"]["hash"])),
         );
@@ -440,17 +456,6 @@ fn render_collector(c: &Value, history: &Value, now: OffsetDateTime) -> String {
             let _ = writeln!(out, "  {kind}: {}", types.join(", "));
         }
     }
-    let _ = writeln!(out, "Recent transitions:");
-    let items = history["items"].as_array().cloned().unwrap_or_default();
-    if items.is_empty() {
-        let _ = writeln!(out, "  <none>");
-    } else {
-        let table = output::table(&TRANSITION_HEADER, transition_rows(&items));
-        for line in table.lines() {
-            let _ = writeln!(out, "  {line}");
-        }
-    }
-    out
 }
 
 /// The first 12 hex digits: enough to tell versions apart at a glance.
@@ -520,10 +525,10 @@ fn label_patch(changes: &[String]) -> Result<serde_json::Map<String, Value>, Ctl
 }
 
 pub async fn label(client: &Client, args: Label, io: &mut Io<'_>) -> Result<u8, CtlError> {
-    let patch = label_patch(&args.changes)?;
+    let changes = label_patch(&args.changes)?;
     let path = format!("{}/labels", collector_path(&args.id));
     let answer = client
-        .send(Method::PATCH, &path, &[], Some(&Value::Object(patch)))
+        .send(Method::PATCH, &path, &[], Some(&Value::Object(changes)))
         .await?;
     if args.output.is_raw() {
         output::raw(io.out, args.output, &answer.text)?;

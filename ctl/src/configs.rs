@@ -197,16 +197,15 @@ async fn versions(client: &Client, args: Versions, io: &mut Io<'_>) -> Result<u8
 }
 
 async fn get(client: &Client, args: Get, io: &mut Io<'_>) -> Result<u8, CtlError> {
-    let version = match args.version {
-        Some(version) => version,
-        None => {
-            let history = client.get(&name_path(&args.name), &[]).await?;
-            history.value["versions"]
-                .as_array()
-                .and_then(|v| v.last())
-                .and_then(|v| v["version"].as_i64())
-                .ok_or_else(|| CtlError::Protocol(format!("{} has no versions", args.name)))?
-        }
+    let version = if let Some(version) = args.version {
+        version
+    } else {
+        let history = client.get(&name_path(&args.name), &[]).await?;
+        history.value["versions"]
+            .as_array()
+            .and_then(|v| v.last())
+            .and_then(|v| v["version"].as_i64())
+            .ok_or_else(|| CtlError::Protocol(format!("{} has no versions", args.name)))?
     };
     let path = format!("{}/versions/{version}", name_path(&args.name));
     let answer = client.get(&path, &[]).await?;

@@ -56,10 +56,10 @@ Exit codes: 0 done; 1 the API answered with an error, or another failure; 2 bad 
     after_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// opampd's REST API, e.g. http://127.0.0.1:8080.
+    /// opampd's REST API, e.g. `http://127.0.0.1:8080`.
     #[arg(short = 's', long, global = true)]
     server: Option<String>,
-    /// API key, sent as a Bearer token (prefer OPAMPCTL_API_KEY: flags show in `ps`).
+    /// API key, sent as a Bearer token (prefer `OPAMPCTL_API_KEY`: flags show in `ps`).
     #[arg(long, global = true)]
     api_key: Option<String>,
     /// Configuration file with `server` and `api_key`.

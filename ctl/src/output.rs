@@ -48,7 +48,7 @@ pub fn raw(out: &mut dyn Write, format: Format, text: &str) -> Result<(), CtlErr
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut table = Table::new();
     table.load_style(presets::NOTHING);
-    table.set_header(header.iter().map(|h| Cell::new(h)).collect::<Vec<_>>());
+    table.set_header(header.iter().map(Cell::new).collect::<Vec<_>>());
     for row in rows {
         table.add_row(row);
     }

@@ -2,6 +2,7 @@
 //! or cancel it, and watch it to its end with a live bar per outcome.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -374,9 +375,11 @@ fn describe(rollout: &Value) -> String {
             format!("{} (of {})", progress(rollout), targets(rollout).len()),
         ),
     ];
-    rows.iter()
-        .map(|(k, v)| format!("{:<10}{v}\n", format!("{k}:")))
-        .collect()
+    let mut text = String::new();
+    for (key, value) in rows {
+        let _ = writeln!(text, "{:<10}{value}", format!("{key}:"));
+    }
+    text
 }
 
 async fn status(

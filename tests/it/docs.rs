@@ -5,6 +5,7 @@
 //! kept inside the repository.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -107,10 +108,10 @@ fn the_configuration_reference_is_the_configuration() {
     assert_eq!(in_file, in_code, "config/opampd.toml against Config");
 
     // The documented defaults, written as the TOML they are, are the built-in defaults.
-    let toml: String = documented
-        .iter()
-        .map(|(key, value)| format!("{key} = {value}\n"))
-        .collect();
+    let mut toml = String::new();
+    for (key, value) in &documented {
+        writeln!(toml, "{key} = {value}").unwrap();
+    }
     let from_docs: Config = Figment::from(Toml::string(&toml))
         .extract()
         .unwrap_or_else(|e| panic!("the documented defaults do not load: {e}\n{toml}"));
@@ -364,7 +365,7 @@ fn every_link_stays_inside_the_repository() {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         let shown = file.strip_prefix(repo()).unwrap().display().to_string();
         assert!(!text.contains(&beside), "{shown} refers to {beside}");
-        if !shown.ends_with(".md") {
+        if file.extension().is_none_or(|e| e != "md") {
             continue;
         }
         for target in text.split("](").skip(1).filter_map(|s| s.split(')').next()) {

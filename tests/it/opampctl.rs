@@ -67,11 +67,11 @@ async fn run_into(
     out: &mut Shared,
     err: &mut Shared,
 ) -> u8 {
-    let mut argv = vec!["opampctl"];
+    let mut command_line = vec!["opampctl"];
     if !server.is_empty() {
-        argv.extend(["--server", server]);
+        command_line.extend(["--server", server]);
     }
-    argv.extend(args);
+    command_line.extend(args);
     let vars: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -83,7 +83,7 @@ async fn run_into(
         progress_bars: false,
     };
     let what = format!("opampctl {}", args.join(" "));
-    within(&what, ::opampctl::run(argv, &lookup, &mut io)).await
+    within(&what, ::opampctl::run(command_line, &lookup, &mut io)).await
 }
 
 async fn ctl(server: &TestServer, args: &[&str]) -> Run {
