@@ -10,28 +10,35 @@ WORKDIR /src
 # Dependencies first, in their own layer: it is rebuilt only when the manifests change.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY load/Cargo.toml load/Cargo.toml
+COPY ctl/Cargo.toml ctl/Cargo.toml
 # The manifest names its benchmarks and their shared support, so cargo wants them present.
 COPY benches benches
 COPY tests/it/support/postgres.rs tests/it/support/postgres.rs
 COPY proto proto
-RUN mkdir -p src load/src \
+RUN mkdir -p src load/src ctl/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs load/src/lib.rs \
+ && touch src/lib.rs load/src/lib.rs ctl/src/lib.rs \
  && echo 'fn main() {}' > load/src/main.rs \
- && cargo build --release --locked -p opampd \
- && rm -rf src load/src
+ && echo 'fn main() {}' > ctl/src/main.rs \
+ && cargo build --release --locked -p opampd -p opampctl \
+ && rm -rf src load/src ctl/src
 COPY src src
 COPY migrations migrations
 COPY config config
 COPY load/src load/src
+COPY ctl/src ctl/src
 # Make sure cargo sees the real sources as newer than the placeholder build.
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked -p opampd
+RUN touch src/main.rs src/lib.rs ctl/src/main.rs ctl/src/lib.rs \
+ && cargo build --release --locked -p opampd -p opampctl
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/opampd opampd \
  && mkdir -p /var/lib/opampd /etc/opampd \
  && chown opampd:opampd /var/lib/opampd
 COPY --from=build /src/target/release/opampd /usr/local/bin/opampd
+# The command-line client, for `docker exec <container> opampctl get collectors` (loopback callers
+# need no key while none is configured).
+COPY --from=build /src/target/release/opampctl /usr/local/bin/opampctl
 COPY config/opampd.toml /etc/opampd/opampd.toml
 # The SQLite database lives in the volume; set OPAMPD_DATABASE__URL=postgres://… for PostgreSQL.
 ENV OPAMPD_CONFIG=/etc/opampd/opampd.toml \

@@ -1,16 +1,23 @@
 //! Logging: one `tracing` subscriber, human-readable or JSON.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured level. A second
-/// call (tests start several servers in one process) leaves the first subscriber in place.
+/// Installs the global subscriber, writing to stdout. `RUST_LOG`, when set, wins over the
+/// configured level. A second call (tests start several servers in one process) leaves the first
+/// subscriber in place.
 pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal: a file, a pipe or journald would keep the escape
+    // codes as text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     let _ = match config.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

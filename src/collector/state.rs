@@ -1,5 +1,5 @@
-//! The seven states and the transition table: the diagram of `spec/connection-states.md`, edge
-//! for edge, plus the short list of extensions the product needs.
+//! The seven states and the transition table: the diagram of `docs/states.md`, edge for edge,
+//! plus the short list of extensions the product needs.
 
 use std::fmt;
 
@@ -212,7 +212,7 @@ pub struct Extension {
     pub why: &'static str,
 }
 
-/// Kept as short as possible; each is documented in the README.
+/// Kept as short as possible; each is documented in `docs/states.md`.
 pub const EXTENSIONS: [Extension; 2] = [
     Extension {
         edge: edge(Pending, Disconnected, LOST),

@@ -1,6 +1,7 @@
 //! The real `opampd` binary: start-up from the shipped configuration, configuration layers, health
-//! endpoints and `opampd healthcheck`, `opampd migrate`, bad configuration, the per-connection
-//! log fields, and graceful shutdown on SIGTERM with every collector's `server_termination` stored.
+//! endpoints and `opampd healthcheck`, `opampd migrate`, bad configuration, plain text logs, the
+//! per-connection log fields, and graceful shutdown on SIGTERM with every collector's
+//! `server_termination` stored.
 
 use std::collections::BTreeSet;
 
@@ -280,4 +281,23 @@ async fn the_default_store_is_a_sqlite_file_in_the_data_directory() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(data.path().join("opampd.db").is_file());
+}
+
+/// Text logs written to a pipe (a file, journald) carry no colour escape codes; the level and the
+/// message are plain text.
+#[tokio::test]
+async fn text_logs_to_a_pipe_have_no_escape_codes() {
+    let output = run(&["migrate", "--log-format", "text"], &[]).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let logs = String::from_utf8_lossy(&output.stdout);
+    let line = logs
+        .lines()
+        .find(|l| l.contains("migrations applied"))
+        .unwrap_or_else(|| panic!("the migrate line is logged: {logs}"));
+    assert!(line.contains(" INFO "), "{line:?}");
+    assert!(!logs.contains('\u{1b}'), "escape codes in {logs:?}");
 }
