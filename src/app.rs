@@ -12,6 +12,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
+use crate::cluster::notify::{self, Wakers};
+use crate::cluster::router::{Peers, Router};
+use crate::cluster::{lease, liveness};
 use crate::collector::Registry;
 use crate::collector::handle::ActorSettings;
 use crate::collector::persist::Persistence;
@@ -19,6 +22,7 @@ use crate::config::Config;
 use crate::fleet::engine::Fleet;
 use crate::opamp::Opamp;
 use crate::store::batch::Key;
+use crate::store::cluster::ClusterStore;
 use crate::store::writer::{StoreHealth, Writer, WriterSettings};
 use crate::store::{self, Store, StoreRecords};
 use crate::telemetry::metrics::Metrics;
@@ -32,6 +36,10 @@ pub struct Running {
     pub store_health: Arc<StoreHealth>,
     writer: Writer,
     config: Config,
+    /// Several nodes: this node's liveness record, marked stopped after a clean stop.
+    cluster: Option<ClusterStore>,
+    /// SQLite: held until this server has stopped (released when `Running` is dropped).
+    _sqlite_lock: Option<std::fs::File>,
     /// Cancelled to stop accepting and close every collector's connection.
     shutdown: CancellationToken,
     /// Cancelled last, once connections are closed, so actors see every disconnection first.
@@ -106,9 +114,95 @@ async fn tell_fenced(registry: Arc<Registry>, mut fenced: tokio::sync::mpsc::Rec
     }
 }
 
+/// On PostgreSQL: registers this node among its peers and starts listening to them and keeping
+/// this node alive. `None` on SQLite, which serves one node.
+async fn start_peers(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Peers>> {
+    let url = config.database_url();
+    if !store::is_postgres(&url) {
+        return Ok(None);
+    }
+    let node = config.server.node_id.clone();
+    let store = ClusterStore::connect(&url, node.clone())
+        .await
+        .context("cannot open the database for the cluster")?;
+    store
+        .register(std::time::SystemTime::now())
+        .await
+        .context("cannot register this node")?;
+    let wakers = Arc::new(Wakers::new(node));
+    tokio::spawn(notify::listen(
+        store.clone(),
+        Arc::clone(&wakers),
+        shutdown.clone(),
+    ));
+    tokio::spawn(liveness::keep_alive(
+        store.clone(),
+        config.cluster.clone(),
+        shutdown.clone(),
+    ));
+    Ok(Some(Peers {
+        store,
+        wakers,
+        settings: config.cluster.clone(),
+    }))
+}
+
+/// Starts the router (and, with several nodes, this node's part among them) and the rollout
+/// engine: here at once on a single node, else whenever this node holds the engine's lease.
+async fn start_router(
+    config: &Config,
+    registry: &Arc<Registry>,
+    store: &Arc<dyn Store>,
+    flushes: tokio::sync::watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Arc<Router>, Option<ClusterStore>)> {
+    let (engine_slot, engine) = tokio::sync::watch::channel(None);
+    let peers = start_peers(config, shutdown).await?;
+    let cluster = peers.as_ref().map(|p| p.store.clone());
+    let router = Arc::new(Router::new(
+        Arc::clone(registry),
+        Arc::clone(store),
+        peers,
+        engine,
+    ));
+    tokio::spawn(Arc::clone(&router).serve(shutdown.clone()));
+    // The engine reads arrivals from the history's end as it starts: started before collectors
+    // are accepted, it misses none.
+    let start_engine = {
+        let (router, store) = (Arc::clone(&router), Arc::clone(store));
+        move |stop: CancellationToken| {
+            Fleet::start(
+                Arc::clone(&router),
+                Arc::clone(&store),
+                flushes.clone(),
+                stop,
+            )
+        }
+    };
+    if let Some(cluster) = &cluster {
+        tokio::spawn(lease::lead(
+            cluster.clone(),
+            config.cluster.clone(),
+            start_engine,
+            engine_slot,
+            shutdown.clone(),
+        ));
+    } else {
+        let fleet = start_engine(shutdown.clone())
+            .await
+            .context("cannot start the rollout engine")?;
+        engine_slot.send_replace(Some(fleet));
+    }
+    Ok((router, cluster))
+}
+
 /// Binds both listeners and starts serving. Port 0 picks a free port; the bound addresses are in
 /// the returned [`Running`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let sqlite_lock = store::lock(&config).context("cannot start")?;
     let store = prepare_store(&config).await?;
     let opamp_listener = TcpListener::bind(config.opamp.listen)
         .await
@@ -148,6 +242,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         actors.clone(),
     ));
     tokio::spawn(tell_fenced(Arc::clone(&registry), fenced));
+    let (router, cluster) = start_router(
+        &config,
+        &registry,
+        &store,
+        store_health.flushes(),
+        &shutdown,
+    )
+    .await?;
     let opamp = Opamp::new(
         config.opamp.clone(),
         Arc::clone(&registry),
@@ -164,11 +266,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
-    let fleet = Fleet::start(Arc::clone(&registry), Arc::clone(&store), shutdown.clone())
-        .await
-        .context("cannot start the rollout engine")?;
     let api_router = api::router(ApiState {
-        fleet,
+        router,
         shutdown: shutdown.clone(),
         registry: Arc::clone(&registry),
         store: Arc::clone(&store),
@@ -195,6 +294,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store_health,
         writer,
         config,
+        cluster,
+        _sqlite_lock: sqlite_lock,
         shutdown,
         actors_stop,
         sessions,
@@ -255,6 +356,11 @@ impl Running {
         }
         // Every actor has handed over its last changes (server_termination included).
         self.writer.finish(deadline).await;
+        if let Some(cluster) = &self.cluster
+            && let Err(err) = cluster.stopped(std::time::SystemTime::now()).await
+        {
+            warn!(%err, "cannot record this node's clean stop; others will take it as silent");
+        }
         info!("stopped");
         failure.map_or(Ok(()), Err)
     }

@@ -24,6 +24,33 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub collectors: CollectorsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Several nodes on one PostgreSQL (ignored on SQLite, which serves one node).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// How often this node says it is alive (and looks for silent nodes).
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
+    /// A node silent this long is taken as dead: its collectors are marked Disconnected, and it
+    /// loses the rollout engine's lease.
+    #[serde(with = "humantime_serde")]
+    pub node_timeout: Duration,
+    /// How long a command for a collector held by another node waits for that node's answer.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            renew_interval: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -407,6 +434,15 @@ impl Config {
         }
         if self.collectors.max_resident == 0 {
             return reject("collectors.max_resident", "must be at least 1");
+        }
+        if self.cluster.node_timeout <= self.cluster.renew_interval * 2 {
+            return reject(
+                "cluster.node_timeout",
+                "must be more than twice cluster.renew_interval",
+            );
+        }
+        if self.server.node_id.contains(char::is_whitespace) {
+            return reject("server.node_id", "must not contain spaces");
         }
         if self.server.node_id.is_empty() {
             return reject("server.node_id", "must not be empty");

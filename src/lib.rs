@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod app;
+pub mod cluster;
 pub mod collector;
 pub mod config;
 pub mod fleet;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// One comma-separated part of a selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Requirement {
     Equals(String, String),
     /// Also true when the label is absent, as in Kubernetes.
@@ -17,7 +17,7 @@ pub enum Requirement {
     Absent(String),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Selector(pub Vec<Requirement>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

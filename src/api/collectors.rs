@@ -16,6 +16,7 @@ use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::view::{CollectorView, TransitionView};
+use crate::cluster::orders::Restarted;
 use crate::collector::Forgotten;
 use crate::collector::state::{EDGES, EXTENSIONS};
 use crate::collector::{CollectorId, State as CollectorState};
@@ -389,12 +390,7 @@ pub async fn forget(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
     let id = collector_id(&id)?;
-    match api
-        .registry
-        .forget(id)
-        .await
-        .map_err(|_| ApiError::ShuttingDown)?
-    {
+    match api.router.forget(id).await? {
         Forgotten::Done => Ok(StatusCode::NO_CONTENT),
         Forgotten::Unknown => Err(not_found(id)),
         Forgotten::Refused(state) => Err(ApiError::Conflict(format!(
@@ -417,32 +413,17 @@ pub async fn restart(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
     let id = collector_id(&id)?;
-    // Only the replica holding the connection can deliver it; this one holds its resident ones.
-    let Some(view) = api.registry.view(id).await else {
-        return Err(if api.store.load(id).await?.is_some() {
-            ApiError::Conflict(format!("collector {id} is not connected to this server"))
-        } else {
-            not_found(id)
-        });
-    };
-    if !view.connected {
-        return Err(ApiError::Conflict(format!(
-            "collector {id} is not connected"
-        )));
-    }
-    if !view
-        .capabilities
-        .has(crate::collector::Capabilities::ACCEPTS_RESTART_COMMAND)
-    {
-        return Err(ApiError::Conflict(format!(
+    // Carried out by the node holding the connection, wherever that is.
+    match api.router.restart(id).await? {
+        Restarted::Sent => Ok(StatusCode::ACCEPTED),
+        Restarted::Unknown => Err(not_found(id)),
+        Restarted::NotConnected => Err(ApiError::Conflict(format!(
+            "collector {id} is not connected to any server"
+        ))),
+        Restarted::NotAccepted => Err(ApiError::Conflict(format!(
             "collector {id} does not accept the restart command"
-        )));
+        ))),
     }
-    api.registry
-        .apply(id, crate::collector::Event::Restart)
-        .await
-        .map_err(|_| ApiError::ShuttingDown)?;
-    Ok(StatusCode::ACCEPTED)
 }
 
 #[derive(Serialize, ToSchema)]

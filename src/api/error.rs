@@ -29,6 +29,9 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the store cannot answer for this collector now; try again")]
     Unavailable,
+    /// Another node must carry this out and could not now (its message says which and why).
+    #[error("{0}")]
+    Elsewhere(String),
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -44,6 +47,17 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+impl From<crate::cluster::router::RouteError> for ApiError {
+    fn from(err: crate::cluster::router::RouteError) -> Self {
+        use crate::cluster::router::RouteError;
+        match err {
+            RouteError::Store(e) => ApiError::Store(e),
+            RouteError::ShuttingDown => ApiError::ShuttingDown,
+            RouteError::Elsewhere(m) => ApiError::Elsewhere(m),
+        }
+    }
+}
+
 impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
@@ -56,9 +70,10 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Store(_) | ApiError::ShuttingDown | ApiError::Unavailable => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            ApiError::Store(_)
+            | ApiError::ShuttingDown
+            | ApiError::Unavailable
+            | ApiError::Elsewhere(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 }

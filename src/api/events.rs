@@ -2,17 +2,13 @@
 //! every replica sees the whole fleet, every event has its history position as its id, and a
 //! client that reconnects with `Last-Event-ID` misses nothing.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Extension, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use super::ApiState;
 use super::auth::Caller;
@@ -20,50 +16,8 @@ use super::collectors::{query_pairs, selector, states};
 use super::error::{ApiError, ErrorBody};
 use super::view::EventView;
 use crate::config::Role;
-use crate::store::{Event, EventFilter, Store};
-
-/// How often the store is read when this replica wrote nothing: others' writes show up this late.
-const POLL: Duration = Duration::from_secs(1);
-const PAGE: usize = 256;
-
-struct Tail {
-    store: Arc<dyn Store>,
-    filter: EventFilter,
-    seq: i64,
-    buffer: VecDeque<Event>,
-    flushes: watch::Receiver<u64>,
-    shutdown: CancellationToken,
-}
-
-impl Tail {
-    /// The next event, waiting for one; `None` when the server shuts down.
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(event) = self.buffer.pop_front() {
-                self.seq = event.seq;
-                return Some(event);
-            }
-            match self.store.events_after(self.seq, &self.filter, PAGE).await {
-                Ok(events) if !events.is_empty() => {
-                    self.buffer.extend(events);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(%err, "event stream cannot read the store; retrying"),
-            }
-            tokio::select! {
-                changed = self.flushes.changed() => {
-                    // The writer is gone only when the server is stopping.
-                    if changed.is_err() {
-                        return None;
-                    }
-                }
-                () = tokio::time::sleep(POLL) => {}
-                () = self.shutdown.cancelled() => return None,
-            }
-        }
-    }
-}
+use crate::store::EventFilter;
+use crate::store::tail::Tail;
 
 /// Transitions as they happen: `event: transition`, `id:` the position in the history, data a
 /// JSON object with the collector id and the transition. Filter with `state` (the state entered)
@@ -97,14 +51,14 @@ pub async fn events(
             .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be an event id".into()))?,
         None => api.store.last_seq().await?,
     };
-    let tail = Tail {
-        store: Arc::clone(&api.store),
+    let tail = Tail::new(
+        Arc::clone(&api.store),
         filter,
         seq,
-        buffer: VecDeque::new(),
-        flushes: api.store_health.flushes(),
-        shutdown: api.shutdown.clone(),
-    };
+        api.store_health.flushes(),
+        api.router.history_notices(),
+        api.shutdown.clone(),
+    );
     let stream = futures_util::stream::unfold(tail, |mut tail| async move {
         let event = tail.next().await?;
         let sse = SseEvent::default()

@@ -39,7 +39,9 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub store_health: Arc<StoreHealth>,
     pub config: Arc<ApiConfig>,
-    pub fleet: crate::fleet::engine::Fleet,
+    /// Where orders are carried out: this node, or the node holding the collector (or running
+    /// the rollout engine).
+    pub router: Arc<crate::cluster::router::Router>,
     /// This server's own metrics.
     pub metrics: metrics::Metrics,
 }

@@ -74,6 +74,7 @@ impl From<FleetError> for ApiError {
             FleetError::Invalid(m) => ApiError::BadRequest(m),
             FleetError::Store(e) => ApiError::Store(e),
             FleetError::Stopped => ApiError::ShuttingDown,
+            FleetError::Elsewhere(m) => ApiError::Elsewhere(m),
         }
     }
 }
@@ -139,7 +140,7 @@ async fn start(
     dry_run: bool,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     let rollout = api
-        .fleet
+        .router
         .start_rollout(NewRollout {
             payload,
             selector,
@@ -278,5 +279,5 @@ pub async fn control(
         "cancel" => Control::Cancel,
         other => return Err(ApiError::NotFound(format!("no rollout action {other:?}"))),
     };
-    Ok(Json(api.fleet.control(&id, control).await?.into()))
+    Ok(Json(api.router.control_rollout(&id, control).await?.into()))
 }

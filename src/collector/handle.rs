@@ -60,7 +60,8 @@ pub enum Unavailable {
 }
 
 /// What became of a request to forget a collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Forgotten {
     Done,
     Unknown,

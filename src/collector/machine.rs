@@ -73,17 +73,22 @@ pub struct Collector {
     pub outbox: Outbound,
 }
 
-/// Something that happened to a collector, from OpAMP or from the fleet layer.
-#[derive(Debug, Clone)]
+/// Something that happened to a collector, from OpAMP or from the fleet layer. The fleet's events
+/// travel between nodes (to the node holding the collector); the connection's never leave it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A message from the collector.
+    #[serde(skip)]
     Report {
         report: Box<Report>,
         transport: Transport,
     },
     /// Its connection closed or failed, or a plain-HTTP collector went silent.
+    #[serde(skip)]
     ConnectionLost,
     /// The server is shutting down while the collector is connected.
+    #[serde(skip)]
     ServerTerminating,
     /// Queue it in a rollout whose configuration needs `required` component types (`kind/type`).
     QueueForRollout {

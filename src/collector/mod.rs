@@ -224,9 +224,10 @@ pub struct Report {
 }
 
 /// A configuration offered to a collector (OpAMP `AgentRemoteConfig`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigOffer {
     pub files: ConfigFiles,
+    #[serde(with = "encoding::hex")]
     pub hash: Vec<u8>,
 }
 

@@ -305,6 +305,11 @@ impl Registry {
         self.shared.roster.lock().keys().copied().collect()
     }
 
+    /// Whether the collector has an actor on this node now.
+    pub fn is_resident(&self, id: CollectorId) -> bool {
+        self.shared.roster.lock().contains_key(&id)
+    }
+
     /// How many collectors have an actor now.
     pub fn resident(&self) -> usize {
         self.shared.roster.lock().len()

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -13,14 +13,17 @@ use super::rollout::{
     Outcome, PackageSpec, Payload, Rollout, RolloutOptions, Status, Target, has_package, runs,
     verdict,
 };
-use crate::collector::bus::Subscription;
+use crate::cluster::router::Router;
 use crate::collector::encoding::{rfc3339, unhex};
 use crate::collector::{
     Capabilities, Collector, CollectorId, ConfigFile, ConfigOffer, Event, PackageOffer, Reason,
-    Registry, State,
+    State,
 };
 use crate::selector::Selector;
-use crate::store::{After, CollectorQuery, ConfigurationVersion, SortKey, Store, StoreError};
+use crate::store::tail::Tail;
+use crate::store::{
+    After, CollectorQuery, ConfigurationVersion, EventFilter, SortKey, Store, StoreError,
+};
 
 /// How often rollouts look at their collectors even when no transition woke them.
 const TICK: Duration = Duration::from_millis(500);
@@ -39,9 +42,12 @@ pub enum FleetError {
     Store(#[from] StoreError),
     #[error("the rollout engine has stopped")]
     Stopped,
+    /// The engine runs on another node, which could not answer (or none runs it now).
+    #[error("{0}")]
+    Elsewhere(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewRollout {
     pub payload: Payload,
     pub selector: Selector,
@@ -49,7 +55,8 @@ pub struct NewRollout {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Control {
     Pause,
     Resume,
@@ -72,11 +79,15 @@ pub struct Fleet {
 impl Fleet {
     /// Loads the rollouts from the store and starts the engine; it stops when `shutdown` is
     /// cancelled.
+    /// Arrivals are read from the history (`history`, from its current end), so collectors that
+    /// arrive on any node are seen.
     pub async fn start(
-        registry: Arc<Registry>,
+        router: Arc<Router>,
         store: Arc<dyn Store>,
+        flushes: watch::Receiver<u64>,
         shutdown: CancellationToken,
     ) -> Result<Self, FleetError> {
+        let from = store.last_seq().await?;
         let mut rollouts = Vec::new();
         for document in store.rollouts().await? {
             match serde_json::from_value::<Rollout>(document) {
@@ -86,8 +97,15 @@ impl Fleet {
         }
         let (tx, rx) = mpsc::channel(COMMANDS);
         let engine = Engine {
-            events: registry.subscribe(),
-            registry,
+            events: Tail::new(
+                Arc::clone(&store),
+                EventFilter::default(),
+                from,
+                flushes,
+                router.history_notices(),
+                shutdown.clone(),
+            ),
+            router,
             store,
             rollouts,
             offers: Vec::new(),
@@ -261,12 +279,12 @@ pub fn package_offer(spec: &PackageSpec) -> Result<PackageOffer, FleetError> {
 }
 
 struct Engine {
-    registry: Arc<Registry>,
+    router: Arc<Router>,
     store: Arc<dyn Store>,
     /// Every rollout, oldest first.
     rollouts: Vec<Rollout>,
     offers: Vec<Offer>,
-    events: Subscription,
+    events: Tail,
 }
 
 fn offer_of(version: &ConfigurationVersion) -> ConfigOffer {
@@ -288,6 +306,7 @@ fn offer_of(version: &ConfigurationVersion) -> ConfigOffer {
 
 impl Engine {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        self.catch_up().await;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -302,22 +321,35 @@ impl Engine {
                     }
                     None => break,
                 },
-                published = self.events.recv() => {
-                    if let Some(published) = published {
-                        let t = &published.transition;
-                        if t.to == State::Connected
-                            && matches!(t.reason, Reason::Initial | Reason::ConnectionRestored)
-                        {
-                            self.arrived(published.collector).await;
-                        }
-                    } else {
-                        // Dropped for lagging (or closed): the tick keeps everything right
-                        // meanwhile, and a fresh subscription picks up from now.
-                        self.events = self.registry.subscribe();
+                recorded = self.events.next() => {
+                    // The history ends only when the server stops.
+                    let Some(recorded) = recorded else { break };
+                    let t = &recorded.transition;
+                    if t.to == State::Connected
+                        && matches!(t.reason, Reason::Initial | Reason::ConnectionRestored)
+                    {
+                        self.arrived(recorded.collector).await;
                     }
                     self.advance().await;
                 }
                 _ = tick.tick() => self.advance().await,
+            }
+        }
+    }
+
+    /// Collectors that returned while no engine ran (before this one started, or between two
+    /// nodes' engines) are treated as arriving now.
+    async fn catch_up(&mut self) {
+        let waiting: Vec<CollectorId> = self
+            .rollouts
+            .iter()
+            .flat_map(|r| &r.targets)
+            .filter(|t| t.outcome == Outcome::Waiting)
+            .map(|t| t.collector)
+            .collect();
+        for id in waiting {
+            if self.record(id).await.is_some_and(|r| r.connected) {
+                self.arrived(id).await;
             }
         }
     }
@@ -367,9 +399,9 @@ impl Engine {
         }
     }
 
-    /// The freshest record: this server's actor, else the store.
+    /// The freshest record: the actor holding it, else the store.
     async fn record(&self, id: CollectorId) -> Option<Collector> {
-        match self.registry.view(id).await {
+        match self.router.view(id).await {
             Some(view) => Some(view),
             None => self.store.load(id).await.ok().flatten(),
         }
@@ -443,7 +475,7 @@ impl Engine {
                         required: required.clone(),
                     };
                     // A collector no actor holds is away; its turn will find it Waiting.
-                    let _ = self.registry.apply(target.collector, event).await;
+                    let _ = self.router.apply(target.collector, event).await;
                 }
             }
         }
@@ -517,7 +549,7 @@ impl Engine {
                         let event = Event::RemoveFromRollout {
                             rollout: rollout.id.clone(),
                         };
-                        let _ = self.registry.apply(target.collector, event).await;
+                        let _ = self.router.apply(target.collector, event).await;
                     }
                 }
             }
@@ -547,7 +579,7 @@ impl Engine {
     /// a collector that had applied it says so in this very report. Otherwise the newest completed
     /// rollout whose selector matches it, and that it is not part of, sends it its configuration.
     async fn arrived(&mut self, id: CollectorId) {
-        let Some(record) = self.registry.view(id).await else {
+        let Some(record) = self.router.view(id).await else {
             return;
         };
         let open = self.rollouts.iter().rposition(|r| {
@@ -617,8 +649,8 @@ impl Engine {
             return Outcome::Pending;
         };
         let (event, in_flight) = (offer.what.event(rollout_id), offer.what.in_flight());
-        match self.registry.apply(id, event).await {
-            Ok(true) => match self.registry.view(id).await {
+        match self.router.apply(id, event).await {
+            Ok(true) => match self.router.view(id).await {
                 Some(view) if view.connected => in_flight,
                 _ => Outcome::Waiting,
             },
@@ -663,7 +695,7 @@ impl Engine {
             if !(target.outcome.in_flight() || target.outcome == Outcome::Waiting) {
                 continue;
             }
-            let Some(record) = self.registry.view(target.collector).await else {
+            let Some(record) = self.router.view(target.collector).await else {
                 continue;
             };
             let found = verdict(&record, rollout, &hash);
@@ -737,7 +769,7 @@ impl Engine {
             required: Vec::new(),
             rollout: None,
         };
-        matches!(self.registry.apply(target.collector, event).await, Ok(true))
+        matches!(self.router.apply(target.collector, event).await, Ok(true))
     }
 
     async fn save(&self, rollout: &Rollout) -> Result<(), FleetError> {

@@ -3,9 +3,11 @@
 //! loader that claims records for actors in batches.
 
 pub mod batch;
+pub mod cluster;
 mod loader;
 mod row;
 mod sql;
+pub mod tail;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -284,13 +286,29 @@ pub trait Store: Send + Sync + 'static {
     async fn recover(&self, at: SystemTime) -> Result<usize, StoreError>;
 }
 
+/// For SQLite, the lock that keeps a second server off the same file while it is held (see
+/// [`sql::lock_sqlite`]); nothing for PostgreSQL, where nodes coordinate through the database.
+pub fn lock(config: &Config) -> Result<Option<std::fs::File>, StoreError> {
+    let url = config.database_url();
+    if is_postgres(&url) {
+        Ok(None)
+    } else {
+        sql::lock_sqlite(&url)
+    }
+}
+
+/// Whether `url` names a PostgreSQL database (anything else is SQLite).
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Opens the store `config` names (creating the SQLite file and its directory when missing).
 /// Migrations are not applied here; call [`Store::migrate`].
 pub async fn open(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     let url = config.database_url();
     let node = config.server.node_id.clone();
     let pool_size = config.database.max_connections;
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(&url) {
         Ok(Arc::new(
             PostgresStore::connect(&url, node, pool_size).await?,
         ))

@@ -48,6 +48,10 @@ struct Dialect {
     /// a deferred transaction that read first is refused its write, at once and without the busy
     /// wait (`SQLITE_BUSY_SNAPSHOT`), whenever another connection committed in between.
     begin_read_then_write: &'static str,
+    /// Run before and after appending to the history (PostgreSQL: the history lock, and the
+    /// notification that wakes every node's readers; see [`super::cluster::HISTORY_LOCK`]).
+    history_begin: Option<&'static str>,
+    history_end: Option<&'static str>,
 }
 
 /// SQLite keeps times as RFC 3339 text, whose fractions do not sort as text; `julianday` does.
@@ -59,6 +63,9 @@ const SQLITE: Dialect = Dialect {
     merge_labels: ("json_patch(labels, ", ")"),
     id_list: ("(SELECT value FROM json_each(", "))"),
     begin_read_then_write: "BEGIN IMMEDIATE",
+    // One writer: positions are committed in order already.
+    history_begin: None,
+    history_end: None,
 };
 
 const POSTGRES: Dialect = Dialect {
@@ -70,6 +77,8 @@ const POSTGRES: Dialect = Dialect {
     merge_labels: ("jsonb_strip_nulls(labels || ", ")"),
     begin_read_then_write: "BEGIN",
     id_list: ("(SELECT jsonb_array_elements_text(", "))"),
+    history_begin: Some("SELECT pg_advisory_xact_lock(122528461582436)"),
+    history_end: Some(super::cluster::HISTORY_NOTIFY),
 };
 
 impl Dialect {
@@ -208,6 +217,51 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         Ok(Self { pool, node })
+    }
+}
+
+/// Takes `<file>.lock` for this server alone while the returned file is open, or says who holds
+/// it: SQLite coordinates nothing between servers, so a second one on the same file is refused.
+/// `None` for an in-memory database, which is this process's alone anyway.
+pub fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?;
+    let file = options.get_filename();
+    if file
+        .to_str()
+        .is_some_and(|f| f.starts_with("file:sqlx-in-memory"))
+    {
+        return Ok(None);
+    }
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Setup(format!("cannot create directory {}: {e}", dir.display()))
+        })?;
+    }
+    lock_exclusively(file).map(Some)
+}
+
+fn lock_exclusively(file: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let mut path = file.as_os_str().to_owned();
+    path.push(".lock");
+    let path = std::path::PathBuf::from(path);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Setup(format!("cannot open {}: {e}", path.display())))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Setup(format!(
+            "another opampd is using {} (it holds {}); SQLite serves one node only, \
+             run several nodes on PostgreSQL",
+            file.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Setup(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -652,7 +706,11 @@ macro_rules! sql_store {
                 let disconnected = State::Disconnected.as_str();
                 let reason = Reason::ServerTermination.as_str();
                 let at = OffsetDateTime::from(at);
+                let d: &Dialect = &$dialect;
                 let mut tx = self.pool.begin().await?;
+                if let Some(begin) = d.history_begin {
+                    sqlx::query(begin).execute(&mut *tx).await?;
+                }
                 // The history first, from the states the rows still show, then the rows.
                 let mut q = QueryBuilder::<$db>::new(format!(
                     "INSERT INTO transitions ({TRANSITION_COLUMNS}) \
@@ -688,6 +746,9 @@ macro_rules! sql_store {
                     .push(" AND state <> ")
                     .push_bind(disconnected);
                 q.build().execute(&mut *tx).await?;
+                if let (Some(end), true) = (d.history_end, marked > 0) {
+                    sqlx::query(end).execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
                 Ok(usize::try_from(marked).unwrap_or(usize::MAX))
             }

@@ -194,6 +194,13 @@ macro_rules! sql_writes {
                     .enumerate()
                     .map(|(i, t)| TransitionWrite::new(i, t.id, t.epoch, &t.transition))
                     .collect();
+                let d: &Dialect = &$dialect;
+                if transitions.is_empty() {
+                    return Ok(());
+                }
+                if let Some(begin) = d.history_begin {
+                    sqlx::query(begin).execute(&mut **tx).await?;
+                }
                 let (_, aliases) = column_lists(TRANSITIONS, &[]);
                 for chunk in fixed_chunks(&transitions) {
                     let mut q = QueryBuilder::<$db>::new(format!("WITH v({aliases}) AS ("));
@@ -214,6 +221,9 @@ macro_rules! sql_writes {
                          FROM v JOIN collectors ON id = v_id AND epoch = v_epoch ORDER BY v_ord"
                     ));
                     q.build().execute(&mut **tx).await?;
+                }
+                if let Some(end) = d.history_end {
+                    sqlx::query(end).execute(&mut **tx).await?;
                 }
                 Ok(())
             }
