@@ -41,6 +41,7 @@ mod migrations;
 mod opampctl;
 mod persistence;
 mod protocol;
+mod replicas;
 mod rollouts;
 mod states;
 mod store;

@@ -12,7 +12,7 @@ use crate::support::*;
 const KAFKA: &str = "receivers:\n  otlp:\nexporters:\n  kafka:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [kafka]\n";
 
 /// Stores configuration `gateway` version 1 (it needs `receivers/otlp` and `exporters/kafka`).
-async fn configuration(api: &Api) {
+pub(crate) async fn configuration(api: &Api) {
     let answer = api
         .post(
             "/api/v1/configurations",
@@ -23,7 +23,7 @@ async fn configuration(api: &Api) {
 }
 
 /// Waits until every collector is in the store (a rollout selects from it), labelled `env=prod`.
-async fn labelled(api: &Api, collectors: &[&Scripted]) {
+pub(crate) async fn labelled(api: &Api, collectors: &[&Scripted]) {
     let ids: Vec<CollectorId> = collectors.iter().map(|c| c.id).collect();
     labelled_ids(api, &ids).await;
 }
@@ -48,7 +48,12 @@ async fn labelled_ids(api: &Api, collectors: &[CollectorId]) {
     .await;
 }
 
-async fn rollout_where(api: &Api, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn rollout_where(
+    api: &Api,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let path = format!("/api/v1/rollouts/{id}");
     eventually(what, || async {
         let r = api.ok(&path).await;

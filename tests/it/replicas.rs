@@ -1,0 +1,243 @@
+//! Several real `opampd` processes on one real PostgreSQL behaving as one server: orders reach the
+//! node holding the collector, one rollout engine serves every node, a killed node's collectors
+//! are marked Disconnected by a survivor and come back elsewhere with everything kept; and SQLite
+//! refusing a second server on its file.
+
+use opampd::proto;
+use serde_json::json;
+
+use crate::rollouts::{configuration, labelled, rollout_where};
+use crate::support::api::{Api, assert_error};
+use crate::support::binary::{ServerProcess, run_with_data};
+use crate::support::postgres::fresh_database;
+use crate::support::scripted::{Script, Scripted};
+use crate::support::*;
+
+async fn node(url: &str, name: &str) -> ServerProcess {
+    ServerProcess::start(
+        &[],
+        &[
+            ("OPAMPD_DATABASE__URL", url),
+            ("OPAMPD_SERVER__NODE_ID", name),
+            ("OPAMPD_CLUSTER__RENEW_INTERVAL", "200ms"),
+            ("OPAMPD_CLUSTER__NODE_TIMEOUT", "2s"),
+        ],
+    )
+    .await
+}
+
+fn api_of(node: &ServerProcess) -> Api {
+    Api::new(&format!("http://{}", node.api_addr))
+}
+
+/// The collector's history as `to_state/reason` steps, oldest first, read through `api`.
+async fn steps_via(api: &Api, id: opampd::collector::CollectorId) -> Vec<String> {
+    let page = api
+        .ok(&format!("/api/v1/collectors/{id}/transitions?limit=100"))
+        .await;
+    let mut steps: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{}/{}",
+                t["to"].as_str().unwrap(),
+                t["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    steps.reverse();
+    steps
+}
+
+#[tokio::test]
+async fn three_nodes_on_one_postgres_act_as_one_server() {
+    let db = fresh_database().await;
+    let a = node(&db.url, "a").await;
+    let b = node(&db.url, "b").await;
+    let mut c = node(&db.url, "c").await;
+    let (api_a, api_b, api_c) = (api_of(&a), api_of(&b), api_of(&c));
+
+    // A rollout started through B reaches collectors held by A and by C.
+    configuration(&api_b).await;
+    let on_a = Scripted::start(&a.ws_url(), &["kafka"], Script::Apply).await;
+    let on_c = Scripted::start(&c.ws_url(), &["kafka"], Script::Apply).await;
+    labelled(&api_a, &[&on_a, &on_c]).await;
+    for id in [on_a.id, on_c.id] {
+        let seen = api_b.ok(&format!("/api/v1/collectors/{id}")).await;
+        assert_eq!(
+            seen["labels"],
+            json!({"env": "prod"}),
+            "B sees A's label edit"
+        );
+    }
+    let started = api_b
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "selector": "env=prod"}),
+        )
+        .await;
+    let rollout = started["id"].as_str().unwrap().to_owned();
+    let done = rollout_where(&api_c, &rollout, "completed, read through C", |r| {
+        r["status"] == "completed"
+    })
+    .await;
+    assert_eq!(done["progress"]["applied"], 2, "{done}");
+    assert_eq!((on_a.received(), on_c.received()), (1, 1), "sent once each");
+    for id in [on_a.id, on_c.id] {
+        assert_eq!(
+            steps_via(&api_b, id).await,
+            [
+                "connected/initial",
+                "pending/queued_for_rollout",
+                "configuring/config_sent",
+                "connected/config_applied"
+            ],
+            "exact history of {id}"
+        );
+    }
+
+    // A collector held by C: restarted through A, refused forgetting through B (it is
+    // connected), and its transitions reach an event stream opened on B.
+    let mut events = api_b.events("", None).await;
+    let uid = new_uid();
+    let id = id_of(&uid);
+    let mut ws = WsClient::connect(&c.ws_url()).await;
+    ws.exchange(&hello(&uid, 0)).await;
+    let first = events.next().await;
+    assert_eq!(first.data["collector_id"], id.to_string(), "{first:?}");
+    api_a.stored(id).await;
+    let labelled = api_a
+        .put(
+            &format!("/api/v1/collectors/{id}/labels"),
+            &json!({"team": "edge"}),
+        )
+        .await;
+    assert_eq!(labelled.status, 200, "{}", labelled.body);
+    let answer = api_a
+        .post(&format!("/api/v1/collectors/{id}/restart"), &json!({}))
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let pushed = ws.recv().await;
+    assert_eq!(
+        pushed.command.map(|c| c.r#type),
+        Some(proto::CommandType::Restart as i32)
+    );
+    assert_error(
+        &api_b.delete(&format!("/api/v1/collectors/{id}")).await,
+        409,
+        "conflict",
+    );
+
+    // C dies without a word: a survivor marks its collectors Disconnected, once. (The scripted
+    // collector on C leaves first: a reset connection is trouble to it.)
+    on_c.disconnect();
+    c.signal("KILL");
+    c.wait_exit().await;
+    let gone = eventually("C's collector disconnected by a survivor", || async {
+        let seen = api_a.ok(&format!("/api/v1/collectors/{id}")).await;
+        (seen["state"] == "disconnected").then_some(seen)
+    })
+    .await;
+    assert_eq!(gone["state_reason"], "network_interruption", "{gone}");
+
+    // It comes back through A: its history continues, its labels are kept.
+    let mut back = WsClient::connect(&a.ws_url()).await;
+    back.exchange(&hello(&uid, 1)).await;
+    let returned = eventually("the collector back, seen through B", || async {
+        let seen = api_b.ok(&format!("/api/v1/collectors/{id}")).await;
+        (seen["state"] == "connected").then_some(seen)
+    })
+    .await;
+    assert_eq!(returned["labels"], json!({"team": "edge"}), "{returned}");
+    assert_eq!(
+        steps_via(&api_b, id).await,
+        [
+            "connected/initial",
+            "disconnected/network_interruption",
+            "connected/connection_restored"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_second_server_on_one_sqlite_file_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let mut first = ServerProcess::start_with_data(data.path(), &[], &[]).await;
+    let second = run_with_data(data.path(), &[], &[]).await;
+    assert!(!second.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(said.contains("another opampd is using"), "{said}");
+    first.signal("TERM");
+    assert!(first.wait_exit().await.success());
+    // Once the first has stopped, the file is free.
+    let mut again = ServerProcess::start_with_data(data.path(), &[], &[]).await;
+    again.signal("TERM");
+    assert!(again.wait_exit().await.success());
+}
+
+/// The node running the rollout engine dies mid-rollout: another node takes the lease, continues
+/// from the stored progress and finishes, sending each collector its configuration once (twice
+/// only to the one that never answered the first time).
+#[tokio::test]
+async fn another_node_finishes_a_rollout_when_the_engine_node_dies() {
+    let db = fresh_database().await;
+    let mut a = node(&db.url, "a").await;
+    a.wait_logged("A runs the engine", |e| {
+        e["message"] == "this node runs the rollout engine"
+    })
+    .await;
+    let b = node(&db.url, "b").await;
+    let api_b = api_of(&b);
+    configuration(&api_b).await;
+    let mut collectors = Vec::new();
+    for i in 0..4 {
+        let script = if i == 2 {
+            Script::Ignore
+        } else {
+            Script::Apply
+        };
+        collectors.push(Scripted::start(&b.ws_url(), &["kafka"], script).await);
+    }
+    labelled(&api_b, &collectors.iter().collect::<Vec<_>>()).await;
+    let started = api_b
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "initial_batch": 2, "multiplier": 1}),
+        )
+        .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    // Batch 0 applies; batch 1 hangs on the silent collector (2), with 3 waiting behind it.
+    rollout_where(&api_b, &id, "batch 1 sent", |r| r["batches_started"] == 2).await;
+
+    a.signal("KILL");
+    a.wait_exit().await;
+    b.wait_logged("B takes the engine over", |e| {
+        e["message"] == "this node runs the rollout engine"
+    })
+    .await;
+    // The silent collector comes back willing: what it never answered is sent again.
+    let silent = collectors.remove(2);
+    collectors.insert(
+        2,
+        silent
+            .reconnect(&b.ws_url(), &["kafka"], Script::Apply)
+            .await,
+    );
+    let done = rollout_where(&api_b, &id, "completed by B", |r| {
+        r["status"] == "completed"
+    })
+    .await;
+    assert_eq!(done["progress"]["applied"], 4, "{done}");
+    let received: Vec<usize> = collectors.iter().map(Scripted::received).collect();
+    assert_eq!(
+        received,
+        [1, 1, 2, 1],
+        "sent again only where no verdict came"
+    );
+}
