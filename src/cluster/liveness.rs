@@ -55,7 +55,7 @@ pub async fn keep_alive(store: ClusterStore, settings: ClusterConfig, shutdown: 
             Err(err) => warn!(%err, "cannot renew this node's liveness"),
         }
         match store
-            .take_over_silent(now - settings.node_timeout, now)
+            .take_over_silent(now - settings.node_timeout, now, takeover_reason)
             .await
         {
             Ok(taken) => {

@@ -126,10 +126,12 @@ impl ClusterStore {
     /// each such node is taken by exactly one caller, and its collectors still shown present are
     /// marked Disconnected with their transitions (their epochs go up, fencing the node should it
     /// come back).
+    /// `reason` says why, given whether the node had recorded a clean stop.
     pub async fn take_over_silent(
         &self,
         silent_since: SystemTime,
         now: SystemTime,
+        reason: fn(bool) -> (Reason, &'static str),
     ) -> Result<Vec<TakenOver>, StoreError> {
         let mut taken = Vec::new();
         loop {
@@ -149,7 +151,7 @@ impl ClusterStore {
                 tx.commit().await?;
                 return Ok(taken);
             };
-            let (reason, message) = crate::cluster::liveness::takeover_reason(clean);
+            let (reason, message) = reason(clean);
             let collectors = disconnect_node(&mut tx, &node, reason, message, now).await?;
             tx.commit().await?;
             taken.push(TakenOver {

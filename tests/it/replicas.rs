@@ -3,6 +3,7 @@
 //! are marked Disconnected by a survivor and come back elsewhere with everything kept; and SQLite
 //! refusing a second server on its file.
 
+use opampd::collector::machine::hex;
 use opampd::proto;
 use serde_json::json;
 
@@ -240,4 +241,134 @@ async fn another_node_finishes_a_rollout_when_the_engine_node_dies() {
         [1, 1, 2, 1],
         "sent again only where no verdict came"
     );
+}
+
+/// The shipped `deploy/haproxy.cfg`, pointed at these nodes and at free loopback ports; the
+/// OpAMP frontend's address.
+fn haproxy_config(nodes: &[&ServerProcess], dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg"))
+            .unwrap();
+    let free = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let (opamp_port, api_port) = (free(), free());
+    let mut config = String::new();
+    for line in shipped.lines() {
+        let trimmed = line.trim();
+        let replaced = if trimmed == "bind :4320" {
+            format!("    bind 127.0.0.1:{opamp_port}")
+        } else if trimmed == "bind :8080" {
+            format!("    bind 127.0.0.1:{api_port}")
+        } else if let Some(rest) = trimmed.strip_prefix("server opampd-") {
+            let (name, target) = rest.split_once(' ').unwrap();
+            let n = &nodes[usize::from(name.as_bytes()[0] - b'a')];
+            if target.ends_with(":4320") {
+                format!(
+                    "    server {name} {} check port {}",
+                    n.opamp_addr,
+                    n.api_addr.port()
+                )
+            } else {
+                format!("    server {name} {} check", n.api_addr)
+            }
+        } else {
+            line.to_owned()
+        };
+        config.push_str(&replaced);
+        config.push('\n');
+    }
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    (path, format!("127.0.0.1:{opamp_port}"))
+}
+
+/// Plain-HTTP collectors behind the shipped `HAProxy` configuration keep reaching one node: their
+/// records are never claimed by another (the epoch a claim raises stays put), while WebSocket
+/// collectors connect through it too.
+#[tokio::test]
+async fn http_collectors_behind_haproxy_stay_on_one_node() {
+    let db = fresh_database().await;
+    let nodes = [
+        node(&db.url, "a").await,
+        node(&db.url, "b").await,
+        node(&db.url, "c").await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (config, frontend) = haproxy_config(&nodes.iter().collect::<Vec<_>>(), dir.path());
+    let _haproxy = tokio::process::Command::new("haproxy")
+        .arg("-f")
+        .arg(&config)
+        .arg("-db")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("haproxy runs (Debian's haproxy package; .ci/run installs it)");
+    eventually("haproxy listening", || async {
+        tokio::net::TcpStream::connect(&frontend).await.ok()
+    })
+    .await;
+    let url = format!("http://{frontend}/v1/opamp");
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // Ten, not a multiple of three: spread round-robin, each poll would land on another node.
+    let uids: Vec<_> = (0..10).map(|_| new_uid()).collect();
+    let mut first_claims = Vec::new();
+    for uid in &uids {
+        let header = hex(uid);
+        let reply = post_raw(
+            &url,
+            &[
+                ("Content-Type", "application/x-protobuf"),
+                ("OpAMP-Instance-UID", &header),
+            ],
+            prost::Message::encode_to_vec(&hello(uid, 0)),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    for uid in &uids {
+        let id = id_of(uid).to_string();
+        let row: (i64, String) = eventually("the collector stored", || async {
+            sqlx::query_as("SELECT epoch, node FROM collectors WHERE id = $1")
+                .bind(&id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        })
+        .await;
+        first_claims.push(row);
+    }
+    let nodes_used: std::collections::BTreeSet<&String> =
+        first_claims.iter().map(|(_, n)| n).collect();
+    assert!(
+        nodes_used.len() > 1,
+        "spread over the nodes: {first_claims:?}"
+    );
+    for poll in 1..4 {
+        for uid in &uids {
+            let reply = post_raw(
+                &url,
+                &[
+                    ("Content-Type", "application/x-protobuf"),
+                    ("OpAMP-Instance-UID", &hex(uid)),
+                ],
+                prost::Message::encode_to_vec(&heartbeat(uid, poll)),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{:?}", reply.body);
+        }
+    }
+    for (uid, first) in uids.iter().zip(&first_claims) {
+        let now: (i64, String) = sqlx::query_as("SELECT epoch, node FROM collectors WHERE id = $1")
+            .bind(id_of(uid).to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(&now, first, "never claimed by another node");
+    }
+
+    let uid = new_uid();
+    let mut ws = WsClient::connect(&format!("ws://{frontend}/v1/opamp")).await;
+    let reply = ws.exchange(&hello(&uid, 0)).await;
+    assert_eq!(reply.instance_uid, uid);
 }
