@@ -372,3 +372,59 @@ async fn http_collectors_behind_haproxy_stay_on_one_node() {
     let reply = ws.exchange(&hello(&uid, 0)).await;
     assert_eq!(reply.instance_uid, uid);
 }
+
+/// Every node restarted in turn (SIGTERM, then started again), its collectors reconnecting to
+/// the others meanwhile: every label is kept and no history starts over.
+#[tokio::test]
+async fn a_rolling_restart_of_every_node_keeps_every_label() {
+    let db = fresh_database().await;
+    let mut nodes = vec![
+        node(&db.url, "a").await,
+        node(&db.url, "b").await,
+        node(&db.url, "c").await,
+    ];
+    let mut collectors = Vec::new();
+    for i in 0..12_u64 {
+        let uid = new_uid();
+        let on = usize::try_from(i % 3).unwrap();
+        let mut ws = WsClient::connect(&nodes[on].ws_url()).await;
+        ws.exchange(&hello(&uid, 0)).await;
+        collectors.push((uid, on, ws, 1_u64));
+    }
+    let api = api_of(&nodes[0]);
+    for (uid, ..) in &collectors {
+        let id = id_of(uid);
+        api.stored(id).await;
+        let path = format!("/api/v1/collectors/{id}/labels");
+        let answer = api.put(&path, &json!({"n": id.to_string()})).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    for restarting in 0..3 {
+        let name = ["a", "b", "c"][restarting];
+        nodes[restarting].signal("TERM");
+        assert!(nodes[restarting].wait_exit().await.success());
+        let elsewhere = (restarting + 1) % 3;
+        for (uid, on, ws, seq) in &mut collectors {
+            if *on == restarting {
+                *ws = WsClient::connect(&nodes[elsewhere].ws_url()).await;
+                ws.exchange(&hello(uid, *seq)).await;
+                *seq += 1;
+                *on = elsewhere;
+            }
+        }
+        nodes[restarting] = node(&db.url, name).await;
+    }
+    let api = api_of(&nodes[1]);
+    for (uid, ..) in &collectors {
+        let id = id_of(uid);
+        let seen = api.ok(&format!("/api/v1/collectors/{id}")).await;
+        assert_eq!(seen["labels"], json!({"n": id.to_string()}), "{seen}");
+        assert_eq!(seen["state"], "connected", "{seen}");
+        let steps = steps_via(&api, id).await;
+        assert_eq!(
+            steps.iter().filter(|s| *s == "connected/initial").count(),
+            1,
+            "{id}: {steps:?}"
+        );
+    }
+}
