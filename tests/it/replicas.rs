@@ -108,6 +108,8 @@ async fn three_nodes_on_one_postgres_act_as_one_server() {
     ws.exchange(&hello(&uid, 0)).await;
     let first = events.next().await;
     assert_eq!(first.data["collector_id"], id.to_string(), "{first:?}");
+    // A stream opened on A after that event resumes exactly where B's is.
+    let mut resumed = api_a.events("", Some(&first.id)).await;
     api_a.stored(id).await;
     let labelled = api_a
         .put(
@@ -142,6 +144,11 @@ async fn three_nodes_on_one_postgres_act_as_one_server() {
     })
     .await;
     assert_eq!(gone["state_reason"], "network_interruption", "{gone}");
+    for _ in 0..2 {
+        let (on_b, on_a) = (events.next().await, resumed.next().await);
+        assert_eq!((&on_b.id, &on_b.data), (&on_a.id, &on_a.data));
+        assert_eq!(on_b.data["to"], "disconnected", "{on_b:?}");
+    }
 
     // It comes back through A: its history continues, its labels are kept.
     let mut back = WsClient::connect(&a.ws_url()).await;
@@ -378,7 +385,7 @@ async fn http_collectors_behind_haproxy_stay_on_one_node() {
 #[tokio::test]
 async fn a_rolling_restart_of_every_node_keeps_every_label() {
     let db = fresh_database().await;
-    let mut nodes = vec![
+    let mut nodes = [
         node(&db.url, "a").await,
         node(&db.url, "b").await,
         node(&db.url, "c").await,
@@ -427,4 +434,43 @@ async fn a_rolling_restart_of_every_node_keeps_every_label() {
             "{id}: {steps:?}"
         );
     }
+}
+
+/// A node paused past the liveness time is taken over; when it wakes, nothing it writes lands:
+/// its collector's record stays as the survivor left it, and the node closes the connection
+/// (1013) so that the collector reconnects.
+#[tokio::test]
+async fn a_node_that_wakes_after_being_taken_over_overwrites_nothing() {
+    let db = fresh_database().await;
+    let a = node(&db.url, "a").await;
+    let c = node(&db.url, "c").await;
+    let api = api_of(&a);
+    let uid = new_uid();
+    let id = id_of(&uid);
+    let mut ws = WsClient::connect(&c.ws_url()).await;
+    ws.exchange(&hello(&uid, 0)).await;
+    api.stored(id).await;
+
+    c.signal("STOP");
+    eventually("C's collector disconnected by A", || async {
+        let seen = api.ok(&format!("/api/v1/collectors/{id}")).await;
+        (seen["state"] == "disconnected").then_some(())
+    })
+    .await;
+    c.signal("CONT");
+    ws.send(&health_report(&uid, 1, false, "broken pipe")).await;
+    assert_eq!(
+        ws.expect_close().await,
+        1013.into(),
+        "C gives the collector up"
+    );
+
+    let seen = api.ok(&format!("/api/v1/collectors/{id}")).await;
+    assert_eq!(seen["state"], "disconnected", "{seen}");
+    assert_eq!(seen["state_reason"], "network_interruption", "{seen}");
+    assert_eq!(
+        steps_via(&api, id).await,
+        ["connected/initial", "disconnected/network_interruption"],
+        "nothing of C's after the takeover"
+    );
 }
