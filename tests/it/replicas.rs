@@ -52,6 +52,22 @@ async fn steps_via(api: &Api, id: opampd::collector::CollectorId) -> Vec<String>
     steps
 }
 
+/// Each collector went through a rollout's configuration exactly once, and nothing else.
+async fn assert_rolled_out(api: &Api, ids: &[opampd::collector::CollectorId]) {
+    for id in ids {
+        assert_eq!(
+            steps_via(api, *id).await,
+            [
+                "connected/initial",
+                "pending/queued_for_rollout",
+                "configuring/config_sent",
+                "connected/config_applied"
+            ],
+            "exact history of {id}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn three_nodes_on_one_postgres_act_as_one_server() {
     let db = fresh_database().await;
@@ -86,18 +102,7 @@ async fn three_nodes_on_one_postgres_act_as_one_server() {
     .await;
     assert_eq!(done["progress"]["applied"], 2, "{done}");
     assert_eq!((on_a.received(), on_c.received()), (1, 1), "sent once each");
-    for id in [on_a.id, on_c.id] {
-        assert_eq!(
-            steps_via(&api_b, id).await,
-            [
-                "connected/initial",
-                "pending/queued_for_rollout",
-                "configuring/config_sent",
-                "connected/config_applied"
-            ],
-            "exact history of {id}"
-        );
-    }
+    assert_rolled_out(&api_b, &[on_a.id, on_c.id]).await;
 
     // A collector held by C: restarted through A, refused forgetting through B (it is
     // connected), and its transitions reach an event stream opened on B.
