@@ -87,6 +87,12 @@ impl Server {
 }
 
 impl Server {
+    /// SIGKILL: the node dies without a word.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
