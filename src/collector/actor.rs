@@ -14,7 +14,7 @@ use super::contest::Contest;
 use super::facts::Changed;
 use super::handle::{
     Answer, CollectorHandle, Command, ConnectionRef, Ending, Forgotten, Published, Reached,
-    Unavailable,
+    Reporting, Unavailable,
 };
 use super::machine::{Collector, Effect, Event, Transition, step};
 use super::persist::{Change, Claimed, Confirmation, Epoch, FIRST_EPOCH, Hot};
@@ -43,7 +43,7 @@ pub(super) fn spawn(
     tracker: &tokio_util::task::TaskTracker,
 ) -> CollectorHandle {
     let (tx, rx) = mpsc::channel(MAILBOX);
-    let actor = Actor {
+    let actor = Box::new(Actor {
         id,
         serial,
         record: Collector::new(id),
@@ -60,7 +60,7 @@ pub(super) fn spawn(
         unconfirmed: false,
         confirm: None,
         contest: Contest::default(),
-    };
+    });
     tracker.spawn(actor.run(rx, shutdown));
     CollectorHandle::new(tx, serial)
 }
@@ -102,10 +102,17 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
-        if !self.load().await {
+    /// Every step is boxed: a task's future is as large as its largest await, and that size is
+    /// held for the whole life of every resident collector; boxed, the steps' state exists only
+    /// while one runs.
+    async fn run(
+        mut self: Box<Self>,
+        mut rx: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        if !Box::pin(self.load()).await {
             // Nothing was read, so nothing may be written: whoever asked is told to come back.
-            self.leave(rx, true).await;
+            Box::pin(self.leave(rx, true)).await;
             return;
         }
         // Resident only as long as it is needed: a contact keeps it, none lets it go.
@@ -114,7 +121,7 @@ impl Actor {
             let (silent, evict) = (self.silent_deadline, self.evict_deadline);
             let flow = tokio::select! {
                 command = rx.recv() => match command {
-                    Some(command) => self.handle(command).await,
+                    Some(command) => Box::pin(self.handle(command)).await,
                     None => Flow::Leave,
                 },
                 () = sleep_until_opt(silent) => {
@@ -123,21 +130,21 @@ impl Actor {
                     self.apply(Event::ConnectionLost);
                     Flow::Continue
                 }
-                () = sleep_until_opt(evict) => self.evict().await,
+                () = sleep_until_opt(evict) => Box::pin(self.evict()).await,
                 () = shutdown.cancelled() => {
                     // Collectors still connected now (HTTP ones, or WebSockets that outlived the
                     // shutdown timeout) are disconnected by the server's end.
                     self.apply(Event::ServerTerminating);
-                    self.save().await;
+                    Box::pin(self.save()).await;
                     return;
                 }
             };
-            self.save().await;
+            Box::pin(self.save()).await;
             if flow == Flow::Leave {
                 break;
             }
         }
-        self.leave(rx, false).await;
+        Box::pin(self.leave(rx, false)).await;
     }
 
     /// Claims the stored record, retrying for a while: the store's answer, or that it has none,
@@ -179,7 +186,8 @@ impl Actor {
         rx.close();
         while let Some(command) = rx.recv().await {
             match command {
-                Command::Report { report, reply, .. } => {
+                Command::Report(reporting) => {
+                    let Reporting { report, reply, .. } = *reporting;
                     let _ = reply.send(if unloaded {
                         Ok(Answer::Unavailable(Unavailable::Store))
                     } else {
@@ -300,12 +308,13 @@ impl Actor {
 
     async fn handle(&mut self, command: Command) -> Flow {
         match command {
-            Command::Report {
-                connection,
-                report,
-                reassigned_from,
-                reply,
-            } => {
+            Command::Report(reporting) => {
+                let Reporting {
+                    connection,
+                    report,
+                    reassigned_from,
+                    reply,
+                } = *reporting;
                 let answer = self.on_report(connection, report, reassigned_from).await;
                 // The connection may have gone while we worked; its loss arrives as Detached.
                 let _ = reply.send(Ok(answer));
@@ -329,7 +338,7 @@ impl Actor {
             }
             Command::Apply(event, reply) => {
                 self.hot = true;
-                self.apply(event);
+                self.apply(*event);
                 let _ = reply.send(true);
             }
             Command::View(reply) => {

@@ -77,20 +77,26 @@ pub(super) enum Reached<T> {
     Bounced,
 }
 
+/// A collector's message for its actor, and where the answer goes.
+#[derive(Debug)]
+pub(super) struct Reporting {
+    pub connection: ConnectionRef,
+    pub report: Box<Report>,
+    pub reassigned_from: Option<CollectorId>,
+    pub reply: oneshot::Sender<Result<Answer, Box<Report>>>,
+}
+
+/// What an actor is asked. Large payloads are boxed: a mailbox allocates room for 32 commands
+/// up front, for every resident collector.
 #[derive(Debug)]
 pub(super) enum Command {
-    Report {
-        connection: ConnectionRef,
-        report: Box<Report>,
-        reassigned_from: Option<CollectorId>,
-        reply: oneshot::Sender<Result<Answer, Box<Report>>>,
-    },
+    Report(Box<Reporting>),
     Detached {
         connection_id: u64,
         ending: Ending,
     },
     /// A fleet event; answers whether it was applied (`false` from a leaving actor).
-    Apply(Event, oneshot::Sender<bool>),
+    Apply(Box<Event>, oneshot::Sender<bool>),
     View(oneshot::Sender<Collector>),
     Forget(oneshot::Sender<Reached<Forgotten>>),
     /// A reply that could not be confirmed in time: what it carried goes back to the outbox.
@@ -132,3 +138,6 @@ impl CollectorHandle {
         self.tx.send(command).await.map_err(|e| e.0)
     }
 }
+
+// Every resident collector's mailbox holds room for 32 of these from the start.
+const _: () = assert!(size_of::<Command>() <= 32);

@@ -14,7 +14,7 @@ use tracing::warn;
 use super::bus::{Bus, Subscription};
 use super::handle::{
     ActorGone, ActorSettings, Answer, CollectorHandle, Command, ConnectionRef, Ending, Forgotten,
-    Reached, Unavailable,
+    Reached, Reporting, Unavailable,
 };
 use super::machine::{Collector, Event};
 use super::persist::{Epoch, Persistence};
@@ -184,19 +184,19 @@ impl Registry {
                 return Ok(Answer::Unavailable(Unavailable::Full));
             };
             let (reply, answer) = oneshot::channel();
-            let command = Command::Report {
+            let command = Command::Report(Box::new(Reporting {
                 connection: connection.clone(),
                 report,
                 reassigned_from,
                 reply,
-            };
+            }));
             report = match handle.send(command).await {
                 Ok(()) => match answer.await {
                     Ok(Ok(answer)) => return Ok(answer),
                     Ok(Err(bounced)) => bounced,
                     Err(_) => return Err(ActorGone(id)),
                 },
-                Err(Command::Report { report, .. }) => report,
+                Err(Command::Report(reporting)) => reporting.report,
                 Err(_) => return Err(ActorGone(id)),
             };
             if self.shutdown.is_cancelled() {
@@ -244,7 +244,11 @@ impl Registry {
             return Ok(false);
         };
         let (reply, applied) = oneshot::channel();
-        if handle.send(Command::Apply(event, reply)).await.is_err() {
+        if handle
+            .send(Command::Apply(Box::new(event), reply))
+            .await
+            .is_err()
+        {
             return Ok(false);
         }
         applied.await.map_err(|_| ActorGone(id))

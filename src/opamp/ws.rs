@@ -55,7 +55,9 @@ pub async fn upgrade(State(opamp): State<Arc<Opamp>>, upgrade: WebSocketUpgrade)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            let session = Session::new(opamp, socket, connection_id, permit);
+            // Boxed, like its steps below: a task's future is as large as its largest await, for
+            // as long as the connection lives.
+            let session = Box::new(Session::new(opamp, socket, connection_id, permit));
             sessions.track_future(session.run().instrument(span))
         })
 }
@@ -98,14 +100,14 @@ impl Session {
         }
     }
 
-    async fn run(mut self) {
+    async fn run(mut self: Box<Self>) {
         debug!("WebSocket connection opened");
         let open = self.opamp.metrics.gauge(
             crate::telemetry::metrics::CONNECTIONS,
             &[("transport", "websocket")],
         );
         open.increment(1);
-        let ending = self.serve().await;
+        let ending = Box::pin(self.serve()).await;
         open.decrement(1);
         let why = if matches!(ending, Ending::Close(close_code::GOING_AWAY, _)) {
             handle::Ending::ServerClosing
@@ -113,8 +115,8 @@ impl Session {
             handle::Ending::Lost
         };
         match ending {
-            Ending::Close(code, reason) => self.close(code, reason).await,
-            Ending::ByPeer => self.drain().await,
+            Ending::Close(code, reason) => Box::pin(self.close(code, reason)).await,
+            Ending::ByPeer => Box::pin(self.drain()).await,
         }
         for id in self.collectors.keys() {
             self.opamp
@@ -139,7 +141,7 @@ impl Session {
                     None | Some(Ok(Message::Close(_))) => return Ending::ByPeer,
                     Some(Err(err)) => return read_error(err),
                     Some(Ok(Message::Binary(data))) => {
-                        if let Some(ending) = self.on_message(data).await {
+                        if let Some(ending) = Box::pin(self.on_message(data)).await {
                             return ending;
                         }
                     }
@@ -157,7 +159,7 @@ impl Session {
                             |wire| wire.bytes.clone(),
                         );
                         let message = report::to_server_to_agent(uid, *outbound);
-                        if let Some(ending) = self.send(&message).await {
+                        if let Some(ending) = Box::pin(self.send(&message)).await {
                             return ending;
                         }
                     }
