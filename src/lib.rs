@@ -5,6 +5,7 @@ pub mod app;
 pub mod collector;
 pub mod config;
 pub mod fleet;
+pub mod net;
 pub mod opamp;
 pub mod proto;
 pub mod selector;

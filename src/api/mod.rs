@@ -1,11 +1,12 @@
 //! The operations listener: the REST API under `/api/v1`, its OpenAPI document, live events,
 //! Prometheus metrics, and the liveness and readiness probes.
 
-mod auth;
+pub mod auth;
 mod collectors;
 mod configurations;
 pub mod error;
 mod events;
+pub mod keyfile;
 pub mod openapi;
 mod rollouts;
 pub mod view;
@@ -39,6 +40,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub store_health: Arc<StoreHealth>,
     pub config: Arc<ApiConfig>,
+    /// Who may call, decided at start-up (the configured keys, or the generated admin key).
+    pub access: Arc<auth::Access>,
     pub fleet: crate::fleet::engine::Fleet,
     /// This server's own metrics.
     pub metrics: metrics::Metrics,
@@ -103,7 +106,7 @@ pub fn router(state: ApiState) -> Router {
     let api = rest
         .merge(streams)
         .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state.config),
+            Arc::clone(&state.access),
             auth::authenticate,
         ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes));

@@ -175,10 +175,12 @@ impl TestServer {
         let running = within("the server starts", opampd::app::start(config.clone()))
             .await
             .expect("server starts");
+        let api_url = format!("http://{}", running.api_addr);
+        api::remember_generated_key(&api_url, &config.server.data_dir);
         Self {
             opamp_url: format!("http://{}{path}", running.opamp_addr),
             ws_url: format!("ws://{}{path}", running.opamp_addr),
-            api_url: format!("http://{}", running.api_addr),
+            api_url,
             running: Some(running),
             data,
             config,
