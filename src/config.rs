@@ -120,6 +120,8 @@ pub struct ApiConfig {
     pub allow_unauthenticated: bool,
     /// Open sockets, counted from accept; beyond it new ones get 503.
     pub max_connections: usize,
+    /// Event streams open at once; beyond it new ones get 503.
+    pub max_event_streams: usize,
     /// From accept to the end of the first request's head, and from the first byte of a later
     /// request to the end of its head.
     #[serde(with = "humantime_serde")]
@@ -240,6 +242,7 @@ impl Default for ApiConfig {
             keys: Vec::new(),
             allow_unauthenticated: false,
             max_connections: 1024,
+            max_event_streams: 256,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             request_timeout: Duration::from_secs(30),
@@ -419,6 +422,9 @@ impl Config {
         }
         if self.api.max_connections == 0 {
             return reject("api.max_connections", "must be at least 1");
+        }
+        if self.api.max_event_streams == 0 {
+            return reject("api.max_event_streams", "must be at least 1");
         }
         if self.opamp.message_budget_bytes < self.opamp.max_message_bytes {
             return reject(

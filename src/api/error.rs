@@ -29,6 +29,8 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the store cannot answer for this collector now; try again")]
     Unavailable,
+    #[error("as many event streams are open as api.max_event_streams allows; try again later")]
+    TooManyStreams,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -56,9 +58,10 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Store(_) | ApiError::ShuttingDown | ApiError::Unavailable => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            ApiError::Store(_)
+            | ApiError::ShuttingDown
+            | ApiError::Unavailable
+            | ApiError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 }
@@ -79,6 +82,13 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if matches!(self, ApiError::TooManyStreams) {
+            // Streams end when their clients go; a few seconds is a fair wait.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -33,6 +33,8 @@ struct Tail {
     buffer: VecDeque<Event>,
     flushes: watch::Receiver<u64>,
     shutdown: CancellationToken,
+    /// Its place among `api.max_event_streams`, given back when the stream is dropped.
+    _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Tail {
@@ -75,7 +77,8 @@ impl Tail {
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event"),
     ),
     responses((status = 200, content_type = "text/event-stream", body = EventView),
-        (status = 400, body = ErrorBody)))]
+        (status = 400, body = ErrorBody),
+        (status = 503, description = "api.max_event_streams are open; Retry-After says when to try again", body = ErrorBody)))]
 pub async fn events(
     State(api): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -83,6 +86,10 @@ pub async fn events(
     RawQuery(raw): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     caller.require(Role::Viewer)?;
+    // Held by the stream for as long as it is open.
+    let place = Arc::clone(&api.event_streams)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManyStreams)?;
     let pairs = query_pairs(raw.as_deref(), &["state", "selector"])?;
     let filter = EventFilter {
         states: states(&pairs)?,
@@ -104,6 +111,7 @@ pub async fn events(
         buffer: VecDeque::new(),
         flushes: api.store_health.flushes(),
         shutdown: api.shutdown.clone(),
+        _place: place,
     };
     let stream = futures_util::stream::unfold(tail, |mut tail| async move {
         let event = tail.next().await?;

@@ -42,6 +42,8 @@ pub struct ApiState {
     pub config: Arc<ApiConfig>,
     /// Who may call, decided at start-up (the configured keys, or the generated admin key).
     pub access: Arc<auth::Access>,
+    /// Places for open event streams (`api.max_event_streams`).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
     pub fleet: crate::fleet::engine::Fleet,
     /// This server's own metrics.
     pub metrics: metrics::Metrics,

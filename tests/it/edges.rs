@@ -267,3 +267,26 @@ async fn a_peer_that_stops_reading_is_closed_while_others_are_answered_promptly(
         .await;
     drop(stuck);
 }
+
+#[tokio::test]
+async fn event_streams_beyond_the_cap_get_503_with_retry_after() {
+    let server = TestServer::start_with(|c| c.api.max_event_streams = 2).await;
+    let api = Api::new(&server.api_url);
+    let first = api.events("", None).await;
+    let second = api.events("", None).await;
+    let refused = api.get("/api/v1/events").await;
+    crate::support::api::assert_error(&refused, 503, "unavailable");
+    assert_eq!(refused.headers["retry-after"], "5");
+    // A stream's place comes back when its client goes.
+    drop(first);
+    eventually("a stream's place to come back", || async {
+        let response = http_client()
+            .get(format!("{}/api/v1/events", server.api_url))
+            .send()
+            .await
+            .unwrap();
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    drop(second);
+}
