@@ -229,6 +229,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store_health: Arc::clone(&store_health),
         config: Arc::new(config.api.clone()),
         access: Arc::new(api_access(&config)?),
+        probe: api::probe::Probe::start(
+            Arc::clone(&store),
+            config.api.probe_interval,
+            shutdown.clone(),
+        )
+        .await,
         event_streams: Arc::new(tokio::sync::Semaphore::new(config.api.max_event_streams)),
         metrics: metrics.clone(),
     });

@@ -122,6 +122,10 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Event streams open at once; beyond it new ones get 503.
     pub max_event_streams: usize,
+    /// How often the store is pinged and the collectors counted for `/readyz` and `/metrics`,
+    /// which answer from that reading.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
     /// From accept to the end of the first request's head, and from the first byte of a later
     /// request to the end of its head.
     #[serde(with = "humantime_serde")]
@@ -243,6 +247,7 @@ impl Default for ApiConfig {
             allow_unauthenticated: false,
             max_connections: 1024,
             max_event_streams: 256,
+            probe_interval: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             request_timeout: Duration::from_secs(30),
@@ -415,6 +420,7 @@ impl Config {
             ("opamp.ws_write_timeout", self.opamp.ws_write_timeout),
             ("api.header_read_timeout", self.api.header_read_timeout),
             ("api.idle_timeout", self.api.idle_timeout),
+            ("api.probe_interval", self.api.probe_interval),
         ] {
             if value.is_zero() {
                 return reject(key, "must be more than zero");

@@ -290,3 +290,36 @@ async fn event_streams_beyond_the_cap_get_503_with_retry_after() {
     .await;
     drop(second);
 }
+
+#[tokio::test]
+async fn probes_and_scrapes_answer_from_memory_while_the_store_is_locked() {
+    // PostgreSQL: its table lock makes any count of the collectors wait (SQLite's WAL would not).
+    let server = TestServer::on(Backend::Postgres, |c| {
+        c.api.probe_interval = Duration::from_hours(1);
+    })
+    .await;
+    let api = Api::new(&server.api_url);
+    assert_eq!(readyz(&server.api_url).await.0, 200);
+    // With the collectors' table locked, a scrape that counted them would wait (and, past its
+    // two-second budget, leave the counts out); these answer at once, from the reading taken at
+    // start-up.
+    let lock = StoreLock::take(&server).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(readyz(&server.api_url).await.0, 200);
+        let scrape = api.metrics().await;
+        assert_eq!(
+            scrape.value(
+                opampd::telemetry::metrics::COLLECTORS,
+                &[("state", "connected")]
+            ),
+            0
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    lock.release().await;
+}

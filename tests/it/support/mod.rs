@@ -135,6 +135,8 @@ pub fn test_config() -> Config {
     config.api.listen = "127.0.0.1:0".parse().unwrap();
     // Tests read the store right after a change: a short window keeps them quick.
     config.database.flush_interval = Duration::from_millis(5);
+    // /readyz and /metrics answer from a background reading: a short interval keeps tests quick.
+    config.api.probe_interval = Duration::from_millis(50);
     config
 }
 
