@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -20,6 +21,7 @@ use crate::collector::handle::ActorSettings;
 use crate::collector::persist::Persistence;
 use crate::config::Config;
 use crate::fleet::engine::Fleet;
+use crate::net::{self, Allowances};
 use crate::opamp::Opamp;
 use crate::store::batch::Key;
 use crate::store::cluster::ClusterStore;
@@ -99,12 +101,39 @@ fn log_access(config: &Config) {
     if config.api.keys.is_empty() {
         if config.api.allow_unauthenticated {
             warn!(
-                "the REST API is open to everyone: no api.keys, and api.allow_unauthenticated is set"
+                "the REST API lets everyone read: no api.keys, and api.allow_unauthenticated is set"
             );
         } else {
-            info!("the REST API serves loopback clients only: no api.keys are configured");
+            info!(
+                "the REST API lets loopback callers read without a key: no api.keys are configured"
+            );
         }
     }
+}
+
+/// The API's keys: the configured ones, or else the data directory's admin key, generated on
+/// first start (its path is logged, never the key).
+fn api_access(config: &Config) -> anyhow::Result<api::auth::Access> {
+    if !config.api.keys.is_empty() {
+        return Ok(api::auth::Access::new(&config.api, None));
+    }
+    let admin = api::keyfile::load_or_generate(&config.server.data_dir)?;
+    if admin.generated {
+        warn!(
+            path = %admin.path.display(),
+            "no api.keys configured: generated an admin API key; writes need it (read it from this file)"
+        );
+    } else {
+        info!(path = %admin.path.display(), "no api.keys configured: using the admin API key in the data directory");
+    }
+    Ok(api::auth::Access::new(
+        &config.api,
+        Some(api::auth::Credential::plain(
+            "generated-admin",
+            &admin.key,
+            crate::config::Role::Admin,
+        )),
+    ))
 }
 
 /// Tells each actor whose write the store refused (its claim was superseded).
@@ -199,17 +228,62 @@ async fn start_router(
     Ok((router, cluster))
 }
 
+fn opamp_listener_settings(config: &Config) -> net::Settings {
+    net::Settings {
+        name: "opamp",
+        max_connections: config.opamp.max_connections,
+        allow: Allowances {
+            header_read: config.opamp.header_read_timeout,
+            idle: config.opamp.idle_timeout,
+        },
+        retry_after: config.opamp.retry_after,
+    }
+}
+
+fn api_listener_settings(config: &Config) -> net::Settings {
+    net::Settings {
+        name: "api",
+        max_connections: config.api.max_connections,
+        allow: Allowances {
+            header_read: config.api.header_read_timeout,
+            idle: config.api.idle_timeout,
+        },
+        // Operators and scrapers retry sooner than a fleet should.
+        retry_after: Duration::from_secs(5),
+    }
+}
+
+/// Both listeners, bound (port 0 picks a free port).
+async fn bind(config: &Config) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let opamp = TcpListener::bind(config.opamp.listen)
+        .await
+        .with_context(|| format!("cannot listen on opamp.listen = {}", config.opamp.listen))?;
+    let api = TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on api.listen = {}", config.api.listen))?;
+    Ok((opamp, api))
+}
+
+/// The background reading of the store that `/readyz` and `/metrics` answer from.
+async fn start_probe(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    shutdown: &CancellationToken,
+) -> Arc<api::probe::Probe> {
+    api::probe::Probe::start(
+        Arc::clone(store),
+        config.api.probe_interval,
+        shutdown.clone(),
+    )
+    .await
+}
+
 /// Binds both listeners and starts serving. Port 0 picks a free port; the bound addresses are in
 /// the returned [`Running`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let sqlite_lock = store::lock(&config).context("cannot start")?;
     let store = prepare_store(&config).await?;
-    let opamp_listener = TcpListener::bind(config.opamp.listen)
-        .await
-        .with_context(|| format!("cannot listen on opamp.listen = {}", config.opamp.listen))?;
-    let api_listener = TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("cannot listen on api.listen = {}", config.api.listen))?;
+    let (opamp_listener, api_listener) = bind(&config).await?;
     let opamp_addr = opamp_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
 
@@ -259,13 +333,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
 
     let mut servers = JoinSet::new();
-    let opamp_router = opamp.router();
-    let stop = shutdown.clone();
-    servers.spawn(async move {
-        axum::serve(opamp_listener, opamp_router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    servers.spawn(net::serve(
+        opamp_listener,
+        opamp.router(),
+        opamp_listener_settings(&config),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let api_router = api::router(ApiState {
         router,
         shutdown: shutdown.clone(),
@@ -273,17 +347,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: Arc::clone(&store),
         store_health: Arc::clone(&store_health),
         config: Arc::new(config.api.clone()),
+        access: Arc::new(api_access(&config)?),
+        probe: start_probe(&config, &store, &shutdown).await,
+        event_streams: Arc::new(tokio::sync::Semaphore::new(config.api.max_event_streams)),
+        metrics: metrics.clone(),
+    });
+    servers.spawn(net::serve(
+        api_listener,
+        api_router,
+        api_listener_settings(&config),
         metrics,
-    });
-    let stop = shutdown.clone();
-    servers.spawn(async move {
-        axum::serve(
-            api_listener,
-            api_router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    });
+        shutdown.clone(),
+    ));
     info!(%opamp_addr, path = %config.opamp.path, %api_addr, "opampd is listening");
     log_access(&config);
     Ok(Running {

@@ -81,8 +81,30 @@ pub struct OpampConfig {
     pub path: String,
     /// Largest accepted message, header included, measured after decompression (spec default 64 MiB).
     pub max_message_bytes: usize,
-    /// Open WebSocket sessions plus HTTP requests in flight; beyond it new ones get 503.
+    /// Message bytes in flight across all connections (being read, decoded, handled), beyond
+    /// each connection's reserve; past it, "try again later".
+    pub message_budget_bytes: usize,
+    /// Bytes of its current message each connection may hold without drawing on the budget.
+    pub connection_reserve_bytes: usize,
+    /// Open sockets, counted from accept (idle keep-alives and upgraded WebSockets included);
+    /// beyond it new ones get 503.
     pub max_connections: usize,
+    /// From accept (TLS handshake included) to the end of the first request's head, and from
+    /// the first byte of a later request to the end of its head; beyond it the socket is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a plain-HTTP request's body may take to arrive: 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive socket may sit between requests before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// From the upgrade request to the collector's first message on the WebSocket.
+    #[serde(with = "humantime_serde")]
+    pub ws_handshake_timeout: Duration,
+    /// How long one WebSocket send may wait for the peer to read; beyond it the socket is closed.
+    #[serde(with = "humantime_serde")]
+    pub ws_write_timeout: Duration,
     /// Base of the jittered `Retry-After` sent with a 503; the spec recommends at least 30 s.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
@@ -118,10 +140,26 @@ pub struct OpampAuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
-    /// API keys and their roles. With none, only loopback clients are served (as admin) unless
-    /// `allow_unauthenticated` is set.
+    /// API keys and their roles. With none, callers without a key may read from loopback (or from
+    /// anywhere with `allow_unauthenticated`), and writes need the admin key generated into the
+    /// data directory.
     pub keys: Vec<ApiKey>,
     pub allow_unauthenticated: bool,
+    /// Open sockets, counted from accept; beyond it new ones get 503.
+    pub max_connections: usize,
+    /// Event streams open at once; beyond it new ones get 503.
+    pub max_event_streams: usize,
+    /// How often the store is pinged and the collectors counted for `/readyz` and `/metrics`,
+    /// which answer from that reading.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// From accept to the end of the first request's head, and from the first byte of a later
+    /// request to the end of its head.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive socket may sit between requests.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Longest a REST request may take (event streams excepted).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -134,7 +172,12 @@ pub struct ApiConfig {
 pub struct ApiKey {
     /// Who holds it, for logs.
     pub name: String,
+    /// The key itself, or (instead) `key_sha256`: its SHA-256 digest in hex, so the
+    /// configuration need not hold the key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_sha256: String,
     pub role: Role,
 }
 
@@ -203,6 +246,13 @@ impl Default for OpampConfig {
             path: "/v1/opamp".to_owned(),
             max_message_bytes: 64 * 1024 * 1024,
             max_connections: 10_000,
+            message_budget_bytes: 512 * 1024 * 1024,
+            connection_reserve_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_mins(1),
+            idle_timeout: Duration::from_secs(90),
+            ws_handshake_timeout: Duration::from_secs(10),
+            ws_write_timeout: Duration::from_secs(10),
             retry_after: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(30),
             liveness_intervals: 3,
@@ -222,6 +272,11 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             keys: Vec::new(),
             allow_unauthenticated: false,
+            max_connections: 1024,
+            max_event_streams: 256,
+            probe_interval: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
         }
@@ -373,6 +428,52 @@ impl Config {
         Ok(config)
     }
 
+    /// The listeners' limits: stage timeouts, socket limits, the message budget.
+    fn validate_edges(&self) -> Result<(), ConfigError> {
+        let reject = |key, reason: &str| {
+            Err(ConfigError::Rejected {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        for (key, value) in [
+            ("opamp.header_read_timeout", self.opamp.header_read_timeout),
+            ("opamp.body_read_timeout", self.opamp.body_read_timeout),
+            ("opamp.idle_timeout", self.opamp.idle_timeout),
+            (
+                "opamp.ws_handshake_timeout",
+                self.opamp.ws_handshake_timeout,
+            ),
+            ("opamp.ws_write_timeout", self.opamp.ws_write_timeout),
+            ("api.header_read_timeout", self.api.header_read_timeout),
+            ("api.idle_timeout", self.api.idle_timeout),
+            ("api.probe_interval", self.api.probe_interval),
+        ] {
+            if value.is_zero() {
+                return reject(key, "must be more than zero");
+            }
+        }
+        if self.api.max_connections == 0 {
+            return reject("api.max_connections", "must be at least 1");
+        }
+        if self.api.max_event_streams == 0 {
+            return reject("api.max_event_streams", "must be at least 1");
+        }
+        if self.opamp.message_budget_bytes < self.opamp.max_message_bytes {
+            return reject(
+                "opamp.message_budget_bytes",
+                "must be at least opamp.max_message_bytes, or the largest message could never pass",
+            );
+        }
+        if self.opamp.connection_reserve_bytes > self.opamp.max_message_bytes {
+            return reject(
+                "opamp.connection_reserve_bytes",
+                "must be at most opamp.max_message_bytes",
+            );
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let reject = |key, reason: &str| {
             Err(ConfigError::Rejected {
@@ -389,6 +490,7 @@ impl Config {
         if self.opamp.max_connections == 0 {
             return reject("opamp.max_connections", "must be at least 1");
         }
+        self.validate_edges()?;
         if self.opamp.heartbeat_interval.is_zero() {
             return reject("opamp.heartbeat_interval", "must be more than zero");
         }
@@ -426,8 +528,17 @@ impl Config {
                 "queue_capacity and max_pending must be at least 1",
             );
         }
-        if self.api.keys.iter().any(|k| k.key.len() < 16) {
-            return reject("api.keys", "every key must be at least 16 characters");
+        for key in &self.api.keys {
+            match (key.key.is_empty(), key.key_sha256.is_empty()) {
+                (false, true) if key.key.len() < 16 => {
+                    return reject("api.keys", "every key must be at least 16 characters");
+                }
+                (true, false) if crate::api::auth::hex_digest(&key.key_sha256).is_none() => {
+                    return reject("api.keys", "key_sha256 must be 64 hexadecimal digits");
+                }
+                (false, true) | (true, false) => {}
+                _ => return reject("api.keys", "give each key either key or key_sha256"),
+            }
         }
         if self.opamp.commit_timeout.is_zero() {
             return reject("opamp.commit_timeout", "must be more than zero");

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod collector;
 pub mod config;
 pub mod fleet;
+pub mod net;
 pub mod opamp;
 pub mod proto;
 pub mod selector;

@@ -17,6 +17,8 @@ use tokio::sync::watch;
 /// A passing test never waits this long.
 const DEADLINE: Duration = Duration::from_secs(30);
 
+const ADMIN_KEY: &str = "load-test-admin-key-0123456789";
+
 struct Server {
     running: Option<Running>,
     config: Config,
@@ -36,6 +38,13 @@ impl Server {
         config.database.flush_interval = Duration::from_millis(5);
         config.server.data_dir = data.path().to_owned();
         config.server.shutdown_timeout = Duration::from_secs(2);
+        // Writes need a key; this one is the test's own.
+        config.api.keys = vec![opampd::config::ApiKey {
+            name: "load-test".into(),
+            key: ADMIN_KEY.into(),
+            key_sha256: String::new(),
+            role: opampd::config::Role::Admin,
+        }];
         adjust(&mut config);
         let running = opampd::app::start(config.clone())
             .await
@@ -207,6 +216,9 @@ async fn throttled_http_collectors_wait_and_get_through() {
     let mut server = Server::start_with(|config| {
         config.opamp.max_connections = 2;
         config.opamp.retry_after = Duration::from_secs(1);
+        // Every socket holds a place, idle kept-alive ones included, until idle_timeout: a
+        // short one lets the two places go round the twelve collectors.
+        config.opamp.idle_timeout = Duration::from_millis(200);
     })
     .await;
     let report = load(args(
@@ -377,6 +389,7 @@ async fn request_json(
         .uri(path)
         .header("host", api.to_string())
         .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
         .body(Full::new(bytes::Bytes::from(body.unwrap_or("").to_owned())))
         .expect("request");
     let response = sender.send_request(request).await.expect("response");

@@ -32,6 +32,8 @@ pub enum ApiError {
     /// Another node must carry this out and could not now (its message says which and why).
     #[error("{0}")]
     Elsewhere(String),
+    #[error("as many event streams are open as api.max_event_streams allows; try again later")]
+    TooManyStreams,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -73,7 +75,8 @@ impl ApiError {
             ApiError::Store(_)
             | ApiError::ShuttingDown
             | ApiError::Unavailable
-            | ApiError::Elsewhere(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            | ApiError::Elsewhere(_)
+            | ApiError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 }
@@ -94,6 +97,13 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if matches!(self, ApiError::TooManyStreams) {
+            // Streams end when their clients go; a few seconds is a fair wait.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -29,7 +29,8 @@ use crate::store::tail::Tail;
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event"),
     ),
     responses((status = 200, content_type = "text/event-stream", body = EventView),
-        (status = 400, body = ErrorBody)))]
+        (status = 400, body = ErrorBody),
+        (status = 503, description = "api.max_event_streams are open; Retry-After says when to try again", body = ErrorBody)))]
 pub async fn events(
     State(api): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -37,6 +38,10 @@ pub async fn events(
     RawQuery(raw): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     caller.require(Role::Viewer)?;
+    // Held by the stream for as long as it is open.
+    let place = Arc::clone(&api.event_streams)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManyStreams)?;
     let pairs = query_pairs(raw.as_deref(), &["state", "selector"])?;
     let filter = EventFilter {
         states: states(&pairs)?,
@@ -59,14 +64,16 @@ pub async fn events(
         api.router.history_notices(),
         api.shutdown.clone(),
     );
-    let stream = futures_util::stream::unfold(tail, |mut tail| async move {
+    // The stream's place among `api.max_event_streams` goes with it, given back when it ends.
+    let tail = (tail, place);
+    let stream = futures_util::stream::unfold(tail, |(mut tail, place)| async move {
         let event = tail.next().await?;
         let sse = SseEvent::default()
             .id(event.seq.to_string())
             .event("transition")
             .json_data(EventView::new(&event))
             .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));
-        Some((Ok(sse), tail))
+        Some((Ok(sse), (tail, place)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

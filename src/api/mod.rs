@@ -1,12 +1,14 @@
 //! The operations listener: the REST API under `/api/v1`, its OpenAPI document, live events,
 //! Prometheus metrics, and the liveness and readiness probes.
 
-mod auth;
+pub mod auth;
 mod collectors;
 mod configurations;
 pub mod error;
 mod events;
+pub mod keyfile;
 pub mod openapi;
+pub mod probe;
 mod rollouts;
 pub mod view;
 
@@ -42,6 +44,12 @@ pub struct ApiState {
     /// Where orders are carried out: this node, or the node holding the collector (or running
     /// the rollout engine).
     pub router: Arc<crate::cluster::router::Router>,
+    /// Who may call, decided at start-up (the configured keys, or the generated admin key).
+    pub access: Arc<auth::Access>,
+    /// The store's reachability and the fleet's counts, read in the background.
+    pub probe: Arc<probe::Probe>,
+    /// Places for open event streams (`api.max_event_streams`).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
     /// This server's own metrics.
     pub metrics: metrics::Metrics,
 }
@@ -105,7 +113,7 @@ pub fn router(state: ApiState) -> Router {
     let api = rest
         .merge(streams)
         .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state.config),
+            Arc::clone(&state.access),
             auth::authenticate,
         ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
@@ -126,9 +134,6 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// How long `/readyz` and `/metrics` wait for the store to answer.
-const PING_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
-
 async fn unknown_route() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
@@ -142,21 +147,18 @@ async fn openapi(
 
 /// Prometheus text: what this server recorded, then what it reads from its own state at this
 /// moment. The second part is rendered here rather than written into the recorder first, so two
-/// scrapes at once cannot mix their readings. The fleet's counts come from the store, so every
-/// replica reports the same ones.
+/// scrapes at once cannot mix their readings. The fleet's counts come from the store (as of the
+/// last background reading), so every replica reports the same ones.
 async fn prometheus(State(state): State<ApiState>) -> impl IntoResponse {
     let mut text = state.metrics.render();
-    // A scrape answers in time while the database is down; only the fleet's counts are missing.
-    match tokio::time::timeout(PING_BUDGET, state.store.count_by_state()).await {
-        Ok(Ok(counts)) => {
-            let values = crate::collector::State::ALL.map(|s| {
-                let n = counts.get(&s).copied().unwrap_or(0);
-                (Some(("state", s.as_str())), n)
-            });
-            sample_lines(&mut text, metrics::COLLECTORS, "gauge", &values);
-        }
-        Ok(Err(err)) => tracing::warn!(%err, "metrics: cannot count collectors by state"),
-        Err(_) => tracing::warn!("metrics: the store did not count collectors in time"),
+    // From the last background reading: a scrape never loads the database. While the database
+    // is down, only the fleet's counts are missing.
+    if let Some(counts) = state.probe.last().counts {
+        let values = crate::collector::State::ALL.map(|s| {
+            let n = counts.get(&s).copied().unwrap_or(0);
+            (Some(("state", s.as_str())), n)
+        });
+        sample_lines(&mut text, metrics::COLLECTORS, "gauge", &values);
     }
     let persistence = state.registry.persistence();
     let registry = &state.registry;
@@ -210,12 +212,9 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
     let health = &state.store_health;
     let pending = health.pending_transitions();
-    // The batcher only learns of an outage when it writes; an idle server asks the store itself.
-    let unreachable = match tokio::time::timeout(PING_BUDGET, state.store.ping()).await {
-        Ok(Ok(())) => None,
-        Ok(Err(err)) => Some(err.to_string()),
-        Err(_) => Some(format!("no answer within {PING_BUDGET:?}")),
-    };
+    // The batcher only learns of an outage when it writes; the background probe pings the store
+    // every api.probe_interval, so an idle server notices too without each probe loading it.
+    let unreachable = state.probe.last().unreachable;
     if state.shutdown.is_cancelled() {
         (
             StatusCode::SERVICE_UNAVAILABLE,

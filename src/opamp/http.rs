@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost::Message as _;
 use tracing::{Instrument, debug, field, info_span};
@@ -14,6 +15,7 @@ use tracing::{Instrument, debug, field, info_span};
 use super::{Opamp, OpampError};
 use crate::collector::Transport;
 use crate::collector::handle::ConnectionRef;
+use crate::net::budget::Held;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 
@@ -32,7 +34,6 @@ async fn answer(
     if !is_protobuf(headers) {
         return Err(OpampError::UnsupportedMediaType);
     }
-    let _permit = opamp.admit()?;
     let connection_id = opamp.connection_id();
     // The header lets us name the collector in logs before the body is decoded; the body decides.
     let announced = headers
@@ -49,7 +50,18 @@ async fn answer(
         span.record("collector_id", field::display(id));
     }
     async move {
-        let payload = read_body(body, opamp.config.max_message_bytes).await?;
+        // Held until the reply is built: the body, and what decoding it makes of it.
+        let mut held = opamp.budget.hold();
+        let payload = tokio::time::timeout(
+            opamp.config.body_read_timeout,
+            read_body(body, opamp.config.max_message_bytes, &mut held),
+        )
+        .await
+        .map_err(|_| OpampError::BodyTimeout)?
+        .map_err(|e| match e {
+            BodyError::OverBudget => opamp.over_budget(),
+            BodyError::Opamp(e) => e,
+        })?;
         let connection = ConnectionRef {
             id: connection_id,
             transport: Transport::Http,
@@ -89,16 +101,34 @@ fn is_protobuf(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case(PROTOBUF))
 }
 
-/// Reads the (already decompressed) body up to `limit` bytes: more is 413, a broken gzip stream 400.
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, OpampError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(OpampError::TooLarge(limit)),
-        Err(err) => Err(OpampError::BadRequest {
-            uid: bytes::Bytes::new(),
-            message: format!("unreadable request body: {err}"),
-        }),
+enum BodyError {
+    OverBudget,
+    Opamp(OpampError),
+}
+
+/// Reads the (already decompressed) body up to `limit` bytes, each chunk covered by `held` as it
+/// arrives: more than the limit is 413, a broken gzip stream 400, past the budget 503.
+async fn read_body(body: Body, limit: usize, held: &mut Held) -> Result<Bytes, BodyError> {
+    let mut body = Limited::new(body, limit);
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
+            BodyError::Opamp(if err.is::<LengthLimitError>() {
+                OpampError::TooLarge(limit)
+            } else {
+                OpampError::BadRequest {
+                    uid: Bytes::new(),
+                    message: format!("unreadable request body: {err}"),
+                }
+            })
+        })?;
+        if let Ok(data) = frame.into_data() {
+            held.cover(collected.len() + data.len())
+                .map_err(|_| BodyError::OverBudget)?;
+            collected.extend_from_slice(&data);
+        }
     }
+    Ok(collected.freeze())
 }
 
 #[cfg(test)]

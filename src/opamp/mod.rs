@@ -21,7 +21,6 @@ use axum::routing::get;
 use bytes::Bytes;
 use prost::Message as _;
 use rand::RngExt as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +32,7 @@ use tracing::{Span, debug};
 use crate::collector::handle::ConnectionRef;
 use crate::collector::{Answer, CollectorId, Registry, Unavailable};
 use crate::config::OpampConfig;
+use crate::net::budget::Budget;
 use crate::proto;
 use crate::telemetry::metrics::{self, Metrics};
 use identity::WireUid;
@@ -42,7 +42,8 @@ pub struct Opamp {
     config: OpampConfig,
     registry: Arc<Registry>,
     metrics: Metrics,
-    admission: Arc<Semaphore>,
+    /// Message bytes in flight across all connections.
+    budget: Arc<Budget>,
     next_connection: AtomicU64,
     shutdown: CancellationToken,
     /// WebSocket sessions outlive the HTTP request that opened them; shutdown waits on these.
@@ -58,7 +59,7 @@ impl Opamp {
         sessions: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(Self {
-            admission: Arc::new(Semaphore::new(config.max_connections)),
+            budget: Budget::new(config.message_budget_bytes, config.connection_reserve_bytes),
             config,
             registry,
             metrics,
@@ -93,15 +94,6 @@ impl Opamp {
 
     fn connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// A place among the open connections, or 503 when the server is full.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, OpampError> {
-        Arc::clone(&self.admission)
-            .try_acquire_owned()
-            .map_err(|_| OpampError::Overloaded {
-                retry_after: jittered(self.config.retry_after),
-            })
     }
 
     /// Decodes one `AgentToServer`, hands it to the collector's actor and builds the reply, sent
@@ -210,8 +202,17 @@ impl Opamp {
     }
 }
 
+impl Opamp {
+    /// "Try again later" for a message the budget cannot take now.
+    fn over_budget(&self) -> OpampError {
+        OpampError::OverBudget {
+            retry_after: jittered(self.config.retry_after),
+        }
+    }
+}
+
 /// Between 1x and 1.5x the base, so refused collectors do not all come back at the same moment.
-fn jittered(base: Duration) -> u64 {
+pub(crate) fn jittered(base: Duration) -> u64 {
     let secs = base.as_secs().max(1);
     secs + rand::rng().random_range(0..=secs / 2)
 }
@@ -229,8 +230,11 @@ pub(crate) struct Processed {
 pub enum OpampError {
     #[error("missing or invalid credentials")]
     Unauthorized,
-    #[error("server is at its connection limit")]
-    Overloaded { retry_after: u64 },
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    /// The message would take the server past its budget of bytes in flight.
+    #[error("server is busy with other large messages; try again in {retry_after} s")]
+    OverBudget { retry_after: u64 },
     #[error("unsupported content type or encoding")]
     UnsupportedMediaType,
     #[error("message larger than the {0}-byte limit")]
@@ -252,7 +256,8 @@ impl OpampError {
     fn reason(&self) -> &'static str {
         match self {
             OpampError::Unauthorized => "unauthorized",
-            OpampError::Overloaded { .. } => "overloaded",
+            OpampError::BodyTimeout => "body_timeout",
+            OpampError::OverBudget { .. } => "over_budget",
             OpampError::UnsupportedMediaType => "unsupported_media_type",
             OpampError::TooLarge(_) => "too_large",
             OpampError::BadRequest { .. } => "bad_request",
@@ -283,9 +288,10 @@ impl IntoResponse for OpampError {
                 self.to_string(),
             )
                 .into_response(),
-            OpampError::Overloaded { retry_after } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, HeaderValue::from(retry_after))],
+            // The rest of the body may still be on its way: the socket is not reused.
+            OpampError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, "close")],
                 self.to_string(),
             )
                 .into_response(),
@@ -312,6 +318,7 @@ impl IntoResponse for OpampError {
             )
                 .into_response(),
             OpampError::Unavailable { uid, retry_after } => unavailable(uid, retry_after),
+            OpampError::OverBudget { retry_after } => unavailable(Bytes::new(), retry_after),
         }
     }
 }

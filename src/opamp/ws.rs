@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tracing::{Instrument, debug, field, info_span, warn};
 
@@ -17,9 +18,13 @@ use super::identity::WireUid;
 use super::{Opamp, OpampError, frame, report};
 use crate::collector::handle::{self, ConnectionRef};
 use crate::collector::{CloseReason, CollectorId, Delivery, Transport};
+use crate::net::Connection;
+use crate::net::budget::{Meter, OverBudget};
 
 /// Pushes waiting for one connection; an actor never blocks on it (it keeps the message instead).
 const PUSH_QUEUE: usize = 8;
+/// Room in the write buffer beyond one reply: frame headers, a Pong, a Close.
+const WRITE_SLACK: usize = 1024;
 /// How long we wait for the peer's Close after sending ours before dropping TCP.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(3);
 
@@ -32,11 +37,13 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-pub async fn upgrade(State(opamp): State<Arc<Opamp>>, upgrade: WebSocketUpgrade) -> Response {
-    let permit = match opamp.admit() {
-        Ok(permit) => permit,
-        Err(error) => return opamp.refuse(error),
-    };
+pub async fn upgrade(
+    State(opamp): State<Arc<Opamp>>,
+    socket: Option<Extension<Arc<Connection>>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // The first message is due this long after the upgrade was asked for.
+    let first_message_by = Instant::now() + opamp.config.ws_handshake_timeout;
     let config = &opamp.config;
     let limit = config.max_message_bytes;
     let connection_id = opamp.connection_id();
@@ -51,13 +58,28 @@ pub async fn upgrade(State(opamp): State<Arc<Opamp>>, upgrade: WebSocketUpgrade)
     upgrade
         .read_buffer_size(config.ws_buffer_bytes)
         .write_buffer_size(config.ws_buffer_bytes)
-        .max_write_buffer_size(limit.saturating_mul(2))
+        // Sends are awaited one at a time, so the buffer holds at most one reply (at most the
+        // message limit: larger ones are never sent) and a control frame or two.
+        .max_write_buffer_size(limit.saturating_add(WRITE_SLACK))
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |ws| {
+            // From here on the session reads whole messages itself: every byte read is charged
+            // to the budget as it arrives, so a message past it is refused while still arriving.
+            let meter = socket.map(|Extension(socket)| {
+                let meter = Meter::new(&opamp.budget);
+                socket.meter(meter.clone());
+                meter
+            });
             // Boxed, like its steps below: a task's future is as large as its largest await, for
             // as long as the connection lives.
-            let session = Box::new(Session::new(opamp, socket, connection_id, permit));
+            let session = Box::new(Session::new(
+                opamp,
+                ws,
+                connection_id,
+                first_message_by,
+                meter,
+            ));
             sessions.track_future(session.run().instrument(span))
         })
 }
@@ -70,13 +92,18 @@ struct Session {
     push_rx: mpsc::Receiver<Delivery>,
     /// Collectors served on this connection (a proxy may carry several), in their wire form.
     collectors: HashMap<CollectorId, WireUid>,
-    _permit: OwnedSemaphorePermit,
+    /// Until the first message arrives, when it is due.
+    first_message_by: Option<Instant>,
+    /// The socket's meter: released after each message, which then holds its own bytes.
+    meter: Option<Meter>,
 }
 
 /// How a session ends: who closes, and with what.
 enum Ending {
     /// The peer closed or the connection failed; nothing more to send.
     ByPeer,
+    /// The peer stopped reading: nothing more can be sent, not even a Close.
+    Stalled,
     /// We close, with this code and reason.
     Close(u16, &'static str),
 }
@@ -86,7 +113,8 @@ impl Session {
         opamp: Arc<Opamp>,
         socket: WebSocket,
         connection_id: u64,
-        permit: OwnedSemaphorePermit,
+        first_message_by: Instant,
+        meter: Option<Meter>,
     ) -> Self {
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
         Self {
@@ -96,7 +124,8 @@ impl Session {
             push_tx,
             push_rx,
             collectors: HashMap::new(),
-            _permit: permit,
+            first_message_by: Some(first_message_by),
+            meter,
         }
     }
 
@@ -117,6 +146,7 @@ impl Session {
         match ending {
             Ending::Close(code, reason) => Box::pin(self.close(code, reason)).await,
             Ending::ByPeer => Box::pin(self.drain()).await,
+            Ending::Stalled => {}
         }
         for id in self.collectors.keys() {
             self.opamp
@@ -137,10 +167,11 @@ impl Session {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ending::Close(close_code::GOING_AWAY, "server shutting down"),
-                received = self.socket.recv() => match received {
+                received = self.socket.recv() => match self.received(received) {
                     None | Some(Ok(Message::Close(_))) => return Ending::ByPeer,
                     Some(Err(err)) => return read_error(err),
                     Some(Ok(Message::Binary(data))) => {
+                        self.first_message_by = None;
                         if let Some(ending) = Box::pin(self.on_message(data)).await {
                             return ending;
                         }
@@ -171,10 +202,14 @@ impl Session {
                     }
                 },
                 _ = ping.tick(), if pong_deadline.is_none() => {
-                    if self.socket.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return Ending::ByPeer;
+                    if let Some(ending) = self.write(Message::Ping(Bytes::new())).await {
+                        return ending;
                     }
                     pong_deadline = Some(Instant::now() + pong_timeout);
+                }
+                () = crate::collector::actor::sleep_until_opt(self.first_message_by) => {
+                    debug!("no first message in time");
+                    return Ending::Close(close_code::POLICY_VIOLATION, "no message within the handshake timeout");
                 }
                 () = crate::collector::actor::sleep_until_opt(pong_deadline) => {
                     debug!("no pong in time");
@@ -184,8 +219,36 @@ impl Session {
         }
     }
 
+    /// A frame has been read whole: the bytes the socket's meter charged for it are given back
+    /// (the message, if kept, takes its own hold).
+    fn received(
+        &self,
+        received: Option<Result<Message, axum::Error>>,
+    ) -> Option<Result<Message, axum::Error>> {
+        if let Some(meter) = &self.meter {
+            meter.message_done();
+        }
+        received
+    }
+
     /// Handles one collector message; `Some` ends the session.
     async fn on_message(&mut self, data: Bytes) -> Option<Ending> {
+        let mut held = self.opamp.budget.hold();
+        if held.cover(data.len()).is_err() {
+            // Nothing was acted on: the collector may send it again on this connection.
+            let retry_after = super::jittered(self.opamp.config.retry_after);
+            self.opamp
+                .metrics
+                .counter(
+                    crate::telemetry::metrics::REJECTED,
+                    &[("reason", "over_budget")],
+                )
+                .increment(1);
+            drop(data);
+            return self
+                .send(&report::unavailable(Bytes::new(), retry_after))
+                .await;
+        }
         let connection = ConnectionRef {
             id: self.connection_id,
             transport: Transport::WebSocket,
@@ -225,13 +288,31 @@ impl Session {
         if self.opamp.check_outgoing(message).is_err() {
             return None;
         }
-        match self
-            .socket
-            .send(Message::Binary(frame::with_header(message)))
+        self.write(Message::Binary(frame::with_header(message)))
             .await
+    }
+
+    /// Sends one frame, waiting at most the write timeout for a peer that does not read.
+    async fn write(&mut self, message: Message) -> Option<Ending> {
+        match timeout(
+            self.opamp.config.ws_write_timeout,
+            self.socket.send(message),
+        )
+        .await
         {
-            Ok(()) => None,
-            Err(_) => Some(Ending::ByPeer),
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(Ending::ByPeer),
+            Err(_) => {
+                debug!("peer stopped reading: send timed out");
+                self.opamp
+                    .metrics
+                    .counter(
+                        crate::telemetry::metrics::SOCKETS_TIMED_OUT,
+                        &[("listener", "opamp"), ("stage", "ws_write")],
+                    )
+                    .increment(1);
+                Some(Ending::Stalled)
+            }
         }
     }
 
@@ -241,7 +322,7 @@ impl Session {
             code,
             reason: reason.into(),
         };
-        if self.socket.send(Message::Close(Some(frame))).await.is_ok() {
+        if self.write(Message::Close(Some(frame))).await.is_none() {
             self.drain().await;
         }
     }
@@ -261,6 +342,15 @@ impl Session {
 /// A read error: an over-limit message gets 1009; anything else means the connection is gone.
 fn read_error(err: axum::Error) -> Ending {
     match err.into_inner().downcast::<tungstenite::Error>() {
+        Ok(err)
+            if matches!(&*err, tungstenite::Error::Io(io)
+                if io.get_ref().is_some_and(<dyn std::error::Error + Send + Sync>::is::<OverBudget>)) =>
+        {
+            Ending::Close(
+                close_code::TRY_AGAIN_LATER,
+                "over the server's message budget; try again later",
+            )
+        }
         Ok(err) if matches!(*err, tungstenite::Error::Capacity(_)) => {
             Ending::Close(close_code::MESSAGE_TOO_BIG, "message too big")
         }

@@ -568,6 +568,7 @@ async fn keys_and_roles_decide_who_may_do_what() {
     let key = |name: &str, role| ApiKey {
         name: name.into(),
         key: format!("{name}-key-0123456789abcdef"),
+        key_sha256: String::new(),
         role,
     };
     let server = TestServer::start_with(|c| {
@@ -642,6 +643,7 @@ async fn oversized_and_non_json_bodies_are_refused_clearly() {
     assert_error(&answer, 413, "too_large");
     let plain = http_client()
         .put(format!("{}{path}", server.api_url))
+        .bearer_auth(crate::support::api::generated_key(&server.api_url).unwrap())
         .header("content-type", "text/plain")
         .body("{}")
         .send()

@@ -302,6 +302,10 @@ async fn the_api_examples_run() {
             .env("OPAMPD", &server.api_url)
             .env("ID", collector.id.to_string())
             .env("ROLLOUT", &rollout)
+            .env(
+                "KEY",
+                crate::support::api::generated_key(&server.api_url).unwrap_or_default(),
+            )
             .output();
         let output = within("an example's curl commands", output).await.unwrap();
         let statuses = String::from_utf8_lossy(&output.stdout);

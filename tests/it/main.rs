@@ -31,11 +31,14 @@ mod support;
 
 mod api;
 mod binary;
+mod budget;
 mod configurations;
 mod docs;
 mod durability;
+mod edges;
 mod http_transport;
 mod interop;
+mod keys;
 mod metrics;
 mod migrations;
 mod opampctl;

@@ -19,8 +19,38 @@ pub struct Answer {
     pub headers: reqwest::header::HeaderMap,
 }
 
+/// Servers' generated admin keys by API base URL, so that every test's client can write.
+static GENERATED_KEYS: std::sync::Mutex<BTreeMap<String, String>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Notes the admin key `data_dir` holds (if the server generated one) for the server at `base`.
+pub fn remember_generated_key(base: &str, data_dir: &std::path::Path) {
+    let file = data_dir.join(opampd::api::keyfile::FILE);
+    if let Ok(key) = std::fs::read_to_string(file) {
+        GENERATED_KEYS
+            .lock()
+            .unwrap()
+            .insert(base.to_owned(), key.trim().to_owned());
+    }
+}
+
+/// The admin key the server at `base` generated, if it did.
+pub fn generated_key(base: &str) -> Option<String> {
+    GENERATED_KEYS.lock().unwrap().get(base).cloned()
+}
+
 impl Api {
+    /// A client of the server at `base`, presenting the admin key it generated, if it did (as
+    /// an operator would after reading it from the data directory).
     pub fn new(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            key: generated_key(base),
+        }
+    }
+
+    /// A client that presents no key.
+    pub fn anonymous(base: &str) -> Self {
         Self {
             base: base.to_owned(),
             key: None,

@@ -100,14 +100,20 @@ impl ServerProcess {
             .await
             .expect("opampd logs its addresses before the deadline")
             .expect("opampd logs its addresses");
+        let api_addr: SocketAddr = api.expect("api_addr in the start-up line");
+        super::api::remember_generated_key(&format!("http://{api_addr}"), data);
         Self {
             child,
             opamp_addr: opamp.expect("opamp_addr in the start-up line"),
-            api_addr: api.expect("api_addr in the start-up line"),
+            api_addr,
             logs,
             reader: Some(reader),
             owned_data: None,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server is running")
     }
 
     pub fn opamp_url(&self) -> String {

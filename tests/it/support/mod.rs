@@ -135,6 +135,8 @@ pub fn test_config() -> Config {
     config.api.listen = "127.0.0.1:0".parse().unwrap();
     // Tests read the store right after a change: a short window keeps them quick.
     config.database.flush_interval = Duration::from_millis(5);
+    // /readyz and /metrics answer from a background reading: a short interval keeps tests quick.
+    config.api.probe_interval = Duration::from_millis(50);
     config
 }
 
@@ -175,10 +177,12 @@ impl TestServer {
         let running = within("the server starts", opampd::app::start(config.clone()))
             .await
             .expect("server starts");
+        let api_url = format!("http://{}", running.api_addr);
+        api::remember_generated_key(&api_url, &config.server.data_dir);
         Self {
             opamp_url: format!("http://{}{path}", running.opamp_addr),
             ws_url: format!("ws://{}{path}", running.opamp_addr),
-            api_url: format!("http://{}", running.api_addr),
+            api_url,
             running: Some(running),
             data,
             config,

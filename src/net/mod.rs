@@ -1,0 +1,204 @@
+//! The sockets under both listeners: accept, count each against the listener's limit from the
+//! moment it is accepted, close those that overstay a stage, and serve HTTP/1.1 on the rest.
+//!
+//! axum's own `serve` holds a socket for as long as its peer likes: no header-read timer, no idle
+//! limit, and no count of sockets that have not yet sent a request. This loop owns those.
+
+mod body;
+pub mod budget;
+mod conn;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+use tracing::{debug, warn};
+
+pub use conn::{Allowances, Clock, Connection, Stage, Tracked, deadline};
+
+use crate::telemetry::metrics::{self, Metrics};
+
+/// Sockets over the limit still get their 503 (with `Retry-After`), but only this many at once;
+/// beyond that they are closed as soon as they are accepted.
+const OVERFLOW_ANSWERS: usize = 64;
+
+/// A listener's limits and where it counts what it refuses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `opamp` or `api`: the `listener` label of its metrics.
+    pub name: &'static str,
+    pub max_connections: usize,
+    pub allow: Allowances,
+    /// Base of the jittered `Retry-After` sent to sockets over the limit.
+    pub retry_after: Duration,
+}
+
+/// Accepts until `shutdown`, then waits for the connections it is still serving to finish their
+/// requests (WebSocket sessions, once upgraded, are their owner's to close).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: Settings,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let places = Arc::new(Semaphore::new(settings.max_connections));
+    let overflow = Arc::new(Semaphore::new(OVERFLOW_ANSWERS));
+    let next_id = AtomicU64::new(1);
+    let tasks = TaskTracker::new();
+    let labels = [("listener", settings.name)];
+    let refused = metrics.counter(metrics::SOCKETS_REFUSED, &labels);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, most likely: accepting again at once would spin.
+                    warn!(listener = settings.name, error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+            refused.increment(1);
+            if let Ok(answering) = Arc::clone(&overflow).try_acquire_owned() {
+                let retry_after = crate::opamp::jittered(settings.retry_after);
+                let allowance = settings.allow.header_read;
+                tasks.spawn(async move {
+                    refuse(stream, retry_after, allowance).await;
+                    drop(answering);
+                });
+            }
+            continue;
+        };
+        let conn = Arc::new(Connection::new(
+            next_id.fetch_add(1, Ordering::Relaxed),
+            peer,
+            place,
+        ));
+        tasks.spawn(serve_connection(
+            stream,
+            conn,
+            router.clone(),
+            settings.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+/// Serves one socket's requests until it closes, is upgraded, overstays a stage, or the server
+/// shuts down (requests in flight finish; an idle socket is closed at once).
+async fn serve_connection(
+    stream: TcpStream,
+    conn: Arc<Connection>,
+    router: Router,
+    settings: Settings,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let labels = [("listener", settings.name)];
+    let open = metrics.gauge(metrics::SOCKETS, &labels);
+    open.increment(1);
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(Tracked::new(stream, Arc::clone(&conn)));
+    let service = {
+        let conn = Arc::clone(&conn);
+        tower::service_fn(move |mut request: Request<Incoming>| {
+            let in_flight = conn.request();
+            request.extensions_mut().insert(ConnectInfo(conn.peer));
+            request.extensions_mut().insert(Arc::clone(&conn));
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request.map(Body::new)).await?;
+                // The request counts as in flight until its body is sent: an event stream is
+                // a request that lasts, not an idle socket.
+                Ok::<_, Infallible>(response.map(|b| Body::new(body::Guarded::new(b, in_flight))))
+            }
+        })
+    };
+    let mut builder = http1::Builder::new();
+    // Our watchdog below bounds the head; hyper's own timer would also cut idle keep-alives.
+    builder.header_read_timeout(None).max_buf_size(64 * 1024);
+    let mut connection = pin!(
+        builder
+            .serve_connection(io, TowerToHyperService::new(service))
+            .with_upgrades()
+    );
+    let mut stopping = false;
+    loop {
+        let due = deadline(conn.clock(), settings.allow);
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(err) = served {
+                    debug!(listener = settings.name, error = %err, "connection ended with an error");
+                }
+                break;
+            }
+            () = conn.changed() => {}
+            () = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = crate::collector::actor::sleep_until_opt(due.map(|(at, _)| conn.instant(at))) => {
+                // The clock may have moved on while we slept (bytes arrived, a request began).
+                if let Some((at, stage)) = deadline(conn.clock(), settings.allow)
+                    && conn.instant(at) <= tokio::time::Instant::now()
+                {
+                    debug!(listener = settings.name, connection = conn.id, stage = stage.as_str(), "socket closed: stage timed out");
+                    metrics
+                        .counter(metrics::SOCKETS_TIMED_OUT, &[("listener", settings.name), ("stage", stage.as_str())])
+                        .increment(1);
+                    break;
+                }
+            }
+        }
+    }
+    open.decrement(1);
+}
+
+/// Answers a socket over the limit with 503 and `Retry-After`, once its request head is read
+/// (answering before could be lost to a reset), within the header-read allowance.
+async fn refuse(stream: TcpStream, retry_after: u64, allowance: Duration) {
+    let service = tower::service_fn(move |_: Request<Incoming>| async move {
+        let mut response = Response::new(Body::from("server is at its connection limit"));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        Ok::<_, Infallible>(response)
+    });
+    let mut builder = http1::Builder::new();
+    builder.header_read_timeout(None).keep_alive(false);
+    let served = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    let _ = tokio::time::timeout(allowance, served).await;
+}
+
+/// The peer address of a request served by [`serve`].
+pub fn peer(request: &Request<Body>) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<Arc<Connection>>()
+        .map(|c| c.peer)
+}
