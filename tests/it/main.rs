@@ -42,6 +42,7 @@ mod opampctl;
 mod persistence;
 mod protocol;
 mod replicas;
+mod rollout_delivery;
 mod rollouts;
 mod states;
 mod store;
