@@ -47,6 +47,8 @@ impl What {
                 let missing = record.missing(required);
                 let outcome = if runs(record, &offer.hash) {
                     Outcome::Skipped
+                } else if !reports_configurations(record) {
+                    Outcome::Unsupported
                 } else if missing.is_empty() {
                     Outcome::Pending
                 } else {
@@ -105,6 +107,13 @@ impl What {
                 .is_some_and(|p| p.hash == offer.hash),
         }
     }
+}
+
+/// Whether a configuration sent to this collector can settle: it must accept one and report the
+/// verdict (`ReportsRemoteConfig`); one that never reports would hold its batch for ever.
+fn reports_configurations(record: &Collector) -> bool {
+    let can = record.capabilities;
+    can.has(Capabilities::ACCEPTS_REMOTE_CONFIG) && can.has(Capabilities::REPORTS_REMOTE_CONFIG)
 }
 
 pub(super) fn spec_of(offer: &PackageOffer) -> PackageSpec {
@@ -168,3 +177,53 @@ pub(super) fn offer_of(version: &ConfigurationVersion) -> ConfigOffer {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::{CollectorId, RemoteConfigState, RemoteConfigStatus};
+
+    fn configuration() -> What {
+        What::Configuration {
+            offer: ConfigOffer {
+                files: crate::collector::ConfigFiles::new(),
+                hash: b"h".to_vec(),
+            },
+            required: Vec::new(),
+        }
+    }
+
+    fn collector(capabilities: u64) -> Collector {
+        let mut c = Collector::new(CollectorId(uuid::Uuid::nil()));
+        c.capabilities = Capabilities(capabilities);
+        c
+    }
+
+    #[test]
+    fn a_collector_that_cannot_report_the_verdict_is_refused_up_front() {
+        let both = Capabilities::ACCEPTS_REMOTE_CONFIG | Capabilities::REPORTS_REMOTE_CONFIG;
+        let what = configuration();
+        assert_eq!(what.plan(&collector(both)).outcome, Outcome::Pending);
+        for lacking in [
+            Capabilities::ACCEPTS_REMOTE_CONFIG,
+            Capabilities::REPORTS_REMOTE_CONFIG,
+            0,
+        ] {
+            assert_eq!(
+                what.plan(&collector(lacking)).outcome,
+                Outcome::Unsupported,
+                "capabilities {lacking:#x}"
+            );
+        }
+        let mut running = collector(0);
+        running.remote_config_status = Some(RemoteConfigStatus {
+            hash: b"h".to_vec(),
+            status: RemoteConfigState::Applied,
+            error_message: String::new(),
+        });
+        assert_eq!(
+            what.plan(&running).outcome,
+            Outcome::Skipped,
+            "runs it already"
+        );
+    }
+}

@@ -69,7 +69,9 @@ pub enum Outcome {
     Incompatible,
     /// It already runs this configuration (or package version).
     Skipped,
-    /// It does not accept packages (an upgrade's refusal); nothing was offered.
+    /// It cannot take the payload or cannot report how it went, so nothing was sent: a
+    /// configuration needs `AcceptsRemoteConfig` and `ReportsRemoteConfig`, a package
+    /// `AcceptsPackages`.
     Unsupported,
     /// A newer rollout took it over.
     Replaced,

@@ -5,7 +5,7 @@
 use opampd::collector::{Reason, State};
 use serde_json::{Value, json};
 
-use crate::rollouts::{configuration, labelled, rollout_where};
+use crate::rollouts::{configuration, labelled, labelled_ids, rollout_where};
 use crate::support::api::Api;
 use crate::support::scripted::{Script, Scripted};
 use crate::support::*;
@@ -135,4 +135,46 @@ async fn a_cancel_is_a_barrier_for_pending_waiting_and_configuring_collectors() 
         "no longer processed"
     );
     assert_eq!(after["targets"], cancelled["targets"]);
+}
+
+/// A collector that accepts configurations but never reports their status (no
+/// `ReportsRemoteConfig`) is refused up front and listed `unsupported`: nothing is sent to it, it
+/// is never queued, and the rollout completes without waiting for it.
+#[tokio::test]
+async fn a_collector_that_cannot_report_the_outcome_is_refused_and_listed() {
+    use opampd::proto::AgentCapabilities as Can;
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let able = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    let uid = new_uid();
+    let mut mute = WsClient::connect(&server.ws_url).await;
+    let mut first = with_components(
+        hello(&uid, 0),
+        "components:kafka",
+        &[("receivers", &["otlp"]), ("exporters", &["kafka"])],
+        true,
+    );
+    first.capabilities = capabilities(&[Can::ReportsStatus, Can::AcceptsRemoteConfig]);
+    let welcome = mute.exchange(&first).await;
+    assert!(welcome.error_response.is_none(), "{welcome:?}");
+    let mute_id = id_of(&uid);
+    labelled_ids(&api, &[able.id, mute_id]).await;
+
+    let started = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "selector": "env=prod"}),
+        )
+        .await;
+    assert_eq!(outcome(&started, mute_id), "unsupported", "{started}");
+    let id = started["id"].as_str().unwrap().to_owned();
+    let done = rollout_where(&api, &id, "completed", |r| r["status"] == "completed").await;
+    assert_eq!(done["progress"]["applied"], 1, "{done}");
+    assert_eq!(done["progress"]["unsupported"], 1, "{done}");
+    assert_eq!(
+        server.steps(mute_id).await,
+        [(None, State::Connected, Reason::Initial)],
+        "never queued nor sent anything"
+    );
 }

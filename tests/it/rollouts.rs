@@ -28,7 +28,7 @@ pub(crate) async fn labelled(api: &Api, collectors: &[&Scripted]) {
     labelled_ids(api, &ids).await;
 }
 
-async fn labelled_ids(api: &Api, collectors: &[CollectorId]) {
+pub(crate) async fn labelled_ids(api: &Api, collectors: &[CollectorId]) {
     for id in collectors {
         api.stored(*id).await;
         let answer = api
