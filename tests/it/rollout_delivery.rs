@@ -93,29 +93,7 @@ async fn a_cancel_is_a_barrier_for_pending_waiting_and_configuring_collectors() 
         .await;
     // A later rollout reaches it (its arrival has been handled by then), and it is the only
     // configuration it ever gets.
-    let v2 = api
-        .post(
-            "/api/v1/configurations",
-            &json!({"name": "gateway", "yaml": crate::rollouts::KAFKA.replace("kafka:", "kafka:\n    topic: spans")}),
-        )
-        .await;
-    assert_eq!(v2.status, 201, "{}", v2.body);
-    let labels = format!("/api/v1/collectors/{away_id}/labels");
-    assert_eq!(
-        api.patch(&labels, &json!({"back": "yes"})).await.status,
-        200
-    );
-    let next = api
-        .post_ok(
-            "/api/v1/rollouts",
-            &json!({"configuration": "gateway", "version": 2, "selector": "back=yes"}),
-        )
-        .await;
-    let next_id = next["id"].as_str().unwrap().to_owned();
-    rollout_where(&api, &next_id, "the returning collector applied v2", |r| {
-        r["progress"]["applied"] == 1
-    })
-    .await;
+    a_later_rollout_reaches(&api, away_id).await;
     assert_eq!(back.received(), 1, "only the next rollout's configuration");
     let v1 = started["hash"].as_str().unwrap().to_owned();
     let history = server.history(away_id).await;
@@ -135,6 +113,33 @@ async fn a_cancel_is_a_barrier_for_pending_waiting_and_configuring_collectors() 
         "no longer processed"
     );
     assert_eq!(after["targets"], cancelled["targets"]);
+}
+
+/// Stores version 2 of `gateway`, rolls it out to `id` alone and waits until it applied it.
+async fn a_later_rollout_reaches(api: &Api, id: opampd::collector::CollectorId) {
+    let v2 = api
+        .post(
+            "/api/v1/configurations",
+            &json!({"name": "gateway", "yaml": crate::rollouts::KAFKA.replace("kafka:", "kafka:\n    topic: spans")}),
+        )
+        .await;
+    assert_eq!(v2.status, 201, "{}", v2.body);
+    let labels = format!("/api/v1/collectors/{id}/labels");
+    assert_eq!(
+        api.patch(&labels, &json!({"back": "yes"})).await.status,
+        200
+    );
+    let next = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 2, "selector": "back=yes"}),
+        )
+        .await;
+    let next_id = next["id"].as_str().unwrap().to_owned();
+    rollout_where(api, &next_id, "the returning collector applied v2", |r| {
+        r["progress"]["applied"] == 1
+    })
+    .await;
 }
 
 /// A collector that accepts configurations but never reports their status (no
