@@ -105,6 +105,13 @@ pub enum Event {
     RemoveFromRollout {
         rollout: String,
     },
+    /// The rollout was cancelled: what of its payload (`hash`, a configuration's or a package
+    /// offer's) has not been delivered is taken back, and the collector leaves the rollout.
+    Withdraw {
+        rollout: String,
+        #[serde(with = "crate::collector::encoding::hex")]
+        hash: Vec<u8>,
+    },
     Restart,
 }
 
@@ -253,6 +260,7 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
                 }
             }
         }
+        Event::Withdraw { rollout, hash } => withdraw(c, rollout, &hash, now, &mut out),
         Event::Restart => {
             if c.capabilities.has(Capabilities::ACCEPTS_RESTART_COMMAND) {
                 c.outbox.restart = true;
@@ -328,6 +336,7 @@ fn on_report(
     if let Some(packages) = packages {
         on_package_statuses(c, &packages, now, out);
     }
+    settle_withdrawn(c, now, out);
     settle_errors(c, now, out);
     if goodbye {
         lose_connection(c, Reason::CollectorStopped, now, out);
@@ -448,6 +457,77 @@ fn settle_errors(c: &mut Collector, now: SystemTime, out: &mut Vec<Effect>) {
         None => {}
     }
 }
+
+/// Takes back an undelivered offer of a cancelled rollout. What is still in the outbox was never
+/// written to the collector; what a collector away may or may not have had before it left is
+/// forgotten too (a late verdict on it is then not ours and changes nothing). An offer already
+/// delivered to a connected collector stays awaited, so its verdict still moves it out of
+/// Configuring or Upgrading. A Pending collector leaves by `removed_from_rollout`.
+fn withdraw(
+    c: &mut Collector,
+    rollout: String,
+    hash: &[u8],
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    let config_queued = c
+        .outbox
+        .remote_config
+        .as_ref()
+        .is_some_and(|o| o.hash == hash);
+    if config_queued {
+        c.outbox.remote_config = None;
+    }
+    if c.config_sent.as_deref() == Some(hash) && (config_queued || !c.connected) {
+        c.config_sent = None;
+    }
+    let package_queued = c.outbox.package.as_ref().is_some_and(|o| o.hash == hash);
+    if package_queued {
+        c.outbox.package = None;
+    }
+    if c.package_offered.as_ref().is_some_and(|p| p.hash == hash)
+        && (package_queued || !c.connected)
+    {
+        c.package_offered = None;
+    }
+    if c.rollout.as_deref() == Some(rollout.as_str()) {
+        c.rollout = None;
+        if c.state == Some(State::Pending) {
+            go(c, Reason::RemovedFromRollout, "", Some(rollout), now, out);
+            settle_errors(c, now, out);
+        }
+    }
+}
+
+/// A collector left Configuring or Upgrading with nothing awaited: its offer was withdrawn before
+/// it was written (a cancel). The diagram's only way back to Connected from there is the verdict's
+/// edge; its next report says it runs what it ran, so that edge is taken, saying why.
+fn settle_withdrawn(c: &mut Collector, now: SystemTime, out: &mut Vec<Effect>) {
+    match c.state {
+        Some(State::Configuring) if c.config_sent.is_none() => go(
+            c,
+            Reason::ConfigApplied,
+            WITHDRAWN_CONFIGURATION,
+            None,
+            now,
+            out,
+        ),
+        Some(State::Upgrading) if c.package_offered.is_none() => go(
+            c,
+            Reason::UpgradeSucceeded,
+            WITHDRAWN_PACKAGE,
+            None,
+            now,
+            out,
+        ),
+        _ => {}
+    }
+}
+
+pub const WITHDRAWN_CONFIGURATION: &str =
+    "its configuration was withdrawn before it was sent; it runs the one it had";
+pub const WITHDRAWN_PACKAGE: &str =
+    "its package offer was withdrawn before it was sent; it runs the version it had";
 
 fn lose_connection(c: &mut Collector, reason: Reason, now: SystemTime, out: &mut Vec<Effect>) {
     if !c.connected {
@@ -639,8 +719,193 @@ mod tests {
                 hash: vec![1],
             })),
             1 => Just(Event::RemoveFromRollout { rollout: "r".into() }),
+            1 => (0..2usize).prop_map(|i| Event::Withdraw { rollout: "r".into(), hash: HASHES[i].to_vec() }),
             1 => Just(Event::Restart),
         ]
+    }
+
+    fn offer(hash: &[u8]) -> ConfigOffer {
+        ConfigOffer {
+            files: ConfigFiles::new(),
+            hash: hash.to_vec(),
+        }
+    }
+
+    fn connected(transport: Transport) -> Collector {
+        let mut c = Collector::new(CollectorId(uuid::Uuid::nil()));
+        let at = UNIX_EPOCH;
+        step(
+            &mut c,
+            Event::Report {
+                report: Box::new(report(None, None, None, false)),
+                transport,
+            },
+            at,
+        );
+        c
+    }
+
+    fn reasons(effects: &[Effect]) -> Vec<Reason> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Transitioned(t) => Some(t.reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_withdrawal_takes_an_unsent_configuration_back_and_configuring_ends_on_the_next_report() {
+        let now = UNIX_EPOCH + Duration::from_secs(1);
+        let rollout = Some("r".to_owned());
+        // A plain-HTTP collector: the configuration waits in the outbox for its next poll.
+        let mut c = connected(Transport::Http);
+        step(
+            &mut c,
+            Event::QueueForRollout {
+                rollout: "r".into(),
+                required: vec![],
+            },
+            now,
+        );
+        step(
+            &mut c,
+            Event::SendConfiguration {
+                offer: offer(b"h1"),
+                required: vec![],
+                rollout,
+            },
+            now,
+        );
+        assert_eq!(c.state, Some(State::Configuring));
+        assert!(c.outbox.remote_config.is_some());
+        let effects = step(
+            &mut c,
+            Event::Withdraw {
+                rollout: "r".into(),
+                hash: b"h1".to_vec(),
+            },
+            now,
+        );
+        assert!(effects.is_empty(), "no edge now: {effects:?}");
+        assert!(c.outbox.is_empty(), "nothing of it is left to send");
+        assert_eq!(
+            (c.config_sent.as_deref(), c.rollout.as_deref()),
+            (None, None)
+        );
+        let effects = step(
+            &mut c,
+            Event::Report {
+                report: Box::new(report(None, None, None, false)),
+                transport: Transport::Http,
+            },
+            now,
+        );
+        assert_eq!(reasons(&effects), [Reason::ConfigApplied]);
+        assert_eq!(c.state, Some(State::Connected));
+        assert_eq!(c.state_message, WITHDRAWN_CONFIGURATION);
+    }
+
+    #[test]
+    fn a_withdrawal_leaves_a_delivered_configuration_awaited_and_releases_pending_ones() {
+        let now = UNIX_EPOCH + Duration::from_secs(1);
+        let mut c = connected(Transport::WebSocket);
+        step(
+            &mut c,
+            Event::SendConfiguration {
+                offer: offer(b"h1"),
+                required: vec![],
+                rollout: Some("r".into()),
+            },
+            now,
+        );
+        let _written = c.outbox.take_sendable();
+        step(
+            &mut c,
+            Event::Withdraw {
+                rollout: "r".into(),
+                hash: b"h1".to_vec(),
+            },
+            now,
+        );
+        assert_eq!(
+            c.config_sent.as_deref(),
+            Some(&b"h1"[..]),
+            "its verdict is still ours"
+        );
+        let effects = step(
+            &mut c,
+            Event::Report {
+                report: Box::new(report(None, None, None, false)),
+                transport: Transport::WebSocket,
+            },
+            now,
+        );
+        assert!(
+            reasons(&effects).is_empty(),
+            "still Configuring, awaiting the verdict"
+        );
+        assert_eq!(c.state, Some(State::Configuring));
+
+        let mut p = connected(Transport::WebSocket);
+        step(
+            &mut p,
+            Event::QueueForRollout {
+                rollout: "r".into(),
+                required: vec![],
+            },
+            now,
+        );
+        let effects = step(
+            &mut p,
+            Event::Withdraw {
+                rollout: "r".into(),
+                hash: b"h1".to_vec(),
+            },
+            now,
+        );
+        assert_eq!(reasons(&effects), [Reason::RemovedFromRollout]);
+        assert_eq!(p.state, Some(State::Connected));
+    }
+
+    #[test]
+    fn a_withdrawal_forgets_what_an_away_collector_was_sent() {
+        let now = UNIX_EPOCH + Duration::from_secs(1);
+        let mut c = connected(Transport::WebSocket);
+        step(&mut c, Event::ConnectionLost, now);
+        step(
+            &mut c,
+            Event::SendConfiguration {
+                offer: offer(b"h1"),
+                required: vec![],
+                rollout: Some("r".into()),
+            },
+            now,
+        );
+        step(
+            &mut c,
+            Event::Withdraw {
+                rollout: "r".into(),
+                hash: b"h1".to_vec(),
+            },
+            now,
+        );
+        assert!(c.outbox.is_empty() && c.config_sent.is_none());
+        let effects = step(
+            &mut c,
+            Event::Report {
+                report: Box::new(report(None, None, None, false)),
+                transport: Transport::WebSocket,
+            },
+            now,
+        );
+        assert_eq!(
+            reasons(&effects),
+            [Reason::ConnectionRestored],
+            "no configuration on return"
+        );
+        assert!(c.outbox.is_empty());
     }
 
     proptest! {

@@ -9,21 +9,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::rollout::{
-    Outcome, PackageSpec, Payload, Rollout, RolloutOptions, Status, Target, has_package, runs,
-    verdict,
-};
+use super::offer::{Offer, What, offer_of, package_offer};
+use super::rollout::{Outcome, Payload, Rollout, RolloutOptions, Status, Target, verdict};
 use crate::cluster::router::Router;
 use crate::collector::encoding::{rfc3339, unhex};
-use crate::collector::{
-    Capabilities, Collector, CollectorId, ConfigFile, ConfigOffer, Event, PackageOffer, Reason,
-    State,
-};
+use crate::collector::{Collector, CollectorId, Event, Reason, State};
 use crate::selector::Selector;
 use crate::store::tail::Tail;
-use crate::store::{
-    After, CollectorQuery, ConfigurationVersion, EventFilter, SortKey, Store, StoreError,
-};
+use crate::store::{After, CollectorQuery, EventFilter, SortKey, Store, StoreError};
 
 /// How often rollouts look at their collectors even when no transition woke them.
 const TICK: Duration = Duration::from_millis(500);
@@ -109,6 +102,7 @@ impl Fleet {
             store,
             rollouts,
             offers: Vec::new(),
+            withdrawals: Vec::new(),
         };
         tokio::spawn(engine.run(rx, shutdown));
         Ok(Self { tx })
@@ -134,150 +128,6 @@ impl Fleet {
     }
 }
 
-/// What a rollout sends, built once from its payload.
-struct Offer {
-    rollout: String,
-    what: What,
-}
-
-enum What {
-    Configuration {
-        offer: ConfigOffer,
-        required: Vec<String>,
-    },
-    Package(PackageOffer),
-}
-
-impl What {
-    fn hash(&self) -> &[u8] {
-        match self {
-            What::Configuration { offer, .. } => &offer.hash,
-            What::Package(offer) => &offer.hash,
-        }
-    }
-
-    fn event(&self, rollout: &str) -> Event {
-        match self {
-            What::Configuration { offer, required } => Event::SendConfiguration {
-                offer: offer.clone(),
-                required: required.clone(),
-                rollout: Some(rollout.to_owned()),
-            },
-            What::Package(offer) => Event::OfferPackage(offer.clone()),
-        }
-    }
-
-    /// Where a target stands before its batch: queued, or why it is left out.
-    fn plan(&self, record: &Collector) -> Target {
-        let (outcome, missing) = match self {
-            What::Configuration { offer, required } => {
-                let missing = record.missing(required);
-                let outcome = if runs(record, &offer.hash) {
-                    Outcome::Skipped
-                } else if missing.is_empty() {
-                    Outcome::Pending
-                } else {
-                    Outcome::Incompatible
-                };
-                (outcome, missing)
-            }
-            What::Package(offer) => {
-                let outcome = if !record.capabilities.has(Capabilities::ACCEPTS_PACKAGES) {
-                    Outcome::Unsupported
-                } else if has_package(record, &spec_of(offer)) {
-                    Outcome::Skipped
-                } else {
-                    Outcome::Pending
-                };
-                (outcome, Vec::new())
-            }
-        };
-        Target {
-            collector: record.id,
-            outcome,
-            batch: None,
-            missing,
-            error: String::new(),
-            components_unknown: record
-                .available_components
-                .as_ref()
-                .and_then(|a| a.components.as_ref())
-                .is_none(),
-            previous_hash: record
-                .remote_config_status
-                .as_ref()
-                .filter(|s| s.status == crate::collector::RemoteConfigState::Applied)
-                .map(|s| crate::collector::machine::hex(&s.hash)),
-            rolled_back: false,
-        }
-    }
-
-    /// A target's outcome once sent, while a connected collector works on it.
-    fn in_flight(&self) -> Outcome {
-        match self {
-            What::Configuration { .. } => Outcome::Configuring,
-            What::Package(_) => Outcome::Upgrading,
-        }
-    }
-
-    /// Whether the collector holds this payload as sent and not yet answered.
-    fn awaited_by(&self, record: &Collector) -> bool {
-        match self {
-            What::Configuration { offer, .. } => {
-                record.config_sent.as_deref() == Some(offer.hash.as_slice())
-            }
-            What::Package(offer) => record
-                .package_offered
-                .as_ref()
-                .is_some_and(|p| p.hash == offer.hash),
-        }
-    }
-}
-
-fn spec_of(offer: &PackageOffer) -> PackageSpec {
-    PackageSpec {
-        name: offer.name.clone(),
-        version: offer.version.clone(),
-        download_url: offer.download_url.clone(),
-        sha256: crate::collector::machine::hex(&offer.content_hash),
-        signature: crate::collector::machine::hex(&offer.signature),
-    }
-}
-
-/// The package offer for `spec`, its hash over every field (length-prefixed).
-pub fn package_offer(spec: &PackageSpec) -> Result<PackageOffer, FleetError> {
-    use sha2::Digest as _;
-    let content_hash = unhex(&spec.sha256)
-        .filter(|h| h.len() == 32)
-        .ok_or_else(|| FleetError::Invalid("sha256 must be 64 hex digits".into()))?;
-    let signature = unhex(&spec.signature)
-        .ok_or_else(|| FleetError::Invalid("signature must be hex".into()))?;
-    if spec.name.is_empty() || spec.version.is_empty() || spec.download_url.is_empty() {
-        return Err(FleetError::Invalid(
-            "a package needs a name, a version and a download_url".into(),
-        ));
-    }
-    let mut digest = sha2::Sha256::new();
-    for part in [
-        spec.name.as_bytes(),
-        spec.version.as_bytes(),
-        spec.download_url.as_bytes(),
-        &content_hash,
-        &signature,
-    ] {
-        digest.update((part.len() as u64).to_be_bytes());
-        digest.update(part);
-    }
-    Ok(PackageOffer {
-        name: spec.name.clone(),
-        version: spec.version.clone(),
-        download_url: spec.download_url.clone(),
-        content_hash,
-        signature,
-        hash: digest.finalize().to_vec(),
-    })
-}
-
 struct Engine {
     router: Arc<Router>,
     store: Arc<dyn Store>,
@@ -285,23 +135,14 @@ struct Engine {
     rollouts: Vec<Rollout>,
     offers: Vec<Offer>,
     events: Tail,
+    /// Cancelled rollouts' offers still to take back from collectors on nodes that did not answer.
+    withdrawals: Vec<Withdrawal>,
 }
 
-fn offer_of(version: &ConfigurationVersion) -> ConfigOffer {
-    ConfigOffer {
-        files: version
-            .files
-            .iter()
-            .map(|(name, file)| {
-                let file = ConfigFile {
-                    content_type: file.content_type.clone(),
-                    body: file.body.as_bytes().into(),
-                };
-                (name.clone(), file)
-            })
-            .collect(),
-        hash: unhex(&version.hash).unwrap_or_default(),
-    }
+struct Withdrawal {
+    rollout: String,
+    hash: Vec<u8>,
+    collector: CollectorId,
 }
 
 impl Engine {
@@ -332,7 +173,10 @@ impl Engine {
                     }
                     self.advance().await;
                 }
-                _ = tick.tick() => self.advance().await,
+                _ = tick.tick() => {
+                    self.withdraw().await;
+                    self.advance().await;
+                }
             }
         }
     }
@@ -530,6 +374,11 @@ impl Engine {
             .position(|r| r.id == id)
             .ok_or_else(|| FleetError::NotFound(format!("no rollout {id}")))?;
         let mut rollout = self.rollouts[i].clone();
+        if let Control::Cancel = control
+            && let Some(withdraw) = rollout.cancel()
+        {
+            return self.cancel(i, rollout, withdraw).await;
+        }
         match (control, rollout.status) {
             (Control::Pause, Status::Running) => {
                 rollout.status = Status::Paused;
@@ -539,19 +388,6 @@ impl Engine {
                 rollout.status = Status::Running;
                 rollout.failures_accepted = rollout.count(Outcome::Failed);
                 rollout.reason.clear();
-            }
-            (Control::Cancel, Status::Running | Status::Paused) => {
-                rollout.status = Status::Cancelled;
-                "cancelled by an operator".clone_into(&mut rollout.reason);
-                for target in &mut rollout.targets {
-                    if target.outcome == Outcome::Pending {
-                        target.outcome = Outcome::Removed;
-                        let event = Event::RemoveFromRollout {
-                            rollout: rollout.id.clone(),
-                        };
-                        let _ = self.router.apply(target.collector, event).await;
-                    }
-                }
             }
             (control, status) => {
                 return Err(FleetError::Conflict(format!(
@@ -572,6 +408,48 @@ impl Engine {
         self.rollouts[i] = rollout.clone();
         info!(rollout = %rollout.id, status = rollout.status.as_str(), "rollout changed");
         Ok(rollout)
+    }
+
+    /// The cancel barrier. The cancelled document is stored first, so that no engine (this one,
+    /// or the next lease holder) sends the rollout's payload again; then every open target's
+    /// collector has what it has not been written withdrawn from its outbox, on whichever node
+    /// holds it. A node that cannot be reached now is tried again on every tick.
+    async fn cancel(
+        &mut self,
+        i: usize,
+        rollout: Rollout,
+        withdraw: Vec<CollectorId>,
+    ) -> Result<Rollout, FleetError> {
+        self.save(&rollout).await?;
+        self.rollouts[i] = rollout.clone();
+        let hash = unhex(&rollout.hash).unwrap_or_default();
+        for collector in withdraw {
+            self.withdrawals.push(Withdrawal {
+                rollout: rollout.id.clone(),
+                hash: hash.clone(),
+                collector,
+            });
+        }
+        self.withdraw().await;
+        info!(rollout = %rollout.id, unreached = self.withdrawals.len(), "rollout cancelled");
+        Ok(rollout)
+    }
+
+    /// Carries out the withdrawals still owed; those whose node did not answer stay owed.
+    async fn withdraw(&mut self) {
+        let mut owed = Vec::new();
+        for w in std::mem::take(&mut self.withdrawals) {
+            let event = Event::Withdraw {
+                rollout: w.rollout.clone(),
+                hash: w.hash.clone(),
+            };
+            // Not resident anywhere: its outbox went with its actor, and nothing will fill it.
+            if let Err(err) = self.router.apply(w.collector, event).await {
+                warn!(%err, rollout = %w.rollout, collector_id = %w.collector, "cannot withdraw a cancelled rollout's offer yet; retrying");
+                owed.push(w);
+            }
+        }
+        self.withdrawals = owed;
     }
 
     /// A collector connected (first time or again). If a rollout sent it its configuration and
@@ -663,6 +541,11 @@ impl Engine {
     async fn advance(&mut self) {
         for i in 0..self.rollouts.len() {
             let status = self.rollouts[i].status;
+            // A cancelled rollout is over: its targets are settled, and late verdicts are not
+            // read into it.
+            if status == Status::Cancelled {
+                continue;
+            }
             let open = self.rollouts[i].targets.iter().any(|t| {
                 t.outcome.in_flight()
                     || t.outcome == Outcome::Waiting

@@ -3,4 +3,5 @@
 
 pub mod configuration;
 pub mod engine;
+pub mod offer;
 pub mod rollout;

@@ -69,12 +69,17 @@ pub enum Outcome {
     Incompatible,
     /// It already runs this configuration (or package version).
     Skipped,
-    /// It does not accept packages (an upgrade's refusal); nothing was offered.
+    /// It cannot take the payload or cannot report how it went, so nothing was sent: a
+    /// configuration needs `AcceptsRemoteConfig` and `ReportsRemoteConfig`, a package
+    /// `AcceptsPackages`.
     Unsupported,
     /// A newer rollout took it over.
     Replaced,
-    /// The rollout was cancelled before its batch came.
-    Removed,
+    /// The rollout was cancelled while this target was still open (queued, sent while it was
+    /// away, or awaiting its verdict): nothing of the rollout reaches it afterwards. Documents
+    /// stored before this outcome existed say `removed`.
+    #[serde(alias = "removed")]
+    Cancelled,
 }
 
 impl Outcome {
@@ -89,7 +94,7 @@ impl Outcome {
         Outcome::Skipped,
         Outcome::Unsupported,
         Outcome::Replaced,
-        Outcome::Removed,
+        Outcome::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,7 +109,7 @@ impl Outcome {
             Outcome::Skipped => "skipped",
             Outcome::Unsupported => "unsupported",
             Outcome::Replaced => "replaced",
-            Outcome::Removed => "removed",
+            Outcome::Cancelled => "cancelled",
         }
     }
 
@@ -230,6 +235,24 @@ impl Rollout {
             > self.options.max_errors
     }
 
+    /// Cancels the rollout: every open target ends `cancelled`. Answers the collectors that must
+    /// have the rollout's payload withdrawn, or `None` when the rollout is not running or paused.
+    pub fn cancel(&mut self) -> Option<Vec<CollectorId>> {
+        if !self.status.is_active() {
+            return None;
+        }
+        self.status = Status::Cancelled;
+        "cancelled by an operator".clone_into(&mut self.reason);
+        let mut withdraw = Vec::new();
+        for target in &mut self.targets {
+            if target.outcome.is_open() {
+                target.outcome = Outcome::Cancelled;
+                withdraw.push(target.collector);
+            }
+        }
+        Some(withdraw)
+    }
+
     pub fn target_mut(&mut self, id: CollectorId) -> Option<&mut Target> {
         self.targets.iter_mut().find(|t| t.collector == id)
     }
@@ -313,6 +336,79 @@ pub fn runs(record: &Collector, hash: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(n: u128, outcome: Outcome) -> Target {
+        Target {
+            collector: CollectorId(uuid::Uuid::from_u128(n)),
+            outcome,
+            batch: None,
+            missing: Vec::new(),
+            error: String::new(),
+            components_unknown: false,
+            previous_hash: None,
+            rolled_back: false,
+        }
+    }
+
+    fn rollout(status: Status, targets: Vec<Target>) -> Rollout {
+        Rollout {
+            id: "r".into(),
+            payload: Payload::Configuration {
+                configuration: "c".into(),
+                version: 1,
+            },
+            hash: String::new(),
+            selector: String::new(),
+            options: RolloutOptions::default(),
+            status,
+            reason: String::new(),
+            created_at: String::new(),
+            batches_started: 1,
+            failures_accepted: 0,
+            targets,
+        }
+    }
+
+    #[test]
+    fn a_cancel_ends_every_open_target_and_names_them_for_withdrawal() {
+        let outcomes = [
+            Outcome::Pending,
+            Outcome::Configuring,
+            Outcome::Upgrading,
+            Outcome::Waiting,
+            Outcome::Applied,
+            Outcome::Failed,
+            Outcome::Incompatible,
+            Outcome::Skipped,
+            Outcome::Replaced,
+        ];
+        let targets = (0u128..).zip(outcomes).map(|(n, o)| target(n, o)).collect();
+        for status in [Status::Running, Status::Paused] {
+            let mut r = rollout(status, Vec::clone(&targets));
+            let withdraw = r.cancel().expect("an active rollout cancels");
+            assert_eq!(r.status, Status::Cancelled);
+            assert_eq!(
+                withdraw,
+                (0u128..4)
+                    .map(|n| CollectorId(uuid::Uuid::from_u128(n)))
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(r.count(Outcome::Cancelled), 4);
+            assert_eq!(r.count(Outcome::Applied), 1, "settled targets keep theirs");
+            assert!(r.targets.iter().all(|t| !t.outcome.is_open()));
+        }
+        for status in [Status::Completed, Status::Cancelled, Status::DryRun] {
+            let mut r = rollout(status, Vec::clone(&targets));
+            assert_eq!(r.cancel(), None);
+            assert_eq!(r.status, status, "unchanged");
+        }
+    }
+
+    #[test]
+    fn documents_stored_with_removed_targets_still_read() {
+        let read: Outcome = serde_json::from_str("\"removed\"").unwrap();
+        assert_eq!(read, Outcome::Cancelled);
+    }
 
     #[test]
     fn batches_grow_by_the_multiplier_up_to_the_cap() {

@@ -45,6 +45,7 @@ mod opampctl;
 mod persistence;
 mod protocol;
 mod replicas;
+mod rollout_delivery;
 mod rollouts;
 mod states;
 mod store;

@@ -9,7 +9,7 @@ use crate::support::api::{Api, assert_error};
 use crate::support::scripted::{Script, Scripted};
 use crate::support::*;
 
-const KAFKA: &str = "receivers:\n  otlp:\nexporters:\n  kafka:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [kafka]\n";
+pub(crate) const KAFKA: &str = "receivers:\n  otlp:\nexporters:\n  kafka:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [kafka]\n";
 
 /// Stores configuration `gateway` version 1 (it needs `receivers/otlp` and `exporters/kafka`).
 pub(crate) async fn configuration(api: &Api) {
@@ -28,7 +28,7 @@ pub(crate) async fn labelled(api: &Api, collectors: &[&Scripted]) {
     labelled_ids(api, &ids).await;
 }
 
-async fn labelled_ids(api: &Api, collectors: &[CollectorId]) {
+pub(crate) async fn labelled_ids(api: &Api, collectors: &[CollectorId]) {
     for id in collectors {
         api.stored(*id).await;
         let answer = api
@@ -240,7 +240,10 @@ async fn cancel_returns_queued_collectors_and_a_dry_run_changes_nothing() {
         .post_ok(&format!("/api/v1/rollouts/{id}/cancel"), &json!({}))
         .await;
     assert_eq!(cancelled["status"], "cancelled");
-    assert_eq!(cancelled["progress"]["removed"], 3);
+    assert_eq!(
+        cancelled["progress"]["cancelled"], 4,
+        "three queued, one configuring"
+    );
     for c in &others {
         assert_eq!(
             server.steps(c.id).await,
