@@ -18,8 +18,10 @@ started=$(date +%s)
 passed=0
 # The shutdown timeout of the shipped configuration: SIGTERM must stop the container within it.
 shutdown_timeout=10
-# The runtime image holds Debian's minimal base and two binaries; more means something crept in.
-max_image_mb=150
+# The runtime image is its base plus two binaries and a configuration file: what the Dockerfile
+# adds is bounded (about 21 MB optimised, more at the test's opt-level 1); more means something
+# crept in. The base here (Debian minbase, 127 MB) is larger than the public slim image (75 MB).
+max_added_mb=60
 
 step() { echo "== container: $* ($(($(date +%s) - started)) s)"; }
 ok() {
@@ -123,9 +125,9 @@ base=localhost/opampd-test/debian:bookworm-slim
 # shellcheck disable=SC2016 # "$1" is for mmdebstrap: the root being made
 clean_hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*'
 have $base || mmdebstrap --quiet --variant=minbase \
-  --dpkg-opt='path-exclude=/usr/share/man/*' --dpkg-opt='path-exclude=/usr/share/doc/*' \
-  --dpkg-opt='path-exclude=/usr/share/locale/*' --dpkg-opt='path-exclude=/usr/share/info/*' \
-  --dpkg-opt='path-include=/usr/share/doc/*/copyright' \
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+  --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+  --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --customize-hook="$clean_hook" \
   bookworm "$work/rootfs.tar" >/dev/null
 have $base || podman import -q "$work/rootfs.tar" $base >/dev/null
@@ -180,9 +182,11 @@ have $image || podman build --pull=never --layers=false --format docker \
 }
 rm -rf "$work/vendor"
 size=$(podman image inspect --format '{{.Size}}' $image)
+base_size=$(podman image inspect --format '{{.Size}}' $base)
 size_mb=$((size / 1000000))
-echo "image size: $size_mb MB ($size bytes; the base alone: $(($(podman image inspect --format '{{.Size}}' $base) / 1000000)) MB)"
-((size_mb <= max_image_mb)) || fail "the image is $size_mb MB, over $max_image_mb MB"
+added_mb=$(((size - base_size) / 1000000))
+echo "image size: $size_mb MB ($size bytes): the base $((base_size / 1000000)) MB + $added_mb MB"
+((added_mb <= max_added_mb)) || fail "the image adds $added_mb MB to its base, over $max_added_mb MB"
 [ "$(podman image inspect --format '{{.Config.User}}' $image)" = opampd ] || fail "image user"
 health=$(podman image inspect --format '{{json .Config.Healthcheck.Test}}' $image)
 [ "$health" = '["CMD","opampd","healthcheck"]' ] || fail "HEALTHCHECK is $health"
