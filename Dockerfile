@@ -2,7 +2,12 @@
 # Build: docker build -t opampd .
 # Run:   docker run -p 4320:4320 -p 8080:8080 -v opampd-data:/var/lib/opampd opampd
 
-FROM rust:1.95-slim-bookworm AS build
+# The base images are arguments so that tests/container/run.sh, which reaches no image registry,
+# can build this very file on local images made from Debian packages.
+ARG RUST_IMAGE=rust:1.95-slim-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+FROM ${RUST_IMAGE} AS build
 # jemalloc (the server's allocator) is built from C sources with make.
 RUN apt-get update && apt-get install -y --no-install-recommends make \
  && rm -rf /var/lib/apt/lists/*
@@ -31,7 +36,7 @@ COPY ctl/src ctl/src
 RUN touch src/main.rs src/lib.rs ctl/src/main.rs ctl/src/lib.rs \
  && cargo build --release --locked -p opampd -p opampctl
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/opampd opampd \
  && mkdir -p /var/lib/opampd /etc/opampd \
  && chown opampd:opampd /var/lib/opampd

@@ -45,8 +45,12 @@ struct Cli {
 enum Command {
     /// Run the server (what `opampd` does with no command).
     Serve,
-    /// Ask a running server's /readyz (for container health checks); exit 0 when ready.
-    Healthcheck,
+    /// Ask a running server's /livez (for container health checks); exit 0 while it is alive.
+    Healthcheck {
+        /// Ask /readyz instead: exit 0 only while it also takes writes and is not shutting down.
+        #[arg(long)]
+        ready: bool,
+    },
     /// Apply the database migrations and exit (the server also applies them at start-up).
     Migrate,
 }
@@ -70,7 +74,7 @@ fn main() -> ExitCode {
     opampd::telemetry::init(&config.log);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
-        Command::Healthcheck => healthcheck(&config),
+        Command::Healthcheck { ready } => healthcheck(&config, ready),
         Command::Migrate => migrate(&config),
     };
     match result {
@@ -98,8 +102,10 @@ fn migrate(config: &Config) -> anyhow::Result<()> {
     })
 }
 
-/// A dependency-free probe: the runtime image has no curl, and this keeps it that way.
-fn healthcheck(config: &Config) -> anyhow::Result<()> {
+/// A dependency-free probe: the runtime image has no curl, and this keeps it that way. Liveness by
+/// default, because a container's health check is what orchestrators restart on, and a database
+/// outage must not restart every node (each holds the changes it could not write yet).
+fn healthcheck(config: &Config, ready: bool) -> anyhow::Result<()> {
     use std::io::{Read as _, Write as _};
     use std::time::Duration;
     let mut addr = config.api.listen;
@@ -109,10 +115,15 @@ fn healthcheck(config: &Config) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(2);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
-    stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let (path, failing) = if ready {
+        ("/readyz", "not ready")
+    } else {
+        ("/livez", "not alive")
+    };
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response.lines().next().unwrap_or_default();
-    anyhow::ensure!(status.contains(" 200 "), "not ready: {status}");
+    anyhow::ensure!(status.contains(" 200 "), "{failing}: {status}");
     Ok(())
 }

@@ -118,7 +118,9 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
     Router::new()
-        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        // The older name of /livez, kept for the probes already pointed at it.
+        .route("/healthz", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
         .merge(api)
@@ -201,7 +203,10 @@ fn sample_lines(text: &mut String, name: &str, kind: &str, values: &[(Option<(&s
     text.push('\n');
 }
 
-async fn healthz() -> impl IntoResponse {
+/// Liveness: the process answers HTTP. It asks nothing of the store, and stays 200 while the
+/// database is down and during shutdown, since restarting the process would help neither and would
+/// lose the changes it holds for the database. Readiness (`/readyz`) is what reports those.
+async fn livez() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 

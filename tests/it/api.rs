@@ -597,7 +597,7 @@ async fn keys_and_roles_decide_who_may_do_what() {
         "unauthorized",
     );
     // The probes and metrics stay open for the infrastructure.
-    for open in ["/healthz", "/readyz", "/metrics"] {
+    for open in ["/livez", "/healthz", "/readyz", "/metrics"] {
         assert_eq!(anonymous.get(open).await.status, 200, "{open}");
     }
 

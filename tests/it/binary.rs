@@ -17,12 +17,14 @@ use crate::support::*;
 async fn serves_both_listeners_and_health_endpoints() {
     let mut server = ServerProcess::start(&[], &[]).await;
     let api = format!("http://{}", server.api_addr);
-    let health = http_client()
-        .get(format!("{api}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    for live in ["/livez", "/healthz"] {
+        let health = http_client()
+            .get(format!("{api}{live}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200, "{live}");
+    }
     let ready = http_client()
         .get(format!("{api}/readyz"))
         .send()
@@ -206,21 +208,25 @@ async fn an_unreachable_database_fails_start_up_with_a_clear_message() {
     assert!(!stderr.contains("secret"), "{stderr}");
 }
 
-/// `opampd healthcheck` says what `/readyz` says: 0 while ready, not 0 while the store is down or
-/// when nothing answers.
+/// `opampd healthcheck` follows liveness: it stays 0 while the database is down (a restart would
+/// lose the changes held for it), when `/readyz` and `healthcheck --ready` fail; neither is 0 when
+/// nothing answers.
 #[tokio::test]
-async fn healthcheck_exits_zero_only_while_the_server_is_ready() {
+async fn healthcheck_follows_liveness_and_its_ready_flag_follows_readiness() {
     let mut pg = PgServer::start().await;
     let url = pg.create_database("healthcheck").await;
     let server = TestServer::start_with(|c| c.database.url = url).await;
     let api = server.running().api_addr.to_string();
-    let check = ["healthcheck", "--api-listen", api.as_str()];
-    let ready = run(&check, &[]).await;
-    assert!(
-        ready.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ready.stderr)
-    );
+    let live = ["healthcheck", "--api-listen", api.as_str()];
+    let ready = ["healthcheck", "--ready", "--api-listen", api.as_str()];
+    for check in [&live[..], &ready[..]] {
+        let output = run(check, &[]).await;
+        assert!(
+            output.status.success(),
+            "{check:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 
     pg.stop().await;
     // /readyz answers from the background probe's last ping (api.probe_interval).
@@ -228,7 +234,13 @@ async fn healthcheck_exits_zero_only_while_the_server_is_ready() {
         (readyz(&server.api_url).await.0 == 503).then_some(())
     })
     .await;
-    let degraded = run(&check, &[]).await;
+    let alive = run(&live, &[]).await;
+    assert!(
+        alive.status.success(),
+        "a database outage is no reason to restart: {}",
+        String::from_utf8_lossy(&alive.stderr)
+    );
+    let degraded = run(&ready, &[]).await;
     assert!(!degraded.status.success());
     let stderr = String::from_utf8_lossy(&degraded.stderr);
     assert!(
@@ -236,8 +248,12 @@ async fn healthcheck_exits_zero_only_while_the_server_is_ready() {
         "{stderr}"
     );
 
-    let nobody = run(&["healthcheck", "--api-listen", "127.0.0.1:1"], &[]).await;
-    assert!(!nobody.status.success());
+    for check in [
+        &["healthcheck", "--api-listen", "127.0.0.1:1"][..],
+        &["healthcheck", "--ready", "--api-listen", "127.0.0.1:1"][..],
+    ] {
+        assert!(!run(check, &[]).await.status.success(), "{check:?}");
+    }
 }
 
 /// Lines logged for a connection carry its span: the transport, and the collector once known.

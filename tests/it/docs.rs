@@ -1,8 +1,8 @@
 //! The documentation checked against the code: the configuration reference against the
-//! configuration types and the shipped file, the compose example through the configuration
-//! loader, the state diagram against the transition table, the API examples run with curl against
-//! a real server (and covering every path and method of the OpenAPI document), and every link
-//! kept inside the repository.
+//! configuration types and the shipped file, `compose.yaml` and its secrets through the
+//! configuration loader, the state diagram against the transition table, the API examples run
+//! with curl against a real server (and covering every path and method of the OpenAPI document),
+//! and every link kept inside the repository.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -118,36 +118,78 @@ fn the_configuration_reference_is_the_configuration() {
     assert_eq!(from_docs, Config::default());
 }
 
-/// The compose example's variables go through opampd's own loader and mean what they say.
+/// `compose.yaml` with the secrets `deploy/new-secrets.sh` writes: the opampd service's variables
+/// and its environment file go through opampd's own loader and mean what they say, and the
+/// database URL carries the password the PostgreSQL service is given.
 #[test]
 #[allow(clippy::result_large_err)] // figment::Jail's closures return its own (large) error type
-fn the_compose_example_is_a_configuration_opampd_accepts() {
-    let text = read("docs/operations.md");
-    let compose = fenced_blocks(&text)
-        .into_iter()
-        .find(|(info, body)| info == "yaml" && body.contains("services:"))
-        .expect("a compose example")
-        .1;
-    let compose: Value = serde_yaml_ng::from_str(&compose).unwrap();
-    let environment = compose["services"]["opampd"]["environment"]
+fn compose_yaml_and_its_secrets_are_a_configuration_opampd_accepts() {
+    let compose: Value = serde_yaml_ng::from_str(&read("compose.yaml")).unwrap();
+    let opampd = &compose["services"]["opampd"];
+    let mut environment: Vec<(String, String)> = opampd["environment"]
         .as_object()
         .expect("the opampd service's environment")
-        .clone();
-    assert!(environment.keys().all(|k| k.starts_with("OPAMPD_")));
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        opampd["env_file"], "${OPAMPD_SECRETS_DIR:-.}/opampd.env",
+        "secrets come from the file new-secrets.sh writes"
+    );
+    assert_eq!(
+        opampd["healthcheck"]["test"],
+        serde_json::json!(["CMD", "opampd", "healthcheck"])
+    );
+
+    let secrets = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("sh")
+        .arg(repo().join("deploy/new-secrets.sh"))
+        .arg(secrets.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let env_file = |name: &str| -> Vec<(String, String)> {
+        std::fs::read_to_string(secrets.path().join(name))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let (k, v) = line.split_once('=').expect("KEY=VALUE");
+                (k.to_owned(), v.to_owned())
+            })
+            .collect()
+    };
+    let password = env_file("postgres.env")
+        .into_iter()
+        .find(|(k, _)| k == "POSTGRES_PASSWORD")
+        .expect("POSTGRES_PASSWORD")
+        .1;
+    assert!(password.len() >= 32, "a random password: {password}");
+    environment.extend(env_file("opampd.env"));
+    assert!(environment.iter().all(|(k, _)| k.starts_with("OPAMPD_")));
+    // Run twice, it keeps the first secrets rather than breaking the database's password.
+    let again = std::process::Command::new("sh")
+        .arg(repo().join("deploy/new-secrets.sh"))
+        .arg(secrets.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!again.success());
+
     figment::Jail::expect_with(|jail| {
         for (key, value) in &environment {
-            jail.set_env(key, value.as_str().unwrap());
+            jail.set_env(key, value);
         }
         let config = Config::load(None, FlagOverrides::default())
-            .unwrap_or_else(|e| panic!("the compose example's configuration: {e}"));
+            .unwrap_or_else(|e| panic!("compose.yaml's configuration: {e}"));
         assert_eq!(
             config.database_url(),
-            "postgres://opampd:change-me@postgres:5432/opampd"
+            format!("postgres://opampd:{password}@postgres:5432/opampd")
         );
         assert_eq!(config.server.node_id, "opampd-1");
         assert_eq!(config.api.keys.len(), 1);
         assert_eq!(config.api.keys[0].role, Role::Admin);
-        assert_eq!(config.opamp.auth.tokens, ["change-me-collector-token"]);
+        assert_eq!(config.opamp.auth.tokens.len(), 1);
         Ok(())
     });
 }

@@ -7,7 +7,7 @@ use opampd::collector::machine::hex;
 use opampd::proto;
 use serde_json::json;
 
-use crate::rollouts::{configuration, labelled, rollout_where};
+use crate::rollouts::{configuration, hung_rollout, labelled, rollout_where};
 use crate::support::api::{Api, assert_error};
 use crate::support::binary::{ServerProcess, run_with_data};
 use crate::support::postgres::fresh_database;
@@ -207,26 +207,7 @@ async fn another_node_finishes_a_rollout_when_the_engine_node_dies() {
     .await;
     let b = node(&db.url, "b").await;
     let api_b = api_of(&b);
-    configuration(&api_b).await;
-    let mut collectors = Vec::new();
-    for i in 0..4 {
-        let script = if i == 2 {
-            Script::Ignore
-        } else {
-            Script::Apply
-        };
-        collectors.push(Scripted::start(&b.ws_url(), &["kafka"], script).await);
-    }
-    labelled(&api_b, &collectors.iter().collect::<Vec<_>>()).await;
-    let started = api_b
-        .post_ok(
-            "/api/v1/rollouts",
-            &json!({"configuration": "gateway", "version": 1, "initial_batch": 2, "multiplier": 1}),
-        )
-        .await;
-    let id = started["id"].as_str().unwrap().to_owned();
-    // Batch 0 applies; batch 1 hangs on the silent collector (2), with 3 waiting behind it.
-    rollout_where(&api_b, &id, "batch 1 sent", |r| r["batches_started"] == 2).await;
+    let (mut collectors, id) = hung_rollout(&api_b, &b.ws_url()).await;
 
     a.signal("KILL");
     a.wait_exit().await;

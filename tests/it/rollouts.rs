@@ -346,11 +346,10 @@ async fn a_new_rollout_takes_over_and_late_collectors_join_a_completed_one() {
     assert_eq!(late.received(), 1);
 }
 
-#[tokio::test]
-async fn a_rollout_survives_a_restart_and_sends_nothing_twice() {
-    let server = TestServer::start().await;
-    let api = Api::new(&server.api_url);
-    configuration(&api).await;
+/// Four collectors in a rollout of two batches of two: batch 0 applies, batch 1 hangs on the
+/// silent collector (2), with 3 waiting behind it. The collectors and the rollout's id.
+pub(crate) async fn hung_rollout(api: &Api, ws_url: &str) -> (Vec<Scripted>, String) {
+    configuration(api).await;
     let mut collectors = Vec::new();
     for i in 0..4 {
         let script = if i == 2 {
@@ -358,9 +357,9 @@ async fn a_rollout_survives_a_restart_and_sends_nothing_twice() {
         } else {
             Script::Apply
         };
-        collectors.push(Scripted::start(&server.ws_url, &["kafka"], script).await);
+        collectors.push(Scripted::start(ws_url, &["kafka"], script).await);
     }
-    labelled(&api, &collectors.iter().collect::<Vec<_>>()).await;
+    labelled(api, &collectors.iter().collect::<Vec<_>>()).await;
     let started = api
         .post_ok(
             "/api/v1/rollouts",
@@ -368,8 +367,15 @@ async fn a_rollout_survives_a_restart_and_sends_nothing_twice() {
         )
         .await;
     let id = started["id"].as_str().unwrap().to_owned();
-    // Batch 0 applies; batch 1 hangs on the silent collector (2), with 3 waiting behind it.
-    rollout_where(&api, &id, "batch 1 sent", |r| r["batches_started"] == 2).await;
+    rollout_where(api, &id, "batch 1 sent", |r| r["batches_started"] == 2).await;
+    (collectors, id)
+}
+
+#[tokio::test]
+async fn a_rollout_survives_a_restart_and_sends_nothing_twice() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let (collectors, id) = hung_rollout(&api, &server.ws_url).await;
 
     let server = server.restart().await;
     let api = Api::new(&server.api_url);
