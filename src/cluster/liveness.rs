@@ -12,6 +12,9 @@ use crate::store::cluster::ClusterStore;
 
 /// Answered commands are kept this long (for whoever reads an answer late), then deleted.
 const KEEP_ANSWERS: Duration = Duration::from_hours(1);
+/// How often old commands are looked for: they only need to go within the hour, not at every
+/// renewal of every node.
+const PRUNE_EVERY: Duration = Duration::from_mins(5);
 
 /// Why a dead node's collectors became Disconnected: it said it was stopping (and some of its
 /// collectors were not closed in time), or it simply went silent, as a cut connection does.
@@ -33,6 +36,7 @@ pub fn takeover_reason(stopped_cleanly: bool) -> (Reason, &'static str) {
 pub async fn keep_alive(store: ClusterStore, settings: ClusterConfig, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(settings.renew_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned = SystemTime::UNIX_EPOCH;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -66,8 +70,11 @@ pub async fn keep_alive(store: ClusterStore, settings: ClusterConfig, shutdown: 
             }
             Err(err) => warn!(%err, "cannot look for silent nodes"),
         }
-        if let Err(err) = store.prune(now - KEEP_ANSWERS).await {
-            warn!(%err, "cannot delete old commands");
+        if now.duration_since(pruned).unwrap_or_default() >= PRUNE_EVERY {
+            pruned = now;
+            if let Err(err) = store.prune(now - KEEP_ANSWERS).await {
+                warn!(%err, "cannot delete old commands");
+            }
         }
     }
 }

@@ -91,10 +91,6 @@ impl Router {
         self.peers.as_ref().map(|p| p.wakers.history())
     }
 
-    pub fn is_clustered(&self) -> bool {
-        self.peers.is_some()
-    }
-
     async fn place_of(&self, id: CollectorId) -> Result<Place, RouteError> {
         let Some(peers) = &self.peers else {
             return Ok(Place::Here);

@@ -18,8 +18,8 @@ pub const CHANNEL: &str = "opampd";
 /// Taken (transaction-scoped) by every transaction that appends to the history, so that history
 /// positions are committed in the order they are handed out: a reader that has seen position n
 /// never later finds a smaller one appear (event streams resume by position on any node).
-/// (The same number is in the PostgreSQL dialect's `history_begin`.)
-pub const HISTORY_LOCK: i64 = 0x6f70_616d_7064;
+/// The key is "opampd" in ASCII.
+pub const HISTORY_LOCK: &str = "SELECT pg_advisory_xact_lock(122528461582436)";
 
 /// Sent, on commit, by every transaction that appended to the history: wakes event streams and
 /// the rollout engine on every node.
@@ -332,10 +332,7 @@ async fn disconnect_node(
     message: &str,
     now: SystemTime,
 ) -> Result<u64, StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(HISTORY_LOCK)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(HISTORY_LOCK).execute(&mut **tx).await?;
     let disconnected = State::Disconnected.as_str();
     let done = sqlx::query(
         "WITH old AS (SELECT id, state FROM collectors \

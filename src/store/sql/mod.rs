@@ -77,7 +77,7 @@ const POSTGRES: Dialect = Dialect {
     merge_labels: ("jsonb_strip_nulls(labels || ", ")"),
     begin_read_then_write: "BEGIN",
     id_list: ("(SELECT jsonb_array_elements_text(", "))"),
-    history_begin: Some("SELECT pg_advisory_xact_lock(122528461582436)"),
+    history_begin: Some(super::cluster::HISTORY_LOCK),
     history_end: Some(super::cluster::HISTORY_NOTIFY),
 };
 
