@@ -56,19 +56,9 @@ async fn settled(client: &reqwest::Client, server: &Server, api: &str) -> (Durat
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let collectors: usize = std::env::var("CHURN_COLLECTORS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(10_000);
-        let waves: usize = std::env::var("CHURN_WAVES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(4);
+    server::runtime().block_on(async {
+        let collectors: usize = server::setting("CHURN_COLLECTORS", 10_000);
+        let waves: usize = server::setting("CHURN_WAVES", 4);
         let data = tempfile::tempdir().unwrap();
         let database = format!("sqlite://{}", data.path().join("churn.db").display());
         let (opamp, api) = (

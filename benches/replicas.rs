@@ -16,6 +16,8 @@
     dead_code
 )]
 
+#[path = "support/database.rs"]
+mod database;
 #[path = "../tests/it/support/postgres.rs"]
 mod postgres;
 #[path = "support/server.rs"]
@@ -75,24 +77,9 @@ async fn until(
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let per_node: u64 = std::env::var("REPLICA_COLLECTORS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(15_000);
-        let mut own = None;
-        let url = if let Ok(url) = std::env::var("DATABASE_URL") {
-            url
-        } else {
-            let mut pg = postgres::PgServer::start_with(postgres::Durability::On).await;
-            let url = pg.create_database("replicas").await;
-            own = Some(pg);
-            url
-        };
+    server::runtime().block_on(async {
+        let per_node: u64 = server::setting("REPLICA_COLLECTORS", 15_000);
+        let (url, own) = database::postgres("replicas").await;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_mins(1))
             .build()

@@ -17,6 +17,8 @@
     dead_code
 )]
 
+#[path = "support/database.rs"]
+mod database;
 #[path = "../tests/it/support/postgres.rs"]
 mod postgres;
 #[path = "support/server.rs"]
@@ -203,15 +205,8 @@ async fn run(backend: &str, database: String, collectors: usize) -> Value {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let collectors: usize = std::env::var("STORM_COLLECTORS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(15_000);
+    server::runtime().block_on(async {
+        let collectors: usize = server::setting("STORM_COLLECTORS", 15_000);
         let backends = std::env::var("STORM_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
         let mut results = Vec::new();
         if backends.contains("sqlite") {
@@ -220,15 +215,7 @@ fn main() {
             results.push(run("sqlite", url, collectors).await);
         }
         if backends.contains("postgres") {
-            let mut own = None;
-            let url = if let Ok(url) = std::env::var("DATABASE_URL") {
-                url
-            } else {
-                let mut pg = postgres::PgServer::start_with(postgres::Durability::On).await;
-                let url = pg.create_database("storm").await;
-                own = Some(pg);
-                url
-            };
+            let (url, own) = database::postgres("storm").await;
             results.push(run("postgres", url, collectors).await);
             drop(own);
         }
