@@ -156,18 +156,9 @@ fn version_rows(items: &[Value], with_name: bool) -> Vec<Vec<String>> {
 
 async fn list(client: &Client, args: OutputOnly, io: &mut Io<'_>) -> Result<u8, CtlError> {
     let answer = client.get("/api/v1/configurations", &[]).await?;
-    if args.output.is_raw() {
-        output::raw(io.out, args.output, &answer.text)?;
+    let Some(items) = output::items(io, args.output, &answer, "configurations")? else {
         return Ok(exit::OK);
-    }
-    let items = answer.value["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if items.is_empty() {
-        writeln!(io.err, "No configurations found.")?;
-        return Ok(exit::OK);
-    }
+    };
     let header = ["NAME", "LATEST", "HASH", "COMPONENTS", "CREATED"];
     write!(
         io.out,

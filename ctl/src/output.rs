@@ -29,6 +29,29 @@ impl Format {
 }
 
 /// Prints an answer's exact text (`json`) or the same document as YAML, keys in the API's order.
+/// A list answer's `items` for a table, or `None` when it was written out already: as it came
+/// (JSON or YAML), or as "No <what> found." on stderr when it is empty.
+pub fn items(
+    io: &mut crate::Io<'_>,
+    format: Format,
+    answer: &crate::client::Answer,
+    what: &str,
+) -> Result<Option<Vec<Value>>, CtlError> {
+    if format.is_raw() {
+        raw(io.out, format, &answer.text)?;
+        return Ok(None);
+    }
+    let items = answer.value["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if items.is_empty() {
+        writeln!(io.err, "No {what} found.")?;
+        return Ok(None);
+    }
+    Ok(Some(items))
+}
+
 pub fn raw(out: &mut dyn Write, format: Format, text: &str) -> Result<(), CtlError> {
     match format {
         Format::Yaml => {

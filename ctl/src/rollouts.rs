@@ -307,18 +307,9 @@ fn targets_table(rollout: &Value) -> String {
 
 async fn list(client: &Client, format: Format, io: &mut Io<'_>) -> Result<u8, CtlError> {
     let answer = client.get("/api/v1/rollouts", &[]).await?;
-    if format.is_raw() {
-        output::raw(io.out, format, &answer.text)?;
+    let Some(items) = output::items(io, format, &answer, "rollouts")? else {
         return Ok(exit::OK);
-    }
-    let items = answer.value["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if items.is_empty() {
-        writeln!(io.err, "No rollouts found.")?;
-        return Ok(exit::OK);
-    }
+    };
     let rows = items
         .iter()
         .map(|r| {
