@@ -65,7 +65,7 @@ fn main() {
             format!("127.0.0.1:{}", free_port()),
             format!("127.0.0.1:{}", free_port()),
         );
-        let client = reqwest::Client::new();
+        let client = server::http_client();
         let mut server = Server::start(
             data.path(),
             &database,

@@ -80,10 +80,7 @@ fn main() {
     server::runtime().block_on(async {
         let per_node: u64 = server::setting("REPLICA_COLLECTORS", 15_000);
         let (url, own) = database::postgres("replicas").await;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_mins(1))
-            .build()
-            .unwrap();
+        let client = server::http_client();
         let data: Vec<_> = NODES.iter().map(|_| tempfile::tempdir().unwrap()).collect();
         let mut nodes = Vec::new();
         for (name, dir) in NODES.iter().zip(&data) {

@@ -83,10 +83,7 @@ async fn run(backend: &str, database: String, collectors: usize) -> Value {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_mins(1))
-        .build()
-        .unwrap();
+    let client = server::http_client();
     let mut server = Server::start(data.path(), &database, &opamp, &api, &[]);
     server.ready(&client).await;
 

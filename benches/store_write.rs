@@ -7,6 +7,10 @@
 // A measuring tool: a failure should stop it loudly.
 #![allow(clippy::cast_precision_loss, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/server.rs"]
+#[allow(dead_code)]
+mod server;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -98,7 +102,7 @@ async fn through_the_server(name: &str, url: &str) {
     let endpoint = format!("http://{}/v1/opamp", running.opamp_addr);
     let collectors = 2000;
     let heartbeats = 5;
-    let client = reqwest::Client::new();
+    let client = server::http_client();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..collectors {

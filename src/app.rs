@@ -19,8 +19,9 @@ use crate::cluster::{lease, liveness};
 use crate::collector::Registry;
 use crate::collector::handle::ActorSettings;
 use crate::collector::persist::Persistence;
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::fleet::engine::Fleet;
+use crate::net::tls::Acceptor;
 use crate::net::{self, Allowances};
 use crate::opamp::Opamp;
 use crate::store::batch::Key;
@@ -228,7 +229,20 @@ async fn start_router(
     Ok((router, cluster))
 }
 
-fn opamp_listener_settings(config: &Config) -> net::Settings {
+/// A listener's TLS, where configured: its files read now (start-up fails on unusable ones) and
+/// again every `reload_interval`.
+fn listener_tls(
+    name: &'static str,
+    tls: Option<&TlsConfig>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Acceptor>> {
+    tls.map(|tls| Acceptor::start(name, tls, metrics, shutdown.clone()))
+        .transpose()
+        .with_context(|| format!("cannot set up TLS on {name}.tls"))
+}
+
+fn opamp_listener_settings(config: &Config, tls: Option<Acceptor>) -> net::Settings {
     net::Settings {
         name: "opamp",
         max_connections: config.opamp.max_connections,
@@ -237,10 +251,11 @@ fn opamp_listener_settings(config: &Config) -> net::Settings {
             idle: config.opamp.idle_timeout,
         },
         retry_after: config.opamp.retry_after,
+        tls,
     }
 }
 
-fn api_listener_settings(config: &Config) -> net::Settings {
+fn api_listener_settings(config: &Config, tls: Option<Acceptor>) -> net::Settings {
     net::Settings {
         name: "api",
         max_connections: config.api.max_connections,
@@ -250,6 +265,7 @@ fn api_listener_settings(config: &Config) -> net::Settings {
         },
         // Operators and scrapers retry sooner than a fleet should.
         retry_after: Duration::from_secs(5),
+        tls,
     }
 }
 
@@ -292,6 +308,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let sessions = TaskTracker::new();
     let actors = TaskTracker::new();
     let metrics = Metrics::default();
+    let opamp_tls = listener_tls("opamp", config.opamp.tls.as_ref(), &metrics, &shutdown)?;
+    let api_tls = listener_tls("api", config.api.tls.as_ref(), &metrics, &shutdown)?;
     let (changes, queue) = tokio::sync::mpsc::channel(config.database.queue_capacity);
     let (writer, fenced) = Writer::spawn(
         Arc::clone(&store),
@@ -336,7 +354,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     servers.spawn(net::serve(
         opamp_listener,
         opamp.router(),
-        opamp_listener_settings(&config),
+        opamp_listener_settings(&config, opamp_tls),
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -355,7 +373,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     servers.spawn(net::serve(
         api_listener,
         api_router,
-        api_listener_settings(&config),
+        api_listener_settings(&config, api_tls),
         metrics,
         shutdown.clone(),
     ));

@@ -8,6 +8,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::net::tls::{ClientAuth, TlsConfig};
+
 /// The file read when no `--config` is given; missing is fine, it only layers over the defaults.
 pub const DEFAULT_CONFIG_FILE: &str = "config/opampd.toml";
 
@@ -127,6 +129,9 @@ pub struct OpampConfig {
     #[serde(with = "humantime_serde")]
     pub store_retry_after: Duration,
     pub auth: OpampAuthConfig,
+    /// `wss://` and `https://` for collectors, optionally with client certificates (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -165,6 +170,9 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// `https://` for operators.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -262,6 +270,7 @@ impl Default for OpampConfig {
             commit_timeout: Duration::from_secs(5),
             store_retry_after: Duration::from_secs(5),
             auth: OpampAuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -279,6 +288,7 @@ impl Default for ApiConfig {
             idle_timeout: Duration::from_secs(90),
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
+            tls: None,
         }
     }
 }

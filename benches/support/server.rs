@@ -28,6 +28,16 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// An HTTP client with a minute's timeout. reqwest is built with rustls but without a crypto
+/// provider of its own (its default needs cmake); ring, the server's, is installed for it.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_mins(1))
+        .build()
+        .unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

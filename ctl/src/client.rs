@@ -1,6 +1,7 @@
 //! The HTTP side: one client for opampd's REST API, its answers kept as the exact text the server
 //! sent (so `-o json` can print it unchanged), and its errors as one line each.
 
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -67,28 +68,42 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Client {
-    pub fn new(server: &str, key: Option<String>, timeout: Duration) -> Result<Self, CtlError> {
+    /// A client of the API at `server`; for `https://`, trusting the system's roots and, if
+    /// given, the CA certificates (PEM) in `ca_cert`.
+    pub fn new(
+        server: &str,
+        key: Option<String>,
+        ca_cert: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Self, CtlError> {
         let mut base = Url::parse(server)
             .map_err(|e| CtlError::Usage(format!("server URL {server:?}: {e}")))?;
-        match base.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(CtlError::Usage(format!(
-                    "server URL {server:?}: https is not supported yet (opampd serves plain HTTP)"
-                )));
-            }
-            other => {
-                return Err(CtlError::Usage(format!(
-                    "server URL {server:?}: scheme {other:?} is not http"
-                )));
-            }
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(CtlError::Usage(format!(
+                "server URL {server:?}: scheme {:?} is neither http nor https",
+                base.scheme()
+            )));
         }
         // "http://host:8080/prefix" and "http://host:8080/prefix/" mean the same base.
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
+        // Installed once per process; a second install (tests run many clients) is refused
+        // harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                CtlError::Usage(format!("cannot read --ca-cert {}: {e}", path.display()))
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| CtlError::Usage(format!("--ca-cert {}: {e}", path.display())))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .user_agent(concat!("opampctl/", env!("CARGO_PKG_VERSION")))

@@ -62,6 +62,9 @@ pub struct Cli {
     /// API key, sent as a Bearer token (prefer `OPAMPCTL_API_KEY`: flags show in `ps`).
     #[arg(long, global = true)]
     api_key: Option<String>,
+    /// CA certificates (PEM) to trust for an `https://` server, beside the system's.
+    #[arg(long, global = true)]
+    ca_cert: Option<PathBuf>,
     /// Configuration file with `server` and `api_key`.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
@@ -197,7 +200,12 @@ async fn execute(
         return Ok(exit::OK);
     }
     let settings = settings::resolve(cli.server, cli.api_key, cli.config.as_deref(), env)?;
-    let client = Client::new(&settings.server, settings.api_key, cli.timeout)?;
+    let client = Client::new(
+        &settings.server,
+        settings.api_key,
+        cli.ca_cert.as_deref(),
+        cli.timeout,
+    )?;
     match cli.command {
         Command::Get {
             what: GetWhat::Collectors(args),

@@ -45,6 +45,21 @@ pub struct CollectorView {
     pub effective_config: Option<EffectiveConfigView>,
     pub packages: Option<PackagesView>,
     pub available_components: Option<AvailableComponentsView>,
+    /// The verified client certificate its latest connection was made with (mutual TLS).
+    pub client_certificate: Option<ClientCertificateView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientCertificateView {
+    /// The subject's distinguished name.
+    pub subject: String,
+    /// Subject alternative names: `DNS:…`, `URI:…`, `email:…`, `IP:…`.
+    pub names: Vec<String>,
+    pub issuer: String,
+    pub serial: String,
+    /// SHA-256 of the certificate, hex.
+    pub sha256: String,
+    pub not_after: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -261,6 +276,17 @@ impl CollectorView {
                     components: a.components.as_ref().map(|c| c.0.clone()),
                 }
             }),
+            client_certificate: c
+                .client_certificate
+                .as_ref()
+                .map(|cert| ClientCertificateView {
+                    subject: cert.subject.clone(),
+                    names: cert.names.clone(),
+                    issuer: cert.issuer.clone(),
+                    serial: cert.serial.clone(),
+                    sha256: cert.sha256.clone(),
+                    not_after: rfc3339(cert.not_after),
+                }),
         }
     }
 }

@@ -2,9 +2,11 @@
 //! are written. Each part is compared by value with what the record held before the report.
 
 use super::machine::Collector;
+use std::sync::Arc;
+
 use super::{
-    AvailableComponents, ConfigFiles, Description, Health, PackageStatuses, RemoteConfigStatus,
-    Report,
+    AvailableComponents, ClientCertificate, ConfigFiles, Description, Health, PackageStatuses,
+    RemoteConfigStatus, Report,
 };
 
 /// The facts parts to write; `None` means unchanged (a part, once reported, is never removed).
@@ -16,6 +18,7 @@ pub struct FactParts {
     pub remote_config_status: Option<RemoteConfigStatus>,
     pub package_statuses: Option<PackageStatuses>,
     pub available_components: Option<AvailableComponents>,
+    pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// A set of facts parts.
@@ -28,11 +31,12 @@ const EFFECTIVE_CONFIG: u8 = 1 << 2;
 const REMOTE_CONFIG_STATUS: u8 = 1 << 3;
 const PACKAGE_STATUSES: u8 = 1 << 4;
 const AVAILABLE_COMPONENTS: u8 = 1 << 5;
+const CLIENT_CERTIFICATE: u8 = 1 << 6;
 
 impl Changed {
     /// Every part the record has: what a record the store has never had must write.
     pub fn all() -> Self {
-        Self(0x3f)
+        Self(0x7f)
     }
 
     pub fn any(self) -> bool {
@@ -82,6 +86,13 @@ impl Changed {
                     record.package_statuses.as_ref(),
                 ),
             ),
+            (
+                CLIENT_CERTIFICATE,
+                differs(
+                    report.client_certificate.as_ref(),
+                    record.client_certificate.as_ref(),
+                ),
+            ),
         ] {
             if differs {
                 changed |= part;
@@ -118,6 +129,10 @@ impl Changed {
                 .available_components
                 .clone()
                 .filter(|_| part(AVAILABLE_COMPONENTS)),
+            client_certificate: record
+                .client_certificate
+                .clone()
+                .filter(|_| part(CLIENT_CERTIFICATE)),
         }
     }
 }
@@ -140,6 +155,7 @@ impl FactParts {
         over(&mut self.remote_config_status, newer.remote_config_status);
         over(&mut self.package_statuses, newer.package_statuses);
         over(&mut self.available_components, newer.available_components);
+        over(&mut self.client_certificate, newer.client_certificate);
     }
 
     /// Puts the parts into a record (a stored record being rebuilt).
@@ -150,6 +166,7 @@ impl FactParts {
         c.remote_config_status = self.remote_config_status;
         c.package_statuses = self.package_statuses;
         c.available_components = self.available_components;
+        c.client_certificate = self.client_certificate;
     }
 }
 

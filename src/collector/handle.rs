@@ -7,7 +7,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::machine::{Collector, Event, Transition};
 use super::persist::{Confirmation, Epoch};
-use super::{CollectorId, Delivery, Outbound, Report, State, Transport};
+use std::sync::Arc;
+
+use super::{ClientCertificate, CollectorId, Delivery, Outbound, Report, State, Transport};
 
 /// A connection as an actor sees it: which one it is, and how to reach it (WebSocket only; an HTTP
 /// collector is only ever answered).
@@ -16,6 +18,8 @@ pub struct ConnectionRef {
     pub id: u64,
     pub transport: Transport,
     pub push: Option<mpsc::Sender<Delivery>>,
+    /// The verified client certificate the connection was made with (mutual TLS).
+    pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// Why a connection ended, as its owner saw it.

@@ -2,15 +2,16 @@
 //! edge can be tested directly; the actor carries out the effects.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use super::state::{Reason, State, target};
 use super::{
-    AvailableComponents, Capabilities, CollectorId, Components, ConfigFiles, ConfigOffer,
-    Description, Health, Outbound, PackageOffer, PackageState, PackageStatuses, Reassignment,
-    RemoteConfigState, RemoteConfigStatus, Report, Transport,
+    AvailableComponents, Capabilities, ClientCertificate, CollectorId, Components, ConfigFiles,
+    ConfigOffer, Description, Health, Outbound, PackageOffer, PackageState, PackageStatuses,
+    Reassignment, RemoteConfigState, RemoteConfigStatus, Report, Transport,
 };
 
 /// One recorded move along an edge of the table.
@@ -48,6 +49,8 @@ pub struct Collector {
     pub package_statuses: Option<PackageStatuses>,
     #[serde(skip)]
     pub available_components: Option<AvailableComponents>,
+    /// The verified client certificate of its latest connection, where mutual TLS is on.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
     /// Operators' labels as the store holds them, filled by the store's reads. Labels belong to
     /// operators and live in the store alone: an actor never holds or writes them.
     pub labels: BTreeMap<String, String>,
@@ -161,6 +164,7 @@ impl Collector {
             remote_config_status: None,
             package_statuses: None,
             available_components: None,
+            client_certificate: None,
             labels: BTreeMap::new(),
             reassigned: None,
             config_sent: None,
@@ -358,6 +362,9 @@ fn absorb(c: &mut Collector, report: Report) {
     }
     if let Some(status) = report.remote_config_status {
         c.remote_config_status = Some(status);
+    }
+    if let Some(certificate) = report.client_certificate {
+        c.client_certificate = Some(certificate);
     }
     if let Some(statuses) = report.package_statuses {
         c.package_statuses = Some(statuses);

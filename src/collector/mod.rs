@@ -209,6 +209,23 @@ pub struct AvailableComponents {
 }
 
 /// One `AgentToServer`, translated. `None` sub-messages mean "unchanged", never "empty".
+/// Who the verified client certificate of a collector's connection names (mutual TLS): a fact of
+/// its connection, kept like a reported one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCertificate {
+    /// The subject's distinguished name (`CN=…, O=…`).
+    pub subject: String,
+    /// Subject alternative names: `DNS:…`, `URI:…` (a SPIFFE id), `email:…`, `IP:…`.
+    #[serde(default)]
+    pub names: Vec<String>,
+    pub issuer: String,
+    pub serial: String,
+    /// SHA-256 of the certificate's DER bytes, hex.
+    pub sha256: String,
+    #[serde(with = "humantime_serde")]
+    pub not_after: std::time::SystemTime,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
     pub sequence_num: u64,
@@ -219,6 +236,8 @@ pub struct Report {
     pub remote_config_status: Option<RemoteConfigStatus>,
     pub package_statuses: Option<PackageStatuses>,
     pub available_components: Option<AvailableComponents>,
+    /// The client certificate of the connection the report came on, where mutual TLS is on.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
     /// The collector said goodbye (`agent_disconnect`).
     pub disconnect: bool,
 }

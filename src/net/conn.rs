@@ -14,6 +14,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::budget::Meter;
+use crate::collector::ClientCertificate;
 
 /// Marks "never" in the atomics below.
 const UNSET: u64 = u64::MAX;
@@ -89,6 +90,8 @@ pub struct Connection {
     changed: Notify,
     /// Once set (a WebSocket session), every byte read is charged to the message budget.
     meter: OnceLock<Meter>,
+    /// The verified client certificate, set once after the TLS handshake.
+    client_certificate: OnceLock<Arc<ClientCertificate>>,
     _place: OwnedSemaphorePermit,
 }
 
@@ -104,6 +107,7 @@ impl Connection {
             head_begun: AtomicU64::new(UNSET),
             changed: Notify::new(),
             meter: OnceLock::new(),
+            client_certificate: OnceLock::new(),
             _place: place,
         }
     }
@@ -145,6 +149,14 @@ impl Connection {
     /// the socket itself, where no handler sees them arrive).
     pub fn meter(&self, meter: Meter) {
         let _ = self.meter.set(meter);
+    }
+
+    pub fn client_certificate(&self) -> Option<Arc<ClientCertificate>> {
+        self.client_certificate.get().cloned()
+    }
+
+    pub(super) fn verified(&self, certificate: ClientCertificate) {
+        let _ = self.client_certificate.set(Arc::new(certificate));
     }
 
     fn read(&self, bytes: usize) -> io::Result<()> {

@@ -7,6 +7,7 @@
 mod body;
 pub mod budget;
 mod conn;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct Settings {
     pub allow: Allowances,
     /// Base of the jittered `Retry-After` sent to sockets over the limit.
     pub retry_after: Duration,
+    /// TLS, when the listener has it: every socket's first bytes are a TLS handshake.
+    pub tls: Option<tls::Acceptor>,
 }
 
 /// Accepts until `shutdown`, then waits for the connections it is still serving to finish their
@@ -108,8 +111,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one socket's requests until it closes, is upgraded, overstays a stage, or the server
-/// shuts down (requests in flight finish; an idle socket is closed at once).
+/// Serves one socket: its TLS handshake first where the listener has TLS, within the header-read
+/// allowance from accept, then its requests.
 async fn serve_connection(
     stream: TcpStream,
     conn: Arc<Connection>,
@@ -122,7 +125,67 @@ async fn serve_connection(
     let open = metrics.gauge(metrics::SOCKETS, &labels);
     open.increment(1);
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(Tracked::new(stream, Arc::clone(&conn)));
+    let stream = Tracked::new(stream, Arc::clone(&conn));
+    match settings.tls.as_ref().map(tls::Acceptor::tokio) {
+        None => serve_http(stream, conn, router, &settings, &metrics, shutdown).await,
+        Some(acceptor) => {
+            let due = conn.instant(settings.allow.header_read);
+            let handshake = tokio::select! {
+                done = tokio::time::timeout_at(due, acceptor.accept(stream)) => done,
+                () = shutdown.cancelled() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
+            };
+            match handshake {
+                Ok(Ok(stream)) => {
+                    let verified = stream.get_ref().1.peer_certificates();
+                    if let Some(certificate) = verified
+                        .and_then(<[_]>::first)
+                        .and_then(tls::client_certificate)
+                    {
+                        conn.verified(certificate);
+                    }
+                    serve_http(stream, conn, router, &settings, &metrics, shutdown).await;
+                }
+                Ok(Err(err)) => {
+                    debug!(listener = settings.name, connection = conn.id, error = %err, "TLS handshake failed");
+                    metrics
+                        .counter(metrics::TLS_HANDSHAKES_FAILED, &labels)
+                        .increment(1);
+                }
+                Err(_) => {
+                    debug!(
+                        listener = settings.name,
+                        connection = conn.id,
+                        "socket closed: TLS handshake timed out"
+                    );
+                    metrics
+                        .counter(
+                            metrics::SOCKETS_TIMED_OUT,
+                            &[
+                                ("listener", settings.name),
+                                ("stage", Stage::Header.as_str()),
+                            ],
+                        )
+                        .increment(1);
+                }
+            }
+        }
+    }
+    open.decrement(1);
+}
+
+/// Serves one socket's requests until it closes, is upgraded, overstays a stage, or the server
+/// shuts down (requests in flight finish; an idle socket is closed at once).
+async fn serve_http<S>(
+    stream: S,
+    conn: Arc<Connection>,
+    router: Router,
+    settings: &Settings,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
     let service = {
         let conn = Arc::clone(&conn);
         tower::service_fn(move |mut request: Request<Incoming>| {
@@ -175,7 +238,6 @@ async fn serve_connection(
             }
         }
     }
-    open.decrement(1);
 }
 
 /// Answers a socket over the limit with 503 and `Retry-After`, once its request head is read

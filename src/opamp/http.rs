@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
@@ -13,14 +14,21 @@ use prost::Message as _;
 use tracing::{Instrument, debug, field, info_span};
 
 use super::{Opamp, OpampError};
-use crate::collector::Transport;
 use crate::collector::handle::ConnectionRef;
+use crate::collector::{ClientCertificate, Transport};
+use crate::net::Connection;
 use crate::net::budget::Held;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 
-pub async fn handle(State(opamp): State<Arc<Opamp>>, headers: HeaderMap, body: Body) -> Response {
-    match answer(&opamp, &headers, body).await {
+pub async fn handle(
+    State(opamp): State<Arc<Opamp>>,
+    socket: Option<Extension<Arc<Connection>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let client_certificate = socket.and_then(|Extension(socket)| socket.client_certificate());
+    match answer(&opamp, &headers, body, client_certificate).await {
         Ok(response) => response,
         Err(error) => opamp.refuse(error),
     }
@@ -30,6 +38,7 @@ async fn answer(
     opamp: &Arc<Opamp>,
     headers: &HeaderMap,
     body: Body,
+    client_certificate: Option<Arc<ClientCertificate>>,
 ) -> Result<Response, OpampError> {
     if !is_protobuf(headers) {
         return Err(OpampError::UnsupportedMediaType);
@@ -66,6 +75,7 @@ async fn answer(
             id: connection_id,
             transport: Transport::Http,
             push: None,
+            client_certificate,
         };
         let processed = opamp.process(payload, connection).await?;
         opamp.check_outgoing(&processed.reply)?;

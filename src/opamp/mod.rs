@@ -123,6 +123,9 @@ impl Opamp {
             (sent.clone(), None)
         };
         let mut report = report::to_report(message);
+        report
+            .client_certificate
+            .clone_from(&connection.client_certificate);
         let mut reassigned_from = None;
         loop {
             Span::current().record("collector_id", tracing::field::display(known_as.id));

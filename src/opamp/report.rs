@@ -77,6 +77,8 @@ pub fn to_report(message: proto::AgentToServer) -> Report {
             });
             AvailableComponents { hash, components }
         }),
+        // A fact of the connection, not of the message: the transport adds it.
+        client_certificate: None,
         disconnect: message.agent_disconnect.is_some(),
     }
 }

@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, field, info_span, warn};
 use super::identity::WireUid;
 use super::{Opamp, OpampError, frame, report};
 use crate::collector::handle::{self, ConnectionRef};
-use crate::collector::{CloseReason, CollectorId, Delivery, Transport};
+use crate::collector::{ClientCertificate, CloseReason, CollectorId, Delivery, Transport};
 use crate::net::Connection;
 use crate::net::budget::{Meter, OverBudget};
 
@@ -64,6 +64,9 @@ pub async fn upgrade(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |ws| {
+            let client_certificate = socket
+                .as_ref()
+                .and_then(|Extension(socket)| socket.client_certificate());
             // From here on the session reads whole messages itself: every byte read is charged
             // to the budget as it arrives, so a message past it is refused while still arriving.
             let meter = socket.map(|Extension(socket)| {
@@ -79,6 +82,7 @@ pub async fn upgrade(
                 connection_id,
                 first_message_by,
                 meter,
+                client_certificate,
             ));
             sessions.track_future(session.run().instrument(span))
         })
@@ -96,6 +100,8 @@ struct Session {
     first_message_by: Option<Instant>,
     /// The socket's meter: released after each message, which then holds its own bytes.
     meter: Option<Meter>,
+    /// The verified client certificate of the socket (mutual TLS).
+    client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// How a session ends: who closes, and with what.
@@ -115,6 +121,7 @@ impl Session {
         connection_id: u64,
         first_message_by: Instant,
         meter: Option<Meter>,
+        client_certificate: Option<Arc<ClientCertificate>>,
     ) -> Self {
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
         Self {
@@ -126,6 +133,7 @@ impl Session {
             collectors: HashMap::new(),
             first_message_by: Some(first_message_by),
             meter,
+            client_certificate,
         }
     }
 
@@ -253,6 +261,7 @@ impl Session {
             id: self.connection_id,
             transport: Transport::WebSocket,
             push: Some(self.push_tx.clone()),
+            client_certificate: self.client_certificate.clone(),
         };
         let reply = match self
             .opamp

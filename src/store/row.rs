@@ -210,6 +210,10 @@ impl FactWrite {
                 "available_components",
                 part(facts.available_components.as_ref()),
             ),
+            (
+                "client_certificate",
+                part(facts.client_certificate.as_deref()),
+            ),
         ];
         parts
             .into_iter()
@@ -298,6 +302,9 @@ impl RecordRow {
                 }
                 "available_components" => {
                     parts.available_components = read_part(id, "available components", value)?;
+                }
+                "client_certificate" => {
+                    parts.client_certificate = read_part(id, "client certificate", value)?;
                 }
                 // A part this version does not know is left alone, not refused.
                 _ => {}

@@ -49,4 +49,5 @@ mod rollout_delivery;
 mod rollouts;
 mod states;
 mod store;
+mod tls;
 mod websocket;

@@ -973,9 +973,24 @@ async fn errors_are_one_line_with_their_status_and_exit_code() {
         "{nobody:?}"
     );
     assert_eq!(nobody.err.lines().count(), 1);
-    let tls = ctl_env("https://127.0.0.1:1", &["summary"], &[]).await;
-    assert_eq!(tls.code, exit::USAGE);
-    assert!(tls.err.contains("https is not supported yet"), "{tls:?}");
+    let ftp = ctl_env("ftp://127.0.0.1:1", &["summary"], &[]).await;
+    assert_eq!(ftp.code, exit::USAGE);
+    assert!(ftp.err.contains("neither http nor https"), "{ftp:?}");
+}
+
+#[tokio::test]
+async fn https_servers_are_trusted_through_the_ca_given() {
+    let pki = crate::support::tls::Pki::new("operators' CA");
+    let server =
+        TestServer::start_with(|c| c.api.tls = Some(pki.serve(&pki.server(1), None))).await;
+    let url = format!("https://{}", server.running().api_addr);
+    let ca = pki.path("ca.pem");
+    let trusted = ctl_env(&url, &["--ca-cert", ca.to_str().unwrap(), "summary"], &[]).await;
+    assert_eq!(trusted.code, exit::OK, "{trusted:?}");
+    // Without the CA the server's certificate is not trusted: unreachable, with the reason.
+    let untrusted = ctl_env(&url, &["summary"], &[]).await;
+    assert_eq!(untrusted.code, exit::UNREACHABLE, "{untrusted:?}");
+    assert!(untrusted.err.contains("certificate"), "{untrusted:?}");
 }
 
 #[tokio::test]

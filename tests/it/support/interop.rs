@@ -74,6 +74,16 @@ pub struct Driver {
 impl Driver {
     /// Starts a client against `endpoint` with a one-second heartbeat and waits for it to start.
     pub async fn start(client: Client, endpoint: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(client, endpoint, extra, &[]).await
+    }
+
+    /// [`Driver::start`] with extra environment variables (a CA bundle for `https://`, say).
+    pub async fn start_with_env(
+        client: Client,
+        endpoint: &str,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         ensure_installed().await;
         let mut command = match client {
             Client::Python => {
@@ -95,6 +105,7 @@ impl Driver {
                 &format!("{client:?}-collector").to_lowercase(),
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .current_dir(repo())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

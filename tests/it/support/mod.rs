@@ -7,6 +7,7 @@ pub mod binary;
 pub mod interop;
 pub mod postgres;
 pub mod scripted;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -174,9 +175,12 @@ impl TestServer {
 
     async fn start_on(config: Config, data: tempfile::TempDir, database: Option<Database>) -> Self {
         let path = config.opamp.path.clone();
-        let running = within("the server starts", opampd::app::start(config.clone()))
-            .await
-            .expect("server starts");
+        let running = within(
+            "the server starts",
+            Box::pin(opampd::app::start(config.clone())),
+        )
+        .await
+        .expect("server starts");
         let api_url = format!("http://{}", running.api_addr);
         api::remember_generated_key(&api_url, &config.server.data_dir);
         Self {
@@ -451,9 +455,10 @@ pub fn is_unavailable(reply: &proto::ServerToAgent) -> bool {
     })
 }
 
-/// A WebSocket OpAMP client, speaking the framing by hand so tests can also break it.
-pub struct WsClient {
-    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A WebSocket OpAMP client, speaking the framing by hand so tests can also break it; over
+/// plain TCP unless made on a TLS stream ([`tls::Pki::ws`]).
+pub struct WsClient<S = MaybeTlsStream<TcpStream>> {
+    pub socket: WebSocketStream<S>,
 }
 
 impl WsClient {
@@ -481,7 +486,9 @@ impl WsClient {
         .await?;
         Ok(Self { socket })
     }
+}
 
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
         within(
             "a message to be sent",
@@ -590,7 +597,14 @@ pub fn gunzip(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// reqwest is built with rustls but without a crypto provider of its own (its default, aws-lc-rs,
+/// needs cmake to build); ring, the server's, is installed for the process instead.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn http_client() -> reqwest::Client {
+    install_crypto();
     reqwest::Client::builder()
         .timeout(DEADLINE)
         .build()
@@ -599,7 +613,17 @@ pub fn http_client() -> reqwest::Client {
 
 /// POSTs raw bytes to the OpAMP endpoint with the given headers (Content-Type included by caller).
 pub async fn post_raw(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> HttpReply {
-    let mut request = http_client().post(url).body(body);
+    post_raw_with(&http_client(), url, headers, body).await
+}
+
+/// [`post_raw`] through `client` (one that trusts a test CA, say).
+pub async fn post_raw_with(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> HttpReply {
+    let mut request = client.post(url).body(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

@@ -81,7 +81,7 @@ fn as_user(user: Option<(u32, u32)>, program: &Path) -> Command {
 }
 
 /// The port only names the socket file (`.s.PGSQL.5432`) in the server's own directory.
-const SOCKET_PORT: &str = "5432";
+const SOCKET_PORT: u16 = 5432;
 
 /// initdb, a start or a stop: seconds on an idle machine, never this long.
 const SERVER_DEADLINE: Duration = Duration::from_mins(1);
@@ -115,6 +115,7 @@ struct Process {
     watchdog: Child,
     commands: ChildStdin,
     acks: BufReader<ChildStdout>,
+    port: u16,
 }
 
 /// Tests trade durability for speed; benchmarks measure a server that keeps its promises.
@@ -134,7 +135,23 @@ impl Process {
     }
 
     fn launch_with(durability: Durability) -> Self {
+        Self::launch_on(durability, None)
+    }
+
+    /// With `tls` (a certificate and its key, PEM), the server also listens on 127.0.0.1 at
+    /// a free port with `ssl = on` (the socket stays, for the admin connection).
+    fn launch_on(durability: Durability, tls: Option<(&str, &str)>) -> Self {
         let bin = find_binaries();
+        // The socket lives in the server's own directory, so every server can use the same
+        // port; one that also listens on TCP needs a port nobody holds.
+        let port = if tls.is_some() {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        } else {
+            SOCKET_PORT
+        };
         let user = unprivileged();
         let dir = tempfile::Builder::new()
             .prefix("opampd-pg-")
@@ -165,16 +182,36 @@ impl Process {
             dir.display(),
             String::from_utf8_lossy(&initdb.stderr)
         );
+        let mut options = match durability {
+            Durability::Off => "-c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+            Durability::On => "-c fsync=on",
+        }
+        .to_owned();
+        if let Some((cert, key)) = tls {
+            // The key must belong to the server's user and be readable by it alone.
+            for (name, pem, mode) in [("server.pem", cert, 0o644), ("server.key", key, 0o600)] {
+                let path = dir.join(name);
+                std::fs::write(&path, pem).expect("write a TLS file");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .expect("chmod a TLS file");
+                if let Some((uid, gid)) = user {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+                }
+            }
+            // Later settings win over the watchdog's `listen_addresses=''`.
+            let dir = dir.display();
+            options = format!(
+                "{options} -c listen_addresses=127.0.0.1 -c ssl=on \
+                 -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key"
+            );
+        }
         let mut command = Command::new("sh");
         command
             .args(["-c", WATCHDOG, "watchdog"])
             .arg(&dir)
-            .arg(SOCKET_PORT)
+            .arg(port.to_string())
             .arg(bin.join("postgres"))
-            .arg(match durability {
-                Durability::Off => "-c fsync=off -c full_page_writes=off -c synchronous_commit=off",
-                Durability::On => "-c fsync=on",
-            });
+            .arg(options);
         if let Some((uid, gid)) = user {
             command.args([
                 "setpriv",
@@ -195,12 +232,14 @@ impl Process {
             watchdog,
             commands,
             acks,
+            port,
         }
     }
 
     fn admin_url(&self) -> String {
         format!(
-            "postgres://postgres@localhost:{SOCKET_PORT}/postgres?host={}",
+            "postgres://postgres@localhost:{}/postgres?host={}",
+            self.port,
             self.dir.display()
         )
     }
@@ -350,6 +389,28 @@ impl PgServer {
         Self {
             process: Some(process),
         }
+    }
+
+    /// A server that also takes TLS connections on 127.0.0.1, with this certificate and key
+    /// (PEM). Returns it and the TCP URL of database
+    /// `name`, created on it, without TLS parameters.
+    #[allow(dead_code)] // the benchmarks include this file
+    pub async fn start_tls(cert: &str, key: &str, name: &str) -> (Self, String) {
+        let (cert, key) = (cert.to_owned(), key.to_owned());
+        let process = blocking("initdb and start", move || {
+            Process::launch_on(Durability::Off, Some((&cert, &key)))
+        })
+        .await;
+        process.ready().await;
+        let port = process.port;
+        let mut server = Self {
+            process: Some(process),
+        };
+        server.create_database(name).await;
+        (
+            server,
+            format!("postgres://postgres@127.0.0.1:{port}/{name}"),
+        )
     }
 
     fn process(&mut self) -> &mut Process {
