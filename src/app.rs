@@ -324,6 +324,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let registry = Arc::new(Registry::new(
         ActorSettings {
             liveness_window: config.opamp.liveness_window(),
+            // Late by half an interval: a poll that jitter or a slow network delayed is not.
+            stale_after: config.opamp.heartbeat_interval.mul_f64(1.5),
             last_seen_interval: config.database.last_seen_interval,
             grace_period: config.collectors.grace_period,
         },

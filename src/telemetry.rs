@@ -33,6 +33,7 @@ pub mod metrics {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
     pub const COLLECTORS: &str = "opampd_collectors";
+    pub const COLLECTORS_WITH_FACET: &str = "opampd_collectors_with_facet";
     pub const TRANSITIONS: &str = "opampd_transitions_total";
     pub const MESSAGES: &str = "opampd_opamp_messages_total";
     pub const BYTES: &str = "opampd_opamp_bytes_total";

@@ -18,6 +18,7 @@ use super::error::{ApiError, ErrorBody};
 use super::view::{CollectorView, TransitionView};
 use crate::cluster::orders::Restarted;
 use crate::collector::Forgotten;
+use crate::collector::facets::Facets;
 use crate::collector::state::{EDGES, EXTENSIONS};
 use crate::collector::{CollectorId, State as CollectorState};
 use crate::config::Role;
@@ -56,6 +57,24 @@ pub fn states(pairs: &[(String, String)]) -> Result<Vec<CollectorState>, ApiErro
             })
         })
         .collect()
+}
+
+fn facets(pairs: &[(String, String)]) -> Result<Facets, ApiError> {
+    pairs
+        .iter()
+        .filter(|(k, _)| k == "facet")
+        .flat_map(|(_, v)| v.split(','))
+        .filter(|s| !s.is_empty())
+        .try_fold(Facets::default(), |set, name| {
+            let facet = Facets::parse(name).ok_or_else(|| {
+                let known: Vec<_> = Facets::each().map(|(_, n)| n).collect();
+                ApiError::BadRequest(format!(
+                    "unknown facet {name:?} (one of: {})",
+                    known.join(", ")
+                ))
+            })?;
+            Ok(set | facet)
+        })
 }
 
 pub fn selector(pairs: &[(String, String)]) -> Result<Selector, ApiError> {
@@ -124,6 +143,9 @@ pub struct CollectorPage {
 pub struct ListParams {
     /// Any of these states (repeat, or separate with commas).
     state: Option<Vec<String>>,
+    /// Collectors with any of these facets: `drifted`, `stale`, `degraded` (repeat, or
+    /// separate with commas).
+    facet: Option<Vec<String>>,
     /// Label selector: `env=prod,region!=eu,tier in (a,b),gpu,!legacy`.
     selector: Option<String>,
     /// Case-insensitive text in the id, name, host name or version.
@@ -147,7 +169,7 @@ pub async fn list(
     caller.require(Role::Viewer)?;
     let pairs = query_pairs(
         raw.as_deref(),
-        &["state", "selector", "q", "sort", "limit", "cursor"],
+        &["state", "facet", "selector", "q", "sort", "limit", "cursor"],
     )?;
     let sort_text = last(&pairs, "sort").unwrap_or("id");
     let (descending, key) = match sort_text.strip_prefix('-') {
@@ -185,6 +207,7 @@ pub async fn list(
     let limit = limit(&pairs)?;
     let query = CollectorQuery {
         states: states(&pairs)?,
+        facets: facets(&pairs)?,
         selector: selector(&pairs)?,
         text: last(&pairs, "q").map(str::to_owned),
         sort,
@@ -432,6 +455,10 @@ pub struct Summary {
     /// Every one of the seven states, zero included.
     #[schema(value_type = BTreeMap<String, u64>)]
     pub by_state: BTreeMap<&'static str, u64>,
+    /// Collectors with each facet (`drifted`, `stale`, `degraded`), zero included; a collector
+    /// may have several.
+    #[schema(value_type = BTreeMap<String, u64>)]
+    pub by_facet: BTreeMap<&'static str, u64>,
 }
 
 #[utoipa::path(get, path = "/api/v1/summary", tag = "fleet",
@@ -441,14 +468,15 @@ pub async fn summary(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Summary>, ApiError> {
     caller.require(Role::Viewer)?;
-    let counts = api.store.count_by_state().await?;
+    let counts = api.store.census().await?;
     let by_state: BTreeMap<&'static str, u64> = CollectorState::ALL
         .iter()
-        .map(|s| (s.as_str(), counts.get(s).copied().unwrap_or(0)))
+        .map(|s| (s.as_str(), counts.states.get(s).copied().unwrap_or(0)))
         .collect();
     Ok(Json(Summary {
         total: by_state.values().sum(),
         by_state,
+        by_facet: counts.facets.into_iter().collect(),
     }))
 }
 

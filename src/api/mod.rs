@@ -157,10 +157,16 @@ async fn prometheus(State(state): State<ApiState>) -> impl IntoResponse {
     // is down, only the fleet's counts are missing.
     if let Some(counts) = state.probe.last().counts {
         let values = crate::collector::State::ALL.map(|s| {
-            let n = counts.get(&s).copied().unwrap_or(0);
+            let n = counts.states.get(&s).copied().unwrap_or(0);
             (Some(("state", s.as_str())), n)
         });
         sample_lines(&mut text, metrics::COLLECTORS, "gauge", &values);
+        let facets: Vec<_> = counts
+            .facets
+            .iter()
+            .map(|(name, n)| (Some(("facet", *name)), *n))
+            .collect();
+        sample_lines(&mut text, metrics::COLLECTORS_WITH_FACET, "gauge", &facets);
     }
     let persistence = state.registry.persistence();
     let registry = &state.registry;

@@ -2,14 +2,12 @@
 //! answers from memory, so however often they are called the database sees one ping and one
 //! count per `api.probe_interval`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::collector::State;
-use crate::store::Store;
+use crate::store::{Census, Store};
 
 /// How long one reading waits for the store.
 const BUDGET: Duration = Duration::from_secs(2);
@@ -18,8 +16,8 @@ const BUDGET: Duration = Duration::from_secs(2);
 pub struct Reading {
     /// Why the store did not answer the last ping, if it did not.
     pub unreachable: Option<String>,
-    /// Collectors per state at the last count; `None` when the count failed.
-    pub counts: Option<BTreeMap<State, u64>>,
+    /// Collectors per state and per facet at the last count; `None` when the count failed.
+    pub counts: Option<Census>,
 }
 
 #[derive(Debug, Default)]
@@ -55,7 +53,7 @@ impl Probe {
             Err(_) => Some(format!("no answer within {BUDGET:?}")),
         };
         let counts = match unreachable {
-            None => tokio::time::timeout(BUDGET, store.count_by_state())
+            None => tokio::time::timeout(BUDGET, store.census())
                 .await
                 .ok()
                 .and_then(Result::ok),

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use serde::Serialize;
-use sha2::Digest as _;
 use utoipa::ToSchema;
 
 use crate::collector::machine::hex;
@@ -25,6 +24,10 @@ pub struct CollectorView {
     pub state_reason: Option<&'static str>,
     pub state_message: String,
     pub state_since: Option<String>,
+    /// What explains the state without being one: `drifted` (its effective configuration is no
+    /// longer the one it ran once ours was applied), `stale` (connected, heartbeats late),
+    /// `degraded` (healthy, but some component is not).
+    pub facets: Vec<&'static str>,
     pub connected: bool,
     /// `websocket` or `http`.
     pub transport: Option<&'static str>,
@@ -186,15 +189,8 @@ fn health(h: &Health) -> HealthView {
 }
 
 fn effective_config(files: &ConfigFiles, include: bool) -> EffectiveConfigView {
-    let mut digest = sha2::Sha256::new();
-    for (name, file) in files {
-        for part in [name.as_bytes(), file.content_type.as_bytes(), &file.body] {
-            digest.update((part.len() as u64).to_be_bytes());
-            digest.update(part);
-        }
-    }
     EffectiveConfigView {
-        hash: hex(&digest.finalize()),
+        hash: hex(&crate::collector::facets::config_digest(files)),
         files: include.then(|| {
             files
                 .iter()
@@ -223,6 +219,7 @@ impl CollectorView {
             state_reason: c.state_reason.map(state::Reason::as_str),
             state_message: c.state_message.clone(),
             state_since: c.state_since.map(rfc3339),
+            facets: c.facets.names(),
             connected: c.connected,
             transport: c.transport.map(crate::collector::Transport::as_str),
             connected_since: c.connected_since.map(rfc3339),

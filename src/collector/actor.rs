@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::contest::Contest;
+use super::facets::{self, Facets};
 use super::facts::Changed;
 use super::handle::{
     Answer, CollectorHandle, Command, ConnectionRef, Ending, Forgotten, Published, Reached,
@@ -118,7 +119,8 @@ impl Actor {
         // Resident only as long as it is needed: a contact keeps it, none lets it go.
         self.evict_deadline = Some(Instant::now() + self.shared.settings.grace_period);
         loop {
-            let (silent, evict) = (self.silent_deadline, self.evict_deadline);
+            let (silent, evict, stale) =
+                (self.silent_deadline, self.evict_deadline, self.stale_at());
             let flow = tokio::select! {
                 command = rx.recv() => match command {
                     Some(command) => Box::pin(self.handle(command)).await,
@@ -128,6 +130,11 @@ impl Actor {
                     debug!(collector_id = %self.id, "plain-HTTP collector went silent");
                     self.detach();
                     self.apply(Event::ConnectionLost);
+                    Flow::Continue
+                }
+                () = sleep_until_opt(stale) => {
+                    debug!(collector_id = %self.id, "plain-HTTP collector's heartbeats are late");
+                    self.refresh_facets(true);
                     Flow::Continue
                 }
                 () = sleep_until_opt(evict) => Box::pin(self.evict()).await,
@@ -425,6 +432,30 @@ impl Actor {
         } else {
             None
         };
+        self.refresh_facets(self.record.facets.contains(Facets::STALE));
+    }
+
+    /// Decides the facets again; a change is news for the store.
+    fn refresh_facets(&mut self, stale: bool) {
+        let now = facets::of(&self.record, stale);
+        if now != self.record.facets {
+            self.record.facets = now;
+            self.hot = true;
+        }
+    }
+
+    /// When a plain-HTTP collector that keeps silent becomes stale: the same silence as its
+    /// liveness deadline, shorter. `None` once stale, or where there is no such deadline.
+    fn stale_at(&self) -> Option<Instant> {
+        if self.record.facets.contains(Facets::STALE) {
+            return None;
+        }
+        let settings = &self.shared.settings;
+        let earlier = settings.liveness_window.checked_sub(settings.stale_after)?;
+        if earlier.is_zero() {
+            return None;
+        }
+        self.silent_deadline?.checked_sub(earlier)
     }
 
     fn publish(&self, transition: Transition) {

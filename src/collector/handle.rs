@@ -113,6 +113,9 @@ pub(super) enum Command {
 pub struct ActorSettings {
     /// How long a plain-HTTP collector may stay silent before it counts as disconnected.
     pub liveness_window: Duration,
+    /// How long a plain-HTTP collector may stay silent before it counts as stale (heartbeats
+    /// late, still connected); at or past `liveness_window`, never.
+    pub stale_after: Duration,
     /// How often a record whose only news is `last_seen` is written: heartbeats are coalesced.
     pub last_seen_interval: Duration,
     /// How long an actor stays resident after its collector disconnected.

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::facets::{DriftBaseline, Facets};
 use super::state::{Reason, State, target};
 use super::{
     AvailableComponents, Capabilities, ClientCertificate, CollectorId, Components, ConfigFiles,
@@ -51,6 +52,12 @@ pub struct Collector {
     pub available_components: Option<AvailableComponents>,
     /// The verified client certificate of its latest connection, where mutual TLS is on.
     pub client_certificate: Option<Arc<ClientCertificate>>,
+    /// What explains its state beyond the state itself: drifted, stale, degraded.
+    #[serde(skip)]
+    pub facets: Facets,
+    /// What drift is judged against (boxed: most collectors never have one).
+    #[serde(skip)]
+    pub drift: Option<Box<DriftBaseline>>,
     /// Operators' labels as the store holds them, filled by the store's reads. Labels belong to
     /// operators and live in the store alone: an actor never holds or writes them.
     pub labels: BTreeMap<String, String>,
@@ -165,6 +172,8 @@ impl Collector {
             package_statuses: None,
             available_components: None,
             client_certificate: None,
+            facets: Facets::default(),
+            drift: None,
             labels: BTreeMap::new(),
             reassigned: None,
             config_sent: None,

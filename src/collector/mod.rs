@@ -5,6 +5,7 @@ pub mod actor;
 pub mod bus;
 pub mod contest;
 pub mod encoding;
+pub mod facets;
 pub mod facts;
 pub mod handle;
 pub mod machine;

@@ -14,6 +14,7 @@ use futures_util::future::Shared;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
+use super::facets::{DriftBaseline, Facets};
 use super::facts::FactParts;
 use super::machine::{Collector, Transition};
 use super::{Capabilities, CollectorId, PackageOffer, Reason, State, Transport};
@@ -45,6 +46,7 @@ pub struct Hot {
     pub name: Option<String>,
     pub host_name: Option<String>,
     pub version: Option<String>,
+    pub facets: Facets,
     pub control: Control,
 }
 
@@ -60,6 +62,7 @@ pub struct Control {
     pub rollout: Option<String>,
     pub missing_components: Vec<String>,
     pub reassigned: Option<super::Reassignment>,
+    pub drift: Option<DriftBaseline>,
 }
 
 impl Hot {
@@ -80,6 +83,7 @@ impl Hot {
             name: c.name(),
             host_name: c.attribute("host.name"),
             version: c.attribute("service.version"),
+            facets: c.facets,
             control: Control {
                 config_sent: c.config_sent.clone(),
                 config_failed: c.config_failed.clone(),
@@ -89,6 +93,7 @@ impl Hot {
                 rollout: c.rollout.clone(),
                 missing_components: c.missing_components.clone(),
                 reassigned: c.reassigned.clone(),
+                drift: c.drift.as_deref().cloned(),
             },
         })
     }

@@ -259,6 +259,7 @@ impl Engine {
                 .store
                 .list(&CollectorQuery {
                     states: Vec::new(),
+                    facets: crate::collector::facets::Facets::default(),
                     selector: selector.clone(),
                     text: None,
                     sort: SortKey::Id,

@@ -271,6 +271,7 @@ mod tests {
             name: None,
             host_name: None,
             version: None,
+            facets: crate::collector::facets::Facets::default(),
             control: Control::default(),
         })
     }

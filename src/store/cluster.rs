@@ -334,11 +334,13 @@ async fn disconnect_node(
 ) -> Result<u64, StoreError> {
     sqlx::query(HISTORY_LOCK).execute(&mut **tx).await?;
     let disconnected = State::Disconnected.as_str();
+    // A disconnected collector is not stale (bit 2: `Facets::STALE`).
     let done = sqlx::query(
         "WITH old AS (SELECT id, state FROM collectors \
             WHERE node = $1 AND state <> $2 FOR UPDATE), \
          marked AS (UPDATE collectors c SET state = $2, state_reason = $3, state_message = $4, \
-            state_since = $5, connected = FALSE, epoch = c.epoch + 1, updated_at = $5 \
+            state_since = $5, connected = FALSE, facets = c.facets & ~2, \
+            epoch = c.epoch + 1, updated_at = $5 \
             FROM old WHERE c.id = old.id RETURNING c.id, old.state AS from_state) \
          INSERT INTO transitions (collector_id, from_state, to_state, reason, message, at, cause) \
          SELECT id, from_state, $2, $3, $4, $5, NULL FROM marked ORDER BY id",

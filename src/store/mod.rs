@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+use crate::collector::facets::Facets;
 use crate::collector::persist::Claimed;
 use crate::collector::{Collector, CollectorId, State, Transition};
 use crate::config::Config;
@@ -141,10 +142,39 @@ pub struct After {
     pub id: String,
 }
 
+/// The fleet counted: per state (states with none are absent) and per facet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Census {
+    pub states: BTreeMap<State, u64>,
+    /// Each facet's count, every facet present (zero included), in `Facets::each` order.
+    pub facets: Vec<(&'static str, u64)>,
+}
+
+impl Census {
+    /// From `(state, facets, count)` groups.
+    pub fn of(groups: impl IntoIterator<Item = (State, Facets, u64)>) -> Self {
+        let mut census = Self {
+            states: BTreeMap::new(),
+            facets: Facets::each().map(|(_, name)| (name, 0)).collect(),
+        };
+        for (state, facets, n) in groups {
+            *census.states.entry(state).or_default() += n;
+            for ((facet, _), (_, count)) in Facets::each().zip(census.facets.iter_mut()) {
+                if facets.contains(facet) {
+                    *count += n;
+                }
+            }
+        }
+        census
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CollectorQuery {
     /// Any of these states; empty means all.
     pub states: Vec<State>,
+    /// Collectors with any of these facets; empty means all.
+    pub facets: Facets,
     pub selector: Selector,
     /// Case-insensitive substring of id, name, host name or version.
     pub text: Option<String>,
@@ -225,7 +255,8 @@ pub trait Store: Send + Sync + 'static {
     /// One page of collectors.
     async fn list(&self, query: &CollectorQuery) -> Result<Vec<Collector>, StoreError>;
     /// How many collectors are in each state (states with none are absent).
-    async fn count_by_state(&self) -> Result<BTreeMap<State, u64>, StoreError>;
+    /// How many collectors are in each state, and how many have each facet.
+    async fn census(&self) -> Result<Census, StoreError>;
     /// One collector's history, newest first, before `before` (a seq) when given.
     async fn history(
         &self,

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use crate::collector::encoding::unhex;
+use crate::collector::facets::{DriftBaseline, Facets};
 use crate::collector::facts::FactParts;
 use crate::collector::machine::hex;
 use crate::collector::persist::{Control, Epoch, Hot};
@@ -40,6 +41,35 @@ struct ControlDoc {
     rollout: Option<String>,
     missing_components: Vec<String>,
     reassigned: Option<Reassignment>,
+    drift: Option<DriftDoc>,
+}
+
+/// A drift baseline in the control document: hex digests.
+#[derive(Debug, Serialize, Deserialize)]
+struct DriftDoc {
+    config: String,
+    effective: Option<String>,
+}
+
+impl DriftDoc {
+    fn of(b: &DriftBaseline) -> Self {
+        Self {
+            config: hex(&b.config),
+            effective: b.effective.as_ref().map(|e| hex(e)),
+        }
+    }
+
+    /// `None` for a document that is not hex: the baseline is then taken again.
+    fn baseline(&self) -> Option<DriftBaseline> {
+        let effective = match &self.effective {
+            Some(e) => Some(<[u8; 32]>::try_from(unhex(e)?).ok()?),
+            None => None,
+        };
+        Some(DriftBaseline {
+            config: unhex(&self.config)?,
+            effective,
+        })
+    }
 }
 
 impl ControlDoc {
@@ -53,6 +83,7 @@ impl ControlDoc {
             rollout: c.rollout.clone(),
             missing_components: c.missing_components.clone(),
             reassigned: c.reassigned.clone(),
+            drift: c.drift.as_ref().map(DriftDoc::of),
         }
     }
 }
@@ -72,6 +103,7 @@ pub struct RecordRow {
     pub last_seen: Option<OffsetDateTime>,
     pub capabilities: i64,
     pub sequence_num: Option<i64>,
+    pub facets: i64,
     pub labels: Json<BTreeMap<String, String>>,
     pub control: Json<serde_json::Value>,
 }
@@ -94,6 +126,7 @@ pub struct HotRow {
     pub version: Option<String>,
     pub capabilities: i64,
     pub sequence_num: Option<i64>,
+    pub facets: i64,
     pub control: Json<Box<RawValue>>,
 }
 
@@ -188,6 +221,7 @@ impl HotRow {
             version: hot.version.clone(),
             capabilities: hot.capabilities.0.cast_signed(),
             sequence_num: hot.sequence_num.map(u64::cast_signed),
+            facets: i64::from(hot.facets.bits()),
             control: raw(&ControlDoc::of(&hot.control)),
         }
     }
@@ -284,6 +318,12 @@ impl RecordRow {
         c.rollout = control.rollout;
         c.missing_components = control.missing_components;
         c.reassigned = control.reassigned;
+        c.drift = control
+            .drift
+            .as_ref()
+            .and_then(DriftDoc::baseline)
+            .map(Box::new);
+        c.facets = Facets::from_bits(self.facets);
         let mut parts = FactParts::default();
         for f in facts {
             let id = &f.id;

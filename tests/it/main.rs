@@ -36,6 +36,7 @@ mod configurations;
 mod docs;
 mod durability;
 mod edges;
+mod facets;
 mod http_transport;
 mod interop;
 mod keys;

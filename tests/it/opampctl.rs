@@ -286,7 +286,8 @@ async fn describe_history_label_forget_restart_and_summary() {
     assert_eq!(
         serde_json::from_str::<Value>(&summary_json).unwrap(),
         json!({"total": 3, "by_state": {"configuring": 0, "connected": 1, "disconnected": 1,
-            "error": 1, "incompatible": 0, "pending": 0, "upgrading": 0}})
+            "error": 1, "incompatible": 0, "pending": 0, "upgrading": 0},
+            "by_facet": {"degraded": 0, "drifted": 0, "stale": 0}})
     );
     let newest = ok(&server, &["history", &two, "--limit", "1", "-o", "json"]).await;
     let newest: Value = serde_json::from_str(&newest).unwrap();

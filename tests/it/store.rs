@@ -553,6 +553,7 @@ async fn store_fleet(store: &dyn Store, fleet: &[Collector]) {
 fn query() -> CollectorQuery {
     CollectorQuery {
         states: vec![],
+        facets: opampd::collector::facets::Facets::default(),
         selector: Selector::default(),
         text: None,
         sort: SortKey::Id,
@@ -580,6 +581,7 @@ async fn filters_select_by_state_labels_and_text(backend: Backend) {
         (
             CollectorQuery {
                 states: vec![State::Error, State::Pending],
+                facets: opampd::collector::facets::Facets::default(),
                 ..query()
             },
             vec!["2", "4", "9", "11"],
@@ -635,7 +637,7 @@ async fn filters_select_by_state_labels_and_text(backend: Backend) {
         expected.sort();
         assert_eq!(found, expected, "{q:?}");
     }
-    let counts = store.count_by_state().await.unwrap();
+    let counts = store.census().await.unwrap().states;
     assert_eq!(counts.values().sum::<u64>(), 12);
     assert_eq!(counts[&State::Connected], 2);
 }

@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use super::Actor;
 use crate::collector::contest::Verdict;
+use crate::collector::facets;
 use crate::collector::handle::{Answer, ConnectionRef};
 use crate::collector::machine::Event;
 use crate::collector::{
@@ -50,13 +51,22 @@ impl Actor {
         let transport = connection.transport;
         self.attach(connection);
         let goodbye = report.disconnect;
+        let effective = report.effective_config.as_ref().map(facets::config_digest);
         self.apply(Event::Report { report, transport });
+        let baseline = self.record.drift.take().map(|b| *b);
+        let drift = facets::follow_drift(baseline, &self.record, effective);
+        if self.record.drift.as_deref() != drift.as_ref() {
+            self.hot = true;
+        }
+        self.record.drift = drift.map(Box::new);
         if goodbye {
             self.detach();
             self.evict_deadline = Some(Instant::now() + self.shared.settings.grace_period);
         } else if transport == Transport::Http {
             self.silent_deadline = Some(Instant::now() + self.shared.settings.liveness_window);
         }
+        // A message arrived: whatever was late is not.
+        self.refresh_facets(false);
         self.record.outbox.merge(asks);
         let outbound = self.record.outbox.take_sendable();
         self.save().await;

@@ -23,9 +23,10 @@ use super::row::{
     TransitionWrite,
 };
 use super::{
-    After, Batch, CollectorQuery, ConfigurationFile, ConfigurationVersion, Event, EventFilter,
-    LabelEdit, Quarantined, SortKey, Store, StoreError,
+    After, Batch, Census, CollectorQuery, ConfigurationFile, ConfigurationVersion, Event,
+    EventFilter, LabelEdit, Quarantined, SortKey, Store, StoreError,
 };
+use crate::collector::facets::Facets;
 use crate::collector::persist::Claimed;
 use crate::collector::{Collector, CollectorId, Reason, State, Transition};
 use crate::selector::{Requirement, Selector};
@@ -115,7 +116,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The collectors row as it is read.
 const RECORD_COLUMNS: &str = "id, epoch, state, state_since, state_reason, state_message, \
-     connected, transport, connected_since, last_seen, capabilities, sequence_num, labels, control";
+     connected, transport, connected_since, last_seen, capabilities, sequence_num, facets, labels, control";
 
 /// The hot part as it is written (the row source's column `v_c` into the table's `c`).
 const HOT: &[&str] = &[
@@ -134,6 +135,7 @@ const HOT: &[&str] = &[
     "version",
     "capabilities",
     "sequence_num",
+    "facets",
     "control",
 ];
 
@@ -143,7 +145,7 @@ const TRANSITIONS: &[&str] = &[
 
 /// Statement sizes, largest first: a batch goes out as chunks of these many rows, so each
 /// statement has a few texts, each prepared once per connection (SQLite allows 32,766 bound
-/// values: 256 rows of 17 columns is 4,352).
+/// values: 256 rows of 18 columns is 4,608).
 const SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
 /// `rows` in chunks of the [`SIZES`], largest first.
@@ -431,6 +433,11 @@ macro_rules! sql_store {
                     "SELECT {RECORD_COLUMNS} FROM collectors WHERE 1 = 1"
                 ));
                 Self::push_states(&mut q, "state", &query.states);
+                if !query.facets.is_empty() {
+                    q.push(" AND (facets & ")
+                        .push_bind(i64::from(query.facets.bits()))
+                        .push(") <> 0");
+                }
                 Self::push_selector(&mut q, &query.selector);
                 if let Some(text) = query.text.as_deref().filter(|t| !t.is_empty()) {
                     let pattern = like_pattern(text);
@@ -478,19 +485,22 @@ macro_rules! sql_store {
                 self.read_records(rows).await
             }
 
-            async fn count_by_state(&self) -> Result<BTreeMap<State, u64>, StoreError> {
-                let rows: Vec<(String, i64)> =
-                    sqlx::query_as("SELECT state, COUNT(*) FROM collectors GROUP BY state")
-                        .fetch_all(&self.pool)
-                        .await?;
-                rows.into_iter()
-                    .map(|(state, n)| {
+            async fn census(&self) -> Result<Census, StoreError> {
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT state, facets, COUNT(*) FROM collectors GROUP BY state, facets",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                let groups = rows
+                    .into_iter()
+                    .map(|(state, facets, n)| {
                         let state = State::parse(&state).ok_or_else(|| {
                             StoreError::Corrupt(format!("unknown state {state:?}"))
                         })?;
-                        Ok((state, n.cast_unsigned()))
+                        Ok((state, Facets::from_bits(facets), n.cast_unsigned()))
                     })
-                    .collect()
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok(Census::of(groups))
             }
 
             async fn history(
@@ -739,6 +749,7 @@ macro_rules! sql_store {
                     .push_bind(at)
                     .push(", connected = ")
                     .push_bind(false)
+                    .push(format!(", facets = facets & ~{}", Facets::STALE.bits()))
                     .push(", epoch = epoch + 1, updated_at = ")
                     .push_bind(at)
                     .push(" WHERE node = ")

@@ -398,6 +398,7 @@ macro_rules! push_hot {
             .push_bind(&$r.version)
             .push_bind($r.capabilities)
             .push_bind($r.sequence_num)
+            .push_bind($r.facets)
             .push_bind(&$r.control)
     };
 }
