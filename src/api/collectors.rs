@@ -146,6 +146,9 @@ pub struct ListParams {
     /// Collectors with any of these facets: `drifted`, `stale`, `degraded` (repeat, or
     /// separate with commas).
     facet: Option<Vec<String>>,
+    /// Collectors that declare any of these custom capabilities (repeat, or separate with
+    /// commas), e.g. `io.opentelemetry.pprof`.
+    custom_capability: Option<Vec<String>>,
     /// Label selector: `env=prod,region!=eu,tier in (a,b),gpu,!legacy`.
     selector: Option<String>,
     /// Case-insensitive text in the id, name, host name or version.
@@ -169,7 +172,16 @@ pub async fn list(
     caller.require(Role::Viewer)?;
     let pairs = query_pairs(
         raw.as_deref(),
-        &["state", "facet", "selector", "q", "sort", "limit", "cursor"],
+        &[
+            "state",
+            "facet",
+            "custom_capability",
+            "selector",
+            "q",
+            "sort",
+            "limit",
+            "cursor",
+        ],
     )?;
     let sort_text = last(&pairs, "sort").unwrap_or("id");
     let (descending, key) = match sort_text.strip_prefix('-') {
@@ -208,6 +220,13 @@ pub async fn list(
     let query = CollectorQuery {
         states: states(&pairs)?,
         facets: facets(&pairs)?,
+        custom_capabilities: pairs
+            .iter()
+            .filter(|(k, _)| k == "custom_capability")
+            .flat_map(|(_, v)| v.split(','))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
         selector: selector(&pairs)?,
         text: last(&pairs, "q").map(str::to_owned),
         sort,

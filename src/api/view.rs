@@ -48,6 +48,8 @@ pub struct CollectorView {
     pub effective_config: Option<EffectiveConfigView>,
     pub packages: Option<PackagesView>,
     pub available_components: Option<AvailableComponentsView>,
+    /// The custom capabilities it declares (OpAMP `CustomCapabilities`), sorted.
+    pub custom_capabilities: Vec<String>,
     /// The verified client certificate its latest connection was made with (mutual TLS).
     pub client_certificate: Option<ClientCertificateView>,
 }
@@ -273,6 +275,11 @@ impl CollectorView {
                     components: a.components.as_ref().map(|c| c.0.clone()),
                 }
             }),
+            custom_capabilities: c
+                .custom_capabilities
+                .as_deref()
+                .map(<[String]>::to_vec)
+                .unwrap_or_default(),
             client_certificate: c
                 .client_certificate
                 .as_ref()

@@ -19,6 +19,7 @@ pub struct FactParts {
     pub package_statuses: Option<PackageStatuses>,
     pub available_components: Option<AvailableComponents>,
     pub client_certificate: Option<Arc<ClientCertificate>>,
+    pub custom_capabilities: Option<Arc<[String]>>,
 }
 
 /// A set of facts parts.
@@ -32,11 +33,12 @@ const REMOTE_CONFIG_STATUS: u8 = 1 << 3;
 const PACKAGE_STATUSES: u8 = 1 << 4;
 const AVAILABLE_COMPONENTS: u8 = 1 << 5;
 const CLIENT_CERTIFICATE: u8 = 1 << 6;
+const CUSTOM_CAPABILITIES: u8 = 1 << 7;
 
 impl Changed {
     /// Every part the record has: what a record the store has never had must write.
     pub fn all() -> Self {
-        Self(0x7f)
+        Self(0xff)
     }
 
     pub fn any(self) -> bool {
@@ -93,6 +95,13 @@ impl Changed {
                     record.client_certificate.as_ref(),
                 ),
             ),
+            (
+                CUSTOM_CAPABILITIES,
+                differs(
+                    report.custom_capabilities.as_ref(),
+                    record.custom_capabilities.as_ref(),
+                ),
+            ),
         ] {
             if differs {
                 changed |= part;
@@ -133,6 +142,10 @@ impl Changed {
                 .client_certificate
                 .clone()
                 .filter(|_| part(CLIENT_CERTIFICATE)),
+            custom_capabilities: record
+                .custom_capabilities
+                .clone()
+                .filter(|_| part(CUSTOM_CAPABILITIES)),
         }
     }
 }
@@ -156,6 +169,7 @@ impl FactParts {
         over(&mut self.package_statuses, newer.package_statuses);
         over(&mut self.available_components, newer.available_components);
         over(&mut self.client_certificate, newer.client_certificate);
+        over(&mut self.custom_capabilities, newer.custom_capabilities);
     }
 
     /// Puts the parts into a record (a stored record being rebuilt).
@@ -167,6 +181,7 @@ impl FactParts {
         c.package_statuses = self.package_statuses;
         c.available_components = self.available_components;
         c.client_certificate = self.client_certificate;
+        c.custom_capabilities = self.custom_capabilities;
     }
 }
 

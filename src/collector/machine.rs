@@ -52,6 +52,8 @@ pub struct Collector {
     pub available_components: Option<AvailableComponents>,
     /// The verified client certificate of its latest connection, where mutual TLS is on.
     pub client_certificate: Option<Arc<ClientCertificate>>,
+    /// The custom capabilities it declares, sorted.
+    pub custom_capabilities: Option<Arc<[String]>>,
     /// What explains its state beyond the state itself: drifted, stale, degraded.
     #[serde(skip)]
     pub facets: Facets,
@@ -172,6 +174,7 @@ impl Collector {
             package_statuses: None,
             available_components: None,
             client_certificate: None,
+            custom_capabilities: None,
             facets: Facets::default(),
             drift: None,
             labels: BTreeMap::new(),
@@ -374,6 +377,9 @@ fn absorb(c: &mut Collector, report: Report) {
     }
     if let Some(certificate) = report.client_certificate {
         c.client_certificate = Some(certificate);
+    }
+    if let Some(capabilities) = report.custom_capabilities {
+        c.custom_capabilities = Some(capabilities);
     }
     if let Some(statuses) = report.package_statuses {
         c.package_statuses = Some(statuses);

@@ -239,6 +239,8 @@ pub struct Report {
     pub available_components: Option<AvailableComponents>,
     /// The client certificate of the connection the report came on, where mutual TLS is on.
     pub client_certificate: Option<Arc<ClientCertificate>>,
+    /// The custom capabilities it declares (OpAMP `CustomCapabilities`), sorted, no repeats.
+    pub custom_capabilities: Option<Arc<[String]>>,
     /// The collector said goodbye (`agent_disconnect`).
     pub disconnect: bool,
 }

@@ -260,6 +260,7 @@ impl Engine {
                 .list(&CollectorQuery {
                     states: Vec::new(),
                     facets: crate::collector::facets::Facets::default(),
+                    custom_capabilities: Vec::new(),
                     selector: selector.clone(),
                     text: None,
                     sort: SortKey::Id,

@@ -79,6 +79,12 @@ pub fn to_report(message: proto::AgentToServer) -> Report {
         }),
         // A fact of the connection, not of the message: the transport adds it.
         client_certificate: None,
+        custom_capabilities: message.custom_capabilities.map(|c| {
+            let mut names: Vec<String> = c.capabilities.into_iter().map(text).collect();
+            names.sort();
+            names.dedup();
+            Arc::from(names)
+        }),
         disconnect: message.agent_disconnect.is_some(),
     }
 }

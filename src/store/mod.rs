@@ -175,6 +175,8 @@ pub struct CollectorQuery {
     pub states: Vec<State>,
     /// Collectors with any of these facets; empty means all.
     pub facets: Facets,
+    /// Collectors that declare any of these custom capabilities; empty means all.
+    pub custom_capabilities: Vec<String>,
     pub selector: Selector,
     /// Case-insensitive substring of id, name, host name or version.
     pub text: Option<String>,

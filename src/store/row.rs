@@ -177,11 +177,11 @@ fn corrupt(what: &str, value: &str) -> StoreError {
 }
 
 /// Serialised once, straight to text: no JSON tree in between. Plain data always serialises.
-fn raw<T: Serialize>(value: &T) -> Json<Box<RawValue>> {
+fn raw<T: Serialize + ?Sized>(value: &T) -> Json<Box<RawValue>> {
     Json(serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()))
 }
 
-fn part<T: Serialize>(value: Option<&T>) -> Option<Json<Box<RawValue>>> {
+fn part<T: Serialize + ?Sized>(value: Option<&T>) -> Option<Json<Box<RawValue>>> {
     value.map(raw)
 }
 
@@ -247,6 +247,10 @@ impl FactWrite {
             (
                 "client_certificate",
                 part(facts.client_certificate.as_deref()),
+            ),
+            (
+                "custom_capabilities",
+                part(facts.custom_capabilities.as_deref()),
             ),
         ];
         parts
@@ -345,6 +349,9 @@ impl RecordRow {
                 }
                 "client_certificate" => {
                     parts.client_certificate = read_part(id, "client certificate", value)?;
+                }
+                "custom_capabilities" => {
+                    parts.custom_capabilities = read_part(id, "custom capabilities", value)?;
                 }
                 // A part this version does not know is left alone, not refused.
                 _ => {}

@@ -33,6 +33,7 @@ mod api;
 mod binary;
 mod budget;
 mod configurations;
+mod custom_capabilities;
 mod docs;
 mod durability;
 mod edges;

@@ -554,6 +554,7 @@ fn query() -> CollectorQuery {
     CollectorQuery {
         states: vec![],
         facets: opampd::collector::facets::Facets::default(),
+        custom_capabilities: Vec::new(),
         selector: Selector::default(),
         text: None,
         sort: SortKey::Id,
@@ -582,6 +583,7 @@ async fn filters_select_by_state_labels_and_text(backend: Backend) {
             CollectorQuery {
                 states: vec![State::Error, State::Pending],
                 facets: opampd::collector::facets::Facets::default(),
+                custom_capabilities: Vec::new(),
                 ..query()
             },
             vec!["2", "4", "9", "11"],

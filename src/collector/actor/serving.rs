@@ -183,6 +183,7 @@ impl Report {
             && self.remote_config_status.is_none()
             && self.package_statuses.is_none()
             && self.available_components.is_none()
+            && self.custom_capabilities.is_none()
             && !self.disconnect
     }
 

@@ -438,6 +438,22 @@ macro_rules! sql_store {
                         .push_bind(i64::from(query.facets.bits()))
                         .push(") <> 0");
                 }
+                if !query.custom_capabilities.is_empty() {
+                    // The stored part is a JSON array of names: any of those asked for.
+                    q.push(
+                        " AND EXISTS (SELECT 1 FROM collector_facts p \
+                         WHERE p.id = collectors.id AND p.part = 'custom_capabilities' AND (",
+                    );
+                    let mut any = q.separated(" OR ");
+                    for name in &query.custom_capabilities {
+                        any.push_bind(name.clone());
+                        any.push_unseparated(" IN ");
+                        any.push_unseparated(d.id_list.0);
+                        any.push_unseparated("p.value");
+                        any.push_unseparated(d.id_list.1);
+                    }
+                    q.push("))");
+                }
                 Self::push_selector(&mut q, &query.selector);
                 if let Some(text) = query.text.as_deref().filter(|t| !t.is_empty()) {
                     let pattern = like_pattern(text);
