@@ -9,7 +9,9 @@
 # registry is used: the base images are made here from Debian packages and the machine's Rust
 # toolchain (tests/container/*.Containerfile), and the Dockerfile is built on them through its
 # RUST_IMAGE and RUNTIME_IMAGE arguments. Everything podman stores lives in one scratch directory,
-# removed on exit. Decisions: docs/adr/0031-container-test-on-local-base-images.md.
+# removed on exit. It differs from what users build only in where the base images and crates come
+# from and in an unoptimised release profile. Decisions:
+# docs/adr/0031-container-test-on-local-base-images.md, docs/adr/0032-container-test-in-every-ci-run.md.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
