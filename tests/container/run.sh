@@ -9,7 +9,9 @@
 # registry is used: the base images are made here from Debian packages and the machine's Rust
 # toolchain (tests/container/*.Containerfile), and the Dockerfile is built on them through its
 # RUST_IMAGE and RUNTIME_IMAGE arguments. Everything podman stores lives in one scratch directory,
-# removed on exit. Decisions: docs/adr/0030-container-test-on-local-base-images.md.
+# removed on exit. It differs from what users build only in where the base images and crates come
+# from and in an unoptimised release profile. Decisions:
+# docs/adr/0031-container-test-on-local-base-images.md, docs/adr/0032-container-test-in-every-ci-run.md.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -18,12 +20,37 @@ started=$(date +%s)
 passed=0
 # The shutdown timeout of the shipped configuration: SIGTERM must stop the container within it.
 shutdown_timeout=10
-# The runtime image is its base plus two binaries and a configuration file: what the Dockerfile
-# adds is bounded (about 21 MB optimised, more at the test's opt-level 1); more means something
-# crept in. The base here (Debian minbase, 127 MB) is larger than the public slim image (75 MB).
-max_added_mb=60
+# The runtime image is its base plus two binaries, a configuration file and a user: what the
+# Dockerfile adds beyond the binaries is bounded, so that a toolchain, the build tree or packages
+# creeping in fail the test. The binaries are printed, not bounded: the test's unoptimised ones are
+# larger than users' (about 21 MB together). The base here (Debian minbase, 127 MB) is larger than
+# the public slim image (75 MB).
+max_extra_mb=5
 
-step() { echo "== container: $* ($(($(date +%s) - started)) s)"; }
+# Each step's wall-clock seconds and the CPU seconds of the processes it ran (what this shell has
+# waited for, podman's builds included): on a busy machine the wall clock says little about what
+# the step costs an idle CI machine; the CPU seconds, over its 2 cores, do.
+ticks=$(getconf CLK_TCK)
+children_cpu() {
+  local f
+  read -ra f </proc/$$/stat
+  echo $(((f[15] + f[16]) / ticks))
+}
+timings=""
+step_name=""
+step_end() {
+  [ -n "$step_name" ] || return 0
+  timings+=$(printf '%5d s wall %5d s CPU  %s' $(($(date +%s) - step_started)) \
+    $(($(children_cpu) - step_cpu)) "$step_name")$'\n'
+  step_name=""
+}
+step() {
+  step_end
+  step_name=$*
+  step_started=$(date +%s)
+  step_cpu=$(children_cpu)
+  echo "== container: $* ($((step_started - started)) s)"
+}
 ok() {
   passed=$((passed + 1))
   echo "ok: $*"
@@ -74,6 +101,13 @@ graphroot = "$storage/storage"
 runroot = "$storage/run"
 EOF
 export CONTAINERS_CONF="$work/containers.conf" CONTAINERS_STORAGE_CONF="$work/storage.conf"
+# podman complains about systemd, which these machines do not run, whenever a container with a
+# health check starts or goes (the test runs each check itself), and its DNS server about the
+# missing syslog when a network goes; its other errors still show.
+podman() {
+  command podman "$@" 2> >(grep -v -e 'unable to get systemd connection' \
+    -e 'failed to connect to syslog' >&2)
+}
 
 load_pid=""
 builder_pid=""
@@ -86,6 +120,8 @@ cleanup() {
     wait "$pid" 2>/dev/null
   done
   if [ "$status" != 0 ]; then
+    step_end
+    printf '%s' "$timings" >&2
     echo "-- logs of the containers left (the run failed)" >&2
     for c in $(podman ps -a --format '{{.Names}}'); do
       echo "-- $c" >&2
@@ -158,16 +194,18 @@ step "the Dockerfile's build stage, with crates vendored from Cargo.lock"
 # its own configuration, mounted for the build only: the Dockerfile stays what users build.
 image=localhost/opampd-test/opampd:test
 have $image || cargo vendor --quiet --locked --manifest-path "$repo/Cargo.toml" "$work/vendor" >/dev/null
-# The same configuration makes the release profile cheaper (no LTO, opt-level 1): the optimised
-# build costs about 20 CPU minutes, which CI's 30 minutes cannot spare. What is checked here (user,
-# volume, signals, health, databases) does not depend on how hard the compiler optimised.
+# The same configuration makes the release profile unoptimised (opt-level 0, no LTO): the
+# optimised build costs about 20 CPU minutes, which CI's 30 minutes cannot spare. The build stage
+# still runs as users run it, every crate compiled from source; what is checked here (user, volume,
+# signals, health, databases) does not depend on how hard the compiler optimised.
+# (docs/adr/0032-container-test-in-every-ci-run.md)
 cat >"$work/cargo-config.toml" <<'EOF'
 [source.crates-io]
 replace-with = "vendored-sources"
 [source.vendored-sources]
 directory = "/vendor"
 [profile.release]
-opt-level = 1
+opt-level = 0
 lto = "off"
 codegen-units = 16
 EOF
@@ -180,19 +218,23 @@ have $image || podman build --pull=never --layers=false --format docker \
   tail -40 "$work/build.log" >&2
   fail "podman build of the Dockerfile"
 }
-rm -rf "$work/vendor"
 size=$(podman image inspect --format '{{.Size}}' $image)
 base_size=$(podman image inspect --format '{{.Size}}' $base)
+binaries=$(podman run --rm --entrypoint stat $image -c %s /usr/local/bin/opampd /usr/local/bin/opampctl |
+  awk '{ total += $1 } END { print total + 0 }')
+((binaries > 0)) || fail "no binaries in /usr/local/bin"
 size_mb=$((size / 1000000))
-added_mb=$(((size - base_size) / 1000000))
-echo "image size: $size_mb MB ($size bytes): the base $((base_size / 1000000)) MB + $added_mb MB"
-((added_mb <= max_added_mb)) || fail "the image adds $added_mb MB to its base, over $max_added_mb MB"
+extra_mb=$(((size - base_size - binaries) / 1000000))
+echo "image size: $size_mb MB ($size bytes): the base $((base_size / 1000000)) MB" \
+  "+ the binaries $((binaries / 1000000)) MB + $extra_mb MB"
+((extra_mb <= max_extra_mb)) || fail "the image adds $extra_mb MB besides the binaries, over $max_extra_mb MB"
 [ "$(podman image inspect --format '{{.Config.User}}' $image)" = opampd ] || fail "image user"
 health=$(podman image inspect --format '{{json .Config.Healthcheck.Test}}' $image)
 [ "$health" = '["CMD","opampd","healthcheck"]' ] || fail "HEALTHCHECK is $health"
 ok "image built ($size_mb MB), user opampd, HEALTHCHECK opampd healthcheck"
 
-# The load generator plays the collector: one WebSocket connection that stays up.
+step "the load generator, the collector of the checks"
+# One WebSocket connection that stays up. CI's `cargo test` has built it already.
 cargo build --quiet --locked -p opampd-load --manifest-path "$repo/Cargo.toml"
 load="${CARGO_TARGET_DIR:-$repo/target}/debug/opampd-load"
 start_collector() { # start_collector [HEADER]
@@ -343,5 +385,7 @@ left=$(podman ps -a --format '{{.Names}}' | wc -l)
 [ "$(podman volume ls -q | grep -c opampd-test_postgres-data || true)" = 0 ] || fail "volume left"
 ok "compose down removed the containers and the volume"
 
-echo "container test took $(($(date +%s) - started)) s"
+step_end
+printf '%s' "$timings"
+echo "container test took $(($(date +%s) - started)) s wall, $(children_cpu) s CPU"
 echo "container: $passed passed, 0 failed"
