@@ -35,6 +35,13 @@ pub struct GetCollectors {
     /// Only collectors in these states (repeat, or separate with commas).
     #[arg(long, value_delimiter = ',')]
     pub state: Vec<String>,
+    /// Only collectors with any of these facets: drifted, stale, degraded (repeat, or separate
+    /// with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub facet: Vec<String>,
+    /// Only collectors that declare any of these custom capabilities.
+    #[arg(long, value_delimiter = ',')]
+    pub custom_capability: Vec<String>,
     /// Case-insensitive text in the id, name, host name or version.
     #[arg(short = 'q', long = "query")]
     pub query: Option<String>,
@@ -188,8 +195,14 @@ pub async fn get(client: &Client, args: GetCollectors, io: &mut Io<'_>) -> Resul
     if let Some(selector) = args.selector {
         query.push(("selector", selector));
     }
-    if !args.state.is_empty() {
-        query.push(("state", args.state.join(",")));
+    for (name, values) in [
+        ("state", &args.state),
+        ("facet", &args.facet),
+        ("custom_capability", &args.custom_capability),
+    ] {
+        if !values.is_empty() {
+            query.push((name, values.join(",")));
+        }
     }
     if let Some(q) = args.query {
         query.push(("q", q));
@@ -222,7 +235,7 @@ pub async fn get(client: &Client, args: GetCollectors, io: &mut Io<'_>) -> Resul
             let mut row = vec![
                 text(&c["id"], "-").to_owned(),
                 text(&c["name"], "-").to_owned(),
-                text(&c["state"], "-").to_owned(),
+                state_with_facets(c),
             ];
             if wide {
                 row.extend([
@@ -346,6 +359,24 @@ fn render_collector(c: &Value, history: &Value, now: OffsetDateTime) -> String {
     out
 }
 
+fn facet_names(c: &Value) -> Vec<&str> {
+    c["facets"]
+        .as_array()
+        .map(|f| f.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// The state, with its facets when it has any: `connected (drifted, degraded)`.
+fn state_with_facets(c: &Value) -> String {
+    let state = text(&c["state"], "-");
+    let facets = facet_names(c);
+    if facets.is_empty() {
+        state.to_owned()
+    } else {
+        format!("{state} ({})", facets.join(", "))
+    }
+}
+
 /// Who it is, its state and connection, its labels and capabilities.
 fn identity(out: &mut String, c: &Value, now: OffsetDateTime) {
     field(out, "ID", text(&c["id"], "-"));
@@ -362,6 +393,10 @@ fn identity(out: &mut String, c: &Value, now: OffsetDateTime) {
         let _ = write!(state, ": {message}");
     }
     field(out, "State", &state);
+    let facets = facet_names(c);
+    if !facets.is_empty() {
+        field(out, "Facets", &facets.join(", "));
+    }
     let connection = if c["connected"].as_bool() == Some(true) {
         format!(
             "yes, over {} since {}",

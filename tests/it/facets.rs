@@ -44,7 +44,7 @@ fn component(healthy: bool) -> proto::ComponentHealth {
 }
 
 /// Healthy as a whole; its exporter healthy or not.
-fn health(uid: &Bytes, seq: u64, exporter_healthy: bool) -> proto::AgentToServer {
+pub(crate) fn health(uid: &Bytes, seq: u64, exporter_healthy: bool) -> proto::AgentToServer {
     proto::AgentToServer {
         health: Some(proto::ComponentHealth {
             healthy: true,

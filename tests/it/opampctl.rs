@@ -1007,3 +1007,35 @@ async fn completions_are_generated_for_each_shell() {
     assert_eq!(help.code, exit::OK);
     assert!(help.out.contains("Exit codes: 0 done"), "{help:?}");
 }
+
+/// `--facet` filters, the state column shows the facets, `describe` lists them.
+#[tokio::test]
+async fn facets_filter_and_show_beside_the_state() {
+    let server = TestServer::start().await;
+    let (sick, well) = (new_uid(), new_uid());
+    for uid in [&sick, &well] {
+        post_ok(&server.opamp_url, &hello(uid, 0)).await;
+    }
+    post_ok(&server.opamp_url, &crate::facets::health(&sick, 1, false)).await;
+    let api = Api::new(&server.api_url);
+    let path = format!("/api/v1/collectors/{}", id_of(&sick));
+    eventually("degraded", || async {
+        (api.ok(&path).await["facets"] == json!(["degraded"])).then_some(())
+    })
+    .await;
+    let listed = ok(&server, &["get", "collectors", "--facet", "degraded"]).await;
+    assert!(listed.contains(&id_of(&sick).to_string()), "{listed}");
+    assert!(listed.contains("connected (degraded)"), "{listed}");
+    assert!(!listed.contains(&id_of(&well).to_string()), "{listed}");
+    let described = ok(
+        &server,
+        &["describe", "collector", &id_of(&sick).to_string()],
+    )
+    .await;
+    assert!(
+        described
+            .lines()
+            .any(|l| l.starts_with("Facets:") && l.ends_with("degraded")),
+        "{described}"
+    );
+}
