@@ -110,6 +110,103 @@ fn decode_cursor<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ApiError
         .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))
 }
 
+/// A collectors list request, its query string read: what to ask the store for, and what the
+/// next page's cursor must carry.
+#[derive(Debug)]
+pub struct ListRequest {
+    /// Asks for one more than `limit`, to tell whether there is a next page.
+    pub query: CollectorQuery,
+    /// The `sort` parameter as given (`-name`), which the cursor carries.
+    pub sort_text: String,
+    pub limit: usize,
+}
+
+/// Reads the collectors list's query string; no store is involved, so every malformed query is
+/// the caller's 400 before anything is looked up.
+pub fn list_query(raw: Option<&str>) -> Result<ListRequest, ApiError> {
+    let pairs = query_pairs(raw, &["state", "selector", "q", "sort", "limit", "cursor"])?;
+    let sort_text = last(&pairs, "sort").unwrap_or("id");
+    let (descending, key) = match sort_text.strip_prefix('-') {
+        Some(key) => (true, key),
+        None => (false, sort_text),
+    };
+    let sort = SortKey::parse(key).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "cannot sort by {key:?} (id, name, state, last_seen, state_since)"
+        ))
+    })?;
+    let after = match last(&pairs, "cursor") {
+        Some(text) => {
+            let cursor: ListCursor = decode_cursor(text)?;
+            if cursor.sort != sort_text {
+                return Err(ApiError::BadRequest(
+                    "the cursor belongs to another sort order".into(),
+                ));
+            }
+            if sort.is_time() {
+                // Checked here so that a bad cursor is the caller's error, not the store's.
+                time::OffsetDateTime::parse(
+                    &cursor.value,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))?;
+            }
+            Some(After {
+                value: cursor.value,
+                id: cursor.id,
+            })
+        }
+        None => None,
+    };
+    let limit = limit(&pairs)?;
+    Ok(ListRequest {
+        query: CollectorQuery {
+            states: states(&pairs)?,
+            selector: selector(&pairs)?,
+            text: last(&pairs, "q").map(str::to_owned),
+            sort,
+            descending,
+            after,
+            limit: limit + 1,
+        },
+        sort_text: sort_text.to_owned(),
+        limit,
+    })
+}
+
+/// The cursor a list page ends with, as [`list_query`] reads it back: for the fuzz targets'
+/// round trip (docs/fuzzing.md) as much as for [`list`].
+pub fn list_cursor(sort_text: &str, value: String, id: String) -> String {
+    encode_cursor(&ListCursor {
+        sort: sort_text.to_owned(),
+        value,
+        id,
+    })
+}
+
+/// `limit` and `cursor` of a collector's transitions: the page size and the position to go on
+/// before.
+pub fn transitions_query(raw: Option<&str>) -> Result<(usize, Option<i64>), ApiError> {
+    let pairs = query_pairs(raw, &["limit", "cursor"])?;
+    let limit = limit(&pairs)?;
+    let before = last(&pairs, "cursor")
+        .map(decode_cursor::<i64>)
+        .transpose()?;
+    Ok((limit, before))
+}
+
+/// Whether one collector's view includes its effective configuration (`include`).
+pub fn include_query(raw: Option<&str>) -> Result<bool, ApiError> {
+    let pairs = query_pairs(raw, &["include"])?;
+    match last(&pairs, "include") {
+        None | Some("") => Ok(false),
+        Some("effective_config") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "cannot include {other:?} (only effective_config)"
+        ))),
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct CollectorPage {
     pub items: Vec<CollectorView>,
@@ -145,63 +242,18 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<CollectorPage>, ApiError> {
     caller.require(Role::Viewer)?;
-    let pairs = query_pairs(
-        raw.as_deref(),
-        &["state", "selector", "q", "sort", "limit", "cursor"],
-    )?;
-    let sort_text = last(&pairs, "sort").unwrap_or("id");
-    let (descending, key) = match sort_text.strip_prefix('-') {
-        Some(key) => (true, key),
-        None => (false, sort_text),
-    };
-    let sort = SortKey::parse(key).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "cannot sort by {key:?} (id, name, state, last_seen, state_since)"
-        ))
-    })?;
-    let after = match last(&pairs, "cursor") {
-        Some(text) => {
-            let cursor: ListCursor = decode_cursor(text)?;
-            if cursor.sort != sort_text {
-                return Err(ApiError::BadRequest(
-                    "the cursor belongs to another sort order".into(),
-                ));
-            }
-            if sort.is_time() {
-                // Checked here so that a bad cursor is the caller's error, not the store's.
-                time::OffsetDateTime::parse(
-                    &cursor.value,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))?;
-            }
-            Some(After {
-                value: cursor.value,
-                id: cursor.id,
-            })
-        }
-        None => None,
-    };
-    let limit = limit(&pairs)?;
-    let query = CollectorQuery {
-        states: states(&pairs)?,
-        selector: selector(&pairs)?,
-        text: last(&pairs, "q").map(str::to_owned),
-        sort,
-        descending,
-        after,
-        limit: limit + 1,
-    };
+    let ListRequest {
+        query,
+        sort_text,
+        limit,
+    } = list_query(raw.as_deref())?;
+    let sort = query.sort;
     let mut found = api.store.list(&query).await?;
     let next_cursor = if found.len() > limit {
         found.truncate(limit);
-        found.last().map(|c| {
-            encode_cursor(&ListCursor {
-                sort: sort_text.to_owned(),
-                value: sort.value_of(c),
-                id: c.id.to_string(),
-            })
-        })
+        found
+            .last()
+            .map(|c| list_cursor(&sort_text, sort.value_of(c), c.id.to_string()))
     } else {
         None
     };
@@ -230,16 +282,7 @@ pub async fn one(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<CollectorView>, ApiError> {
     caller.require(Role::Viewer)?;
-    let pairs = query_pairs(raw.as_deref(), &["include"])?;
-    let include = match last(&pairs, "include") {
-        None | Some("") => false,
-        Some("effective_config") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "cannot include {other:?} (only effective_config)"
-            )));
-        }
-    };
+    let include = include_query(raw.as_deref())?;
     let id = collector_id(&id)?;
     let record = api.store.load(id).await?.ok_or_else(|| not_found(id))?;
     Ok(Json(CollectorView::new(&record, include)))
@@ -277,12 +320,8 @@ pub async fn transitions(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<TransitionPage>, ApiError> {
     caller.require(Role::Viewer)?;
-    let pairs = query_pairs(raw.as_deref(), &["limit", "cursor"])?;
+    let (limit, before) = transitions_query(raw.as_deref())?;
     let id = collector_id(&id)?;
-    let limit = limit(&pairs)?;
-    let before = last(&pairs, "cursor")
-        .map(decode_cursor::<i64>)
-        .transpose()?;
     if api.store.load(id).await?.is_none() {
         return Err(not_found(id));
     }
