@@ -129,49 +129,22 @@ fn decode_cursor<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ApiError
         .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct CollectorPage {
-    pub items: Vec<CollectorView>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
+/// A collectors list request, its query string read: what to ask the store for, and what the
+/// next page's cursor must carry.
+#[derive(Debug)]
+pub struct ListRequest {
+    /// Asks for one more than `limit`, to tell whether there is a next page.
+    pub query: CollectorQuery,
+    /// The `sort` parameter as given (`-name`), which the cursor carries.
+    pub sort_text: String,
+    pub limit: usize,
 }
 
-/// Documentation of the list parameters (they are parsed by hand: `state` repeats).
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct ListParams {
-    /// Any of these states (repeat, or separate with commas).
-    state: Option<Vec<String>>,
-    /// Collectors with any of these facets: `drifted`, `stale`, `degraded` (repeat, or
-    /// separate with commas).
-    facet: Option<Vec<String>>,
-    /// Collectors that declare any of these custom capabilities (repeat, or separate with
-    /// commas), e.g. `io.opentelemetry.pprof`.
-    custom_capability: Option<Vec<String>>,
-    /// Label selector: `env=prod,region!=eu,tier in (a,b),gpu,!legacy`.
-    selector: Option<String>,
-    /// Case-insensitive text in the id, name, host name or version.
-    q: Option<String>,
-    /// `id` (default), `name`, `state`, `last_seen`, `state_since`; a leading `-` sorts descending.
-    sort: Option<String>,
-    /// Page size, 1 to 500 (default 50).
-    limit: Option<usize>,
-    /// The previous page's `next_cursor`.
-    cursor: Option<String>,
-}
-
-#[utoipa::path(get, path = "/api/v1/collectors", tag = "collectors", params(ListParams),
-    responses((status = 200, body = CollectorPage), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody)))]
-pub async fn list(
-    State(api): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<CollectorPage>, ApiError> {
-    caller.require(Role::Viewer)?;
+/// Reads the collectors list's query string; no store is involved, so every malformed query is
+/// the caller's 400 before anything is looked up.
+pub fn list_query(raw: Option<&str>) -> Result<ListRequest, ApiError> {
     let pairs = query_pairs(
-        raw.as_deref(),
+        raw,
         &[
             "state",
             "facet",
@@ -217,33 +190,115 @@ pub async fn list(
         None => None,
     };
     let limit = limit(&pairs)?;
-    let query = CollectorQuery {
-        states: states(&pairs)?,
-        facets: facets(&pairs)?,
-        custom_capabilities: pairs
-            .iter()
-            .filter(|(k, _)| k == "custom_capability")
-            .flat_map(|(_, v)| v.split(','))
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        selector: selector(&pairs)?,
-        text: last(&pairs, "q").map(str::to_owned),
-        sort,
-        descending,
-        after,
-        limit: limit + 1,
-    };
+    Ok(ListRequest {
+        query: CollectorQuery {
+            states: states(&pairs)?,
+            facets: facets(&pairs)?,
+            custom_capabilities: pairs
+                .iter()
+                .filter(|(k, _)| k == "custom_capability")
+                .flat_map(|(_, v)| v.split(','))
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            selector: selector(&pairs)?,
+            text: last(&pairs, "q").map(str::to_owned),
+            sort,
+            descending,
+            after,
+            limit: limit + 1,
+        },
+        sort_text: sort_text.to_owned(),
+        limit,
+    })
+}
+
+/// The cursor a list page ends with, as [`list_query`] reads it back: for the fuzz targets'
+/// round trip (docs/fuzzing.md) as much as for [`list`].
+pub fn list_cursor(sort_text: &str, value: String, id: String) -> String {
+    encode_cursor(&ListCursor {
+        sort: sort_text.to_owned(),
+        value,
+        id,
+    })
+}
+
+/// `limit` and `cursor` of a collector's transitions: the page size and the position to go on
+/// before.
+pub fn transitions_query(raw: Option<&str>) -> Result<(usize, Option<i64>), ApiError> {
+    let pairs = query_pairs(raw, &["limit", "cursor"])?;
+    let limit = limit(&pairs)?;
+    let before = last(&pairs, "cursor")
+        .map(decode_cursor::<i64>)
+        .transpose()?;
+    Ok((limit, before))
+}
+
+/// Whether one collector's view includes its effective configuration (`include`).
+pub fn include_query(raw: Option<&str>) -> Result<bool, ApiError> {
+    let pairs = query_pairs(raw, &["include"])?;
+    match last(&pairs, "include") {
+        None | Some("") => Ok(false),
+        Some("effective_config") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "cannot include {other:?} (only effective_config)"
+        ))),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CollectorPage {
+    pub items: Vec<CollectorView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Documentation of the list parameters (they are parsed by hand: `state` repeats).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListParams {
+    /// Any of these states (repeat, or separate with commas).
+    state: Option<Vec<String>>,
+    /// Collectors with any of these facets: `drifted`, `stale`, `degraded` (repeat, or
+    /// separate with commas).
+    facet: Option<Vec<String>>,
+    /// Collectors that declare any of these custom capabilities (repeat, or separate with
+    /// commas), e.g. `io.opentelemetry.pprof`.
+    custom_capability: Option<Vec<String>>,
+    /// Label selector: `env=prod,region!=eu,tier in (a,b),gpu,!legacy`.
+    selector: Option<String>,
+    /// Case-insensitive text in the id, name, host name or version.
+    q: Option<String>,
+    /// `id` (default), `name`, `state`, `last_seen`, `state_since`; a leading `-` sorts descending.
+    sort: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<usize>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/collectors", tag = "collectors", params(ListParams),
+    responses((status = 200, body = CollectorPage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(api): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<CollectorPage>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let ListRequest {
+        query,
+        sort_text,
+        limit,
+    } = list_query(raw.as_deref())?;
+    let sort = query.sort;
     let mut found = api.store.list(&query).await?;
     let next_cursor = if found.len() > limit {
         found.truncate(limit);
-        found.last().map(|c| {
-            encode_cursor(&ListCursor {
-                sort: sort_text.to_owned(),
-                value: sort.value_of(c),
-                id: c.id.to_string(),
-            })
-        })
+        found
+            .last()
+            .map(|c| list_cursor(&sort_text, sort.value_of(c), c.id.to_string()))
     } else {
         None
     };
@@ -272,16 +327,7 @@ pub async fn one(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<CollectorView>, ApiError> {
     caller.require(Role::Viewer)?;
-    let pairs = query_pairs(raw.as_deref(), &["include"])?;
-    let include = match last(&pairs, "include") {
-        None | Some("") => false,
-        Some("effective_config") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "cannot include {other:?} (only effective_config)"
-            )));
-        }
-    };
+    let include = include_query(raw.as_deref())?;
     let id = collector_id(&id)?;
     let record = api.store.load(id).await?.ok_or_else(|| not_found(id))?;
     Ok(Json(CollectorView::new(&record, include)))
@@ -319,12 +365,8 @@ pub async fn transitions(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<TransitionPage>, ApiError> {
     caller.require(Role::Viewer)?;
-    let pairs = query_pairs(raw.as_deref(), &["limit", "cursor"])?;
+    let (limit, before) = transitions_query(raw.as_deref())?;
     let id = collector_id(&id)?;
-    let limit = limit(&pairs)?;
-    let before = last(&pairs, "cursor")
-        .map(decode_cursor::<i64>)
-        .transpose()?;
     if api.store.load(id).await?.is_none() {
         return Err(not_found(id));
     }

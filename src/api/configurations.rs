@@ -231,6 +231,17 @@ pub struct ConfigurationDiff {
     pub components_removed: Vec<String>,
 }
 
+/// The diff's query string: the two version numbers, `from` and `to`.
+pub fn diff_query(raw: Option<&str>) -> Result<(i64, i64), ApiError> {
+    let pairs = query_pairs(raw, &["from", "to"])?;
+    let number = |key: &str| {
+        last(&pairs, key)
+            .ok_or_else(|| ApiError::BadRequest(format!("{key} is required")))
+            .and_then(parse_version)
+    };
+    Ok((number("from")?, number("to")?))
+}
+
 /// What changed between two versions, file by file.
 #[utoipa::path(get, path = "/api/v1/configurations/{name}/diff", tag = "configurations",
     params(("name" = String, Path, description = "Configuration name"),
@@ -245,13 +256,7 @@ pub async fn diff(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<ConfigurationDiff>, ApiError> {
     caller.require(Role::Viewer)?;
-    let pairs = query_pairs(raw.as_deref(), &["from", "to"])?;
-    let number = |key: &str| {
-        last(&pairs, key)
-            .ok_or_else(|| ApiError::BadRequest(format!("{key} is required")))
-            .and_then(parse_version)
-    };
-    let (from, to) = (number("from")?, number("to")?);
+    let (from, to) = diff_query(raw.as_deref())?;
     let (old, new) = (
         version_of(&api, &name, from).await?,
         version_of(&api, &name, to).await?,

@@ -42,11 +42,7 @@ pub async fn events(
     let place = Arc::clone(&api.event_streams)
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyStreams)?;
-    let pairs = query_pairs(raw.as_deref(), &["state", "selector"])?;
-    let filter = EventFilter {
-        states: states(&pairs)?,
-        selector: selector(&pairs)?,
-    };
+    let filter = event_filter(raw.as_deref())?;
     let seq = match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
@@ -76,4 +72,13 @@ pub async fn events(
         Some((Ok(sse), (tail, place)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The event stream's query string: which transitions it wants.
+pub fn event_filter(raw: Option<&str>) -> Result<EventFilter, ApiError> {
+    let pairs = query_pairs(raw, &["state", "selector"])?;
+    Ok(EventFilter {
+        states: states(&pairs)?,
+        selector: selector(&pairs)?,
+    })
 }

@@ -12,6 +12,16 @@ pub mod probe;
 mod rollouts;
 pub mod view;
 
+/// The query strings of the endpoints read as pure functions, before any store is asked: what the
+/// handlers call, public for the fuzz targets (docs/fuzzing.md).
+pub mod query {
+    pub use super::collectors::{
+        ListRequest, include_query, list_cursor, list_query, transitions_query,
+    };
+    pub use super::configurations::diff_query;
+    pub use super::events::event_filter;
+}
+
 use std::sync::Arc;
 
 use axum::Router;

@@ -1,23 +1,26 @@
 //! The plain-HTTP transport: one `AgentToServer` per POST, one `ServerToAgent` in the response;
 //! gzip both ways; the body limit measured after decompression.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost::Message as _;
+use tower::{Layer as _, ServiceExt as _};
+use tower_http::decompression::{DecompressionBody, RequestDecompressionLayer};
 use tracing::{Instrument, debug, field, info_span};
 
 use super::{Opamp, OpampError};
 use crate::collector::handle::ConnectionRef;
 use crate::collector::{ClientCertificate, Transport};
 use crate::net::Connection;
-use crate::net::budget::Held;
+use crate::net::budget::{Budget, Held};
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 
@@ -100,6 +103,52 @@ async fn answer(
     }
     .instrument(span)
     .await
+}
+
+/// The request decompression in front of [`handle`]: gzip, undone as the body is read, so that
+/// the body limit applies to the decompressed bytes.
+pub(super) fn decompression() -> RequestDecompressionLayer {
+    RequestDecompressionLayer::new().gzip(true)
+}
+
+/// The plain-HTTP transport's handling of a request before any collector is involved: its
+/// `Content-Encoding` undone by [`decompression`], the body read up to `limit` bytes under
+/// `budget`, then [`decode`](super::decode)d. Refusals come back as the answer the listener would
+/// send. An entry point for the fuzz targets (docs/fuzzing.md), built from the same parts as
+/// [`handle`] so that they exercise the transport's code rather than a copy.
+pub async fn decode_request(
+    request: Request<Body>,
+    limit: usize,
+    budget: &Arc<Budget>,
+) -> Result<super::Decoded, Response> {
+    // The layer wraps a service that answers with a response: the decoded message travels back
+    // in the response's extensions.
+    let read = tower::service_fn(|request: Request<DecompressionBody<Body>>| async move {
+        let mut held = budget.hold();
+        let response = match read_body(Body::new(request.into_body()), limit, &mut held).await {
+            Ok(payload) => match super::decode(payload) {
+                Ok(decoded) => {
+                    let mut response = Response::default();
+                    response.extensions_mut().insert(decoded);
+                    response
+                }
+                Err(e) => e.into_response(),
+            },
+            Err(BodyError::OverBudget) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            Err(BodyError::Opamp(e)) => e.into_response(),
+        };
+        Ok::<_, Infallible>(response)
+    });
+    let response = match decompression().layer(read).oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let mut response = response.map(Body::new);
+    // Otherwise refused, by `read` or by the layer itself (an encoding it cannot undo).
+    response
+        .extensions_mut()
+        .remove::<super::Decoded>()
+        .ok_or(response)
 }
 
 /// `application/x-protobuf`, in any case, with or without parameters.

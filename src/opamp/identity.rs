@@ -46,6 +46,7 @@ impl WireUid {
     }
 
     /// `id` as this client will hold it once told (`RequestInstanceUid`, or a duplicate uid).
+    #[must_use]
     pub fn reassigned(&self, id: CollectorId) -> WireUid {
         WireUid {
             id,

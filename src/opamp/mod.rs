@@ -26,16 +26,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
-use tower_http::decompression::RequestDecompressionLayer;
 use tracing::{Span, debug};
 
 use crate::collector::handle::ConnectionRef;
-use crate::collector::{Answer, CollectorId, Registry, Unavailable};
+use crate::collector::{Answer, CollectorId, Registry, Report, Unavailable};
 use crate::config::OpampConfig;
 use crate::net::budget::Budget;
 use crate::proto;
 use crate::telemetry::metrics::{self, Metrics};
-use identity::WireUid;
+pub use http::decode_request;
+pub use identity::WireUid;
 
 /// Everything an OpAMP request needs, shared by all connections.
 pub struct Opamp {
@@ -76,7 +76,7 @@ impl Opamp {
                 get(ws::upgrade).post(
                     http::handle.layer(
                         ServiceBuilder::new()
-                            .layer(RequestDecompressionLayer::new().gzip(true))
+                            .layer(http::decompression())
                             // Every reply is compressed when the client accepts it, as opamp-go
                             // does: the spec says SHOULD, and clients must cope either way.
                             .layer(CompressionLayer::new().gzip(true).compress_when(
@@ -105,24 +105,18 @@ impl Opamp {
     ) -> Result<Processed, OpampError> {
         let transport = connection.transport.as_str();
         self.metrics.message(transport, "in", payload.len());
-        let message =
-            proto::AgentToServer::decode(payload).map_err(|e| OpampError::BadRequest {
-                uid: Bytes::new(),
-                message: format!("undecodable AgentToServer: {e}"),
-            })?;
-        let sent =
-            WireUid::parse(message.instance_uid.clone()).map_err(|e| OpampError::BadRequest {
-                uid: message.instance_uid.clone(),
-                message: e.to_string(),
-            })?;
-        let (mut known_as, mut identification) = if report::wants_new_uid(&message) {
+        let Decoded {
+            sent,
+            wants_new_uid,
+            mut report,
+        } = decode(payload)?;
+        let (mut known_as, mut identification) = if wants_new_uid {
             let new = sent.reassigned(CollectorId::new_v7());
             let identification = report::identification(new.bytes.clone());
             (new, Some(identification))
         } else {
             (sent.clone(), None)
         };
-        let mut report = report::to_report(message);
         report
             .client_certificate
             .clone_from(&connection.client_certificate);
@@ -212,6 +206,42 @@ impl Opamp {
             retry_after: jittered(self.config.retry_after),
         }
     }
+}
+
+/// One `AgentToServer` as the server takes it in, before any collector is involved.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The `instance_uid`, in the form the client holds it.
+    pub sent: WireUid,
+    /// The collector asked for a new uid (`RequestInstanceUid`).
+    pub wants_new_uid: bool,
+    pub report: Report,
+}
+
+/// Decodes one message body (the WebSocket frame header already stripped): the protobuf, the
+/// `instance_uid`, and the translation into the collector's report. Everything the untrusted bytes
+/// reach before an actor does, as one pure function, so that the fuzz targets (docs/fuzzing.md)
+/// exercise the code the transports run rather than a copy of it.
+pub fn decode(payload: Bytes) -> Result<Decoded, OpampError> {
+    let message = proto::AgentToServer::decode(payload).map_err(|e| OpampError::BadRequest {
+        uid: Bytes::new(),
+        message: format!("undecodable AgentToServer: {e}"),
+    })?;
+    let sent =
+        WireUid::parse(message.instance_uid.clone()).map_err(|e| OpampError::BadRequest {
+            uid: message.instance_uid.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(Decoded {
+        sent,
+        wants_new_uid: report::wants_new_uid(&message),
+        report: report::to_report(message),
+    })
+}
+
+/// [`decode`] of a whole WebSocket message, header and all, as the WebSocket transport reads it.
+pub fn decode_ws_message(message: Bytes) -> Result<Decoded, OpampError> {
+    decode(frame::strip_header(message))
 }
 
 /// Between 1x and 1.5x the base, so refused collectors do not all come back at the same moment.

@@ -362,6 +362,40 @@ mod tests {
         assert!(value.len() <= crate::collector::encoding::MAX_TEXT + '…'.len_utf8());
     }
 
+    /// Found by the `opamp_message` fuzz target (docs/fuzzing.md): a double attribute came back
+    /// from the stored JSON one bit off (9.114451187677209e-305 read as …207e-305), so a collector
+    /// reloaded from the store no longer held what it had reported. `serde_json` parses floats
+    /// exactly only with its `float_roundtrip` feature, which the server now enables.
+    #[test]
+    fn double_attributes_round_trip_through_stored_json() {
+        for value in [
+            f64::from_bits(0x00d0_003f_2000_0000),
+            0.1,
+            1e-300,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+        ] {
+            let report = to_report(proto::AgentToServer {
+                agent_description: Some(proto::AgentDescription {
+                    identifying_attributes: vec![],
+                    non_identifying_attributes: vec![proto::KeyValue {
+                        key: "ratio".into(),
+                        value: Some(proto::AnyValue {
+                            value: Some(proto::any_value::Value::DoubleValue(value)),
+                        }),
+                    }],
+                }),
+                ..Default::default()
+            });
+            let description = report.description.unwrap();
+            let stored = serde_json::to_vec(&description).unwrap();
+            let back: Description = serde_json::from_slice(&stored).unwrap();
+            assert_eq!(back, description, "{value:e}");
+            assert_eq!(back.non_identifying["ratio"].as_f64(), Some(value));
+        }
+    }
+
     #[test]
     fn deep_health_trees_are_cut() {
         let mut h = proto::ComponentHealth::default();
