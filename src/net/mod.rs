@@ -85,8 +85,9 @@ pub async fn serve(
             if let Ok(answering) = Arc::clone(&overflow).try_acquire_owned() {
                 let retry_after = crate::opamp::jittered(settings.retry_after);
                 let allowance = settings.allow.header_read;
+                let tls = settings.tls.as_ref().map(tls::Acceptor::tokio);
                 tasks.spawn(async move {
-                    refuse(stream, retry_after, allowance).await;
+                    refuse(stream, retry_after, allowance, tls).await;
                     drop(answering);
                 });
             }
@@ -241,8 +242,31 @@ async fn serve_http<S>(
 }
 
 /// Answers a socket over the limit with 503 and `Retry-After`, once its request head is read
-/// (answering before could be lost to a reset), within the header-read allowance.
-async fn refuse(stream: TcpStream, retry_after: u64, allowance: Duration) {
+/// (answering before could be lost to a reset), within the header-read allowance; on a TLS
+/// listener after the handshake, so that the client can read the answer at all.
+async fn refuse(
+    stream: TcpStream,
+    retry_after: u64,
+    allowance: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let answered = async move {
+        match tls {
+            None => answer_refused(stream, retry_after).await,
+            Some(acceptor) => {
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    answer_refused(stream, retry_after).await;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(allowance, answered).await;
+}
+
+async fn answer_refused<S>(stream: S, retry_after: u64)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = tower::service_fn(move |_: Request<Incoming>| async move {
         let mut response = Response::new(Body::from("server is at its connection limit"));
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -253,8 +277,9 @@ async fn refuse(stream: TcpStream, retry_after: u64, allowance: Duration) {
     });
     let mut builder = http1::Builder::new();
     builder.header_read_timeout(None).keep_alive(false);
-    let served = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-    let _ = tokio::time::timeout(allowance, served).await;
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        .await;
 }
 
 /// The peer address of a request served by [`serve`].

@@ -389,3 +389,26 @@ async fn a_silent_socket_on_a_tls_listener_is_closed_within_the_header_allowance
         1
     );
 }
+
+/// At its connection limit a TLS listener still answers 503 with `Retry-After`, inside TLS, where
+/// the client can read it.
+#[tokio::test]
+async fn over_the_connection_limit_the_503_comes_inside_tls() {
+    let pki = Pki::new("fleet CA");
+    let server = TestServer::start_with(|c| {
+        c.api.tls = Some(pki.serve(&pki.server(1), None));
+        c.api.max_connections = 1;
+    })
+    .await;
+    let addr = server.running().api_addr;
+    // The one place, held by a socket that has done its handshake and sent nothing yet.
+    let _holder = pki.connect(addr, None).await.unwrap();
+    let client = pki.http_client(None);
+    let url = format!("https://{addr}/readyz");
+    let refused = eventually("a 503 over TLS", || async {
+        let response = client.get(&url).send().await.ok()?;
+        (response.status() == 503).then_some(response)
+    })
+    .await;
+    assert!(refused.headers().contains_key("retry-after"), "{refused:?}");
+}
