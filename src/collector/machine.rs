@@ -842,7 +842,7 @@ mod tests {
             },
             now,
         );
-        let _written = c.outbox.take_sendable();
+        let _written = c.outbox.take_sendable(c.capabilities);
         step(
             &mut c,
             Event::Withdraw {

@@ -305,11 +305,22 @@ impl Outbound {
         self.restart |= newer.restart;
     }
 
-    /// Splits off what can travel in one message: OpAMP says a restart command goes alone, so
-    /// everything else is sent first and the command waits for the next message.
+    /// Splits off what can travel in one message to a collector that declares `can` now:
+    /// OpAMP says a restart command goes alone, so everything else is sent first and the command
+    /// waits for the next message; and an offer or command whose capability the collector has
+    /// since dropped is not sent but kept, until it declares it again (or the offer is withdrawn).
     #[must_use]
-    pub fn take_sendable(&mut self) -> Outbound {
+    pub fn take_sendable(&mut self, can: Capabilities) -> Outbound {
         let mut out = std::mem::take(self);
+        if !can.has(Capabilities::ACCEPTS_REMOTE_CONFIG) {
+            self.remote_config = out.remote_config.take();
+        }
+        if !can.has(Capabilities::ACCEPTS_PACKAGES) {
+            self.package = out.package.take();
+        }
+        if !can.has(Capabilities::ACCEPTS_RESTART_COMMAND) {
+            self.restart = std::mem::take(&mut out.restart);
+        }
         if out.restart && out.carries_more_than_restart() {
             out.restart = false;
             self.restart = true;
@@ -350,4 +361,36 @@ pub enum CloseReason {
 pub enum Delivery {
     Send(CollectorId, Box<Outbound>),
     Close(CloseReason),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_collector_no_longer_accepts_is_kept_not_sent() {
+        let offer = ConfigOffer {
+            files: ConfigFiles::new(),
+            hash: vec![1],
+        };
+        let mut outbox = Outbound {
+            remote_config: Some(offer.clone()),
+            restart: true,
+            report_full_state: true,
+            ..Outbound::default()
+        };
+        let status_only = Capabilities(Capabilities::REPORTS_STATUS);
+        let sent = outbox.take_sendable(status_only);
+        assert!(sent.report_full_state, "a flag needs no capability");
+        assert!(sent.remote_config.is_none() && !sent.restart);
+        assert_eq!(outbox.remote_config.as_ref(), Some(&offer), "kept");
+        assert!(outbox.restart, "kept");
+        // Declared again: the configuration goes, and the command after it, alone.
+        let all = Capabilities(u64::MAX);
+        let sent = outbox.take_sendable(all);
+        assert_eq!(sent.remote_config, Some(offer));
+        assert!(!sent.restart);
+        let sent = outbox.take_sendable(all);
+        assert!(sent.restart && outbox.is_empty());
+    }
 }

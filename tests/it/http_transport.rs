@@ -330,3 +330,43 @@ async fn agent_disconnect_marks_the_collector_offline_at_once() {
     let view = server.view(id_of(&uid)).await.unwrap();
     assert!(!view.connected);
 }
+
+/// A capability dropped while an offer waits for the next poll: the offer is not sent then, and
+/// goes out with the first poll that declares the capability again.
+#[tokio::test]
+async fn an_offer_waits_while_the_collector_no_longer_accepts_it() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    post_ok(&server.opamp_url, &hello(&uid, 0)).await;
+    let configure = Event::SendConfiguration {
+        offer: ConfigOffer {
+            files: opampd::collector::ConfigFiles::new(),
+            hash: vec![5; 32],
+        },
+        required: vec![],
+        rollout: None,
+    };
+    assert!(
+        server
+            .running()
+            .registry
+            .apply(id_of(&uid), configure)
+            .await
+            .unwrap()
+    );
+    let without = opampd::proto::AgentToServer {
+        capabilities: all_capabilities()
+            & !(opampd::proto::AgentCapabilities::AcceptsRemoteConfig as u64),
+        ..heartbeat(&uid, 1)
+    };
+    let reply = post_ok(&server.opamp_url, &without).await;
+    assert!(reply.remote_config.is_none(), "not accepted now: not sent");
+    let reply = post_ok(&server.opamp_url, &heartbeat(&uid, 2)).await;
+    assert_eq!(
+        &reply
+            .remote_config
+            .expect("sent once accepted again")
+            .config_hash[..],
+        &[5; 32]
+    );
+}

@@ -68,7 +68,7 @@ impl Actor {
         // A message arrived: whatever was late is not.
         self.refresh_facets(false);
         self.record.outbox.merge(asks);
-        let outbound = self.record.outbox.take_sendable();
+        let outbound = self.record.outbox.take_sendable(self.record.capabilities);
         self.save().await;
         Answer::Reply {
             outbound,
@@ -157,8 +157,11 @@ impl Actor {
         let Some(push) = self.connection.as_ref().and_then(|c| c.push.clone()) else {
             return;
         };
-        while !self.record.outbox.is_empty() {
-            let out = self.record.outbox.take_sendable();
+        loop {
+            let out = self.record.outbox.take_sendable(self.record.capabilities);
+            if out.is_empty() {
+                return;
+            }
             if let Err(err) = push.try_send(Delivery::Send(self.id, Box::new(out))) {
                 if matches!(err, mpsc::error::TrySendError::Full(_)) {
                     warn!(collector_id = %self.id, "connection queue full; message kept for later");
