@@ -18,26 +18,17 @@ fn declaring(uid: &Bytes, seq: u64, names: &[&str]) -> proto::AgentToServer {
 }
 
 async fn declared(api: &Api, uid: &Bytes, expected: &[&str]) {
-    let path = format!("/api/v1/collectors/{}", id_of(uid));
-    eventually(&format!("custom capabilities {expected:?}"), || async {
-        let view = api.ok(&path).await;
-        (view["custom_capabilities"] == serde_json::json!(expected)).then_some(())
-    })
+    api.field_becomes(
+        id_of(uid),
+        "custom_capabilities",
+        serde_json::json!(expected),
+    )
     .await;
 }
 
 async fn with_capability(api: &Api, names: &str) -> Vec<String> {
-    let page = api
-        .ok(&format!(
-            "/api/v1/collectors?custom_capability={names}&sort=id"
-        ))
-        .await;
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_str().unwrap().to_owned())
-        .collect()
+    api.listed_ids(&format!("custom_capability={names}&sort=id"))
+        .await
 }
 
 async fn declared_filtered_and_replaced(backend: Backend) {

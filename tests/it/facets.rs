@@ -93,24 +93,13 @@ fn applied(uid: &Bytes, seq: u64, hash: &[u8], body: &str) -> proto::AgentToServ
     }
 }
 
-/// The collector's facets once they are `expected`, as the API shows them.
 async fn facets_become(api: &Api, uid: &Bytes, expected: &[&str]) {
-    let path = format!("/api/v1/collectors/{}", id_of(uid));
-    eventually(&format!("facets {expected:?}"), || async {
-        let view = api.ok(&path).await;
-        (view["facets"] == serde_json::json!(expected)).then_some(())
-    })
-    .await;
+    api.field_becomes(id_of(uid), "facets", serde_json::json!(expected))
+        .await;
 }
 
 async fn listed_with(api: &Api, facet: &str) -> Vec<String> {
-    let page = api.ok(&format!("/api/v1/collectors?facet={facet}")).await;
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_str().unwrap().to_owned())
-        .collect()
+    api.listed_ids(&format!("facet={facet}")).await
 }
 
 async fn degraded_comes_and_goes_with_a_component(websocket: bool) {

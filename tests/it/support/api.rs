@@ -148,6 +148,26 @@ impl Api {
     }
 
     /// Waits until the collector is in the store, and returns it as the API shows it.
+    /// Waits until the collector's `field`, as the API shows it, is `expected`.
+    pub async fn field_becomes(&self, id: CollectorId, field: &str, expected: Value) {
+        let path = format!("/api/v1/collectors/{id}");
+        eventually(&format!("{field} to become {expected}"), || async {
+            (self.ok(&path).await[field] == expected).then_some(())
+        })
+        .await;
+    }
+
+    /// The ids of the collectors `GET /api/v1/collectors?{query}` lists on its first page.
+    pub async fn listed_ids(&self, query: &str) -> Vec<String> {
+        let page = self.ok(&format!("/api/v1/collectors?{query}")).await;
+        page["items"]
+            .as_array()
+            .expect("a page of items")
+            .iter()
+            .map(|c| c["id"].as_str().expect("an id").to_owned())
+            .collect()
+    }
+
     pub async fn stored(&self, id: CollectorId) -> Value {
         let path = format!("/api/v1/collectors/{id}");
         eventually(&format!("collector {id} in the store"), || async {
