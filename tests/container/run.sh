@@ -2,7 +2,8 @@
 # The container image, built from the repository's Dockerfile and checked running: readiness, the
 # unprivileged user, data kept in the volume across a re-created container, a clean stop on SIGTERM,
 # the health check following liveness (a database outage leaves it healthy), PostgreSQL through
-# OPAMPD_DATABASE__URL, the image's size, and compose.yaml under podman-compose.
+# OPAMPD_DATABASE__URL, the image's size, and compose.yaml and deploy/compose.cluster.yaml (three
+# nodes behind HAProxy) under podman-compose.
 #
 # Needs root, podman, runc, mmdebstrap, podman-compose, jq and curl (.ci/run installs them), and
 # the network reach of this machine: Debian's packages and crates.io (for `cargo vendor`). No image
@@ -11,7 +12,8 @@
 # RUST_IMAGE and RUNTIME_IMAGE arguments. Everything podman stores lives in one scratch directory,
 # removed on exit. It differs from what users build only in where the base images and crates come
 # from and in an unoptimised release profile. Decisions:
-# docs/adr/0031-container-test-on-local-base-images.md, docs/adr/0032-container-test-in-every-ci-run.md.
+# docs/adr/0031-container-test-on-local-base-images.md, docs/adr/0032-container-test-in-every-ci-run.md,
+# docs/adr/0033-container-test-runs-the-cluster-compose-file.md.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -112,6 +114,7 @@ podman() {
 load_pid=""
 builder_pid=""
 compose_up=false
+cluster_up=false
 cleanup() {
   local status=$?
   set +e
@@ -130,6 +133,9 @@ cleanup() {
   fi
   if $compose_up; then
     compose down -v >/dev/null 2>&1
+  fi
+  if $cluster_up; then
+    cluster down -v >/dev/null 2>&1
   fi
   podman rm -a -f -t 0 >/dev/null 2>&1
   podman network rm opampd-test-net >/dev/null 2>&1
@@ -168,8 +174,8 @@ have $base || mmdebstrap --quiet --variant=minbase \
   bookworm "$work/rootfs.tar" >/dev/null
 have $base || podman import -q "$work/rootfs.tar" $base >/dev/null
 rm -f "$work/rootfs.tar"
-# The two images are built side by side (mostly package downloads). The Rust toolchain running
-# this script is mounted into the builder image's build, not fetched.
+# The builder image is built beside the two others (mostly package downloads). The Rust
+# toolchain running this script is mounted into the builder image's build, not fetched.
 have localhost/opampd-test/rust:local || podman build --pull=never --layers=false --build-arg BASE_IMAGE=$base \
   -v "$(rustc --print sysroot)":/toolchain:ro -t localhost/opampd-test/rust:local \
   -f "$here/builder.Containerfile" "$here" >"$work/builder.log" 2>&1 &
@@ -180,13 +186,19 @@ have localhost/opampd-test/postgres:15 || podman build --pull=never --layers=fal
   tail -20 "$work/postgres.log" >&2
   fail "podman build of the PostgreSQL image"
 }
+have localhost/opampd-test/haproxy:2.6 || podman build --pull=never --layers=false --build-arg BASE_IMAGE=$base \
+  -t localhost/opampd-test/haproxy:2.6 -f "$here/haproxy.Containerfile" "$here" \
+  >"$work/haproxy.log" 2>&1 || {
+  tail -20 "$work/haproxy.log" >&2
+  fail "podman build of the HAProxy image"
+}
 wait $builder_pid || {
   builder_pid=""
   tail -20 "$work/builder.log" >&2
   fail "podman build of the builder image"
 }
 builder_pid=""
-ok "base images: Debian minbase, a Rust builder, PostgreSQL 15"
+ok "base images: Debian minbase, a Rust builder, PostgreSQL 15, HAProxy 2.6"
 
 step "the Dockerfile's build stage, with crates vendored from Cargo.lock"
 # Builds reach crates.io only through this machine's proxy, whose certificate the images do not
@@ -360,11 +372,14 @@ compose up -d --no-build >"$work/compose.log" 2>&1 || {
   cat "$work/compose.log" >&2
   fail "podman-compose up"
 }
-key=$(sed -n 's/^OPAMPD_API__KEYS=.*key="\([^"]*\)".*/\1/p' "$work/secrets/opampd.env")
-token=$(sed -n 's/^OPAMPD_OPAMP__AUTH__TOKENS=\["\([^"]*\)"\]/\1/p' "$work/secrets/opampd.env")
-if [ -z "$key" ] || [ -z "$token" ]; then
-  fail "new-secrets.sh wrote no key or token"
-fi
+read_secrets() { # read_secrets DIR: the API key and the collector token that new-secrets.sh wrote
+  key=$(sed -n 's/^OPAMPD_API__KEYS=.*key="\([^"]*\)".*/\1/p' "$1/opampd.env")
+  token=$(sed -n 's/^OPAMPD_OPAMP__AUTH__TOKENS=\["\([^"]*\)"\]/\1/p' "$1/opampd.env")
+  if [ -z "$key" ] || [ -z "$token" ]; then
+    fail "new-secrets.sh wrote no key or token"
+  fi
+}
+read_secrets "$work/secrets"
 poll 120 "/readyz of the compose deployment" is_status 200 /readyz
 [ "$(status_of /api/v1/collectors)" = 401 ] || fail "the API answered without a key"
 start_collector "Authorization: Bearer $token"
@@ -384,6 +399,74 @@ left=$(podman ps -a --format '{{.Names}}' | wc -l)
 [ "$left" = 0 ] || fail "$left containers left after down"
 [ "$(podman volume ls -q | grep -c opampd-test_postgres-data || true)" = 0 ] || fail "volume left"
 ok "compose down removed the containers and the volume"
+
+step "deploy/compose.cluster.yaml under podman-compose: three nodes behind HAProxy"
+# The same images, fresh secrets, and deploy/haproxy.cfg as shipped: its server addresses are the
+# compose services' names (tests/it/replicas.rs rewrites them for processes on loopback instead).
+mkdir "$work/cluster-secrets"
+sh "$repo/deploy/new-secrets.sh" "$work/cluster-secrets" >/dev/null
+export OPAMPD_SECRETS_DIR="$work/cluster-secrets" HAPROXY_IMAGE=localhost/opampd-test/haproxy:2.6
+cluster() { podman-compose -p opampd-test-cluster -f "$repo/deploy/compose.cluster.yaml" "$@"; }
+nodes="opampd-a opampd-b opampd-c"
+cluster_up=true
+cluster up -d --no-build >"$work/cluster.log" 2>&1 || {
+  cat "$work/cluster.log" >&2
+  fail "podman-compose up of the cluster"
+}
+read_secrets "$work/cluster-secrets"
+node_ready() { podman exec "opampd-test-cluster_$1_1" opampd healthcheck --ready; }
+for node in $nodes; do
+  poll 120 "$node's readiness" node_ready "$node"
+  podman healthcheck run "opampd-test-cluster_${node}_1" >/dev/null || fail "$node's health check"
+done
+# podman-compose starts the services in order without waiting for PostgreSQL's health: a node
+# whose start-up finds no database yet, or HAProxy started while a node's name does not resolve,
+# is restarted by its restart policy. The restarts are printed: they are the start-up's cost.
+restarts=""
+for service in postgres $nodes haproxy; do
+  restarts+=" $service=$(podman inspect --format '{{.RestartCount}}' "opampd-test-cluster_${service}_1")"
+done
+echo "restarts during up:$restarts"
+# Only HAProxy publishes ports: what answers on them comes through it.
+poll 60 "/readyz through HAProxy" is_status 200 /readyz
+[ "$(status_of /api/v1/collectors)" = 401 ] || fail "the API through HAProxy answered without a key"
+ok "cluster: the three nodes ready and healthy, HAProxy answers /readyz on its published API port"
+
+start_collector "Authorization: Bearer $token"
+poll 30 "the collector connects through HAProxy" one_connected
+id=$(get '/api/v1/collectors' | jq -r '.items[0].id')
+poll 30 "the collector's row in the cluster's PostgreSQL" stored_in opampd-test-cluster_postgres_1
+# Each node asked directly, at its address on the compose network (which this root host reaches):
+# all three have the collector connected, though only one holds its connection.
+for node in $nodes; do
+  address=$(podman inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' \
+    "opampd-test-cluster_${node}_1")
+  seen=$(curl -sS --max-time 5 -H "Authorization: Bearer $key" \
+    "http://$address:8080/api/v1/collectors/$id" | jq -c '[.id, .connected]') || true
+  [ "$seen" = "[\"$id\",true]" ] || fail "$node ($address) has the collector as $seen"
+done
+# The API's round-robin reaches all three nodes: three requests in a row through HAProxy come from
+# three nodes, exactly one of which holds the collector (/readyz counts a node's own collectors).
+spread() {
+  local counts=()
+  for _ in 1 2 3; do
+    counts+=("$(curl -sS --max-time 5 "$api/readyz" | jq .collectors)")
+  done
+  [ "$(printf '%s\n' "${counts[@]}" | sort | tr '\n' ' ')" = "0 0 1 " ]
+}
+poll 30 "three /readyz in a row through HAProxy from three nodes, one holding the collector" spread
+ok "cluster: a collector connected through HAProxy ($id), stored, and connected on every node's API"
+stop_collector
+cluster down -v >"$work/cluster.log" 2>&1 || {
+  cat "$work/cluster.log" >&2
+  fail "podman-compose down of the cluster"
+}
+cluster_up=false
+left=$(podman ps -a --format '{{.Names}}' | wc -l)
+[ "$left" = 0 ] || fail "$left containers left after the cluster's down"
+[ "$(podman volume ls -q | grep -c opampd-test-cluster_postgres-data || true)" = 0 ] ||
+  fail "the cluster's volume left"
+ok "cluster down removed the five containers and the volume"
 
 step_end
 printf '%s' "$timings"
