@@ -57,6 +57,42 @@ pub struct Client {
     timeout: Duration,
 }
 
+/// The TLS settings for an `https://` server: the system's certificate authorities where it has
+/// any (a minimal container has none, and plain `http://` must work there all the same), and
+/// those of `ca_cert`. Built here rather than by reqwest, whose own verifier refuses to start on
+/// a machine without a certificate store.
+fn tls(ca_cert: Option<&Path>) -> Result<rustls::ClientConfig, CtlError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).map_err(|e| {
+            CtlError::Usage(format!("cannot read --ca-cert {}: {e}", path.display()))
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CtlError::Usage(format!("--ca-cert {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(CtlError::Usage(format!(
+                "--ca-cert {}: no PEM certificate in it",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| CtlError::Usage(format!("--ca-cert {}: {e}", path.display())))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CtlError::Usage(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// The innermost cause of an error: "Connection refused (os error 111)" says more than
 /// reqwest's "error sending request for url".
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -89,21 +125,8 @@ impl Client {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        // Installed once per process; a second install (tests run many clients) is refused
-        // harmlessly.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder();
-        if let Some(path) = ca_cert {
-            let pem = std::fs::read(path).map_err(|e| {
-                CtlError::Usage(format!("cannot read --ca-cert {}: {e}", path.display()))
-            })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| CtlError::Usage(format!("--ca-cert {}: {e}", path.display())))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls(ca_cert)?)
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .user_agent(concat!("opampctl/", env!("CARGO_PKG_VERSION")))

@@ -133,3 +133,27 @@ async fn the_binary_prints_completions_and_help() {
     assert_eq!(help.status.code(), Some(0));
     assert!(text(&help.stdout).contains("--interval"));
 }
+
+/// On a machine without a certificate store (the container image has none), plain `http://`
+/// works all the same: the system's roots are only needed for `https://`.
+#[tokio::test]
+async fn the_binary_works_without_a_certificate_store() {
+    let server = Server::start().await;
+    let nowhere = [
+        ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+        ("SSL_CERT_DIR", "/nonexistent"),
+    ];
+    let output = opampctl(
+        &["--server", &server.url, "summary", "-o", "json"],
+        &nowhere,
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "{}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert!(text(&output.stdout).contains("by_state"));
+    server.stop().await;
+}
