@@ -42,12 +42,17 @@ pub fn query_pairs(raw: Option<&str>, known: &[&str]) -> Result<Vec<(String, Str
 }
 
 /// `state=a&state=b` or `state=a,b`.
-pub fn states(pairs: &[(String, String)]) -> Result<Vec<CollectorState>, ApiError> {
+/// The values of a parameter that may repeat and may list several values separated by commas.
+fn listed<'a>(pairs: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> {
     pairs
         .iter()
-        .filter(|(k, _)| k == "state")
+        .filter(move |(k, _)| k == name)
         .flat_map(|(_, v)| v.split(','))
         .filter(|s| !s.is_empty())
+}
+
+pub fn states(pairs: &[(String, String)]) -> Result<Vec<CollectorState>, ApiError> {
+    listed(pairs, "state")
         .map(|s| {
             CollectorState::parse(s).ok_or_else(|| {
                 ApiError::BadRequest(format!(
@@ -60,21 +65,16 @@ pub fn states(pairs: &[(String, String)]) -> Result<Vec<CollectorState>, ApiErro
 }
 
 fn facets(pairs: &[(String, String)]) -> Result<Facets, ApiError> {
-    pairs
-        .iter()
-        .filter(|(k, _)| k == "facet")
-        .flat_map(|(_, v)| v.split(','))
-        .filter(|s| !s.is_empty())
-        .try_fold(Facets::default(), |set, name| {
-            let facet = Facets::parse(name).ok_or_else(|| {
-                let known: Vec<_> = Facets::each().map(|(_, n)| n).collect();
-                ApiError::BadRequest(format!(
-                    "unknown facet {name:?} (one of: {})",
-                    known.join(", ")
-                ))
-            })?;
-            Ok(set | facet)
-        })
+    listed(pairs, "facet").try_fold(Facets::default(), |set, name| {
+        let facet = Facets::parse(name).ok_or_else(|| {
+            let known: Vec<_> = Facets::each().map(|(_, n)| n).collect();
+            ApiError::BadRequest(format!(
+                "unknown facet {name:?} (one of: {})",
+                known.join(", ")
+            ))
+        })?;
+        Ok(set | facet)
+    })
 }
 
 pub fn selector(pairs: &[(String, String)]) -> Result<Selector, ApiError> {
@@ -194,11 +194,7 @@ pub fn list_query(raw: Option<&str>) -> Result<ListRequest, ApiError> {
         query: CollectorQuery {
             states: states(&pairs)?,
             facets: facets(&pairs)?,
-            custom_capabilities: pairs
-                .iter()
-                .filter(|(k, _)| k == "custom_capability")
-                .flat_map(|(_, v)| v.split(','))
-                .filter(|s| !s.is_empty())
+            custom_capabilities: listed(&pairs, "custom_capability")
                 .map(str::to_owned)
                 .collect(),
             selector: selector(&pairs)?,
