@@ -81,8 +81,9 @@ done
 [ "$(id -u)" = 0 ] || fail "run as root (podman with runc and cgroupfs, mmdebstrap)"
 
 work=$(mktemp -d /var/tmp/opampd-container.XXXXXX)
-# For working on this script: CONTAINER_TEST_STORAGE=DIR keeps podman's storage there across runs
-# and skips building the images it already holds. Without it (as in CI) everything is built anew
+# CONTAINER_TEST_STORAGE=DIR keeps podman's storage there across runs and skips building the images
+# it already holds (for working on this script, and for .ci/run, which makes the base images first
+# with `run.sh --base-images`, in the background). Without it everything is built anew
 # and removed on exit.
 storage=${CONTAINER_TEST_STORAGE:-$work}
 # podman's settings for this machine, and storage of its own so that nothing else is touched:
@@ -199,6 +200,13 @@ wait $builder_pid || {
 }
 builder_pid=""
 ok "base images: Debian minbase, a Rust builder, PostgreSQL 15, HAProxy 2.6"
+if [ "${1:-}" = --base-images ]; then
+  # .ci/run makes them this way in the background while it builds and tests, then runs the rest
+  # on the same CONTAINER_TEST_STORAGE.
+  step_end
+  printf '%s' "$timings"
+  exit 0
+fi
 
 step "the Dockerfile's build stage, with crates vendored from Cargo.lock"
 # Builds reach crates.io only through this machine's proxy, whose certificate the images do not
