@@ -123,6 +123,17 @@ impl Server {
         self.child.id()
     }
 
+    /// The CPU time (user and system) the server has used so far, from `/proc` (Linux counts it
+    /// in ticks of 1/100 s).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / 100.0)
+    }
+
     /// The server's resident memory now, from `/proc`.
     pub fn rss_kib(&self) -> Option<u64> {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
