@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::delivery::{TooLarge, acknowledge};
 use super::facets::{DriftBaseline, Facets};
 use super::state::{Reason, State, target};
 use super::{
@@ -83,6 +84,26 @@ pub struct Collector {
     /// What waits to be sent: pushed at once over WebSocket, or on an HTTP collector's next poll.
     #[serde(skip)]
     pub outbox: Outbound,
+    /// Offers written into a plain-HTTP reply that the collector has not yet shown it received:
+    /// its next report either acknowledges them or they are sent again (`delivery::acknowledge`).
+    #[serde(skip)]
+    pub unacknowledged: Outbound,
+    /// The configuration opampd last offered this collector (or, after a restart, the one its
+    /// newest rollout had it apply): what a report of another hash is answered with (R5).
+    #[serde(skip)]
+    pub standing: Option<ConfigOffer>,
+    /// The standing configuration was sent again on this connection and the collector has not
+    /// reported its hash since: it is not sent a third time (no resend loop).
+    #[serde(skip)]
+    pub standing_resent: bool,
+    /// The awaited package offer was sent again on this connection (P6) and the collector has not
+    /// shown it received it since: it is not sent a third time.
+    #[serde(skip)]
+    pub package_resent: bool,
+    /// The hash of the offer a cancel last withdrew: a write of it that fails afterwards does not
+    /// bring it back (`delivery::restore`), though its verdict, if it was written, is awaited.
+    #[serde(skip)]
+    pub withdrawn: Option<Vec<u8>>,
 }
 
 /// Something that happened to a collector, from OpAMP or from the fleet layer. The fleet's events
@@ -125,6 +146,18 @@ pub enum Event {
         hash: Vec<u8>,
     },
     Restart,
+    /// The configuration the collector should run, as the newest rollout that had it apply one
+    /// says: adopted when the actor has none (it was not resident when it was sent), and sent
+    /// again if the collector reports another hash.
+    Standing {
+        offer: ConfigOffer,
+    },
+    /// An offer that can never fit in a message under the limit: it is refused as failed.
+    #[serde(skip)]
+    Undeliverable {
+        offer: TooLarge,
+        limit: usize,
+    },
 }
 
 /// What the actor must do after a step.
@@ -187,6 +220,11 @@ impl Collector {
             rollout: None,
             missing_components: Vec::new(),
             outbox: Outbound::default(),
+            unacknowledged: Outbound::default(),
+            standing: None,
+            standing_resent: false,
+            package_resent: false,
+            withdrawn: None,
         }
     }
 
@@ -251,6 +289,15 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
                 out.push(Effect::Refused("collector does not accept packages"));
                 return out;
             }
+            if !c.capabilities.has(Capabilities::REPORTS_PACKAGE_STATUSES) {
+                out.push(Effect::Refused(
+                    "collector does not report package statuses",
+                ));
+                return out;
+            }
+            let package = super::packages::listing(package, c.package_statuses.as_ref());
+            c.package_resent = false;
+            c.withdrawn = None;
             let cause = Some(format!("{} {}", package.name, package.version));
             c.package_offered = Some(package.clone());
             c.outbox.merge(Outbound {
@@ -277,6 +324,13 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
             }
         }
         Event::Withdraw { rollout, hash } => withdraw(c, rollout, &hash, now, &mut out),
+        Event::Standing { offer } => {
+            if c.standing.is_none() {
+                c.standing = Some(offer);
+                resend_standing(c, now, &mut out);
+            }
+        }
+        Event::Undeliverable { offer, limit } => undeliverable(c, &offer, limit, now, &mut out),
         Event::Restart => {
             if c.capabilities.has(Capabilities::ACCEPTS_RESTART_COMMAND) {
                 c.outbox.restart = true;
@@ -331,6 +385,8 @@ fn on_report(
     if !c.connected {
         c.connected = true;
         c.connected_since = Some(now);
+        c.standing_resent = false;
+        c.package_resent = false;
         let reason = if c.state.is_none() {
             Reason::Initial
         } else {
@@ -346,6 +402,7 @@ fn on_report(
     let status = report.remote_config_status.clone();
     let packages = report.package_statuses.clone();
     absorb(c, report);
+    acknowledge(c);
     if let Some(status) = status {
         on_config_status(c, &status, now, out);
     }
@@ -354,6 +411,8 @@ fn on_report(
     }
     settle_withdrawn(c, now, out);
     settle_errors(c, now, out);
+    resend_standing(c, now, out);
+    resend_package(c, out);
     if goodbye {
         lose_connection(c, Reason::CollectorStopped, now, out);
     }
@@ -492,6 +551,7 @@ fn withdraw(
     now: SystemTime,
     out: &mut Vec<Effect>,
 ) {
+    c.withdrawn = Some(hash.to_vec());
     let config_queued = c
         .outbox
         .remote_config
@@ -499,6 +559,22 @@ fn withdraw(
         .is_some_and(|o| o.hash == hash);
     if config_queued {
         c.outbox.remote_config = None;
+    }
+    // Written into a reply the collector may or may not have read: never sent again, but its
+    // verdict is still awaited, as for any offer written.
+    if c.unacknowledged
+        .remote_config
+        .as_ref()
+        .is_some_and(|o| o.hash == hash)
+    {
+        c.unacknowledged.remote_config = None;
+    }
+    if c.unacknowledged
+        .package
+        .as_ref()
+        .is_some_and(|o| o.hash == hash)
+    {
+        c.unacknowledged.package = None;
     }
     if c.config_sent.as_deref() == Some(hash) && (config_queued || !c.connected) {
         c.config_sent = None;
@@ -512,12 +588,126 @@ fn withdraw(
     {
         c.package_offered = None;
     }
+    // Nothing of a cancelled rollout is sent again, not even to a collector that lost it.
+    if c.standing.as_ref().is_some_and(|o| o.hash == hash) {
+        c.standing = None;
+    }
     if c.rollout.as_deref() == Some(rollout.as_str()) {
         c.rollout = None;
         if c.state == Some(State::Pending) {
             go(c, Reason::RemovedFromRollout, "", Some(rollout), now, out);
             settle_errors(c, now, out);
         }
+    }
+}
+
+/// R5: a collector reporting a configuration hash other than the standing one is sent the
+/// standing one again (`delivery::resends_standing` says when), along the diagram's
+/// `new_configuration` edge.
+fn resend_standing(c: &mut Collector, now: SystemTime, out: &mut Vec<Effect>) {
+    if c.standing_resent
+        && c.remote_config_status
+            .as_ref()
+            .zip(c.standing.as_ref())
+            .is_some_and(|(s, o)| s.hash == o.hash)
+    {
+        c.standing_resent = false;
+    }
+    if !super::delivery::resends_standing(c) {
+        return;
+    }
+    let Some(offer) = c.standing.clone() else {
+        return;
+    };
+    let cause = Some(hex(&offer.hash));
+    c.config_sent = Some(offer.hash.clone());
+    c.standing_resent = true;
+    c.outbox.merge(Outbound {
+        remote_config: Some(offer),
+        ..Outbound::default()
+    });
+    out.push(Effect::Deliver);
+    go(
+        c,
+        Reason::NewConfiguration,
+        RESENT_CONFIGURATION,
+        cause,
+        now,
+        out,
+    );
+}
+
+/// P6: a collector whose package statuses show it does not have the awaited offer (another
+/// `server_provided_all_packages_hash`, and not the offered version) is sent it again, once per
+/// connection until it shows it received it.
+fn resend_package(c: &mut Collector, out: &mut Vec<Effect>) {
+    let Some(offer) = &c.package_offered else {
+        return;
+    };
+    let received = c
+        .package_statuses
+        .as_ref()
+        .is_some_and(|s| super::delivery::received_package(offer, s));
+    if received {
+        c.package_resent = false;
+        return;
+    }
+    let queued = c.outbox.package.is_some() || c.unacknowledged.package.is_some();
+    if c.package_resent || queued || !c.connected || c.package_statuses.is_none() {
+        return;
+    }
+    c.package_resent = true;
+    c.outbox.merge(Outbound {
+        package: Some(offer.clone()),
+        ..Outbound::default()
+    });
+    out.push(Effect::Deliver);
+}
+
+pub const RESENT_CONFIGURATION: &str =
+    "it reported another configuration hash than the one it was sent; sent again";
+
+/// An offer too large for any message fails as its verdict would: the configuration (or package)
+/// is not awaited any more, and the collector goes to Error (from Configuring by `config_failed`,
+/// from Upgrading by `upgrade_failed`) with the reason, so its rollout target fails rather than
+/// waiting for a verdict that cannot come.
+fn undeliverable(
+    c: &mut Collector,
+    offer: &TooLarge,
+    limit: usize,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    let message = offer.message(limit);
+    match offer {
+        TooLarge::Configuration { hash, .. } if c.config_sent.as_deref() == Some(hash) => {
+            c.config_sent = None;
+            c.config_failed = Some(hash.clone());
+            c.config_error = Some(message.clone());
+            c.rollout = None;
+            let reason = if c.state == Some(State::Configuring) {
+                Reason::ConfigFailed
+            } else {
+                Reason::ConfigError
+            };
+            go(c, reason, &message, Some(hex(hash)), now, out);
+        }
+        TooLarge::Package { hash, .. }
+            if c.package_offered.as_ref().is_some_and(|p| &p.hash == hash) =>
+        {
+            let cause = c
+                .package_offered
+                .take()
+                .map(|p| format!("{} {}", p.name, p.version));
+            c.package_error = Some(message.clone());
+            let reason = if c.state == Some(State::Upgrading) {
+                Reason::UpgradeFailed
+            } else {
+                Reason::UpdateError
+            };
+            go(c, reason, &message, cause, now, out);
+        }
+        _ => {}
     }
 }
 
@@ -598,6 +788,9 @@ fn send_configuration(
     }
     let cause = Some(hex(&offer.hash));
     c.config_sent = Some(offer.hash.clone());
+    c.withdrawn = None;
+    c.standing = Some(offer.clone());
+    c.standing_resent = false;
     c.missing_components.clear();
     if rollout.is_some() {
         c.rollout = rollout;
@@ -670,6 +863,7 @@ mod tests {
                     "otelcol".to_owned(),
                     PackageStatus {
                         agent_has_version: if new { "2" } else { "1" }.into(),
+                        agent_has_hash: Vec::new(),
                         server_offered_version: "2".into(),
                         status,
                         error_message: "failed".into(),
@@ -739,6 +933,8 @@ mod tests {
                 content_hash: vec![],
                 signature: vec![],
                 hash: vec![1],
+                kept: Vec::new(),
+                all_hash: Vec::new(),
             })),
             1 => Just(Event::RemoveFromRollout { rollout: "r".into() }),
             1 => (0..2usize).prop_map(|i| Event::Withdraw { rollout: "r".into(), hash: HASHES[i].to_vec() }),
