@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::delivery::{TooLarge, acknowledge};
 use super::facets::{DriftBaseline, Facets};
+use super::resend;
 use super::state::{Reason, State, target};
 use super::{
     AvailableComponents, Capabilities, ClientCertificate, CollectorId, Components, ConfigFiles,
@@ -327,7 +328,7 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
         Event::Standing { offer } => {
             if c.standing.is_none() {
                 c.standing = Some(offer);
-                resend_standing(c, now, &mut out);
+                resend::standing(c, now, &mut out);
             }
         }
         Event::Undeliverable { offer, limit } => undeliverable(c, &offer, limit, now, &mut out),
@@ -347,7 +348,7 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
 
 /// Moves along the table's edge for `reason` from the current state, if there is one. When there
 /// is none the state stays: the facts that prompted the event are already in the record.
-fn go(
+pub(super) fn go(
     c: &mut Collector,
     reason: Reason,
     message: &str,
@@ -411,8 +412,8 @@ fn on_report(
     }
     settle_withdrawn(c, now, out);
     settle_errors(c, now, out);
-    resend_standing(c, now, out);
-    resend_package(c, out);
+    resend::standing(c, now, out);
+    resend::package(c, out);
     if goodbye {
         lose_connection(c, Reason::CollectorStopped, now, out);
     }
@@ -465,16 +466,7 @@ fn on_config_status(
             go(c, Reason::ConfigApplied, "", cause, now, out);
         }
         RemoteConfigState::Failed => {
-            c.config_sent = None;
-            c.config_failed = Some(status.hash.clone());
-            c.config_error = Some(status.error_message.clone());
-            c.rollout = None;
-            let reason = if c.state == Some(State::Configuring) {
-                Reason::ConfigFailed
-            } else {
-                Reason::ConfigError
-            };
-            go(c, reason, &status.error_message, cause, now, out);
+            fail_configuration(c, &status.hash, &status.error_message, now, out);
         }
         RemoteConfigState::Applying | RemoteConfigState::Unset | RemoteConfigState::Unknown(_) => {}
     }
@@ -501,19 +493,12 @@ fn on_package_statuses(
             go(c, Reason::UpgradeSucceeded, "", cause, now, out);
         }
         PackageState::InstallFailed => {
-            c.package_offered = None;
             let message = if status.error_message.is_empty() {
                 statuses.error_message.clone()
             } else {
                 status.error_message.clone()
             };
-            c.package_error = Some(message.clone());
-            let reason = if c.state == Some(State::Upgrading) {
-                Reason::UpgradeFailed
-            } else {
-                Reason::UpdateError
-            };
-            go(c, reason, &message, cause, now, out);
+            fail_package(c, message, cause, now, out);
         }
         _ => {}
     }
@@ -601,72 +586,6 @@ fn withdraw(
     }
 }
 
-/// R5: a collector reporting a configuration hash other than the standing one is sent the
-/// standing one again (`delivery::resends_standing` says when), along the diagram's
-/// `new_configuration` edge.
-fn resend_standing(c: &mut Collector, now: SystemTime, out: &mut Vec<Effect>) {
-    if c.standing_resent
-        && c.remote_config_status
-            .as_ref()
-            .zip(c.standing.as_ref())
-            .is_some_and(|(s, o)| s.hash == o.hash)
-    {
-        c.standing_resent = false;
-    }
-    if !super::delivery::resends_standing(c) {
-        return;
-    }
-    let Some(offer) = c.standing.clone() else {
-        return;
-    };
-    let cause = Some(hex(&offer.hash));
-    c.config_sent = Some(offer.hash.clone());
-    c.standing_resent = true;
-    c.outbox.merge(Outbound {
-        remote_config: Some(offer),
-        ..Outbound::default()
-    });
-    out.push(Effect::Deliver);
-    go(
-        c,
-        Reason::NewConfiguration,
-        RESENT_CONFIGURATION,
-        cause,
-        now,
-        out,
-    );
-}
-
-/// P6: a collector whose package statuses show it does not have the awaited offer (another
-/// `server_provided_all_packages_hash`, and not the offered version) is sent it again, once per
-/// connection until it shows it received it.
-fn resend_package(c: &mut Collector, out: &mut Vec<Effect>) {
-    let Some(offer) = &c.package_offered else {
-        return;
-    };
-    let received = c
-        .package_statuses
-        .as_ref()
-        .is_some_and(|s| super::delivery::received_package(offer, s));
-    if received {
-        c.package_resent = false;
-        return;
-    }
-    let queued = c.outbox.package.is_some() || c.unacknowledged.package.is_some();
-    if c.package_resent || queued || !c.connected || c.package_statuses.is_none() {
-        return;
-    }
-    c.package_resent = true;
-    c.outbox.merge(Outbound {
-        package: Some(offer.clone()),
-        ..Outbound::default()
-    });
-    out.push(Effect::Deliver);
-}
-
-pub const RESENT_CONFIGURATION: &str =
-    "it reported another configuration hash than the one it was sent; sent again";
-
 /// An offer too large for any message fails as its verdict would: the configuration (or package)
 /// is not awaited any more, and the collector goes to Error (from Configuring by `config_failed`,
 /// from Upgrading by `upgrade_failed`) with the reason, so its rollout target fails rather than
@@ -681,34 +600,58 @@ fn undeliverable(
     let message = offer.message(limit);
     match offer {
         TooLarge::Configuration { hash, .. } if c.config_sent.as_deref() == Some(hash) => {
-            c.config_sent = None;
-            c.config_failed = Some(hash.clone());
-            c.config_error = Some(message.clone());
-            c.rollout = None;
-            let reason = if c.state == Some(State::Configuring) {
-                Reason::ConfigFailed
-            } else {
-                Reason::ConfigError
-            };
-            go(c, reason, &message, Some(hex(hash)), now, out);
+            fail_configuration(c, hash, &message, now, out);
         }
         TooLarge::Package { hash, .. }
             if c.package_offered.as_ref().is_some_and(|p| &p.hash == hash) =>
         {
             let cause = c
                 .package_offered
-                .take()
+                .as_ref()
                 .map(|p| format!("{} {}", p.name, p.version));
-            c.package_error = Some(message.clone());
-            let reason = if c.state == Some(State::Upgrading) {
-                Reason::UpgradeFailed
-            } else {
-                Reason::UpdateError
-            };
-            go(c, reason, &message, cause, now, out);
+            fail_package(c, message, cause, now, out);
         }
         _ => {}
     }
+}
+
+/// The configuration `hash` failed (its verdict, or it can never be delivered): not awaited any
+/// more, never sent again on its own, and the collector goes to Error saying why.
+fn fail_configuration(
+    c: &mut Collector,
+    hash: &[u8],
+    message: &str,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    c.config_sent = None;
+    c.config_failed = Some(hash.to_vec());
+    c.config_error = Some(message.to_owned());
+    c.rollout = None;
+    let reason = if c.state == Some(State::Configuring) {
+        Reason::ConfigFailed
+    } else {
+        Reason::ConfigError
+    };
+    go(c, reason, message, Some(hex(hash)), now, out);
+}
+
+/// The offered package failed: not awaited any more, and the collector goes to Error saying why.
+fn fail_package(
+    c: &mut Collector,
+    message: String,
+    cause: Option<String>,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    c.package_offered = None;
+    let reason = if c.state == Some(State::Upgrading) {
+        Reason::UpgradeFailed
+    } else {
+        Reason::UpdateError
+    };
+    go(c, reason, &message, cause, now, out);
+    c.package_error = Some(message);
 }
 
 /// A collector left Configuring or Upgrading with nothing awaited: its offer was withdrawn before

@@ -13,6 +13,7 @@ pub mod machine;
 pub mod packages;
 pub mod persist;
 pub mod registry;
+pub mod resend;
 pub mod state;
 
 use std::collections::BTreeMap;

@@ -9,10 +9,10 @@ use opampd::collector::{Event, PackageOffer, Reason, State};
 use opampd::proto;
 use opampd::proto::{PackageStatusEnum as P, RemoteConfigStatuses as S};
 use prost::Message as _;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::rollouts::{KAFKA, configuration, labelled_ids, rollout_where};
+use crate::rollouts::{KAFKA, configuration, labelled_ids, rollout_where, target};
 use crate::support::api::Api;
 use crate::support::scripted::{Script, Scripted};
 use crate::support::*;
@@ -48,9 +48,22 @@ fn config_status(
     }
 }
 
-async fn start_rollout(api: &Api, body: Value) -> String {
-    let started = api.post_ok("/api/v1/rollouts", &body).await;
-    started["id"].as_str().unwrap().to_owned()
+/// `gateway` version 1 rolled out to one new plain-HTTP collector, whose configuration now waits
+/// for its next poll: the collector's uid and the rollout's id.
+async fn configuring(server: &TestServer, api: &Api) -> (Bytes, String) {
+    let uid = http_collector(server, api).await;
+    let started = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "selector": "env=prod"}),
+        )
+        .await;
+    server
+        .wait_for(id_of(&uid), "the configuration is on its way", |c| {
+            c.state == Some(State::Configuring)
+        })
+        .await;
+    (uid, started["id"].as_str().unwrap().to_owned())
 }
 
 /// The collector sends a poll and drops the connection without reading the reply, once the
@@ -62,18 +75,8 @@ async fn a_lost_http_reply_is_sent_again_and_the_target_applies() {
     let server = TestServer::start().await;
     let api = Api::new(&server.api_url);
     configuration(&api).await;
-    let uid = http_collector(&server, &api).await;
+    let (uid, rollout) = configuring(&server, &api).await;
     let id = id_of(&uid);
-    let rollout = start_rollout(
-        &api,
-        json!({"configuration": "gateway", "version": 1, "selector": "env=prod"}),
-    )
-    .await;
-    server
-        .wait_for(id, "the configuration is on its way", |c| {
-            c.state == Some(State::Configuring)
-        })
-        .await;
 
     // A poll whose reply is never read.
     let address = server.opamp_url.trim_start_matches("http://");
@@ -135,18 +138,8 @@ async fn an_oversize_reply_goes_in_two_and_loses_nothing() {
         )
         .await;
     assert_eq!(stored.status, 201, "{}", stored.body);
-    let uid = http_collector(&server, &api).await;
+    let (uid, rollout) = configuring(&server, &api).await;
     let id = id_of(&uid);
-    let rollout = start_rollout(
-        &api,
-        json!({"configuration": "gateway", "version": 1, "selector": "env=prod"}),
-    )
-    .await;
-    server
-        .wait_for(id, "the configuration is on its way", |c| {
-            c.state == Some(State::Configuring)
-        })
-        .await;
     let package = PackageOffer {
         name: "otelcol".into(),
         version: "0.2.0".into(),
@@ -220,13 +213,7 @@ async fn a_silent_collector_times_out_and_counts_against_max_errors() {
     let paused = rollout_where(&api, &id, "paused", |r| r["status"] == "paused").await;
     assert_eq!(paused["progress"]["timed_out"], 1, "{paused}");
     assert_eq!(paused["progress"]["pending"], 1, "{paused}");
-    let target = paused["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["collector"] == silent.id.to_string())
-        .unwrap()
-        .clone();
+    let target = target(&paused, silent.id);
     assert_eq!(target["outcome"], "timed_out");
     assert_eq!(target["error"], "no verdict within 1 s");
     assert!(
@@ -252,18 +239,8 @@ async fn a_collector_reporting_another_hash_is_sent_the_configuration_again() {
     let server = TestServer::start().await;
     let api = Api::new(&server.api_url);
     configuration(&api).await;
-    let uid = http_collector(&server, &api).await;
+    let (uid, rollout) = configuring(&server, &api).await;
     let id = id_of(&uid);
-    let rollout = start_rollout(
-        &api,
-        json!({"configuration": "gateway", "version": 1, "selector": "env=prod"}),
-    )
-    .await;
-    server
-        .wait_for(id, "the configuration is on its way", |c| {
-            c.state == Some(State::Configuring)
-        })
-        .await;
     let first = post_ok(&server.opamp_url, &heartbeat(&uid, 1)).await;
     let hash = first.remote_config.expect("the configuration").config_hash;
     post_ok(
@@ -284,7 +261,7 @@ async fn a_collector_reporting_another_hash_is_sent_the_configuration_again() {
     assert_eq!(record.state, Some(State::Configuring));
     assert_eq!(
         record.state_message,
-        opampd::collector::machine::RESENT_CONFIGURATION
+        opampd::collector::resend::RESENT_CONFIGURATION
     );
     let back = post_ok(
         &server.opamp_url,
