@@ -2,7 +2,8 @@
 //! collector never read and a reply over the message limit, a collector that reports another
 //! configuration hash (R5) or another packages hash (P6), a collector that never answers (timed
 //! out), and package offers that list what the collector keeps. Plain-HTTP collectors make every
-//! reply observable; the scripted WebSocket collector stands for the other transport.
+//! reply observable; the scripted WebSocket collector stands for the other transport (the timeout,
+//! and a configuration lost and sent again, before and after a server restart).
 
 use bytes::Bytes;
 use opampd::collector::{Event, PackageOffer, Reason, State};
@@ -418,4 +419,53 @@ fn package_statuses(
         error_message: String::new(),
     });
     m
+}
+
+/// R5 over WebSocket: a collector that applied our configuration and comes back without it (it
+/// reports no hash) is sent it again by its actor; after a server restart, which leaves no actor
+/// knowing it, the engine restores the standing configuration from the rollout on its arrival and
+/// it is sent again too. Each time the collector applies it once.
+#[tokio::test]
+async fn a_collector_that_lost_its_configuration_gets_it_again_even_after_a_restart() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let first = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    labelled_ids(&api, &[first.id]).await;
+    let started = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "selector": "env=prod"}),
+        )
+        .await;
+    let rollout = started["id"].as_str().unwrap().to_owned();
+    let hash = started["hash"].as_str().unwrap().to_owned();
+    rollout_where(&api, &rollout, "completed", |r| r["status"] == "completed").await;
+    let applied = |c: &opampd::collector::Collector| {
+        c.connected
+            && c.state == Some(State::Connected)
+            && c.remote_config_status.as_ref().is_some_and(|s| {
+                opampd::collector::machine::hex(&s.hash) == hash
+                    && s.status == opampd::collector::RemoteConfigState::Applied
+            })
+    };
+
+    let id = first.disconnect();
+    server
+        .wait_for(id, "away", |c| c.state == Some(State::Disconnected))
+        .await;
+    let back = Scripted::returning(id, &server.ws_url, &["kafka"], Script::Apply).await;
+    server.wait_for(id, "applied again", applied).await;
+    assert_eq!(back.received(), 1);
+
+    let id = back.disconnect();
+    let server = server.restart().await;
+    let again = Scripted::returning(id, &server.ws_url, &["kafka"], Script::Apply).await;
+    server
+        .wait_for(id, "applied again after the restart", applied)
+        .await;
+    assert_eq!(again.received(), 1);
+    let api = Api::new(&server.api_url);
+    let after = api.ok(&format!("/api/v1/rollouts/{rollout}")).await;
+    assert_eq!(after["progress"]["applied"], 1, "the target stays applied");
 }
