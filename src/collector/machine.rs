@@ -394,8 +394,13 @@ fn on_report(
             Reason::ConnectionRestored
         };
         go(c, reason, "", None, now, out);
-        // A configuration sent while it was away goes out with this reply.
-        if let Some(hash) = c.outbox.remote_config.as_ref().map(|o| hex(&o.hash)) {
+        // A configuration sent while it was away goes out with this reply (as does one written
+        // into a plain-HTTP reply it may never have read, unless this report shows it has it).
+        let waiting = c.outbox.remote_config.as_ref();
+        if let Some(hash) = waiting
+            .or(c.unacknowledged.remote_config.as_ref())
+            .map(|o| hex(&o.hash))
+        {
             go(c, Reason::NewConfiguration, "", Some(hash), now, out);
         }
     }
@@ -881,6 +886,11 @@ mod tests {
             })),
             1 => Just(Event::RemoveFromRollout { rollout: "r".into() }),
             1 => (0..2usize).prop_map(|i| Event::Withdraw { rollout: "r".into(), hash: HASHES[i].to_vec() }),
+            1 => (0..2usize).prop_map(|i| Event::Standing { offer: ConfigOffer { files: ConfigFiles::new(), hash: HASHES[i].to_vec() } }),
+            1 => (0..2usize).prop_map(|i| Event::Undeliverable {
+                offer: TooLarge::Configuration { hash: HASHES[i].to_vec(), size: 2 },
+                limit: 1,
+            }),
             1 => Just(Event::Restart),
         ]
     }
