@@ -502,6 +502,56 @@ async fn python_applies_and_fails_configurations_from_rollouts() {
     }
 }
 
+/// R5 with the real Python client (plain HTTP): after it applied a rollout's configuration it
+/// reports another hash as applied, and the reply to that very report carries ours again; it
+/// applies it, and its history shows the resend as `new_configuration`, once.
+#[tokio::test]
+async fn python_reporting_another_hash_is_sent_the_configuration_again() {
+    let server = TestServer::start().await;
+    let api = crate::support::api::Api::new(&server.api_url);
+    let mut drivers = labelled_clients(&server, &api, &[(Client::Python, "ok")]).await;
+    let rollout = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "logs", "version": 1, "selector": "env=ok"}),
+        )
+        .await;
+    let (python, id) = &mut drivers[0];
+    assert_eq!(
+        python.expect("remote_config").await["hash"],
+        rollout["hash"]
+    );
+    python
+        .command(json!({"cmd": "apply", "status": "APPLIED"}))
+        .await;
+    rollout_reaches(&api, &rollout, |r| r["status"] == "completed").await;
+    python
+        .command(json!({"cmd": "apply", "status": "APPLIED", "hash": "00ff"}))
+        .await;
+    python
+        .expect_where("sent", |e| e["remote_config_status"]["hash"] == "00ff")
+        .await;
+    let again = python.expect("remote_config").await;
+    assert_eq!(again["hash"], rollout["hash"], "ours, sent again");
+    python
+        .command(json!({"cmd": "apply", "status": "APPLIED"}))
+        .await;
+    let reasons = [
+        "initial",
+        "queued_for_rollout",
+        "config_sent",
+        "config_applied",
+        "new_configuration",
+        "config_applied",
+    ];
+    eventually("stored", || async {
+        (history_of(&api, id).await == reasons).then_some(())
+    })
+    .await;
+    assert!(python.stop().await.success());
+    assert!(python.errors().is_empty(), "{:#?}", python.errors());
+}
+
 /// The real Node client receives a rollout's configuration, acknowledges it, and is Connected.
 #[tokio::test]
 async fn node_acknowledges_a_configuration_from_a_rollout() {
