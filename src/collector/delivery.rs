@@ -113,6 +113,21 @@ pub fn acknowledge(c: &mut Collector) {
     {
         lost.package = Some(offer);
     }
+    // Lost, and withdrawn by a cancel meanwhile: the collector never had it, so nothing is awaited
+    // (it leaves Configuring or Upgrading as for an offer withdrawn unsent); `restore` drops it.
+    let withdrawn = c.withdrawn.clone();
+    if let Some(hash) = withdrawn.as_deref() {
+        if lost.remote_config.as_ref().is_some_and(|o| o.hash == hash)
+            && c.config_sent.as_deref() == Some(hash)
+        {
+            c.config_sent = None;
+        }
+        if lost.package.as_ref().is_some_and(|p| p.hash == hash)
+            && c.package_offered.as_ref().is_some_and(|p| p.hash == hash)
+        {
+            c.package_offered = None;
+        }
+    }
     restore(c, lost);
 }
 
@@ -347,6 +362,37 @@ mod tests {
             c.outbox.remote_config.is_none(),
             "withdrawn stays withdrawn"
         );
+    }
+
+    #[test]
+    fn a_cancel_after_a_reply_is_settled_by_the_next_report_whether_it_was_read_or_not() {
+        let withdraw = Event::Withdraw {
+            rollout: "r".into(),
+            hash: b"h1".to_vec(),
+        };
+        // The reply was lost: the collector never had it, so it is released, and not sent again.
+        let mut lost = sent(ALL, offer(b"h1", 10));
+        let _ = take(&mut lost, Transport::Http, LIMIT);
+        step(&mut lost, withdraw.clone(), UNIX_EPOCH);
+        assert_eq!(lost.state, Some(crate::collector::State::Configuring));
+        step(&mut lost, report(ALL, None), UNIX_EPOCH);
+        assert_eq!(lost.state, Some(crate::collector::State::Connected));
+        assert!(lost.config_sent.is_none());
+        let (out, _) = take(&mut lost, Transport::Http, LIMIT);
+        assert!(out.remote_config.is_none(), "never sent again");
+        // It was read: its verdict is awaited, as for any written offer, and nothing is resent.
+        let mut read = sent(ALL, offer(b"h1", 10));
+        let _ = take(&mut read, Transport::Http, LIMIT);
+        step(&mut read, withdraw, UNIX_EPOCH);
+        step(
+            &mut read,
+            report(ALL, Some((b"h1", RemoteConfigState::Applying))),
+            UNIX_EPOCH,
+        );
+        assert_eq!(read.state, Some(crate::collector::State::Configuring));
+        assert_eq!(read.config_sent.as_deref(), Some(&b"h1"[..]));
+        let (out, _) = take(&mut read, Transport::Http, LIMIT);
+        assert!(out.remote_config.is_none());
     }
 
     #[test]

@@ -550,22 +550,9 @@ fn withdraw(
     if config_queued {
         c.outbox.remote_config = None;
     }
-    // Written into a reply the collector may or may not have read: never sent again, but its
-    // verdict is still awaited, as for any offer written.
-    if c.unacknowledged
-        .remote_config
-        .as_ref()
-        .is_some_and(|o| o.hash == hash)
-    {
-        c.unacknowledged.remote_config = None;
-    }
-    if c.unacknowledged
-        .package
-        .as_ref()
-        .is_some_and(|o| o.hash == hash)
-    {
-        c.unacknowledged.package = None;
-    }
+    // One written into a plain-HTTP reply stays `unacknowledged`: the next report tells whether
+    // the collector read it (its verdict is then awaited) or not (it is then released, and never
+    // sent again: `delivery::acknowledge`).
     if c.config_sent.as_deref() == Some(hash) && (config_queued || !c.connected) {
         c.config_sent = None;
     }
