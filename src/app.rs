@@ -203,11 +203,15 @@ async fn start_router(
     // are accepted, it misses none.
     let start_engine = {
         let (router, store) = (Arc::clone(&router), Arc::clone(store));
+        // A verdict is due within a few heartbeats: a collector that is working on it reports at
+        // least that often.
+        let default_timeout = config.opamp.heartbeat_interval * 3;
         move |stop: CancellationToken| {
             Fleet::start(
                 Arc::clone(&router),
                 Arc::clone(&store),
                 flushes.clone(),
+                default_timeout,
                 stop,
             )
         }
@@ -328,6 +332,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             stale_after: config.opamp.heartbeat_interval.mul_f64(1.5),
             last_seen_interval: config.database.last_seen_interval,
             grace_period: config.collectors.grace_period,
+            max_message_bytes: config.opamp.max_message_bytes,
         },
         Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store)))),
         config.collectors.max_resident,

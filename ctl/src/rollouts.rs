@@ -51,9 +51,14 @@ pub struct Batches {
     /// ...up to this many (server default 100).
     #[arg(long)]
     pub max_batch: Option<usize>,
-    /// Failures tolerated before it pauses itself (server default 0).
+    /// Failures tolerated before it pauses itself (server default 0); a collector without a
+    /// verdict in time counts as one.
     #[arg(long)]
     pub max_errors: Option<usize>,
+    /// Seconds a collector has to report its verdict before it counts as `timed_out`, a failure
+    /// (server default three heartbeat intervals).
+    #[arg(long)]
+    pub timeout_seconds: Option<u64>,
 }
 
 impl Batches {
@@ -67,6 +72,9 @@ impl Batches {
             if let Some(value) = value {
                 body.insert(key.to_owned(), json!(value));
             }
+        }
+        if let Some(seconds) = self.timeout_seconds {
+            body.insert("timeout_seconds".to_owned(), json!(seconds));
         }
     }
 }
@@ -348,12 +356,14 @@ fn describe(rollout: &Value) -> String {
         (
             "Batches",
             format!(
-                "{} started (first {}, then x{} up to {}; {} failures tolerated{})",
+                "{} started (first {}, then x{} up to {}; {} failures tolerated; verdicts due \
+                 within {} s{})",
                 number(&rollout["batches_started"], "0"),
                 number(&options["initial_batch"], "?"),
                 number(&options["multiplier"], "?"),
                 number(&options["max_batch"], "?"),
                 number(&options["max_errors"], "?"),
+                number(&options["timeout_seconds"], "?"),
                 if options["rollback"] == true {
                     "; failures rolled back"
                 } else {
@@ -472,7 +482,12 @@ fn exit_code(rollout: &Value) -> u8 {
     match rollout["status"].as_str() {
         Some("paused") => exit::ROLLOUT_PAUSED,
         Some("cancelled") => exit::ROLLOUT_CANCELLED,
-        _ if rollout["progress"]["failed"].as_u64().unwrap_or(0) > 0 => exit::ROLLOUT_FAILED,
+        _ if ["failed", "timed_out"]
+            .iter()
+            .any(|o| rollout["progress"][o].as_u64().unwrap_or(0) > 0) =>
+        {
+            exit::ROLLOUT_FAILED
+        }
         _ => exit::OK,
     }
 }
@@ -545,7 +560,7 @@ fn finished(rollout: &Value, io: &mut Io<'_>) -> Result<u8, CtlError> {
     )?;
     let failed: Vec<Vec<String>> = targets(rollout)
         .iter()
-        .filter(|t| t["outcome"] == "failed")
+        .filter(|t| t["outcome"] == "failed" || t["outcome"] == "timed_out")
         .map(|t| {
             vec![
                 text(&t["collector"], "-").to_owned(),

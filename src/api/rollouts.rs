@@ -37,6 +37,9 @@ pub struct NewRolloutBody {
     pub max_errors: Option<usize>,
     /// Send collectors that fail back to the configuration they ran before (default false).
     pub rollback: Option<bool>,
+    /// Seconds a collector sent the configuration has to report its verdict before its target
+    /// ends `timed_out`, a failure (default three heartbeat intervals, `opamp.heartbeat_interval`).
+    pub timeout_seconds: Option<u64>,
     /// Answer which collectors would be queued, which are Incompatible and why, changing nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -103,6 +106,7 @@ pub async fn create(
             body.max_errors,
         ],
         body.rollback,
+        body.timeout_seconds,
     )?;
     let payload = Payload::Configuration {
         configuration: body.configuration,
@@ -115,6 +119,7 @@ pub async fn create(
 fn options(
     [initial_batch, multiplier, max_batch, max_errors]: [Option<usize>; 4],
     rollback: Option<bool>,
+    timeout_seconds: Option<u64>,
 ) -> Result<RolloutOptions, ApiError> {
     let defaults = RolloutOptions::default();
     let options = RolloutOptions {
@@ -123,7 +128,14 @@ fn options(
         max_batch: max_batch.unwrap_or(defaults.max_batch),
         max_errors: max_errors.unwrap_or(defaults.max_errors),
         rollback: rollback.unwrap_or(defaults.rollback),
+        // 0 asks the engine for its default.
+        timeout_seconds: timeout_seconds.unwrap_or(0),
     };
+    if timeout_seconds == Some(0) {
+        return Err(ApiError::BadRequest(
+            "timeout_seconds must be at least 1".into(),
+        ));
+    }
     if options.initial_batch == 0 || options.multiplier == 0 || options.max_batch == 0 {
         return Err(ApiError::BadRequest(
             "initial_batch, multiplier and max_batch must be at least 1".into(),
@@ -179,6 +191,9 @@ pub struct NewUpgradeBody {
     pub max_batch: Option<usize>,
     /// Failures tolerated before the upgrade pauses itself (default 0).
     pub max_errors: Option<usize>,
+    /// Seconds a collector offered the package has to report its verdict before its target ends
+    /// `timed_out`, a failure (default three heartbeat intervals, `opamp.heartbeat_interval`).
+    pub timeout_seconds: Option<u64>,
     /// Answer which collectors would be offered the package, and which refused, changing nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -209,6 +224,7 @@ pub async fn upgrade(
             body.max_errors,
         ],
         Some(false),
+        body.timeout_seconds,
     )?;
     let payload = Payload::Package {
         package: PackageSpec {

@@ -353,9 +353,7 @@ impl Actor {
             }
             Command::Forget(reply) => return self.forget(reply).await,
             Command::Unsent(outbound) => {
-                let mut kept = *outbound;
-                kept.merge(std::mem::take(&mut self.record.outbox));
-                self.record.outbox = kept;
+                super::delivery::restore(&mut self.record, *outbound);
                 self.flush_outbox();
             }
             Command::Fenced(epoch) if epoch == self.epoch => {

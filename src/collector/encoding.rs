@@ -113,6 +113,8 @@ mod tests {
             content_hash: vec![0, 0xab, 0xff],
             signature: vec![],
             hash: vec![1],
+            kept: Vec::new(),
+            all_hash: Vec::new(),
         };
         let json = serde_json::to_value(&offer).unwrap();
         assert_eq!(json["content_hash"], "00abff");

@@ -43,7 +43,7 @@ pub struct Published {
 pub enum Answer {
     /// The reply's content, and, when the message changed the record, the commit it must wait for.
     Reply {
-        outbound: Outbound,
+        outbound: Box<Outbound>,
         confirm: Option<Confirmation>,
     },
     /// Nothing was acted on; the collector is to try again later.
@@ -120,6 +120,9 @@ pub struct ActorSettings {
     pub last_seen_interval: Duration,
     /// How long an actor stays resident after its collector disconnected.
     pub grace_period: Duration,
+    /// The largest message a collector is sent (`opamp.max_message_bytes`): offers are fitted
+    /// under it.
+    pub max_message_bytes: usize,
 }
 
 /// A cloneable way to reach one collector's actor.

@@ -7,7 +7,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::delivery::{TooLarge, acknowledge};
 use super::facets::{DriftBaseline, Facets};
+use super::resend;
 use super::state::{Reason, State, target};
 use super::{
     AvailableComponents, Capabilities, ClientCertificate, CollectorId, Components, ConfigFiles,
@@ -83,6 +85,26 @@ pub struct Collector {
     /// What waits to be sent: pushed at once over WebSocket, or on an HTTP collector's next poll.
     #[serde(skip)]
     pub outbox: Outbound,
+    /// Offers written into a plain-HTTP reply that the collector has not yet shown it received:
+    /// its next report either acknowledges them or they are sent again (`delivery::acknowledge`).
+    #[serde(skip)]
+    pub unacknowledged: Outbound,
+    /// The configuration opampd last offered this collector (or, after a restart, the one its
+    /// newest rollout had it apply): what a report of another hash is answered with (R5).
+    #[serde(skip)]
+    pub standing: Option<ConfigOffer>,
+    /// The standing configuration was sent again on this connection and the collector has not
+    /// reported its hash since: it is not sent a third time (no resend loop).
+    #[serde(skip)]
+    pub standing_resent: bool,
+    /// The awaited package offer was sent again on this connection (P6) and the collector has not
+    /// shown it received it since: it is not sent a third time.
+    #[serde(skip)]
+    pub package_resent: bool,
+    /// The hash of the offer a cancel last withdrew: a write of it that fails afterwards does not
+    /// bring it back (`delivery::restore`), though its verdict, if it was written, is awaited.
+    #[serde(skip)]
+    pub withdrawn: Option<Vec<u8>>,
 }
 
 /// Something that happened to a collector, from OpAMP or from the fleet layer. The fleet's events
@@ -125,6 +147,18 @@ pub enum Event {
         hash: Vec<u8>,
     },
     Restart,
+    /// The configuration the collector should run, as the newest rollout that had it apply one
+    /// says: adopted when the actor has none (it was not resident when it was sent), and sent
+    /// again if the collector reports another hash.
+    Standing {
+        offer: ConfigOffer,
+    },
+    /// An offer that can never fit in a message under the limit: it is refused as failed.
+    #[serde(skip)]
+    Undeliverable {
+        offer: TooLarge,
+        limit: usize,
+    },
 }
 
 /// What the actor must do after a step.
@@ -187,6 +221,11 @@ impl Collector {
             rollout: None,
             missing_components: Vec::new(),
             outbox: Outbound::default(),
+            unacknowledged: Outbound::default(),
+            standing: None,
+            standing_resent: false,
+            package_resent: false,
+            withdrawn: None,
         }
     }
 
@@ -251,6 +290,15 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
                 out.push(Effect::Refused("collector does not accept packages"));
                 return out;
             }
+            if !c.capabilities.has(Capabilities::REPORTS_PACKAGE_STATUSES) {
+                out.push(Effect::Refused(
+                    "collector does not report package statuses",
+                ));
+                return out;
+            }
+            let package = super::packages::listing(package, c.package_statuses.as_ref());
+            c.package_resent = false;
+            c.withdrawn = None;
             let cause = Some(format!("{} {}", package.name, package.version));
             c.package_offered = Some(package.clone());
             c.outbox.merge(Outbound {
@@ -277,6 +325,13 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
             }
         }
         Event::Withdraw { rollout, hash } => withdraw(c, rollout, &hash, now, &mut out),
+        Event::Standing { offer } => {
+            if c.standing.is_none() {
+                c.standing = Some(offer);
+                resend::standing(c, now, &mut out);
+            }
+        }
+        Event::Undeliverable { offer, limit } => undeliverable(c, &offer, limit, now, &mut out),
         Event::Restart => {
             if c.capabilities.has(Capabilities::ACCEPTS_RESTART_COMMAND) {
                 c.outbox.restart = true;
@@ -293,7 +348,7 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
 
 /// Moves along the table's edge for `reason` from the current state, if there is one. When there
 /// is none the state stays: the facts that prompted the event are already in the record.
-fn go(
+pub(super) fn go(
     c: &mut Collector,
     reason: Reason,
     message: &str,
@@ -331,14 +386,21 @@ fn on_report(
     if !c.connected {
         c.connected = true;
         c.connected_since = Some(now);
+        c.standing_resent = false;
+        c.package_resent = false;
         let reason = if c.state.is_none() {
             Reason::Initial
         } else {
             Reason::ConnectionRestored
         };
         go(c, reason, "", None, now, out);
-        // A configuration sent while it was away goes out with this reply.
-        if let Some(hash) = c.outbox.remote_config.as_ref().map(|o| hex(&o.hash)) {
+        // A configuration sent while it was away goes out with this reply (as does one written
+        // into a plain-HTTP reply it may never have read, unless this report shows it has it).
+        let waiting = c.outbox.remote_config.as_ref();
+        if let Some(hash) = waiting
+            .or(c.unacknowledged.remote_config.as_ref())
+            .map(|o| hex(&o.hash))
+        {
             go(c, Reason::NewConfiguration, "", Some(hash), now, out);
         }
     }
@@ -346,6 +408,7 @@ fn on_report(
     let status = report.remote_config_status.clone();
     let packages = report.package_statuses.clone();
     absorb(c, report);
+    acknowledge(c);
     if let Some(status) = status {
         on_config_status(c, &status, now, out);
     }
@@ -354,6 +417,8 @@ fn on_report(
     }
     settle_withdrawn(c, now, out);
     settle_errors(c, now, out);
+    resend::standing(c, now, out);
+    resend::package(c, out);
     if goodbye {
         lose_connection(c, Reason::CollectorStopped, now, out);
     }
@@ -406,16 +471,7 @@ fn on_config_status(
             go(c, Reason::ConfigApplied, "", cause, now, out);
         }
         RemoteConfigState::Failed => {
-            c.config_sent = None;
-            c.config_failed = Some(status.hash.clone());
-            c.config_error = Some(status.error_message.clone());
-            c.rollout = None;
-            let reason = if c.state == Some(State::Configuring) {
-                Reason::ConfigFailed
-            } else {
-                Reason::ConfigError
-            };
-            go(c, reason, &status.error_message, cause, now, out);
+            fail_configuration(c, &status.hash, &status.error_message, now, out);
         }
         RemoteConfigState::Applying | RemoteConfigState::Unset | RemoteConfigState::Unknown(_) => {}
     }
@@ -442,19 +498,12 @@ fn on_package_statuses(
             go(c, Reason::UpgradeSucceeded, "", cause, now, out);
         }
         PackageState::InstallFailed => {
-            c.package_offered = None;
             let message = if status.error_message.is_empty() {
                 statuses.error_message.clone()
             } else {
                 status.error_message.clone()
             };
-            c.package_error = Some(message.clone());
-            let reason = if c.state == Some(State::Upgrading) {
-                Reason::UpgradeFailed
-            } else {
-                Reason::UpdateError
-            };
-            go(c, reason, &message, cause, now, out);
+            fail_package(c, message, cause, now, out);
         }
         _ => {}
     }
@@ -492,6 +541,7 @@ fn withdraw(
     now: SystemTime,
     out: &mut Vec<Effect>,
 ) {
+    c.withdrawn = Some(hash.to_vec());
     let config_queued = c
         .outbox
         .remote_config
@@ -500,6 +550,9 @@ fn withdraw(
     if config_queued {
         c.outbox.remote_config = None;
     }
+    // One written into a plain-HTTP reply stays `unacknowledged`: the next report tells whether
+    // the collector read it (its verdict is then awaited) or not (it is then released, and never
+    // sent again: `delivery::acknowledge`).
     if c.config_sent.as_deref() == Some(hash) && (config_queued || !c.connected) {
         c.config_sent = None;
     }
@@ -512,6 +565,10 @@ fn withdraw(
     {
         c.package_offered = None;
     }
+    // Nothing of a cancelled rollout is sent again, not even to a collector that lost it.
+    if c.standing.as_ref().is_some_and(|o| o.hash == hash) {
+        c.standing = None;
+    }
     if c.rollout.as_deref() == Some(rollout.as_str()) {
         c.rollout = None;
         if c.state == Some(State::Pending) {
@@ -519,6 +576,74 @@ fn withdraw(
             settle_errors(c, now, out);
         }
     }
+}
+
+/// An offer too large for any message fails as its verdict would: the configuration (or package)
+/// is not awaited any more, and the collector goes to Error (from Configuring by `config_failed`,
+/// from Upgrading by `upgrade_failed`) with the reason, so its rollout target fails rather than
+/// waiting for a verdict that cannot come.
+fn undeliverable(
+    c: &mut Collector,
+    offer: &TooLarge,
+    limit: usize,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    let message = offer.message(limit);
+    match offer {
+        TooLarge::Configuration { hash, .. } if c.config_sent.as_deref() == Some(hash) => {
+            fail_configuration(c, hash, &message, now, out);
+        }
+        TooLarge::Package { hash, .. }
+            if c.package_offered.as_ref().is_some_and(|p| &p.hash == hash) =>
+        {
+            let cause = c
+                .package_offered
+                .as_ref()
+                .map(|p| format!("{} {}", p.name, p.version));
+            fail_package(c, message, cause, now, out);
+        }
+        _ => {}
+    }
+}
+
+/// The configuration `hash` failed (its verdict, or it can never be delivered): not awaited any
+/// more, never sent again on its own, and the collector goes to Error saying why.
+fn fail_configuration(
+    c: &mut Collector,
+    hash: &[u8],
+    message: &str,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    c.config_sent = None;
+    c.config_failed = Some(hash.to_vec());
+    c.config_error = Some(message.to_owned());
+    c.rollout = None;
+    let reason = if c.state == Some(State::Configuring) {
+        Reason::ConfigFailed
+    } else {
+        Reason::ConfigError
+    };
+    go(c, reason, message, Some(hex(hash)), now, out);
+}
+
+/// The offered package failed: not awaited any more, and the collector goes to Error saying why.
+fn fail_package(
+    c: &mut Collector,
+    message: String,
+    cause: Option<String>,
+    now: SystemTime,
+    out: &mut Vec<Effect>,
+) {
+    c.package_offered = None;
+    let reason = if c.state == Some(State::Upgrading) {
+        Reason::UpgradeFailed
+    } else {
+        Reason::UpdateError
+    };
+    go(c, reason, &message, cause, now, out);
+    c.package_error = Some(message);
 }
 
 /// A collector left Configuring or Upgrading with nothing awaited: its offer was withdrawn before
@@ -598,6 +723,9 @@ fn send_configuration(
     }
     let cause = Some(hex(&offer.hash));
     c.config_sent = Some(offer.hash.clone());
+    c.withdrawn = None;
+    c.standing = Some(offer.clone());
+    c.standing_resent = false;
     c.missing_components.clear();
     if rollout.is_some() {
         c.rollout = rollout;
@@ -670,6 +798,7 @@ mod tests {
                     "otelcol".to_owned(),
                     PackageStatus {
                         agent_has_version: if new { "2" } else { "1" }.into(),
+                        agent_has_hash: Vec::new(),
                         server_offered_version: "2".into(),
                         status,
                         error_message: "failed".into(),
@@ -739,9 +868,16 @@ mod tests {
                 content_hash: vec![],
                 signature: vec![],
                 hash: vec![1],
+                kept: Vec::new(),
+                all_hash: Vec::new(),
             })),
             1 => Just(Event::RemoveFromRollout { rollout: "r".into() }),
             1 => (0..2usize).prop_map(|i| Event::Withdraw { rollout: "r".into(), hash: HASHES[i].to_vec() }),
+            1 => (0..2usize).prop_map(|i| Event::Standing { offer: ConfigOffer { files: ConfigFiles::new(), hash: HASHES[i].to_vec() } }),
+            1 => (0..2usize).prop_map(|i| Event::Undeliverable {
+                offer: TooLarge::Configuration { hash: HASHES[i].to_vec(), size: 2 },
+                limit: 1,
+            }),
             1 => Just(Event::Restart),
         ]
     }

@@ -4,13 +4,16 @@
 pub mod actor;
 pub mod bus;
 pub mod contest;
+pub mod delivery;
 pub mod encoding;
 pub mod facets;
 pub mod facts;
 pub mod handle;
 pub mod machine;
+pub mod packages;
 pub mod persist;
 pub mod registry;
+pub mod resend;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -184,6 +187,9 @@ pub enum PackageState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PackageStatus {
     pub agent_has_version: String,
+    /// The hash of the package the collector has (`agent_has_hash`).
+    #[serde(default, with = "encoding::hex")]
+    pub agent_has_hash: Vec<u8>,
     pub server_offered_version: String,
     pub status: PackageState,
     pub error_message: String,
@@ -264,7 +270,36 @@ pub struct PackageOffer {
     pub content_hash: Vec<u8>,
     #[serde(with = "encoding::hex")]
     pub signature: Vec<u8>,
-    /// Over every field above; doubles as `all_packages_hash`, one package being all of them.
+    /// Over every field above: the package's own hash.
+    #[serde(with = "encoding::hex")]
+    pub hash: Vec<u8>,
+    /// The other packages the collector is to keep, listed beside the offered one: a collector
+    /// removes every package an offer does not list (`packages::listing`).
+    #[serde(default)]
+    pub kept: Vec<KeptPackage>,
+    /// Over every package listed: the offer's `all_packages_hash` (`packages::all_packages_hash`).
+    /// Empty in offers made before it was computed, which listed one package and used its hash.
+    #[serde(default, with = "encoding::hex")]
+    pub all_hash: Vec<u8>,
+}
+
+impl PackageOffer {
+    /// The offer's `all_packages_hash`.
+    pub fn all_packages_hash(&self) -> &[u8] {
+        if self.all_hash.is_empty() {
+            &self.hash
+        } else {
+            &self.all_hash
+        }
+    }
+}
+
+/// A package a collector reported it has from a server, listed in an offer so that it keeps it:
+/// at the version and with the hash it reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptPackage {
+    pub name: String,
+    pub version: String,
     #[serde(with = "encoding::hex")]
     pub hash: Vec<u8>,
 }
@@ -290,6 +325,18 @@ impl Outbound {
             || self.report_available_components
             || self.remote_config.is_some()
             || self.package.is_some()
+    }
+
+    /// The offers and the command alone, without the flags: what a message that was not written
+    /// gives back.
+    #[must_use]
+    pub fn offers(&self) -> Outbound {
+        Outbound {
+            remote_config: self.remote_config.clone(),
+            package: self.package.clone(),
+            restart: self.restart,
+            ..Outbound::default()
+        }
     }
 
     /// Folds a newer message into this one: flags accumulate, offers are replaced by the newer.

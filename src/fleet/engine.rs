@@ -78,6 +78,7 @@ impl Fleet {
         router: Arc<Router>,
         store: Arc<dyn Store>,
         flushes: watch::Receiver<u64>,
+        default_timeout: Duration,
         shutdown: CancellationToken,
     ) -> Result<Self, FleetError> {
         let from = store.last_seq().await?;
@@ -103,6 +104,7 @@ impl Fleet {
             rollouts,
             offers: Vec::new(),
             withdrawals: Vec::new(),
+            default_timeout,
         };
         tokio::spawn(engine.run(rx, shutdown));
         Ok(Self { tx })
@@ -137,6 +139,8 @@ struct Engine {
     events: Tail,
     /// Cancelled rollouts' offers still to take back from collectors on nodes that did not answer.
     withdrawals: Vec<Withdrawal>,
+    /// How long a target's verdict may take when its rollout does not say.
+    default_timeout: Duration,
 }
 
 struct Withdrawal {
@@ -283,6 +287,10 @@ impl Engine {
 
     async fn start(&mut self, new: NewRollout) -> Result<Rollout, FleetError> {
         let (hash, what) = self.what(&new.payload).await?;
+        let mut options = new.options;
+        if options.timeout_seconds == 0 {
+            options.timeout_seconds = self.default_timeout.as_secs().max(1);
+        }
         let mut targets = Vec::new();
         for stored in self.matching(&new.selector).await? {
             // Labels are the store's alone (the selector matched them there); the rest of the
@@ -295,7 +303,7 @@ impl Engine {
             payload: new.payload,
             hash,
             selector: new.selector.to_string(),
-            options: new.options,
+            options,
             status: if new.dry_run {
                 Status::DryRun
             } else {
@@ -388,7 +396,7 @@ impl Engine {
             }
             (Control::Resume, Status::Paused) => {
                 rollout.status = Status::Running;
-                rollout.failures_accepted = rollout.count(Outcome::Failed);
+                rollout.failures_accepted = rollout.failures();
                 rollout.reason.clear();
             }
             (control, status) => {
@@ -481,13 +489,20 @@ impl Engine {
             }
             let outcome = self.send(&rollout.id, id).await;
             if let Some(target) = rollout.target_mut(id) {
-                target.outcome = outcome;
+                // Its clock starts again: the configuration is sent anew.
+                target.outcome = Outcome::Waiting;
+                target.sent(outcome, SystemTime::now());
             }
             info!(rollout = %rollout.id, collector_id = %id, "configuration sent again to a returning collector");
             if self.save(&rollout).await.is_ok() {
                 self.rollouts[i] = rollout;
             }
             return;
+        }
+        if let Some(offer) = self.standing(id).await {
+            // The actor adopts it if it has none, and sends it again if the collector reports
+            // another hash (R5).
+            let _ = self.router.apply(id, Event::Standing { offer }).await;
         }
         if !self.rollouts.iter().any(|r| r.status == Status::Completed) {
             return;
@@ -514,12 +529,31 @@ impl Engine {
         let mut target = self.offers[o].what.plan(&record);
         if target.outcome == Outcome::Pending {
             target.batch = Some(rollout.batches_started);
-            target.outcome = self.send(&rollout.id, id).await;
+            let outcome = self.send(&rollout.id, id).await;
+            target.sent(outcome, SystemTime::now());
         }
         info!(rollout = %rollout.id, collector_id = %id, outcome = target.outcome.as_str(), "a late collector joins a completed rollout");
         rollout.targets.push(target);
         if self.save(&rollout).await.is_ok() {
             self.rollouts[i] = rollout;
+        }
+    }
+
+    /// The configuration the newest rollout that had this collector apply (or already run) one
+    /// stands for; a cancelled rollout stands for nothing.
+    async fn standing(&mut self, id: CollectorId) -> Option<crate::collector::ConfigOffer> {
+        let i = self.rollouts.iter().rposition(|r| {
+            matches!(r.payload, Payload::Configuration { .. })
+                && standing_from(r.status)
+                && r.targets.iter().any(|t| {
+                    t.collector == id && matches!(t.outcome, Outcome::Applied | Outcome::Skipped)
+                })
+        })?;
+        let rollout = self.rollouts[i].clone();
+        let o = self.offer(&rollout).await.ok()?;
+        match &self.offers[o].what {
+            What::Configuration { offer, .. } => Some(offer.clone()),
+            What::Package(_) => None,
         }
     }
 
@@ -597,9 +631,22 @@ impl Engine {
                     updated.rolled_back = self.roll_back(&target).await;
                 }
             } else if record.connected && awaited {
-                updated.outcome = in_flight;
+                updated.sent(in_flight, SystemTime::now());
             } else if !record.connected {
                 updated.outcome = Outcome::Waiting;
+            }
+        }
+        let timed_out = rollout.time_out(self.default_timeout, SystemTime::now());
+        if !timed_out.is_empty() {
+            info!(rollout = %rollout.id, timed_out = timed_out.len(), "targets gave no verdict in time");
+            // Their offers stop being sent again (a written one's verdict is still read by the
+            // collector's record, not by the rollout); carried out on the next tick.
+            for collector in timed_out {
+                self.withdrawals.push(Withdrawal {
+                    rollout: rollout.id.clone(),
+                    hash: hash.clone(),
+                    collector,
+                });
             }
         }
         if rollout.status != Status::Running {
@@ -607,9 +654,14 @@ impl Engine {
         }
         if rollout.too_many_failures() {
             rollout.status = Status::Paused;
+            let what = if rollout.count(Outcome::TimedOut) == 0 {
+                "failed the configuration"
+            } else {
+                "failed or gave no verdict in time"
+            };
             rollout.reason = format!(
-                "{} collectors failed the configuration, more than max_errors ({}) allows",
-                rollout.count(Outcome::Failed) - rollout.failures_accepted,
+                "{} collectors {what}, more than max_errors ({}) allows",
+                rollout.failures() - rollout.failures_accepted,
                 rollout.options.max_errors
             );
             info!(rollout = %rollout.id, reason = %rollout.reason, "rollout paused itself");
@@ -637,7 +689,8 @@ impl Engine {
         for i in next {
             let id = rollout.targets[i].collector;
             rollout.targets[i].batch = Some(batch);
-            rollout.targets[i].outcome = self.send(&rollout.id, id).await;
+            let outcome = self.send(&rollout.id, id).await;
+            rollout.targets[i].sent(outcome, SystemTime::now());
         }
     }
 
@@ -670,4 +723,9 @@ impl Engine {
             .await?;
         Ok(())
     }
+}
+
+/// Rollouts whose applied configurations stand: running, paused or completed ones.
+fn standing_from(status: Status) -> bool {
+    matches!(status, Status::Running | Status::Paused | Status::Completed)
 }

@@ -57,7 +57,7 @@ impl What {
                 (outcome, missing)
             }
             What::Package(offer) => {
-                let outcome = if !record.capabilities.has(Capabilities::ACCEPTS_PACKAGES) {
+                let outcome = if !reports_packages(record) {
                     Outcome::Unsupported
                 } else if has_package(record, &spec_of(offer)) {
                     Outcome::Skipped
@@ -84,6 +84,7 @@ impl What {
                 .filter(|s| s.status == crate::collector::RemoteConfigState::Applied)
                 .map(|s| crate::collector::machine::hex(&s.hash)),
             rolled_back: false,
+            sent_at: None,
         }
     }
 
@@ -114,6 +115,13 @@ impl What {
 fn reports_configurations(record: &Collector) -> bool {
     let can = record.capabilities;
     can.has(Capabilities::ACCEPTS_REMOTE_CONFIG) && can.has(Capabilities::REPORTS_REMOTE_CONFIG)
+}
+
+/// Whether a package offer to this collector can settle: it must accept packages and report
+/// their statuses (`ReportsPackageStatuses`), the only way its verdict comes.
+fn reports_packages(record: &Collector) -> bool {
+    let can = record.capabilities;
+    can.has(Capabilities::ACCEPTS_PACKAGES) && can.has(Capabilities::REPORTS_PACKAGE_STATUSES)
 }
 
 pub(super) fn spec_of(offer: &PackageOffer) -> PackageSpec {
@@ -157,6 +165,8 @@ pub fn package_offer(spec: &PackageSpec) -> Result<PackageOffer, FleetError> {
         content_hash,
         signature,
         hash: digest.finalize().to_vec(),
+        kept: Vec::new(),
+        all_hash: Vec::new(),
     })
 }
 

@@ -2,6 +2,7 @@
 //! fared. Pure data and rules; the engine carries them out.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -21,6 +22,10 @@ pub struct RolloutOptions {
     pub max_errors: usize,
     /// Send a collector that failed the configuration back to the last one it applied.
     pub rollback: bool,
+    /// How long a collector that was sent the payload has to give its verdict before its target
+    /// ends `timed_out` (a failure, counted against `max_errors`). 0 when starting: the server's
+    /// default, three heartbeat intervals.
+    pub timeout_seconds: u64,
 }
 
 impl Default for RolloutOptions {
@@ -31,6 +36,7 @@ impl Default for RolloutOptions {
             max_batch: 100,
             max_errors: 0,
             rollback: false,
+            timeout_seconds: 0,
         }
     }
 }
@@ -73,6 +79,8 @@ pub enum Outcome {
     /// configuration needs `AcceptsRemoteConfig` and `ReportsRemoteConfig`, a package
     /// `AcceptsPackages`.
     Unsupported,
+    /// Sent, but its verdict did not come within the rollout's `timeout_seconds`: a failure.
+    TimedOut,
     /// A newer rollout took it over.
     Replaced,
     /// The rollout was cancelled while this target was still open (queued, sent while it was
@@ -83,7 +91,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Pending,
         Outcome::Configuring,
         Outcome::Upgrading,
@@ -93,6 +101,7 @@ impl Outcome {
         Outcome::Incompatible,
         Outcome::Skipped,
         Outcome::Unsupported,
+        Outcome::TimedOut,
         Outcome::Replaced,
         Outcome::Cancelled,
     ];
@@ -108,6 +117,7 @@ impl Outcome {
             Outcome::Incompatible => "incompatible",
             Outcome::Skipped => "skipped",
             Outcome::Unsupported => "unsupported",
+            Outcome::TimedOut => "timed_out",
             Outcome::Replaced => "replaced",
             Outcome::Cancelled => "cancelled",
         }
@@ -172,6 +182,36 @@ pub struct Target {
     pub previous_hash: Option<String>,
     /// It failed and was sent its previous configuration again.
     pub rolled_back: bool,
+    /// When it was sent the payload while connected: its verdict is due `timeout_seconds` later.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub sent_at: Option<SystemTime>,
+}
+
+impl Target {
+    /// Records the outcome of sending: a payload now in a connected collector's hands starts the
+    /// clock of its verdict.
+    pub fn sent(&mut self, outcome: Outcome, now: SystemTime) {
+        if outcome.in_flight() && !self.outcome.in_flight() {
+            self.sent_at = Some(now);
+        }
+        self.outcome = outcome;
+    }
+}
+
+/// Whether a target whose verdict is awaited has waited `timeout` or more by `now`. A target
+/// without a sending time (stored before the time was kept) is not overdue: its clock starts when
+/// the engine next sees it in flight.
+pub fn overdue(target: &Target, timeout: Duration, now: SystemTime) -> bool {
+    target.outcome.in_flight()
+        && target
+            .sent_at
+            .and_then(|at| now.duration_since(at).ok())
+            .is_some_and(|waited| waited >= timeout)
 }
 
 /// A package to offer: what an upgrade carries.
@@ -228,11 +268,39 @@ impl Rollout {
             .collect()
     }
 
+    /// Targets that failed: their collector said so, or said nothing in time.
+    pub fn failures(&self) -> usize {
+        self.count(Outcome::Failed) + self.count(Outcome::TimedOut)
+    }
+
     /// Failures beyond those accepted and the tolerance: time to pause.
     pub fn too_many_failures(&self) -> bool {
-        self.count(Outcome::Failed)
-            .saturating_sub(self.failures_accepted)
-            > self.options.max_errors
+        self.failures().saturating_sub(self.failures_accepted) > self.options.max_errors
+    }
+
+    /// Ends every target whose verdict is overdue as `timed_out`; answers their collectors.
+    pub fn time_out(&mut self, default: Duration, now: SystemTime) -> Vec<CollectorId> {
+        let timeout = self.timeout(default);
+        let mut ended = Vec::new();
+        for target in &mut self.targets {
+            if target.outcome.in_flight() && target.sent_at.is_none() {
+                target.sent_at = Some(now);
+            }
+            if overdue(target, timeout, now) {
+                target.outcome = Outcome::TimedOut;
+                target.error = format!("no verdict within {} s", timeout.as_secs());
+                ended.push(target.collector);
+            }
+        }
+        ended
+    }
+
+    /// Its `timeout_seconds`, or `default` where it has none (documents stored before it existed).
+    pub fn timeout(&self, default: Duration) -> Duration {
+        match self.options.timeout_seconds {
+            0 => default,
+            seconds => Duration::from_secs(seconds),
+        }
     }
 
     /// Cancels the rollout: every open target ends `cancelled`. Answers the collectors that must
@@ -347,6 +415,7 @@ mod tests {
             components_unknown: false,
             previous_hash: None,
             rolled_back: false,
+            sent_at: None,
         }
     }
 
@@ -402,6 +471,47 @@ mod tests {
             assert_eq!(r.cancel(), None);
             assert_eq!(r.status, status, "unchanged");
         }
+    }
+
+    #[test]
+    fn a_target_without_a_verdict_times_out_and_counts_as_a_failure() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut r = rollout(
+            Status::Running,
+            vec![
+                target(0, Outcome::Configuring),
+                target(1, Outcome::Upgrading),
+                target(2, Outcome::Waiting),
+                target(3, Outcome::Pending),
+                target(4, Outcome::Applied),
+            ],
+        );
+        r.targets[0].sent(Outcome::Configuring, t0);
+        r.targets[0].sent_at = Some(t0);
+        r.targets[1].sent_at = Some(t0 + Duration::from_secs(50));
+        r.options.timeout_seconds = 60;
+        let default = Duration::from_secs(5);
+        assert_eq!(r.time_out(default, t0 + Duration::from_secs(59)).len(), 0);
+        assert_eq!(r.time_out(default, t0 + Duration::from_mins(1)).len(), 1);
+        assert_eq!(r.targets[0].outcome, Outcome::TimedOut);
+        assert_eq!(r.targets[0].error, "no verdict within 60 s");
+        assert_eq!(r.targets[1].outcome, Outcome::Upgrading, "sent later");
+        assert!(r.too_many_failures(), "max_errors 0: one is too many");
+        r.options.max_errors = 1;
+        assert!(!r.too_many_failures());
+        assert_eq!(r.time_out(default, t0 + Duration::from_secs(500)).len(), 1);
+        assert_eq!(r.failures(), 2);
+        assert_eq!(
+            (r.targets[2].outcome, r.targets[3].outcome),
+            (Outcome::Waiting, Outcome::Pending),
+            "never sent to a connected collector: no clock"
+        );
+        // Without its own timeout, and without a sending time (stored before it was kept): the
+        // clock starts when first seen.
+        let mut old = rollout(Status::Running, vec![target(0, Outcome::Configuring)]);
+        assert_eq!(old.time_out(default, t0).len(), 0);
+        assert_eq!(old.targets[0].sent_at, Some(t0));
+        assert_eq!(old.time_out(default, t0 + default).len(), 1);
     }
 
     #[test]

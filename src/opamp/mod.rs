@@ -135,19 +135,21 @@ impl Opamp {
                         if !matches!(timeout(wait, confirm.committed()).await, Ok(true)) {
                             // Not stored yet: the collector must not take this reply as a
                             // receipt. What it carried goes back to wait for the next one.
-                            self.registry.unsent(known_as.id, outbound).await;
+                            self.registry.unsent(known_as.id, *outbound).await;
                             let retry_after = jittered(self.config.store_retry_after);
                             self.metrics
                                 .counter(metrics::REJECTED, &[("reason", "not_committed")])
                                 .increment(1);
                             return Ok(Processed {
                                 reply: report::unavailable(sent.bytes, retry_after),
+                                offered: crate::collector::Outbound::default(),
                                 collector: known_as,
                                 retry_after: Some(retry_after),
                             });
                         }
                     }
-                    let mut reply = report::to_server_to_agent(sent.bytes, outbound);
+                    let offered = outbound.offers();
+                    let mut reply = report::to_server_to_agent(sent.bytes, *outbound);
                     if reply.command.is_none() {
                         reply.agent_identification = identification;
                     }
@@ -155,6 +157,7 @@ impl Opamp {
                     return Ok(Processed {
                         collector: known_as,
                         reply,
+                        offered,
                         retry_after: None,
                     });
                 }
@@ -255,6 +258,8 @@ pub(crate) fn jittered(base: Duration) -> u64 {
 pub(crate) struct Processed {
     collector: WireUid,
     reply: proto::ServerToAgent,
+    /// The offers and command the reply carries, to give back to the outbox if it is not written.
+    offered: crate::collector::Outbound,
     retry_after: Option<u64>,
 }
 

@@ -164,6 +164,7 @@ fn package_statuses(p: proto::PackageStatuses) -> PackageStatuses {
                     text(name),
                     PackageStatus {
                         agent_has_version: text(s.agent_has_version),
+                        agent_has_hash: s.agent_has_hash.to_vec(),
                         server_offered_version: text(s.server_offered_version),
                         status,
                         error_message: text(s.error_message),
@@ -218,25 +219,32 @@ pub fn to_server_to_agent(uid: Bytes, outbound: Outbound) -> proto::ServerToAgen
             config_hash: Bytes::from(offer.hash),
         });
     message.packages_available = outbound.package.map(|package| {
-        // One top-level package: its hash is also the hash of all packages.
-        let hash = Bytes::from(package.hash);
+        let all_packages_hash = Bytes::copy_from_slice(package.all_packages_hash());
+        // The kept packages as the collector has them: same version, same hash, so it has nothing
+        // to download for them, and nothing to remove.
+        let kept = package.kept.into_iter().map(|k| {
+            let available = proto::PackageAvailable {
+                r#type: proto::PackageType::TopLevel as i32,
+                version: k.version,
+                file: None,
+                hash: Bytes::from(k.hash),
+            };
+            (k.name, available)
+        });
+        let offered = proto::PackageAvailable {
+            r#type: proto::PackageType::TopLevel as i32,
+            version: package.version,
+            file: Some(proto::DownloadableFile {
+                download_url: package.download_url,
+                content_hash: Bytes::from(package.content_hash),
+                signature: Bytes::from(package.signature),
+                headers: None,
+            }),
+            hash: Bytes::from(package.hash),
+        };
         proto::PackagesAvailable {
-            packages: [(
-                package.name,
-                proto::PackageAvailable {
-                    r#type: proto::PackageType::TopLevel as i32,
-                    version: package.version,
-                    file: Some(proto::DownloadableFile {
-                        download_url: package.download_url,
-                        content_hash: Bytes::from(package.content_hash),
-                        signature: Bytes::from(package.signature),
-                        headers: None,
-                    }),
-                    hash: hash.clone(),
-                },
-            )]
-            .into(),
-            all_packages_hash: hash,
+            packages: kept.chain([(package.name, offered)]).collect(),
+            all_packages_hash,
         }
     });
     message

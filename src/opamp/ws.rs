@@ -17,7 +17,9 @@ use tracing::{Instrument, debug, field, info_span, warn};
 use super::identity::WireUid;
 use super::{Opamp, OpampError, frame, report};
 use crate::collector::handle::{self, ConnectionRef};
-use crate::collector::{ClientCertificate, CloseReason, CollectorId, Delivery, Transport};
+use crate::collector::{
+    ClientCertificate, CloseReason, CollectorId, Delivery, Outbound, Transport,
+};
 use crate::net::Connection;
 use crate::net::budget::{Meter, OverBudget};
 
@@ -102,6 +104,8 @@ struct Session {
     meter: Option<Meter>,
     /// The verified client certificate of the socket (mutual TLS).
     client_certificate: Option<Arc<ClientCertificate>>,
+    /// Offers a write failed to deliver, given back to their collectors' outboxes at the end.
+    unwritten: Vec<(CollectorId, Outbound)>,
 }
 
 /// How a session ends: who closes, and with what.
@@ -134,6 +138,7 @@ impl Session {
             first_message_by: Some(first_message_by),
             meter,
             client_certificate,
+            unwritten: Vec::new(),
         }
     }
 
@@ -155,6 +160,18 @@ impl Session {
             Ending::Close(code, reason) => Box::pin(self.close(code, reason)).await,
             Ending::ByPeer => Box::pin(self.drain()).await,
             Ending::Stalled => {}
+        }
+        // Offers that were never written go back to their outboxes before the collectors are
+        // detached: they go out on the next connection. Pushes still queued were never written
+        // either; closing the queue first makes later ones stay in the actor.
+        self.push_rx.close();
+        while let Ok(delivery) = self.push_rx.try_recv() {
+            if let Delivery::Send(id, outbound) = delivery {
+                self.unwritten.push((id, outbound.offers()));
+            }
+        }
+        for (id, outbound) in std::mem::take(&mut self.unwritten) {
+            self.opamp.registry.unsent(id, outbound).await;
         }
         for id in self.collectors.keys() {
             self.opamp
@@ -197,8 +214,10 @@ impl Session {
                             || Bytes::copy_from_slice(id.0.as_bytes()),
                             |wire| wire.bytes.clone(),
                         );
+                        let offered = outbound.offers();
                         let message = report::to_server_to_agent(uid, *outbound);
                         if let Some(ending) = Box::pin(self.send(&message)).await {
+                            self.unwritten.push((id, offered));
                             return ending;
                         }
                     }
@@ -263,6 +282,7 @@ impl Session {
             push: Some(self.push_tx.clone()),
             client_certificate: self.client_certificate.clone(),
         };
+        let mut offered = None;
         let reply = match self
             .opamp
             .process(frame::strip_header(data), connection)
@@ -270,6 +290,7 @@ impl Session {
         {
             Ok(processed) => {
                 let collector = processed.collector;
+                offered = Some((collector.id, processed.offered));
                 self.collectors.insert(collector.id, collector);
                 processed.reply
             }
@@ -290,7 +311,13 @@ impl Session {
                 ));
             }
         };
-        self.send(&reply).await
+        let ending = self.send(&reply).await;
+        if ending.is_some()
+            && let Some(offered) = offered
+        {
+            self.unwritten.push(offered);
+        }
+        ending
     }
 
     async fn send(&mut self, message: &crate::proto::ServerToAgent) -> Option<Ending> {

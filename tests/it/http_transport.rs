@@ -174,7 +174,14 @@ async fn messages_for_http_collectors_wait_for_the_next_poll() {
         &[7; 32]
     );
     assert!(first.command.is_none());
-    let second = post_ok(&server.opamp_url, &heartbeat(&uid, 2)).await;
+    // The next poll shows it arrived (its status names the hash): the command goes next.
+    let mut received = heartbeat(&uid, 2);
+    received.remote_config_status = Some(opampd::proto::RemoteConfigStatus {
+        last_remote_config_hash: vec![7; 32].into(),
+        status: opampd::proto::RemoteConfigStatuses::Applying as i32,
+        error_message: String::new(),
+    });
+    let second = post_ok(&server.opamp_url, &received).await;
     assert!(second.command.is_some());
     assert!(second.remote_config.is_none());
     let third = post_ok(&server.opamp_url, &heartbeat(&uid, 3)).await;
@@ -207,6 +214,8 @@ async fn a_poll_gets_the_latest_of_each_kind() {
             content_hash: vec![1; 32],
             signature: vec![],
             hash: version.as_bytes().to_vec(),
+            kept: Vec::new(),
+            all_hash: Vec::new(),
         })
     };
     for event in [
@@ -231,7 +240,18 @@ async fn a_poll_gets_the_latest_of_each_kind() {
         "the latest package"
     );
     assert!(first.command.is_none(), "the restart travels alone");
-    let second = post_ok(&server.opamp_url, &heartbeat(&uid, 2)).await;
+    // The offers stay until a report shows they arrived; this one does, so the command goes next.
+    let mut received = heartbeat(&uid, 2);
+    received.remote_config_status = Some(opampd::proto::RemoteConfigStatus {
+        last_remote_config_hash: config.config_hash.clone(),
+        status: opampd::proto::RemoteConfigStatuses::Applying as i32,
+        error_message: String::new(),
+    });
+    received.package_statuses = Some(opampd::proto::PackageStatuses {
+        server_provided_all_packages_hash: packages.all_packages_hash.clone(),
+        ..Default::default()
+    });
+    let second = post_ok(&server.opamp_url, &received).await;
     assert!(second.command.is_some());
     assert!(second.remote_config.is_none() && second.packages_available.is_none());
     let third = post_ok(&server.opamp_url, &heartbeat(&uid, 3)).await;

@@ -502,19 +502,74 @@ async fn python_applies_and_fails_configurations_from_rollouts() {
     }
 }
 
-/// The real Node client receives a rollout's configuration, acknowledges it, and is Connected.
+/// R5 with the real Python client (plain HTTP): after it applied a rollout's configuration it
+/// reports another hash as applied, and the reply to that very report carries ours again; it
+/// applies it, and its history shows the resend as `new_configuration`, once.
 #[tokio::test]
-async fn node_acknowledges_a_configuration_from_a_rollout() {
+async fn python_reporting_another_hash_is_sent_the_configuration_again() {
+    let (_server, api, (mut python, id), rollout) = one_client_in_a_rollout(Client::Python).await;
+    let python = &mut python;
+    assert_eq!(
+        python.expect("remote_config").await["hash"],
+        rollout["hash"]
+    );
+    python
+        .command(json!({"cmd": "apply", "status": "APPLIED"}))
+        .await;
+    rollout_reaches(&api, &rollout, |r| r["status"] == "completed").await;
+    python
+        .command(json!({"cmd": "apply", "status": "APPLIED", "hash": "00ff"}))
+        .await;
+    python
+        .expect_where("sent", |e| e["remote_config_status"]["hash"] == "00ff")
+        .await;
+    let again = python.expect("remote_config").await;
+    assert_eq!(again["hash"], rollout["hash"], "ours, sent again");
+    python
+        .command(json!({"cmd": "apply", "status": "APPLIED"}))
+        .await;
+    let reasons = [
+        &APPLIED_FROM_A_ROLLOUT[..],
+        &["new_configuration", "config_applied"],
+    ]
+    .concat();
+    settles_with(&api, python, &id, &reasons).await;
+}
+
+/// The history of a collector that applied a rollout's configuration.
+const APPLIED_FROM_A_ROLLOUT: [&str; 4] = [
+    "initial",
+    "queued_for_rollout",
+    "config_sent",
+    "config_applied",
+];
+
+/// A server, one labelled client of `client`'s kind, and the rollout of `logs` version 1 to it.
+async fn one_client_in_a_rollout(
+    client: Client,
+) -> (
+    TestServer,
+    crate::support::api::Api,
+    (Driver, String),
+    Value,
+) {
     let server = TestServer::start().await;
     let api = crate::support::api::Api::new(&server.api_url);
-    let mut drivers = labelled_clients(&server, &api, &[(Client::Node, "node")]).await;
+    let mut drivers = labelled_clients(&server, &api, &[(client, "one")]).await;
     let rollout = api
         .post_ok(
             "/api/v1/rollouts",
-            &json!({"configuration": "logs", "version": 1, "selector": "env=node"}),
+            &json!({"configuration": "logs", "version": 1, "selector": "env=one"}),
         )
         .await;
-    let (node, id) = &mut drivers[0];
+    (server, api, drivers.remove(0), rollout)
+}
+
+/// The real Node client receives a rollout's configuration, acknowledges it, and is Connected.
+#[tokio::test]
+async fn node_acknowledges_a_configuration_from_a_rollout() {
+    let (_server, api, (mut node, id), rollout) = one_client_in_a_rollout(Client::Node).await;
+    let node = &mut node;
     let received = node.expect("remote_config").await;
     assert_eq!(received["hash"], rollout["hash"]);
     let body = received["files"]["collector.yaml"]["body"]
@@ -527,22 +582,27 @@ async fn node_acknowledges_a_configuration_from_a_rollout() {
         r["status"] == "completed" && r["progress"]["applied"] == 1
     })
     .await;
-    let reasons = [
-        "initial",
-        "queued_for_rollout",
-        "config_sent",
-        "config_applied",
-    ];
-    eventually("stored", || async {
-        (history_of(&api, id).await == reasons).then_some(())
-    })
-    .await;
+    settles_with(&api, node, &id, &APPLIED_FROM_A_ROLLOUT).await;
     assert_eq!(
         api.ok(&format!("/api/v1/collectors/{id}")).await["state"],
         "connected"
     );
-    assert!(node.stop().await.success());
-    assert!(node.errors().is_empty(), "{:#?}", node.errors());
+}
+
+/// Waits until the collector's stored history is `reasons`, then stops its driver, which must
+/// have run into nothing.
+async fn settles_with(
+    api: &crate::support::api::Api,
+    driver: &mut Driver,
+    id: &str,
+    reasons: &[&str],
+) {
+    eventually("stored", || async {
+        (history_of(api, id).await == reasons).then_some(())
+    })
+    .await;
+    assert!(driver.stop().await.success());
+    assert!(driver.errors().is_empty(), "{:#?}", driver.errors());
 }
 
 async fn rollout_reaches(

@@ -34,6 +34,7 @@ mod binary;
 mod budget;
 mod configurations;
 mod custom_capabilities;
+mod delivery;
 mod docs;
 mod durability;
 mod edges;

@@ -62,7 +62,7 @@ pub(crate) async fn rollout_where(
     .await
 }
 
-fn target(rollout: &Value, id: CollectorId) -> &Value {
+pub(crate) fn target(rollout: &Value, id: CollectorId) -> &Value {
     rollout["targets"]
         .as_array()
         .unwrap()

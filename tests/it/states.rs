@@ -36,6 +36,8 @@ fn package() -> PackageOffer {
         content_hash: vec![1; 32],
         signature: vec![],
         hash: vec![2; 32],
+        kept: Vec::new(),
+        all_hash: Vec::new(),
     }
 }
 
@@ -362,7 +364,9 @@ async fn connected_to_upgrading() {
     assert_eq!(file.download_url, "http://127.0.0.1:1/otelcol.tar.gz");
     assert_eq!(file.content_hash.as_ref(), [1; 32]);
     assert_eq!(otelcol.hash.as_ref(), [2; 32]);
-    assert_eq!(offered.all_packages_hash.as_ref(), [2; 32]);
+    // The only package listed: the aggregate is over it alone.
+    let all = opampd::collector::packages::all_packages_hash([("otelcol", &[2; 32][..])]);
+    assert_eq!(offered.all_packages_hash.as_ref(), all.as_slice());
 }
 
 #[tokio::test]

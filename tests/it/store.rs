@@ -89,6 +89,7 @@ fn full_record(id: CollectorId, state: State) -> Collector {
             "otelcol".into(),
             PackageStatus {
                 agent_has_version: "0.1.0".into(),
+                agent_has_hash: vec![3; 32],
                 server_offered_version: "0.2.0".into(),
                 status: PackageState::Installing,
                 error_message: String::new(),
@@ -119,6 +120,8 @@ fn full_record(id: CollectorId, state: State) -> Collector {
         content_hash: vec![7; 32],
         signature: vec![],
         hash: vec![8; 32],
+        kept: Vec::new(),
+        all_hash: Vec::new(),
     });
     c.rollout = Some("rollout-1".into());
     c.missing_components = vec!["exporters/kafka".into()];

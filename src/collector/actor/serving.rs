@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use super::Actor;
 use crate::collector::contest::Verdict;
+use crate::collector::delivery;
 use crate::collector::facets;
 use crate::collector::handle::{Answer, ConnectionRef};
 use crate::collector::machine::{Collector, Event};
@@ -68,10 +69,10 @@ impl Actor {
         // A message arrived: whatever was late is not.
         self.refresh_facets(false);
         self.record.outbox.merge(asks);
-        let outbound = self.record.outbox.take_sendable(self.record.capabilities);
+        let outbound = self.take_outbox(transport);
         self.save().await;
         Answer::Reply {
-            outbound,
+            outbound: Box::new(outbound),
             confirm: self.confirmation().await,
         }
     }
@@ -152,13 +153,25 @@ impl Actor {
         self.silent_deadline = None;
     }
 
+    /// What one message carries now (see `delivery::take`); an offer too large for any message is
+    /// refused as failed.
+    fn take_outbox(&mut self, transport: Transport) -> Outbound {
+        let limit = self.shared.settings.max_message_bytes;
+        let (out, too_large) = delivery::take(&mut self.record, transport, limit);
+        for offer in too_large {
+            warn!(collector_id = %self.id, limit, ?offer, "an offer larger than the message limit is refused");
+            self.apply(Event::Undeliverable { offer, limit });
+        }
+        out
+    }
+
     /// Pushes whatever waits to a WebSocket connection; HTTP collectors get it on their next poll.
     pub(super) fn flush_outbox(&mut self) {
         let Some(push) = self.connection.as_ref().and_then(|c| c.push.clone()) else {
             return;
         };
         loop {
-            let out = self.record.outbox.take_sendable(self.record.capabilities);
+            let out = self.take_outbox(Transport::WebSocket);
             if out.is_empty() {
                 return;
             }
