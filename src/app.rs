@@ -226,6 +226,11 @@ async fn start_router(
             .context("cannot start the rollout engine")?;
         engine_slot.send_replace(Some(fleet));
     }
+    // Every node tells the collectors arriving there the connection settings offers give them.
+    tokio::spawn(
+        crate::fleet::settings::Distributor::new(Arc::clone(&router), Arc::clone(store))
+            .run(Arc::clone(registry), shutdown.clone()),
+    );
     Ok((router, cluster))
 }
 
@@ -294,6 +299,19 @@ async fn start_probe(
     .await
 }
 
+fn actor_settings(config: &Config) -> ActorSettings {
+    ActorSettings {
+        liveness_window: config.opamp.liveness_window(),
+        stale_after: config
+            .opamp
+            .heartbeat_interval
+            .mul_f64(crate::collector::actor::STALE_INTERVALS),
+        liveness_intervals: config.opamp.liveness_intervals,
+        last_seen_interval: config.database.last_seen_interval,
+        grace_period: config.collectors.grace_period,
+    }
+}
+
 /// Binds both listeners and starts serving. Port 0 picks a free port; the bound addresses are in
 /// the returned [`Running`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
@@ -321,28 +339,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics.clone(),
     );
     let store_health = Arc::clone(&writer.health);
-    let registry = Arc::new(Registry::new(
-        ActorSettings {
-            liveness_window: config.opamp.liveness_window(),
-            // Late by half an interval: a poll that jitter or a slow network delayed is not.
-            stale_after: config.opamp.heartbeat_interval.mul_f64(1.5),
-            last_seen_interval: config.database.last_seen_interval,
-            grace_period: config.collectors.grace_period,
-        },
-        Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store)))),
-        config.collectors.max_resident,
-        metrics.clone(),
-        actors_stop.clone(),
-        actors.clone(),
-    ));
+    let registry = Arc::new(
+        Registry::new(
+            actor_settings(&config),
+            Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store)))),
+            config.collectors.max_resident,
+            metrics.clone(),
+            actors_stop.clone(),
+            actors.clone(),
+        )
+        .with_custom_limits(config.custom_messages.limits()),
+    );
     tokio::spawn(tell_fenced(Arc::clone(&registry), fenced));
-    let (router, cluster) = start_router(
+    // Boxed: its future (the cluster's start-up) need not weigh on every caller of `start`.
+    let (router, cluster) = Box::pin(start_router(
         &config,
         &registry,
         &store,
         store_health.flushes(),
         &shutdown,
-    )
+    ))
     .await?;
     let opamp = Opamp::new(
         config.opamp.clone(),

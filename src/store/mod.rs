@@ -313,6 +313,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         hash: &str,
     ) -> Result<Option<ConfigurationVersion>, StoreError>;
+    /// Writes a connection settings offer's document (inserted, or replacing the one of that
+    /// name); `true` when it is new.
+    async fn save_settings_offer(
+        &self,
+        name: &str,
+        document: &serde_json::Value,
+    ) -> Result<bool, StoreError>;
+    /// Every connection settings offer's document, by name.
+    async fn settings_offers(&self) -> Result<Vec<serde_json::Value>, StoreError>;
+    /// Deletes an offer; `false` when there was none of that name.
+    async fn delete_settings_offer(&self, name: &str) -> Result<bool, StoreError>;
     /// After an unclean stop: marks every collector this node held and the store still shows as
     /// not Disconnected as Disconnected (`server_termination`), with the transition recorded.
     /// Returns how many were marked.
