@@ -458,6 +458,17 @@ fn reports(out: &mut String, c: &Value) {
             &format!("hash {}", short_hash(&c["effective_config"]["hash"])),
         );
     }
+    if let Some(settings) = c["connection_settings"].as_object() {
+        let mut line = format!(
+            "{} (hash {})",
+            text(&settings["status"], "-"),
+            short_hash(&settings["hash"])
+        );
+        if let Some(error) = settings["error_message"].as_str().filter(|e| !e.is_empty()) {
+            let _ = write!(line, ": {error}");
+        }
+        field(out, "Connection", &line);
+    }
     if let Some(packages) = c["packages"]["packages"]
         .as_object()
         .filter(|p| !p.is_empty())
