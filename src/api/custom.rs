@@ -19,11 +19,9 @@ use crate::collector::custom::Refusal;
 use crate::collector::{Collector, CollectorId, Event};
 use crate::config::Role;
 use crate::selector::Selector;
-use crate::store::{After, CollectorQuery, SortKey};
 
 /// Most collectors one message to a selector may reach.
 const MAX_SELECTED: usize = 10_000;
-const PAGE: usize = 500;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -204,49 +202,24 @@ pub async fn to_selected(
         sent: Vec::new(),
         skipped: Vec::new(),
     };
-    let mut after = None;
-    let mut seen = 0;
-    loop {
-        let page = api
-            .store
-            .list(&CollectorQuery {
-                states: Vec::new(),
-                facets: crate::collector::facets::Facets::default(),
-                custom_capabilities: vec![message.capability.clone()],
-                selector: selector.clone(),
-                text: None,
-                sort: SortKey::Id,
-                descending: false,
-                after: after.take(),
-                limit: PAGE,
-            })
-            .await?;
-        for c in page.iter().filter(|c| c.connected) {
-            seen += 1;
-            if seen > MAX_SELECTED {
-                break;
-            }
-            let outcome = match send(&api, c, &message).await {
-                Ok(outcome) => outcome,
-                Err(ApiError::TooManyRequests { message, .. }) => Err(message),
-                Err(other) => return Err(other),
-            };
-            match outcome {
-                Ok(()) => answer.sent.push(c.id.to_string()),
-                Err(reason) => answer.skipped.push(Skipped {
-                    id: c.id.to_string(),
-                    reason,
-                }),
-            }
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE && seen <= MAX_SELECTED => {
-                after = Some(After {
-                    value: last.id.to_string(),
-                    id: last.id.to_string(),
-                });
-            }
-            _ => break,
+    let picked = crate::store::selected(
+        api.store.as_ref(),
+        &selector,
+        std::slice::from_ref(&message.capability),
+    )
+    .await?;
+    for c in picked.iter().filter(|c| c.connected).take(MAX_SELECTED) {
+        let outcome = match send(&api, c, &message).await {
+            Ok(outcome) => outcome,
+            Err(ApiError::TooManyRequests { message, .. }) => Err(message),
+            Err(other) => return Err(other),
+        };
+        match outcome {
+            Ok(()) => answer.sent.push(c.id.to_string()),
+            Err(reason) => answer.skipped.push(Skipped {
+                id: c.id.to_string(),
+                reason,
+            }),
         }
     }
     Ok((StatusCode::ACCEPTED, Json(answer)))

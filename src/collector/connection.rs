@@ -75,6 +75,16 @@ pub struct TelemetryConnection {
     pub proxy: Option<ProxySettings>,
 }
 
+impl TelemetryConnection {
+    /// To `url`, with nothing else set.
+    pub fn to(url: &str) -> Self {
+        Self {
+            destination_endpoint: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OtherConnection {
@@ -346,13 +356,6 @@ mod tests {
     use super::*;
     use crate::collector::CollectorId;
 
-    fn telemetry(url: &str) -> TelemetryConnection {
-        TelemetryConnection {
-            destination_endpoint: url.into(),
-            ..TelemetryConnection::default()
-        }
-    }
-
     fn everything() -> ConnectionSettings {
         ConnectionSettings {
             opamp: Some(OpampConnection {
@@ -360,9 +363,9 @@ mod tests {
                 heartbeat_interval_seconds: 5,
                 ..OpampConnection::default()
             }),
-            own_metrics: Some(telemetry("https://otlp/v1/metrics")),
-            own_traces: Some(telemetry("https://otlp/v1/traces")),
-            own_logs: Some(telemetry("https://otlp/v1/logs")),
+            own_metrics: Some(TelemetryConnection::to("https://otlp/v1/metrics")),
+            own_traces: Some(TelemetryConnection::to("https://otlp/v1/traces")),
+            own_logs: Some(TelemetryConnection::to("https://otlp/v1/logs")),
             other_connections: BTreeMap::from([(
                 "kafka".to_owned(),
                 OtherConnection {
@@ -408,10 +411,10 @@ mod tests {
         });
         assert_ne!(hash(&all), hash(&tls));
         // Map order is the key order, however the maps were filled.
-        let mut a = telemetry("u");
+        let mut a = TelemetryConnection::to("u");
         a.headers.insert("b".into(), "2".into());
         a.headers.insert("a".into(), "1".into());
-        let mut b = telemetry("u");
+        let mut b = TelemetryConnection::to("u");
         b.headers.insert("a".into(), "1".into());
         b.headers.insert("b".into(), "2".into());
         let with = |t: TelemetryConnection| ConnectionSettings {
@@ -423,7 +426,7 @@ mod tests {
         let expected = r#"{"own_logs":{"destination_endpoint":"u","headers":{"a":"1","b":"2"}}}"#;
         assert_eq!(
             hash(&with({
-                let mut t = telemetry("u");
+                let mut t = TelemetryConnection::to("u");
                 t.headers.insert("b".into(), "2".into());
                 t.headers.insert("a".into(), "1".into());
                 t

@@ -16,9 +16,7 @@ use crate::collector::connection::{
 };
 use crate::collector::{CollectorId, Event, Reason, Registry, State};
 use crate::selector::Selector;
-use crate::store::{After, CollectorQuery, SortKey, Store, StoreError};
-
-const PAGE: usize = 500;
+use crate::store::{Store, StoreError};
 /// Longest offer name, like configuration names.
 const MAX_NAME: usize = 100;
 
@@ -196,35 +194,10 @@ impl Distributor {
         let offers = offers(self.store.as_ref()).await?;
         let mut told = 0;
         for selector in selectors {
-            let mut after = None;
-            loop {
-                let page = self
-                    .store
-                    .list(&CollectorQuery {
-                        states: Vec::new(),
-                        facets: crate::collector::facets::Facets::default(),
-                        custom_capabilities: Vec::new(),
-                        selector: selector.clone(),
-                        text: None,
-                        sort: SortKey::Id,
-                        descending: false,
-                        after: after.take(),
-                        limit: PAGE,
-                    })
-                    .await?;
-                for c in page.iter().filter(|c| c.connected) {
-                    if self.tell(c.id, resolve(&offers, &c.labels)).await {
-                        told += 1;
-                    }
-                }
-                match page.last() {
-                    Some(last) if page.len() == PAGE => {
-                        after = Some(After {
-                            value: last.id.to_string(),
-                            id: last.id.to_string(),
-                        });
-                    }
-                    _ => break,
+            let picked = crate::store::selected(self.store.as_ref(), selector, &[]).await?;
+            for c in picked.iter().filter(|c| c.connected) {
+                if self.tell(c.id, resolve(&offers, &c.labels)).await {
+                    told += 1;
                 }
             }
         }
@@ -294,13 +267,6 @@ mod tests {
 
     use super::*;
 
-    fn telemetry(url: &str) -> TelemetryConnection {
-        TelemetryConnection {
-            destination_endpoint: url.into(),
-            ..TelemetryConnection::default()
-        }
-    }
-
     fn offer(name: &str, selector: &str, age: u64, settings: ConnectionSettings) -> SettingsOffer {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1000 - age);
         SettingsOffer {
@@ -312,13 +278,6 @@ mod tests {
         }
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
     #[test]
     fn the_newest_matching_offer_gives_each_class() {
         let fleet = offer(
@@ -326,8 +285,8 @@ mod tests {
             "",
             100,
             ConnectionSettings {
-                own_metrics: Some(telemetry("https://all/v1/metrics")),
-                own_logs: Some(telemetry("https://all/v1/logs")),
+                own_metrics: Some(TelemetryConnection::to("https://all/v1/metrics")),
+                own_logs: Some(TelemetryConnection::to("https://all/v1/logs")),
                 ..ConnectionSettings::default()
             },
         );
@@ -336,22 +295,35 @@ mod tests {
             "tier=gold",
             10,
             ConnectionSettings {
-                own_logs: Some(telemetry("https://gold/v1/logs")),
+                own_logs: Some(TelemetryConnection::to("https://gold/v1/logs")),
                 ..ConnectionSettings::default()
             },
         );
         let offers = [gold, fleet];
-        let plain = resolve(&offers, &labels(&[])).unwrap();
-        assert_eq!(plain.own_logs, Some(telemetry("https://all/v1/logs")));
-        let golden = resolve(&offers, &labels(&[("tier", "gold")])).unwrap();
-        assert_eq!(golden.own_logs, Some(telemetry("https://gold/v1/logs")));
+        let gold = &BTreeMap::from([("tier".to_owned(), "gold".to_owned())]);
+        let plain = resolve(&offers, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            plain.own_logs,
+            Some(TelemetryConnection::to("https://all/v1/logs"))
+        );
+        let golden = resolve(&offers, gold).unwrap();
+        assert_eq!(
+            golden.own_logs,
+            Some(TelemetryConnection::to("https://gold/v1/logs"))
+        );
         assert_eq!(
             golden.own_metrics,
-            Some(telemetry("https://all/v1/metrics")),
+            Some(TelemetryConnection::to("https://all/v1/metrics")),
             "the classes the newer offer leaves out come from the older"
         );
         let only_gold = &offers[..1];
-        assert!(resolve(only_gold, &labels(&[("tier", "silver")])).is_none());
+        assert!(
+            resolve(
+                only_gold,
+                &BTreeMap::from([("tier".to_owned(), "silver".to_owned())])
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -374,7 +346,7 @@ mod tests {
         silent.opamp.as_mut().unwrap().heartbeat_interval_seconds = 0;
         assert!(validate("x", &silent).is_err());
         let grpc = ConnectionSettings {
-            own_traces: Some(telemetry("grpc://collector:4317")),
+            own_traces: Some(TelemetryConnection::to("grpc://collector:4317")),
             ..ConnectionSettings::default()
         };
         assert!(validate("x", &grpc).is_err());

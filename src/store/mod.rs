@@ -330,6 +330,42 @@ pub trait Store: Send + Sync + 'static {
     async fn recover(&self, at: SystemTime) -> Result<usize, StoreError>;
 }
 
+/// Every collector `selector` picks (among those declaring any of `custom_capabilities`, when
+/// given), in id order, read page by page.
+pub async fn selected(
+    store: &dyn Store,
+    selector: &Selector,
+    custom_capabilities: &[String],
+) -> Result<Vec<Collector>, StoreError> {
+    const PAGE: usize = 500;
+    let mut found = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(&CollectorQuery {
+                states: Vec::new(),
+                facets: Facets::default(),
+                custom_capabilities: custom_capabilities.to_vec(),
+                selector: selector.clone(),
+                text: None,
+                sort: SortKey::Id,
+                descending: false,
+                after: after.take(),
+                limit: PAGE,
+            })
+            .await?;
+        let full = page.len() == PAGE;
+        after = page.last().map(|c| After {
+            value: c.id.to_string(),
+            id: c.id.to_string(),
+        });
+        found.extend(page);
+        if !full {
+            return Ok(found);
+        }
+    }
+}
+
 /// For SQLite, the lock that keeps a second server off the same file while it is held (see
 /// [`sql::lock_sqlite`]); nothing for PostgreSQL, where nodes coordinate through the database.
 pub fn lock(config: &Config) -> Result<Option<std::fs::File>, StoreError> {
