@@ -23,7 +23,7 @@ use crate::config::{Config, TlsConfig};
 use crate::fleet::engine::Fleet;
 use crate::net::tls::Acceptor;
 use crate::net::{self, Allowances};
-use crate::opamp::Opamp;
+use crate::opamp::{self, Opamp};
 use crate::store::batch::Key;
 use crate::store::cluster::ClusterStore;
 use crate::store::writer::{StoreHealth, Writer, WriterSettings};
@@ -299,6 +299,25 @@ async fn start_probe(
     .await
 }
 
+/// The collectors' registry, under the configured settings and limits.
+fn registry(
+    config: &Config,
+    persistence: Persistence,
+    metrics: &Metrics,
+    actors_stop: &CancellationToken,
+    actors: &TaskTracker,
+) -> Arc<Registry> {
+    let registry = Registry::new(
+        actor_settings(config),
+        persistence,
+        config.collectors.max_resident,
+        metrics.clone(),
+        actors_stop.clone(),
+        actors.clone(),
+    );
+    Arc::new(registry.with_custom_limits(config.custom_messages.limits()))
+}
+
 fn actor_settings(config: &Config) -> ActorSettings {
     ActorSettings {
         liveness_window: config.opamp.liveness_window(),
@@ -339,17 +358,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics.clone(),
     );
     let store_health = Arc::clone(&writer.health);
-    let registry = Arc::new(
-        Registry::new(
-            actor_settings(&config),
-            Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store)))),
-            config.collectors.max_resident,
-            metrics.clone(),
-            actors_stop.clone(),
-            actors.clone(),
-        )
-        .with_custom_limits(config.custom_messages.limits()),
-    );
+    let persistence = Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store))));
+    let registry = registry(&config, persistence, &metrics, &actors_stop, &actors);
     tokio::spawn(tell_fenced(Arc::clone(&registry), fenced));
     // Boxed: its future (the cluster's start-up) need not weigh on every caller of `start`.
     let (router, cluster) = Box::pin(start_router(
@@ -360,12 +370,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &shutdown,
     ))
     .await?;
+    let ca = config
+        .opamp
+        .ca
+        .as_ref()
+        .map(opamp::ca::Ca::load)
+        .transpose()?;
     let opamp = Opamp::new(
         config.opamp.clone(),
         Arc::clone(&registry),
         metrics.clone(),
         shutdown.clone(),
         sessions.clone(),
+        ca,
     );
 
     let mut servers = JoinSet::new();

@@ -177,6 +177,9 @@ pub struct OpampConfig {
     /// `wss://` and `https://` for collectors, optionally with client certificates (mutual TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// A CA that signs collectors' certificate requests (OpAMP's CSR flow); off unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<crate::opamp::ca::CaConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -316,6 +319,7 @@ impl Default for OpampConfig {
             store_retry_after: Duration::from_secs(5),
             auth: OpampAuthConfig::default(),
             tls: None,
+            ca: None,
         }
     }
 }

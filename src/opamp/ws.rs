@@ -197,7 +197,8 @@ impl Session {
                             || Bytes::copy_from_slice(id.0.as_bytes()),
                             |wire| wire.bytes.clone(),
                         );
-                        let message = report::to_server_to_agent(uid, *outbound);
+                        let mut message = report::to_server_to_agent(uid, *outbound);
+                        message.capabilities = self.opamp.capabilities();
                         if let Some(ending) = Box::pin(self.send(&message)).await {
                             return ending;
                         }

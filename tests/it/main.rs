@@ -32,6 +32,7 @@ mod support;
 mod api;
 mod binary;
 mod budget;
+mod certificates;
 mod configurations;
 mod connection_settings;
 mod custom_capabilities;
