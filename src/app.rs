@@ -23,7 +23,7 @@ use crate::config::{Config, TlsConfig};
 use crate::fleet::engine::Fleet;
 use crate::net::tls::Acceptor;
 use crate::net::{self, Allowances};
-use crate::opamp::Opamp;
+use crate::opamp::{self, Opamp};
 use crate::store::batch::Key;
 use crate::store::cluster::ClusterStore;
 use crate::store::writer::{StoreHealth, Writer, WriterSettings};
@@ -230,6 +230,11 @@ async fn start_router(
             .context("cannot start the rollout engine")?;
         engine_slot.send_replace(Some(fleet));
     }
+    // Every node tells the collectors arriving there the connection settings offers give them.
+    tokio::spawn(
+        crate::fleet::settings::Distributor::new(Arc::clone(&router), Arc::clone(store))
+            .run(Arc::clone(registry), shutdown.clone()),
+    );
     Ok((router, cluster))
 }
 
@@ -298,6 +303,39 @@ async fn start_probe(
     .await
 }
 
+/// The collectors' registry, under the configured settings and limits.
+fn registry(
+    config: &Config,
+    persistence: Persistence,
+    metrics: &Metrics,
+    actors_stop: &CancellationToken,
+    actors: &TaskTracker,
+) -> Arc<Registry> {
+    let registry = Registry::new(
+        actor_settings(config),
+        persistence,
+        config.collectors.max_resident,
+        metrics.clone(),
+        actors_stop.clone(),
+        actors.clone(),
+    );
+    Arc::new(registry.with_custom_limits(config.custom_messages.limits()))
+}
+
+fn actor_settings(config: &Config) -> ActorSettings {
+    ActorSettings {
+        liveness_window: config.opamp.liveness_window(),
+        stale_after: config
+            .opamp
+            .heartbeat_interval
+            .mul_f64(crate::collector::actor::STALE_INTERVALS),
+        liveness_intervals: config.opamp.liveness_intervals,
+        last_seen_interval: config.database.last_seen_interval,
+        grace_period: config.collectors.grace_period,
+        max_message_bytes: config.opamp.max_message_bytes,
+    }
+}
+
 /// Binds both listeners and starts serving. Port 0 picks a free port; the bound addresses are in
 /// the returned [`Running`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
@@ -325,36 +363,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics.clone(),
     );
     let store_health = Arc::clone(&writer.health);
-    let registry = Arc::new(Registry::new(
-        ActorSettings {
-            liveness_window: config.opamp.liveness_window(),
-            // Late by half an interval: a poll that jitter or a slow network delayed is not.
-            stale_after: config.opamp.heartbeat_interval.mul_f64(1.5),
-            last_seen_interval: config.database.last_seen_interval,
-            grace_period: config.collectors.grace_period,
-            max_message_bytes: config.opamp.max_message_bytes,
-        },
-        Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store)))),
-        config.collectors.max_resident,
-        metrics.clone(),
-        actors_stop.clone(),
-        actors.clone(),
-    ));
+    let persistence = Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store))));
+    let registry = registry(&config, persistence, &metrics, &actors_stop, &actors);
     tokio::spawn(tell_fenced(Arc::clone(&registry), fenced));
-    let (router, cluster) = start_router(
+    // Boxed: its future (the cluster's start-up) need not weigh on every caller of `start`.
+    let (router, cluster) = Box::pin(start_router(
         &config,
         &registry,
         &store,
         store_health.flushes(),
         &shutdown,
-    )
+    ))
     .await?;
+    let ca = config
+        .opamp
+        .ca
+        .as_ref()
+        .map(opamp::ca::Ca::load)
+        .transpose()?;
     let opamp = Opamp::new(
         config.opamp.clone(),
         Arc::clone(&registry),
         metrics.clone(),
         shutdown.clone(),
         sessions.clone(),
+        ca,
     );
 
     let mut servers = JoinSet::new();

@@ -15,7 +15,15 @@ pub const DEFAULT_CONFIG_FILE: &str = "config/opampd.toml";
 
 /// Top-level sections; only `OPAMPD_<SECTION>__…` variables are read, so unrelated `OPAMPD_*`
 /// variables in the environment (a test harness's, a wrapper's) cannot fail start-up.
-const SECTIONS: &[&str] = &["opamp", "api", "log", "server", "database", "collectors"];
+const SECTIONS: &[&str] = &[
+    "opamp",
+    "api",
+    "log",
+    "server",
+    "database",
+    "collectors",
+    "custom_messages",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -26,7 +34,44 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub collectors: CollectorsConfig,
+    pub custom_messages: CustomMessagesConfig,
     pub cluster: ClusterConfig,
+}
+
+/// Custom messages between operators and collectors (OpAMP `CustomMessage`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CustomMessagesConfig {
+    /// The custom capabilities opampd announces; collectors' messages are relayed only for these.
+    pub capabilities: Vec<String>,
+    /// Largest message data either way, in bytes.
+    pub max_bytes: usize,
+    /// Messages per minute per collector, each way (a burst of as many is allowed).
+    pub per_minute: u32,
+}
+
+impl Default for CustomMessagesConfig {
+    fn default() -> Self {
+        let limits = crate::collector::custom::CustomLimits::default();
+        Self {
+            capabilities: Vec::new(),
+            max_bytes: limits.max_bytes,
+            per_minute: limits.per_minute,
+        }
+    }
+}
+
+impl CustomMessagesConfig {
+    pub fn limits(&self) -> crate::collector::custom::CustomLimits {
+        let mut names = self.capabilities.clone();
+        names.sort();
+        names.dedup();
+        crate::collector::custom::CustomLimits {
+            capabilities: names.into(),
+            max_bytes: self.max_bytes,
+            per_minute: self.per_minute,
+        }
+    }
 }
 
 /// Several nodes on one PostgreSQL (ignored on SQLite, which serves one node).
@@ -132,6 +177,9 @@ pub struct OpampConfig {
     /// `wss://` and `https://` for collectors, optionally with client certificates (mutual TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// A CA that signs collectors' certificate requests (OpAMP's CSR flow); off unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<crate::opamp::ca::CaConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -271,6 +319,7 @@ impl Default for OpampConfig {
             store_retry_after: Duration::from_secs(5),
             auth: OpampAuthConfig::default(),
             tls: None,
+            ca: None,
         }
     }
 }
@@ -512,6 +561,17 @@ impl Config {
         }
         if self.opamp.ws_buffer_bytes < 256 {
             return reject("opamp.ws_buffer_bytes", "must be at least 256");
+        }
+        if self.custom_messages.per_minute == 0 {
+            return reject("custom_messages.per_minute", "must be at least 1");
+        }
+        if self
+            .custom_messages
+            .capabilities
+            .iter()
+            .any(String::is_empty)
+        {
+            return reject("custom_messages.capabilities", "names must not be empty");
         }
         if self.opamp.auth.tokens.iter().any(String::is_empty) {
             return reject("opamp.auth.tokens", "tokens must not be empty strings");

@@ -55,6 +55,7 @@ pub mod metrics {
     pub const SOCKETS_TIMED_OUT: &str = "opampd_sockets_timed_out_total";
     pub const TLS_HANDSHAKES_FAILED: &str = "opampd_tls_handshakes_failed_total";
     pub const TLS_RELOADS: &str = "opampd_tls_reloads_total";
+    pub const CUSTOM_MESSAGES_DROPPED: &str = "opampd_custom_messages_dropped_total";
 
     const WRITE_BUCKETS: [f64; 12] = [
         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -440,16 +440,8 @@ fn reports(out: &mut String, c: &Value) {
         let _ = writeln!(out, "Health:");
         health(out, "collector", &c["health"], 1);
     }
-    if let Some(remote) = c["remote_config"].as_object() {
-        let mut line = format!(
-            "{} (hash {})",
-            text(&remote["status"], "-"),
-            short_hash(&remote["hash"])
-        );
-        if let Some(error) = remote["error_message"].as_str().filter(|e| !e.is_empty()) {
-            let _ = write!(line, ": {error}");
-        }
-        field(out, "Remote config", &line);
+    if c["remote_config"].is_object() {
+        field(out, "Remote config", &status_line(&c["remote_config"]));
     }
     if c["effective_config"].is_object() {
         field(
@@ -457,6 +449,9 @@ fn reports(out: &mut String, c: &Value) {
             "Effective config",
             &format!("hash {}", short_hash(&c["effective_config"]["hash"])),
         );
+    }
+    if c["connection_settings"].is_object() {
+        field(out, "Connection", &status_line(&c["connection_settings"]));
     }
     if let Some(packages) = c["packages"]["packages"]
         .as_object()
@@ -491,6 +486,19 @@ fn reports(out: &mut String, c: &Value) {
             let _ = writeln!(out, "  {kind}: {}", types.join(", "));
         }
     }
+}
+
+/// A reported status of something we offered: `applied (hash 0123456789ab): error`.
+fn status_line(status: &Value) -> String {
+    let mut line = format!(
+        "{} (hash {})",
+        text(&status["status"], "-"),
+        short_hash(&status["hash"])
+    );
+    if let Some(error) = status["error_message"].as_str().filter(|e| !e.is_empty()) {
+        let _ = write!(line, ": {error}");
+    }
+    line
 }
 
 /// The first 12 hex digits: enough to tell versions apart at a glance.

@@ -6,6 +6,7 @@ mod client;
 mod collectors;
 mod configs;
 mod events;
+mod offers;
 mod output;
 mod rollouts;
 mod settings;
@@ -112,6 +113,13 @@ enum Command {
         #[command(subcommand)]
         command: rollouts::UpgradeCommand,
     },
+    /// Connection settings offers: where collectors connect and send their own telemetry.
+    Offer {
+        #[command(subcommand)]
+        command: offers::OfferCommand,
+    },
+    /// Send a custom message to a collector, or to the collectors a selector picks.
+    Message(offers::Message),
     /// The fleet's transitions as they happen.
     Events(events::Events),
     /// Print a shell completion script, e.g. `opampctl completion bash > /etc/bash_completion.d/opampctl`.
@@ -221,6 +229,8 @@ async fn execute(
         Command::Config { command } => configs::run(&client, command, io).await,
         Command::Rollout { command } => rollouts::run(&client, command, io).await,
         Command::Upgrade { command } => rollouts::upgrade(&client, command, io).await,
+        Command::Offer { command } => offers::run(&client, command, io).await,
+        Command::Message(args) => offers::message(&client, args, io).await,
         Command::Events(args) => events::run(&client, args, io).await,
         Command::Completion { .. } => Ok(exit::OK),
     }

@@ -412,6 +412,7 @@ async fn edit_labels(
         .edit_labels(id, &edit)
         .await?
         .ok_or_else(|| not_found(id))?;
+    super::settings::labels_changed(api, id);
     let mut record = api.store.load(id).await?.ok_or_else(|| not_found(id))?;
     record.labels = labels;
     Ok(Json(CollectorView::new(&record, false)))

@@ -34,6 +34,12 @@ pub enum ApiError {
     Elsewhere(String),
     #[error("as many event streams are open as api.max_event_streams allows; try again later")]
     TooManyStreams,
+    /// Something in the request is over a limit other than the body's.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Over a rate; come back after `retry_after` seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -44,7 +50,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `too_large`,
-    /// `unsupported_media_type`, `unavailable`.
+    /// `too_many_requests`, `unsupported_media_type`, `unavailable`.
     pub code: &'static str,
     pub message: String,
 }
@@ -67,7 +73,12 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::TooLarge | ApiError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            }
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -97,6 +108,12 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*retry_after),
+            );
+        }
         if matches!(self, ApiError::TooManyStreams) {
             // Streams end when their clients go; a few seconds is a fair wait.
             response.headers_mut().insert(

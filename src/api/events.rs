@@ -9,10 +9,12 @@ use axum::extract::{Extension, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiState;
 use super::auth::Caller;
-use super::collectors::{query_pairs, selector, states};
+use super::collectors::{last, query_pairs, selector, states};
+use super::custom::CustomMessageView;
 use super::error::{ApiError, ErrorBody};
 use super::view::EventView;
 use crate::config::Role;
@@ -21,11 +23,14 @@ use crate::store::tail::Tail;
 
 /// Transitions as they happen: `event: transition`, `id:` the position in the history, data a
 /// JSON object with the collector id and the transition. Filter with `state` (the state entered)
-/// and `selector` (the collector's labels); resume with `Last-Event-ID`.
+/// and `selector` (the collector's labels); resume with `Last-Event-ID`. With
+/// `custom_messages=true`, collectors' custom messages too (`event: custom_message`, no id: they
+/// are not kept, and only those of collectors connected to this server are seen).
 #[utoipa::path(get, path = "/api/v1/events", tag = "fleet",
     params(
         ("state" = Option<Vec<String>>, Query, description = "Transitions into any of these states"),
         ("selector" = Option<String>, Query, description = "Label selector on the collectors"),
+        ("custom_messages" = Option<bool>, Query, description = "Also collectors' custom messages"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event"),
     ),
     responses((status = 200, content_type = "text/event-stream", body = EventView),
@@ -43,6 +48,10 @@ pub async fn events(
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyStreams)?;
     let filter = event_filter(raw.as_deref())?;
+    let with_custom = custom_messages_wanted(raw.as_deref())?;
+    let selector = filter.selector.clone();
+    // Subscribed before the stream starts, so nothing sent from now on is missed.
+    let custom = with_custom.then(|| api.registry.custom().subscribe());
     let seq = match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
@@ -62,7 +71,7 @@ pub async fn events(
     );
     // The stream's place among `api.max_event_streams` goes with it, given back when it ends.
     let tail = (tail, place);
-    let stream = futures_util::stream::unfold(tail, |(mut tail, place)| async move {
+    let transitions = futures_util::stream::unfold(tail, |(mut tail, place)| async move {
         let event = tail.next().await?;
         let sse = SseEvent::default()
             .id(event.seq.to_string())
@@ -71,12 +80,60 @@ pub async fn events(
             .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));
         Some((Ok(sse), (tail, place)))
     });
+    let custom = futures_util::stream::unfold(
+        (custom, api.store.clone(), selector),
+        |(receiver, store, selector)| async move {
+            let mut receiver = receiver?;
+            loop {
+                let sse = match receiver.recv().await {
+                    Ok(message) => {
+                        if !selector.is_empty() {
+                            let labels = store
+                                .load(message.collector)
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(|c| c.labels)
+                                .unwrap_or_default();
+                            if !selector.matches(&labels) {
+                                continue;
+                            }
+                        }
+                        SseEvent::default()
+                            .event("custom_message")
+                            .json_data(CustomMessageView::new(&message))
+                            .unwrap_or_else(|_| SseEvent::default().comment("unserialisable"))
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        SseEvent::default().comment(format!("{missed} custom messages missed"))
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((Ok(sse), (Some(receiver), store, selector)));
+            }
+        },
+    );
+    let stream = futures_util::stream::select(transitions, custom);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+/// `custom_messages=true` (or `false`, the default).
+fn custom_messages_wanted(raw: Option<&str>) -> Result<bool, ApiError> {
+    let pairs = query_pairs(raw, KNOWN)?;
+    match last(&pairs, "custom_messages") {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "custom_messages is true or false, not {other:?}"
+        ))),
+    }
+}
+
+const KNOWN: &[&str] = &["state", "selector", "custom_messages"];
+
 /// The event stream's query string: which transitions it wants.
 pub fn event_filter(raw: Option<&str>) -> Result<EventFilter, ApiError> {
-    let pairs = query_pairs(raw, &["state", "selector"])?;
+    let pairs = query_pairs(raw, KNOWN)?;
     Ok(EventFilter {
         states: states(&pairs)?,
         selector: selector(&pairs)?,

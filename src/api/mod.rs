@@ -4,12 +4,14 @@
 pub mod auth;
 mod collectors;
 mod configurations;
+mod custom;
 pub mod error;
 mod events;
 pub mod keyfile;
 pub mod openapi;
 pub mod probe;
 mod rollouts;
+mod settings;
 pub mod view;
 
 /// The query strings of the endpoints read as pure functions, before any store is asked: what the
@@ -109,6 +111,22 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/rollouts/{id}/{action}",
             axum::routing::post(rollouts::control),
+        )
+        .route(
+            "/api/v1/collectors/{id}/custom-messages",
+            axum::routing::post(custom::to_one),
+        )
+        .route(
+            "/api/v1/custom-messages",
+            axum::routing::post(custom::to_selected),
+        )
+        .route(
+            "/api/v1/connection-settings",
+            get(settings::list).post(settings::create),
+        )
+        .route(
+            "/api/v1/connection-settings/{name}",
+            get(settings::one).delete(settings::delete),
         )
         .route("/api/v1/summary", get(collectors::summary))
         .route("/api/v1/state-machine", get(collectors::state_machine))

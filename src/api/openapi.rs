@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{collectors, configurations, error, events, rollouts, view};
+use super::{collectors, configurations, custom, error, events, rollouts, settings, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,6 +33,12 @@ use super::{collectors, configurations, error, events, rollouts, view};
         rollouts::one,
         rollouts::control,
         rollouts::upgrade,
+        settings::create,
+        settings::list,
+        settings::one,
+        settings::delete,
+        custom::to_one,
+        custom::to_selected,
     ),
     components(schemas(
         error::ErrorBody,
@@ -61,6 +67,14 @@ use super::{collectors, configurations, error, events, rollouts, view};
         crate::fleet::rollout::Outcome,
         crate::fleet::rollout::Status,
         crate::fleet::rollout::RolloutOptions,
+        settings::NewSettingsOffer,
+        settings::SettingsOfferView,
+        settings::SettingsOfferList,
+        view::ConnectionSettingsView,
+        custom::NewCustomMessage,
+        custom::CustomMessageSent,
+        custom::Skipped,
+        custom::CustomMessageView,
     )),
     modifiers(&BearerAuth),
     security(("api_key" = [])),
@@ -69,6 +83,7 @@ use super::{collectors, configurations, error, events, rollouts, view};
         (name = "fleet", description = "The fleet as a whole and its live events"),
         (name = "configurations", description = "Configurations and their versions"),
         (name = "rollouts", description = "Configurations carried to the fleet, batch by batch"),
+        (name = "connection settings", description = "Where collectors connect and send their own telemetry"),
     )
 )]
 pub struct ApiDoc;

@@ -52,6 +52,20 @@ pub struct CollectorView {
     pub custom_capabilities: Vec<String>,
     /// The verified client certificate its latest connection was made with (mutual TLS).
     pub client_certificate: Option<ClientCertificateView>,
+    /// What it last said of the connection settings it was offered, and, while the offer it
+    /// failed is still the one it is given, why (an error the state also shows).
+    pub connection_settings: Option<ConnectionSettingsView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionSettingsView {
+    /// The hash of the settings it last received, hex.
+    pub hash: String,
+    /// `unset`, `applied`, `applying`, `failed`.
+    pub status: String,
+    pub error_message: String,
+    /// Set while the settings it failed to apply are still the ones it is offered.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -291,6 +305,14 @@ impl CollectorView {
                     sha256: cert.sha256.clone(),
                     not_after: rfc3339(cert.not_after),
                 }),
+            connection_settings: c.connection_settings_status.as_ref().map(|s| {
+                ConnectionSettingsView {
+                    hash: hex(&s.hash),
+                    status: serde_name(&s.status),
+                    error_message: s.error_message.clone(),
+                    error: c.settings_error.clone(),
+                }
+            }),
         }
     }
 }

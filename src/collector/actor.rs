@@ -35,6 +35,9 @@ const MAILBOX: usize = 16;
 const LOAD_BUDGET: Duration = Duration::from_secs(5);
 const LOAD_FIRST_RETRY: Duration = Duration::from_millis(50);
 
+/// Late by half an interval: a poll that jitter or a slow network delayed is not.
+pub const STALE_INTERVALS: f64 = 1.5;
+
 /// Starts the actor of collector `id`; `serial` tells it from a later one for the same collector.
 pub(super) fn spawn(
     id: CollectorId,
@@ -61,6 +64,7 @@ pub(super) fn spawn(
         unconfirmed: false,
         confirm: None,
         contest: Contest::default(),
+        custom_bucket: None,
     });
     tracker.spawn(actor.run(rx, shutdown));
     CollectorHandle::new(tx, serial)
@@ -100,6 +104,8 @@ struct Actor {
     /// The latest barrier: replies wait on it while it has not resolved.
     confirm: Option<Confirmation>,
     contest: Contest,
+    /// The collector's own custom messages, limited per minute.
+    custom_bucket: Option<super::custom::Bucket>,
 }
 
 impl Actor {
@@ -448,12 +454,25 @@ impl Actor {
         if self.record.facets.contains(Facets::STALE) {
             return None;
         }
-        let settings = &self.shared.settings;
-        let earlier = settings.liveness_window.checked_sub(settings.stale_after)?;
+        let (window, stale_after) = self.liveness();
+        let earlier = window.checked_sub(stale_after)?;
         if earlier.is_zero() {
             return None;
         }
         self.silent_deadline?.checked_sub(earlier)
+    }
+
+    /// How long a plain-HTTP collector may keep silent before it counts as gone, and before it
+    /// counts as stale: from the heartbeat interval it was offered, else the server's.
+    fn liveness(&self) -> (Duration, Duration) {
+        let settings = &self.shared.settings;
+        match super::connection::heartbeat_interval(&self.record) {
+            Some(interval) => (
+                interval.saturating_mul(settings.liveness_intervals.max(1)),
+                interval.mul_f64(STALE_INTERVALS),
+            ),
+            None => (settings.liveness_window, settings.stale_after),
+        }
     }
 
     fn publish(&self, transition: Transition) {

@@ -4,6 +4,7 @@
 use super::machine::Collector;
 use std::sync::Arc;
 
+use super::connection::ConnectionSettingsStatus;
 use super::{
     AvailableComponents, ClientCertificate, ConfigFiles, Description, Health, PackageStatuses,
     RemoteConfigStatus, Report,
@@ -20,32 +21,34 @@ pub struct FactParts {
     pub available_components: Option<AvailableComponents>,
     pub client_certificate: Option<Arc<ClientCertificate>>,
     pub custom_capabilities: Option<Arc<[String]>>,
+    pub connection_settings_status: Option<ConnectionSettingsStatus>,
 }
 
 /// A set of facts parts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Changed(u8);
+pub struct Changed(u16);
 
-const DESCRIPTION: u8 = 1;
-const HEALTH: u8 = 1 << 1;
-const EFFECTIVE_CONFIG: u8 = 1 << 2;
-const REMOTE_CONFIG_STATUS: u8 = 1 << 3;
-const PACKAGE_STATUSES: u8 = 1 << 4;
-const AVAILABLE_COMPONENTS: u8 = 1 << 5;
-const CLIENT_CERTIFICATE: u8 = 1 << 6;
-const CUSTOM_CAPABILITIES: u8 = 1 << 7;
+const DESCRIPTION: u16 = 1;
+const HEALTH: u16 = 1 << 1;
+const EFFECTIVE_CONFIG: u16 = 1 << 2;
+const REMOTE_CONFIG_STATUS: u16 = 1 << 3;
+const PACKAGE_STATUSES: u16 = 1 << 4;
+const AVAILABLE_COMPONENTS: u16 = 1 << 5;
+const CLIENT_CERTIFICATE: u16 = 1 << 6;
+const CUSTOM_CAPABILITIES: u16 = 1 << 7;
+const CONNECTION_SETTINGS_STATUS: u16 = 1 << 8;
 
 impl Changed {
     /// Every part the record has: what a record the store has never had must write.
     pub fn all() -> Self {
-        Self(0xff)
+        Self(0x1ff)
     }
 
     pub fn any(self) -> bool {
         self.0 != 0
     }
 
-    fn has(self, part: u8) -> bool {
+    fn has(self, part: u16) -> bool {
         self.0 & part != 0
     }
 
@@ -102,6 +105,13 @@ impl Changed {
                     record.custom_capabilities.as_ref(),
                 ),
             ),
+            (
+                CONNECTION_SETTINGS_STATUS,
+                differs(
+                    report.connection_settings_status.as_ref(),
+                    record.connection_settings_status.as_ref(),
+                ),
+            ),
         ] {
             if differs {
                 changed |= part;
@@ -118,7 +128,7 @@ impl Changed {
 
     /// The changed parts as they are now in `record`.
     pub fn take(self, record: &Collector) -> FactParts {
-        let part = |bit: u8| self.has(bit);
+        let part = |bit: u16| self.has(bit);
         FactParts {
             description: record.description.clone().filter(|_| part(DESCRIPTION)),
             health: record.health.clone().filter(|_| part(HEALTH)),
@@ -146,6 +156,10 @@ impl Changed {
                 .custom_capabilities
                 .clone()
                 .filter(|_| part(CUSTOM_CAPABILITIES)),
+            connection_settings_status: record
+                .connection_settings_status
+                .clone()
+                .filter(|_| part(CONNECTION_SETTINGS_STATUS)),
         }
     }
 }
@@ -170,6 +184,10 @@ impl FactParts {
         over(&mut self.available_components, newer.available_components);
         over(&mut self.client_certificate, newer.client_certificate);
         over(&mut self.custom_capabilities, newer.custom_capabilities);
+        over(
+            &mut self.connection_settings_status,
+            newer.connection_settings_status,
+        );
     }
 
     /// Puts the parts into a record (a stored record being rebuilt).
@@ -182,6 +200,7 @@ impl FactParts {
         c.available_components = self.available_components;
         c.client_certificate = self.client_certificate;
         c.custom_capabilities = self.custom_capabilities;
+        c.connection_settings_status = self.connection_settings_status;
     }
 }
 

@@ -40,6 +40,9 @@ pub struct Published {
 
 /// What a collector's message gets.
 #[derive(Debug)]
+// The reply is what nearly every message gets: boxing it would cost an allocation per message to
+// shrink the rare variants.
+#[allow(clippy::large_enum_variant)]
 pub enum Answer {
     /// The reply's content, and, when the message changed the record, the commit it must wait for.
     Reply {
@@ -116,6 +119,8 @@ pub struct ActorSettings {
     /// How long a plain-HTTP collector may stay silent before it counts as stale (heartbeats
     /// late, still connected); at or past `liveness_window`, never.
     pub stale_after: Duration,
+    /// The liveness window in heartbeat intervals, for a collector offered its own interval.
+    pub liveness_intervals: u32,
     /// How often a record whose only news is `last_seen` is written: heartbeats are coalesced.
     pub last_seen_interval: Duration,
     /// How long an actor stays resident after its collector disconnected.

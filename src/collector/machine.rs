@@ -7,15 +7,16 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::connection::{self, ConnectionSettings, ConnectionSettingsStatus, CustomMessage};
 use super::delivery::{TooLarge, acknowledge};
 use super::facets::{DriftBaseline, Facets};
-use super::resend;
 use super::state::{Reason, State, target};
 use super::{
     AvailableComponents, Capabilities, ClientCertificate, CollectorId, Components, ConfigFiles,
     ConfigOffer, Description, Health, Outbound, PackageOffer, PackageState, PackageStatuses,
     Reassignment, RemoteConfigState, RemoteConfigStatus, Report, Transport,
 };
+use super::{custom, resend};
 
 /// One recorded move along an edge of the table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +57,19 @@ pub struct Collector {
     pub client_certificate: Option<Arc<ClientCertificate>>,
     /// The custom capabilities it declares, sorted.
     pub custom_capabilities: Option<Arc<[String]>>,
+    /// What it last said of the connection settings it was offered.
+    pub connection_settings_status: Option<ConnectionSettingsStatus>,
+    /// The connection settings the offers that select it give it (before its capabilities
+    /// narrow them): known while it is resident, told again whenever it arrives.
+    #[serde(skip)]
+    pub connection_settings: Option<Box<ConnectionSettings>>,
+    /// The hash of the settings offer sent on its current connection.
+    #[serde(skip)]
+    pub settings_sent: Option<Vec<u8>>,
+    /// The settings offer the collector failed to apply, and why: an error until replaced.
+    #[serde(skip)]
+    pub settings_failed: Option<Vec<u8>>,
+    pub settings_error: Option<String>,
     /// What explains its state beyond the state itself: drifted, stale, degraded.
     #[serde(skip)]
     pub facets: Facets,
@@ -159,7 +173,16 @@ pub enum Event {
         offer: TooLarge,
         limit: usize,
     },
+    /// The connection settings the offers selecting it now give it (`None`: none do).
+    ConnectionSettings {
+        settings: Option<Box<ConnectionSettings>>,
+    },
+    /// An operator's custom message for it.
+    SendCustomMessage(CustomMessage),
 }
+
+/// Custom messages that may wait for a plain-HTTP collector's next poll; beyond, more are refused.
+pub const MAX_QUEUED_CUSTOM: usize = 32;
 
 /// What the actor must do after a step.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,6 +232,11 @@ impl Collector {
             available_components: None,
             client_certificate: None,
             custom_capabilities: None,
+            connection_settings_status: None,
+            connection_settings: None,
+            settings_sent: None,
+            settings_failed: None,
+            settings_error: None,
             facets: Facets::default(),
             drift: None,
             labels: BTreeMap::new(),
@@ -332,6 +360,11 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
             }
         }
         Event::Undeliverable { offer, limit } => undeliverable(c, &offer, limit, now, &mut out),
+        Event::ConnectionSettings { settings } => {
+            connection::given(c, settings.map(|s| *s), &mut out);
+            settle_errors(c, now, &mut out);
+        }
+        Event::SendCustomMessage(message) => custom::queue(c, message, &mut out),
         Event::Restart => {
             if c.capabilities.has(Capabilities::ACCEPTS_RESTART_COMMAND) {
                 c.outbox.restart = true;
@@ -383,7 +416,9 @@ fn on_report(
 ) {
     c.last_seen = Some(now);
     c.transport = Some(transport);
+    let arrived = !c.connected;
     if !c.connected {
+        c.settings_sent = None;
         c.connected = true;
         c.connected_since = Some(now);
         c.standing_resent = false;
@@ -407,10 +442,17 @@ fn on_report(
     let goodbye = report.disconnect;
     let status = report.remote_config_status.clone();
     let packages = report.package_statuses.clone();
+    let settings_status = report.connection_settings_status.clone();
+    let new_capabilities = report.capabilities != c.capabilities;
     absorb(c, report);
     acknowledge(c);
     if let Some(status) = status {
         on_config_status(c, &status, now, out);
+    }
+    match settings_status {
+        Some(status) => connection::on_status(c, &status, out),
+        None if arrived || new_capabilities => connection::offer_if_needed(c, false, out),
+        None => {}
     }
     if let Some(packages) = packages {
         on_package_statuses(c, &packages, now, out);
@@ -445,6 +487,9 @@ fn absorb(c: &mut Collector, report: Report) {
     }
     if let Some(capabilities) = report.custom_capabilities {
         c.custom_capabilities = Some(capabilities);
+    }
+    if let Some(status) = report.connection_settings_status {
+        c.connection_settings_status = Some(status);
     }
     if let Some(statuses) = report.package_statuses {
         c.package_statuses = Some(statuses);
@@ -516,6 +561,10 @@ fn settle_errors(c: &mut Collector, now: SystemTime, out: &mut Vec<Effect>) {
     let problem = if let Some(health) = c.health.as_ref().filter(|h| !h.healthy) {
         Some((Reason::RuntimeError, health.last_error.clone()))
     } else if let Some(message) = &c.config_error {
+        Some((Reason::ConfigError, message.clone()))
+    } else if let Some(message) = &c.settings_error {
+        // The diagram's "config error": its connection settings are configuration it failed to
+        // apply (docs/adr/0050).
         Some((Reason::ConfigError, message.clone()))
     } else {
         c.package_error

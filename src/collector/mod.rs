@@ -3,7 +3,9 @@
 
 pub mod actor;
 pub mod bus;
+pub mod connection;
 pub mod contest;
+pub mod custom;
 pub mod delivery;
 pub mod encoding;
 pub mod facets;
@@ -247,6 +249,10 @@ pub struct Report {
     pub client_certificate: Option<Arc<ClientCertificate>>,
     /// The custom capabilities it declares (OpAMP `CustomCapabilities`), sorted, no repeats.
     pub custom_capabilities: Option<Arc<[String]>>,
+    /// What became of the connection settings it was offered.
+    pub connection_settings_status: Option<connection::ConnectionSettingsStatus>,
+    /// A custom message from it: relayed, never part of its record.
+    pub custom_message: Option<connection::CustomMessage>,
     /// The collector said goodbye (`agent_disconnect`).
     pub disconnect: bool,
 }
@@ -313,6 +319,11 @@ pub struct Outbound {
     pub remote_config: Option<ConfigOffer>,
     pub package: Option<PackageOffer>,
     pub restart: bool,
+    pub connection_settings: Option<Box<connection::SettingsOffer>>,
+    /// Operators' custom messages, oldest first: one travels per message.
+    pub custom_messages: std::collections::VecDeque<connection::CustomMessage>,
+    /// The server's own custom capabilities, declared when the collector connects or declares its.
+    pub custom_capabilities: Option<Arc<[String]>>,
 }
 
 impl Outbound {
@@ -325,6 +336,9 @@ impl Outbound {
             || self.report_available_components
             || self.remote_config.is_some()
             || self.package.is_some()
+            || self.connection_settings.is_some()
+            || !self.custom_messages.is_empty()
+            || self.custom_capabilities.is_some()
     }
 
     /// The offers and the command alone, without the flags: what a message that was not written
@@ -350,6 +364,13 @@ impl Outbound {
             self.package = newer.package;
         }
         self.restart |= newer.restart;
+        if newer.connection_settings.is_some() {
+            self.connection_settings = newer.connection_settings;
+        }
+        self.custom_messages.extend(newer.custom_messages);
+        if newer.custom_capabilities.is_some() {
+            self.custom_capabilities = newer.custom_capabilities;
+        }
     }
 
     /// Splits off what can travel in one message to a collector that declares `can` now:
@@ -367,6 +388,10 @@ impl Outbound {
         }
         if !can.has(Capabilities::ACCEPTS_RESTART_COMMAND) {
             self.restart = std::mem::take(&mut out.restart);
+        }
+        // One custom message per message; the rest wait their turn.
+        if out.custom_messages.len() > 1 {
+            self.custom_messages = out.custom_messages.split_off(1);
         }
         if out.restart && out.carries_more_than_restart() {
             out.restart = false;

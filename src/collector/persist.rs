@@ -63,6 +63,8 @@ pub struct Control {
     pub missing_components: Vec<String>,
     pub reassigned: Option<super::Reassignment>,
     pub drift: Option<DriftBaseline>,
+    pub settings_failed: Option<Vec<u8>>,
+    pub settings_error: Option<String>,
 }
 
 impl Hot {
@@ -94,6 +96,8 @@ impl Hot {
                 missing_components: c.missing_components.clone(),
                 reassigned: c.reassigned.clone(),
                 drift: c.drift.as_deref().cloned(),
+                settings_failed: c.settings_failed.clone(),
+                settings_error: c.settings_error.clone(),
             },
         })
     }

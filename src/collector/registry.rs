@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::bus::{Bus, Subscription};
+use super::custom::{CustomLimits, CustomRelay};
 use super::handle::{
     ActorGone, ActorSettings, Answer, CollectorHandle, Command, ConnectionRef, Ending, Forgotten,
     Reached, Reporting, Unavailable,
@@ -90,6 +91,7 @@ pub(super) struct Shared {
     pub persistence: Persistence,
     pub roster: Arc<Roster>,
     pub metrics: Metrics,
+    pub custom: Arc<CustomRelay>,
 }
 
 pub struct Registry {
@@ -120,6 +122,7 @@ impl Registry {
                 persistence,
                 roster: Arc::new(Roster::default()),
                 metrics,
+                custom: Arc::new(CustomRelay::default()),
             },
             max_resident,
             next_serial: AtomicU64::new(1),
@@ -127,6 +130,18 @@ impl Registry {
             shutdown,
             tracker,
         }
+    }
+
+    /// Custom messages under these limits, announcing these capabilities (before any actor starts).
+    #[must_use]
+    pub fn with_custom_limits(mut self, limits: CustomLimits) -> Self {
+        self.shared.custom = Arc::new(CustomRelay::new(limits));
+        self
+    }
+
+    /// Custom messages: their limits, and collectors' messages as they arrive on this node.
+    pub fn custom(&self) -> &CustomRelay {
+        &self.shared.custom
     }
 
     fn existing(&self, id: CollectorId) -> Option<CollectorHandle> {

@@ -16,12 +16,11 @@ use crate::collector::encoding::{rfc3339, unhex};
 use crate::collector::{Collector, CollectorId, Event, Reason, State};
 use crate::selector::Selector;
 use crate::store::tail::Tail;
-use crate::store::{After, CollectorQuery, EventFilter, SortKey, Store, StoreError};
+use crate::store::{EventFilter, Store, StoreError};
 
 /// How often rollouts look at their collectors even when no transition woke them.
 const TICK: Duration = Duration::from_millis(500);
 const COMMANDS: usize = 32;
-const PAGE: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -256,33 +255,7 @@ impl Engine {
     }
 
     async fn matching(&self, selector: &Selector) -> Result<Vec<Collector>, FleetError> {
-        let mut found = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .list(&CollectorQuery {
-                    states: Vec::new(),
-                    facets: crate::collector::facets::Facets::default(),
-                    custom_capabilities: Vec::new(),
-                    selector: selector.clone(),
-                    text: None,
-                    sort: SortKey::Id,
-                    descending: false,
-                    after: after.take(),
-                    limit: PAGE,
-                })
-                .await?;
-            let full = page.len() == PAGE;
-            after = page.last().map(|c| After {
-                value: c.id.to_string(),
-                id: c.id.to_string(),
-            });
-            found.extend(page);
-            if !full {
-                return Ok(found);
-            }
-        }
+        Ok(crate::store::selected(self.store.as_ref(), selector, &[]).await?)
     }
 
     async fn start(&mut self, new: NewRollout) -> Result<Rollout, FleetError> {

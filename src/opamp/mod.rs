@@ -1,6 +1,7 @@
 //! The OpAMP listener: WebSocket and plain-HTTP transports on one path, agent authentication,
 //! admission control, and the message handling both transports share.
 
+pub mod ca;
 mod frame;
 mod http;
 mod identity;
@@ -48,6 +49,8 @@ pub struct Opamp {
     shutdown: CancellationToken,
     /// WebSocket sessions outlive the HTTP request that opened them; shutdown waits on these.
     sessions: TaskTracker,
+    /// Signs collectors' certificate requests, when configured.
+    ca: Option<ca::Ca>,
 }
 
 impl Opamp {
@@ -57,8 +60,10 @@ impl Opamp {
         metrics: Metrics,
         shutdown: CancellationToken,
         sessions: TaskTracker,
+        ca: Option<ca::Ca>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            ca,
             budget: Budget::new(config.message_budget_bytes, config.connection_reserve_bytes),
             config,
             registry,
@@ -92,6 +97,31 @@ impl Opamp {
             .with_state(Arc::clone(self))
     }
 
+    /// What this server does: with a CA, it also signs certificate requests.
+    fn capabilities(&self) -> u64 {
+        let csr = proto::ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
+        report::SERVER_CAPABILITIES | if self.ca.is_some() { csr } else { 0 }
+    }
+
+    /// Signs the certificate request a message carried, for `collector`; a request that cannot be
+    /// signed is the collector's error (`BAD_REQUEST`), never a reply without its answer.
+    fn sign(
+        &self,
+        csr: Option<&Bytes>,
+        collector: CollectorId,
+        uid: &Bytes,
+    ) -> Result<Option<String>, OpampError> {
+        let (Some(ca), Some(csr)) = (&self.ca, csr) else {
+            return Ok(None);
+        };
+        ca.sign(csr, collector, std::time::SystemTime::now())
+            .map(Some)
+            .map_err(|message| OpampError::BadRequest {
+                uid: uid.clone(),
+                message,
+            })
+    }
+
     fn connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
@@ -109,6 +139,7 @@ impl Opamp {
             sent,
             wants_new_uid,
             mut report,
+            csr,
         } = decode(payload)?;
         let (mut known_as, mut identification) = if wants_new_uid {
             let new = sent.reassigned(CollectorId::new_v7());
@@ -149,9 +180,16 @@ impl Opamp {
                         }
                     }
                     let offered = outbound.offers();
+                    let issued = self.sign(csr.as_ref(), known_as.id, &sent.bytes)?;
                     let mut reply = report::to_server_to_agent(sent.bytes, *outbound);
+                    reply.capabilities = self.capabilities();
                     if reply.command.is_none() {
                         reply.agent_identification = identification;
+                    }
+                    if let (Some(ca), Some(cert)) = (&self.ca, issued) {
+                        let offered = reply.connection_settings.take();
+                        let heartbeat = self.config.heartbeat_interval;
+                        reply.connection_settings = Some(ca.answer(cert, offered, heartbeat));
                     }
                     self.metrics.message(transport, "out", reply.encoded_len());
                     return Ok(Processed {
@@ -219,6 +257,8 @@ pub struct Decoded {
     /// The collector asked for a new uid (`RequestInstanceUid`).
     pub wants_new_uid: bool,
     pub report: Report,
+    /// A certificate signing request (PEM) it sent for its OpAMP connection.
+    pub csr: Option<Bytes>,
 }
 
 /// Decodes one message body (the WebSocket frame header already stripped): the protobuf, the
@@ -235,10 +275,18 @@ pub fn decode(payload: Bytes) -> Result<Decoded, OpampError> {
             uid: message.instance_uid.clone(),
             message: e.to_string(),
         })?;
+    let csr = message
+        .connection_settings_request
+        .as_ref()
+        .and_then(|r| r.opamp.as_ref())
+        .and_then(|o| o.certificate_request.as_ref())
+        .map(|c| c.csr.clone())
+        .filter(|csr| !csr.is_empty());
     Ok(Decoded {
         sent,
         wants_new_uid: report::wants_new_uid(&message),
         report: report::to_report(message),
+        csr,
     })
 }
 

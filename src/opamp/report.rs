@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::collector::connection::{self, ConnectionSettingsStatus, CustomMessage, SettingsState};
 use crate::collector::encoding::make_storable;
 use crate::collector::{
     AvailableComponents, Capabilities, ConfigFile, ConfigFiles, Description, Health, Outbound,
@@ -22,7 +23,8 @@ pub const SERVER_CAPABILITIES: u64 = proto::ServerCapabilities::AcceptsStatus as
     | proto::ServerCapabilities::OffersRemoteConfig as u64
     | proto::ServerCapabilities::AcceptsEffectiveConfig as u64
     | proto::ServerCapabilities::OffersPackages as u64
-    | proto::ServerCapabilities::AcceptsPackagesStatus as u64;
+    | proto::ServerCapabilities::AcceptsPackagesStatus as u64
+    | proto::ServerCapabilities::OffersConnectionSettings as u64;
 
 pub fn wants_new_uid(message: &proto::AgentToServer) -> bool {
     message.flags & proto::AgentToServerFlags::RequestInstanceUid as u64 != 0
@@ -84,6 +86,24 @@ pub fn to_report(message: proto::AgentToServer) -> Report {
             names.sort();
             names.dedup();
             Arc::from(names)
+        }),
+        connection_settings_status: message.connection_settings_status.map(|s| {
+            ConnectionSettingsStatus {
+                hash: s.last_connection_settings_hash.to_vec(),
+                status: match proto::ConnectionSettingsStatuses::try_from(s.status) {
+                    Ok(proto::ConnectionSettingsStatuses::Unset) => SettingsState::Unset,
+                    Ok(proto::ConnectionSettingsStatuses::Applied) => SettingsState::Applied,
+                    Ok(proto::ConnectionSettingsStatuses::Applying) => SettingsState::Applying,
+                    Ok(proto::ConnectionSettingsStatuses::Failed) => SettingsState::Failed,
+                    Err(_) => SettingsState::Unknown(s.status),
+                },
+                error_message: text(s.error_message),
+            }
+        }),
+        custom_message: message.custom_message.map(|m| CustomMessage {
+            capability: text(m.capability),
+            kind: text(m.r#type),
+            data: Arc::from(&m.data[..]),
         }),
         disconnect: message.agent_disconnect.is_some(),
     }
@@ -218,6 +238,25 @@ pub fn to_server_to_agent(uid: Bytes, outbound: Outbound) -> proto::ServerToAgen
             }),
             config_hash: Bytes::from(offer.hash),
         });
+    message.connection_settings = outbound
+        .connection_settings
+        .map(|offer| settings_offers(offer.settings, offer.hash));
+    message.custom_message =
+        outbound
+            .custom_messages
+            .into_iter()
+            .next()
+            .map(|m| proto::CustomMessage {
+                capability: m.capability,
+                r#type: m.kind,
+                data: Bytes::copy_from_slice(&m.data),
+            });
+    message.custom_capabilities =
+        outbound
+            .custom_capabilities
+            .map(|names| proto::CustomCapabilities {
+                capabilities: names.to_vec(),
+            });
     message.packages_available = outbound.package.map(|package| {
         let all_packages_hash = Bytes::copy_from_slice(package.all_packages_hash());
         // The kept packages as the collector has them: same version, same hash, so it has nothing
@@ -248,6 +287,78 @@ pub fn to_server_to_agent(uid: Bytes, outbound: Outbound) -> proto::ServerToAgen
         }
     });
     message
+}
+
+fn settings_offers(
+    settings: connection::ConnectionSettings,
+    hash: Vec<u8>,
+) -> proto::ConnectionSettingsOffers {
+    proto::ConnectionSettingsOffers {
+        hash: Bytes::from(hash),
+        opamp: settings.opamp.map(|o| proto::OpAmpConnectionSettings {
+            destination_endpoint: o.destination_endpoint,
+            headers: headers(o.headers),
+            certificate: None,
+            heartbeat_interval_seconds: o.heartbeat_interval_seconds,
+            tls: o.tls.map(tls),
+            proxy: o.proxy.map(proxy),
+        }),
+        own_metrics: settings.own_metrics.map(telemetry),
+        own_traces: settings.own_traces.map(telemetry),
+        own_logs: settings.own_logs.map(telemetry),
+        other_connections: settings
+            .other_connections
+            .into_iter()
+            .map(|(name, o)| {
+                let other = proto::OtherConnectionSettings {
+                    destination_endpoint: o.destination_endpoint,
+                    headers: headers(o.headers),
+                    certificate: None,
+                    other_settings: o.other_settings.into_iter().collect(),
+                    tls: o.tls.map(tls),
+                    proxy: o.proxy.map(proxy),
+                };
+                (name, other)
+            })
+            .collect(),
+    }
+}
+
+fn telemetry(t: connection::TelemetryConnection) -> proto::TelemetryConnectionSettings {
+    proto::TelemetryConnectionSettings {
+        destination_endpoint: t.destination_endpoint,
+        headers: headers(t.headers),
+        certificate: None,
+        tls: t.tls.map(tls),
+        proxy: t.proxy.map(proxy),
+    }
+}
+
+fn headers(map: BTreeMap<String, String>) -> Option<proto::Headers> {
+    (!map.is_empty()).then(|| proto::Headers {
+        headers: map
+            .into_iter()
+            .map(|(key, value)| proto::Header { key, value })
+            .collect(),
+    })
+}
+
+fn tls(t: connection::TlsSettings) -> proto::TlsConnectionSettings {
+    proto::TlsConnectionSettings {
+        ca_pem_contents: t.ca_pem_contents,
+        include_system_ca_certs_pool: t.include_system_ca_certs_pool,
+        insecure_skip_verify: t.insecure_skip_verify,
+        min_version: t.min_version,
+        max_version: t.max_version,
+        cipher_suites: t.cipher_suites,
+    }
+}
+
+fn proxy(p: connection::ProxySettings) -> proto::ProxyConnectionSettings {
+    proto::ProxyConnectionSettings {
+        url: p.url,
+        connect_headers: headers(p.connect_headers),
+    }
 }
 
 /// A `BAD_REQUEST` answer: the collector should not retry the same message.
@@ -320,6 +431,7 @@ mod tests {
                 }),
                 package: None,
                 restart: false,
+                ..Outbound::default()
             },
         );
         assert_eq!(reply.flags, 0x3);

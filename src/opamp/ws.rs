@@ -215,7 +215,8 @@ impl Session {
                             |wire| wire.bytes.clone(),
                         );
                         let offered = outbound.offers();
-                        let message = report::to_server_to_agent(uid, *outbound);
+                        let mut message = report::to_server_to_agent(uid, *outbound);
+                        message.capabilities = self.opamp.capabilities();
                         if let Some(ending) = Box::pin(self.send(&message)).await {
                             self.unwritten.push((id, offered));
                             return ending;

@@ -313,10 +313,57 @@ pub trait Store: Send + Sync + 'static {
         &self,
         hash: &str,
     ) -> Result<Option<ConfigurationVersion>, StoreError>;
+    /// Writes a connection settings offer's document (inserted, or replacing the one of that
+    /// name); `true` when it is new.
+    async fn save_settings_offer(
+        &self,
+        name: &str,
+        document: &serde_json::Value,
+    ) -> Result<bool, StoreError>;
+    /// Every connection settings offer's document, by name.
+    async fn settings_offers(&self) -> Result<Vec<serde_json::Value>, StoreError>;
+    /// Deletes an offer; `false` when there was none of that name.
+    async fn delete_settings_offer(&self, name: &str) -> Result<bool, StoreError>;
     /// After an unclean stop: marks every collector this node held and the store still shows as
     /// not Disconnected as Disconnected (`server_termination`), with the transition recorded.
     /// Returns how many were marked.
     async fn recover(&self, at: SystemTime) -> Result<usize, StoreError>;
+}
+
+/// Every collector `selector` picks (among those declaring any of `custom_capabilities`, when
+/// given), in id order, read page by page.
+pub async fn selected(
+    store: &dyn Store,
+    selector: &Selector,
+    custom_capabilities: &[String],
+) -> Result<Vec<Collector>, StoreError> {
+    const PAGE: usize = 500;
+    let mut found = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(&CollectorQuery {
+                states: Vec::new(),
+                facets: Facets::default(),
+                custom_capabilities: custom_capabilities.to_vec(),
+                selector: selector.clone(),
+                text: None,
+                sort: SortKey::Id,
+                descending: false,
+                after: after.take(),
+                limit: PAGE,
+            })
+            .await?;
+        let full = page.len() == PAGE;
+        after = page.last().map(|c| After {
+            value: c.id.to_string(),
+            id: c.id.to_string(),
+        });
+        found.extend(page);
+        if !full {
+            return Ok(found);
+        }
+    }
 }
 
 /// For SQLite, the lock that keeps a second server off the same file while it is held (see

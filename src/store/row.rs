@@ -42,6 +42,10 @@ struct ControlDoc {
     missing_components: Vec<String>,
     reassigned: Option<Reassignment>,
     drift: Option<DriftDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settings_failed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settings_error: Option<String>,
 }
 
 /// A drift baseline in the control document: hex digests.
@@ -84,6 +88,8 @@ impl ControlDoc {
             missing_components: c.missing_components.clone(),
             reassigned: c.reassigned.clone(),
             drift: c.drift.as_ref().map(DriftDoc::of),
+            settings_failed: c.settings_failed.as_deref().map(hex),
+            settings_error: c.settings_error.clone(),
         }
     }
 }
@@ -252,6 +258,10 @@ impl FactWrite {
                 "custom_capabilities",
                 part(facts.custom_capabilities.as_deref()),
             ),
+            (
+                "connection_settings_status",
+                part(facts.connection_settings_status.as_ref()),
+            ),
         ];
         parts
             .into_iter()
@@ -322,6 +332,8 @@ impl RecordRow {
         c.rollout = control.rollout;
         c.missing_components = control.missing_components;
         c.reassigned = control.reassigned;
+        c.settings_failed = control.settings_failed.as_deref().and_then(unhex);
+        c.settings_error = control.settings_error;
         c.drift = control
             .drift
             .as_ref()
@@ -352,6 +364,10 @@ impl RecordRow {
                 }
                 "custom_capabilities" => {
                     parts.custom_capabilities = read_part(id, "custom capabilities", value)?;
+                }
+                "connection_settings_status" => {
+                    parts.connection_settings_status =
+                        read_part(id, "connection settings status", value)?;
                 }
                 // A part this version does not know is left alone, not refused.
                 _ => {}

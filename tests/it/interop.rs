@@ -28,6 +28,7 @@ fn server_capabilities() -> u64 {
         Can::AcceptsEffectiveConfig,
         Can::OffersPackages,
         Can::AcceptsPackagesStatus,
+        Can::OffersConnectionSettings,
     ]
     .iter()
     .fold(0, |bits, c| bits | *c as u64)

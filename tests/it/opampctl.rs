@@ -1039,3 +1039,77 @@ async fn facets_filter_and_show_beside_the_state() {
         "{described}"
     );
 }
+
+/// `offer apply|list|get|delete` and `message`, against the API's own answers.
+#[tokio::test]
+async fn offers_and_custom_messages() {
+    let server = TestServer::start().await;
+    let _connected = fleet(&server).await;
+    let api = Api::new(&server.api_url);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gold.json");
+    std::fs::write(
+        &file,
+        json!({
+            "name": "gold",
+            "selector": "tier=gold",
+            "own_metrics": {"destination_endpoint": "https://otlp.example.com/v1/metrics"},
+            "other_connections": {"kafka": {"destination_endpoint": "kafka:9092"}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let created = ok(&server, &["offer", "apply", "-f", path]).await;
+    let replaced = ok(&server, &["offer", "apply", "-f", path]).await;
+    let listed = ok(&server, &["offer", "list"]).await;
+    redacted(|| {
+        insta::assert_snapshot!("offer_apply", format!("{created}{replaced}"));
+        insta::assert_snapshot!("offer_list", listed);
+    });
+    let as_json = ok(&server, &["offer", "get", "gold", "-o", "json"]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&as_json).unwrap(),
+        api.ok("/api/v1/connection-settings/gold").await
+    );
+    assert_eq!(
+        ok(&server, &["offer", "delete", "gold"]).await,
+        "offer gold deleted\n"
+    );
+    let gone = ctl(&server, &["offer", "get", "gold"]).await;
+    assert_eq!(gone.code, exit::ERROR, "{gone:?}");
+
+    // The fleet's collectors declare no custom capability.
+    let refused = ctl(
+        &server,
+        &[
+            "message",
+            &id(1).to_string(),
+            "--capability",
+            "io.example.ping",
+            "--type",
+            "ping",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, exit::ERROR, "{refused:?}");
+    assert!(refused.err.contains("409"), "{refused:?}");
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "message",
+                "-l",
+                "env=prod",
+                "--capability",
+                "io.example.ping",
+                "--type",
+                "ping",
+                "--data",
+                "aGk="
+            ],
+        )
+        .await,
+        "message sent to 0 collectors\n"
+    );
+}

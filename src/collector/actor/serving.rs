@@ -8,7 +8,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Actor;
+use crate::collector::connection::CustomMessage;
 use crate::collector::contest::Verdict;
+use crate::collector::custom::Bucket;
 use crate::collector::delivery;
 use crate::collector::facets;
 use crate::collector::handle::{Answer, ConnectionRef};
@@ -22,7 +24,7 @@ impl Actor {
     pub(super) async fn on_report(
         &mut self,
         connection: ConnectionRef,
-        report: Box<Report>,
+        mut report: Box<Report>,
         reassigned_from: Option<CollectorId>,
     ) -> Answer {
         if self.contested_by(&connection) == Verdict::Reassign {
@@ -46,6 +48,9 @@ impl Actor {
             });
             self.hot = true;
         }
+        let custom = report.custom_message.take();
+        let arrived = !self.record.connected;
+        let declares = report.custom_capabilities.is_some();
         self.changed = self.changed.by_report(&self.record, &report);
         self.hot |= !report.is_heartbeat() || report.capabilities != self.record.capabilities;
         let asks = self.asks_for(&report);
@@ -64,16 +69,56 @@ impl Actor {
             self.detach();
             self.evict_deadline = Some(Instant::now() + self.shared.settings.grace_period);
         } else if transport == Transport::Http {
-            self.silent_deadline = Some(Instant::now() + self.shared.settings.liveness_window);
+            self.silent_deadline = Some(Instant::now() + self.liveness().0);
         }
         // A message arrived: whatever was late is not.
         self.refresh_facets(false);
+        if let Some(message) = custom {
+            self.relay(message);
+        }
+        let ours = &self.shared.custom.limits.capabilities;
+        if (arrived || declares) && !ours.is_empty() {
+            // Ours, told on each connection and in answer to the collector's own list.
+            self.record.outbox.custom_capabilities = Some(ours.clone());
+        }
         self.record.outbox.merge(asks);
         let outbound = self.take_outbox(transport);
         self.save().await;
         Answer::Reply {
             outbound: Box::new(outbound),
             confirm: self.confirmation().await,
+        }
+    }
+
+    /// Publishes a collector's custom message for the event stream, when it is one opampd relays
+    /// and within the collector's rate; otherwise it is dropped and counted (OpAMP has no way to
+    /// refuse one).
+    fn relay(&mut self, message: CustomMessage) {
+        let relay = &self.shared.custom;
+        let per_minute = relay.limits.per_minute;
+        let now = Instant::now();
+        let bucket = self
+            .custom_bucket
+            .get_or_insert_with(|| Bucket::full(per_minute, now));
+        let dropped = if !relay.relays(&message) {
+            Some("unsupported_or_too_large")
+        } else if bucket.take(per_minute, now).is_err() {
+            Some("too_fast")
+        } else {
+            None
+        };
+        match dropped {
+            Some(reason) => {
+                debug!(collector_id = %self.id, reason, capability = %message.capability, "custom message dropped");
+                self.shared
+                    .metrics
+                    .counter(
+                        crate::telemetry::metrics::CUSTOM_MESSAGES_DROPPED,
+                        &[("reason", reason)],
+                    )
+                    .increment(1);
+            }
+            None => relay.publish(self.id, message),
         }
     }
 
@@ -200,6 +245,8 @@ impl Report {
             && self.package_statuses.is_none()
             && self.available_components.is_none()
             && self.custom_capabilities.is_none()
+            && self.connection_settings_status.is_none()
+            && self.custom_message.is_none()
             && !self.disconnect
     }
 

@@ -728,6 +728,51 @@ macro_rules! sql_store {
                 Ok(row.map(ConfigurationRow::into_version))
             }
 
+            async fn save_settings_offer(
+                &self,
+                name: &str,
+                document: &serde_json::Value,
+            ) -> Result<bool, StoreError> {
+                let d: &Dialect = &$dialect;
+                let mut tx = self.pool.begin_with(d.begin_read_then_write).await?;
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT COUNT(*) FROM connection_settings_offers WHERE name = ",
+                );
+                q.push_bind(name.to_owned());
+                let (existing,): (i64,) = q.build_query_as().fetch_one(&mut *tx).await?;
+                let mut q = QueryBuilder::<$db>::new(
+                    "INSERT INTO connection_settings_offers (name, document, updated_at) VALUES (",
+                );
+                q.push_bind(name.to_owned())
+                    .push(", ")
+                    .push_bind(sqlx::types::Json(document))
+                    .push(", ")
+                    .push_bind(OffsetDateTime::now_utc())
+                    .push(
+                        ") ON CONFLICT (name) DO UPDATE SET document = excluded.document, \
+                         updated_at = excluded.updated_at",
+                    );
+                q.build().execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(existing == 0)
+            }
+
+            async fn settings_offers(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+                let rows: Vec<(sqlx::types::Json<serde_json::Value>,)> = sqlx::query_as(
+                    "SELECT document FROM connection_settings_offers ORDER BY name",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(|(d,)| d.0).collect())
+            }
+
+            async fn delete_settings_offer(&self, name: &str) -> Result<bool, StoreError> {
+                let mut q =
+                    QueryBuilder::<$db>::new("DELETE FROM connection_settings_offers WHERE name = ");
+                q.push_bind(name.to_owned());
+                Ok(q.build().execute(&self.pool).await?.rows_affected() > 0)
+            }
+
             async fn recover(&self, at: SystemTime) -> Result<usize, StoreError> {
                 let disconnected = State::Disconnected.as_str();
                 let reason = Reason::ServerTermination.as_str();

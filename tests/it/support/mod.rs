@@ -204,11 +204,12 @@ impl TestServer {
             ..
         } = self;
         if let Some(running) = running {
-            within("a clean shutdown", running.shutdown())
+            Box::pin(within("a clean shutdown", running.shutdown()))
                 .await
                 .expect("clean shutdown");
         }
-        Self::start_on(config, data, database).await
+        // Boxed, so that the callers' futures stay small.
+        Box::pin(Self::start_on(config, data, database)).await
     }
 
     pub fn store(&self) -> &dyn opampd::store::Store {

@@ -34,6 +34,8 @@ impl Issued {
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca_pem: String,
+    /// The CA's private key, PEM (for a server that signs with this CA).
+    pub ca_key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -48,6 +50,7 @@ impl Pki {
         let pki = Self {
             dir: tempfile::tempdir().unwrap(),
             ca_pem: ca.pem(),
+            ca_key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         };
         pki.write("ca.pem", &pki.ca_pem);

@@ -1,0 +1,357 @@
+//! Connection settings offers: operators' named offers, each for the collectors its label selector
+//! picks; which offer gives a collector each class of settings (a pure choice); and the
+//! distributor that tells collectors when an offer or their labels change, and whenever they arrive.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::cluster::router::Router;
+use crate::collector::connection::{
+    ConnectionSettings, OpampConnection, ProxySettings, TelemetryConnection,
+};
+use crate::collector::{CollectorId, Event, Reason, Registry, State};
+use crate::selector::Selector;
+use crate::store::{Store, StoreError};
+/// Longest offer name, like configuration names.
+const MAX_NAME: usize = 100;
+
+/// One operator's offer as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsOffer {
+    pub name: String,
+    pub selector: Selector,
+    pub settings: ConnectionSettings,
+    #[serde(with = "humantime_serde")]
+    pub created_at: SystemTime,
+    #[serde(with = "humantime_serde")]
+    pub updated_at: SystemTime,
+}
+
+/// Why an offer cannot be taken, for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(message: impl Into<String>) -> Invalid {
+    Invalid(message.into())
+}
+
+/// What OpAMP requires of an offer, checked before it is stored.
+pub fn validate(name: &str, settings: &ConnectionSettings) -> Result<(), Invalid> {
+    let name_ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !name_ok {
+        return Err(invalid("name: 1 to 100 letters, digits or ._-"));
+    }
+    if settings.is_empty() {
+        return Err(invalid(
+            "an offer needs at least one of opamp, own_metrics, own_traces, own_logs, \
+             other_connections",
+        ));
+    }
+    if let Some(opamp) = &settings.opamp {
+        check_opamp(opamp)?;
+    }
+    for (class, telemetry) in [
+        ("own_metrics", &settings.own_metrics),
+        ("own_traces", &settings.own_traces),
+        ("own_logs", &settings.own_logs),
+    ] {
+        if let Some(t) = telemetry {
+            check_telemetry(class, t)?;
+        }
+    }
+    for (name, other) in &settings.other_connections {
+        if name.is_empty() {
+            return Err(invalid("other_connections: names are not empty"));
+        }
+        if other.destination_endpoint.is_empty() {
+            return Err(invalid(format!(
+                "other_connections.{name}.destination_endpoint: must not be empty"
+            )));
+        }
+        check_proxy(&format!("other_connections.{name}"), other.proxy.as_ref())?;
+    }
+    Ok(())
+}
+
+fn check_opamp(opamp: &OpampConnection) -> Result<(), Invalid> {
+    if !has_scheme(&opamp.destination_endpoint, &["ws", "wss", "http", "https"]) {
+        return Err(invalid(
+            "opamp.destination_endpoint: a ws://, wss://, http:// or https:// URL",
+        ));
+    }
+    if opamp.heartbeat_interval_seconds == 0 {
+        return Err(invalid(
+            "opamp.heartbeat_interval_seconds: at least 1 (OpAMP reads 0 as no heartbeats)",
+        ));
+    }
+    check_proxy("opamp", opamp.proxy.as_ref())
+}
+
+fn check_telemetry(class: &str, t: &TelemetryConnection) -> Result<(), Invalid> {
+    if !has_scheme(&t.destination_endpoint, &["http", "https"]) {
+        return Err(invalid(format!(
+            "{class}.destination_endpoint: a full OTLP/HTTP URL (http:// or https://, with its path)"
+        )));
+    }
+    check_proxy(class, t.proxy.as_ref())
+}
+
+fn check_proxy(class: &str, proxy: Option<&ProxySettings>) -> Result<(), Invalid> {
+    match proxy {
+        Some(p) if p.url.is_empty() => {
+            Err(invalid(format!("{class}.proxy.url: must not be empty")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `url` starts with one of `schemes` followed by `://` and something after it.
+fn has_scheme(url: &str, schemes: &[&str]) -> bool {
+    url.split_once("://").is_some_and(|(scheme, rest)| {
+        !rest.is_empty() && schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+    })
+}
+
+/// The settings the offers give a collector with `labels`: of the offers whose selector matches,
+/// the most recently changed one that has a class gives that class (and each other connection by
+/// its name), so a broad offer can set the defaults and a narrower, newer one override a part.
+/// `None` when no offer gives anything.
+pub fn resolve(
+    offers: &[SettingsOffer],
+    labels: &BTreeMap<String, String>,
+) -> Option<ConnectionSettings> {
+    let mut matching: Vec<&SettingsOffer> = offers
+        .iter()
+        .filter(|o| o.selector.matches(labels))
+        .collect();
+    // Oldest first, so newer ones are laid over them; the name settles a tie.
+    matching.sort_by(|a, b| (a.updated_at, &a.name).cmp(&(b.updated_at, &b.name)));
+    let mut settings = ConnectionSettings::default();
+    for offer in matching {
+        let s = &offer.settings;
+        if s.opamp.is_some() {
+            settings.opamp.clone_from(&s.opamp);
+        }
+        if s.own_metrics.is_some() {
+            settings.own_metrics.clone_from(&s.own_metrics);
+        }
+        if s.own_traces.is_some() {
+            settings.own_traces.clone_from(&s.own_traces);
+        }
+        if s.own_logs.is_some() {
+            settings.own_logs.clone_from(&s.own_logs);
+        }
+        for (name, other) in &s.other_connections {
+            settings
+                .other_connections
+                .insert(name.clone(), other.clone());
+        }
+    }
+    (!settings.is_empty()).then_some(settings)
+}
+
+/// Every stored offer; one the store holds but this version cannot read is left out, and said so.
+pub async fn offers(store: &dyn Store) -> Result<Vec<SettingsOffer>, StoreError> {
+    Ok(store
+        .settings_offers()
+        .await?
+        .into_iter()
+        .filter_map(|document| match serde_json::from_value(document) {
+            Ok(offer) => Some(offer),
+            Err(err) => {
+                warn!(%err, "a stored connection settings offer cannot be read; it is left out");
+                None
+            }
+        })
+        .collect())
+}
+
+/// Tells collectors the settings the offers give them.
+#[derive(Clone)]
+pub struct Distributor {
+    router: Arc<Router>,
+    store: Arc<dyn Store>,
+}
+
+impl Distributor {
+    pub fn new(router: Arc<Router>, store: Arc<dyn Store>) -> Self {
+        Self { router, store }
+    }
+
+    /// Tells every connected collector one of `selectors` picks (wherever it is held) what it is
+    /// given now. Collectors away hear of it when they arrive.
+    pub async fn selected(&self, selectors: &[Selector]) -> Result<usize, StoreError> {
+        let offers = offers(self.store.as_ref()).await?;
+        let mut told = 0;
+        for selector in selectors {
+            let picked = crate::store::selected(self.store.as_ref(), selector, &[]).await?;
+            for c in picked.iter().filter(|c| c.connected) {
+                if self.tell(c.id, resolve(&offers, &c.labels)).await {
+                    told += 1;
+                }
+            }
+        }
+        Ok(told)
+    }
+
+    /// Tells one collector (its labels just changed, or it arrived).
+    pub async fn one(&self, id: CollectorId) -> Result<(), StoreError> {
+        let offers = offers(self.store.as_ref()).await?;
+        // A collector the store has not written yet has no labels yet.
+        let labels = self
+            .store
+            .load(id)
+            .await?
+            .map(|c| c.labels)
+            .unwrap_or_default();
+        self.tell(id, resolve(&offers, &labels)).await;
+        Ok(())
+    }
+
+    async fn tell(&self, id: CollectorId, settings: Option<ConnectionSettings>) -> bool {
+        let event = Event::ConnectionSettings {
+            settings: settings.map(Box::new),
+        };
+        match self.router.apply(id, event).await {
+            Ok(applied) => applied,
+            Err(err) => {
+                debug!(collector_id = %id, %err, "connection settings not told now; it hears on arrival");
+                false
+            }
+        }
+    }
+
+    /// Tells each collector that arrives on this node (first contact, or back) what it is given,
+    /// until `shutdown`. A subscription dropped for lagging is taken again, and every collector
+    /// resident here is told afresh, since arrivals may have been missed.
+    pub async fn run(self, registry: Arc<Registry>, shutdown: CancellationToken) {
+        loop {
+            let mut arrivals = registry.subscribe();
+            loop {
+                let published = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    published = arrivals.recv() => published,
+                };
+                let Some(published) = published else { break };
+                let t = &published.transition;
+                if t.to == State::Connected
+                    && matches!(t.reason, Reason::Initial | Reason::ConnectionRestored)
+                    && let Err(err) = self.one(published.collector).await
+                {
+                    warn!(collector_id = %published.collector, %err, "cannot read the connection settings offers for an arriving collector");
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+            for id in registry.ids() {
+                let _ = self.one(id).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn offer(name: &str, selector: &str, age: u64, settings: ConnectionSettings) -> SettingsOffer {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1000 - age);
+        SettingsOffer {
+            name: name.into(),
+            selector: Selector::parse(selector).unwrap(),
+            settings,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn the_newest_matching_offer_gives_each_class() {
+        let fleet = offer(
+            "fleet",
+            "",
+            100,
+            ConnectionSettings {
+                own_metrics: Some(TelemetryConnection::to("https://all/v1/metrics")),
+                own_logs: Some(TelemetryConnection::to("https://all/v1/logs")),
+                ..ConnectionSettings::default()
+            },
+        );
+        let gold = offer(
+            "gold",
+            "tier=gold",
+            10,
+            ConnectionSettings {
+                own_logs: Some(TelemetryConnection::to("https://gold/v1/logs")),
+                ..ConnectionSettings::default()
+            },
+        );
+        let offers = [gold, fleet];
+        let gold = &BTreeMap::from([("tier".to_owned(), "gold".to_owned())]);
+        let plain = resolve(&offers, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            plain.own_logs,
+            Some(TelemetryConnection::to("https://all/v1/logs"))
+        );
+        let golden = resolve(&offers, gold).unwrap();
+        assert_eq!(
+            golden.own_logs,
+            Some(TelemetryConnection::to("https://gold/v1/logs"))
+        );
+        assert_eq!(
+            golden.own_metrics,
+            Some(TelemetryConnection::to("https://all/v1/metrics")),
+            "the classes the newer offer leaves out come from the older"
+        );
+        let only_gold = &offers[..1];
+        assert!(
+            resolve(
+                only_gold,
+                &BTreeMap::from([("tier".to_owned(), "silver".to_owned())])
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn offers_are_checked_as_opamp_requires() {
+        let good = ConnectionSettings {
+            opamp: Some(OpampConnection {
+                destination_endpoint: "wss://opamp.example.com/v1/opamp".into(),
+                heartbeat_interval_seconds: 30,
+                ..OpampConnection::default()
+            }),
+            ..ConnectionSettings::default()
+        };
+        assert!(validate("prod", &good).is_ok());
+        assert!(validate("bad name", &good).is_err());
+        assert!(validate("empty", &ConnectionSettings::default()).is_err());
+        let mut no_endpoint = good.clone();
+        no_endpoint.opamp.as_mut().unwrap().destination_endpoint = "opamp.example.com".into();
+        assert!(validate("x", &no_endpoint).is_err());
+        let mut silent = good.clone();
+        silent.opamp.as_mut().unwrap().heartbeat_interval_seconds = 0;
+        assert!(validate("x", &silent).is_err());
+        let grpc = ConnectionSettings {
+            own_traces: Some(TelemetryConnection::to("grpc://collector:4317")),
+            ..ConnectionSettings::default()
+        };
+        assert!(validate("x", &grpc).is_err());
+        let mut proxied = good;
+        proxied.opamp.as_mut().unwrap().proxy = Some(ProxySettings::default());
+        assert!(validate("x", &proxied).is_err());
+    }
+}

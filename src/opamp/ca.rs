@@ -1,0 +1,219 @@
+//! The certificate authority that signs collectors' certificate requests (OpAMP's CSR flow,
+//! `ConnectionSettingsRequest`): its files, what a request may ask for, and the answer that
+//! carries the issued certificate.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use rcgen::{
+    CertificateSigningRequestParams, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SerialNumber,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::collector::CollectorId;
+use crate::proto;
+
+/// `[opamp.ca]`: with it, opampd signs the certificate requests collectors send.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// PEM file with the CA's certificate.
+    pub cert: PathBuf,
+    /// PEM file with the CA's private key.
+    pub key: PathBuf,
+    /// How long an issued certificate is valid.
+    #[serde(default = "default_validity", with = "humantime_serde")]
+    pub validity: Duration,
+    /// The OpAMP URL collectors use (`wss://opamp.example.com:4320/v1/opamp`): an answer with a
+    /// certificate is an OpAMP connection offer, which must name where to connect.
+    pub endpoint: String,
+}
+
+fn default_validity() -> Duration {
+    Duration::from_hours(24 * 30)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opamp.ca: {0}")]
+    Invalid(String),
+}
+
+/// The loaded CA.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    certificate_pem: String,
+    validity: Duration,
+    endpoint: String,
+}
+
+fn read(path: &PathBuf) -> Result<String, CaError> {
+    std::fs::read_to_string(path).map_err(|source| CaError::Read {
+        path: path.clone(),
+        source,
+    })
+}
+
+impl Ca {
+    pub fn load(config: &CaConfig) -> Result<Self, CaError> {
+        let certificate_pem = read(&config.cert)?;
+        let key = KeyPair::from_pem(&read(&config.key)?)
+            .map_err(|e| CaError::Invalid(format!("key: {e}")))?;
+        let issuer = Issuer::from_ca_cert_pem(&certificate_pem, key)
+            .map_err(|e| CaError::Invalid(format!("certificate: {e}")))?;
+        if config.endpoint.is_empty() {
+            return Err(CaError::Invalid("endpoint must not be empty".into()));
+        }
+        Ok(Self {
+            issuer,
+            certificate_pem,
+            validity: config.validity,
+            endpoint: config.endpoint.clone(),
+        })
+    }
+
+    /// Signs `csr` (PEM) for `collector`: a client certificate with the subject and names it asks
+    /// for, valid from `now` for the configured time. Refused (with why, for the collector) when it
+    /// is not a request, or names another collector's uid as its common name.
+    pub fn sign(
+        &self,
+        csr: &[u8],
+        collector: CollectorId,
+        now: SystemTime,
+    ) -> Result<String, String> {
+        let text = std::str::from_utf8(csr).map_err(|_| "the CSR is not PEM text".to_owned())?;
+        let mut request = CertificateSigningRequestParams::from_pem(text)
+            .map_err(|e| format!("the CSR cannot be read: {e}"))?;
+        let params = &mut request.params;
+        if let Some(named) = common_name(params.distinguished_name.get(&DnType::CommonName))
+            && let Ok(uid) = named.parse::<uuid::Uuid>()
+            && uid != collector.0
+        {
+            return Err(format!(
+                "the CSR names instance_uid {uid}, not this collector's {collector}"
+            ));
+        }
+        params.not_before = time::OffsetDateTime::from(now);
+        params.not_after = time::OffsetDateTime::from(now + self.validity);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(SerialNumber::from_slice(&uuid::Uuid::now_v7().into_bytes()));
+        let certificate = request
+            .signed_by(&self.issuer)
+            .map_err(|e| format!("the CSR cannot be signed: {e}"))?;
+        Ok(certificate.pem())
+    }
+
+    /// The answer that carries an issued certificate (and the CA's, never a private key): an
+    /// OpAMP connection offer to the configured endpoint, beside whatever `offered` already held.
+    pub fn answer(
+        &self,
+        cert_pem: String,
+        offered: Option<proto::ConnectionSettingsOffers>,
+        heartbeat: Duration,
+    ) -> proto::ConnectionSettingsOffers {
+        let mut offers = offered.unwrap_or_default();
+        let opamp = offers
+            .opamp
+            .get_or_insert_with(|| proto::OpAmpConnectionSettings {
+                destination_endpoint: self.endpoint.clone(),
+                heartbeat_interval_seconds: heartbeat.as_secs().max(1),
+                ..Default::default()
+            });
+        let mut digest = Sha256::new();
+        digest.update(&offers.hash);
+        digest.update(cert_pem.as_bytes());
+        opamp.certificate = Some(proto::TlsCertificate {
+            cert: Bytes::from(cert_pem),
+            private_key: Bytes::new(),
+            ca_cert: Bytes::from(self.certificate_pem.clone()),
+        });
+        offers.hash = Bytes::from(digest.finalize().to_vec());
+        offers
+    }
+}
+
+fn common_name(value: Option<&DnValue>) -> Option<String> {
+    value.map(dn_text)
+}
+
+fn dn_text(value: &DnValue) -> String {
+    match value {
+        DnValue::Utf8String(s) => s.clone(),
+        DnValue::PrintableString(s) => s.as_str().to_owned(),
+        DnValue::Ia5String(s) => s.as_str().to_owned(),
+        DnValue::TeletexString(s) => s.as_str().to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams};
+
+    use super::*;
+
+    fn ca() -> Ca {
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test-ca");
+        let key = KeyPair::generate().unwrap();
+        let certificate = params.self_signed(&key).unwrap();
+        Ca {
+            issuer: Issuer::new(params, key),
+            certificate_pem: certificate.pem(),
+            validity: Duration::from_hours(1),
+            endpoint: "wss://opamp.example.com/v1/opamp".into(),
+        }
+    }
+
+    fn request(common_name: &str) -> String {
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let key = KeyPair::generate().unwrap();
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn requests_are_signed_for_their_own_collector_only() {
+        let ca = ca();
+        let me = CollectorId(uuid::Uuid::now_v7());
+        let now = SystemTime::now();
+        let pem = ca
+            .sign(request(&me.to_string()).as_bytes(), me, now)
+            .unwrap();
+        let der = der_of(&pem);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(parsed.subject().to_string(), format!("CN={me}"));
+        let lifetime =
+            parsed.validity().not_after.timestamp() - parsed.validity().not_before.timestamp();
+        assert_eq!(lifetime, 3600);
+        assert!(ca.sign(request("any name").as_bytes(), me, now).is_ok());
+        let other = CollectorId(uuid::Uuid::now_v7()).to_string();
+        assert!(ca.sign(request(&other).as_bytes(), me, now).is_err());
+        assert!(ca.sign(b"not a request", me, now).is_err());
+        let answer = ca.answer(pem, None, Duration::from_secs(30));
+        let opamp = answer.opamp.unwrap();
+        assert_eq!(opamp.heartbeat_interval_seconds, 30);
+        assert!(opamp.certificate.unwrap().private_key.is_empty());
+        assert_eq!(answer.hash.len(), 32);
+    }
+
+    fn der_of(pem: &str) -> Vec<u8> {
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        block.contents
+    }
+}
