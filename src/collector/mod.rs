@@ -17,6 +17,7 @@ pub mod persist;
 pub mod registry;
 pub mod resend;
 pub mod state;
+pub mod verdicts;
 
 use std::collections::BTreeMap;
 use std::fmt;
