@@ -31,38 +31,6 @@ async fn a_sequence_gap_asks_for_full_state() {
     assert!(!has_flag(&resumed, ServerToAgentFlags::ReportFullState));
 }
 
-/// The specification's MUST: after a gap the server asks for the omitted parts. A description
-/// alone is not a full state when the report leaves out a part the collector announces and has
-/// reported before; the answer, in sequence, is taken whatever it holds, so it is asked once.
-#[tokio::test]
-async fn a_report_leaving_out_a_known_part_after_a_gap_is_asked_once() {
-    let server = TestServer::start().await;
-    let uid = new_uid();
-    let mut client = WsClient::connect(&server.ws_url).await;
-    let without_health = |seq| proto::AgentToServer {
-        health: None,
-        ..hello(&uid, seq)
-    };
-    let first = client.exchange(&hello(&uid, 0)).await;
-    assert!(!has_flag(&first, ServerToAgentFlags::ReportFullState));
-    let gap = client.exchange(&without_health(5)).await;
-    assert!(has_flag(&gap, ServerToAgentFlags::ReportFullState));
-    let answer = client.exchange(&without_health(6)).await;
-    assert!(!has_flag(&answer, ServerToAgentFlags::ReportFullState));
-    // Everything announced, after a gap: nothing was omitted, nothing to ask.
-    let full = client.exchange(&hello(&uid, 9)).await;
-    assert!(!has_flag(&full, ServerToAgentFlags::ReportFullState));
-    // A part announced but never reported is not taken as omitted.
-    let other = new_uid();
-    let first = client
-        .exchange(&proto::AgentToServer {
-            health: None,
-            ..hello(&other, 0)
-        })
-        .await;
-    assert!(!has_flag(&first, ServerToAgentFlags::ReportFullState));
-}
-
 #[tokio::test]
 async fn absent_sub_messages_mean_unchanged() {
     let server = TestServer::start().await;

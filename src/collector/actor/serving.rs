@@ -14,10 +14,10 @@ use crate::collector::custom::Bucket;
 use crate::collector::delivery;
 use crate::collector::facets;
 use crate::collector::handle::{Answer, ConnectionRef};
-use crate::collector::machine::{Collector, Event};
+use crate::collector::machine::Event;
 use crate::collector::{
-    AvailableComponents, Capabilities, CloseReason, CollectorId, Delivery, Outbound, Reassignment,
-    Report, Transport,
+    AvailableComponents, CloseReason, CollectorId, Delivery, Outbound, Reassignment, Report,
+    Transport,
 };
 
 impl Actor {
@@ -144,7 +144,7 @@ impl Actor {
             .sequence_num
             .is_some_and(|last| report.sequence_num == last.wrapping_add(1));
         let mut asks = Outbound {
-            report_full_state: !continuous && !report.is_full_state(&self.record),
+            report_full_state: !continuous && !report.is_full_state(),
             ..Outbound::default()
         };
         if let Some(available) = &report.available_components {
@@ -250,40 +250,11 @@ impl Report {
             && !self.disconnect
     }
 
-    /// Whether this report is a full state: it carries the description and every part its
-    /// capabilities announce that the collector is known to have (recorded before). A part never
-    /// recorded is not taken as omitted: real clients announce parts they do not send (Python
-    /// announces health and an effective configuration it may not have), and the Python client's
-    /// threads send overlapping sequence numbers, so asking for those parts after every gap
-    /// would only have it send the same message again, racing its own goodbye.
-    fn is_full_state(&self, known: &Collector) -> bool {
-        let can = self.capabilities;
-        let kept = |bit, present: bool, recorded: bool| present || !recorded || !can.has(bit);
+    /// Whether this report is a full state. Clients send the description with every full state and
+    /// leave out what they do not have yet (Python's first message has no effective configuration
+    /// even though it announces one), so demanding every announced part would only make them send
+    /// the same message again.
+    fn is_full_state(&self) -> bool {
         self.description.is_some()
-            && kept(
-                Capabilities::REPORTS_HEALTH,
-                self.health.is_some(),
-                known.health.is_some(),
-            )
-            && kept(
-                Capabilities::REPORTS_EFFECTIVE_CONFIG,
-                self.effective_config.is_some(),
-                known.effective_config.is_some(),
-            )
-            && kept(
-                Capabilities::REPORTS_REMOTE_CONFIG,
-                self.remote_config_status.is_some(),
-                known.remote_config_status.is_some(),
-            )
-            && kept(
-                Capabilities::REPORTS_PACKAGE_STATUSES,
-                self.package_statuses.is_some(),
-                known.package_statuses.is_some(),
-            )
-            && kept(
-                Capabilities::REPORTS_AVAILABLE_COMPONENTS,
-                self.available_components.is_some(),
-                known.available_components.is_some(),
-            )
     }
 }
