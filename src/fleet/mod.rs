@@ -5,3 +5,4 @@ pub mod configuration;
 pub mod engine;
 pub mod offer;
 pub mod rollout;
+pub mod summary;
