@@ -31,7 +31,7 @@ fn target(n: u128, outcome: Outcome) -> Target {
 }
 
 /// A rollout of `n` targets, every third applied, the rest pending.
-fn rollout(n: u128) -> Rollout {
+pub(crate) fn rollout(n: u128) -> Rollout {
     Rollout {
         id: uuid::Uuid::now_v7().to_string(),
         payload: Payload::Configuration {
@@ -61,7 +61,7 @@ fn rollout(n: u128) -> Rollout {
     }
 }
 
-async fn save(store: &dyn Store, rollout: &Rollout, targets: &[&Target]) {
+pub(crate) async fn save(store: &dyn Store, rollout: &Rollout, targets: &[&Target]) {
     store
         .save_rollout(&RolloutSummary::of(rollout), SystemTime::now(), targets)
         .await
