@@ -14,7 +14,7 @@ use crate::output::{self, Format, age, labels, text, timestamp};
 use crate::{Io, exit};
 
 /// The API's largest page.
-const PAGE: usize = 500;
+pub(crate) const PAGE: usize = 500;
 
 /// The seven states in the order the documentation lists them.
 const STATES: [&str; 7] = [
@@ -114,8 +114,8 @@ fn chunk_size(text: &str) -> Result<usize, String> {
 
 /// What several pages of one list add up to: each item's exact text and its parsed value, and
 /// the text of the one page when a single page was all there was.
-struct Listing {
-    items: Vec<(Box<RawValue>, Value)>,
+pub(crate) struct Listing {
+    pub(crate) items: Vec<(Box<RawValue>, Value)>,
     next_cursor: Option<String>,
     single_page: Option<String>,
 }
@@ -123,7 +123,7 @@ struct Listing {
 impl Listing {
     /// `{"items": [...], "next_cursor": ...}` exactly as the API sent it when one page held
     /// everything; else the same shape with every page's items, each as the API sent it.
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         if let Some(text) = &self.single_page {
             return text.clone();
         }
@@ -143,7 +143,7 @@ struct Page {
 }
 
 /// Reads `path` page after page (keyset cursors, so no item twice) until `limit` items or the end.
-async fn list(
+pub(crate) async fn list(
     client: &Client,
     path: &str,
     query: &[(&str, String)],

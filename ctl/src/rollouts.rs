@@ -11,6 +11,7 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use crate::client::{Client, CtlError};
+use crate::collectors;
 use crate::output::{self, Format, OUTCOMES, number, payload, progress, text, timestamp};
 use crate::{Io, exit};
 
@@ -257,16 +258,16 @@ async fn started(
             io.out,
             "dry run: {} to {} collectors (nothing was changed): {}",
             payload(rollout),
-            targets(rollout).len(),
+            total(rollout),
             progress(rollout)
         )?;
-        write!(io.out, "{}", targets_table(rollout))?;
+        write!(io.out, "{}", targets_table(&targets(rollout)))?;
     } else {
         writeln!(
             io.out,
             "rollout {id} started: {} to {} collectors: {}",
             payload(rollout),
-            targets(rollout).len(),
+            total(rollout),
             progress(rollout)
         )?;
     }
@@ -280,9 +281,27 @@ fn targets(rollout: &Value) -> Vec<Value> {
     rollout["targets"].as_array().cloned().unwrap_or_default()
 }
 
+/// How many collectors the rollout targets: its counts added up (the answer may hold only the
+/// first page of its targets).
+fn total(rollout: &Value) -> u64 {
+    rollout["progress"]
+        .as_object()
+        .map_or(0, |counts| counts.values().filter_map(Value::as_u64).sum())
+}
+
+/// Every target of the rollout: those in its answer, or, when they go on, all of them paged.
+async fn all_targets(client: &Client, rollout: &Value) -> Result<Vec<Value>, CtlError> {
+    if rollout["targets_next_cursor"].is_null() {
+        return Ok(targets(rollout));
+    }
+    let path = format!("{}/targets", rollout_path(text(&rollout["id"], "")));
+    let listing = collectors::list(client, &path, &[], None, collectors::PAGE).await?;
+    Ok(listing.items.into_iter().map(|(_, t)| t).collect())
+}
+
 /// One row per targeted collector: its outcome, batch, and what there is to say about it.
-fn targets_table(rollout: &Value) -> String {
-    let rows = targets(rollout)
+fn targets_table(targets: &[Value]) -> String {
+    let rows = targets
         .iter()
         .map(|t| {
             let missing: Vec<&str> = t["missing"]
@@ -314,13 +333,19 @@ fn targets_table(rollout: &Value) -> String {
 }
 
 async fn list(client: &Client, format: Format, io: &mut Io<'_>) -> Result<u8, CtlError> {
-    let answer = client.get("/api/v1/rollouts", &[]).await?;
-    let Some(items) = output::items(io, format, &answer, "rollouts")? else {
+    let listing = collectors::list(client, "/api/v1/rollouts", &[], None, collectors::PAGE).await?;
+    if format.is_raw() {
+        output::raw(io.out, format, &listing.text())?;
         return Ok(exit::OK);
-    };
-    let rows = items
+    }
+    if listing.items.is_empty() {
+        writeln!(io.err, "No rollouts found.")?;
+        return Ok(exit::OK);
+    }
+    let rows = listing
+        .items
         .iter()
-        .map(|r| {
+        .map(|(_, r)| {
             vec![
                 text(&r["id"], "-").to_owned(),
                 payload(r),
@@ -373,7 +398,7 @@ fn describe(rollout: &Value) -> String {
         ),
         (
             "Progress",
-            format!("{} (of {})", progress(rollout), targets(rollout).len()),
+            format!("{} (of {})", progress(rollout), total(rollout)),
         ),
     ];
     let mut text = String::new();
@@ -395,9 +420,10 @@ async fn status(
         return Ok(exit::OK);
     }
     write!(io.out, "{}", describe(&answer.value))?;
-    if !targets(&answer.value).is_empty() {
+    let targets = all_targets(client, &answer.value).await?;
+    if !targets.is_empty() {
         writeln!(io.out)?;
-        write!(io.out, "{}", targets_table(&answer.value))?;
+        write!(io.out, "{}", targets_table(&targets))?;
     }
     Ok(exit::OK)
 }
@@ -463,7 +489,7 @@ impl Bars {
     }
 
     fn update(&self, rollout: &Value) {
-        let total = targets(rollout).len() as u64;
+        let total = total(rollout);
         for (outcome, bar) in &self.bars {
             bar.set_length(total);
             bar.set_position(rollout["progress"][*outcome].as_u64().unwrap_or(0));
@@ -539,14 +565,14 @@ pub async fn watch(
             if let Some(bars) = &bars {
                 bars.finish();
             }
-            return finished(&rollout, io);
+            return finished(client, &rollout, io).await;
         }
         tokio::time::sleep(interval).await;
     }
 }
 
 /// The end of a watch: what happened, the collectors that failed, and the exit code.
-fn finished(rollout: &Value, io: &mut Io<'_>) -> Result<u8, CtlError> {
+async fn finished(client: &Client, rollout: &Value, io: &mut Io<'_>) -> Result<u8, CtlError> {
     let mut status = text(&rollout["status"], "?").to_owned();
     if let Some(reason) = rollout["reason"].as_str().filter(|r| !r.is_empty()) {
         status = format!("{status} ({reason})");
@@ -556,11 +582,17 @@ fn finished(rollout: &Value, io: &mut Io<'_>) -> Result<u8, CtlError> {
         "rollout {} {status}: {} of {}",
         text(&rollout["id"], "?"),
         progress(rollout),
-        targets(rollout).len()
+        total(rollout)
     )?;
-    let failed: Vec<Vec<String>> = targets(rollout)
+    let path = format!("{}/targets", rollout_path(text(&rollout["id"], "")));
+    let mut failures = Vec::new();
+    for outcome in ["failed", "timed_out"] {
+        let query = [("outcome", outcome.to_owned())];
+        let listing = collectors::list(client, &path, &query, None, collectors::PAGE).await?;
+        failures.extend(listing.items.into_iter().map(|(_, t)| t));
+    }
+    let failed: Vec<Vec<String>> = failures
         .iter()
-        .filter(|t| t["outcome"] == "failed" || t["outcome"] == "timed_out")
         .map(|t| {
             vec![
                 text(&t["collector"], "-").to_owned(),

@@ -92,7 +92,7 @@ pub fn last<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn limit(pairs: &[(String, String)]) -> Result<usize, ApiError> {
+pub(super) fn limit(pairs: &[(String, String)]) -> Result<usize, ApiError> {
     match last(pairs, "limit") {
         None => Ok(DEFAULT_LIMIT),
         Some(text) => text
@@ -103,7 +103,7 @@ fn limit(pairs: &[(String, String)]) -> Result<usize, ApiError> {
     }
 }
 
-fn collector_id(text: &str) -> Result<CollectorId, ApiError> {
+pub(super) fn collector_id(text: &str) -> Result<CollectorId, ApiError> {
     text.parse()
         .map(CollectorId)
         .map_err(|_| ApiError::BadRequest(format!("{text:?} is not a collector id (a UUID)")))
@@ -117,11 +117,11 @@ struct ListCursor {
     id: String,
 }
 
-fn encode_cursor<T: Serialize>(cursor: &T) -> String {
+pub(super) fn encode_cursor<T: Serialize>(cursor: &T) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(cursor).unwrap_or_default())
 }
 
-fn decode_cursor<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ApiError> {
+pub(super) fn decode_cursor<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ApiError> {
     URL_SAFE_NO_PAD
         .decode(text)
         .ok()

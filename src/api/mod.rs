@@ -107,6 +107,7 @@ pub fn router(state: ApiState) -> Router {
             get(rollouts::list).post(rollouts::create),
         )
         .route("/api/v1/rollouts/{id}", get(rollouts::one))
+        .route("/api/v1/rollouts/{id}/targets", get(rollouts::targets))
         .route("/api/v1/upgrades", axum::routing::post(rollouts::upgrade))
         .route(
             "/api/v1/rollouts/{id}/{action}",

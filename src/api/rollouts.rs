@@ -1,22 +1,23 @@
 //! Rollouts through the API: start one (or ask what it would do), follow its progress, pause,
 //! resume and cancel it. The engine does the work; these handlers translate.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::auth::Caller;
-use super::collectors::json_body;
+use super::collectors::{
+    PageParams, collector_id, decode_cursor, encode_cursor, json_body, last, limit, query_pairs,
+};
 use super::error::{ApiError, ErrorBody};
 use crate::config::Role;
 use crate::fleet::engine::{Control, FleetError, NewRollout};
-use crate::fleet::rollout::{PackageSpec, Payload, Rollout, RolloutOptions};
+use crate::fleet::rollout::{Outcome, PackageSpec, Payload, Rollout, RolloutOptions, Target};
+use crate::fleet::summary::{RolloutSummary, parse_outcome};
 use crate::selector::Selector;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -45,28 +46,59 @@ pub struct NewRolloutBody {
     pub dry_run: bool,
 }
 
+/// Targets in `GET /api/v1/rollouts/{id}`: the first page of them.
+const FIRST_TARGETS: usize = 100;
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RolloutView {
     #[serde(flatten)]
-    pub rollout: Rollout,
-    /// How many targets have each outcome.
-    #[schema(value_type = BTreeMap<String, usize>)]
-    pub progress: BTreeMap<&'static str, usize>,
+    pub summary: RolloutSummary,
+    /// Its targets by collector id: every one in the answer to a start (a dry run's plan) or a
+    /// control; the first 100 in `GET /api/v1/rollouts/{id}`, the rest paged under
+    /// `/api/v1/rollouts/{id}/targets`.
+    pub targets: Vec<Target>,
+    /// Pass as `cursor` to `/api/v1/rollouts/{id}/targets` for the targets after these; `null`
+    /// when there are no more.
+    pub targets_next_cursor: Option<String>,
 }
 
 impl From<Rollout> for RolloutView {
     fn from(rollout: Rollout) -> Self {
         Self {
-            progress: rollout.progress(),
-            rollout,
+            summary: RolloutSummary::of(&rollout),
+            targets: rollout.targets,
+            targets_next_cursor: None,
         }
     }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RolloutList {
-    /// Newest first, without the per-collector outcomes.
-    pub items: Vec<RolloutView>,
+    /// Newest first, without their targets.
+    pub items: Vec<RolloutSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetPage {
+    /// By collector id.
+    pub items: Vec<Target>,
+    /// Pass as `cursor` (with the same `outcome`) for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Documentation of the targets' parameters (parsed by hand, like the other pages).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct TargetParams {
+    /// Only targets with this outcome (`pending`, `applied`, `timed_out`, …).
+    outcome: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<usize>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
 }
 
 impl From<FleetError> for ApiError {
@@ -238,27 +270,39 @@ pub async fn upgrade(
     start(&api, payload, selector, options, body.dry_run).await
 }
 
-fn read(document: serde_json::Value) -> Result<Rollout, ApiError> {
-    serde_json::from_value(document)
-        .map_err(|e| ApiError::Store(crate::store::StoreError::Corrupt(format!("rollout: {e}"))))
-}
-
+/// Rollouts without their targets, newest first, a page at a time.
 #[utoipa::path(get, path = "/api/v1/rollouts", tag = "rollouts",
-    responses((status = 200, body = RolloutList)))]
+    params(PageParams),
+    responses((status = 200, body = RolloutList), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(api): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<RolloutList>, ApiError> {
     caller.require(Role::Viewer)?;
-    let mut items = Vec::new();
-    for document in api.store.rollouts().await?.into_iter().rev() {
-        let mut view = RolloutView::from(read(document)?);
-        view.rollout.targets.clear();
-        items.push(view);
-    }
-    Ok(Json(RolloutList { items }))
+    let pairs = query_pairs(raw.as_deref(), &["limit", "cursor"])?;
+    let limit = limit(&pairs)?;
+    let after = last(&pairs, "cursor")
+        .map(decode_cursor::<String>)
+        .transpose()?;
+    let mut items = api
+        .store
+        .rollout_summaries(after.as_deref(), limit + 1)
+        .await?;
+    let next_cursor = next(&mut items, limit, |s| encode_cursor(&s.id));
+    Ok(Json(RolloutList { items, next_cursor }))
 }
 
+/// Keeps `limit` of `items` (asked for one more); the cursor after the last kept, if more follow.
+fn next<T>(items: &mut Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Option<String> {
+    if items.len() <= limit {
+        return None;
+    }
+    items.truncate(limit);
+    items.last().map(cursor)
+}
+
+/// The rollout with its progress, and its first targets.
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts",
     params(("id" = String, Path, description = "Rollout id")),
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody)))]
@@ -268,12 +312,67 @@ pub async fn one(
     Path(id): Path<String>,
 ) -> Result<Json<RolloutView>, ApiError> {
     caller.require(Role::Viewer)?;
-    let document = api
+    let summary = api
         .store
         .rollout(&id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))?;
-    Ok(Json(read(document)?.into()))
+        .ok_or_else(|| not_found(&id))?;
+    let mut targets = api
+        .store
+        .rollout_targets(&id, None, FIRST_TARGETS + 1, None)
+        .await?;
+    let targets_next_cursor = next(&mut targets, FIRST_TARGETS, target_cursor);
+    Ok(Json(RolloutView {
+        summary,
+        targets,
+        targets_next_cursor,
+    }))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no rollout {id}"))
+}
+
+fn target_cursor(target: &Target) -> String {
+    encode_cursor(&target.collector.to_string())
+}
+
+/// A rollout's targets by collector id, a page at a time, those with one `outcome` if given.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/targets", tag = "rollouts",
+    params(("id" = String, Path, description = "Rollout id"), TargetParams),
+    responses((status = 200, body = TargetPage), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn targets(
+    State(api): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<TargetPage>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let pairs = query_pairs(raw.as_deref(), &["outcome", "limit", "cursor"])?;
+    let limit = limit(&pairs)?;
+    let outcome = last(&pairs, "outcome")
+        .map(|text| {
+            parse_outcome(text).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "unknown outcome {text:?} (one of: {})",
+                    Outcome::ALL.map(Outcome::as_str).join(", ")
+                ))
+            })
+        })
+        .transpose()?;
+    let after = last(&pairs, "cursor")
+        .map(|text| collector_id(&decode_cursor::<String>(text)?))
+        .transpose()?;
+    if api.store.rollout(&id).await?.is_none() {
+        return Err(not_found(&id));
+    }
+    let mut items = api
+        .store
+        .rollout_targets(&id, after, limit + 1, outcome)
+        .await?;
+    let next_cursor = next(&mut items, limit, target_cursor);
+    Ok(Json(TargetPage { items, next_cursor }))
 }
 
 /// `pause`, `resume` (failures so far are accepted; new ones count again) or `cancel` (queued

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::offer::{Offer, What, offer_of, package_offer};
 use super::rollout::{Outcome, Payload, Rollout, RolloutOptions, Status, Target, verdict};
+use super::summary::{RolloutSummary, changed};
 use crate::cluster::router::Router;
 use crate::collector::encoding::{rfc3339, unhex};
 use crate::collector::{Collector, CollectorId, Event, Reason, State};
@@ -81,13 +82,7 @@ impl Fleet {
         shutdown: CancellationToken,
     ) -> Result<Self, FleetError> {
         let from = store.last_seq().await?;
-        let mut rollouts = Vec::new();
-        for document in store.rollouts().await? {
-            match serde_json::from_value::<Rollout>(document) {
-                Ok(rollout) => rollouts.push(rollout),
-                Err(err) => warn!(%err, "a stored rollout cannot be read; it is left alone"),
-            }
-        }
+        let rollouts = super::summary::load_all(store.as_ref()).await?;
         let (tx, rx) = mpsc::channel(COMMANDS);
         let engine = Engine {
             events: Tail::new(
@@ -324,28 +319,24 @@ impl Engine {
 
     /// One active rollout per collector: the new one takes over the others' open targets.
     async fn take_over(&mut self, new: &Rollout) -> Result<(), FleetError> {
-        let mut changed = Vec::new();
-        for (i, old) in self.rollouts.iter_mut().enumerate() {
+        let taken: std::collections::HashSet<CollectorId> =
+            new.targets.iter().map(|t| t.collector).collect();
+        for i in 0..self.rollouts.len() {
+            let old = &self.rollouts[i];
             if !old.status.is_active() && old.status != Status::Completed {
                 continue;
             }
-            let mut touched = false;
-            for target in &mut old.targets {
-                if target.outcome.is_open()
-                    && new.targets.iter().any(|t| t.collector == target.collector)
-                {
+            let mut updated = old.clone();
+            for target in &mut updated.targets {
+                if target.outcome.is_open() && taken.contains(&target.collector) {
                     target.outcome = Outcome::Replaced;
                     target.error = format!("taken over by rollout {}", new.id);
-                    touched = true;
                 }
             }
-            if touched {
-                changed.push(i);
+            if updated != self.rollouts[i] {
+                self.save(&updated).await?;
+                self.rollouts[i] = updated;
             }
-        }
-        for i in changed {
-            let old = self.rollouts[i].clone();
-            self.save(&old).await?;
         }
         Ok(())
     }
@@ -683,16 +674,12 @@ impl Engine {
         matches!(self.router.apply(target.collector, event).await, Ok(true))
     }
 
+    /// Writes the rollout's row and the targets that changed since the engine's copy of it.
     async fn save(&self, rollout: &Rollout) -> Result<(), FleetError> {
-        let document =
-            serde_json::to_value(rollout).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        let before = self.rollouts.iter().find(|r| r.id == rollout.id);
+        let changed = changed(before, rollout);
         self.store
-            .save_rollout(
-                &rollout.id,
-                rollout.status.as_str(),
-                &document,
-                SystemTime::now(),
-            )
+            .save_rollout(&RolloutSummary::of(rollout), SystemTime::now(), &changed)
             .await?;
         Ok(())
     }

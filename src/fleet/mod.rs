@@ -6,3 +6,4 @@ pub mod engine;
 pub mod offer;
 pub mod rollout;
 pub mod settings;
+pub mod summary;

@@ -402,10 +402,10 @@ pub fn runs(record: &Collector, hash: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn target(n: u128, outcome: Outcome) -> Target {
+    pub(crate) fn target(n: u128, outcome: Outcome) -> Target {
         Target {
             collector: CollectorId(uuid::Uuid::from_u128(n)),
             outcome,
@@ -419,7 +419,7 @@ mod tests {
         }
     }
 
-    fn rollout(status: Status, targets: Vec<Target>) -> Rollout {
+    pub(crate) fn rollout(status: Status, targets: Vec<Target>) -> Rollout {
         Rollout {
             id: "r".into(),
             payload: Payload::Configuration {

@@ -20,6 +20,8 @@ use crate::collector::facets::Facets;
 use crate::collector::persist::Claimed;
 use crate::collector::{Collector, CollectorId, State, Transition};
 use crate::config::Config;
+use crate::fleet::rollout::{Outcome, Target};
+use crate::fleet::summary::RolloutSummary;
 use crate::selector::Selector;
 
 pub use sql::{PostgresStore, SqliteStore};
@@ -297,17 +299,32 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         version: i64,
     ) -> Result<Option<ConfigurationVersion>, StoreError>;
-    /// Writes a rollout's document (inserted or replaced), with its status for queries.
+    /// Writes a rollout's row (inserted or replaced) and the targets given (each inserted or
+    /// replaced), in one transaction: a step passes only the targets it changed.
     async fn save_rollout(
         &self,
-        id: &str,
-        status: &str,
-        document: &serde_json::Value,
+        rollout: &RolloutSummary,
         created_at: SystemTime,
+        targets: &[&Target],
     ) -> Result<(), StoreError>;
-    /// Every rollout's document, oldest first.
-    async fn rollouts(&self) -> Result<Vec<serde_json::Value>, StoreError>;
-    async fn rollout(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError>;
+    /// Rollouts without their targets, newest first (ids are UUIDv7: in creation order), after
+    /// the rollout `after` when given.
+    async fn rollout_summaries(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RolloutSummary>, StoreError>;
+    /// One rollout without its targets.
+    async fn rollout(&self, id: &str) -> Result<Option<RolloutSummary>, StoreError>;
+    /// One page of a rollout's targets by collector id, after `after` when given, only those with
+    /// `outcome` when given.
+    async fn rollout_targets(
+        &self,
+        id: &str,
+        after: Option<CollectorId>,
+        limit: usize,
+        outcome: Option<Outcome>,
+    ) -> Result<Vec<Target>, StoreError>;
     /// The configuration version with this hash, if any (the last good one, for rollbacks).
     async fn configuration_by_hash(
         &self,

@@ -1113,3 +1113,25 @@ async fn offers_and_custom_messages() {
         "message sent to 0 collectors\n"
     );
 }
+
+/// A rollout with more targets than `GET /rollouts/{id}` answers: `status` pages the rest, and
+/// every count is of all of them.
+#[tokio::test]
+async fn status_and_watch_read_every_target_of_a_large_rollout() {
+    let server = TestServer::start().await;
+    let mut r = crate::rollout_targets::rollout(250);
+    r.status = opampd::fleet::rollout::Status::Completed;
+    r.targets[0].outcome = opampd::fleet::rollout::Outcome::Failed;
+    r.targets[0].error = "exporter refused".into();
+    let targets: Vec<_> = r.targets.iter().collect();
+    crate::rollout_targets::save(server.store(), &r, &targets).await;
+
+    let status = ok(&server, &["rollout", "status", &r.id]).await;
+    assert!(status.contains("(of 250)"), "{status}");
+    let rows = status.lines().filter(|l| l.contains("-0000-0000-")).count();
+    assert_eq!(rows, 250, "{status}");
+    assert!(ok(&server, &["rollout", "list"]).await.contains(&r.id));
+    let watched = ctl(&server, &["rollout", "watch", &r.id]).await;
+    assert!(watched.out.contains("of 250"), "{watched:?}");
+    assert!(watched.out.contains("exporter refused"), "{watched:?}");
+}

@@ -3,6 +3,7 @@
 //! (`OffsetDateTime`, `Json`, `bool`, `i64`) map onto both. Only the migrations differ, and the
 //! few spellings in [`Dialect`].
 
+mod rollouts;
 mod write;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,10 @@ use super::{
 use crate::collector::facets::Facets;
 use crate::collector::persist::Claimed;
 use crate::collector::{Collector, CollectorId, Reason, State, Transition};
+use crate::fleet::rollout::{Outcome, Target};
+use crate::fleet::summary::{RolloutSummary, split_legacy};
 use crate::selector::{Requirement, Selector};
+use rollouts::{TARGET_COLUMNS, TargetRow, sql_rollouts};
 use write::{push_hot, sql_writes};
 
 /// What the two databases spell differently.
@@ -281,6 +285,7 @@ impl PostgresStore {
 macro_rules! sql_store {
     ($store:ty, $db:ty, $backend:literal, $migrations:literal, $dialect:expr) => {
         sql_writes!($store, $db, $dialect);
+        sql_rollouts!($store, $db);
 
         impl $store {
             /// Appends ` AND <requirement>` for each part of the selector.
@@ -353,7 +358,7 @@ macro_rules! sql_store {
 
             async fn migrate(&self) -> Result<(), StoreError> {
                 sqlx::migrate!($migrations).run(&self.pool).await?;
-                Ok(())
+                self.split_legacy_rollouts().await
             }
 
             async fn ping(&self) -> Result<(), StoreError> {
@@ -671,45 +676,40 @@ macro_rules! sql_store {
 
             async fn save_rollout(
                 &self,
-                id: &str,
-                status: &str,
-                document: &serde_json::Value,
+                rollout: &RolloutSummary,
                 created_at: SystemTime,
+                targets: &[&Target],
             ) -> Result<(), StoreError> {
-                let mut q = QueryBuilder::<$db>::new(
-                    "INSERT INTO rollouts (id, status, document, created_at, updated_at) VALUES (",
-                );
-                q.push_bind(id.to_owned())
-                    .push(", ")
-                    .push_bind(status.to_owned())
-                    .push(", ")
-                    .push_bind(sqlx::types::Json(document))
-                    .push(", ")
-                    .push_bind(OffsetDateTime::from(created_at))
-                    .push(", ")
-                    .push_bind(OffsetDateTime::now_utc())
-                    .push(
-                        ") ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
-                         document = excluded.document, updated_at = excluded.updated_at",
-                    );
-                q.build().execute(&self.pool).await?;
+                let mut tx = self.pool.begin().await?;
+                Self::save_rollout_in(&mut tx, rollout, created_at, targets).await?;
+                tx.commit().await?;
                 Ok(())
             }
 
-            async fn rollouts(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-                let rows: Vec<(sqlx::types::Json<serde_json::Value>,)> =
-                    sqlx::query_as("SELECT document FROM rollouts ORDER BY created_at, id")
-                        .fetch_all(&self.pool)
-                        .await?;
-                Ok(rows.into_iter().map(|(d,)| d.0).collect())
+            async fn rollout_summaries(
+                &self,
+                after: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<RolloutSummary>, StoreError> {
+                self.rollout_summaries_in(after, limit).await
             }
 
-            async fn rollout(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+            async fn rollout(&self, id: &str) -> Result<Option<RolloutSummary>, StoreError> {
                 let mut q = QueryBuilder::<$db>::new("SELECT document FROM rollouts WHERE id = ");
                 q.push_bind(id.to_owned());
-                let row: Option<(sqlx::types::Json<serde_json::Value>,)> =
+                let row: Option<(sqlx::types::Json<RolloutSummary>,)> =
                     q.build_query_as().fetch_optional(&self.pool).await?;
                 Ok(row.map(|(d,)| d.0))
+            }
+
+            async fn rollout_targets(
+                &self,
+                id: &str,
+                after: Option<CollectorId>,
+                limit: usize,
+                outcome: Option<Outcome>,
+            ) -> Result<Vec<Target>, StoreError> {
+                self.rollout_targets_in(id, after, limit, outcome).await
             }
 
             async fn configuration_by_hash(
