@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use opampd::collector::{ConfigOffer, Event, State};
+use opampd::collector::State;
 use opampd::proto;
 
 use crate::support::api::Api;
@@ -140,15 +140,7 @@ async fn drifted_follows_the_effective_configuration(backend: Backend, websocket
     wire.send(&effective(&uid, 1, "local: true")).await;
 
     let hash = vec![9; 32];
-    let offer = ConfigOffer {
-        files: opampd::collector::ConfigFiles::new(),
-        hash: hash.clone(),
-    };
-    let configure = Event::SendConfiguration {
-        offer,
-        required: vec![],
-        rollout: None,
-    };
+    let configure = send_configuration(empty_configuration(hash.clone()));
     assert!(
         server
             .running()

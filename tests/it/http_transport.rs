@@ -7,7 +7,7 @@ use prost::Message as _;
 use tokio::time::Instant;
 
 use crate::support::*;
-use opampd::collector::{ConfigOffer, Event, Reason as R, State as S};
+use opampd::collector::{Event, Reason as R, State as S};
 
 const PROTOBUF: (&str, &str) = ("content-type", "application/x-protobuf");
 
@@ -156,15 +156,7 @@ async fn messages_for_http_collectors_wait_for_the_next_poll() {
     let uid = new_uid();
     post_ok(&server.opamp_url, &hello(&uid, 0)).await;
     let registry = &server.running().registry;
-    let offer = ConfigOffer {
-        files: opampd::collector::ConfigFiles::new(),
-        hash: vec![7; 32],
-    };
-    let configure = Event::SendConfiguration {
-        offer,
-        required: vec![],
-        rollout: None,
-    };
+    let configure = send_configuration(empty_configuration(vec![7; 32]));
     assert!(registry.apply(id_of(&uid), configure).await.unwrap());
     assert!(registry.apply(id_of(&uid), Event::Restart).await.unwrap());
     // First poll: the configuration (a command travels alone, so it waits one more poll).
@@ -198,14 +190,7 @@ async fn a_poll_gets_the_latest_of_each_kind() {
     let uid = new_uid();
     let id = id_of(&uid);
     post_ok(&server.opamp_url, &hello(&uid, 0)).await;
-    let configure = |hash: u8| Event::SendConfiguration {
-        offer: ConfigOffer {
-            files: opampd::collector::ConfigFiles::new(),
-            hash: vec![hash; 32],
-        },
-        required: vec![],
-        rollout: None,
-    };
+    let configure = |hash: u8| send_configuration(empty_configuration(vec![hash; 32]));
     let package = |version: &str| {
         Event::OfferPackage(opampd::collector::PackageOffer {
             name: "otelcol".into(),
@@ -358,14 +343,7 @@ async fn an_offer_waits_while_the_collector_no_longer_accepts_it() {
     let server = TestServer::start().await;
     let uid = new_uid();
     post_ok(&server.opamp_url, &hello(&uid, 0)).await;
-    let configure = Event::SendConfiguration {
-        offer: ConfigOffer {
-            files: opampd::collector::ConfigFiles::new(),
-            hash: vec![5; 32],
-        },
-        required: vec![],
-        rollout: None,
-    };
+    let configure = send_configuration(empty_configuration(vec![5; 32]));
     assert!(
         server
             .running()

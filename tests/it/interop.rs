@@ -2,7 +2,7 @@
 //! `@elastic/opamp-client-node`, both plain HTTP): against the real binary for the protocol, and
 //! in-process for the state histories their scenarios must produce.
 
-use opampd::collector::{CollectorId, ConfigFile, ConfigFiles, ConfigOffer, Event, Reason, State};
+use opampd::collector::{CollectorId, ConfigFile, ConfigFiles, ConfigOffer, Reason, State};
 use serde_json::{Value, json};
 
 use crate::support::binary::ServerProcess;
@@ -158,14 +158,6 @@ fn json_config(body: &str, hash: &[u8]) -> ConfigOffer {
     ConfigOffer {
         files,
         hash: hash.to_vec(),
-    }
-}
-
-fn send_configuration(offer: ConfigOffer) -> Event {
-    Event::SendConfiguration {
-        offer,
-        required: vec![],
-        rollout: None,
     }
 }
 

@@ -381,6 +381,24 @@ pub fn hello(uid: &Bytes, sequence_num: u64) -> proto::AgentToServer {
     }
 }
 
+/// The event that sends `offer` to a collector directly, outside any rollout.
+pub fn send_configuration(offer: opampd::collector::ConfigOffer) -> opampd::collector::Event {
+    opampd::collector::Event::SendConfiguration {
+        offer,
+        required: vec![],
+        rollout: None,
+    }
+}
+
+/// A configuration with no files, known by `hash` alone: all that the transport and state
+/// tests look at.
+pub fn empty_configuration(hash: Vec<u8>) -> opampd::collector::ConfigOffer {
+    opampd::collector::ConfigOffer {
+        files: opampd::collector::ConfigFiles::new(),
+        hash,
+    }
+}
+
 /// A heartbeat: only uid, sequence number and capabilities.
 pub fn heartbeat(uid: &Bytes, sequence_num: u64) -> proto::AgentToServer {
     proto::AgentToServer {
