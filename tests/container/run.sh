@@ -161,6 +161,19 @@ status_of() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$api$1" || tr
 is_status() { [ "$(status_of "$2")" = "$1" ]; }
 have() { [ -n "${CONTAINER_TEST_STORAGE:-}" ] && podman image exists "$1"; }
 
+# tear_down PROJECT VOLUME: `PROJECT down -v` (PROJECT is the compose or cluster function), then
+# no container and not the project's volume left.
+tear_down() {
+  local project=$1 volume=$2 left
+  "$project" down -v >"$work/$project.log" 2>&1 || {
+    cat "$work/$project.log" >&2
+    fail "podman-compose down of $project"
+  }
+  left=$(podman ps -a --format '{{.Names}}' | wc -l)
+  [ "$left" = 0 ] || fail "$left containers left after $project down"
+  [ "$(podman volume ls -q | grep -c "$volume" || true)" = 0 ] || fail "$project left its volume $volume"
+}
+
 step "base images from Debian packages"
 # Debian's minimal base, without the documentation, manual pages and locales that the public slim
 # image leaves out too.
@@ -398,14 +411,8 @@ podman healthcheck run opampd-test_opampd_1 >/dev/null || fail "opampd's health 
 podman healthcheck run opampd-test_postgres_1 >/dev/null || fail "postgres's health check in compose"
 ok "compose: ready, a collector connected with its token and stored in PostgreSQL, both healthy"
 stop_collector
-compose down -v >"$work/compose.log" 2>&1 || {
-  cat "$work/compose.log" >&2
-  fail "podman-compose down"
-}
+tear_down compose opampd-test_postgres-data
 compose_up=false
-left=$(podman ps -a --format '{{.Names}}' | wc -l)
-[ "$left" = 0 ] || fail "$left containers left after down"
-[ "$(podman volume ls -q | grep -c opampd-test_postgres-data || true)" = 0 ] || fail "volume left"
 ok "compose down removed the containers and the volume"
 
 step "deploy/compose.cluster.yaml under podman-compose: three nodes behind HAProxy"
@@ -465,15 +472,8 @@ spread() {
 poll 30 "three /readyz in a row through HAProxy from three nodes, one holding the collector" spread
 ok "cluster: a collector connected through HAProxy ($id), stored, and connected on every node's API"
 stop_collector
-cluster down -v >"$work/cluster.log" 2>&1 || {
-  cat "$work/cluster.log" >&2
-  fail "podman-compose down of the cluster"
-}
+tear_down cluster opampd-test-cluster_postgres-data
 cluster_up=false
-left=$(podman ps -a --format '{{.Names}}' | wc -l)
-[ "$left" = 0 ] || fail "$left containers left after the cluster's down"
-[ "$(podman volume ls -q | grep -c opampd-test-cluster_postgres-data || true)" = 0 ] ||
-  fail "the cluster's volume left"
 ok "cluster down removed the five containers and the volume"
 
 step_end
