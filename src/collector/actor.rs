@@ -454,12 +454,13 @@ impl Actor {
         if self.record.facets.contains(Facets::STALE) {
             return None;
         }
+        let silent = self.silent_deadline?;
         let (window, stale_after) = self.liveness();
         let earlier = window.checked_sub(stale_after)?;
         if earlier.is_zero() {
             return None;
         }
-        self.silent_deadline?.checked_sub(earlier)
+        silent.checked_sub(earlier)
     }
 
     /// How long a plain-HTTP collector may keep silent before it counts as gone, and before it

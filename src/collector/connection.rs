@@ -129,25 +129,13 @@ pub struct SettingsOffer {
     pub hash: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SettingsState {
-    Unset,
-    Applied,
-    Applying,
-    Failed,
-    Unknown(i32),
-}
+/// What a collector says of connection settings: the states and fields of a configuration's status
+/// (OpAMP's two status messages have the same shape and values), kept under their own names.
+pub type SettingsState = super::RemoteConfigState;
 
 /// What a collector last said of the connection settings it was offered
 /// (OpAMP `ConnectionSettingsStatus`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnectionSettingsStatus {
-    #[serde(with = "super::encoding::hex")]
-    pub hash: Vec<u8>,
-    pub status: SettingsState,
-    pub error_message: String,
-}
+pub type ConnectionSettingsStatus = super::RemoteConfigStatus;
 
 impl ConnectionSettings {
     pub fn is_empty(&self) -> bool {
@@ -192,45 +180,14 @@ impl ConnectionSettings {
 
 /// SHA-256 over the settings' canonical JSON (every object's keys sorted, no spaces; classes not
 /// offered and empty maps left out), as the API shows them. It covers every setting sent, so it
-/// changes exactly when they do, and anyone can compute it from the API's view.
+/// changes exactly when they do, and anyone can compute it from the API's view. Keys come out
+/// sorted because `serde_json`'s map is ordered (its `preserve_order` feature is off).
 pub fn hash(settings: &ConnectionSettings) -> Vec<u8> {
-    // Plain structs and string maps always serialise; `Null` would still hash.
-    let value = serde_json::to_value(settings).unwrap_or_default();
-    let mut canonical = Vec::new();
-    write_canonical(&value, &mut canonical);
+    // Plain structs and string maps always serialise.
+    let canonical = serde_json::to_value(settings)
+        .and_then(|value| serde_json::to_vec(&value))
+        .unwrap_or_default();
     Sha256::digest(&canonical).to_vec()
-}
-
-/// JSON with every object's keys in sorted order, whatever order the value holds them in.
-fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(&Value::String(key.clone()), out);
-                out.push(b':');
-                write_canonical(item, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
-    }
 }
 
 /// The offer this collector is to be sent now, from the settings it is given.
@@ -244,9 +201,13 @@ fn current_offer(c: &Collector) -> Option<SettingsOffer> {
 /// hash, or it went out on this connection. `resend` when the collector reported another hash:
 /// then it is sent whatever went before (OpAMP says the server must).
 pub(super) fn offer_if_needed(c: &mut Collector, resend: bool, out: &mut Vec<Effect>) {
-    let Some(offer) = current_offer(c) else {
-        return;
-    };
+    if let Some(offer) = current_offer(c) {
+        send_if_needed(c, offer, resend, out);
+    }
+}
+
+/// [`offer_if_needed`] with the offer already made.
+fn send_if_needed(c: &mut Collector, offer: SettingsOffer, resend: bool, out: &mut Vec<Effect>) {
     let reported = c.connection_settings_status.as_ref().map(|s| &s.hash);
     if reported == Some(&offer.hash) {
         c.settings_sent = Some(offer.hash);
@@ -272,13 +233,14 @@ pub(super) fn given(
     out: &mut Vec<Effect>,
 ) {
     c.connection_settings = settings.filter(|s| !s.is_empty()).map(Box::new);
-    let hash = current_offer(c).map(|o| o.hash);
-    if c.settings_failed.is_some() && c.settings_failed != hash {
+    let offer = current_offer(c);
+    if c.settings_failed.is_some() && c.settings_failed.as_ref() != offer.as_ref().map(|o| &o.hash)
+    {
         c.settings_failed = None;
         c.settings_error = None;
     }
-    if c.connected {
-        offer_if_needed(c, false, out);
+    if let Some(offer) = offer.filter(|_| c.connected) {
+        send_if_needed(c, offer, false, out);
     }
 }
 
@@ -294,7 +256,7 @@ pub(super) fn on_status(
         return;
     };
     if status.hash != offer.hash {
-        offer_if_needed(c, true, out);
+        send_if_needed(c, offer, true, out);
         return;
     }
     c.settings_sent = Some(offer.hash.clone());
@@ -312,7 +274,7 @@ pub(super) fn on_status(
 }
 
 /// The record's explanation of a failed offer.
-pub fn failure_message(hash: &[u8], error: &str) -> String {
+fn failure_message(hash: &[u8], error: &str) -> String {
     let hash = hex(hash);
     let short = hash.get(..12).unwrap_or(&hash);
     if error.is_empty() {
@@ -325,9 +287,23 @@ pub fn failure_message(hash: &[u8], error: &str) -> String {
 /// The heartbeat interval the collector was offered and has not refused: it polls at that pace,
 /// so opampd waits for it accordingly. `None`: nothing offered, so the server's default holds.
 pub fn heartbeat_interval(c: &Collector) -> Option<Duration> {
-    let offer = current_offer(c)?;
-    let seconds = offer.settings.opamp.as_ref()?.heartbeat_interval_seconds;
-    if seconds == 0 || c.settings_failed.as_ref() == Some(&offer.hash) {
+    // Read on every turn of the actor: the offer (and its hash) is made only to check it against
+    // a failed one.
+    if !c.capabilities.has(ACCEPTS_OPAMP_CONNECTION_SETTINGS) {
+        return None;
+    }
+    let seconds = c
+        .connection_settings
+        .as_deref()?
+        .opamp
+        .as_ref()?
+        .heartbeat_interval_seconds;
+    if seconds == 0 {
+        return None;
+    }
+    if let Some(failed) = &c.settings_failed
+        && current_offer(c).is_some_and(|o| &o.hash == failed)
+    {
         return None;
     }
     Some(Duration::from_secs(seconds))

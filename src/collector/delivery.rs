@@ -44,25 +44,27 @@ pub fn take(c: &mut Collector, transport: Transport, limit: usize) -> (Outbound,
     let can = c.capabilities;
     let mut out = c.outbox.take_sendable(can);
     let mut too_large = Vec::new();
-    if let Some(size) = out.remote_config.as_ref().map(config_size)
-        && ENVELOPE + size > limit
+    let mut config = out.remote_config.as_ref().map_or(0, config_size);
+    if ENVELOPE + config > limit
         && let Some(offer) = out.remote_config.take()
     {
         too_large.push(TooLarge::Configuration {
             hash: offer.hash,
-            size,
+            size: config,
         });
+        config = 0;
     }
-    if let Some(size) = out.package.as_ref().map(package_size)
-        && ENVELOPE + size > limit
+    let mut package = out.package.as_ref().map_or(0, package_size);
+    if ENVELOPE + package > limit
         && let Some(offer) = out.package.take()
     {
         too_large.push(TooLarge::Package {
             hash: offer.hash,
-            size,
+            size: package,
         });
+        package = 0;
     }
-    if ENVELOPE + offers_size(&out) > limit {
+    if ENVELOPE + config + package > limit {
         c.outbox.package = out.package.take();
     }
     if transport == Transport::Http {
@@ -113,10 +115,12 @@ pub fn acknowledge(c: &mut Collector) {
     {
         lost.package = Some(offer);
     }
+    if lost.remote_config.is_none() && lost.package.is_none() {
+        return;
+    }
     // Lost, and withdrawn by a cancel meanwhile: the collector never had it, so nothing is awaited
     // (it leaves Configuring or Upgrading as for an offer withdrawn unsent); `restore` drops it.
-    let withdrawn = c.withdrawn.clone();
-    if let Some(hash) = withdrawn.as_deref() {
+    if let Some(hash) = c.withdrawn.as_deref() {
         if lost.remote_config.as_ref().is_some_and(|o| o.hash == hash)
             && c.config_sent.as_deref() == Some(hash)
         {
@@ -199,11 +203,6 @@ pub fn restore(c: &mut Collector, mut unsent: Outbound) {
     // What the outbox has now is newer than what comes back.
     unsent.merge(std::mem::take(&mut c.outbox));
     c.outbox = unsent;
-}
-
-/// The offers of `out`, as the encoded message's bytes at most (without the envelope).
-fn offers_size(out: &Outbound) -> usize {
-    out.remote_config.as_ref().map_or(0, config_size) + out.package.as_ref().map_or(0, package_size)
 }
 
 fn config_size(offer: &ConfigOffer) -> usize {

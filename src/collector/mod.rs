@@ -168,7 +168,7 @@ pub enum RemoteConfigState {
     Unknown(i32),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteConfigStatus {
     #[serde(with = "encoding::hex")]
     pub hash: Vec<u8>,
@@ -349,6 +349,17 @@ impl Outbound {
         Outbound {
             remote_config: self.remote_config.clone(),
             package: self.package.clone(),
+            restart: self.restart,
+            ..Outbound::default()
+        }
+    }
+
+    /// [`Outbound::offers`], taken out of a message that will not be written.
+    #[must_use]
+    pub fn into_offers(self) -> Outbound {
+        Outbound {
+            remote_config: self.remote_config,
+            package: self.package,
             restart: self.restart,
             ..Outbound::default()
         }

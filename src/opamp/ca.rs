@@ -93,7 +93,10 @@ impl Ca {
         let mut request = CertificateSigningRequestParams::from_pem(text)
             .map_err(|e| format!("the CSR cannot be read: {e}"))?;
         let params = &mut request.params;
-        if let Some(named) = common_name(params.distinguished_name.get(&DnType::CommonName))
+        if let Some(named) = params
+            .distinguished_name
+            .get(&DnType::CommonName)
+            .map(dn_text)
             && let Ok(uid) = named.parse::<uuid::Uuid>()
             && uid != collector.0
         {
@@ -140,10 +143,6 @@ impl Ca {
         offers.hash = Bytes::from(digest.finalize().to_vec());
         offers
     }
-}
-
-fn common_name(value: Option<&DnValue>) -> Option<String> {
-    value.map(dn_text)
 }
 
 fn dn_text(value: &DnValue) -> String {

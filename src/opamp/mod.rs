@@ -51,6 +51,9 @@ pub struct Opamp {
     sessions: TaskTracker,
     /// Signs collectors' certificate requests, when configured.
     ca: Option<ca::Ca>,
+    /// What this server does (`ServerToAgent.capabilities`): with a CA, it also signs
+    /// certificate requests.
+    capabilities: u64,
 }
 
 impl Opamp {
@@ -62,7 +65,9 @@ impl Opamp {
         sessions: TaskTracker,
         ca: Option<ca::Ca>,
     ) -> Arc<Self> {
+        let csr = proto::ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
         Arc::new(Self {
+            capabilities: report::SERVER_CAPABILITIES | if ca.is_some() { csr } else { 0 },
             ca,
             budget: Budget::new(config.message_budget_bytes, config.connection_reserve_bytes),
             config,
@@ -95,12 +100,6 @@ impl Opamp {
                 authenticate,
             ))
             .with_state(Arc::clone(self))
-    }
-
-    /// What this server does: with a CA, it also signs certificate requests.
-    fn capabilities(&self) -> u64 {
-        let csr = proto::ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
-        report::SERVER_CAPABILITIES | if self.ca.is_some() { csr } else { 0 }
     }
 
     /// Signs the certificate request a message carried, for `collector`; a request that cannot be
@@ -179,10 +178,17 @@ impl Opamp {
                             });
                         }
                     }
-                    let offered = outbound.offers();
+                    // Kept to give back if a WebSocket write fails; a plain-HTTP reply's offers
+                    // stay in the outbox until the next report shows them received.
+                    let offered = if connection.transport == crate::collector::Transport::WebSocket
+                    {
+                        outbound.offers()
+                    } else {
+                        crate::collector::Outbound::default()
+                    };
                     let issued = self.sign(csr.as_ref(), known_as.id, &sent.bytes)?;
-                    let mut reply = report::to_server_to_agent(sent.bytes, *outbound);
-                    reply.capabilities = self.capabilities();
+                    let mut reply =
+                        report::to_server_to_agent(sent.bytes, *outbound, self.capabilities);
                     if reply.command.is_none() {
                         reply.agent_identification = identification;
                     }

@@ -198,10 +198,14 @@ fn package_statuses(p: proto::PackageStatuses) -> PackageStatuses {
 }
 
 /// The reply to a collector: `uid` is echoed exactly as the collector sent it.
-pub fn to_server_to_agent(uid: Bytes, outbound: Outbound) -> proto::ServerToAgent {
+pub fn to_server_to_agent(
+    uid: Bytes,
+    outbound: Outbound,
+    capabilities: u64,
+) -> proto::ServerToAgent {
     let mut message = proto::ServerToAgent {
         instance_uid: uid,
-        capabilities: SERVER_CAPABILITIES,
+        capabilities,
         ..Default::default()
     };
     if outbound.restart {
@@ -411,6 +415,7 @@ mod tests {
                 restart: true,
                 ..Outbound::default()
             },
+            SERVER_CAPABILITIES,
         );
         assert!(reply.command.is_some());
         assert_eq!(reply.flags, 0);
@@ -433,6 +438,7 @@ mod tests {
                 restart: false,
                 ..Outbound::default()
             },
+            SERVER_CAPABILITIES,
         );
         assert_eq!(reply.flags, 0x3);
         assert_eq!(&reply.remote_config.unwrap().config_hash[..], &[1, 2]);

@@ -167,7 +167,7 @@ impl Session {
         self.push_rx.close();
         while let Ok(delivery) = self.push_rx.try_recv() {
             if let Delivery::Send(id, outbound) = delivery {
-                self.unwritten.push((id, outbound.offers()));
+                self.unwritten.push((id, outbound.into_offers()));
             }
         }
         for (id, outbound) in std::mem::take(&mut self.unwritten) {
@@ -215,8 +215,8 @@ impl Session {
                             |wire| wire.bytes.clone(),
                         );
                         let offered = outbound.offers();
-                        let mut message = report::to_server_to_agent(uid, *outbound);
-                        message.capabilities = self.opamp.capabilities();
+                        let message =
+                            report::to_server_to_agent(uid, *outbound, self.opamp.capabilities);
                         if let Some(ending) = Box::pin(self.send(&message)).await {
                             self.unwritten.push((id, offered));
                             return ending;
