@@ -324,11 +324,7 @@ fn registry(
 
 fn actor_settings(config: &Config) -> ActorSettings {
     ActorSettings {
-        liveness_window: config.opamp.liveness_window(),
-        stale_after: config
-            .opamp
-            .heartbeat_interval
-            .mul_f64(crate::collector::actor::STALE_INTERVALS),
+        heartbeat_interval: config.opamp.heartbeat_interval,
         liveness_intervals: config.opamp.liveness_intervals,
         last_seen_interval: config.database.last_seen_interval,
         grace_period: config.collectors.grace_period,

@@ -467,13 +467,12 @@ impl Actor {
     /// counts as stale: from the heartbeat interval it was offered, else the server's.
     fn liveness(&self) -> (Duration, Duration) {
         let settings = &self.shared.settings;
-        match super::connection::heartbeat_interval(&self.record) {
-            Some(interval) => (
-                interval.saturating_mul(settings.liveness_intervals.max(1)),
-                interval.mul_f64(STALE_INTERVALS),
-            ),
-            None => (settings.liveness_window, settings.stale_after),
-        }
+        let interval = super::connection::heartbeat_interval(&self.record)
+            .unwrap_or(settings.heartbeat_interval);
+        (
+            interval.saturating_mul(settings.liveness_intervals.max(1)),
+            interval.mul_f64(STALE_INTERVALS),
+        )
     }
 
     fn publish(&self, transition: Transition) {

@@ -114,12 +114,10 @@ pub(super) enum Command {
 
 #[derive(Debug, Clone, Copy)]
 pub struct ActorSettings {
-    /// How long a plain-HTTP collector may stay silent before it counts as disconnected.
-    pub liveness_window: Duration,
-    /// How long a plain-HTTP collector may stay silent before it counts as stale (heartbeats
-    /// late, still connected); at or past `liveness_window`, never.
-    pub stale_after: Duration,
-    /// The liveness window in heartbeat intervals, for a collector offered its own interval.
+    /// The heartbeat interval collectors are expected to keep, unless offered their own.
+    pub heartbeat_interval: Duration,
+    /// How many heartbeat intervals a plain-HTTP collector may stay silent before it counts as
+    /// disconnected (it counts as stale after 1.5).
     pub liveness_intervals: u32,
     /// How often a record whose only news is `last_seen` is written: heartbeats are coalesced.
     pub last_seen_interval: Duration,
