@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::client::{Client, CtlError};
 use crate::collectors::short_hash;
+use crate::configs::OutputOnly;
 use crate::output::{self, Format, text, timestamp};
 use crate::{Io, exit};
 
@@ -29,12 +30,6 @@ pub struct Apply {
     /// The offer as JSON.
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct OutputOnly {
-    #[arg(short, long, value_enum, default_value = "table")]
-    pub output: Format,
 }
 
 #[derive(Debug, Args)]
@@ -128,10 +123,7 @@ fn rows(items: &[Value]) -> Vec<Vec<String>> {
         .map(|o| {
             vec![
                 text(&o["name"], "-").to_owned(),
-                Some(text(&o["selector"], ""))
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("<all>")
-                    .to_owned(),
+                text(&o["selector"], "<all>").to_owned(),
                 classes(&o["settings"]),
                 short_hash(&o["hash"]),
                 timestamp(&o["updated_at"]),

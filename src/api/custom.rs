@@ -16,7 +16,7 @@ use super::error::{ApiError, ErrorBody};
 use super::view::rfc3339;
 use crate::collector::connection::{CustomMessage, Received};
 use crate::collector::custom::Refusal;
-use crate::collector::{Collector, CollectorId, Event};
+use crate::collector::{Collector, Event};
 use crate::config::Role;
 use crate::selector::Selector;
 
@@ -156,10 +156,7 @@ pub async fn to_one(
     body: Result<Json<NewCustomMessage>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
-    let id = id
-        .parse()
-        .map(CollectorId)
-        .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a collector id (a UUID)")))?;
+    let id = super::collectors::collector_id(&id)?;
     let new = json_body(body)?;
     if new.selector.is_some() {
         return Err(ApiError::BadRequest(

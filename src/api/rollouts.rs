@@ -17,7 +17,7 @@ use super::error::{ApiError, ErrorBody};
 use crate::config::Role;
 use crate::fleet::engine::{Control, FleetError, NewRollout};
 use crate::fleet::rollout::{Outcome, PackageSpec, Payload, Rollout, RolloutOptions, Target};
-use crate::fleet::summary::{RolloutSummary, parse_outcome};
+use crate::fleet::summary::RolloutSummary;
 use crate::selector::Selector;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -353,7 +353,7 @@ pub async fn targets(
     let limit = limit(&pairs)?;
     let outcome = last(&pairs, "outcome")
         .map(|text| {
-            parse_outcome(text).ok_or_else(|| {
+            Outcome::parse(text).ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "unknown outcome {text:?} (one of: {})",
                     Outcome::ALL.map(Outcome::as_str).join(", ")
@@ -364,13 +364,14 @@ pub async fn targets(
     let after = last(&pairs, "cursor")
         .map(|text| collector_id(&decode_cursor::<String>(text)?))
         .transpose()?;
-    if api.store.rollout(&id).await?.is_none() {
-        return Err(not_found(&id));
-    }
     let mut items = api
         .store
         .rollout_targets(&id, after, limit + 1, outcome)
         .await?;
+    // An empty page may be an unknown rollout: only then is the rollout itself looked up.
+    if items.is_empty() && api.store.rollout(&id).await?.is_none() {
+        return Err(not_found(&id));
+    }
     let next_cursor = next(&mut items, limit, target_cursor);
     Ok(Json(TargetPage { items, next_cursor }))
 }

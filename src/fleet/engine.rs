@@ -197,13 +197,13 @@ impl Engine {
     }
 
     /// Makes sure the rollout's offer is built; its index in `offers`.
-    async fn offer(&mut self, rollout: &Rollout) -> Result<usize, FleetError> {
-        if let Some(i) = self.offers.iter().position(|o| o.rollout == rollout.id) {
+    async fn offer(&mut self, rollout: &str, payload: &Payload) -> Result<usize, FleetError> {
+        if let Some(i) = self.offers.iter().position(|o| o.rollout == rollout) {
             return Ok(i);
         }
-        let what = self.what(&rollout.payload).await?.1;
+        let what = self.what(payload).await?.1;
         self.offers.push(Offer {
-            rollout: rollout.id.clone(),
+            rollout: rollout.to_owned(),
             what,
         });
         Ok(self.offers.len() - 1)
@@ -249,10 +249,6 @@ impl Engine {
         }
     }
 
-    async fn matching(&self, selector: &Selector) -> Result<Vec<Collector>, FleetError> {
-        Ok(crate::store::selected(self.store.as_ref(), selector, &[]).await?)
-    }
-
     async fn start(&mut self, new: NewRollout) -> Result<Rollout, FleetError> {
         let (hash, what) = self.what(&new.payload).await?;
         let mut options = new.options;
@@ -260,7 +256,7 @@ impl Engine {
             options.timeout_seconds = self.default_timeout.as_secs().max(1);
         }
         let mut targets = Vec::new();
-        for stored in self.matching(&new.selector).await? {
+        for stored in crate::store::selected(self.store.as_ref(), &new.selector, &[]).await? {
             // Labels are the store's alone (the selector matched them there); the rest of the
             // record is freshest in this server's actor, when it has one.
             let record = self.record(stored.id).await.unwrap_or(stored);
@@ -323,20 +319,17 @@ impl Engine {
             new.targets.iter().map(|t| t.collector).collect();
         for i in 0..self.rollouts.len() {
             let old = &self.rollouts[i];
-            if !old.status.is_active() && old.status != Status::Completed {
+            let replaced = |t: &Target| t.outcome.is_open() && taken.contains(&t.collector);
+            if !standing_from(old.status) || !old.targets.iter().any(replaced) {
                 continue;
             }
             let mut updated = old.clone();
-            for target in &mut updated.targets {
-                if target.outcome.is_open() && taken.contains(&target.collector) {
-                    target.outcome = Outcome::Replaced;
-                    target.error = format!("taken over by rollout {}", new.id);
-                }
+            for target in updated.targets.iter_mut().filter(|t| replaced(t)) {
+                target.outcome = Outcome::Replaced;
+                target.error = format!("taken over by rollout {}", new.id);
             }
-            if updated != self.rollouts[i] {
-                self.save(&updated).await?;
-                self.rollouts[i] = updated;
-            }
+            self.save(&updated).await?;
+            self.rollouts[i] = updated;
         }
         Ok(())
     }
@@ -447,7 +440,7 @@ impl Engine {
             });
             if !sent
                 || verdict(&record, &rollout, &hash).is_some()
-                || self.offer(&rollout).await.is_err()
+                || self.offer(&rollout.id, &rollout.payload).await.is_err()
             {
                 return;
             }
@@ -487,7 +480,7 @@ impl Engine {
             return;
         }
         let mut rollout = self.rollouts[i].clone();
-        let Ok(o) = self.offer(&rollout).await else {
+        let Ok(o) = self.offer(&rollout.id, &rollout.payload).await else {
             return;
         };
         let mut target = self.offers[o].what.plan(&record);
@@ -513,8 +506,11 @@ impl Engine {
                     t.collector == id && matches!(t.outcome, Outcome::Applied | Outcome::Skipped)
                 })
         })?;
-        let rollout = self.rollouts[i].clone();
-        let o = self.offer(&rollout).await.ok()?;
+        let (rollout, payload) = (
+            self.rollouts[i].id.clone(),
+            self.rollouts[i].payload.clone(),
+        );
+        let o = self.offer(&rollout, &payload).await.ok()?;
         match &self.offers[o].what {
             What::Configuration { offer, .. } => Some(offer.clone()),
             What::Package(_) => None,
@@ -569,7 +565,7 @@ impl Engine {
     /// Reads the verdicts of sent configurations, then, if the rollout runs and its current batch
     /// has settled, sends the next batch, pauses it, or completes it.
     async fn step(&mut self, rollout: &mut Rollout) {
-        let Ok(o) = self.offer(rollout).await else {
+        let Ok(o) = self.offer(&rollout.id, &rollout.payload).await else {
             return;
         };
         let hash = self.offers[o].what.hash().to_vec();

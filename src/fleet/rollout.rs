@@ -106,6 +106,11 @@ impl Outcome {
         Outcome::Cancelled,
     ];
 
+    /// An outcome as the API and the store spell it ([`Outcome::as_str`]), read back.
+    pub fn parse(text: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Pending => "pending",
@@ -206,7 +211,7 @@ impl Target {
 /// Whether a target whose verdict is awaited has waited `timeout` or more by `now`. A target
 /// without a sending time (stored before the time was kept) is not overdue: its clock starts when
 /// the engine next sees it in flight.
-pub fn overdue(target: &Target, timeout: Duration, now: SystemTime) -> bool {
+fn overdue(target: &Target, timeout: Duration, now: SystemTime) -> bool {
     target.outcome.in_flight()
         && target
             .sent_at

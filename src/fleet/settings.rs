@@ -207,6 +207,11 @@ impl Distributor {
     /// Tells one collector (its labels just changed, or it arrived).
     pub async fn one(&self, id: CollectorId) -> Result<(), StoreError> {
         let offers = offers(self.store.as_ref()).await?;
+        self.one_with(&offers, id).await
+    }
+
+    /// [`Distributor::one`] with the offers already read.
+    async fn one_with(&self, offers: &[SettingsOffer], id: CollectorId) -> Result<(), StoreError> {
         // A collector the store has not written yet has no labels yet.
         let labels = self
             .store
@@ -214,7 +219,7 @@ impl Distributor {
             .await?
             .map(|c| c.labels)
             .unwrap_or_default();
-        self.tell(id, resolve(&offers, &labels)).await;
+        self.tell(id, resolve(offers, &labels)).await;
         Ok(())
     }
 
@@ -254,8 +259,11 @@ impl Distributor {
             if shutdown.is_cancelled() {
                 return;
             }
+            let Ok(offers) = offers(self.store.as_ref()).await else {
+                continue;
+            };
             for id in registry.ids() {
-                let _ = self.one(id).await;
+                let _ = self.one_with(&offers, id).await;
             }
         }
     }

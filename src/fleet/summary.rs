@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::rollout::{Outcome, Payload, Rollout, RolloutOptions, Status, Target};
+use super::rollout::{Payload, Rollout, RolloutOptions, Status, Target};
 use crate::store::{Store, StoreError};
 
 /// A rollout without its targets, with how many targets have each outcome.
@@ -147,14 +147,10 @@ pub async fn all_targets(store: &dyn Store, id: &str) -> Result<Vec<Target>, Sto
     }
 }
 
-/// `outcome` as the API and the store spell it, read back.
-pub fn parse_outcome(text: &str) -> Option<Outcome> {
-    Outcome::ALL.into_iter().find(|o| o.as_str() == text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::rollout::Outcome;
     use crate::fleet::rollout::tests::{rollout, target};
 
     #[test]

@@ -691,7 +691,15 @@ macro_rules! sql_store {
                 after: Option<&str>,
                 limit: usize,
             ) -> Result<Vec<RolloutSummary>, StoreError> {
-                self.rollout_summaries_in(after, limit).await
+                let mut q = QueryBuilder::<$db>::new("SELECT document FROM rollouts");
+                if let Some(after) = after {
+                    q.push(" WHERE id < ").push_bind(after.to_owned());
+                }
+                q.push(" ORDER BY id DESC LIMIT ")
+                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+                let rows: Vec<(sqlx::types::Json<RolloutSummary>,)> =
+                    q.build_query_as().fetch_all(&self.pool).await?;
+                Ok(rows.into_iter().map(|(d,)| d.0).collect())
             }
 
             async fn rollout(&self, id: &str) -> Result<Option<RolloutSummary>, StoreError> {
@@ -709,7 +717,23 @@ macro_rules! sql_store {
                 limit: usize,
                 outcome: Option<Outcome>,
             ) -> Result<Vec<Target>, StoreError> {
-                self.rollout_targets_in(id, after, limit, outcome).await
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT {TARGET_COLUMNS} FROM rollout_targets WHERE rollout_id = "
+                ));
+                q.push_bind(id.to_owned());
+                if let Some(outcome) = outcome {
+                    q.push(" AND outcome = ").push_bind(outcome.as_str());
+                }
+                if let Some(after) = after {
+                    q.push(" AND collector_id > ").push_bind(after.to_string());
+                }
+                q.push(" ORDER BY collector_id LIMIT ")
+                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+                let rows = q
+                    .build_query_as::<TargetRow>()
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map(TargetRow::into_target).collect()
             }
 
             async fn configuration_by_hash(

@@ -6,8 +6,7 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 
 use crate::collector::CollectorId;
-use crate::fleet::rollout::Target;
-use crate::fleet::summary::parse_outcome;
+use crate::fleet::rollout::{Outcome, Target};
 use crate::store::StoreError;
 
 /// The target columns, as written and read.
@@ -37,7 +36,7 @@ impl TargetRow {
                 .parse()
                 .map(CollectorId)
                 .map_err(|_| corrupt(&format!("collector id {:?}", self.collector_id)))?,
-            outcome: parse_outcome(&self.outcome)
+            outcome: Outcome::parse(&self.outcome)
                 .ok_or_else(|| corrupt(&format!("outcome {:?}", self.outcome)))?,
             batch: self
                 .batch
@@ -114,47 +113,6 @@ macro_rules! sql_rollouts {
                 Ok(())
             }
 
-            async fn rollout_summaries_in(
-                &self,
-                after: Option<&str>,
-                limit: usize,
-            ) -> Result<Vec<RolloutSummary>, StoreError> {
-                let mut q = QueryBuilder::<$db>::new("SELECT document FROM rollouts");
-                if let Some(after) = after {
-                    q.push(" WHERE id < ").push_bind(after.to_owned());
-                }
-                q.push(" ORDER BY id DESC LIMIT ")
-                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-                let rows: Vec<(sqlx::types::Json<RolloutSummary>,)> =
-                    q.build_query_as().fetch_all(&self.pool).await?;
-                Ok(rows.into_iter().map(|(d,)| d.0).collect())
-            }
-
-            async fn rollout_targets_in(
-                &self,
-                id: &str,
-                after: Option<CollectorId>,
-                limit: usize,
-                outcome: Option<Outcome>,
-            ) -> Result<Vec<Target>, StoreError> {
-                let mut q = QueryBuilder::<$db>::new(format!(
-                    "SELECT {TARGET_COLUMNS} FROM rollout_targets WHERE rollout_id = "
-                ));
-                q.push_bind(id.to_owned());
-                if let Some(outcome) = outcome {
-                    q.push(" AND outcome = ").push_bind(outcome.as_str());
-                }
-                if let Some(after) = after {
-                    q.push(" AND collector_id > ").push_bind(after.to_string());
-                }
-                q.push(" ORDER BY collector_id LIMIT ")
-                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-                let rows = q
-                    .build_query_as::<TargetRow>()
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.into_iter().map(TargetRow::into_target).collect()
-            }
 
             /// Splits every document stored with its targets (before they were rows) into its
             /// row and its targets' rows; a document that cannot be read is left as it is.
