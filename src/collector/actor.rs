@@ -350,8 +350,13 @@ impl Actor {
                 }
             }
             Command::Apply(event, reply) => {
-                self.hot = true;
+                // Fleet events come on every arrival (settings, the standing configuration) and
+                // mostly change nothing: only a changed record is written.
+                let before = Hot::of(&self.record);
                 self.apply(*event);
+                if Hot::of(&self.record) != before {
+                    self.hot = true;
+                }
                 let _ = reply.send(true);
             }
             Command::View(reply) => {

@@ -411,9 +411,13 @@ impl Batcher {
         Ok(())
     }
 
+    /// Counts and reports each refused claim once: its writes may span several batches, and the
+    /// actor leaves on the first report.
     fn report_fenced(&mut self, fenced: Vec<Key>) {
         for key in fenced {
-            self.refused.insert(key);
+            if !self.refused.insert(key) {
+                continue;
+            }
             self.health.fenced.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .counter(metrics::STORE_FENCED, &[])
@@ -434,15 +438,18 @@ struct Refused {
 }
 
 impl Refused {
-    fn insert(&mut self, key: Key) {
-        if self.keys.insert(key) {
-            self.order.push_back(key);
+    /// `false` if the claim was already refused.
+    fn insert(&mut self, key: Key) -> bool {
+        if !self.keys.insert(key) {
+            return false;
         }
+        self.order.push_back(key);
         while self.order.len() > FENCED_KEPT {
             if let Some(oldest) = self.order.pop_front() {
                 self.keys.remove(&oldest);
             }
         }
+        true
     }
 
     fn contains(&self, key: &Key) -> bool {
