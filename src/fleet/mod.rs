@@ -3,6 +3,7 @@
 
 pub mod configuration;
 pub mod engine;
+pub mod live;
 pub mod offer;
 pub mod rollout;
 pub mod settings;

@@ -7,12 +7,6 @@ use crate::collector::encoding::unhex;
 use crate::collector::{Capabilities, Collector, ConfigFile, ConfigOffer, Event, PackageOffer};
 use crate::store::ConfigurationVersion;
 
-/// What a rollout sends, built once from its payload.
-pub(super) struct Offer {
-    pub(super) rollout: String,
-    pub(super) what: What,
-}
-
 pub(super) enum What {
     Configuration {
         offer: ConfigOffer,

@@ -208,17 +208,6 @@ impl Target {
     }
 }
 
-/// Whether a target whose verdict is awaited has waited `timeout` or more by `now`. A target
-/// without a sending time (stored before the time was kept) is not overdue: its clock starts when
-/// the engine next sees it in flight.
-fn overdue(target: &Target, timeout: Duration, now: SystemTime) -> bool {
-    target.outcome.in_flight()
-        && target
-            .sent_at
-            .and_then(|at| now.duration_since(at).ok())
-            .is_some_and(|waited| waited >= timeout)
-}
-
 /// A package to offer: what an upgrade carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PackageSpec {
@@ -273,61 +262,12 @@ impl Rollout {
             .collect()
     }
 
-    /// Targets that failed: their collector said so, or said nothing in time.
-    pub fn failures(&self) -> usize {
-        self.count(Outcome::Failed) + self.count(Outcome::TimedOut)
-    }
-
-    /// Failures beyond those accepted and the tolerance: time to pause.
-    pub fn too_many_failures(&self) -> bool {
-        self.failures().saturating_sub(self.failures_accepted) > self.options.max_errors
-    }
-
-    /// Ends every target whose verdict is overdue as `timed_out`; answers their collectors.
-    pub fn time_out(&mut self, default: Duration, now: SystemTime) -> Vec<CollectorId> {
-        let timeout = self.timeout(default);
-        let mut ended = Vec::new();
-        for target in &mut self.targets {
-            if target.outcome.in_flight() && target.sent_at.is_none() {
-                target.sent_at = Some(now);
-            }
-            if overdue(target, timeout, now) {
-                target.outcome = Outcome::TimedOut;
-                target.error = format!("no verdict within {} s", timeout.as_secs());
-                ended.push(target.collector);
-            }
-        }
-        ended
-    }
-
     /// Its `timeout_seconds`, or `default` where it has none (documents stored before it existed).
     pub fn timeout(&self, default: Duration) -> Duration {
         match self.options.timeout_seconds {
             0 => default,
             seconds => Duration::from_secs(seconds),
         }
-    }
-
-    /// Cancels the rollout: every open target ends `cancelled`. Answers the collectors that must
-    /// have the rollout's payload withdrawn, or `None` when the rollout is not running or paused.
-    pub fn cancel(&mut self) -> Option<Vec<CollectorId>> {
-        if !self.status.is_active() {
-            return None;
-        }
-        self.status = Status::Cancelled;
-        "cancelled by an operator".clone_into(&mut self.reason);
-        let mut withdraw = Vec::new();
-        for target in &mut self.targets {
-            if target.outcome.is_open() {
-                target.outcome = Outcome::Cancelled;
-                withdraw.push(target.collector);
-            }
-        }
-        Some(withdraw)
-    }
-
-    pub fn target_mut(&mut self, id: CollectorId) -> Option<&mut Target> {
-        self.targets.iter_mut().find(|t| t.collector == id)
     }
 }
 
@@ -441,82 +381,6 @@ pub(crate) mod tests {
             failures_accepted: 0,
             targets,
         }
-    }
-
-    #[test]
-    fn a_cancel_ends_every_open_target_and_names_them_for_withdrawal() {
-        let outcomes = [
-            Outcome::Pending,
-            Outcome::Configuring,
-            Outcome::Upgrading,
-            Outcome::Waiting,
-            Outcome::Applied,
-            Outcome::Failed,
-            Outcome::Incompatible,
-            Outcome::Skipped,
-            Outcome::Replaced,
-        ];
-        let targets = (0u128..).zip(outcomes).map(|(n, o)| target(n, o)).collect();
-        for status in [Status::Running, Status::Paused] {
-            let mut r = rollout(status, Vec::clone(&targets));
-            let withdraw = r.cancel().expect("an active rollout cancels");
-            assert_eq!(r.status, Status::Cancelled);
-            assert_eq!(
-                withdraw,
-                (0u128..4)
-                    .map(|n| CollectorId(uuid::Uuid::from_u128(n)))
-                    .collect::<Vec<_>>()
-            );
-            assert_eq!(r.count(Outcome::Cancelled), 4);
-            assert_eq!(r.count(Outcome::Applied), 1, "settled targets keep theirs");
-            assert!(r.targets.iter().all(|t| !t.outcome.is_open()));
-        }
-        for status in [Status::Completed, Status::Cancelled, Status::DryRun] {
-            let mut r = rollout(status, Vec::clone(&targets));
-            assert_eq!(r.cancel(), None);
-            assert_eq!(r.status, status, "unchanged");
-        }
-    }
-
-    #[test]
-    fn a_target_without_a_verdict_times_out_and_counts_as_a_failure() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        let mut r = rollout(
-            Status::Running,
-            vec![
-                target(0, Outcome::Configuring),
-                target(1, Outcome::Upgrading),
-                target(2, Outcome::Waiting),
-                target(3, Outcome::Pending),
-                target(4, Outcome::Applied),
-            ],
-        );
-        r.targets[0].sent(Outcome::Configuring, t0);
-        r.targets[0].sent_at = Some(t0);
-        r.targets[1].sent_at = Some(t0 + Duration::from_secs(50));
-        r.options.timeout_seconds = 60;
-        let default = Duration::from_secs(5);
-        assert_eq!(r.time_out(default, t0 + Duration::from_secs(59)).len(), 0);
-        assert_eq!(r.time_out(default, t0 + Duration::from_mins(1)).len(), 1);
-        assert_eq!(r.targets[0].outcome, Outcome::TimedOut);
-        assert_eq!(r.targets[0].error, "no verdict within 60 s");
-        assert_eq!(r.targets[1].outcome, Outcome::Upgrading, "sent later");
-        assert!(r.too_many_failures(), "max_errors 0: one is too many");
-        r.options.max_errors = 1;
-        assert!(!r.too_many_failures());
-        assert_eq!(r.time_out(default, t0 + Duration::from_secs(500)).len(), 1);
-        assert_eq!(r.failures(), 2);
-        assert_eq!(
-            (r.targets[2].outcome, r.targets[3].outcome),
-            (Outcome::Waiting, Outcome::Pending),
-            "never sent to a connected collector: no clock"
-        );
-        // Without its own timeout, and without a sending time (stored before it was kept): the
-        // clock starts when first seen.
-        let mut old = rollout(Status::Running, vec![target(0, Outcome::Configuring)]);
-        assert_eq!(old.time_out(default, t0).len(), 0);
-        assert_eq!(old.targets[0].sent_at, Some(t0));
-        assert_eq!(old.time_out(default, t0 + default).len(), 1);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A rollout as it is stored and listed: its own fields and counts per outcome in one row, its
-//! targets as rows of their own. Which targets a step changed (the only ones it writes), and how a
-//! document from before targets were rows splits into the two.
+//! targets as rows of their own; and how a document from before targets were rows splits into
+//! the two.
 
 use std::collections::BTreeMap;
 
@@ -71,32 +71,6 @@ impl RolloutSummary {
     }
 }
 
-/// The targets of `after` that differ from what `before` held for the same collector, or that
-/// `before` did not have: what a step must write. Without `before` (a new rollout), all of them.
-pub fn changed<'a>(before: Option<&Rollout>, after: &'a Rollout) -> Vec<&'a Target> {
-    let Some(before) = before else {
-        return after.targets.iter().collect();
-    };
-    // Targets keep their places, and late ones are appended: compare by place, and look a
-    // collector up only where the places disagree.
-    let mut index: Option<BTreeMap<_, &Target>> = None;
-    after
-        .targets
-        .iter()
-        .enumerate()
-        .filter(|(i, target)| match before.targets.get(*i) {
-            Some(old) if old.collector == target.collector => old != *target,
-            _ => {
-                let index = index.get_or_insert_with(|| {
-                    before.targets.iter().map(|t| (t.collector, t)).collect()
-                });
-                index.get(&target.collector) != Some(target)
-            }
-        })
-        .map(|(_, target)| target)
-        .collect()
-}
-
 /// A stored document as it was before targets were rows: split into the rollout's own document
 /// and its targets. `None` when the document has no targets to split out.
 pub fn split_legacy(
@@ -152,30 +126,6 @@ mod tests {
     use super::*;
     use crate::fleet::rollout::Outcome;
     use crate::fleet::rollout::tests::{rollout, target};
-
-    #[test]
-    fn a_step_writes_only_the_targets_it_changed() {
-        let before = rollout(
-            Status::Running,
-            (0..1000).map(|n| target(n, Outcome::Pending)).collect(),
-        );
-        let mut after = before.clone();
-        assert!(changed(Some(&before), &after).is_empty(), "nothing moved");
-        after.targets[3].outcome = Outcome::Configuring;
-        after.targets[3].batch = Some(0);
-        after.targets[999].error = "late".into();
-        after.targets.push(target(5000, Outcome::Applied));
-        let written: Vec<u128> = changed(Some(&before), &after)
-            .iter()
-            .map(|t| t.collector.0.as_u128())
-            .collect();
-        assert_eq!(written, [3, 999, 5000]);
-        assert_eq!(changed(None, &after).len(), 1001, "a new rollout: all");
-        // Places that disagree fall back to looking the collector up.
-        let mut shuffled = before.clone();
-        shuffled.targets.swap(0, 1);
-        assert!(changed(Some(&before), &shuffled).is_empty());
-    }
 
     #[test]
     fn a_document_with_its_targets_splits_and_counts_them() {
