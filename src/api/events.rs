@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Extension, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiState;
@@ -25,12 +25,17 @@ use crate::store::tail::Tail;
 /// JSON object with the collector id and the transition. Filter with `state` (the state entered)
 /// and `selector` (the collector's labels); resume with `Last-Event-ID`. With
 /// `custom_messages=true`, collectors' custom messages too (`event: custom_message`, no id: they
-/// are not kept, and only those of collectors connected to this server are seen).
+/// are not kept, and only those of collectors connected to this server are seen). With
+/// `rollouts=true`, rollout progress too (`event: rollout`, no id, data the rollout's summary:
+/// status, reason, batches started and counts per outcome): every running or paused rollout as
+/// it stands when the stream opens, then each rollout written since the last look (every half
+/// second), as it stands, whichever node wrote it.
 #[utoipa::path(get, path = "/api/v1/events", tag = "fleet",
     params(
         ("state" = Option<Vec<String>>, Query, description = "Transitions into any of these states"),
         ("selector" = Option<String>, Query, description = "Label selector on the collectors"),
         ("custom_messages" = Option<bool>, Query, description = "Also collectors' custom messages"),
+        ("rollouts" = Option<bool>, Query, description = "Also rollout progress"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event"),
     ),
     responses((status = 200, content_type = "text/event-stream", body = EventView),
@@ -48,7 +53,8 @@ pub async fn events(
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyStreams)?;
     let filter = event_filter(raw.as_deref())?;
-    let with_custom = custom_messages_wanted(raw.as_deref())?;
+    let with_custom = flag(raw.as_deref(), "custom_messages")?;
+    let with_rollouts = flag(raw.as_deref(), "rollouts")?;
     let selector = filter.selector.clone();
     // Subscribed before the stream starts, so nothing sent from now on is missed.
     let custom = with_custom.then(|| api.registry.custom().subscribe());
@@ -113,23 +119,27 @@ pub async fn events(
             }
         },
     );
-    let stream = futures_util::stream::select(transitions, custom);
+    let rollouts = with_rollouts
+        .then(|| super::progress::stream(Arc::clone(&api.store), api.shutdown.clone()));
+    let rollouts = futures_util::stream::iter(rollouts).flatten();
+    let stream =
+        futures_util::stream::select(futures_util::stream::select(transitions, custom), rollouts);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// `custom_messages=true` (or `false`, the default).
-fn custom_messages_wanted(raw: Option<&str>) -> Result<bool, ApiError> {
+/// A `name=true` (or `false`, the default) parameter.
+fn flag(raw: Option<&str>, name: &str) -> Result<bool, ApiError> {
     let pairs = query_pairs(raw, KNOWN)?;
-    match last(&pairs, "custom_messages") {
+    match last(&pairs, name) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(other) => Err(ApiError::BadRequest(format!(
-            "custom_messages is true or false, not {other:?}"
+            "{name} is true or false, not {other:?}"
         ))),
     }
 }
 
-const KNOWN: &[&str] = &["state", "selector", "custom_messages"];
+const KNOWN: &[&str] = &["state", "selector", "custom_messages", "rollouts"];
 
 /// The event stream's query string: which transitions it wants.
 pub fn event_filter(raw: Option<&str>) -> Result<EventFilter, ApiError> {

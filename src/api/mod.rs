@@ -10,6 +10,7 @@ mod events;
 pub mod keyfile;
 pub mod openapi;
 pub mod probe;
+mod progress;
 mod rollouts;
 mod settings;
 pub mod view;

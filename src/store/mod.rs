@@ -316,6 +316,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<RolloutSummary>, StoreError>;
     /// One rollout without its targets.
     async fn rollout(&self, id: &str) -> Result<Option<RolloutSummary>, StoreError>;
+    /// Rollouts without their targets that were written at or after `since`, each with when it
+    /// was last written, oldest write first: what the event stream reports as progress.
+    async fn rollouts_written_since(
+        &self,
+        since: SystemTime,
+    ) -> Result<Vec<(RolloutSummary, SystemTime)>, StoreError>;
     /// One page of a rollout's targets by collector id, after `after` when given, only those with
     /// `outcome` when given.
     async fn rollout_targets(

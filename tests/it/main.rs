@@ -52,6 +52,7 @@ mod persistence;
 mod protocol;
 mod replicas;
 mod rollout_delivery;
+mod rollout_progress;
 mod rollout_targets;
 mod rollouts;
 mod states;

@@ -710,6 +710,23 @@ macro_rules! sql_store {
                 Ok(row.map(|(d,)| d.0))
             }
 
+            async fn rollouts_written_since(
+                &self,
+                since: SystemTime,
+            ) -> Result<Vec<(RolloutSummary, SystemTime)>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT document, updated_at FROM rollouts WHERE updated_at >= ",
+                );
+                q.push_bind(OffsetDateTime::from(since))
+                    .push(" ORDER BY updated_at, id");
+                let rows: Vec<(sqlx::types::Json<RolloutSummary>, OffsetDateTime)> =
+                    q.build_query_as().fetch_all(&self.pool).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(d, at)| (d.0, SystemTime::from(at)))
+                    .collect())
+            }
+
             async fn rollout_targets(
                 &self,
                 id: &str,
