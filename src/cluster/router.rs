@@ -87,6 +87,11 @@ impl Router {
     }
 
     /// Other nodes' history notifications, for readers of the history.
+    /// This node's transitions as they happen (before they are stored).
+    pub fn subscribe(&self) -> crate::collector::bus::Subscription {
+        self.registry.subscribe()
+    }
+
     pub fn history_notices(&self) -> Option<watch::Receiver<u64>> {
         self.peers.as_ref().map(|p| p.wakers.history())
     }

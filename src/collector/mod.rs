@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use handle::{Answer, CollectorHandle, Forgotten, Unavailable};
+pub use handle::{Answer, CollectorHandle, Forgotten, Published, Unavailable};
 pub use machine::{Collector, Event, Transition};
 pub use registry::Registry;
 pub use state::{Reason, State};

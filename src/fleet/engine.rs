@@ -22,7 +22,7 @@ use super::offer::{What, offer_of, package_offer};
 use super::rollout::{Outcome, Payload, Rollout, RolloutOptions, Status, Target};
 use crate::cluster::router::Router;
 use crate::collector::encoding::{rfc3339, unhex};
-use crate::collector::{CollectorId, Event, Reason, State};
+use crate::collector::{CollectorId, Event, Reason, State, Transition};
 use crate::selector::Selector;
 use crate::store::tail::Tail;
 use crate::store::{EventFilter, Store, StoreError};
@@ -32,6 +32,8 @@ const TICK: Duration = Duration::from_millis(500);
 /// How long changes wait to be stored together: a burst of verdicts is one write.
 const SAVE_DELAY: Duration = Duration::from_millis(100);
 const COMMANDS: usize = 32;
+/// Transitions read from the history ahead of the engine.
+const HISTORY_AHEAD: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -95,14 +97,14 @@ impl Fleet {
         let rollouts = super::summary::load_all(store.as_ref()).await?;
         let (tx, rx) = mpsc::channel(COMMANDS);
         let mut engine = Engine {
-            events: Tail::new(
+            events: follow(Tail::new(
                 Arc::clone(&store),
                 EventFilter::default(),
                 from,
                 flushes,
                 router.history_notices(),
                 shutdown.clone(),
-            ),
+            )),
             router,
             store,
             rollouts: Vec::with_capacity(rollouts.len()),
@@ -153,7 +155,9 @@ struct Engine {
     open: HashMap<CollectorId, usize>,
     /// What each rollout sends, built when first needed.
     offers: HashMap<usize, What>,
-    events: Tail,
+    /// The stored history, read by a task of its own: a read of the store is not cancel-safe,
+    /// and the engine's loop gives up waiting on every other wake-up.
+    events: mpsc::Receiver<crate::store::Event>,
     /// Cancelled rollouts' offers still to take back from collectors on nodes that did not answer.
     withdrawals: Vec<Withdrawal>,
     /// How long a target's verdict may take when its rollout does not say.
@@ -177,6 +181,10 @@ impl Engine {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut save_at: Option<Instant> = None;
+        // This node's transitions, seen before they are stored: verdicts are read without waiting
+        // for the writer. The history stays the source of arrivals and of other nodes' changes,
+        // and covers what a dropped subscription missed.
+        let mut local = Some(self.router.subscribe());
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -189,15 +197,22 @@ impl Engine {
                     }
                     None => break,
                 },
-                recorded = self.events.next() => {
+                recorded = self.events.recv() => {
                     // The history ends only when the server stops.
                     let Some(recorded) = recorded else { break };
-                    let t = &recorded.transition;
-                    let arrived = t.to == State::Connected
-                        && matches!(t.reason, Reason::Initial | Reason::ConnectionRestored);
-                    self.changed(recorded.collector, arrived).await;
+                    self.changed(recorded.collector, &recorded.transition, true).await;
                 }
+                published = next_local(&mut local) => match published {
+                    Some(published) => {
+                        self.changed(published.collector, &published.transition, false).await;
+                    }
+                    // Dropped for lagging (or the server is stopping): taken again on the tick.
+                    None => local = None,
+                },
                 _ = tick.tick() => {
+                    if local.is_none() {
+                        local = Some(self.router.subscribe());
+                    }
                     self.withdraw().await;
                     self.expire().await;
                 }
@@ -265,11 +280,18 @@ impl Engine {
         }
     }
 
-    /// A collector's transition: its arrival is answered, and its open target, if it has one,
-    /// looked at again.
-    async fn changed(&mut self, id: CollectorId, arrived: bool) {
-        if arrived {
+    /// A collector's transition: its arrival (read from the history, so each is answered once)
+    /// is answered, and its open target, if it has one, looked at again. Entering Pending,
+    /// Configuring or Upgrading is the engine's own doing (queueing, sending) and brings no
+    /// verdict; every verdict, and every departure, is a transition out of those.
+    async fn changed(&mut self, id: CollectorId, t: &Transition, from_history: bool) {
+        let arrived = t.to == State::Connected
+            && matches!(t.reason, Reason::Initial | Reason::ConnectionRestored);
+        if from_history && arrived {
             self.arrived(id).await;
+        }
+        if matches!(t.to, State::Pending | State::Configuring | State::Upgrading) && !arrived {
+            return;
         }
         let Some(&r) = self.open.get(&id) else {
             return;
@@ -549,6 +571,29 @@ impl Engine {
                 self.unsaved.insert(r);
             }
         }
+    }
+}
+
+/// Reads the history in a task of its own, handing each transition on; ends with the server.
+fn follow(mut tail: Tail) -> mpsc::Receiver<crate::store::Event> {
+    let (tx, rx) = mpsc::channel(HISTORY_AHEAD);
+    tokio::spawn(async move {
+        while let Some(event) = tail.next().await {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next of this node's transitions; never, without a subscription.
+async fn next_local(
+    local: &mut Option<crate::collector::bus::Subscription>,
+) -> Option<crate::collector::Published> {
+    match local {
+        Some(subscription) => subscription.recv().await,
+        None => std::future::pending().await,
     }
 }
 
