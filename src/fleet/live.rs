@@ -430,19 +430,10 @@ mod tests {
 
     #[test]
     fn a_cancel_ends_every_open_target_and_names_them_for_withdrawal() {
-        let outcomes = [
-            Outcome::Pending,
-            Outcome::Configuring,
-            Outcome::Upgrading,
-            Outcome::Waiting,
-            Outcome::Applied,
-            Outcome::Failed,
-            Outcome::Incompatible,
-            Outcome::Skipped,
-            Outcome::Replaced,
-        ];
+        // Every outcome up to Skipped: the four open ones first.
+        let outcomes = &Outcome::ALL[..8];
         for status in [Status::Running, Status::Paused] {
-            let mut l = live(&outcomes);
+            let mut l = live(outcomes);
             l.update_rollout(|r| r.status = status);
             let withdraw = l.cancel().expect("an active rollout cancels");
             assert_eq!(l.status(), Status::Cancelled);
@@ -457,7 +448,7 @@ mod tests {
             assert!(l.targets().iter().all(|t| !t.outcome.is_open()));
         }
         for status in [Status::Completed, Status::Cancelled, Status::DryRun] {
-            let mut l = live(&outcomes);
+            let mut l = live(outcomes);
             l.update_rollout(|r| r.status = status);
             assert_eq!(l.cancel(), None);
             assert_eq!(l.status(), status, "unchanged");

@@ -169,13 +169,7 @@ async fn metrics_show_exactly_this_servers_own_traffic() {
 /// its connection is told to go elsewhere (1013).
 #[tokio::test]
 async fn a_write_under_a_superseded_claim_is_refused_counted_and_not_acknowledged() {
-    let first = TestServer::on(Backend::Postgres, |c| c.server.node_id = "one".into()).await;
-    let url = first.config.database.url.clone();
-    let second = TestServer::start_with(|c| {
-        c.database.url = url;
-        c.server.node_id = "two".into();
-    })
-    .await;
+    let (first, second) = two_replicas().await;
     let uid = new_uid();
     let mut old = WsClient::connect(&first.ws_url).await;
     old.exchange(&hello(&uid, 0)).await;

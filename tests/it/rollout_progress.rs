@@ -21,13 +21,7 @@ async fn progress_of(events: &mut EventStream, id: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn progress_reaches_every_replica_until_the_rollout_completes() {
-    let first = TestServer::on(Backend::Postgres, |c| c.server.node_id = "one".into()).await;
-    let url = first.config.database.url.clone();
-    let second = TestServer::start_with(|c| {
-        c.database.url = url;
-        c.server.node_id = "two".into();
-    })
-    .await;
+    let (first, second) = two_replicas().await;
     let api = Api::new(&first.api_url);
     let elsewhere = Api::new(&second.api_url);
     configuration(&api).await;

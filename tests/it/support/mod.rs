@@ -38,6 +38,19 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
 }
 
+/// Two replicas on one fresh PostgreSQL database, node ids `one` (started first: it takes the
+/// rollout engine's lease) and `two`.
+pub async fn two_replicas() -> (TestServer, TestServer) {
+    let first = TestServer::on(Backend::Postgres, |c| c.server.node_id = "one".into()).await;
+    let url = first.config.database.url.clone();
+    let second = TestServer::start_with(|c| {
+        c.database.url = url;
+        c.server.node_id = "two".into();
+    })
+    .await;
+    (first, second)
+}
+
 /// Where a test's database lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
