@@ -17,7 +17,8 @@ pub use crate::collector::encoding::rfc3339;
 pub struct CollectorView {
     /// The OpAMP `instance_uid` as a canonical UUID.
     pub id: String,
-    /// `service.name`, else the host name.
+    /// The `display-name` label, else `service.instance.name`, else `host.name`, else
+    /// `service.name` with the id's last eight hex digits.
     pub name: Option<String>,
     /// One of the seven states.
     pub state: Option<&'static str>,
@@ -230,7 +231,7 @@ impl CollectorView {
     pub fn new(c: &Collector, include_effective_config: bool) -> Self {
         Self {
             id: c.id.to_string(),
-            name: c.name(),
+            name: c.display_name(),
             state: c.state.map(State::as_str),
             state_reason: c.state_reason.map(state::Reason::as_str),
             state_message: c.state_message.clone(),

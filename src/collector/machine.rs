@@ -200,6 +200,9 @@ pub enum Effect {
     Refused(&'static str),
 }
 
+/// The label an operator sets to name a collector; it wins over every attribute.
+pub const DISPLAY_NAME_LABEL: &str = "display-name";
+
 impl Collector {
     /// A description attribute's text, identifying attributes first.
     pub fn attribute(&self, key: &str) -> Option<String> {
@@ -210,10 +213,28 @@ impl Collector {
             .and_then(|v| v.as_str().map(str::to_owned))
     }
 
-    /// What the collector is called: its `service.name`, else its host name.
+    /// What tells the collector apart from the rest of its fleet, whose `service.name` is usually
+    /// shared (`otelcol-contrib`): its `service.instance.name`, else its host name, else its
+    /// `service.name` with the last eight hex digits of its id (the random ones of a UUID).
     pub fn name(&self) -> Option<String> {
-        self.attribute("service.name")
+        self.attribute("service.instance.name")
             .or_else(|| self.attribute("host.name"))
+            .or_else(|| {
+                let id = self.id.0.simple().to_string();
+                let short = &id[id.len().saturating_sub(8)..];
+                self.attribute("service.name")
+                    .map(|service| format!("{service} {short}"))
+            })
+    }
+
+    /// The name shown for the collector: the operator's `display-name` label, else [`name`].
+    ///
+    /// [`name`]: Collector::name
+    pub fn display_name(&self) -> Option<String> {
+        self.labels
+            .get(DISPLAY_NAME_LABEL)
+            .cloned()
+            .or_else(|| self.name())
     }
 
     pub fn new(id: CollectorId) -> Self {

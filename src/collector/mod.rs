@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use handle::{Answer, CollectorHandle, Forgotten, Published, Unavailable};
-pub use machine::{Collector, Event, Transition};
+pub use machine::{Collector, DISPLAY_NAME_LABEL, Event, Transition};
 pub use registry::Registry;
 pub use state::{Reason, State};
 

@@ -129,7 +129,7 @@ impl SortKey {
         };
         match self {
             Self::Id => c.id.to_string(),
-            Self::Name => c.name().unwrap_or_default(),
+            Self::Name => c.display_name().unwrap_or_default(),
             Self::State => c.state.map(State::as_str).unwrap_or_default().to_owned(),
             Self::LastSeen => time(c.last_seen),
             Self::StateSince => time(c.state_since),

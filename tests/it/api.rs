@@ -15,7 +15,11 @@ use crate::support::*;
 fn hello_as(uid: &Bytes, name: &str, version: &str) -> proto::AgentToServer {
     let mut message = hello(uid, 0);
     message.agent_description = Some(proto::AgentDescription {
-        identifying_attributes: vec![kv("service.name", name), kv("service.version", version)],
+        identifying_attributes: vec![
+            kv("service.name", "otelcol-contrib"),
+            kv("service.instance.name", name),
+            kv("service.version", version),
+        ],
         non_identifying_attributes: vec![kv("host.name", &format!("{name}.example"))],
     });
     message
@@ -165,7 +169,10 @@ async fn one_collector_shows_every_fact(backend: Backend) {
     assert_eq!(c["connected"], true);
     assert_eq!(c["transport"], "http");
     assert!(c["last_seen"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(c["description"]["identifying"]["service.name"], "gateway");
+    assert_eq!(
+        c["description"]["identifying"]["service.instance.name"],
+        "gateway"
+    );
     assert_eq!(
         c["description"]["non_identifying"]["host.name"],
         "gateway.example"
@@ -487,7 +494,83 @@ async fn live_events_follow_a_selector(backend: Backend) {
     );
 }
 
+/// A fleet whose collectors share one `service.name`, as real ones do: each is told apart by its
+/// instance name, else its host, else the name with a piece of its id; an operator's
+/// `display-name` label wins, and sorting and searching by name follow what is shown.
+async fn collectors_are_named_apart_and_an_operator_name_wins(backend: Backend) {
+    let server = TestServer::on(backend, |_| {}).await;
+    let api = Api::new(&server.api_url);
+    let described = |identifying: Vec<proto::KeyValue>, host: Option<&str>| {
+        let uid = new_uid();
+        let mut message = hello(&uid, 0);
+        message.agent_description = Some(proto::AgentDescription {
+            identifying_attributes: identifying,
+            non_identifying_attributes: host.map(|h| vec![kv("host.name", h)]).unwrap_or_default(),
+        });
+        (uid, message)
+    };
+    let shared = || kv("service.name", "otelcol-contrib");
+    let (instance, m1) = described(
+        vec![shared(), kv("service.instance.name", "edge-b")],
+        Some("node-9"),
+    );
+    let (host, m2) = described(vec![shared()], Some("node-7"));
+    let (bare, m3) = described(vec![shared()], None);
+    for m in [&m1, &m2, &m3] {
+        post_ok(&server.opamp_url, m).await;
+    }
+    let name_of = |c: &Value| c["name"].as_str().unwrap().to_owned();
+    assert_eq!(name_of(&api.stored(id_of(&instance)).await), "edge-b");
+    assert_eq!(name_of(&api.stored(id_of(&host)).await), "node-7");
+    let simple = id_of(&bare).0.simple().to_string();
+    let short = &simple[simple.len() - 8..];
+    assert_eq!(
+        name_of(&api.stored(id_of(&bare)).await),
+        format!("otelcol-contrib {short}")
+    );
+
+    let labelled = api
+        .put(
+            &format!("/api/v1/collectors/{}/labels", id_of(&host)),
+            &json!({"display-name": "aaa-front-door"}),
+        )
+        .await;
+    assert_eq!(labelled.status, 200, "{}", labelled.body);
+    assert_eq!(
+        name_of(
+            &api.ok(&format!("/api/v1/collectors/{}", id_of(&host)))
+                .await
+        ),
+        "aaa-front-door"
+    );
+    let sorted = api.ok("/api/v1/collectors?sort=name").await;
+    assert_eq!(
+        names(&sorted),
+        [
+            "aaa-front-door",
+            "edge-b",
+            &format!("otelcol-contrib {short}")
+        ],
+        "sorted by the name shown"
+    );
+    let found = api.ok("/api/v1/collectors?q=FRONT-DOOR").await;
+    assert_eq!(names(&found), ["aaa-front-door"]);
+    let page = api.ok("/api/v1/collectors?sort=name&limit=1").await;
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let next = api
+        .ok(&format!(
+            "/api/v1/collectors?sort=name&limit=1&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(
+        names(&next),
+        ["edge-b"],
+        "the cursor follows the name shown"
+    );
+}
+
 crate::on_both_stores!(
+    collectors_are_named_apart_and_an_operator_name_wins,
     every_sort_key_pages_through_http_with_its_cursor,
     live_events_follow_a_selector,
     list_filters_sorts_and_pages,

@@ -85,7 +85,11 @@ async fn a_database_of_the_first_schema_migrates_with_everything_kept(backend: B
     let c = store.load(id).await.unwrap().expect("the record survives");
     assert_eq!(c.state, Some(State::Error));
     assert_eq!(c.labels["env"], "prod");
-    assert_eq!(c.name().as_deref(), Some("otelcol"));
+    assert_eq!(
+        c.name().as_deref(),
+        Some("node-1"),
+        "the host tells it apart"
+    );
     assert_eq!(c.attribute("host.name").as_deref(), Some("node-1"));
     let health = c.health.expect("health");
     assert_eq!(health.last_error, "exporter down");

@@ -135,7 +135,10 @@ async fn collector(server: &TestServer, n: u8, name: &str, version: &str) -> WsC
     let mut ws = WsClient::connect(&server.ws_url).await;
     let mut message = hello(&uid(n), 0);
     message.agent_description = Some(proto::AgentDescription {
-        identifying_attributes: vec![kv("service.name", name), kv("service.version", version)],
+        identifying_attributes: vec![
+            kv("service.instance.name", name),
+            kv("service.version", version),
+        ],
         non_identifying_attributes: vec![kv("host.name", &format!("host-{n}"))],
     });
     let reply = ws.exchange(&message).await;

@@ -529,7 +529,7 @@ fn fleet() -> Vec<Collector> {
             c.state_since = Some(at(i % 4));
             let d = c.description.as_mut().unwrap();
             d.identifying.insert(
-                "service.name".into(),
+                "service.instance.name".into(),
                 format!("collector-{:02}", (i * 5) % 12).into(),
             );
             d.identifying

@@ -87,10 +87,16 @@ const POSTGRES: Dialect = Dialect {
 };
 
 impl Dialect {
+    /// The operator's display-name label, in SQL (a constant key, so written in place).
+    fn display_name(&self) -> String {
+        let key = crate::collector::DISPLAY_NAME_LABEL;
+        format!("{}'{key}'{}", self.label_prefix, self.label_suffix)
+    }
+
     fn sort_expression(&self, key: SortKey) -> String {
         match key {
             SortKey::Id => "id".to_owned(),
-            SortKey::Name => "COALESCE(name, '')".to_owned(),
+            SortKey::Name => format!("COALESCE({}, name, '')", self.display_name()),
             SortKey::State => "state".to_owned(),
             SortKey::LastSeen => self.time.replace("{}", "last_seen"),
             SortKey::StateSince => self.time.replace("{}", "state_since"),
@@ -464,7 +470,8 @@ macro_rules! sql_store {
                     let pattern = like_pattern(text);
                     q.push(" AND (");
                     let mut any = q.separated(" OR ");
-                    for column in ["id", "name", "host_name", "version"] {
+                    let display_name = d.display_name();
+                    for column in ["id", "name", "host_name", "version", &display_name] {
                         any.push(format!("{column} {} ", d.like));
                         any.push_bind_unseparated(pattern.clone());
                         any.push_unseparated(" ESCAPE '\\'");
