@@ -203,6 +203,7 @@ pub fn list_query(raw: Option<&str>) -> Result<ListRequest, ApiError> {
             descending,
             after,
             limit: limit + 1,
+            parts: None,
         },
         sort_text: sort_text.to_owned(),
         limit,

@@ -203,6 +203,7 @@ pub async fn to_selected(
         api.store.as_ref(),
         &selector,
         std::slice::from_ref(&message.capability),
+        None,
     )
     .await?;
     for c in picked.iter().filter(|c| c.connected).take(MAX_SELECTED) {

@@ -355,11 +355,16 @@ impl Engine {
         }
         // Planned from the store, which holds every record as its collector was last answered
         // (replies wait for their commit): one read for the whole selection.
-        let targets = crate::store::selected(self.store.as_ref(), &new.selector, &[])
-            .await?
-            .iter()
-            .map(|record| what.plan(record))
-            .collect();
+        let targets = crate::store::selected(
+            self.store.as_ref(),
+            &new.selector,
+            &[],
+            Some(super::offer::PLANNED_FROM),
+        )
+        .await?
+        .iter()
+        .map(|record| what.plan(record))
+        .collect();
         let rollout = Rollout {
             id: uuid::Uuid::now_v7().to_string(),
             payload: new.payload,

@@ -7,6 +7,13 @@ use crate::collector::encoding::unhex;
 use crate::collector::{Capabilities, Collector, ConfigFile, ConfigOffer, Event, PackageOffer};
 use crate::store::ConfigurationVersion;
 
+/// The fact parts [`What::plan`] reads besides the record's columns.
+pub(super) const PLANNED_FROM: &[&str] = &[
+    "remote_config_status",
+    "available_components",
+    "package_statuses",
+];
+
 pub(super) enum What {
     Configuration {
         offer: ConfigOffer,

@@ -194,7 +194,9 @@ impl Distributor {
         let offers = offers(self.store.as_ref()).await?;
         let mut told = 0;
         for selector in selectors {
-            let picked = crate::store::selected(self.store.as_ref(), selector, &[]).await?;
+            // Labels and whether it is connected are columns: no fact is read.
+            let picked =
+                crate::store::selected(self.store.as_ref(), selector, &[], Some(&[])).await?;
             for c in picked.iter().filter(|c| c.connected) {
                 if self.tell(c.id, resolve(&offers, &c.labels)).await {
                     told += 1;

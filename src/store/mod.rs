@@ -186,6 +186,9 @@ pub struct CollectorQuery {
     pub descending: bool,
     pub after: Option<After>,
     pub limit: usize,
+    /// Only these fact parts are read (`None`: every part); a reader that needs a few of a
+    /// fleet's records' facts need not parse them all.
+    pub parts: Option<&'static [&'static str]>,
 }
 
 /// Which transitions an event stream wants.
@@ -354,11 +357,12 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Every collector `selector` picks (among those declaring any of `custom_capabilities`, when
-/// given), in id order, read page by page.
+/// given), in id order, read page by page, with the fact `parts` asked for (`None`: all).
 pub async fn selected(
     store: &dyn Store,
     selector: &Selector,
     custom_capabilities: &[String],
+    parts: Option<&'static [&'static str]>,
 ) -> Result<Vec<Collector>, StoreError> {
     const PAGE: usize = 500;
     let mut found = Vec::new();
@@ -375,6 +379,7 @@ pub async fn selected(
                 descending: false,
                 after: after.take(),
                 limit: PAGE,
+                parts,
             })
             .await?;
         let full = page.len() == PAGE;

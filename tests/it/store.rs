@@ -564,6 +564,7 @@ fn query() -> CollectorQuery {
         descending: false,
         after: None,
         limit: 100,
+        parts: None,
     }
 }
 
@@ -889,7 +890,40 @@ async fn configuration_versions_count_up_and_never_repeat(backend: Backend) {
     );
 }
 
+/// A list may read only some fact parts: those asked for come whole, the others not at all, and
+/// the record's own columns always.
+async fn a_list_reads_only_the_fact_parts_asked_for(backend: Backend) {
+    let db = fresh_database(backend).await;
+    let store = open_store(&db.url, "a").await;
+    let fleet = fleet();
+    store_fleet(store.as_ref(), &fleet).await;
+    let read = |parts| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .list(&CollectorQuery {
+                    parts,
+                    limit: 1,
+                    ..query()
+                })
+                .await
+                .unwrap()
+                .remove(0)
+        }
+    };
+    let whole = read(None).await;
+    assert!(whole.description.is_some() && whole.health.is_some());
+    let some = read(Some(&["health"])).await;
+    assert_eq!(some.health, whole.health);
+    assert_eq!(some.description, None, "not asked for");
+    assert_eq!(some.labels, whole.labels, "columns are always read");
+    let none = read(Some(&[])).await;
+    assert_eq!((none.health, none.description), (None, None));
+    assert_eq!(none.state, whole.state);
+}
+
 crate::on_both_stores!(
+    a_list_reads_only_the_fact_parts_asked_for,
     migrations_apply_to_an_empty_database_and_again,
     a_record_and_its_history_round_trip,
     the_latest_record_wins_and_transitions_only_append,

@@ -411,7 +411,7 @@ macro_rules! sql_store {
                     .build_query_as::<RecordRow>()
                     .fetch_all(&self.pool)
                     .await?;
-                Ok(self.read_records(rows).await?.pop())
+                Ok(self.read_records(rows, None).await?.pop())
             }
 
             async fn collectors(&self) -> Result<Vec<Collector>, StoreError> {
@@ -420,7 +420,7 @@ macro_rules! sql_store {
                 ))
                 .fetch_all(&self.pool)
                 .await?;
-                self.read_records(rows).await
+                self.read_records(rows, None).await
             }
 
             async fn transitions(&self, id: CollectorId) -> Result<Vec<Transition>, StoreError> {
@@ -510,7 +510,7 @@ macro_rules! sql_store {
                     .build_query_as::<RecordRow>()
                     .fetch_all(&self.pool)
                     .await?;
-                self.read_records(rows).await
+                self.read_records(rows, query.parts).await
             }
 
             async fn census(&self) -> Result<Census, StoreError> {

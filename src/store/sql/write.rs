@@ -249,7 +249,7 @@ macro_rules! sql_writes {
                         .build_query_as::<RecordRow>()
                         .fetch_all(&mut **tx)
                         .await?;
-                    let records = Self::with_facts(&mut **tx, rows).await?;
+                    let records = Self::with_facts(&mut **tx, rows, None).await?;
                     claimed.extend(records.into_iter().map(|(record, epoch)| Claimed {
                         record,
                         epoch,
@@ -262,6 +262,7 @@ macro_rules! sql_writes {
             async fn with_facts<'c, E>(
                 executor: E,
                 rows: Vec<RecordRow>,
+                parts: Option<&[&str]>,
             ) -> Result<Vec<(Collector, i64)>, StoreError>
             where
                 E: sqlx::Executor<'c, Database = $db>,
@@ -276,6 +277,20 @@ macro_rules! sql_writes {
                     "SELECT id, part, value FROM collector_facts WHERE id IN {open}"
                 ));
                 q.push_bind(sqlx::types::Json(ids)).push(close);
+                if let Some(parts) = parts {
+                    if parts.is_empty() {
+                        return rows
+                            .into_iter()
+                            .map(|row| {
+                                let epoch = row.epoch;
+                                row.into_record(Vec::new()).map(|r| (r, epoch))
+                            })
+                            .collect();
+                    }
+                    q.push(format!(" AND part IN {open}"))
+                        .push_bind(sqlx::types::Json(parts.to_vec()))
+                        .push(close);
+                }
                 let found = q.build_query_as::<FactRow>().fetch_all(executor).await?;
                 let mut facts: std::collections::HashMap<String, Vec<FactRow>> =
                     std::collections::HashMap::new();
@@ -295,13 +310,14 @@ macro_rules! sql_writes {
             async fn read_records(
                 &self,
                 mut rows: Vec<RecordRow>,
+                parts: Option<&[&str]>,
             ) -> Result<Vec<Collector>, StoreError> {
                 let mut records = Vec::with_capacity(rows.len());
                 while !rows.is_empty() {
                     let rest = rows.split_off(rows.len().min(CHUNK));
                     let chunk = std::mem::replace(&mut rows, rest);
                     records.extend(
-                        Self::with_facts(&self.pool, chunk)
+                        Self::with_facts(&self.pool, chunk, parts)
                             .await?
                             .into_iter()
                             .map(|(r, _)| r),
