@@ -31,6 +31,8 @@ use crate::store::{EventFilter, Store, StoreError};
 const TICK: Duration = Duration::from_millis(500);
 /// How long changes wait to be stored together: a burst of verdicts is one write.
 const SAVE_DELAY: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts to store changes the store refused.
+const SAVE_RETRY_MAX: Duration = Duration::from_secs(5);
 const COMMANDS: usize = 32;
 /// Transitions read from the history ahead of the engine.
 const HISTORY_AHEAD: usize = 1024;
@@ -181,6 +183,7 @@ impl Engine {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut save_at: Option<Instant> = None;
+        let mut save_delay = SAVE_DELAY;
         // This node's transitions, seen before they are stored: verdicts are read without waiting
         // for the writer. The history stays the source of arrivals and of other nodes' changes,
         // and covers what a dropped subscription missed.
@@ -218,14 +221,19 @@ impl Engine {
                 }
                 () = crate::collector::actor::sleep_until_opt(save_at) => {
                     save_at = None;
-                    self.save_unsaved().await;
+                    // While the store refuses, tries again less and less often (up to 5 s).
+                    save_delay = if self.save_unsaved().await {
+                        SAVE_DELAY
+                    } else {
+                        (save_delay * 2).min(SAVE_RETRY_MAX)
+                    };
                 }
             }
             if save_at.is_none() && !self.unsaved.is_empty() {
-                save_at = Some(Instant::now() + SAVE_DELAY);
+                save_at = Some(Instant::now() + save_delay);
             }
         }
-        self.save_unsaved().await;
+        let _ = self.save_unsaved().await;
     }
 
     /// Takes a rollout into the engine's keeping: its open targets are indexed by collector and
@@ -569,13 +577,17 @@ impl Engine {
     }
 
     /// Stores every rollout's pending changes; what cannot be stored now is tried again later.
-    async fn save_unsaved(&mut self) {
+    /// Whether everything was stored.
+    async fn save_unsaved(&mut self) -> bool {
+        let mut stored = true;
         for r in std::mem::take(&mut self.unsaved) {
             if let Err(err) = self.save_one(r).await {
                 warn!(%err, rollout = %self.rollouts[r].id(), "cannot save the rollout's progress; retrying");
                 self.unsaved.insert(r);
+                stored = false;
             }
         }
+        stored
     }
 }
 
