@@ -49,3 +49,6 @@ export function say(text, kind = "info") {
 export function facts(pairs) {
   return h("dl", { class: "facts" }, pairs.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value ?? "—")]));
 }
+
+/** The end of an id: UUIDv7 and ULID ids begin with their time, so the end tells them apart. */
+export const shortId = (id) => String(id).slice(-8);

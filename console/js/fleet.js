@@ -1,7 +1,7 @@
 // The fleet page: counts per state, the collectors table with filters, sorting and keyset pages,
 // and rows that follow the event stream.
 import { api, query } from "./api.js";
-import { ago, fill, h, say } from "./dom.js";
+import { ago, fill, h, say, shortId } from "./dom.js";
 import { openEvents } from "./sse.js";
 import { STATES, badge, label } from "./states.js";
 
@@ -10,7 +10,7 @@ export function displayName(c) {
   const attr = (key) => c.description?.identifying?.[key] ?? c.description?.non_identifying?.[key];
   const chosen = c.labels?.["display-name"] ?? attr("service.instance.name");
   if (chosen) return String(chosen);
-  return `${c.name ?? "collector"} ${c.id.slice(0, 8)}`;
+  return `${c.name ?? "collector"} ${shortId(c.id)}`;
 }
 
 export const hostOf = (c) =>

@@ -1,7 +1,7 @@
 // Rollouts: the list with a start form (dry run first), and one rollout with its progress bar per
 // outcome from the event stream, its controls and its targets page by page.
 import { api, may, query } from "./api.js";
-import { ago, facts, fill, h, say } from "./dom.js";
+import { ago, facts, fill, h, say, shortId } from "./dom.js";
 import { openEvents } from "./sse.js";
 
 const OUTCOMES = ["applied", "configuring", "upgrading", "waiting", "pending", "failed", "incompatible",
@@ -40,7 +40,7 @@ export async function renderList(main, role) {
   async function load() {
     const page = await api("/api/v1/rollouts?limit=50");
     fill(body, page.items.length ? page.items.map((r) => h("tr", { "data-id": r.id },
-      h("td", {}, h("a", { href: `#/rollouts/${encodeURIComponent(r.id)}` }, r.id.slice(0, 8))),
+      h("td", {}, h("a", { href: `#/rollouts/${encodeURIComponent(r.id)}` }, shortId(r.id))),
       h("td", {}, payloadText(r)), h("td", {}, r.selector || "(all)"), h("td", { class: "status" }, r.status),
       h("td", {}, progressBar(r.progress)), h("td", {}, ago(r.created_at)))) : h("tr", {}, h("td", { colspan: 6 }, "No rollouts yet.")));
     sizeBars(body);
@@ -134,7 +134,7 @@ export async function renderOne(main, role, id) {
       } }, text);
     const live = r.status === "running" || r.status === "paused";
     fill(header, h("p", {}, h("a", { href: "#/rollouts" }, "← Rollouts")),
-      h("h1", {}, `Rollout ${r.id.slice(0, 8)}`),
+      h("h1", {}, `Rollout ${shortId(r.id)}`),
       facts([["what", payloadText(r)], ["selector", r.selector || "(all)"], ["status", h("span", { id: "rollout-status" }, r.status)],
         ["reason", r.reason || "—"], ["batches started", String(r.batches_started)], ["started", ago(r.created_at)]]),
       may(role, "operator") ? h("div", { class: "actions" },
@@ -151,7 +151,7 @@ export async function renderOne(main, role, id) {
     if (reset) { cursor = null; fill(targets); }
     const page = await api(`${path}/targets${query({ limit: 50, cursor })}`);
     targets.append(...page.items.map((t) => h("tr", { "data-id": t.collector },
-      h("td", {}, h("a", { href: `#/collectors/${encodeURIComponent(t.collector)}` }, t.collector.slice(0, 8))),
+      h("td", {}, h("a", { href: `#/collectors/${encodeURIComponent(t.collector)}` }, shortId(t.collector))),
       h("td", {}, h("span", { class: `swatch outcome-${t.outcome}` }), t.outcome),
       h("td", {}, t.batch ?? "—"), h("td", {}, t.error || (t.missing?.length ? `missing ${t.missing.join(", ")}` : "")))));
     cursor = page.next_cursor;

@@ -33,6 +33,8 @@ export function openEvents(query, onEvent) {
       buffer += value;
       let end;
       while ((end = buffer.search(/\r\n|\r|\n/)) >= 0) {
+        // A CR at the very end may be half of a CRLF split between two reads.
+        if (buffer[end] === "\r" && end === buffer.length - 1) break;
         const line = buffer.slice(0, end);
         buffer = buffer.slice(end + (buffer.startsWith("\r\n", end) ? 2 : 1));
         if (line === "") {

@@ -133,6 +133,11 @@ async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
         .unwrap();
     assert_eq!(marker, json!("kept"), "the row changed without a reload");
     browser.screenshot("fleet").await;
+    // As on a phone: the same page, narrow.
+    browser.client.set_window_size(420, 900).await.unwrap();
+    browser.wait_for(&row(sick)).await;
+    browser.screenshot("fleet-narrow").await;
+    browser.client.set_window_size(1280, 900).await.unwrap();
 
     // Its page shows the failing health and the transition's reason.
     browser
