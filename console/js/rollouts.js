@@ -77,6 +77,26 @@ function startForm(card) {
     h("div", { class: "actions" }, h("button", { type: "submit", id: "dry-run" }, "Dry run"), start), plan);
   fill(card, h("h2", {}, "Start a rollout"), form);
 
+  // How many collectors the selector picks, read again a moment after each change.
+  const matching = h("p", { id: "selector-count", class: "hint", "aria-live": "polite" });
+  document.getElementById("start-selector").after(matching);
+  let countDue = null;
+  async function countMatching() {
+    const selector = document.getElementById("start-selector").value.trim();
+    try {
+      const page = await api(`/api/v1/collectors${query({ selector, limit: 500 })}`);
+      const n = page.items.length;
+      matching.textContent = `${n}${page.next_cursor ? " or more" : ""} collector${n === 1 ? "" : "s"} match`;
+    } catch (error) {
+      matching.textContent = error.message;
+    }
+  }
+  document.getElementById("start-selector").addEventListener("input", () => {
+    clearTimeout(countDue);
+    countDue = setTimeout(countMatching, 300);
+  });
+  countMatching();
+
   const value = (id) => document.getElementById(id).value.trim();
   const number = (id) => Number(value(id));
   function request(dryRun) {

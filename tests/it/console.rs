@@ -268,6 +268,9 @@ async fn a_rollout_started_in_the_console_reaches_its_collectors_and_shows_100_p
         Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await,
     ];
     labelled(&api, &collectors.iter().collect::<Vec<_>>()).await;
+    // Not labelled env=prod: counted without a selector, left out with it.
+    let other = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    api.stored(other.id).await;
     let browser = Browser::start().await;
     browser
         .goto(&format!("{}/#/rollouts", server.api_url))
@@ -278,7 +281,13 @@ async fn a_rollout_started_in_the_console_reaches_its_collectors_and_shows_100_p
     browser.wait_text("#role", "role: admin").await;
     browser.type_into("#start-configuration", "gateway").await;
     browser.type_into("#start-version", "1").await;
+    browser
+        .wait_text("#selector-count", "3 collectors match")
+        .await;
     browser.type_into("#start-selector", "env=prod").await;
+    browser
+        .wait_text("#selector-count", "2 collectors match")
+        .await;
     browser.type_into("#start-initial", "2").await;
     browser.click("#dry-run").await;
     browser
@@ -302,6 +311,7 @@ async fn a_rollout_started_in_the_console_reaches_its_collectors_and_shows_100_p
     for collector in &collectors {
         assert!(collector.received() >= 1, "every collector was sent it");
     }
+    assert_eq!(other.received(), 0, "the selector left it out");
     browser.close().await;
 }
 
