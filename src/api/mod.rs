@@ -4,6 +4,7 @@
 pub mod auth;
 mod collectors;
 mod configurations;
+mod console;
 mod custom;
 pub mod error;
 mod events;
@@ -132,6 +133,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/summary", get(collectors::summary))
         .route("/api/v1/state-machine", get(collectors::state_machine))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/openapi.json", get(openapi))
         .fallback(unknown_route)
         .layer(TimeoutLayer::with_status_code(
@@ -153,6 +155,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
+        .merge(console::router())
         .merge(api)
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -164,6 +167,19 @@ pub fn router(state: ApiState) -> Router {
             }),
         )
         .with_state(state)
+}
+
+/// The caller's role, so that the console shows only the buttons it may use (the API still
+/// decides each write).
+async fn whoami(
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+) -> impl IntoResponse {
+    let role = match caller.role {
+        Role::Viewer => "viewer",
+        Role::Operator => "operator",
+        Role::Admin => "admin",
+    };
+    axum::Json(json!({"role": role, "anonymous": caller.anonymous}))
 }
 
 async fn unknown_route() -> ApiError {

@@ -35,6 +35,7 @@ mod budget;
 mod certificates;
 mod configurations;
 mod connection_settings;
+mod console;
 mod custom_capabilities;
 mod custom_messages;
 mod delivery;

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod binary;
+pub mod browser;
 pub mod interop;
 pub mod postgres;
 pub mod scripted;

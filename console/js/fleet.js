@@ -1,0 +1,156 @@
+// The fleet page: counts per state, the collectors table with filters, sorting and keyset pages,
+// and rows that follow the event stream.
+import { api, query } from "./api.js";
+import { ago, fill, h, say, shortId } from "./dom.js";
+import { openEvents } from "./sse.js";
+import { STATES, badge, label } from "./states.js";
+
+/** How a person tells collectors apart: a display-name label wins, then the instance or host. */
+export function displayName(c) {
+  const attr = (key) => c.description?.identifying?.[key] ?? c.description?.non_identifying?.[key];
+  const chosen = c.labels?.["display-name"] ?? attr("service.instance.name");
+  if (chosen) return String(chosen);
+  return `${c.name ?? "collector"} ${shortId(c.id)}`;
+}
+
+export const hostOf = (c) =>
+  String(c.description?.non_identifying?.["host.name"] ?? c.description?.identifying?.["host.name"] ?? "—");
+
+const COLUMNS = [
+  ["state", "State", "state"], ["name", "Name", "name"], ["host", "Host", null],
+  ["version", "Version", null], ["labels", "Labels", null], ["last_seen", "Last seen", "last_seen"],
+  ["since", "Since", "state_since"],
+];
+
+export async function render(main) {
+  const filters = { state: "", selector: "", q: "", sort: "name", limit: 25 };
+  let cursors = [null]; // the cursor of each page shown so far; the last is the current one
+
+  const counts = h("div", { class: "counts", id: "counts" });
+  const total = h("span", { id: "total", class: "muted" });
+  const stateSelect = h("select", { id: "filter-state", name: "state" },
+    h("option", { value: "" }, "any state"), STATES.map((s) => h("option", { value: s }, label(s))));
+  const selector = h("input", { id: "filter-selector", name: "selector", placeholder: "env=prod,tier!=gold" });
+  const text = h("input", { id: "filter-text", name: "q", type: "search", placeholder: "name, host, version, id" });
+  const perPage = h("input", { id: "filter-limit", name: "limit", type: "number", min: 1, max: 500, value: filters.limit });
+  const head = h("tr");
+  const body = h("tbody", { id: "collectors" });
+  const previous = h("button", { type: "button", class: "quiet", id: "page-previous", onclick: () => page(-1) }, "Previous page");
+  const next = h("button", { type: "button", class: "quiet", id: "page-next", onclick: () => page(1) }, "Next page");
+  let nextCursor = null;
+
+  const form = h("form", {
+    class: "filters card", id: "filters",
+    onsubmit: (event) => {
+      event.preventDefault();
+      Object.assign(filters, {
+        state: stateSelect.value, selector: selector.value.trim(), q: text.value.trim(), limit: perPage.value || 25,
+      });
+      cursors = [null];
+      load();
+    },
+  },
+    h("div", {}, h("label", { for: "filter-state" }, "State"), stateSelect),
+    h("div", {}, h("label", { for: "filter-selector" }, "Label selector"), selector),
+    h("div", {}, h("label", { for: "filter-text" }, "Text"), text),
+    h("div", {}, h("label", { for: "filter-limit" }, "Per page"), perPage),
+    h("button", { type: "submit", id: "filter-apply" }, "Apply"));
+
+  fill(main,
+    h("h1", {}, "Fleet ", total),
+    counts,
+    form,
+    h("div", { class: "table-wrap" }, h("table", { id: "collectors-table" }, h("thead", {}, head), body)),
+    h("div", { class: "pager" }, previous, next));
+
+  function drawHead() {
+    fill(head, COLUMNS.map(([key, title, sortKey]) => {
+      if (!sortKey) return h("th", { class: key === "labels" || key === "host" ? "hide-narrow" : "" }, title);
+      const current = filters.sort.replace(/^-/, "") === sortKey;
+      const descending = filters.sort.startsWith("-");
+      const sortLabel = current ? (descending ? "descending" : "ascending") : "none";
+      return h("th", { "aria-sort": sortLabel },
+        h("button", { type: "button", "data-sort": sortKey, onclick: () => {
+          filters.sort = current && !descending ? `-${sortKey}` : sortKey;
+          cursors = [null];
+          load();
+        } }, title, current ? (descending ? " ▼" : " ▲") : ""));
+    }));
+  }
+
+  function row(c) {
+    return h("tr", { "data-id": c.id },
+      h("td", { class: "state-cell" }, badge(c.state)),
+      h("td", {}, h("a", { href: `#/collectors/${encodeURIComponent(c.id)}` }, displayName(c))),
+      h("td", { class: "hide-narrow" }, hostOf(c)),
+      h("td", {}, c.version ?? "—"),
+      h("td", { class: "hide-narrow" }, Object.entries(c.labels ?? {}).map(([k, v]) => h("span", { class: "label" }, `${k}=${v}`))),
+      h("td", { class: "seen-cell" }, ago(c.last_seen)),
+      h("td", { class: "since-cell" }, ago(c.state_since)));
+  }
+
+  async function loadSummary() {
+    const summary = await api("/api/v1/summary");
+    total.textContent = `${summary.total} collectors`;
+    fill(counts, STATES.map((s) => h("button", {
+      type: "button", class: `count state-${s}`, "data-state": s, "aria-pressed": String(filters.state === s),
+      onclick: () => {
+        filters.state = filters.state === s ? "" : s;
+        stateSelect.value = filters.state;
+        cursors = [null];
+        load();
+      },
+    }, h("strong", { class: "count-value" }, summary.by_state?.[s] ?? 0), label(s))));
+  }
+
+  async function load() {
+    drawHead();
+    try {
+      const cursor = cursors[cursors.length - 1];
+      const page = await api(`/api/v1/collectors${query({ ...filters, cursor })}`);
+      nextCursor = page.next_cursor;
+      fill(body, page.items.length ? page.items.map(row) : h("tr", {}, h("td", { colspan: 7 }, "No collectors match.")));
+      previous.disabled = cursors.length < 2;
+      next.disabled = !nextCursor;
+      await loadSummary();
+    } catch (error) {
+      say(`Could not list collectors: ${error.message}`, "error");
+    }
+  }
+
+  function page(step) {
+    if (step > 0 && nextCursor) cursors.push(nextCursor);
+    if (step < 0 && cursors.length > 1) cursors.pop();
+    load();
+  }
+
+  // Counts (or, for a collector not shown, the first page) are read again after changes, at most
+  // twice a second however many arrive.
+  let refreshDue = null;
+  let reloadPage = false;
+  const stream = openEvents("", (type, data) => {
+    if (type !== "transition") return;
+    const tr = body.querySelector(`tr[data-id="${CSS.escape(data.collector_id)}"]`);
+    if (tr) {
+      fill(tr.querySelector(".state-cell"), badge(data.to));
+      fill(tr.querySelector(".since-cell"), ago(data.at));
+      fill(tr.querySelector(".seen-cell"), ago(data.at));
+      tr.classList.remove("changed");
+      void tr.offsetWidth;
+      tr.classList.add("changed");
+    } else if (cursors.length === 1) {
+      reloadPage = true;
+    }
+    refreshDue ??= setTimeout(() => {
+      refreshDue = null;
+      const whole = reloadPage;
+      reloadPage = false;
+      (whole ? load() : loadSummary()).catch(() => {});
+    }, 500);
+  });
+
+  // The stream first: a change between reading the table and opening the stream would be lost.
+  await stream.ready;
+  await load();
+  return () => { stream.close(); clearTimeout(refreshDue); };
+}

@@ -1,0 +1,392 @@
+//! The web console in a real browser (headless Chromium through chromedriver), against a real
+//! server with simulated collectors: what an operator sees and does, checked through the API.
+//! Each page's screenshot is written to `target/console-screenshots/`.
+
+use bytes::Bytes;
+use opampd::config::{ApiKey, Role};
+use serde_json::json;
+
+use crate::rollouts::{configuration, labelled};
+use crate::support::api::Api;
+use crate::support::browser::{Browser, wait_until};
+use crate::support::scripted::{Script, Scripted};
+use crate::support::*;
+
+/// Connects `n` plain-HTTP collectors and waits until the API lists them.
+async fn http_collectors(server: &TestServer, api: &Api, n: usize) -> Vec<(Bytes, String)> {
+    let mut made = Vec::new();
+    for i in 0..n {
+        let uid = new_uid();
+        let mut message = hello(&uid, 0);
+        message.agent_description = Some(opampd::proto::AgentDescription {
+            identifying_attributes: vec![
+                kv("service.name", "otelcol"),
+                kv("service.instance.name", &format!("edge-{i}")),
+                kv("service.version", "0.120.0"),
+            ],
+            non_identifying_attributes: vec![kv("host.name", &format!("host-{i}.example"))],
+        });
+        post_ok(&server.opamp_url, &message).await;
+        made.push((uid.clone(), id_of(&uid).to_string()));
+    }
+    for (uid, _) in &made {
+        api.stored(id_of(uid)).await;
+    }
+    made
+}
+
+fn row(id: &str) -> String {
+    format!("tr[data-id=\"{id}\"]")
+}
+
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_without_a_key_and_with_a_strict_policy() {
+    let server = TestServer::start_with(|c| {
+        c.api.keys = vec![ApiKey {
+            name: "viewer".into(),
+            key: "viewer-key-0123456789abcdef".into(),
+            key_sha256: String::new(),
+            role: Role::Viewer,
+        }];
+    })
+    .await;
+    let client = http_client();
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/console/console.css", "text/css; charset=utf-8"),
+        ("/console/js/main.js", "text/javascript; charset=utf-8"),
+    ] {
+        let answer = client
+            .get(format!("{}{path}", server.api_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{path}");
+        let headers = answer.headers();
+        assert_eq!(headers["content-type"], content_type, "{path}");
+        assert_eq!(headers["cache-control"], "no-cache", "{path}");
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.starts_with("default-src 'self'"), "{policy}");
+        assert!(!policy.contains("unsafe"), "{policy}");
+    }
+    let page = client.get(&server.api_url).send().await.unwrap();
+    let page = page.text().await.unwrap();
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external requests"
+    );
+    let missing = client
+        .get(format!("{}/console/Cargo.toml", server.api_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    // The data is not open: the page's calls need the key.
+    let anonymous = Api::anonymous(&server.api_url);
+    assert_eq!(anonymous.get("/api/v1/whoami").await.status, 401);
+    let viewer = Api::with_key(&server.api_url, "viewer-key-0123456789abcdef");
+    assert_eq!(
+        viewer.ok("/api/v1/whoami").await,
+        json!({"role": "viewer", "anonymous": false})
+    );
+}
+
+#[tokio::test]
+async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let made = http_collectors(&server, &api, 3).await;
+    let browser = Browser::start().await;
+    browser.goto(&server.api_url).await;
+    browser
+        .wait_text(".count[data-state=connected] .count-value", "3")
+        .await;
+    browser
+        .wait_text(".count[data-state=error] .count-value", "0")
+        .await;
+    let (sick_uid, sick) = &made[1];
+    let state = format!("{} .state-cell .state", row(sick));
+    browser.wait_text(&state, "Connected").await;
+    // The page was not reloaded: the marker set now is still there when the row changes.
+    browser
+        .client
+        .execute("document.body.dataset.marker = 'kept'", vec![])
+        .await
+        .unwrap();
+
+    post_ok(
+        &server.opamp_url,
+        &health_report(sick_uid, 1, false, "exporter otlp: connection refused"),
+    )
+    .await;
+    browser.wait_text(&state, "Error").await;
+    browser
+        .wait_text(".count[data-state=error] .count-value", "1")
+        .await;
+    browser
+        .wait_text(".count[data-state=connected] .count-value", "2")
+        .await;
+    let marker = browser
+        .client
+        .execute("return document.body.dataset.marker", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("kept"), "the row changed without a reload");
+    browser.screenshot("fleet").await;
+    // As on a phone: the same page, narrow.
+    browser.client.set_window_size(420, 900).await.unwrap();
+    browser.wait_for(&row(sick)).await;
+    browser.screenshot("fleet-narrow").await;
+    browser.client.set_window_size(1280, 900).await.unwrap();
+
+    // Its page shows the failing health and the transition's reason.
+    browser
+        .goto(&format!("{}/#/collectors/{sick}", server.api_url))
+        .await;
+    browser.wait_text("#collector-state .state", "Error").await;
+    let failing = browser.wait_for(".health li.failing > span").await;
+    assert!(failing.text().await.unwrap().contains("failing"));
+    wait_until("the transition is listed", || async {
+        let text = browser.text("#transitions").await?;
+        text.contains("connection refused").then_some(())
+    })
+    .await;
+    browser.screenshot("collector").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn filters_and_keyset_pages_pick_the_right_collectors() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let made = http_collectors(&server, &api, 7).await;
+    for (_, id) in &made[..3] {
+        let answer = api
+            .put(
+                &format!("/api/v1/collectors/{id}/labels"),
+                &json!({"env": "prod"}),
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+    }
+    let browser = Browser::start().await;
+    browser.goto(&server.api_url).await;
+    browser
+        .wait_text(".count[data-state=connected] .count-value", "7")
+        .await;
+
+    // By label selector, then by text.
+    browser.type_into("#filter-selector", "env=prod").await;
+    browser.click("#filter-apply").await;
+    wait_until("three prod rows", || async {
+        (browser.count("#collectors tr[data-id]").await == 3).then_some(())
+    })
+    .await;
+    for (_, id) in &made[..3] {
+        browser.wait_for(&row(id)).await;
+    }
+    browser.type_into("#filter-selector", "").await;
+    browser.type_into("#filter-text", "host-4").await;
+    browser.click("#filter-apply").await;
+    wait_until("only host-4", || async {
+        (browser.count("#collectors tr[data-id]").await == 1).then_some(())
+    })
+    .await;
+    browser.wait_for(&row(&made[4].1)).await;
+
+    // Three a page: every collector once over three pages, then back.
+    browser.type_into("#filter-text", "").await;
+    browser.type_into("#filter-limit", "3").await;
+    browser.click("#filter-apply").await;
+    let mut seen = Vec::new();
+    for (page, size) in [3, 3, 1].into_iter().enumerate() {
+        let ids = wait_until(&format!("page {page} of {size}"), || async {
+            let rows = browser
+                .client
+                .find_all(fantoccini::Locator::Css("#collectors tr[data-id]"))
+                .await
+                .ok()?;
+            let mut ids = Vec::new();
+            for row in rows {
+                ids.push(row.attr("data-id").await.ok()??);
+            }
+            (ids.len() == size && !ids.iter().any(|id| seen.contains(id))).then_some(ids)
+        })
+        .await;
+        seen.extend(ids);
+        if page < 2 {
+            browser.click("#page-next:not([disabled])").await;
+        }
+    }
+    seen.sort();
+    let mut all: Vec<String> = made.iter().map(|(_, id)| id.clone()).collect();
+    all.sort();
+    assert_eq!(seen, all);
+    browser.wait_for("#page-next[disabled]").await;
+    browser.click("#page-previous:not([disabled])").await;
+    wait_until("back to a full page", || async {
+        (browser.count("#collectors tr[data-id]").await == 3).then_some(())
+    })
+    .await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_label_set_in_the_console_is_in_the_api() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let made = http_collectors(&server, &api, 1).await;
+    let id = &made[0].1;
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/#/collectors/{id}", server.api_url))
+        .await;
+    // Reading needs no key from loopback; editing does, and the form is not offered without it.
+    browser.wait_text("#role", "role: viewer").await;
+    browser.wait_for("#labels").await;
+    assert_eq!(browser.count("#label-form").await, 0);
+    browser.click("#key-button").await;
+    let key = crate::support::api::generated_key(&server.api_url).unwrap();
+    browser.enter_key(&key).await;
+    browser.wait_text("#role", "role: admin").await;
+    browser.type_into("#label-key", "tier").await;
+    browser.type_into("#label-value", "gold").await;
+    browser.click("#label-save").await;
+    api.field_becomes(id_of(&made[0].0), "labels", json!({"tier": "gold"}))
+        .await;
+    browser.wait_for("tr[data-label=tier]").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_rollout_started_in_the_console_reaches_its_collectors_and_shows_100_percent() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let collectors = [
+        Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await,
+        Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await,
+    ];
+    labelled(&api, &collectors.iter().collect::<Vec<_>>()).await;
+    // Not labelled env=prod: counted without a selector, left out with it.
+    let other = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    api.stored(other.id).await;
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/#/rollouts", server.api_url))
+        .await;
+    browser.click("#key-button").await;
+    let key = crate::support::api::generated_key(&server.api_url).unwrap();
+    browser.enter_key(&key).await;
+    browser.wait_text("#role", "role: admin").await;
+    browser.type_into("#start-configuration", "gateway").await;
+    browser.type_into("#start-version", "1").await;
+    browser
+        .wait_text("#selector-count", "3 collectors match")
+        .await;
+    browser.type_into("#start-selector", "env=prod").await;
+    browser
+        .wait_text("#selector-count", "2 collectors match")
+        .await;
+    browser.type_into("#start-initial", "2").await;
+    browser.click("#dry-run").await;
+    browser
+        .wait_text("#start-plan", "Would reach 2 collector(s).")
+        .await;
+    browser.screenshot("rollout-start").await;
+    browser.click("#start-rollout:not([disabled])").await;
+    browser.wait_text("#applied-percent", "100% applied").await;
+    browser.wait_text("#rollout-status", "completed").await;
+    browser.screenshot("rollout").await;
+
+    let url = browser.client.current_url().await.unwrap();
+    let id = url
+        .fragment()
+        .unwrap()
+        .trim_start_matches("/rollouts/")
+        .to_owned();
+    let rollout = api.ok(&format!("/api/v1/rollouts/{id}")).await;
+    assert_eq!(rollout["status"], "completed", "{rollout}");
+    assert_eq!(rollout["progress"]["applied"], 2, "{rollout}");
+    for collector in &collectors {
+        assert!(collector.received() >= 1, "every collector was sent it");
+    }
+    assert_eq!(other.received(), 0, "the selector left it out");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_rollout_is_cancelled_from_the_console() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let silent = Scripted::start(&server.ws_url, &["kafka"], Script::Ignore).await;
+    labelled(&api, &[&silent]).await;
+    let started = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "selector": "env=prod",
+                "timeout_seconds": 600}),
+        )
+        .await;
+    let id = started["id"].as_str().unwrap();
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/#/rollouts/{id}", server.api_url))
+        .await;
+    browser.click("#key-button").await;
+    let key = crate::support::api::generated_key(&server.api_url).unwrap();
+    browser.enter_key(&key).await;
+    browser.wait_text("#rollout-status", "running").await;
+    browser.click("#cancel:not([disabled])").await;
+    browser.wait_text("#rollout-status", "cancelled").await;
+    let rollout = api.ok(&format!("/api/v1/rollouts/{id}")).await;
+    assert_eq!(rollout["status"], "cancelled", "{rollout}");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_viewer_key_sees_no_edit_buttons_and_the_api_refuses_its_writes() {
+    let key = |name: &str, role| ApiKey {
+        name: name.into(),
+        key: format!("{name}-key-0123456789abcdef"),
+        key_sha256: String::new(),
+        role,
+    };
+    let server = TestServer::start_with(|c| {
+        c.api.keys = vec![key("viewer", Role::Viewer), key("admin", Role::Admin)];
+    })
+    .await;
+    let admin = Api::with_key(&server.api_url, "admin-key-0123456789abcdef");
+    let made = http_collectors(&server, &admin, 1).await;
+    let id = &made[0].1;
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/#/collectors/{id}", server.api_url))
+        .await;
+    // Nothing is read without a key: the form asks for one.
+    browser.enter_key("viewer-key-0123456789abcdef").await;
+    browser.wait_text("#role", "role: viewer").await;
+    browser
+        .wait_text("#collector-state .state", "Connected")
+        .await;
+    for button in ["#label-form", "#restart", "#forget"] {
+        assert_eq!(browser.count(button).await, 0, "{button} is not offered");
+    }
+    browser
+        .goto(&format!("{}/#/rollouts", server.api_url))
+        .await;
+    browser.wait_for("#start").await;
+    assert_eq!(browser.count("#start-form").await, 0);
+    browser.screenshot("viewer").await;
+
+    let viewer = Api::with_key(&server.api_url, "viewer-key-0123456789abcdef");
+    let refused = viewer
+        .patch(
+            &format!("/api/v1/collectors/{id}/labels"),
+            &json!({"tier": "gold"}),
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    browser.close().await;
+}

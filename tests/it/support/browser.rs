@@ -1,0 +1,167 @@
+//! A real browser for the console's tests: Debian's `chromedriver` on a free loopback port,
+//! driving headless Chromium; both are ended when the [`Browser`] is dropped.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+
+use super::http_client;
+
+/// A browser starts slowly on a loaded two-core machine; a passing wait never takes this long.
+const BROWSER_DEADLINE: Duration = Duration::from_secs(40);
+
+pub struct Browser {
+    pub client: Client,
+    driver: tokio::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+/// A port nobody listens on now (the kernel's choice; chromedriver binds it right after).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+impl Browser {
+    pub async fn start() -> Self {
+        let port = free_port();
+        // Its own process group, so that dropping it ends Chromium too (chromedriver's child).
+        let driver = tokio::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver runs (Debian's chromium-driver; .ci/run installs it)");
+        let url = format!("http://127.0.0.1:{port}");
+        let status = format!("{url}/status");
+        wait_until("chromedriver answers", || async {
+            let answer = http_client().get(&status).send().await.ok()?;
+            answer.status().is_success().then_some(())
+        })
+        .await;
+        let profile = tempfile::tempdir().unwrap();
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+                    "--disable-dev-shm-usage", "--no-first-run",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&url)
+            .await
+            .expect("a Chromium session");
+        Self {
+            client,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    /// The text of the first element `css` selects, once there is one.
+    pub async fn text(&self, css: &str) -> Option<String> {
+        let element = self.client.find(Locator::Css(css)).await.ok()?;
+        element.text().await.ok()
+    }
+
+    /// Waits until the first element `css` selects reads `expected`.
+    pub async fn wait_text(&self, css: &str, expected: &str) {
+        wait_until(&format!("{css} reads {expected:?}"), || async {
+            (self.text(css).await.as_deref() == Some(expected)).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until `css` selects something.
+    pub async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
+        wait_until(&format!("{css} is shown"), || async {
+            self.client.find(Locator::Css(css)).await.ok()
+        })
+        .await
+    }
+
+    /// How many elements `css` selects now.
+    pub async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .map_or(0, |all| all.len())
+    }
+
+    pub async fn click(&self, css: &str) {
+        self.wait_for(css).await.click().await.unwrap();
+    }
+
+    /// Replaces the value of the input `css` selects.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let input = self.wait_for(css).await;
+        input.clear().await.unwrap();
+        input.send_keys(text).await.unwrap();
+    }
+
+    /// Enters `key` in the key form (which must be open or about to open).
+    pub async fn enter_key(&self, key: &str) {
+        self.type_into("#key-input", key).await;
+        self.click("#key-submit").await;
+    }
+
+    /// Writes what the browser shows to `target/console-screenshots/<name>.png`.
+    pub async fn screenshot(&self, name: &str) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Ends the session (Chromium exits), then chromedriver.
+    pub async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // After a failed test the session was not closed: the whole group goes, Chromium too.
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+/// Polls `probe` until it yields `Some`, failing the test with `what` at the browser deadline.
+pub async fn wait_until<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + BROWSER_DEADLINE;
+    loop {
+        super::scripted::assert_untroubled();
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
