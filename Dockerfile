@@ -28,6 +28,8 @@ RUN mkdir -p src load/src ctl/src \
  && cargo build --release --locked -p opampd -p opampctl \
  && rm -rf src load/src ctl/src
 COPY src src
+# The console's assets are embedded in the binary.
+COPY console console
 COPY migrations migrations
 COPY config config
 COPY load/src load/src

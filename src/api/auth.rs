@@ -24,6 +24,33 @@ pub struct Caller {
     pub anonymous: bool,
 }
 
+/// Who the caller is to the API.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// `viewer`, `operator` or `admin`.
+    pub role: &'static str,
+    /// No key was presented (a loopback reader where no keys are configured).
+    pub anonymous: bool,
+}
+
+/// The caller's role, so that a client (the console) shows only what it may do; the API still
+/// decides each request.
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "fleet",
+    responses((status = 200, body = WhoAmI), (status = 401, body = super::error::ErrorBody)))]
+pub async fn whoami(
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+) -> axum::Json<WhoAmI> {
+    let role = match caller.role {
+        Role::Viewer => "viewer",
+        Role::Operator => "operator",
+        Role::Admin => "admin",
+    };
+    axum::Json(WhoAmI {
+        role,
+        anonymous: caller.anonymous,
+    })
+}
+
 impl Caller {
     pub fn require(self, role: Role) -> Result<(), ApiError> {
         if self.role >= role {

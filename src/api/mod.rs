@@ -133,7 +133,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/summary", get(collectors::summary))
         .route("/api/v1/state-machine", get(collectors::state_machine))
-        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/whoami", get(auth::whoami))
         .route("/api/openapi.json", get(openapi))
         .fallback(unknown_route)
         .layer(TimeoutLayer::with_status_code(
@@ -167,19 +167,6 @@ pub fn router(state: ApiState) -> Router {
             }),
         )
         .with_state(state)
-}
-
-/// The caller's role, so that the console shows only the buttons it may use (the API still
-/// decides each write).
-async fn whoami(
-    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
-) -> impl IntoResponse {
-    let role = match caller.role {
-        Role::Viewer => "viewer",
-        Role::Operator => "operator",
-        Role::Admin => "admin",
-    };
-    axum::Json(json!({"role": role, "anonymous": caller.anonymous}))
 }
 
 async fn unknown_route() -> ApiError {

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{collectors, configurations, custom, error, events, rollouts, settings, view};
+use super::{auth, collectors, configurations, custom, error, events, rollouts, settings, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,6 +40,7 @@ use super::{collectors, configurations, custom, error, events, rollouts, setting
         settings::delete,
         custom::to_one,
         custom::to_selected,
+        auth::whoami,
     ),
     components(schemas(
         error::ErrorBody,
@@ -78,6 +79,7 @@ use super::{collectors, configurations, custom, error, events, rollouts, setting
         custom::CustomMessageSent,
         custom::Skipped,
         custom::CustomMessageView,
+        auth::WhoAmI,
     )),
     modifiers(&BearerAuth),
     security(("api_key" = [])),
