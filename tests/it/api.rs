@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use opampd::collector::CollectorId;
-use opampd::config::{ApiKey, Role};
+use opampd::config::Role;
 use opampd::proto;
 use serde_json::{Value, json};
 
@@ -648,17 +648,11 @@ async fn live_events_arrive_once_and_resume(backend: Backend) {
 
 #[tokio::test]
 async fn keys_and_roles_decide_who_may_do_what() {
-    let key = |name: &str, role| ApiKey {
-        name: name.into(),
-        key: format!("{name}-key-0123456789abcdef"),
-        key_sha256: String::new(),
-        role,
-    };
     let server = TestServer::start_with(|c| {
         c.api.keys = vec![
-            key("viewer", Role::Viewer),
-            key("operator", Role::Operator),
-            key("admin", Role::Admin),
+            api_key("viewer", Role::Viewer),
+            api_key("operator", Role::Operator),
+            api_key("admin", Role::Admin),
         ];
     })
     .await;

@@ -3,10 +3,10 @@
 //! Each page's screenshot is written to `target/console-screenshots/`.
 
 use bytes::Bytes;
-use opampd::config::{ApiKey, Role};
+use opampd::config::Role;
 use serde_json::json;
 
-use crate::rollouts::{configuration, labelled};
+use crate::rollouts::{configuration, held_rollout, labelled};
 use crate::support::api::Api;
 use crate::support::browser::{Browser, wait_until};
 use crate::support::scripted::{Script, Scripted};
@@ -42,12 +42,7 @@ fn row(id: &str) -> String {
 #[tokio::test]
 async fn the_page_and_its_assets_are_served_without_a_key_and_with_a_strict_policy() {
     let server = TestServer::start_with(|c| {
-        c.api.keys = vec![ApiKey {
-            name: "viewer".into(),
-            key: "viewer-key-0123456789abcdef".into(),
-            key_sha256: String::new(),
-            role: Role::Viewer,
-        }];
+        c.api.keys = vec![api_key("viewer", Role::Viewer)];
     })
     .await;
     let client = http_client();
@@ -319,17 +314,8 @@ async fn a_rollout_started_in_the_console_reaches_its_collectors_and_shows_100_p
 async fn a_rollout_is_cancelled_from_the_console() {
     let server = TestServer::start().await;
     let api = Api::new(&server.api_url);
-    configuration(&api).await;
-    let silent = Scripted::start(&server.ws_url, &["kafka"], Script::Ignore).await;
-    labelled(&api, &[&silent]).await;
-    let started = api
-        .post_ok(
-            "/api/v1/rollouts",
-            &json!({"configuration": "gateway", "version": 1, "selector": "env=prod",
-                "timeout_seconds": 600}),
-        )
-        .await;
-    let id = started["id"].as_str().unwrap();
+    let (_silent, id) = held_rollout(&server, &api).await;
+    let id = id.as_str();
     let browser = Browser::start().await;
     browser
         .goto(&format!("{}/#/rollouts/{id}", server.api_url))
@@ -347,14 +333,11 @@ async fn a_rollout_is_cancelled_from_the_console() {
 
 #[tokio::test]
 async fn a_viewer_key_sees_no_edit_buttons_and_the_api_refuses_its_writes() {
-    let key = |name: &str, role| ApiKey {
-        name: name.into(),
-        key: format!("{name}-key-0123456789abcdef"),
-        key_sha256: String::new(),
-        role,
-    };
     let server = TestServer::start_with(|c| {
-        c.api.keys = vec![key("viewer", Role::Viewer), key("admin", Role::Admin)];
+        c.api.keys = vec![
+            api_key("viewer", Role::Viewer),
+            api_key("admin", Role::Admin),
+        ];
     })
     .await;
     let admin = Api::with_key(&server.api_url, "admin-key-0123456789abcdef");

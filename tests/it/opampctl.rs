@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use ::opampctl::exit;
 use bytes::Bytes;
 use opampd::collector::CollectorId;
-use opampd::config::{ApiKey, Role};
+use opampd::config::Role;
 use opampd::proto;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -902,14 +902,11 @@ async fn events_table_and_filters() {
 
 #[tokio::test]
 async fn errors_are_one_line_with_their_status_and_exit_code() {
-    let key = |name: &str, role| ApiKey {
-        name: name.into(),
-        key: format!("{name}-key-0123456789abcdef"),
-        key_sha256: String::new(),
-        role,
-    };
     let server = TestServer::start_with(|c| {
-        c.api.keys = vec![key("viewer", Role::Viewer), key("admin", Role::Admin)];
+        c.api.keys = vec![
+            api_key("viewer", Role::Viewer),
+            api_key("admin", Role::Admin),
+        ];
     })
     .await;
     let url = server.api_url.as_str();

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::rollouts::{configuration, labelled};
+use crate::rollouts::{configuration, held_rollout, labelled};
 use crate::support::api::{Api, EventStream};
 use crate::support::scripted::{Script, Scripted};
 use crate::support::*;
@@ -103,17 +103,7 @@ async fn progress_reaches_every_replica_until_the_rollout_completes() {
 async fn a_stream_opened_later_starts_with_the_rollouts_under_way() {
     let server = TestServer::start().await;
     let api = Api::new(&server.api_url);
-    configuration(&api).await;
-    // A collector that never answers holds the rollout running.
-    let silent = Scripted::start(&server.ws_url, &["kafka"], Script::Ignore).await;
-    labelled(&api, &[&silent]).await;
-    let started = api
-        .post_ok(
-            "/api/v1/rollouts",
-            &json!({"configuration": "gateway", "version": 1, "selector": "env=prod"}),
-        )
-        .await;
-    let id = started["id"].as_str().unwrap().to_owned();
+    let (_silent, id) = held_rollout(&server, &api).await;
     let mut events = api.events("?rollouts=true", None).await;
     let first = progress_of(&mut events, &id).await;
     assert_eq!(first["status"], "running");

@@ -48,6 +48,23 @@ pub(crate) async fn labelled_ids(api: &Api, collectors: &[CollectorId]) {
     .await;
 }
 
+/// A rollout of `gateway` held running by one collector that never answers (its verdict is
+/// given ten minutes); the collector and the rollout's id.
+pub(crate) async fn held_rollout(server: &TestServer, api: &Api) -> (Scripted, String) {
+    configuration(api).await;
+    let silent = Scripted::start(&server.ws_url, &["kafka"], Script::Ignore).await;
+    labelled(api, &[&silent]).await;
+    let started = api
+        .post_ok(
+            "/api/v1/rollouts",
+            &json!({"configuration": "gateway", "version": 1, "selector": "env=prod",
+                "timeout_seconds": 600}),
+        )
+        .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    (silent, id)
+}
+
 pub(crate) async fn rollout_where(
     api: &Api,
     id: &str,

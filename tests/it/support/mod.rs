@@ -52,6 +52,16 @@ pub async fn two_replicas() -> (TestServer, TestServer) {
     (first, second)
 }
 
+/// An API key named `name` with `role`; its secret is `<name>-key-0123456789abcdef`.
+pub fn api_key(name: &str, role: opampd::config::Role) -> opampd::config::ApiKey {
+    opampd::config::ApiKey {
+        name: name.into(),
+        key: format!("{name}-key-0123456789abcdef"),
+        key_sha256: String::new(),
+        role,
+    }
+}
+
 /// Where a test's database lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
