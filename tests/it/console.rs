@@ -6,7 +6,7 @@ use bytes::Bytes;
 use opampd::config::Role;
 use serde_json::json;
 
-use crate::rollouts::{configuration, held_rollout, labelled};
+use crate::rollouts::{configuration, held_rollout, labelled, labelled_ids};
 use crate::support::api::Api;
 use crate::support::browser::{Browser, wait_until};
 use crate::support::scripted::{Script, Scripted};
@@ -155,15 +155,9 @@ async fn filters_and_keyset_pages_pick_the_right_collectors() {
     let server = TestServer::start().await;
     let api = Api::new(&server.api_url);
     let made = http_collectors(&server, &api, 7).await;
-    for (_, id) in &made[..3] {
-        let answer = api
-            .put(
-                &format!("/api/v1/collectors/{id}/labels"),
-                &json!({"env": "prod"}),
-            )
-            .await;
-        assert_eq!(answer.status, 200);
-    }
+    let prod: Vec<opampd::collector::CollectorId> =
+        made[..3].iter().map(|(uid, _)| id_of(uid)).collect();
+    labelled_ids(&api, &prod).await;
     let browser = Browser::start().await;
     browser.goto(&server.api_url).await;
     browser
