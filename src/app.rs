@@ -21,6 +21,7 @@ use crate::collector::handle::ActorSettings;
 use crate::collector::persist::Persistence;
 use crate::config::{Config, TlsConfig};
 use crate::fleet::engine::Fleet;
+use crate::fleet::settings::Distributor;
 use crate::net::tls::Acceptor;
 use crate::net::{self, Allowances};
 use crate::opamp::{self, Opamp};
@@ -188,7 +189,7 @@ async fn start_router(
     store: &Arc<dyn Store>,
     flushes: tokio::sync::watch::Receiver<u64>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(Arc<Router>, Option<ClusterStore>)> {
+) -> anyhow::Result<(Arc<Router>, Option<ClusterStore>, Distributor)> {
     let (engine_slot, engine) = tokio::sync::watch::channel(None);
     let peers = start_peers(config, shutdown).await?;
     let cluster = peers.as_ref().map(|p| p.store.clone());
@@ -231,11 +232,9 @@ async fn start_router(
         engine_slot.send_replace(Some(fleet));
     }
     // Every node tells the collectors arriving there the connection settings offers give them.
-    tokio::spawn(
-        crate::fleet::settings::Distributor::new(Arc::clone(&router), Arc::clone(store))
-            .run(Arc::clone(registry), shutdown.clone()),
-    );
-    Ok((router, cluster))
+    let settings = Distributor::new(Arc::clone(&router), Arc::clone(store));
+    tokio::spawn(settings.clone().run(Arc::clone(registry), shutdown.clone()));
+    Ok((router, cluster, settings))
 }
 
 /// A listener's TLS, where configured: its files read now (start-up fails on unusable ones) and
@@ -363,7 +362,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let registry = registry(&config, persistence, &metrics, &actors_stop, &actors);
     tokio::spawn(tell_fenced(Arc::clone(&registry), fenced));
     // Boxed: its future (the cluster's start-up) need not weigh on every caller of `start`.
-    let (router, cluster) = Box::pin(start_router(
+    let (router, cluster, settings) = Box::pin(start_router(
         &config,
         &registry,
         &store,
@@ -405,6 +404,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         probe: start_probe(&config, &store, &shutdown).await,
         event_streams: Arc::new(tokio::sync::Semaphore::new(config.api.max_event_streams)),
         metrics: metrics.clone(),
+        settings,
     });
     servers.spawn(net::serve(
         api_listener,

@@ -66,6 +66,8 @@ pub struct ApiState {
     pub event_streams: Arc<tokio::sync::Semaphore>,
     /// This server's own metrics.
     pub metrics: metrics::Metrics,
+    /// Tells collectors the connection settings offers give them (shared with the arrivals').
+    pub settings: crate::fleet::settings::Distributor,
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -22,7 +22,7 @@ use crate::collector::connection::{
 };
 use crate::collector::machine::hex;
 use crate::config::Role;
-use crate::fleet::settings::{self, Distributor, SettingsOffer};
+use crate::fleet::settings::{self, SettingsOffer};
 use crate::selector::Selector;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -86,7 +86,7 @@ async fn find(api: &ApiState, name: &str) -> Result<Option<SettingsOffer>, ApiEr
 
 /// Tells the collectors `selectors` pick, without holding up the answer.
 fn distribute(api: &ApiState, selectors: Vec<Selector>) {
-    let distributor = Distributor::new(api.router.clone(), api.store.clone());
+    let distributor = api.settings.clone();
     tokio::spawn(async move {
         if let Err(err) = distributor.selected(&selectors).await {
             tracing::warn!(%err, "connection settings not told to every collector now; they hear on arrival");
@@ -191,7 +191,7 @@ pub async fn delete(
 
 /// A collector's labels changed: it may be picked by other offers now.
 pub fn labels_changed(api: &ApiState, id: crate::collector::CollectorId) {
-    let distributor = Distributor::new(api.router.clone(), api.store.clone());
+    let distributor = api.settings.clone();
     tokio::spawn(async move {
         if let Err(err) = distributor.one(id).await {
             tracing::warn!(collector_id = %id, %err, "connection settings not told after a label change; it hears on arrival");

@@ -181,16 +181,26 @@ pub async fn offers(store: &dyn Store) -> Result<Vec<SettingsOffer>, StoreError>
 pub struct Distributor {
     router: Arc<Router>,
     store: Arc<dyn Store>,
+    /// Tellers take turns, each reading the offers and telling under it: a teller that read
+    /// older offers (an arrival) can never tell a collector after one that read newer ones (an
+    /// operator's new offer), which would take the new offer back.
+    telling: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Distributor {
+    /// One per server: the API and the arrivals share it (and its turns).
     pub fn new(router: Arc<Router>, store: Arc<dyn Store>) -> Self {
-        Self { router, store }
+        Self {
+            router,
+            store,
+            telling: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 
     /// Tells every connected collector one of `selectors` picks (wherever it is held) what it is
     /// given now. Collectors away hear of it when they arrive.
     pub async fn selected(&self, selectors: &[Selector]) -> Result<usize, StoreError> {
+        let _turn = self.telling.lock().await;
         let offers = offers(self.store.as_ref()).await?;
         let mut told = 0;
         for selector in selectors {
@@ -208,6 +218,7 @@ impl Distributor {
 
     /// Tells one collector (its labels just changed, or it arrived).
     pub async fn one(&self, id: CollectorId) -> Result<(), StoreError> {
+        let _turn = self.telling.lock().await;
         let offers = offers(self.store.as_ref()).await?;
         self.one_with(&offers, id).await
     }
@@ -261,6 +272,7 @@ impl Distributor {
             if shutdown.is_cancelled() {
                 return;
             }
+            let _turn = self.telling.lock().await;
             let Ok(offers) = offers(self.store.as_ref()).await else {
                 continue;
             };
