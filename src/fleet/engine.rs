@@ -318,9 +318,7 @@ impl Engine {
             let (_, what) = self.build(&payload).await?;
             self.offers.insert(r, what);
         }
-        self.offers
-            .get(&r)
-            .ok_or_else(|| FleetError::Invalid("no offer".into()))
+        Ok(&self.offers[&r])
     }
 
     /// What `payload` sends, and its hash as the rollout shows it.

@@ -253,23 +253,11 @@ impl Live {
 
     /// What is stored as the rollout's own row: its fields and its counts.
     pub fn summary(&self) -> RolloutSummary {
-        let r = &self.rollout;
-        RolloutSummary {
-            id: r.id.clone(),
-            payload: r.payload.clone(),
-            hash: r.hash.clone(),
-            selector: r.selector.clone(),
-            options: r.options,
-            status: r.status,
-            reason: r.reason.clone(),
-            created_at: r.created_at.clone(),
-            batches_started: r.batches_started,
-            failures_accepted: r.failures_accepted,
-            progress: Outcome::ALL
-                .iter()
-                .map(|o| (o.as_str().to_owned(), self.count(*o)))
-                .collect(),
-        }
+        let progress = Outcome::ALL
+            .iter()
+            .map(|o| (o.as_str().to_owned(), self.count(*o)))
+            .collect();
+        RolloutSummary::with_progress(&self.rollout, progress)
     }
 
     /// Whether anything is to be written.

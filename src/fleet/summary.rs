@@ -33,7 +33,18 @@ pub struct RolloutSummary {
 }
 
 impl RolloutSummary {
+    /// Counting its targets.
     pub fn of(rollout: &Rollout) -> Self {
+        let progress = rollout
+            .progress()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        Self::with_progress(rollout, progress)
+    }
+
+    /// With counts per outcome already known.
+    pub fn with_progress(rollout: &Rollout, progress: BTreeMap<String, usize>) -> Self {
         Self {
             id: rollout.id.clone(),
             payload: rollout.payload.clone(),
@@ -45,11 +56,7 @@ impl RolloutSummary {
             created_at: rollout.created_at.clone(),
             batches_started: rollout.batches_started,
             failures_accepted: rollout.failures_accepted,
-            progress: rollout
-                .progress()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
+            progress,
         }
     }
 
