@@ -46,9 +46,6 @@ impl Engine {
     /// collector that had applied it says so in this very report. Otherwise the newest completed
     /// rollout whose selector matches it, and that it is not part of, sends it its configuration.
     pub(super) async fn arrived(&mut self, id: CollectorId) {
-        let Some(record) = self.router.view(id).await else {
-            return;
-        };
         if let Some(&r) = self.open.get(&id) {
             let Some(p) = self.rollouts[r].place(id) else {
                 return;
@@ -58,6 +55,9 @@ impl Engine {
             if !sent || self.what(r).await.is_err() {
                 return;
             }
+            let Some(record) = self.router.view(id).await else {
+                return;
+            };
             let hash = self.offers[&r].hash().to_vec();
             if verdict(&record, self.rollouts[r].rollout(), &hash).is_some() {
                 return;
@@ -77,15 +77,16 @@ impl Engine {
             // another hash (R5).
             let _ = self.router.apply(id, Event::Standing { offer }).await;
         }
-        self.join_late(id, &record).await;
+        self.join_late(id).await;
     }
 
     /// A collector that no completed rollout has seen joins the newest whose selector matches.
-    async fn join_late(&mut self, id: CollectorId, record: &crate::collector::Collector) {
+    async fn join_late(&mut self, id: CollectorId) {
+        // Most arrivals are collectors every completed rollout already has: no read for them.
         if !self
             .rollouts
             .iter()
-            .any(|l| l.status() == Status::Completed)
+            .any(|l| l.status() == Status::Completed && l.place(id).is_none())
         {
             return;
         }
@@ -103,10 +104,13 @@ impl Engine {
         if self.rollouts[r].place(id).is_some() {
             return;
         }
+        let Some(record) = self.router.view(id).await else {
+            return;
+        };
         let Ok(what) = self.what(r).await else {
             return;
         };
-        let mut target = what.plan(record);
+        let mut target = what.plan(&record);
         let pending = target.outcome == Outcome::Pending;
         if pending {
             target.batch = Some(self.rollouts[r].rollout().batches_started);
