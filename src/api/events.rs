@@ -52,9 +52,11 @@ pub async fn events(
     let place = Arc::clone(&api.event_streams)
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyStreams)?;
-    let filter = event_filter(raw.as_deref())?;
-    let with_custom = flag(raw.as_deref(), "custom_messages")?;
-    let with_rollouts = flag(raw.as_deref(), "rollouts")?;
+    let StreamQuery {
+        filter,
+        custom_messages: with_custom,
+        rollouts: with_rollouts,
+    } = stream_query(raw.as_deref())?;
     let selector = filter.selector.clone();
     // Subscribed before the stream starts, so nothing sent from now on is missed.
     let custom = with_custom.then(|| api.registry.custom().subscribe());
@@ -128,9 +130,8 @@ pub async fn events(
 }
 
 /// A `name=true` (or `false`, the default) parameter.
-fn flag(raw: Option<&str>, name: &str) -> Result<bool, ApiError> {
-    let pairs = query_pairs(raw, KNOWN)?;
-    match last(&pairs, name) {
+fn flag(pairs: &[(String, String)], name: &str) -> Result<bool, ApiError> {
+    match last(pairs, name) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(other) => Err(ApiError::BadRequest(format!(
@@ -141,11 +142,26 @@ fn flag(raw: Option<&str>, name: &str) -> Result<bool, ApiError> {
 
 const KNOWN: &[&str] = &["state", "selector", "custom_messages", "rollouts"];
 
-/// The event stream's query string: which transitions it wants.
-pub fn event_filter(raw: Option<&str>) -> Result<EventFilter, ApiError> {
+/// The event stream's query string, read once.
+struct StreamQuery {
+    filter: EventFilter,
+    custom_messages: bool,
+    rollouts: bool,
+}
+
+fn stream_query(raw: Option<&str>) -> Result<StreamQuery, ApiError> {
     let pairs = query_pairs(raw, KNOWN)?;
-    Ok(EventFilter {
-        states: states(&pairs)?,
-        selector: selector(&pairs)?,
+    Ok(StreamQuery {
+        filter: EventFilter {
+            states: states(&pairs)?,
+            selector: selector(&pairs)?,
+        },
+        custom_messages: flag(&pairs, "custom_messages")?,
+        rollouts: flag(&pairs, "rollouts")?,
     })
+}
+
+/// The event stream's query string: which transitions it wants (the flags checked too).
+pub fn event_filter(raw: Option<&str>) -> Result<EventFilter, ApiError> {
+    stream_query(raw).map(|q| q.filter)
 }

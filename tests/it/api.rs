@@ -11,38 +11,6 @@ use serde_json::{Value, json};
 use crate::support::api::{Api, assert_error};
 use crate::support::*;
 
-/// A first message naming the collector and its version.
-fn hello_as(uid: &Bytes, name: &str, version: &str) -> proto::AgentToServer {
-    let mut message = hello(uid, 0);
-    message.agent_description = Some(proto::AgentDescription {
-        identifying_attributes: vec![
-            kv("service.name", "otelcol-contrib"),
-            kv("service.instance.name", name),
-            kv("service.version", version),
-        ],
-        non_identifying_attributes: vec![kv("host.name", &format!("{name}.example"))],
-    });
-    message
-}
-
-/// Connects `n` HTTP collectors named `name-<i>`, waits until the API lists them all.
-async fn collectors(server: &TestServer, api: &Api, n: usize) -> Vec<(Bytes, String)> {
-    let mut made = Vec::new();
-    for i in 0..n {
-        let uid = new_uid();
-        post_ok(
-            &server.opamp_url,
-            &hello_as(&uid, &format!("name-{i}"), &format!("1.{i}.0")),
-        )
-        .await;
-        made.push((uid.clone(), id_of(&uid).to_string()));
-    }
-    for (uid, _) in &made {
-        api.stored(id_of(uid)).await;
-    }
-    made
-}
-
 fn names(page: &Value) -> Vec<String> {
     page["items"]
         .as_array()
@@ -55,7 +23,7 @@ fn names(page: &Value) -> Vec<String> {
 async fn list_filters_sorts_and_pages(backend: Backend) {
     let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
-    let made = collectors(&server, &api, 7).await;
+    let made = http_collectors(&server, &api, "name", 7).await;
     for (i, (_, id)) in made.iter().enumerate() {
         let env = if i < 3 { "prod" } else { "dev" };
         let answer = api
@@ -224,7 +192,7 @@ async fn one_collector_shows_every_fact(backend: Backend) {
 async fn history_is_newest_first_in_pages(backend: Backend) {
     let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
-    let made = collectors(&server, &api, 1).await;
+    let made = http_collectors(&server, &api, "name", 1).await;
     let (uid, id) = &made[0];
     for seq in 1..=6 {
         let healthy = seq % 2 == 0;
@@ -280,7 +248,7 @@ async fn history_is_newest_first_in_pages(backend: Backend) {
 async fn labels_are_replaced_and_patched(backend: Backend) {
     let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
-    let made = collectors(&server, &api, 1).await;
+    let made = http_collectors(&server, &api, "name", 1).await;
     let path = format!("/api/v1/collectors/{}/labels", made[0].1);
     let put = api
         .put(&path, &json!({"env": "prod", "tier": "gold"}))
@@ -321,7 +289,7 @@ async fn labels_are_replaced_and_patched(backend: Backend) {
 async fn only_a_disconnected_collector_is_forgotten(backend: Backend) {
     let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
-    let made = collectors(&server, &api, 1).await;
+    let made = http_collectors(&server, &api, "name", 1).await;
     let (uid, id) = &made[0];
     let path = format!("/api/v1/collectors/{id}");
     assert_error(&api.delete(&path).await, 409, "conflict");
@@ -356,7 +324,7 @@ async fn only_a_disconnected_collector_is_forgotten(backend: Backend) {
 async fn summary_counts_every_state(backend: Backend) {
     let server = TestServer::on(backend, |_| {}).await;
     let api = Api::new(&server.api_url);
-    let made = collectors(&server, &api, 3).await;
+    let made = http_collectors(&server, &api, "name", 3).await;
     post_ok(&server.opamp_url, &health_report(&made[0].0, 1, false, "x")).await;
     let summary = eventually("one in error", || async {
         let s = api.ok("/api/v1/summary").await;

@@ -2,7 +2,6 @@
 //! server with simulated collectors: what an operator sees and does, checked through the API.
 //! Each page's screenshot is written to `target/console-screenshots/`.
 
-use bytes::Bytes;
 use opampd::config::Role;
 use serde_json::json;
 
@@ -11,29 +10,6 @@ use crate::support::api::Api;
 use crate::support::browser::{Browser, wait_until};
 use crate::support::scripted::{Script, Scripted};
 use crate::support::*;
-
-/// Connects `n` plain-HTTP collectors and waits until the API lists them.
-async fn http_collectors(server: &TestServer, api: &Api, n: usize) -> Vec<(Bytes, String)> {
-    let mut made = Vec::new();
-    for i in 0..n {
-        let uid = new_uid();
-        let mut message = hello(&uid, 0);
-        message.agent_description = Some(opampd::proto::AgentDescription {
-            identifying_attributes: vec![
-                kv("service.name", "otelcol"),
-                kv("service.instance.name", &format!("edge-{i}")),
-                kv("service.version", "0.120.0"),
-            ],
-            non_identifying_attributes: vec![kv("host.name", &format!("host-{i}.example"))],
-        });
-        post_ok(&server.opamp_url, &message).await;
-        made.push((uid.clone(), id_of(&uid).to_string()));
-    }
-    for (uid, _) in &made {
-        api.stored(id_of(uid)).await;
-    }
-    made
-}
 
 fn row(id: &str) -> String {
     format!("tr[data-id=\"{id}\"]")
@@ -90,7 +66,7 @@ async fn the_page_and_its_assets_are_served_without_a_key_and_with_a_strict_poli
 async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
     let server = TestServer::start().await;
     let api = Api::new(&server.api_url);
-    let made = http_collectors(&server, &api, 3).await;
+    let made = http_collectors(&server, &api, "edge", 3).await;
     let browser = Browser::start().await;
     browser.goto(&server.api_url).await;
     browser
@@ -154,7 +130,7 @@ async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
 async fn filters_and_keyset_pages_pick_the_right_collectors() {
     let server = TestServer::start().await;
     let api = Api::new(&server.api_url);
-    let made = http_collectors(&server, &api, 7).await;
+    let made = http_collectors(&server, &api, "edge", 7).await;
     let prod: Vec<opampd::collector::CollectorId> =
         made[..3].iter().map(|(uid, _)| id_of(uid)).collect();
     labelled_ids(&api, &prod).await;
@@ -175,9 +151,9 @@ async fn filters_and_keyset_pages_pick_the_right_collectors() {
         browser.wait_for(&row(id)).await;
     }
     browser.type_into("#filter-selector", "").await;
-    browser.type_into("#filter-text", "host-4").await;
+    browser.type_into("#filter-text", "edge-4.example").await;
     browser.click("#filter-apply").await;
-    wait_until("only host-4", || async {
+    wait_until("only edge-4.example", || async {
         (browser.count("#collectors tr[data-id]").await == 1).then_some(())
     })
     .await;
@@ -224,7 +200,7 @@ async fn filters_and_keyset_pages_pick_the_right_collectors() {
 async fn a_label_set_in_the_console_is_in_the_api() {
     let server = TestServer::start().await;
     let api = Api::new(&server.api_url);
-    let made = http_collectors(&server, &api, 1).await;
+    let made = http_collectors(&server, &api, "edge", 1).await;
     let id = &made[0].1;
     let browser = Browser::start().await;
     browser
@@ -335,7 +311,7 @@ async fn a_viewer_key_sees_no_edit_buttons_and_the_api_refuses_its_writes() {
     })
     .await;
     let admin = Api::with_key(&server.api_url, "admin-key-0123456789abcdef");
-    let made = http_collectors(&server, &admin, 1).await;
+    let made = http_collectors(&server, &admin, "edge", 1).await;
     let id = &made[0].1;
     let browser = Browser::start().await;
     browser

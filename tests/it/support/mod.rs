@@ -39,6 +39,44 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
 }
 
+/// A first message naming the collector and its version.
+pub fn hello_as(uid: &Bytes, name: &str, version: &str) -> proto::AgentToServer {
+    let mut message = hello(uid, 0);
+    message.agent_description = Some(proto::AgentDescription {
+        identifying_attributes: vec![
+            kv("service.name", "otelcol-contrib"),
+            kv("service.instance.name", name),
+            kv("service.version", version),
+        ],
+        non_identifying_attributes: vec![kv("host.name", &format!("{name}.example"))],
+    });
+    message
+}
+
+/// Connects `n` HTTP collectors named `<prefix>-<i>` (on host `<prefix>-<i>.example`, version
+/// `1.<i>.0`), waits until the API lists them all; their uids and ids.
+pub async fn http_collectors(
+    server: &TestServer,
+    api: &api::Api,
+    prefix: &str,
+    n: usize,
+) -> Vec<(Bytes, String)> {
+    let mut made = Vec::new();
+    for i in 0..n {
+        let uid = new_uid();
+        post_ok(
+            &server.opamp_url,
+            &hello_as(&uid, &format!("{prefix}-{i}"), &format!("1.{i}.0")),
+        )
+        .await;
+        made.push((uid.clone(), id_of(&uid).to_string()));
+    }
+    for (uid, _) in &made {
+        api.stored(id_of(uid)).await;
+    }
+    made
+}
+
 /// Two replicas on one fresh PostgreSQL database, node ids `one` (started first: it takes the
 /// rollout engine's lease) and `two`.
 pub async fn two_replicas() -> (TestServer, TestServer) {
