@@ -53,6 +53,9 @@ pub struct CollectorView {
     pub custom_capabilities: Vec<String>,
     /// The verified client certificate its latest connection was made with (mutual TLS).
     pub client_certificate: Option<ClientCertificateView>,
+    /// The certificate opampd's CA last issued it (OpAMP's CSR flow), as soon as it is issued;
+    /// every OpAMP connection offer to it carries this certificate again.
+    pub issued_certificate: Option<IssuedCertificateView>,
     /// What it last said of the connection settings it was offered, and, while the offer it
     /// failed is still the one it is given, why (an error the state also shows).
     pub connection_settings: Option<ConnectionSettingsView>,
@@ -80,6 +83,26 @@ pub struct ClientCertificateView {
     /// SHA-256 of the certificate, hex.
     pub sha256: String,
     pub not_after: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedCertificateView {
+    #[serde(flatten)]
+    pub certificate: ClientCertificateView,
+    pub issued_at: String,
+}
+
+impl ClientCertificateView {
+    fn of(cert: &crate::collector::ClientCertificate) -> Self {
+        Self {
+            subject: cert.subject.clone(),
+            names: cert.names.clone(),
+            issuer: cert.issuer.clone(),
+            serial: cert.serial.clone(),
+            sha256: cert.sha256.clone(),
+            not_after: rfc3339(cert.not_after),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -297,15 +320,14 @@ impl CollectorView {
                 .unwrap_or_default(),
             client_certificate: c
                 .client_certificate
-                .as_ref()
-                .map(|cert| ClientCertificateView {
-                    subject: cert.subject.clone(),
-                    names: cert.names.clone(),
-                    issuer: cert.issuer.clone(),
-                    serial: cert.serial.clone(),
-                    sha256: cert.sha256.clone(),
-                    not_after: rfc3339(cert.not_after),
-                }),
+                .as_deref()
+                .map(ClientCertificateView::of),
+            issued_certificate: c.issued_certificate.as_deref().map(|issued| {
+                IssuedCertificateView {
+                    certificate: ClientCertificateView::of(&issued.identity),
+                    issued_at: rfc3339(issued.issued_at),
+                }
+            }),
             connection_settings: c.connection_settings_status.as_ref().map(|s| {
                 ConnectionSettingsView {
                     hash: hex(&s.hash),

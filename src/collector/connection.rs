@@ -4,6 +4,7 @@
 //! long a plain-HTTP collector may keep silent).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 use utoipa::ToSchema;
 
 use super::machine::{Collector, Effect, hex};
-use super::{Capabilities, Outbound};
+use super::{Capabilities, IssuedCertificate, Outbound};
 
 pub const REPORTS_OWN_TRACES: u64 = 0x20;
 pub const REPORTS_OWN_METRICS: u64 = 0x40;
@@ -122,11 +123,13 @@ pub struct ProxySettings {
     pub connect_headers: BTreeMap<String, String>,
 }
 
-/// Settings as sent to one collector, with their hash.
+/// Settings as sent to one collector, with their hash, and the certificate opampd's CA issued it
+/// (sent in the OpAMP connection settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettingsOffer {
     pub settings: ConnectionSettings,
     pub hash: Vec<u8>,
+    pub certificate: Option<Arc<IssuedCertificate>>,
 }
 
 /// What a collector says of connection settings: the states and fields of a configuration's status
@@ -174,8 +177,41 @@ impl ConnectionSettings {
         (!settings.is_empty()).then(|| SettingsOffer {
             hash: hash(&settings),
             settings,
+            certificate: None,
         })
     }
+}
+
+/// The offer for a collector given `settings` (if any) and issued `certificate` (if any): the
+/// certificate goes in the OpAMP connection class, to the destination the settings name or else
+/// to the one it was issued for, and only to a collector that accepts OpAMP connection settings
+/// (it asked for it, so it does). Its hash covers the certificate too.
+pub fn offer(
+    settings: Option<&ConnectionSettings>,
+    certificate: Option<&Arc<IssuedCertificate>>,
+    can: Capabilities,
+) -> Option<SettingsOffer> {
+    let Some(certificate) = certificate.filter(|_| can.has(ACCEPTS_OPAMP_CONNECTION_SETTINGS))
+    else {
+        return settings.and_then(|s| s.offer_for(can));
+    };
+    let mut settings = settings
+        .map(|s| s.for_capabilities(can))
+        .unwrap_or_default();
+    settings.opamp.get_or_insert_with(|| OpampConnection {
+        destination_endpoint: certificate.endpoint.clone(),
+        heartbeat_interval_seconds: certificate.heartbeat_interval_seconds.max(1),
+        ..OpampConnection::default()
+    });
+    let mut digest = Sha256::new();
+    digest.update(hash(&settings));
+    digest.update(certificate.cert_pem.as_bytes());
+    digest.update(certificate.ca_pem.as_bytes());
+    Some(SettingsOffer {
+        hash: digest.finalize().to_vec(),
+        settings,
+        certificate: Some(Arc::clone(certificate)),
+    })
 }
 
 /// SHA-256 over the settings' canonical JSON (every object's keys sorted, no spaces; classes not
@@ -190,11 +226,14 @@ pub fn hash(settings: &ConnectionSettings) -> Vec<u8> {
     Sha256::digest(&canonical).to_vec()
 }
 
-/// The offer this collector is to be sent now, from the settings it is given.
+/// The offer this collector is to be sent now, from the settings it is given and the certificate
+/// it was issued.
 fn current_offer(c: &Collector) -> Option<SettingsOffer> {
-    c.connection_settings
-        .as_deref()
-        .and_then(|s| s.offer_for(c.capabilities))
+    offer(
+        c.connection_settings.as_deref(),
+        c.issued_certificate.as_ref(),
+        c.capabilities,
+    )
 }
 
 /// Puts the collector's offer in its outbox unless it already has it: the collector reported its
@@ -484,6 +523,73 @@ mod tests {
         assert!(c.settings_error.is_none(), "replaced");
         given(&mut c, None, &mut out);
         assert_eq!(heartbeat_interval(&c), None);
+    }
+
+    fn issued() -> Arc<IssuedCertificate> {
+        Arc::new(IssuedCertificate {
+            identity: crate::collector::ClientCertificate {
+                subject: "CN=me".into(),
+                names: Vec::new(),
+                issuer: "CN=fleet-ca".into(),
+                serial: "01".into(),
+                sha256: "ab".into(),
+                not_after: SystemTime::UNIX_EPOCH,
+            },
+            issued_at: SystemTime::UNIX_EPOCH,
+            cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+            ca_pem: "-----BEGIN CERTIFICATE----- ca".into(),
+            endpoint: "wss://issued.example.com/v1/opamp".into(),
+            heartbeat_interval_seconds: 30,
+        })
+    }
+
+    #[test]
+    fn an_issued_certificate_goes_with_every_opamp_offer() {
+        // OpAMP: an OpAMP connection offer without a certificate tells the collector to stop
+        // using one, so once issued it goes with each offer of that class.
+        let mut c = collector(u64::MAX);
+        let mut out = Vec::new();
+        c.issued_certificate = Some(issued());
+        offer_if_needed(&mut c, false, &mut out);
+        let alone = c.outbox.connection_settings.take().expect("offered");
+        assert_eq!(alone.certificate, c.issued_certificate);
+        let opamp = alone.settings.opamp.as_ref().expect("the OpAMP class");
+        assert_eq!(
+            opamp.destination_endpoint,
+            "wss://issued.example.com/v1/opamp"
+        );
+        assert_eq!(opamp.heartbeat_interval_seconds, 30);
+
+        given(&mut c, Some(everything()), &mut out);
+        let with_settings = c.outbox.connection_settings.take().expect("offered again");
+        assert_eq!(with_settings.certificate, c.issued_certificate);
+        assert_eq!(with_settings.settings.opamp, everything().opamp);
+        assert_ne!(
+            with_settings.hash,
+            hash(&everything()),
+            "the hash covers the certificate"
+        );
+        assert_ne!(with_settings.hash, alone.hash);
+
+        // A renewed certificate is a new offer.
+        let mut renewed = (*issued()).clone();
+        renewed.cert_pem.push_str(" renewed");
+        c.issued_certificate = Some(Arc::new(renewed));
+        offer_if_needed(&mut c, false, &mut out);
+        let again = c
+            .outbox
+            .connection_settings
+            .take()
+            .expect("the renewed one");
+        assert_ne!(again.hash, with_settings.hash);
+
+        // Without the capability nothing of it goes, and the other classes go as they are.
+        let mut telemetry_only = collector(REPORTS_OWN_LOGS);
+        telemetry_only.issued_certificate = Some(issued());
+        given(&mut telemetry_only, Some(everything()), &mut out);
+        let offer = telemetry_only.outbox.connection_settings.take().unwrap();
+        assert!(offer.certificate.is_none() && offer.settings.opamp.is_none());
+        assert_eq!(offer.hash, hash(&offer.settings));
     }
 
     #[test]

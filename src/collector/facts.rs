@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::connection::ConnectionSettingsStatus;
 use super::{
-    AvailableComponents, ClientCertificate, ConfigFiles, Description, Health, PackageStatuses,
-    RemoteConfigStatus, Report,
+    AvailableComponents, ClientCertificate, ConfigFiles, Description, Health, IssuedCertificate,
+    PackageStatuses, RemoteConfigStatus, Report,
 };
 
 /// The facts parts to write; `None` means unchanged (a part, once reported, is never removed).
@@ -22,6 +22,7 @@ pub struct FactParts {
     pub client_certificate: Option<Arc<ClientCertificate>>,
     pub custom_capabilities: Option<Arc<[String]>>,
     pub connection_settings_status: Option<ConnectionSettingsStatus>,
+    pub issued_certificate: Option<Arc<IssuedCertificate>>,
 }
 
 /// A set of facts parts.
@@ -37,11 +38,12 @@ const AVAILABLE_COMPONENTS: u16 = 1 << 5;
 const CLIENT_CERTIFICATE: u16 = 1 << 6;
 const CUSTOM_CAPABILITIES: u16 = 1 << 7;
 const CONNECTION_SETTINGS_STATUS: u16 = 1 << 8;
+const ISSUED_CERTIFICATE: u16 = 1 << 9;
 
 impl Changed {
     /// Every part the record has: what a record the store has never had must write.
     pub fn all() -> Self {
-        Self(0x1ff)
+        Self(0x3ff)
     }
 
     pub fn any(self) -> bool {
@@ -112,6 +114,13 @@ impl Changed {
                     record.connection_settings_status.as_ref(),
                 ),
             ),
+            (
+                ISSUED_CERTIFICATE,
+                differs(
+                    report.issued_certificate.as_ref(),
+                    record.issued_certificate.as_ref(),
+                ),
+            ),
         ] {
             if differs {
                 changed |= part;
@@ -160,6 +169,10 @@ impl Changed {
                 .connection_settings_status
                 .clone()
                 .filter(|_| part(CONNECTION_SETTINGS_STATUS)),
+            issued_certificate: record
+                .issued_certificate
+                .clone()
+                .filter(|_| part(ISSUED_CERTIFICATE)),
         }
     }
 }
@@ -188,6 +201,7 @@ impl FactParts {
             &mut self.connection_settings_status,
             newer.connection_settings_status,
         );
+        over(&mut self.issued_certificate, newer.issued_certificate);
     }
 
     /// Puts the parts into a record (a stored record being rebuilt).
@@ -201,6 +215,7 @@ impl FactParts {
         c.client_certificate = self.client_certificate;
         c.custom_capabilities = self.custom_capabilities;
         c.connection_settings_status = self.connection_settings_status;
+        c.issued_certificate = self.issued_certificate;
     }
 }
 

@@ -18,8 +18,8 @@ use super::verdicts::{
 };
 use super::{
     AvailableComponents, Capabilities, ClientCertificate, CollectorId, Components, ConfigFiles,
-    ConfigOffer, Description, Health, Outbound, PackageOffer, PackageStatuses, Reassignment,
-    RemoteConfigStatus, Report, Transport,
+    ConfigOffer, Description, Health, IssuedCertificate, Outbound, PackageOffer, PackageStatuses,
+    Reassignment, RemoteConfigStatus, Report, Transport,
 };
 use super::{custom, resend};
 
@@ -60,6 +60,8 @@ pub struct Collector {
     pub available_components: Option<AvailableComponents>,
     /// The verified client certificate of its latest connection, where mutual TLS is on.
     pub client_certificate: Option<Arc<ClientCertificate>>,
+    /// The certificate opampd's CA last issued it; every OpAMP connection offer carries it.
+    pub issued_certificate: Option<Arc<IssuedCertificate>>,
     /// The custom capabilities it declares, sorted.
     pub custom_capabilities: Option<Arc<[String]>>,
     /// What it last said of the connection settings it was offered.
@@ -257,6 +259,7 @@ impl Collector {
             package_statuses: None,
             available_components: None,
             client_certificate: None,
+            issued_certificate: None,
             custom_capabilities: None,
             connection_settings_status: None,
             connection_settings: None,
@@ -470,6 +473,7 @@ fn on_report(
     let packages = report.package_statuses.clone();
     let settings_status = report.connection_settings_status.clone();
     let new_capabilities = report.capabilities != c.capabilities;
+    let issued = report.issued_certificate.is_some();
     absorb(c, report);
     acknowledge(c);
     if let Some(status) = status {
@@ -477,7 +481,9 @@ fn on_report(
     }
     match settings_status {
         Some(status) => connection::on_status(c, &status, out),
-        None if arrived || new_capabilities => connection::offer_if_needed(c, false, out),
+        None if arrived || new_capabilities || issued => {
+            connection::offer_if_needed(c, false, out);
+        }
         None => {}
     }
     if let Some(packages) = packages {
@@ -510,6 +516,9 @@ fn absorb(c: &mut Collector, report: Report) {
     }
     if let Some(certificate) = report.client_certificate {
         c.client_certificate = Some(certificate);
+    }
+    if let Some(certificate) = report.issued_certificate {
+        c.issued_certificate = Some(certificate);
     }
     if let Some(capabilities) = report.custom_capabilities {
         c.custom_capabilities = Some(capabilities);

@@ -236,6 +236,23 @@ pub struct ClientCertificate {
     pub not_after: std::time::SystemTime,
 }
 
+/// A certificate opampd's CA issued to the collector (OpAMP's CSR flow): who it names, and what
+/// every later OpAMP connection offer to the collector carries again, since an offer without a
+/// certificate tells the collector to stop using one. Never a private key: the collector keeps
+/// its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCertificate {
+    #[serde(flatten)]
+    pub identity: ClientCertificate,
+    #[serde(with = "humantime_serde")]
+    pub issued_at: std::time::SystemTime,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// The OpAMP destination offered with it when no operator's offer names one.
+    pub endpoint: String,
+    pub heartbeat_interval_seconds: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
     pub sequence_num: u64,
@@ -248,6 +265,8 @@ pub struct Report {
     pub available_components: Option<AvailableComponents>,
     /// The client certificate of the connection the report came on, where mutual TLS is on.
     pub client_certificate: Option<Arc<ClientCertificate>>,
+    /// The certificate opampd's CA signed for the request this report's message carried.
+    pub issued_certificate: Option<Arc<IssuedCertificate>>,
     /// The custom capabilities it declares (OpAMP `CustomCapabilities`), sorted, no repeats.
     pub custom_capabilities: Option<Arc<[String]>>,
     /// What became of the connection settings it was offered.

@@ -1,20 +1,17 @@
 //! The certificate authority that signs collectors' certificate requests (OpAMP's CSR flow,
-//! `ConnectionSettingsRequest`): its files, what a request may ask for, and the answer that
-//! carries the issued certificate.
+//! `ConnectionSettingsRequest`): its files, what a request may ask for, and the certificate it
+//! issues (which the collector's record keeps, and its connection offers carry).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use rcgen::{
     CertificateSigningRequestParams, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
-use crate::collector::CollectorId;
-use crate::proto;
+use crate::collector::{CollectorId, IssuedCertificate};
 
 /// `[opamp.ca]`: with it, opampd signs the certificate requests collectors send.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,14 +78,17 @@ impl Ca {
     }
 
     /// Signs `csr` (PEM) for `collector`: a client certificate with the subject and names it asks
-    /// for, valid from `now` for the configured time. Refused (with why, for the collector) when it
-    /// is not a request, or names another collector's uid as its common name.
-    pub fn sign(
+    /// for, valid from `now` for the configured time, kept on the collector's record and offered
+    /// with its OpAMP connection settings (`heartbeat` when no operator's offer sets one). Refused
+    /// (with why, for the collector) when it is not a request, or names another collector's uid as
+    /// its common name.
+    pub fn issue(
         &self,
         csr: &[u8],
         collector: CollectorId,
         now: SystemTime,
-    ) -> Result<String, String> {
+        heartbeat: Duration,
+    ) -> Result<IssuedCertificate, String> {
         let text = std::str::from_utf8(csr).map_err(|_| "the CSR is not PEM text".to_owned())?;
         let mut request = CertificateSigningRequestParams::from_pem(text)
             .map_err(|e| format!("the CSR cannot be read: {e}"))?;
@@ -113,35 +113,16 @@ impl Ca {
         let certificate = request
             .signed_by(&self.issuer)
             .map_err(|e| format!("the CSR cannot be signed: {e}"))?;
-        Ok(certificate.pem())
-    }
-
-    /// The answer that carries an issued certificate (and the CA's, never a private key): an
-    /// OpAMP connection offer to the configured endpoint, beside whatever `offered` already held.
-    pub fn answer(
-        &self,
-        cert_pem: String,
-        offered: Option<proto::ConnectionSettingsOffers>,
-        heartbeat: Duration,
-    ) -> proto::ConnectionSettingsOffers {
-        let mut offers = offered.unwrap_or_default();
-        let opamp = offers
-            .opamp
-            .get_or_insert_with(|| proto::OpAmpConnectionSettings {
-                destination_endpoint: self.endpoint.clone(),
-                heartbeat_interval_seconds: heartbeat.as_secs().max(1),
-                ..Default::default()
-            });
-        let mut digest = Sha256::new();
-        digest.update(&offers.hash);
-        digest.update(cert_pem.as_bytes());
-        opamp.certificate = Some(proto::TlsCertificate {
-            cert: Bytes::from(cert_pem),
-            private_key: Bytes::new(),
-            ca_cert: Bytes::from(self.certificate_pem.clone()),
-        });
-        offers.hash = Bytes::from(digest.finalize().to_vec());
-        offers
+        let identity = crate::net::tls::client_certificate(certificate.der())
+            .ok_or_else(|| "the signed certificate cannot be read back".to_owned())?;
+        Ok(IssuedCertificate {
+            identity,
+            issued_at: now,
+            cert_pem: certificate.pem(),
+            ca_pem: self.certificate_pem.clone(),
+            endpoint: self.endpoint.clone(),
+            heartbeat_interval_seconds: heartbeat.as_secs().max(1),
+        })
     }
 }
 
@@ -191,24 +172,27 @@ mod tests {
         let ca = ca();
         let me = CollectorId(uuid::Uuid::now_v7());
         let now = SystemTime::now();
-        let pem = ca
-            .sign(request(&me.to_string()).as_bytes(), me, now)
+        let hour = Duration::from_hours(1);
+        let issued = ca
+            .issue(request(&me.to_string()).as_bytes(), me, now, hour)
             .unwrap();
-        let der = der_of(&pem);
+        let der = der_of(&issued.cert_pem);
         let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert_eq!(parsed.subject().to_string(), format!("CN={me}"));
         let lifetime =
             parsed.validity().not_after.timestamp() - parsed.validity().not_before.timestamp();
         assert_eq!(lifetime, 3600);
-        assert!(ca.sign(request("any name").as_bytes(), me, now).is_ok());
+        assert_eq!(issued.identity.subject, format!("CN={me}"));
+        assert_eq!(issued.identity.issuer, "CN=test-ca");
+        assert_eq!(issued.heartbeat_interval_seconds, 3600);
+        assert_eq!(issued.ca_pem, ca.certificate_pem);
+        assert!(
+            ca.issue(request("any name").as_bytes(), me, now, hour)
+                .is_ok()
+        );
         let other = CollectorId(uuid::Uuid::now_v7()).to_string();
-        assert!(ca.sign(request(&other).as_bytes(), me, now).is_err());
-        assert!(ca.sign(b"not a request", me, now).is_err());
-        let answer = ca.answer(pem, None, Duration::from_secs(30));
-        let opamp = answer.opamp.unwrap();
-        assert_eq!(opamp.heartbeat_interval_seconds, 30);
-        assert!(opamp.certificate.unwrap().private_key.is_empty());
-        assert_eq!(answer.hash.len(), 32);
+        assert!(ca.issue(request(&other).as_bytes(), me, now, hour).is_err());
+        assert!(ca.issue(b"not a request", me, now, hour).is_err());
     }
 
     fn der_of(pem: &str) -> Vec<u8> {

@@ -30,7 +30,7 @@ use tower_http::compression::CompressionLayer;
 use tracing::{Span, debug};
 
 use crate::collector::handle::ConnectionRef;
-use crate::collector::{Answer, CollectorId, Registry, Report, Unavailable};
+use crate::collector::{Answer, CollectorId, IssuedCertificate, Registry, Report, Unavailable};
 use crate::config::OpampConfig;
 use crate::net::budget::Budget;
 use crate::proto;
@@ -102,19 +102,20 @@ impl Opamp {
             .with_state(Arc::clone(self))
     }
 
-    /// Signs the certificate request a message carried, for `collector`; a request that cannot be
-    /// signed is the collector's error (`BAD_REQUEST`), never a reply without its answer.
-    fn sign(
+    /// Issues a certificate for the request a message carried, for `collector`; a request that
+    /// cannot be signed is the collector's error (`BAD_REQUEST`), and the message is not taken.
+    fn issue(
         &self,
         csr: Option<&Bytes>,
         collector: CollectorId,
         uid: &Bytes,
-    ) -> Result<Option<String>, OpampError> {
+    ) -> Result<Option<Arc<IssuedCertificate>>, OpampError> {
         let (Some(ca), Some(csr)) = (&self.ca, csr) else {
             return Ok(None);
         };
-        ca.sign(csr, collector, std::time::SystemTime::now())
-            .map(Some)
+        let heartbeat = self.config.heartbeat_interval;
+        ca.issue(csr, collector, std::time::SystemTime::now(), heartbeat)
+            .map(|issued| Some(Arc::new(issued)))
             .map_err(|message| OpampError::BadRequest {
                 uid: uid.clone(),
                 message,
@@ -150,6 +151,9 @@ impl Opamp {
         report
             .client_certificate
             .clone_from(&connection.client_certificate);
+        // Issued before the report is taken, so the record keeps it with the report and the reply
+        // offers it like any connection settings.
+        report.issued_certificate = self.issue(csr.as_ref(), known_as.id, &sent.bytes)?;
         let mut reassigned_from = None;
         loop {
             Span::current().record("collector_id", tracing::field::display(known_as.id));
@@ -186,16 +190,10 @@ impl Opamp {
                     } else {
                         crate::collector::Outbound::default()
                     };
-                    let issued = self.sign(csr.as_ref(), known_as.id, &sent.bytes)?;
                     let mut reply =
                         report::to_server_to_agent(sent.bytes, *outbound, self.capabilities);
                     if reply.command.is_none() {
                         reply.agent_identification = identification;
-                    }
-                    if let (Some(ca), Some(cert)) = (&self.ca, issued) {
-                        let offered = reply.connection_settings.take();
-                        let heartbeat = self.config.heartbeat_interval;
-                        reply.connection_settings = Some(ca.answer(cert, offered, heartbeat));
                     }
                     self.metrics.message(transport, "out", reply.encoded_len());
                     return Ok(Processed {

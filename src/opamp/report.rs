@@ -81,6 +81,7 @@ pub fn to_report(message: proto::AgentToServer) -> Report {
         }),
         // A fact of the connection, not of the message: the transport adds it.
         client_certificate: None,
+        issued_certificate: None,
         custom_capabilities: message.custom_capabilities.map(|c| {
             let mut names: Vec<String> = c.capabilities.into_iter().map(text).collect();
             names.sort();
@@ -244,7 +245,7 @@ pub fn to_server_to_agent(
         });
     message.connection_settings = outbound
         .connection_settings
-        .map(|offer| settings_offers(offer.settings, offer.hash));
+        .map(|offer| settings_offers(*offer));
     message.custom_message =
         outbound
             .custom_messages
@@ -293,16 +294,24 @@ pub fn to_server_to_agent(
     message
 }
 
-fn settings_offers(
-    settings: connection::ConnectionSettings,
-    hash: Vec<u8>,
-) -> proto::ConnectionSettingsOffers {
+fn settings_offers(offer: connection::SettingsOffer) -> proto::ConnectionSettingsOffers {
+    let connection::SettingsOffer {
+        settings,
+        hash,
+        certificate,
+    } = offer;
+    // Never a private key: the collector made its own, and sent only its request.
+    let certificate = certificate.map(|issued| proto::TlsCertificate {
+        cert: Bytes::from(issued.cert_pem.clone()),
+        private_key: Bytes::new(),
+        ca_cert: Bytes::from(issued.ca_pem.clone()),
+    });
     proto::ConnectionSettingsOffers {
         hash: Bytes::from(hash),
         opamp: settings.opamp.map(|o| proto::OpAmpConnectionSettings {
             destination_endpoint: o.destination_endpoint,
             headers: headers(o.headers),
-            certificate: None,
+            certificate,
             heartbeat_interval_seconds: o.heartbeat_interval_seconds,
             tls: o.tls.map(tls),
             proxy: o.proxy.map(proxy),

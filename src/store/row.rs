@@ -262,6 +262,10 @@ impl FactWrite {
                 "connection_settings_status",
                 part(facts.connection_settings_status.as_ref()),
             ),
+            (
+                "issued_certificate",
+                part(facts.issued_certificate.as_deref()),
+            ),
         ];
         parts
             .into_iter()
@@ -368,6 +372,9 @@ impl RecordRow {
                 "connection_settings_status" => {
                     parts.connection_settings_status =
                         read_part(id, "connection settings status", value)?;
+                }
+                "issued_certificate" => {
+                    parts.issued_certificate = read_part(id, "issued certificate", value)?;
                 }
                 // A part this version does not know is left alone, not refused.
                 _ => {}

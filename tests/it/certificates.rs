@@ -1,7 +1,9 @@
 //! Certificates by request (OpAMP's CSR flow): with `opamp.ca` configured, a collector's
 //! certificate signing request is signed and returned in its OpAMP connection settings, and the
 //! collector then connects over mutual TLS with the issued certificate, whose subject and expiry
-//! are on its record. A request naming another collector's uid is refused with `BAD_REQUEST`.
+//! are on its record from the moment it is issued. Later OpAMP connection offers carry the issued
+//! certificate again (an offer without one would tell the collector to drop it). A request naming
+//! another collector's uid is refused with `BAD_REQUEST`.
 
 use std::time::{Duration, SystemTime};
 
@@ -9,14 +11,25 @@ use bytes::Bytes;
 use opampd::config::ClientAuth;
 use opampd::opamp::ca::CaConfig;
 use opampd::proto;
+use opampd::proto::AgentCapabilities as Can;
 use rcgen::{CertificateParams, DnType, KeyPair};
 
 use crate::support::api::Api;
 use crate::support::tls::{Issued, Pki};
 use crate::support::*;
 
+/// What a collector that asks for certificates declares: it takes OpAMP connection settings.
+fn accepting() -> u64 {
+    all_capabilities()
+        | capabilities(&[
+            Can::AcceptsOpAmpConnectionSettings,
+            Can::ReportsConnectionSettingsStatus,
+        ])
+}
+
 fn requesting(uid: &Bytes, seq: u64, csr: String) -> proto::AgentToServer {
     proto::AgentToServer {
+        capabilities: accepting(),
         connection_settings_request: Some(proto::ConnectionSettingsRequest {
             opamp: Some(proto::OpAmpConnectionSettingsRequest {
                 certificate_request: Some(proto::CertificateRequest {
@@ -37,10 +50,9 @@ fn csr(name: &str) -> (String, KeyPair) {
     (request.pem().unwrap(), key)
 }
 
-#[tokio::test]
-async fn a_signed_request_gives_a_certificate_the_collector_connects_with() {
+/// A server with TLS (client certificates optional) and `opamp.ca` from `pki`.
+async fn signing_server(pki: &Pki) -> TestServer {
     install_crypto();
-    let pki = Pki::new("fleet-ca");
     let server_cert = pki.server(1);
     let tls = pki.serve(&server_cert, Some(ClientAuth::Optional));
     let ca = CaConfig {
@@ -49,11 +61,36 @@ async fn a_signed_request_gives_a_certificate_the_collector_connects_with() {
         validity: Duration::from_hours(24),
         endpoint: "wss://opamp.example.com:4320/v1/opamp".into(),
     };
-    let server = TestServer::start_with(|config| {
+    TestServer::start_with(|config| {
         config.opamp.tls = Some(tls);
         config.opamp.ca = Some(ca);
     })
-    .await;
+    .await
+}
+
+/// The connection settings offer the reply carries or, over WebSocket, the message pushed right
+/// after it: the certificate is offered like any connection settings.
+async fn offered<S>(
+    ws: &mut WsClient<S>,
+    reply: proto::ServerToAgent,
+) -> proto::ConnectionSettingsOffers
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match reply.connection_settings {
+        Some(offer) => offer,
+        None => ws
+            .recv()
+            .await
+            .connection_settings
+            .expect("the certificate's offer"),
+    }
+}
+
+#[tokio::test]
+async fn a_signed_request_gives_a_certificate_the_collector_connects_with() {
+    let pki = Pki::new("fleet-ca");
+    let server = signing_server(&pki).await;
     let addr = server.running().opamp_addr;
     let uid = new_uid();
     let id = id_of(&uid).to_string();
@@ -69,9 +106,9 @@ async fn a_signed_request_gives_a_certificate_the_collector_connects_with() {
         reply.capabilities & proto::ServerCapabilities::AcceptsConnectionSettingsRequest as u64
             != 0
     );
-    let opamp = reply
-        .connection_settings
-        .and_then(|s| s.opamp)
+    let opamp = offered(&mut ws, reply)
+        .await
+        .opamp
         .expect("an OpAMP connection offer");
     assert_eq!(
         opamp.destination_endpoint,
@@ -80,6 +117,12 @@ async fn a_signed_request_gives_a_certificate_the_collector_connects_with() {
     let certificate = opamp.certificate.expect("the issued certificate");
     assert!(certificate.private_key.is_empty(), "never a private key");
     assert_eq!(&certificate.ca_cert[..], pki.ca_pem.as_bytes());
+    // On the record already: the reply follows the commit.
+    let api = Api::new(&server.api_url);
+    let record = api.ok(&format!("/api/v1/collectors/{id}")).await;
+    let issued = &record["issued_certificate"];
+    assert_eq!(issued["subject"], format!("CN={id}"), "{record}");
+    assert_eq!(issued["issuer"], "CN=fleet-ca");
 
     // Another collector's uid in the CSR is refused.
     let (foreign, _) = csr(&id_of(&new_uid()).to_string());
@@ -97,7 +140,6 @@ async fn a_signed_request_gives_a_certificate_the_collector_connects_with() {
         .await
         .expect("mutual TLS with the issued certificate");
     ws.exchange(&hello(&uid, 2)).await;
-    let api = Api::new(&server.api_url);
     let record = eventually("the issued certificate on the record", || async {
         let record = api.ok(&format!("/api/v1/collectors/{id}")).await;
         record["client_certificate"].is_object().then_some(record)
@@ -117,5 +159,60 @@ async fn a_signed_request_gives_a_certificate_the_collector_connects_with() {
     assert!(
         left > Duration::from_hours(23) && left <= Duration::from_hours(24),
         "valid for opamp.ca.validity: {left:?}"
+    );
+    for field in ["serial", "sha256", "not_after"] {
+        assert_eq!(
+            seen[field], record["issued_certificate"][field],
+            "it connects with the certificate the record says it was issued: {field}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn later_opamp_offers_carry_the_issued_certificate() {
+    let pki = Pki::new("fleet-ca");
+    let server = signing_server(&pki).await;
+    let uid = new_uid();
+    let id = id_of(&uid).to_string();
+    let mut ws = pki.ws(server.running().opamp_addr, None).await.unwrap();
+    let (request, _key) = csr(&id);
+    let reply = ws.exchange(&requesting(&uid, 0, request)).await;
+    let first = offered(&mut ws, reply).await;
+    let issued = first.opamp.unwrap().certificate.expect("the certificate");
+    let applied = proto::AgentToServer {
+        capabilities: accepting(),
+        connection_settings_status: Some(proto::ConnectionSettingsStatus {
+            last_connection_settings_hash: first.hash.clone(),
+            status: proto::ConnectionSettingsStatuses::Applied as i32,
+            error_message: String::new(),
+        }),
+        ..heartbeat(&uid, 1)
+    };
+    let quiet = ws.exchange(&applied).await;
+    assert!(
+        quiet.connection_settings.is_none(),
+        "it holds what it was sent"
+    );
+
+    // An operator moves the fleet's OpAMP connection: the collector is told the new destination
+    // together with the certificate it was issued, not told to drop it.
+    let api = Api::new(&server.api_url);
+    let offer = serde_json::json!({
+        "name": "move",
+        "selector": "",
+        "opamp": {"destination_endpoint": "wss://new.example.com/v1/opamp",
+                  "heartbeat_interval_seconds": 15},
+    });
+    let answer = api.post("/api/v1/connection-settings", &offer).await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let pushed = ws.recv().await.connection_settings.expect("the new offer");
+    assert_ne!(pushed.hash, first.hash);
+    let opamp = pushed.opamp.expect("the OpAMP connection");
+    assert_eq!(opamp.destination_endpoint, "wss://new.example.com/v1/opamp");
+    assert_eq!(opamp.heartbeat_interval_seconds, 15);
+    assert_eq!(
+        opamp.certificate,
+        Some(issued),
+        "the issued certificate again"
     );
 }
