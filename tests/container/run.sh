@@ -82,9 +82,9 @@ done
 
 work=$(mktemp -d /var/tmp/opampd-container.XXXXXX)
 # CONTAINER_TEST_STORAGE=DIR keeps podman's storage there across runs and skips building the images
-# it already holds (for working on this script, and for .ci/run, which makes the base images first
-# with `run.sh --base-images`, in the background). Without it everything is built anew
-# and removed on exit.
+# it already holds (for working on this script, and for .ci/run, which makes the images first with
+# `run.sh --images`, niced in the background while it lints and tests, then runs the checks on the
+# same storage). Without it everything is built anew and removed on exit.
 storage=${CONTAINER_TEST_STORAGE:-$work}
 # podman's settings for this machine, and storage of its own so that nothing else is touched:
 # runc and cgroupfs (crun refuses the sandbox's cgroup layout), no default ulimits (the sandbox
@@ -213,14 +213,6 @@ wait $builder_pid || {
 }
 builder_pid=""
 ok "base images: Debian minbase, a Rust builder, PostgreSQL 15, HAProxy 2.6"
-if [ "${1:-}" = --base-images ]; then
-  # .ci/run makes them this way in the background while it builds and tests, then runs the rest
-  # on the same CONTAINER_TEST_STORAGE.
-  step_end
-  printf '%s' "$timings"
-  exit 0
-fi
-
 step "the Dockerfile's build stage, with crates vendored from Cargo.lock"
 # Builds reach crates.io only through this machine's proxy, whose certificate the images do not
 # trust; so the crates of Cargo.lock are vendored here and given to cargo in the build stage through
@@ -265,6 +257,13 @@ echo "image size: $size_mb MB ($size bytes): the base $((base_size / 1000000)) M
 health=$(podman image inspect --format '{{json .Config.Healthcheck.Test}}' $image)
 [ "$health" = '["CMD","opampd","healthcheck"]' ] || fail "HEALTHCHECK is $health"
 ok "image built ($size_mb MB), user opampd, HEALTHCHECK opampd healthcheck"
+if [ "${1:-}" = --images ]; then
+  # Only the images: the checks below time a running server, so .ci/run runs them in the
+  # foreground once its tests are done, on the same CONTAINER_TEST_STORAGE.
+  step_end
+  printf '%s' "$timings"
+  exit 0
+fi
 
 step "the load generator, the collector of the checks"
 # One WebSocket connection that stays up. CI's `cargo test` has built it already.
