@@ -1,0 +1,110 @@
+//! The counts over the last hours (`/api/v1/summary/history`), on both stores: collectors with
+//! known histories are written to the server's store, and the points must count them exactly.
+
+use std::time::{Duration, SystemTime};
+
+use opampd::collector::{Collector, CollectorId, Reason, State, Transition};
+
+use crate::store::{batch_of, record_change, transition_change};
+use crate::support::Backend;
+use crate::support::TestServer;
+use crate::support::api::{Api, assert_error};
+
+const MINUTE: u64 = 60;
+
+fn ago(now: SystemTime, minutes: u64) -> SystemTime {
+    now - Duration::from_secs(minutes * MINUTE)
+}
+
+/// A collector now in the last state of `steps`, each step `(minutes ago, state)`.
+fn collector(now: SystemTime, steps: &[(u64, State)]) -> (Collector, Vec<Transition>) {
+    let mut c = Collector::new(CollectorId::new_v7());
+    let mut from = None;
+    let mut history = Vec::new();
+    for &(minutes, to) in steps {
+        history.push(Transition {
+            from,
+            to,
+            reason: if from.is_none() {
+                Reason::Initial
+            } else {
+                Reason::RuntimeError
+            },
+            message: String::new(),
+            at: ago(now, minutes),
+            cause: None,
+        });
+        from = Some(to);
+    }
+    c.state = from;
+    c.state_since = history.last().map(|t| t.at);
+    (c, history)
+}
+
+fn count(point: &serde_json::Value, state: &str) -> u64 {
+    point["by_state"][state].as_u64().unwrap()
+}
+
+async fn counts_at_each_hour_follow_the_history(backend: Backend) {
+    let server = TestServer::on(backend, |_| {}).await;
+    let now = SystemTime::now();
+    let fleet = [
+        // Connected before the window, failed 90 minutes ago.
+        collector(now, &[(240, State::Connected), (90, State::Error)]),
+        // Appeared 150 minutes ago, gone 30 minutes ago.
+        collector(
+            now,
+            &[(150, State::Connected), (30, State::Disconnected)],
+        ),
+        // Appeared 10 minutes ago.
+        collector(now, &[(10, State::Pending)]),
+    ];
+    let changes = fleet.iter().flat_map(|(c, history)| {
+        std::iter::once(record_change(c, 1, true)).chain(
+            history
+                .iter()
+                .map(|t| transition_change(c.id, 1, t.clone())),
+        )
+    });
+    server.store().write(&batch_of(changes)).await.unwrap();
+
+    let api = Api::new(&server.api_url);
+    let history = api.ok("/api/v1/summary/history?hours=3&step=3600").await;
+    assert_eq!(history["step"], 3600);
+    let points = history["points"].as_array().unwrap();
+    assert_eq!(points.len(), 4, "{history}");
+    let expected = [
+        [("connected", 1), ("error", 0), ("disconnected", 0), ("pending", 0)],
+        [("connected", 2), ("error", 0), ("disconnected", 0), ("pending", 0)],
+        [("connected", 1), ("error", 1), ("disconnected", 0), ("pending", 0)],
+        [("connected", 0), ("error", 1), ("disconnected", 1), ("pending", 1)],
+    ];
+    for (k, (point, expected)) in points.iter().zip(expected).enumerate() {
+        for (state, n) in expected {
+            assert_eq!(count(point, state), n, "{state} at point {k}: {point}");
+        }
+        let total: u64 = point["by_state"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(total, expected.iter().map(|(_, n)| n).sum::<u64>());
+    }
+    // The last point is now: the summary's counts.
+    let summary = api.ok("/api/v1/summary").await;
+    assert_eq!(points[3]["by_state"], summary["by_state"]);
+
+    assert_error(
+        &api.get("/api/v1/summary/history?hours=0").await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &api.get("/api/v1/summary/history?hours=1&step=5").await,
+        400,
+        "bad_request",
+    );
+}
+
+crate::on_both_stores!(counts_at_each_hour_follow_the_history);
