@@ -1,7 +1,8 @@
-// The fleet page: counts per state, the collectors table with filters, sorting and keyset pages,
+// The fleet page: counts per state, their chart over the last hours, the collectors table with filters, sorting and keyset pages,
 // and rows that follow the event stream.
 import { api, query } from "./api.js";
 import { ago, fill, h, say, shortId } from "./dom.js";
+import { countsChart } from "./charts.js";
 import { openEvents } from "./sse.js";
 import { STATES, badge, label } from "./states.js";
 
@@ -28,6 +29,7 @@ export async function render(main) {
 
   const counts = h("div", { class: "counts", id: "counts" });
   const total = h("span", { id: "total", class: "muted" });
+  const chart = h("div", { id: "counts-chart" }, h("p", { class: "muted" }, "Loading…"));
   const stateSelect = h("select", { id: "filter-state", name: "state" },
     h("option", { value: "" }, "any state"), STATES.map((s) => h("option", { value: s }, label(s))));
   const selector = h("input", { id: "filter-selector", name: "selector", placeholder: "env=prod,tier!=gold" });
@@ -59,6 +61,8 @@ export async function render(main) {
   fill(main,
     h("h1", {}, "Fleet ", total),
     counts,
+    h("section", { class: "card", "aria-labelledby": "chart-title" },
+      h("h2", { id: "chart-title" }, "The last 6 hours"), chart),
     form,
     h("div", { class: "table-wrap" }, h("table", { id: "collectors-table" }, h("thead", {}, head), body)),
     h("div", { class: "pager" }, previous, next));
@@ -101,6 +105,21 @@ export async function render(main) {
         load();
       },
     }, h("strong", { class: "count-value" }, summary.by_state?.[s] ?? 0), label(s))));
+  }
+
+  // The chart is read again after changes too, but at most every 5 seconds: it changes slowly.
+  let chartRead = 0;
+  let chartDue = null;
+  async function loadChart() {
+    chartRead = Date.now();
+    try {
+      fill(chart, countsChart(await api("/api/v1/summary/history?hours=6")));
+    } catch (error) {
+      fill(chart, h("p", { class: "muted" }, `The chart cannot be read: ${error.message}`));
+    }
+  }
+  function chartLater() {
+    chartDue ??= setTimeout(() => { chartDue = null; loadChart(); }, Math.max(0, chartRead + 5000 - Date.now()));
   }
 
   async function load() {
@@ -146,11 +165,13 @@ export async function render(main) {
       const whole = reloadPage;
       reloadPage = false;
       (whole ? load() : loadSummary()).catch(() => {});
+      chartLater();
     }, 500);
   });
 
   // The stream first: a change between reading the table and opening the stream would be lost.
   await stream.ready;
   await load();
-  return () => { stream.close(); clearTimeout(refreshDue); };
+  await loadChart();
+  return () => { stream.close(); clearTimeout(refreshDue); clearTimeout(chartDue); };
 }

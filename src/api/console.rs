@@ -44,6 +44,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/sse.js", JS),
     asset!("js/dom.js", JS),
     asset!("js/states.js", JS),
+    asset!("js/charts.js", JS),
     asset!("js/fleet.js", JS),
     asset!("js/collector.js", JS),
     asset!("js/rollouts.js", JS),

@@ -75,6 +75,10 @@ async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
     browser
         .wait_text(".count[data-state=error] .count-value", "0")
         .await;
+    // The chart's last point is now: the same counts, in its table for screen readers.
+    let now_connected = "#counts-table tbody tr:last-child td[data-state=connected]";
+    browser.wait_content(now_connected, "3").await;
+    browser.wait_for("#counts-chart polygon.s-connected").await;
     let (sick_uid, sick) = &made[1];
     let state = format!("{} .state-cell .state", row(sick));
     browser.wait_text(&state, "Connected").await;
@@ -103,6 +107,10 @@ async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
         .await
         .unwrap();
     assert_eq!(marker, json!("kept"), "the row changed without a reload");
+    browser
+        .wait_content("#counts-table tbody tr:last-child td[data-state=error]", "1")
+        .await;
+    browser.wait_content(now_connected, "2").await;
     browser.screenshot("fleet").await;
     // As on a phone: the same page, narrow.
     browser.client.set_window_size(420, 900).await.unwrap();
@@ -122,6 +130,14 @@ async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
         text.contains("connection refused").then_some(())
     })
     .await;
+    // Its timeline: connected, then in error until now.
+    browser
+        .wait_for("#timeline rect.s-connected[data-state=connected]")
+        .await;
+    let last = browser
+        .wait_for("#timeline svg rect:last-of-type[data-state=error]")
+        .await;
+    assert!(last.attr("width").await.unwrap().is_some());
     browser.screenshot("collector").await;
     browser.close().await;
 }
