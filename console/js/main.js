@@ -5,12 +5,15 @@ import { askForKey, currentKey, forgetKey } from "./key.js";
 import * as fleet from "./fleet.js";
 import * as collector from "./collector.js";
 import * as rollouts from "./rollouts.js";
+import * as configurations from "./configurations.js";
 
 const ROUTES = [
   [/^#?\/?$/, fleet.render, "fleet"],
   [/^#\/collectors\/([^/]+)$/, collector.render, "fleet"],
   [/^#\/rollouts\/?$/, rollouts.renderList, "rollouts"],
   [/^#\/rollouts\/([^/]+)$/, rollouts.renderOne, "rollouts"],
+  [/^#\/configurations\/?$/, configurations.renderList, "configurations"],
+  [/^#\/configurations\/([^/]+)$/, configurations.render, "configurations"],
 ];
 
 let leave = null;

@@ -48,6 +48,8 @@ static ASSETS: &[Asset] = &[
     asset!("js/fleet.js", JS),
     asset!("js/collector.js", JS),
     asset!("js/rollouts.js", JS),
+    asset!("js/configurations.js", JS),
+    asset!("js/diff.js", JS),
 ];
 
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {

@@ -359,3 +359,76 @@ async fn a_viewer_key_sees_no_edit_buttons_and_the_api_refuses_its_writes() {
     assert_eq!(refused.status, 403);
     browser.close().await;
 }
+
+#[tokio::test]
+async fn two_configuration_versions_are_compared_side_by_side() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let second = crate::rollouts::KAFKA.replace("kafka", "otlphttp");
+    let answer = api
+        .post(
+            "/api/v1/configurations",
+            &json!({"name": "gateway", "yaml": second}),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/#/configurations", server.api_url))
+        .await;
+    browser
+        .click("#configurations tr[data-name=gateway] a")
+        .await;
+    browser.wait_for("#versions tr[data-version=\"2\"]").await;
+    // The latest version's files are shown, and v1 → v2 is compared at once.
+    let file = browser.wait_for("#version-files pre").await;
+    assert!(file.text().await.unwrap().contains("otlphttp"));
+    browser.wait_for("table.diff td.del").await;
+    // The removed line faces the line that replaced it, on the same row.
+    let pairs = browser
+        .client
+        .execute(
+            "return [...document.querySelectorAll('table.diff tbody tr')]
+               .filter((tr) => tr.querySelector('td.del') && tr.querySelector('td.add'))
+               .map((tr) => [tr.querySelector('td.del').textContent,
+                             tr.querySelector('td.add').textContent])",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let pairs = pairs.as_array().unwrap();
+    assert!(
+        pairs.contains(&json!(["  kafka:", "  otlphttp:"])),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.contains(&json!(["      exporters: [kafka]", "      exporters: [otlphttp]"])),
+        "{pairs:?}"
+    );
+    let components = browser.text("#diff-components").await.unwrap();
+    assert!(
+        components.contains("otlphttp") && components.contains("kafka"),
+        "{components}"
+    );
+    browser
+        .client
+        .execute("document.getElementById('diff').scrollIntoView()", vec![])
+        .await
+        .unwrap();
+    browser.screenshot("configuration-diff").await;
+    // Comparing a version with itself says so.
+    browser
+        .client
+        .execute(
+            "document.getElementById('diff-from').value = '2'",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.click("#diff-compare").await;
+    browser
+        .wait_text("#diff p.muted", "The two versions hold the same files.")
+        .await;
+    browser.close().await;
+}
