@@ -6,6 +6,7 @@ import * as fleet from "./fleet.js";
 import * as collector from "./collector.js";
 import * as rollouts from "./rollouts.js";
 import * as configurations from "./configurations.js";
+import * as diagram from "./diagram.js";
 
 const ROUTES = [
   [/^#?\/?$/, fleet.render, "fleet"],
@@ -14,6 +15,7 @@ const ROUTES = [
   [/^#\/rollouts\/([^/]+)$/, rollouts.renderOne, "rollouts"],
   [/^#\/configurations\/?$/, configurations.renderList, "configurations"],
   [/^#\/configurations\/([^/]+)$/, configurations.render, "configurations"],
+  [/^#\/states\/?$/, diagram.render, "states"],
 ];
 
 let leave = null;

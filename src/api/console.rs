@@ -50,6 +50,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/rollouts.js", JS),
     asset!("js/configurations.js", JS),
     asset!("js/diff.js", JS),
+    asset!("js/diagram.js", JS),
 ];
 
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {

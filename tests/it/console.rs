@@ -432,3 +432,40 @@ async fn two_configuration_versions_are_compared_side_by_side() {
         .await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn the_state_diagram_draws_every_edge_and_counts_live() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let made = http_collectors(&server, &api, "edge", 2).await;
+    let machine = api.ok("/api/v1/state-machine").await;
+    let edges = machine["edges"].as_array().unwrap().len()
+        + machine["extensions"].as_array().unwrap().len();
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/#/states", server.api_url)).await;
+    let count = |state: &str| format!("#diagram g[data-state={state}] .node-count");
+    browser.wait_content(&count("connected"), "2").await;
+    browser.wait_content(&count("error"), "0").await;
+    assert_eq!(browser.count("#diagram g.node").await, 7);
+    assert_eq!(browser.count("#diagram path.edge").await, edges);
+    assert_eq!(
+        browser
+            .count("#diagram path.edge[data-from=connected][data-to=disconnected]")
+            .await,
+        1
+    );
+    browser.screenshot("states").await;
+
+    let (uid, _) = &made[0];
+    post_ok(
+        &server.opamp_url,
+        &health_report(uid, 1, false, "exporter otlp: connection refused"),
+    )
+    .await;
+    browser.wait_content(&count("error"), "1").await;
+    browser.wait_content(&count("connected"), "1").await;
+    browser
+        .wait_content("#states-list li[data-state=error] .list-count", "1")
+        .await;
+    browser.close().await;
+}
