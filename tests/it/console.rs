@@ -269,7 +269,9 @@ async fn a_rollout_started_in_the_console_reaches_its_collectors_and_shows_100_p
     browser
         .wait_text("#selector-count", "2 collectors match")
         .await;
-    browser.type_into("#start-initial", "2").await;
+    // Two batches of one.
+    browser.type_into("#start-initial", "1").await;
+    browser.type_into("#start-multiplier", "1").await;
     browser.click("#dry-run").await;
     browser
         .wait_text("#start-plan", "Would reach 2 collector(s).")
@@ -278,6 +280,15 @@ async fn a_rollout_started_in_the_console_reaches_its_collectors_and_shows_100_p
     browser.click("#start-rollout:not([disabled])").await;
     browser.wait_text("#applied-percent", "100% applied").await;
     browser.wait_text("#rollout-status", "completed").await;
+    for batch in ["0", "1"] {
+        browser
+            .wait_text(
+                &format!("#batches .batch[data-batch=\"{batch}\"] .batch-applied"),
+                "100% applied",
+            )
+            .await;
+    }
+    assert_eq!(browser.count("#batches .batch").await, 2);
     browser.screenshot("rollout").await;
 
     let url = browser.client.current_url().await.unwrap();
