@@ -480,3 +480,68 @@ async fn the_state_diagram_draws_every_edge_and_counts_live() {
         .await;
     browser.close().await;
 }
+
+/// An operator restarts a connected collector from its page (and is offered no forget); an
+/// admin forgets a disconnected one, which the API then no longer knows.
+#[tokio::test]
+async fn restart_and_forget_from_the_collector_page_as_each_role_may() {
+    let server = TestServer::start_with(|c| {
+        c.api.keys = vec![
+            api_key("operator", Role::Operator),
+            api_key("admin", Role::Admin),
+        ];
+    })
+    .await;
+    let admin = Api::with_key(&server.api_url, "admin-key-0123456789abcdef");
+    let running = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    let gone = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
+    admin.stored(running.id).await;
+    admin.stored(gone.id).await;
+    let gone = gone.disconnect();
+    admin
+        .field_becomes(gone, "state", json!("disconnected"))
+        .await;
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/#/collectors/{}", server.api_url, running.id))
+        .await;
+    browser.enter_key("operator-key-0123456789abcdef").await;
+    browser.wait_text("#role", "role: operator").await;
+    browser.wait_for("#restart:not([disabled])").await;
+    assert_eq!(browser.count("#forget").await, 0, "forget is for admins");
+    assert_eq!(browser.count("#label-form").await, 1);
+    browser.click("#restart").await;
+    wait_until("the collector is sent the restart command", || async {
+        (running.restarts() == 1).then_some(())
+    })
+    .await;
+    browser.wait_text("#status", "Restart: done.").await;
+
+    // The admin, on the disconnected one: restart is not possible, forget is.
+    browser.click("#key-button").await;
+    browser
+        .goto(&format!("{}/#/collectors/{gone}", server.api_url))
+        .await;
+    browser.enter_key("admin-key-0123456789abcdef").await;
+    browser.wait_text("#role", "role: admin").await;
+    browser.wait_for("#restart[disabled]").await;
+    browser.screenshot("collector-admin").await;
+    browser.click("#forget:not([disabled])").await;
+    wait_until("the confirmation is accepted", || async {
+        browser.client.accept_alert().await.ok()
+    })
+    .await;
+    wait_until("back on the fleet page", || async {
+        let url = browser.client.current_url().await.ok()?;
+        (url.fragment() == Some("/")).then_some(())
+    })
+    .await;
+    eventually("the collector is forgotten", || async {
+        let path = format!("/api/v1/collectors/{gone}");
+        (admin.get(&path).await.status == 404).then_some(())
+    })
+    .await;
+    assert_eq!(running.restarts(), 1);
+    browser.close().await;
+}
