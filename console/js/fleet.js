@@ -17,6 +17,24 @@ export function displayName(c) {
 export const hostOf = (c) =>
   String(c.description?.non_identifying?.["host.name"] ?? c.description?.identifying?.["host.name"] ?? "—");
 
+/**
+ * What a transition does to the page of collectors shown: "update" its row in place, "reload"
+ * the page (the collector may enter, leave or move among the rows), or "none" (it cannot be
+ * among them). `view`: the state filter, the sort, whether its row is shown, whether this is the
+ * first page and whether the page is full. The counts are read again after any transition.
+ */
+export function effectOn(view, t) {
+  const { state, sort, shown, firstPage, full } = view;
+  // Orders a transition moves a collector in.
+  const moves = /^-?(state|state_since|last_seen)$/.test(sort);
+  if (shown) return (state && t.to !== state) || moves ? "reload" : "update";
+  if (!firstPage || (state && t.to !== state)) return "none";
+  // A new collector, or one that now matches the state filter, may belong among the rows.
+  if (t.from == null || (state && t.from !== state)) return "reload";
+  // A page that is not full holds every collector the filters let through already.
+  return moves && full ? "reload" : "none";
+}
+
 const COLUMNS = [
   ["state", "State", "state"], ["name", "Name", "name"], ["host", "Host", null],
   ["version", "Version", null], ["labels", "Labels", null], ["last_seen", "Last seen", "last_seen"],
@@ -143,21 +161,25 @@ export async function render(main) {
     load();
   }
 
-  // Counts (or, for a collector not shown, the first page) are read again after changes, at most
-  // twice a second however many arrive.
+  // Counts (and the page, when a change may add, drop or move a row: effectOn) are read again
+  // after changes, at most twice a second however many arrive.
   let refreshDue = null;
   let reloadPage = false;
   const stream = openEvents("", (type, data) => {
     if (type !== "transition") return;
     const tr = body.querySelector(`tr[data-id="${CSS.escape(data.collector_id)}"]`);
-    if (tr) {
+    const effect = effectOn({
+      state: filters.state, sort: filters.sort, shown: Boolean(tr), firstPage: cursors.length === 1,
+      full: body.querySelectorAll("tr[data-id]").length >= Number(filters.limit),
+    }, data);
+    if (effect === "update") {
       fill(tr.querySelector(".state-cell"), badge(data.to));
       fill(tr.querySelector(".since-cell"), ago(data.at));
       fill(tr.querySelector(".seen-cell"), ago(data.at));
       tr.classList.remove("changed");
       void tr.offsetWidth;
       tr.classList.add("changed");
-    } else if (cursors.length === 1) {
+    } else if (effect === "reload") {
       reloadPage = true;
     }
     refreshDue ??= setTimeout(() => {

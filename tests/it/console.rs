@@ -545,3 +545,81 @@ async fn restart_and_forget_from_the_collector_page_as_each_role_may() {
     assert_eq!(running.restarts(), 1);
     browser.close().await;
 }
+
+/// The fleet page reads its rows again only for a change that may add, drop or move one; a
+/// collector leaving the state filtered on leaves the table live.
+#[tokio::test]
+async fn the_fleet_page_reloads_only_for_changes_that_touch_its_rows() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let made = http_collectors(&server, &api, "edge", 2).await;
+    let browser = Browser::start().await;
+    browser.goto(&server.api_url).await;
+    browser
+        .wait_text(".count[data-state=connected] .count-value", "2")
+        .await;
+    // The decision itself, called in the page.
+    let cases = json!([
+        [{"state": "", "sort": "name", "shown": true, "firstPage": true, "full": false},
+         {"from": "connected", "to": "error"}, "update"],
+        [{"state": "connected", "sort": "name", "shown": true, "firstPage": true, "full": false},
+         {"from": "connected", "to": "error"}, "reload"],
+        [{"state": "", "sort": "-state_since", "shown": true, "firstPage": false, "full": true},
+         {"from": "connected", "to": "error"}, "reload"],
+        [{"state": "", "sort": "name", "shown": false, "firstPage": true, "full": true},
+         {"from": "connected", "to": "error"}, "none"],
+        [{"state": "", "sort": "name", "shown": false, "firstPage": true, "full": true},
+         {"from": null, "to": "connected"}, "reload"],
+        [{"state": "error", "sort": "name", "shown": false, "firstPage": true, "full": true},
+         {"from": "connected", "to": "error"}, "reload"],
+        [{"state": "error", "sort": "name", "shown": false, "firstPage": true, "full": false},
+         {"from": "error", "to": "connected"}, "none"],
+        [{"state": "", "sort": "last_seen", "shown": false, "firstPage": true, "full": true},
+         {"from": "connected", "to": "error"}, "reload"],
+        [{"state": "", "sort": "last_seen", "shown": false, "firstPage": true, "full": false},
+         {"from": "connected", "to": "error"}, "none"],
+        [{"state": "", "sort": "name", "shown": false, "firstPage": false, "full": true},
+         {"from": null, "to": "connected"}, "none"],
+    ]);
+    let answers = browser
+        .client
+        .execute(
+            "return import('/console/js/fleet.js')
+               .then((m) => arguments[0].map(([view, t]) => m.effectOn(view, t)))",
+            vec![cases.clone()],
+        )
+        .await
+        .unwrap();
+    let expected: Vec<_> = cases.as_array().unwrap().iter().map(|c| &c[2]).collect();
+    let answers: Vec<_> = answers.as_array().unwrap().iter().collect();
+    assert_eq!(answers, expected);
+
+    // Filtered on connected: the collector that fails leaves the table without a reload.
+    browser.click(".count[data-state=connected]").await;
+    browser
+        .wait_for(".count[data-state=connected][aria-pressed=true]")
+        .await;
+    browser
+        .client
+        .execute("document.body.dataset.marker = 'kept'", vec![])
+        .await
+        .unwrap();
+    let (sick_uid, sick) = &made[0];
+    post_ok(
+        &server.opamp_url,
+        &health_report(sick_uid, 1, false, "exporter otlp: connection refused"),
+    )
+    .await;
+    wait_until("the failed collector leaves the connected rows", || async {
+        (browser.count(&row(sick)).await == 0 && browser.count("#collectors tr[data-id]").await == 1)
+            .then_some(())
+    })
+    .await;
+    let marker = browser
+        .client
+        .execute("return document.body.dataset.marker", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("kept"));
+    browser.close().await;
+}
