@@ -108,7 +108,10 @@ async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
         .unwrap();
     assert_eq!(marker, json!("kept"), "the row changed without a reload");
     browser
-        .wait_content("#counts-table tbody tr:last-child td[data-state=error]", "1")
+        .wait_content(
+            "#counts-table tbody tr:last-child td[data-state=error]",
+            "1",
+        )
         .await;
     browser.wait_content(now_connected, "2").await;
     browser.screenshot("fleet").await;
@@ -414,7 +417,10 @@ async fn two_configuration_versions_are_compared_side_by_side() {
         "{pairs:?}"
     );
     assert!(
-        pairs.contains(&json!(["      exporters: [kafka]", "      exporters: [otlphttp]"])),
+        pairs.contains(&json!([
+            "      exporters: [kafka]",
+            "      exporters: [otlphttp]"
+        ])),
         "{pairs:?}"
     );
     let components = browser.text("#diff-components").await.unwrap();
@@ -431,10 +437,7 @@ async fn two_configuration_versions_are_compared_side_by_side() {
     // Comparing a version with itself says so.
     browser
         .client
-        .execute(
-            "document.getElementById('diff-from').value = '2'",
-            vec![],
-        )
+        .execute("document.getElementById('diff-from').value = '2'", vec![])
         .await
         .unwrap();
     browser.click("#diff-compare").await;
@@ -611,7 +614,8 @@ async fn the_fleet_page_reloads_only_for_changes_that_touch_its_rows() {
     )
     .await;
     wait_until("the failed collector leaves the connected rows", || async {
-        (browser.count(&row(sick)).await == 0 && browser.count("#collectors tr[data-id]").await == 1)
+        (browser.count(&row(sick)).await == 0
+            && browser.count("#collectors tr[data-id]").await == 1)
             .then_some(())
     })
     .await;
@@ -621,5 +625,52 @@ async fn the_fleet_page_reloads_only_for_changes_that_touch_its_rows() {
         .await
         .unwrap();
     assert_eq!(marker, json!("kept"));
+    browser.close().await;
+}
+
+/// The chart of the last six hours, from collectors with known histories: its table's rows are
+/// the counts at each point.
+#[tokio::test]
+async fn the_fleet_chart_shows_the_hours_before() {
+    use opampd::collector::State::*;
+    let server = TestServer::start().await;
+    let now = std::time::SystemTime::now();
+    // Minutes ago, never on a point of the chart (every 6 minutes from now).
+    crate::summary_history::seed(
+        &server,
+        now,
+        &[
+            &[(400, Connected)],
+            &[(400, Connected), (291, Error), (189, Connected)],
+            &[(333, Connected), (93, Upgrading), (87, Connected)],
+            &[(297, Pending), (279, Configuring), (261, Connected)],
+            &[(231, Connected), (129, Error)],
+            &[(195, Connected), (39, Disconnected)],
+            &[(165, Connected)],
+            &[(141, Incompatible)],
+            &[(99, Connected)],
+            &[(45, Connected), (9, Error)],
+        ],
+    )
+    .await;
+    let browser = Browser::start().await;
+    browser.goto(&server.api_url).await;
+    let cell = |row: usize, state: &str| {
+        format!("#counts-table tbody tr:nth-child({row}) td[data-state={state}]")
+    };
+    // 60 steps of 6 minutes: row 1 is 6 hours ago, row 41 two hours ago, row 61 now.
+    browser.wait_content(&cell(1, "connected"), "2").await;
+    for (state, n) in [("connected", "6"), ("error", "1"), ("incompatible", "1")] {
+        browser.wait_content(&cell(41, state), n).await;
+    }
+    for (state, n) in [
+        ("connected", "6"),
+        ("error", "2"),
+        ("disconnected", "1"),
+        ("incompatible", "1"),
+    ] {
+        browser.wait_content(&cell(61, state), n).await;
+    }
+    browser.screenshot("fleet-chart").await;
     browser.close().await;
 }

@@ -17,7 +17,7 @@ fn ago(now: SystemTime, minutes: u64) -> SystemTime {
 }
 
 /// A collector now in the last state of `steps`, each step `(minutes ago, state)`.
-fn collector(now: SystemTime, steps: &[(u64, State)]) -> (Collector, Vec<Transition>) {
+pub(crate) fn collector(now: SystemTime, steps: &[(u64, State)]) -> (Collector, Vec<Transition>) {
     let mut c = Collector::new(CollectorId::new_v7());
     let mut from = None;
     let mut history = Vec::new();
@@ -41,24 +41,10 @@ fn collector(now: SystemTime, steps: &[(u64, State)]) -> (Collector, Vec<Transit
     (c, history)
 }
 
-fn count(point: &serde_json::Value, state: &str) -> u64 {
-    point["by_state"][state].as_u64().unwrap()
-}
-
-async fn counts_at_each_hour_follow_the_history(backend: Backend) {
-    let server = TestServer::on(backend, |_| {}).await;
-    let now = SystemTime::now();
-    let fleet = [
-        // Connected before the window, failed 90 minutes ago.
-        collector(now, &[(240, State::Connected), (90, State::Error)]),
-        // Appeared 150 minutes ago, gone 30 minutes ago.
-        collector(
-            now,
-            &[(150, State::Connected), (30, State::Disconnected)],
-        ),
-        // Appeared 10 minutes ago.
-        collector(now, &[(10, State::Pending)]),
-    ];
+/// Writes collectors with these histories (see [`collector`]) into the server's own store, as
+/// its actors would have: records and transitions.
+pub(crate) async fn seed(server: &TestServer, now: SystemTime, fleet: &[&[(u64, State)]]) {
+    let fleet: Vec<_> = fleet.iter().map(|steps| collector(now, steps)).collect();
     let changes = fleet.iter().flat_map(|(c, history)| {
         std::iter::once(record_change(c, 1, true)).chain(
             history
@@ -67,6 +53,28 @@ async fn counts_at_each_hour_follow_the_history(backend: Backend) {
         )
     });
     server.store().write(&batch_of(changes)).await.unwrap();
+}
+
+fn count(point: &serde_json::Value, state: &str) -> u64 {
+    point["by_state"][state].as_u64().unwrap()
+}
+
+async fn counts_at_each_hour_follow_the_history(backend: Backend) {
+    let server = TestServer::on(backend, |_| {}).await;
+    let now = SystemTime::now();
+    seed(
+        &server,
+        now,
+        &[
+            // Connected before the window, failed 90 minutes ago.
+            &[(240, State::Connected), (90, State::Error)],
+            // Appeared 150 minutes ago, gone 30 minutes ago.
+            &[(150, State::Connected), (30, State::Disconnected)],
+            // Appeared 10 minutes ago.
+            &[(10, State::Pending)],
+        ],
+    )
+    .await;
 
     let api = Api::new(&server.api_url);
     let history = api.ok("/api/v1/summary/history?hours=3&step=3600").await;
@@ -74,10 +82,30 @@ async fn counts_at_each_hour_follow_the_history(backend: Backend) {
     let points = history["points"].as_array().unwrap();
     assert_eq!(points.len(), 4, "{history}");
     let expected = [
-        [("connected", 1), ("error", 0), ("disconnected", 0), ("pending", 0)],
-        [("connected", 2), ("error", 0), ("disconnected", 0), ("pending", 0)],
-        [("connected", 1), ("error", 1), ("disconnected", 0), ("pending", 0)],
-        [("connected", 0), ("error", 1), ("disconnected", 1), ("pending", 1)],
+        [
+            ("connected", 1),
+            ("error", 0),
+            ("disconnected", 0),
+            ("pending", 0),
+        ],
+        [
+            ("connected", 2),
+            ("error", 0),
+            ("disconnected", 0),
+            ("pending", 0),
+        ],
+        [
+            ("connected", 1),
+            ("error", 1),
+            ("disconnected", 0),
+            ("pending", 0),
+        ],
+        [
+            ("connected", 0),
+            ("error", 1),
+            ("disconnected", 1),
+            ("pending", 1),
+        ],
     ];
     for (k, (point, expected)) in points.iter().zip(expected).enumerate() {
         for (state, n) in expected {

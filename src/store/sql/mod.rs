@@ -20,6 +20,7 @@ use sqlx::{Postgres, QueryBuilder, Sqlite};
 use time::OffsetDateTime;
 
 use super::batch::{Entry, Key};
+use super::over_time::{StepChanges, Window};
 use super::row::{
     ConfigurationRow, EventRow, FactRow, FactWrite, HotRow, RecordRow, TransitionRow,
     TransitionWrite,
@@ -34,7 +35,6 @@ use crate::collector::{Collector, CollectorId, Reason, State, Transition};
 use crate::fleet::rollout::{Outcome, Target};
 use crate::fleet::summary::{RolloutSummary, split_legacy};
 use crate::selector::{Requirement, Selector};
-use super::over_time::{StepChanges, Window};
 use over_time::sql_over_time;
 use rollouts::{TARGET_COLUMNS, TargetRow, sql_rollouts};
 use write::{push_hot, sql_writes};

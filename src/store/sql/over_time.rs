@@ -36,12 +36,9 @@ macro_rules! sql_over_time {
                         .await?;
                 }
                 let census = census_of(sqlx::query_as(CENSUS).fetch_all(&mut *tx).await?)?;
-                let first = Self::first_seq_from(
-                    &mut tx,
-                    epoch,
-                    window.start - over_time::SLACK_SECONDS,
-                )
-                .await?;
+                let first =
+                    Self::first_seq_from(&mut tx, epoch, window.start - over_time::SLACK_SECONDS)
+                        .await?;
                 let mut q = QueryBuilder::<$db>::new(format!("SELECT ({epoch} - "));
                 q.push_bind(window.start)
                     .push(") / ")
@@ -58,7 +55,8 @@ macro_rules! sql_over_time {
                     q.build_query_as().fetch_all(&mut *tx).await?;
                 tx.commit().await?;
                 let state = |s: &str| {
-                    State::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown state {s:?}")))
+                    State::parse(s)
+                        .ok_or_else(|| StoreError::Corrupt(format!("unknown state {s:?}")))
                 };
                 let changes = rows
                     .into_iter()
