@@ -15,6 +15,50 @@ fn row(id: &str) -> String {
     format!("tr[data-id=\"{id}\"]")
 }
 
+/// A server with one key per `(name, role)`, `<name>-key-0123456789abcdef`, and the API as its
+/// admin (`admin` must be among them).
+async fn with_keys(keys: &[(&str, Role)]) -> (TestServer, Api) {
+    let server = TestServer::start_with(|c| {
+        c.api.keys = keys
+            .iter()
+            .map(|(name, role)| api_key(name, *role))
+            .collect();
+    })
+    .await;
+    let admin = Api::with_key(&server.api_url, "admin-key-0123456789abcdef");
+    (server, admin)
+}
+
+type Made = Vec<(bytes::Bytes, String)>;
+
+/// A server with `n` plain-HTTP collectors `edge-<i>` (uid and id each), connected.
+async fn with_collectors(n: usize) -> (TestServer, Api, Made) {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let made = http_collectors(&server, &api, "edge", n).await;
+    (server, api, made)
+}
+
+/// [`with_collectors`], and the fleet page showing them all.
+async fn fleet_page(n: usize) -> (TestServer, Api, Made, Browser) {
+    let (server, api, made) = with_collectors(n).await;
+    let browser = Browser::start().await;
+    browser.goto(&server.api_url).await;
+    browser
+        .wait_text(".count[data-state=connected] .count-value", &n.to_string())
+        .await;
+    (server, api, made, browser)
+}
+
+/// The plain-HTTP collector `uid` reports its exporter failing: it turns Error.
+async fn fails(server: &TestServer, uid: &bytes::Bytes) {
+    post_ok(
+        &server.opamp_url,
+        &health_report(uid, 1, false, "exporter otlp: connection refused"),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn the_page_and_its_assets_are_served_without_a_key_and_with_a_strict_policy() {
     let server = TestServer::start_with(|c| {
@@ -64,14 +108,7 @@ async fn the_page_and_its_assets_are_served_without_a_key_and_with_a_strict_poli
 
 #[tokio::test]
 async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
-    let server = TestServer::start().await;
-    let api = Api::new(&server.api_url);
-    let made = http_collectors(&server, &api, "edge", 3).await;
-    let browser = Browser::start().await;
-    browser.goto(&server.api_url).await;
-    browser
-        .wait_text(".count[data-state=connected] .count-value", "3")
-        .await;
+    let (server, _api, made, browser) = fleet_page(3).await;
     browser
         .wait_text(".count[data-state=error] .count-value", "0")
         .await;
@@ -83,17 +120,9 @@ async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
     let state = format!("{} .state-cell .state", row(sick));
     browser.wait_text(&state, "Connected").await;
     // The page was not reloaded: the marker set now is still there when the row changes.
-    browser
-        .client
-        .execute("document.body.dataset.marker = 'kept'", vec![])
-        .await
-        .unwrap();
+    browser.run("document.body.dataset.marker = 'kept'").await;
 
-    post_ok(
-        &server.opamp_url,
-        &health_report(sick_uid, 1, false, "exporter otlp: connection refused"),
-    )
-    .await;
+    fails(&server, sick_uid).await;
     browser.wait_text(&state, "Error").await;
     browser
         .wait_text(".count[data-state=error] .count-value", "1")
@@ -101,11 +130,7 @@ async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
     browser
         .wait_text(".count[data-state=connected] .count-value", "2")
         .await;
-    let marker = browser
-        .client
-        .execute("return document.body.dataset.marker", vec![])
-        .await
-        .unwrap();
+    let marker = browser.run("return document.body.dataset.marker").await;
     assert_eq!(marker, json!("kept"), "the row changed without a reload");
     browser
         .wait_content(
@@ -147,17 +172,10 @@ async fn the_fleet_page_counts_states_and_a_row_turns_error_live() {
 
 #[tokio::test]
 async fn filters_and_keyset_pages_pick_the_right_collectors() {
-    let server = TestServer::start().await;
-    let api = Api::new(&server.api_url);
-    let made = http_collectors(&server, &api, "edge", 7).await;
+    let (_server, api, made, browser) = fleet_page(7).await;
     let prod: Vec<opampd::collector::CollectorId> =
         made[..3].iter().map(|(uid, _)| id_of(uid)).collect();
     labelled_ids(&api, &prod).await;
-    let browser = Browser::start().await;
-    browser.goto(&server.api_url).await;
-    browser
-        .wait_text(".count[data-state=connected] .count-value", "7")
-        .await;
 
     // By label selector, then by text.
     browser.type_into("#filter-selector", "env=prod").await;
@@ -217,9 +235,7 @@ async fn filters_and_keyset_pages_pick_the_right_collectors() {
 
 #[tokio::test]
 async fn a_label_set_in_the_console_is_in_the_api() {
-    let server = TestServer::start().await;
-    let api = Api::new(&server.api_url);
-    let made = http_collectors(&server, &api, "edge", 1).await;
+    let (server, api, made) = with_collectors(1).await;
     let id = &made[0].1;
     let browser = Browser::start().await;
     browser
@@ -333,14 +349,7 @@ async fn a_rollout_is_cancelled_from_the_console() {
 
 #[tokio::test]
 async fn a_viewer_key_sees_no_edit_buttons_and_the_api_refuses_its_writes() {
-    let server = TestServer::start_with(|c| {
-        c.api.keys = vec![
-            api_key("viewer", Role::Viewer),
-            api_key("admin", Role::Admin),
-        ];
-    })
-    .await;
-    let admin = Api::with_key(&server.api_url, "admin-key-0123456789abcdef");
+    let (server, admin) = with_keys(&[("viewer", Role::Viewer), ("admin", Role::Admin)]).await;
     let made = http_collectors(&server, &admin, "edge", 1).await;
     let id = &made[0].1;
     let browser = Browser::start().await;
@@ -401,16 +410,13 @@ async fn two_configuration_versions_are_compared_side_by_side() {
     browser.wait_for("table.diff td.del").await;
     // The removed line faces the line that replaced it, on the same row.
     let pairs = browser
-        .client
-        .execute(
+        .run(
             "return [...document.querySelectorAll('table.diff tbody tr')]
                .filter((tr) => tr.querySelector('td.del') && tr.querySelector('td.add'))
                .map((tr) => [tr.querySelector('td.del').textContent,
                              tr.querySelector('td.add').textContent])",
-            vec![],
         )
-        .await
-        .unwrap();
+        .await;
     let pairs = pairs.as_array().unwrap();
     assert!(
         pairs.contains(&json!(["  kafka:", "  otlphttp:"])),
@@ -429,17 +435,13 @@ async fn two_configuration_versions_are_compared_side_by_side() {
         "{components}"
     );
     browser
-        .client
-        .execute("document.getElementById('diff').scrollIntoView()", vec![])
-        .await
-        .unwrap();
+        .run("document.getElementById('diff').scrollIntoView()")
+        .await;
     browser.screenshot("configuration-diff").await;
     // Comparing a version with itself says so.
     browser
-        .client
-        .execute("document.getElementById('diff-from').value = '2'", vec![])
-        .await
-        .unwrap();
+        .run("document.getElementById('diff-from').value = '2'")
+        .await;
     browser.click("#diff-compare").await;
     browser
         .wait_text("#diff p.muted", "The two versions hold the same files.")
@@ -449,9 +451,7 @@ async fn two_configuration_versions_are_compared_side_by_side() {
 
 #[tokio::test]
 async fn the_state_diagram_draws_every_edge_and_counts_live() {
-    let server = TestServer::start().await;
-    let api = Api::new(&server.api_url);
-    let made = http_collectors(&server, &api, "edge", 2).await;
+    let (server, api, made) = with_collectors(2).await;
     let machine = api.ok("/api/v1/state-machine").await;
     let edges = machine["edges"].as_array().unwrap().len()
         + machine["extensions"].as_array().unwrap().len();
@@ -471,11 +471,7 @@ async fn the_state_diagram_draws_every_edge_and_counts_live() {
     browser.screenshot("states").await;
 
     let (uid, _) = &made[0];
-    post_ok(
-        &server.opamp_url,
-        &health_report(uid, 1, false, "exporter otlp: connection refused"),
-    )
-    .await;
+    fails(&server, uid).await;
     browser.wait_content(&count("error"), "1").await;
     browser.wait_content(&count("connected"), "1").await;
     browser
@@ -488,14 +484,7 @@ async fn the_state_diagram_draws_every_edge_and_counts_live() {
 /// admin forgets a disconnected one, which the API then no longer knows.
 #[tokio::test]
 async fn restart_and_forget_from_the_collector_page_as_each_role_may() {
-    let server = TestServer::start_with(|c| {
-        c.api.keys = vec![
-            api_key("operator", Role::Operator),
-            api_key("admin", Role::Admin),
-        ];
-    })
-    .await;
-    let admin = Api::with_key(&server.api_url, "admin-key-0123456789abcdef");
+    let (server, admin) = with_keys(&[("operator", Role::Operator), ("admin", Role::Admin)]).await;
     let running = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
     let gone = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
     admin.stored(running.id).await;
@@ -553,14 +542,7 @@ async fn restart_and_forget_from_the_collector_page_as_each_role_may() {
 /// collector leaving the state filtered on leaves the table live.
 #[tokio::test]
 async fn the_fleet_page_reloads_only_for_changes_that_touch_its_rows() {
-    let server = TestServer::start().await;
-    let api = Api::new(&server.api_url);
-    let made = http_collectors(&server, &api, "edge", 2).await;
-    let browser = Browser::start().await;
-    browser.goto(&server.api_url).await;
-    browser
-        .wait_text(".count[data-state=connected] .count-value", "2")
-        .await;
+    let (server, _api, made, browser) = fleet_page(2).await;
     // The decision itself, called in the page.
     let cases = json!([
         [{"state": "", "sort": "name", "shown": true, "firstPage": true, "full": false},
@@ -602,28 +584,16 @@ async fn the_fleet_page_reloads_only_for_changes_that_touch_its_rows() {
     browser
         .wait_for(".count[data-state=connected][aria-pressed=true]")
         .await;
-    browser
-        .client
-        .execute("document.body.dataset.marker = 'kept'", vec![])
-        .await
-        .unwrap();
+    browser.run("document.body.dataset.marker = 'kept'").await;
     let (sick_uid, sick) = &made[0];
-    post_ok(
-        &server.opamp_url,
-        &health_report(sick_uid, 1, false, "exporter otlp: connection refused"),
-    )
-    .await;
+    fails(&server, sick_uid).await;
     wait_until("the failed collector leaves the connected rows", || async {
         (browser.count(&row(sick)).await == 0
             && browser.count("#collectors tr[data-id]").await == 1)
             .then_some(())
     })
     .await;
-    let marker = browser
-        .client
-        .execute("return document.body.dataset.marker", vec![])
-        .await
-        .unwrap();
+    let marker = browser.run("return document.body.dataset.marker").await;
     assert_eq!(marker, json!("kept"));
     browser.close().await;
 }

@@ -104,6 +104,12 @@ impl Browser {
         .await;
     }
 
+    /// Runs `script` in the page (without arguments) and gives back what it returns (a promise's
+    /// value, once it settles).
+    pub async fn run(&self, script: &str) -> serde_json::Value {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+
     /// Waits until `css` selects something.
     pub async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
         wait_until(&format!("{css} is shown"), || async {
