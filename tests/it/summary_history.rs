@@ -43,7 +43,11 @@ pub(crate) fn collector(now: SystemTime, steps: &[(u64, State)]) -> (Collector, 
 
 /// Writes collectors with these histories (see [`collector`]) into the server's own store, as
 /// its actors would have: records and transitions.
-pub(crate) async fn seed(server: &TestServer, now: SystemTime, fleet: &[&[(u64, State)]]) {
+pub(crate) async fn seed(
+    server: &TestServer,
+    now: SystemTime,
+    fleet: &[&[(u64, State)]],
+) -> Vec<CollectorId> {
     let fleet: Vec<_> = fleet.iter().map(|steps| collector(now, steps)).collect();
     let changes = fleet.iter().flat_map(|(c, history)| {
         std::iter::once(record_change(c, 1, true)).chain(
@@ -53,16 +57,39 @@ pub(crate) async fn seed(server: &TestServer, now: SystemTime, fleet: &[&[(u64, 
         )
     });
     server.store().write(&batch_of(changes)).await.unwrap();
+    fleet.iter().map(|(c, _)| c.id).collect()
 }
 
 fn count(point: &serde_json::Value, state: &str) -> u64 {
     point["by_state"][state].as_u64().unwrap()
 }
 
+/// The last 3 hours, a point an hour: each point holds exactly `expected` (the states not named
+/// are zero).
+async fn points_of(api: &Api, expected: &[[(&str, u64); 4]]) -> Vec<serde_json::Value> {
+    let history = api.ok("/api/v1/summary/history?hours=3&step=3600").await;
+    assert_eq!(history["step"], 3600);
+    let points = history["points"].as_array().unwrap().clone();
+    assert_eq!(points.len(), expected.len(), "{history}");
+    for (k, (point, expected)) in points.iter().zip(expected).enumerate() {
+        for (state, n) in expected {
+            assert_eq!(count(point, state), *n, "{state} at point {k}: {point}");
+        }
+        let total: u64 = point["by_state"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(total, expected.iter().map(|(_, n)| n).sum::<u64>());
+    }
+    points
+}
+
 async fn counts_at_each_hour_follow_the_history(backend: Backend) {
     let server = TestServer::on(backend, |_| {}).await;
     let now = SystemTime::now();
-    seed(
+    let ids = seed(
         &server,
         now,
         &[
@@ -77,51 +104,78 @@ async fn counts_at_each_hour_follow_the_history(backend: Backend) {
     .await;
 
     let api = Api::new(&server.api_url);
-    let history = api.ok("/api/v1/summary/history?hours=3&step=3600").await;
-    assert_eq!(history["step"], 3600);
-    let points = history["points"].as_array().unwrap();
-    assert_eq!(points.len(), 4, "{history}");
-    let expected = [
-        [
-            ("connected", 1),
-            ("error", 0),
-            ("disconnected", 0),
-            ("pending", 0),
+    let points = points_of(
+        &api,
+        &[
+            [
+                ("connected", 1),
+                ("error", 0),
+                ("disconnected", 0),
+                ("pending", 0),
+            ],
+            [
+                ("connected", 2),
+                ("error", 0),
+                ("disconnected", 0),
+                ("pending", 0),
+            ],
+            [
+                ("connected", 1),
+                ("error", 1),
+                ("disconnected", 0),
+                ("pending", 0),
+            ],
+            [
+                ("connected", 0),
+                ("error", 1),
+                ("disconnected", 1),
+                ("pending", 1),
+            ],
         ],
-        [
-            ("connected", 2),
-            ("error", 0),
-            ("disconnected", 0),
-            ("pending", 0),
-        ],
-        [
-            ("connected", 1),
-            ("error", 1),
-            ("disconnected", 0),
-            ("pending", 0),
-        ],
-        [
-            ("connected", 0),
-            ("error", 1),
-            ("disconnected", 1),
-            ("pending", 1),
-        ],
-    ];
-    for (k, (point, expected)) in points.iter().zip(expected).enumerate() {
-        for (state, n) in expected {
-            assert_eq!(count(point, state), n, "{state} at point {k}: {point}");
-        }
-        let total: u64 = point["by_state"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|n| n.as_u64().unwrap())
-            .sum();
-        assert_eq!(total, expected.iter().map(|(_, n)| n).sum::<u64>());
-    }
+    )
+    .await;
     // The last point is now: the summary's counts.
     let summary = api.ok("/api/v1/summary").await;
     assert_eq!(points[3]["by_state"], summary["by_state"]);
+
+    // Forgotten, the second collector's history goes with it: it is absent from every point.
+    let answer = api.delete(&format!("/api/v1/collectors/{}", ids[1])).await;
+    assert!(answer.status < 300, "{}", answer.body);
+    crate::support::eventually("the history without it", || async {
+        let summary = api.ok("/api/v1/summary").await;
+        (summary["by_state"]["disconnected"] == 0).then_some(())
+    })
+    .await;
+    points_of(
+        &api,
+        &[
+            [
+                ("connected", 1),
+                ("error", 0),
+                ("disconnected", 0),
+                ("pending", 0),
+            ],
+            [
+                ("connected", 1),
+                ("error", 0),
+                ("disconnected", 0),
+                ("pending", 0),
+            ],
+            [
+                ("connected", 0),
+                ("error", 1),
+                ("disconnected", 0),
+                ("pending", 0),
+            ],
+            [
+                ("connected", 0),
+                ("error", 1),
+                ("disconnected", 0),
+                ("pending", 1),
+            ],
+        ],
+    )
+    .await;
 
     assert_error(
         &api.get("/api/v1/summary/history?hours=0").await,
