@@ -3,7 +3,8 @@
 import { clock, h, svg } from "./dom.js";
 import { STATES, label } from "./states.js";
 
-const WIDTH = 960;
+/** Charts are drawn at the width of their box (in CSS pixels), so their text keeps its size. */
+const drawnWidth = (width) => Math.max(300, Math.round(width || 960));
 
 /** The coloured legend of the seven states. */
 export function legend(states = STATES) {
@@ -14,7 +15,8 @@ export function legend(states = STATES) {
  * The counts per state over time, stacked, from `/api/v1/summary/history`; with a legend and the
  * same numbers as a table for keyboards and screen readers.
  */
-export function countsChart(history) {
+export function countsChart(history, width) {
+  const WIDTH = drawnWidth(width);
   const points = history.points ?? [];
   const height = 170, left = 40, bottom = 22, top = 6;
   const plotW = WIDTH - left - 8, plotH = height - bottom - top;
@@ -57,8 +59,9 @@ export function countsChart(history) {
  * One collector's states over time from its transitions (oldest first), until now: a bar of
  * segments with time labels; each segment's title says its state and when.
  */
-export function timeline(transitions, now = Date.now()) {
+export function timeline(transitions, width, now = Date.now()) {
   if (!transitions.length) return h("p", { class: "muted" }, "No transitions yet.");
+  const WIDTH = drawnWidth(width);
   const start = Date.parse(transitions[0].at);
   const span = Math.max(1, now - start);
   const height = 44, barH = 24;

@@ -139,7 +139,7 @@ export async function render(main, role, id) {
   // The newest 500 transitions (one page at most), oldest first.
   async function loadTimeline() {
     const page = await api(`${path}/transitions${query({ limit: 500 })}`);
-    fill(timelineBox, timeline([...page.items].reverse()),
+    fill(timelineBox, timeline([...page.items].reverse(), timelineBox.clientWidth),
       page.next_cursor ? h("p", { class: "hint" }, "The last 500 transitions.") : null);
   }
 

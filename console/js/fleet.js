@@ -128,10 +128,13 @@ export async function render(main) {
   // The chart is read again after changes too, but at most every 5 seconds: it changes slowly.
   let chartRead = 0;
   let chartDue = null;
+  let history = null;
+  const drawChart = () => { if (history) fill(chart, countsChart(history, chart.clientWidth)); };
   async function loadChart() {
     chartRead = Date.now();
     try {
-      fill(chart, countsChart(await api("/api/v1/summary/history?hours=6")));
+      history = await api("/api/v1/summary/history?hours=6");
+      drawChart();
     } catch (error) {
       fill(chart, h("p", { class: "muted" }, `The chart cannot be read: ${error.message}`));
     }
@@ -195,5 +198,12 @@ export async function render(main) {
   await stream.ready;
   await load();
   await loadChart();
-  return () => { stream.close(); clearTimeout(refreshDue); clearTimeout(chartDue); };
+  // Drawn at its box's width (its text keeps its size): drawn again when the window changes.
+  window.addEventListener("resize", drawChart);
+  return () => {
+    stream.close();
+    clearTimeout(refreshDue);
+    clearTimeout(chartDue);
+    window.removeEventListener("resize", drawChart);
+  };
 }
