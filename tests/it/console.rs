@@ -438,6 +438,27 @@ async fn two_configuration_versions_are_compared_side_by_side() {
         .run("document.getElementById('diff').scrollIntoView()")
         .await;
     browser.screenshot("configuration-diff").await;
+    // The reading itself, on what the API also writes: a file added, lines without a newline.
+    let rows = browser
+        .client
+        .execute(
+            "return import('/console/js/diff.js').then((m) => m.sideBySide(arguments[0]))",
+            vec![json!(
+                "--- a (v1)\n+++ a (v2)\n@@ -1,2 +1,3 @@\n x\n-y\n\\ No newline at end of file\n+y\n+z\n"
+            )],
+        )
+        .await
+        .unwrap();
+    let side = |n: u64, text: &str, kind: &str| json!({"n": n, "text": text, "kind": kind});
+    assert_eq!(
+        rows,
+        json!([
+            {"hunk": "@@ -1,2 +1,3 @@"},
+            {"left": side(1, "x", "same"), "right": side(1, "x", "same")},
+            {"left": side(2, "y", "del"), "right": side(2, "y", "add")},
+            {"left": null, "right": side(3, "z", "add")},
+        ])
+    );
     // Comparing a version with itself says so.
     browser
         .run("document.getElementById('diff-from').value = '2'")
