@@ -1,7 +1,7 @@
 // The state diagram page: the seven states and their edges drawn from /api/v1/state-machine,
 // each state with its count from /api/v1/summary, kept live from the event stream.
 import { api } from "./api.js";
-import { fill, h, svg } from "./dom.js";
+import { fill, h, svg, throttled } from "./dom.js";
 import { openEvents } from "./sse.js";
 import { label } from "./states.js";
 
@@ -83,12 +83,12 @@ export async function render(main) {
     }
   }
 
-  let due = null;
+  // Read again after transitions, at most twice a second.
+  const countsLater = throttled(() => loadCounts().catch(() => {}), 500);
   const stream = openEvents("", (type) => {
-    if (type !== "transition") return;
-    due ??= setTimeout(() => { due = null; loadCounts().catch(() => {}); }, 500);
+    if (type === "transition") countsLater();
   });
   await stream.ready;
   await loadCounts();
-  return () => { stream.close(); clearTimeout(due); };
+  return () => { stream.close(); countsLater.cancel(); };
 }

@@ -71,3 +71,21 @@ export function clock(time, seconds = false) {
   return at.toDateString() === new Date().toDateString()
     ? hm : `${at.toLocaleDateString([], { month: "short", day: "numeric" })} ${hm}`;
 }
+
+/**
+ * `fn` called at most once every `ms` however often the result is called, the first time no
+ * sooner than `ms` after this (its caller has just read what `fn` reads); `cancel` stops it.
+ */
+export function throttled(fn, ms) {
+  let last = Date.now();
+  let due = null;
+  const later = () => {
+    due ??= setTimeout(() => {
+      due = null;
+      last = Date.now();
+      fn();
+    }, Math.max(0, last + ms - Date.now()));
+  };
+  later.cancel = () => clearTimeout(due);
+  return later;
+}

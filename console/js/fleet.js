@@ -1,7 +1,7 @@
 // The fleet page: counts per state, their chart over the last hours, the collectors table with filters, sorting and keyset pages,
 // and rows that follow the event stream.
 import { api, query } from "./api.js";
-import { ago, fill, h, say, shortId } from "./dom.js";
+import { ago, fill, h, say, shortId, throttled } from "./dom.js";
 import { countsChart } from "./charts.js";
 import { openEvents } from "./sse.js";
 import { STATES, badge, label } from "./states.js";
@@ -125,13 +125,9 @@ export async function render(main) {
     }, h("strong", { class: "count-value" }, summary.by_state?.[s] ?? 0), label(s))));
   }
 
-  // The chart is read again after changes too, but at most every 5 seconds: it changes slowly.
-  let chartRead = 0;
-  let chartDue = null;
   let history = null;
   const drawChart = () => { if (history) fill(chart, countsChart(history, chart.clientWidth)); };
   async function loadChart() {
-    chartRead = Date.now();
     try {
       history = await api("/api/v1/summary/history?hours=6");
       drawChart();
@@ -139,9 +135,8 @@ export async function render(main) {
       fill(chart, h("p", { class: "muted" }, `The chart cannot be read: ${error.message}`));
     }
   }
-  function chartLater() {
-    chartDue ??= setTimeout(() => { chartDue = null; loadChart(); }, Math.max(0, chartRead + 5000 - Date.now()));
-  }
+  // The chart is read again after changes too, but at most every 5 seconds: it changes slowly.
+  const chartLater = throttled(loadChart, 5000);
 
   async function load() {
     drawHead();
@@ -203,7 +198,7 @@ export async function render(main) {
   return () => {
     stream.close();
     clearTimeout(refreshDue);
-    clearTimeout(chartDue);
+    chartLater.cancel();
     window.removeEventListener("resize", drawChart);
   };
 }

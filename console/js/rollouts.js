@@ -2,7 +2,7 @@
 // outcome from the event stream, a bar per batch from its targets, its controls and its targets
 // page by page.
 import { api, may, query } from "./api.js";
-import { ago, facts, fill, h, say, shortId } from "./dom.js";
+import { ago, facts, fill, h, say, shortId, throttled } from "./dom.js";
 import { openEvents } from "./sse.js";
 
 const OUTCOMES = ["applied", "configuring", "upgrading", "waiting", "pending", "failed", "incompatible",
@@ -206,15 +206,7 @@ export async function renderOne(main, role, id) {
     sizeBars(batches);
   }
   // After rollout events, read again at most every 2 seconds.
-  let batchesRead = 0;
-  let batchesDue = null;
-  function batchesLater() {
-    batchesDue ??= setTimeout(() => {
-      batchesDue = null;
-      batchesRead = Date.now();
-      loadBatches().catch(() => {});
-    }, Math.max(0, batchesRead + 2000 - Date.now()));
-  }
+  const batchesLater = throttled(() => loadBatches().catch(() => {}), 2000);
 
   let cursor = null;
   async function loadTargets(reset) {
@@ -239,7 +231,6 @@ export async function renderOne(main, role, id) {
   await stream.ready;
   draw(await api(path));
   await loadTargets(true);
-  batchesRead = Date.now();
   await loadBatches();
-  return () => { stream.close(); clearTimeout(batchesDue); };
+  return () => { stream.close(); batchesLater.cancel(); };
 }
