@@ -401,6 +401,13 @@ async fn two_configuration_versions_are_compared_side_by_side() {
         .goto(&format!("{}/#/configurations", server.api_url))
         .await;
     browser
+        .wait_text(
+            "#configurations tr[data-name=gateway] td:nth-child(2)",
+            "v2",
+        )
+        .await;
+    browser.screenshot("configurations").await;
+    browser
         .click("#configurations tr[data-name=gateway] a")
         .await;
     browser.wait_for("#versions tr[data-version=\"2\"]").await;
