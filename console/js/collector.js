@@ -1,8 +1,9 @@
-// One collector: its facts, labels (editable by operators), transition history, and the restart
+// One collector: its facts, labels (editable by operators), state timeline, transition history, and the restart
 // and forget buttons for the roles that may use them.
 import { api, may, query } from "./api.js";
 import { ago, facts, fill, h, say } from "./dom.js";
 import { displayName, hostOf } from "./fleet.js";
+import { timeline } from "./charts.js";
 import { openEvents } from "./sse.js";
 import { badge } from "./states.js";
 
@@ -30,7 +31,10 @@ export async function render(main, role, id) {
   const factsCard = h("div", { class: "grid2" });
   const history = h("tbody", { id: "transitions" });
   const more = h("button", { type: "button", class: "quiet", id: "history-more" }, "Older transitions");
-  fill(main, header, labelsCard, factsCard,
+  const timelineBox = h("div", { id: "timeline" });
+  fill(main, header,
+    h("section", { class: "card" }, h("h2", {}, "State timeline"), timelineBox),
+    labelsCard, factsCard,
     h("section", { class: "card" }, h("h2", {}, "Transitions"),
       h("div", { class: "table-wrap" }, h("table", {},
         h("thead", {}, h("tr", {}, ["At", "From", "To", "Reason", "Message"].map((t) => h("th", {}, t)))), history)),
@@ -132,14 +136,23 @@ export async function render(main, role, id) {
   }
   more.addEventListener("click", () => loadHistory(false));
 
+  // The newest 500 transitions (one page at most), oldest first.
+  async function loadTimeline() {
+    const page = await api(`${path}/transitions${query({ limit: 500 })}`);
+    fill(timelineBox, timeline([...page.items].reverse(), timelineBox.clientWidth),
+      page.next_cursor ? h("p", { class: "hint" }, "The last 500 transitions.") : null);
+  }
+
   const stream = openEvents("", (type, data) => {
     if (type === "transition" && data.collector_id === id) {
       load().catch(() => {});
       loadHistory(true).catch(() => {});
+      loadTimeline().catch(() => {});
     }
   });
   await stream.ready;
   await load();
   await loadHistory(true);
+  await loadTimeline();
   return () => stream.close();
 }

@@ -52,3 +52,40 @@ export function facts(pairs) {
 
 /** The end of an id: UUIDv7 and ULID ids begin with their time, so the end tells them apart. */
 export const shortId = (id) => String(id).slice(-8);
+
+/** An SVG element with attributes and children; `class` names it for the style sheet's colours. */
+export function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    el.setAttribute(name, String(value));
+  }
+  append(el, children);
+  return el;
+}
+
+/** "14:05" (or "Dec 2 14:05" for a time on another day) in the browser's time zone. */
+export function clock(time, seconds = false) {
+  const at = new Date(time);
+  const hm = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: seconds ? "2-digit" : undefined });
+  return at.toDateString() === new Date().toDateString()
+    ? hm : `${at.toLocaleDateString([], { month: "short", day: "numeric" })} ${hm}`;
+}
+
+/**
+ * `fn` called at most once every `ms` however often the result is called, the first time no
+ * sooner than `ms` after this (its caller has just read what `fn` reads); `cancel` stops it.
+ */
+export function throttled(fn, ms) {
+  let last = Date.now();
+  let due = null;
+  const later = () => {
+    due ??= setTimeout(() => {
+      due = null;
+      last = Date.now();
+      fn();
+    }, Math.max(0, last + ms - Date.now()));
+  };
+  later.cancel = () => clearTimeout(due);
+  return later;
+}

@@ -1,7 +1,8 @@
-// The fleet page: counts per state, the collectors table with filters, sorting and keyset pages,
+// The fleet page: counts per state, their chart over the last hours, the collectors table with filters, sorting and keyset pages,
 // and rows that follow the event stream.
 import { api, query } from "./api.js";
-import { ago, fill, h, say, shortId } from "./dom.js";
+import { ago, fill, h, say, shortId, throttled } from "./dom.js";
+import { countsChart } from "./charts.js";
 import { openEvents } from "./sse.js";
 import { STATES, badge, label } from "./states.js";
 
@@ -16,6 +17,24 @@ export function displayName(c) {
 export const hostOf = (c) =>
   String(c.description?.non_identifying?.["host.name"] ?? c.description?.identifying?.["host.name"] ?? "—");
 
+/**
+ * What a transition does to the page of collectors shown: "update" its row in place, "reload"
+ * the page (the collector may enter, leave or move among the rows), or "none" (it cannot be
+ * among them). `view`: the state filter, the sort, whether its row is shown, whether this is the
+ * first page and whether the page is full. The counts are read again after any transition.
+ */
+export function effectOn(view, t) {
+  const { state, sort, shown, firstPage, full } = view;
+  // Orders a transition moves a collector in.
+  const moves = /^-?(state|state_since|last_seen)$/.test(sort);
+  if (shown) return (state && t.to !== state) || moves ? "reload" : "update";
+  if (!firstPage || (state && t.to !== state)) return "none";
+  // A new collector, or one that now matches the state filter, may belong among the rows.
+  if (t.from == null || (state && t.from !== state)) return "reload";
+  // A page that is not full holds every collector the filters let through already.
+  return moves && full ? "reload" : "none";
+}
+
 const COLUMNS = [
   ["state", "State", "state"], ["name", "Name", "name"], ["host", "Host", null],
   ["version", "Version", null], ["labels", "Labels", null], ["last_seen", "Last seen", "last_seen"],
@@ -28,6 +47,7 @@ export async function render(main) {
 
   const counts = h("div", { class: "counts", id: "counts" });
   const total = h("span", { id: "total", class: "muted" });
+  const chart = h("div", { id: "counts-chart" }, h("p", { class: "muted" }, "Loading…"));
   const stateSelect = h("select", { id: "filter-state", name: "state" },
     h("option", { value: "" }, "any state"), STATES.map((s) => h("option", { value: s }, label(s))));
   const selector = h("input", { id: "filter-selector", name: "selector", placeholder: "env=prod,tier!=gold" });
@@ -59,6 +79,8 @@ export async function render(main) {
   fill(main,
     h("h1", {}, "Fleet ", total),
     counts,
+    h("section", { class: "card", "aria-labelledby": "chart-title" },
+      h("h2", { id: "chart-title" }, "The last 6 hours"), chart),
     form,
     h("div", { class: "table-wrap" }, h("table", { id: "collectors-table" }, h("thead", {}, head), body)),
     h("div", { class: "pager" }, previous, next));
@@ -103,6 +125,19 @@ export async function render(main) {
     }, h("strong", { class: "count-value" }, summary.by_state?.[s] ?? 0), label(s))));
   }
 
+  let history = null;
+  const drawChart = () => { if (history) fill(chart, countsChart(history, chart.clientWidth)); };
+  async function loadChart() {
+    try {
+      history = await api("/api/v1/summary/history?hours=6");
+      drawChart();
+    } catch (error) {
+      fill(chart, h("p", { class: "muted" }, `The chart cannot be read: ${error.message}`));
+    }
+  }
+  // The chart is read again after changes too, but at most every 5 seconds: it changes slowly.
+  const chartLater = throttled(loadChart, 5000);
+
   async function load() {
     drawHead();
     try {
@@ -124,21 +159,25 @@ export async function render(main) {
     load();
   }
 
-  // Counts (or, for a collector not shown, the first page) are read again after changes, at most
-  // twice a second however many arrive.
+  // Counts (and the page, when a change may add, drop or move a row: effectOn) are read again
+  // after changes, at most twice a second however many arrive.
   let refreshDue = null;
   let reloadPage = false;
   const stream = openEvents("", (type, data) => {
     if (type !== "transition") return;
     const tr = body.querySelector(`tr[data-id="${CSS.escape(data.collector_id)}"]`);
-    if (tr) {
+    const effect = effectOn({
+      state: filters.state, sort: filters.sort, shown: Boolean(tr), firstPage: cursors.length === 1,
+      full: body.querySelectorAll("tr[data-id]").length >= Number(filters.limit),
+    }, data);
+    if (effect === "update") {
       fill(tr.querySelector(".state-cell"), badge(data.to));
       fill(tr.querySelector(".since-cell"), ago(data.at));
       fill(tr.querySelector(".seen-cell"), ago(data.at));
       tr.classList.remove("changed");
       void tr.offsetWidth;
       tr.classList.add("changed");
-    } else if (cursors.length === 1) {
+    } else if (effect === "reload") {
       reloadPage = true;
     }
     refreshDue ??= setTimeout(() => {
@@ -146,11 +185,20 @@ export async function render(main) {
       const whole = reloadPage;
       reloadPage = false;
       (whole ? load() : loadSummary()).catch(() => {});
+      chartLater();
     }, 500);
   });
 
   // The stream first: a change between reading the table and opening the stream would be lost.
   await stream.ready;
   await load();
-  return () => { stream.close(); clearTimeout(refreshDue); };
+  await loadChart();
+  // Drawn at its box's width (its text keeps its size): drawn again when the window changes.
+  window.addEventListener("resize", drawChart);
+  return () => {
+    stream.close();
+    clearTimeout(refreshDue);
+    chartLater.cancel();
+    window.removeEventListener("resize", drawChart);
+  };
 }

@@ -5,12 +5,17 @@ import { askForKey, currentKey, forgetKey } from "./key.js";
 import * as fleet from "./fleet.js";
 import * as collector from "./collector.js";
 import * as rollouts from "./rollouts.js";
+import * as configurations from "./configurations.js";
+import * as diagram from "./diagram.js";
 
 const ROUTES = [
   [/^#?\/?$/, fleet.render, "fleet"],
   [/^#\/collectors\/([^/]+)$/, collector.render, "fleet"],
   [/^#\/rollouts\/?$/, rollouts.renderList, "rollouts"],
   [/^#\/rollouts\/([^/]+)$/, rollouts.renderOne, "rollouts"],
+  [/^#\/configurations\/?$/, configurations.renderList, "configurations"],
+  [/^#\/configurations\/([^/]+)$/, configurations.render, "configurations"],
+  [/^#\/states\/?$/, diagram.render, "states"],
 ];
 
 let leave = null;

@@ -1,7 +1,8 @@
 // Rollouts: the list with a start form (dry run first), and one rollout with its progress bar per
-// outcome from the event stream, its controls and its targets page by page.
+// outcome from the event stream, a bar per batch from its targets, its controls and its targets
+// page by page.
 import { api, may, query } from "./api.js";
-import { ago, facts, fill, h, say, shortId } from "./dom.js";
+import { ago, facts, fill, h, say, shortId, throttled } from "./dom.js";
 import { openEvents } from "./sse.js";
 
 const OUTCOMES = ["applied", "configuring", "upgrading", "waiting", "pending", "failed", "incompatible",
@@ -23,6 +24,21 @@ function progressBar(progress) {
     h("div", { class: "outcomes" }, present.map((o) => h("span", { "data-outcome": o },
       h("span", { class: `swatch outcome-${o}` }), `${o} ${progress[o]} (${percent(progress[o])}%)`))));
 }
+
+/** Targets counted per batch (from 0; `null`: not sent in any batch yet), then per outcome. */
+export function byBatch(targets) {
+  const batches = new Map();
+  for (const t of targets) {
+    const key = t.batch ?? null;
+    if (!batches.has(key)) batches.set(key, {});
+    const counts = batches.get(key);
+    counts[t.outcome] = (counts[t.outcome] ?? 0) + 1;
+  }
+  return [...batches].sort(([a], [b]) => (a ?? Infinity) - (b ?? Infinity));
+}
+
+/** How many targets the per-batch bars read at most (pages of 500). */
+const BATCH_TARGETS = 5000;
 
 /** Inline styles are refused by the policy: widths are set through the CSSOM instead. */
 function sizeBars(root) {
@@ -135,9 +151,10 @@ export async function renderOne(main, role, id) {
   const path = `/api/v1/rollouts/${encodeURIComponent(id)}`;
   const header = h("div");
   const progress = h("section", { class: "card", id: "progress" });
+  const batches = h("section", { class: "card", id: "batches" });
   const targets = h("tbody", { id: "targets" });
   const more = h("button", { type: "button", class: "quiet", id: "targets-more" }, "More targets");
-  fill(main, header, progress, h("section", { class: "card" }, h("h2", {}, "Targets"),
+  fill(main, header, progress, batches, h("section", { class: "card" }, h("h2", {}, "Targets"),
     h("div", { class: "table-wrap" }, h("table", {},
       h("thead", {}, h("tr", {}, ["Collector", "Outcome", "Batch", "Error"].map((t) => h("th", {}, t)))), targets)),
     h("div", { class: "pager" }, more)));
@@ -166,6 +183,31 @@ export async function renderOne(main, role, id) {
     sizeBars(progress);
   }
 
+  // Every target's batch, read in pages of 500 (up to BATCH_TARGETS).
+  async function loadBatches() {
+    const all = [];
+    let next = null;
+    do {
+      const page = await api(`${path}/targets${query({ limit: 500, cursor: next })}`);
+      all.push(...page.items);
+      next = page.next_cursor;
+    } while (next && all.length < BATCH_TARGETS);
+    const rows = byBatch(all);
+    fill(batches, h("h2", {}, "By batch"),
+      next ? h("p", { class: "hint" }, `The first ${all.length} targets.`) : null,
+      rows.length ? rows.map(([batch, counts]) => {
+        const total = Object.values(counts).reduce((a, b) => a + b, 0);
+        const applied = Math.round(((counts.applied ?? 0) / total) * 100);
+        return h("div", { class: "batch", "data-batch": batch ?? "none" },
+          h("h3", {}, batch === null ? `Not sent yet (${total})` : `Batch ${batch + 1} (${total})`, " ",
+            h("span", { class: "batch-applied muted" }, `${applied}% applied`)),
+          progressBar(counts));
+      }) : h("p", { class: "muted" }, "No targets."));
+    sizeBars(batches);
+  }
+  // After rollout events, read again at most every 2 seconds.
+  const batchesLater = throttled(() => loadBatches().catch(() => {}), 2000);
+
   let cursor = null;
   async function loadTargets(reset) {
     if (reset) { cursor = null; fill(targets); }
@@ -183,10 +225,12 @@ export async function renderOne(main, role, id) {
     if (type === "rollout" && data.id === id) {
       draw(data);
       loadTargets(true).catch(() => {});
+      batchesLater();
     }
   });
   await stream.ready;
   draw(await api(path));
   await loadTargets(true);
-  return () => stream.close();
+  await loadBatches();
+  return () => { stream.close(); batchesLater.cancel(); };
 }

@@ -44,9 +44,13 @@ static ASSETS: &[Asset] = &[
     asset!("js/sse.js", JS),
     asset!("js/dom.js", JS),
     asset!("js/states.js", JS),
+    asset!("js/charts.js", JS),
     asset!("js/fleet.js", JS),
     asset!("js/collector.js", JS),
     asset!("js/rollouts.js", JS),
+    asset!("js/configurations.js", JS),
+    asset!("js/diff.js", JS),
+    asset!("js/diagram.js", JS),
 ];
 
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {

@@ -10,6 +10,7 @@ pub mod error;
 mod events;
 pub mod keyfile;
 pub mod openapi;
+mod over_time;
 pub mod probe;
 mod progress;
 mod rollouts;
@@ -24,6 +25,7 @@ pub mod query {
     };
     pub use super::configurations::diff_query;
     pub use super::events::event_filter;
+    pub use super::over_time::history_query;
 }
 
 use std::sync::Arc;
@@ -134,6 +136,7 @@ pub fn router(state: ApiState) -> Router {
             get(settings::one).delete(settings::delete),
         )
         .route("/api/v1/summary", get(collectors::summary))
+        .route("/api/v1/summary/history", get(over_time::summary_history))
         .route("/api/v1/state-machine", get(collectors::state_machine))
         .route("/api/v1/whoami", get(auth::whoami))
         .route("/api/openapi.json", get(openapi))

@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, collectors, configurations, custom, error, events, rollouts, settings, view};
+use super::{
+    auth, collectors, configurations, custom, error, events, over_time, rollouts, settings, view,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +23,7 @@ use super::{auth, collectors, configurations, custom, error, events, rollouts, s
         collectors::forget,
         collectors::restart,
         collectors::summary,
+        over_time::summary_history,
         collectors::state_machine,
         events::events,
         configurations::create,
@@ -51,6 +54,8 @@ use super::{auth, collectors, configurations, custom, error, events, rollouts, s
         collectors::CollectorPage,
         collectors::TransitionPage,
         collectors::Summary,
+        over_time::SummaryHistory,
+        over_time::CountsPoint,
         collectors::StateMachine,
         configurations::NewConfiguration,
         configurations::ConfigurationVersionView,

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod cluster;
 mod loader;
+pub mod over_time;
 mod row;
 mod sql;
 pub mod tail;
@@ -264,6 +265,12 @@ pub trait Store: Send + Sync + 'static {
     /// How many collectors are in each state (states with none are absent).
     /// How many collectors are in each state, and how many have each facet.
     async fn census(&self) -> Result<Census, StoreError>;
+    /// The census now and the transitions of `window` counted per step, read at one moment
+    /// (what [`over_time::counts_over_time`] walks back from).
+    async fn counts_over_time(
+        &self,
+        window: over_time::Window,
+    ) -> Result<(Census, Vec<over_time::StepChanges>), StoreError>;
     /// One collector's history, newest first, before `before` (a seq) when given.
     async fn history(
         &self,

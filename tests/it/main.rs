@@ -58,5 +58,6 @@ mod rollout_targets;
 mod rollouts;
 mod states;
 mod store;
+mod summary_history;
 mod tls;
 mod websocket;

@@ -141,7 +141,7 @@ fn facts(c: &Collector) -> serde_json::Value {
 }
 
 /// What an actor hands over for `c`: its hot part and every facts part.
-fn record_change(c: &Collector, epoch: Epoch, create: bool) -> Change {
+pub(crate) fn record_change(c: &Collector, epoch: Epoch, create: bool) -> Change {
     Change::Record {
         hot: Box::new(Hot::of(c).expect("a record with a state")),
         facts: Box::new(Changed::all().take(c)),
@@ -150,7 +150,7 @@ fn record_change(c: &Collector, epoch: Epoch, create: bool) -> Change {
     }
 }
 
-fn transition_change(id: CollectorId, epoch: Epoch, transition: Transition) -> Change {
+pub(crate) fn transition_change(id: CollectorId, epoch: Epoch, transition: Transition) -> Change {
     Change::Transition {
         id,
         epoch,
@@ -158,7 +158,7 @@ fn transition_change(id: CollectorId, epoch: Epoch, transition: Transition) -> C
     }
 }
 
-fn batch_of(changes: impl IntoIterator<Item = Change>) -> Batch {
+pub(crate) fn batch_of(changes: impl IntoIterator<Item = Change>) -> Batch {
     let mut batch = Batch::default();
     for change in changes {
         batch.take(change);

@@ -3,6 +3,7 @@
 //! (`OffsetDateTime`, `Json`, `bool`, `i64`) map onto both. Only the migrations differ, and the
 //! few spellings in [`Dialect`].
 
+mod over_time;
 mod rollouts;
 mod write;
 
@@ -19,6 +20,7 @@ use sqlx::{Postgres, QueryBuilder, Sqlite};
 use time::OffsetDateTime;
 
 use super::batch::{Entry, Key};
+use super::over_time::{StepChanges, Window};
 use super::row::{
     ConfigurationRow, EventRow, FactRow, FactWrite, HotRow, RecordRow, TransitionRow,
     TransitionWrite,
@@ -33,6 +35,7 @@ use crate::collector::{Collector, CollectorId, Reason, State, Transition};
 use crate::fleet::rollout::{Outcome, Target};
 use crate::fleet::summary::{RolloutSummary, split_legacy};
 use crate::selector::{Requirement, Selector};
+use over_time::sql_over_time;
 use rollouts::{TARGET_COLUMNS, TargetRow, sql_rollouts};
 use write::{push_hot, sql_writes};
 
@@ -116,6 +119,21 @@ fn like_pattern(text: &str) -> String {
 fn parse_time(text: &str) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|e| StoreError::Corrupt(format!("cursor time {text:?}: {e}")))
+}
+
+/// The fleet counted per state and facets, as [`census_of`] reads it.
+const CENSUS: &str = "SELECT state, facets, COUNT(*) FROM collectors GROUP BY state, facets";
+
+fn census_of(rows: Vec<(String, i64, i64)>) -> Result<Census, StoreError> {
+    let groups = rows
+        .into_iter()
+        .map(|(state, facets, n)| {
+            let state = State::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state:?}")))?;
+            Ok((state, Facets::from_bits(facets), n.cast_unsigned()))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Census::of(groups))
 }
 
 /// Rows per statement: far below both databases' bind-parameter limits (16 columns × 1000).
@@ -292,6 +310,7 @@ macro_rules! sql_store {
     ($store:ty, $db:ty, $backend:literal, $migrations:literal, $dialect:expr) => {
         sql_writes!($store, $db, $dialect);
         sql_rollouts!($store, $db);
+        sql_over_time!($store, $db, $backend);
 
         impl $store {
             /// Appends ` AND <requirement>` for each part of the selector.
@@ -514,21 +533,15 @@ macro_rules! sql_store {
             }
 
             async fn census(&self) -> Result<Census, StoreError> {
-                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                    "SELECT state, facets, COUNT(*) FROM collectors GROUP BY state, facets",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                let groups = rows
-                    .into_iter()
-                    .map(|(state, facets, n)| {
-                        let state = State::parse(&state).ok_or_else(|| {
-                            StoreError::Corrupt(format!("unknown state {state:?}"))
-                        })?;
-                        Ok((state, Facets::from_bits(facets), n.cast_unsigned()))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                Ok(Census::of(groups))
+                let rows = sqlx::query_as(CENSUS).fetch_all(&self.pool).await?;
+                census_of(rows)
+            }
+
+            async fn counts_over_time(
+                &self,
+                window: Window,
+            ) -> Result<(Census, Vec<StepChanges>), StoreError> {
+                self.read_counts_over_time(window).await
             }
 
             async fn history(

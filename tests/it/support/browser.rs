@@ -87,6 +87,29 @@ impl Browser {
         .await;
     }
 
+    /// Waits until the first element `css` selects holds the text `expected`, shown or not (a
+    /// table in a closed `<details>`, a chart's title).
+    pub async fn wait_content(&self, css: &str, expected: &str) {
+        wait_until(&format!("{css} holds {expected:?}"), || async {
+            let text = self
+                .client
+                .execute(
+                    "return document.querySelector(arguments[0])?.textContent ?? null",
+                    vec![serde_json::json!(css)],
+                )
+                .await
+                .ok()?;
+            (text.as_str() == Some(expected)).then_some(())
+        })
+        .await;
+    }
+
+    /// Runs `script` in the page (without arguments) and gives back what it returns (a promise's
+    /// value, once it settles).
+    pub async fn run(&self, script: &str) -> serde_json::Value {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+
     /// Waits until `css` selects something.
     pub async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
         wait_until(&format!("{css} is shown"), || async {

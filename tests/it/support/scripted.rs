@@ -70,6 +70,8 @@ pub struct Scripted {
     pub id: CollectorId,
     /// Configurations received so far.
     pub received: Arc<AtomicUsize>,
+    /// Restart commands received on this connection.
+    restarts: Arc<AtomicUsize>,
     /// The hash it last applied, reported in its first message when it reconnects.
     applied: Arc<Mutex<Option<Bytes>>>,
     troubles: Troubles,
@@ -203,10 +205,12 @@ impl Scripted {
         );
         let troubles = Troubles::default();
         watch(&troubles);
-        let (task_uid, task_received, task_applied, log) = (
+        let restarts = Arc::new(AtomicUsize::new(0));
+        let (task_uid, task_received, task_applied, task_restarts, log) = (
             uid.clone(),
             Arc::clone(&received),
             Arc::clone(&applied),
+            Arc::clone(&restarts),
             Arc::clone(&troubles),
         );
         let task = tokio::spawn(async move {
@@ -221,6 +225,12 @@ impl Scripted {
                 };
                 if let Some(error) = &reply.error_response {
                     report(format!("an error response: {error:?}"));
+                }
+                if reply
+                    .command
+                    .is_some_and(|c| c.r#type == proto::CommandType::Restart as i32)
+                {
+                    task_restarts.fetch_add(1, Ordering::SeqCst);
                 }
                 if let Some(offered) = reply.packages_available {
                     if let Some(message) = package_verdict(&task_uid, seq, script, &offered) {
@@ -265,6 +275,7 @@ impl Scripted {
             id: id_of(&uid),
             uid,
             received,
+            restarts,
             applied,
             troubles,
             task,
@@ -294,6 +305,10 @@ impl Scripted {
             Arc::default(),
         )
         .await
+    }
+
+    pub fn restarts(&self) -> usize {
+        self.restarts.load(Ordering::SeqCst)
     }
 
     pub fn received(&self) -> usize {
