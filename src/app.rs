@@ -149,6 +149,7 @@ async fn tell_fenced(registry: Arc<Registry>, mut fenced: tokio::sync::mpsc::Rec
 /// this node alive. `None` on SQLite, which serves one node.
 async fn start_peers(
     config: &Config,
+    registry: &Registry,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Peers>> {
     let url = config.database_url();
@@ -174,6 +175,13 @@ async fn start_peers(
         config.cluster.clone(),
         shutdown.clone(),
     ));
+    // Collectors' custom messages reach every node's event streams.
+    tokio::spawn(crate::cluster::custom::relay(
+        store.clone(),
+        Arc::clone(&wakers),
+        registry.custom_relay(),
+        shutdown.clone(),
+    ));
     Ok(Some(Peers {
         store,
         wakers,
@@ -191,7 +199,7 @@ async fn start_router(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Arc<Router>, Option<ClusterStore>, Distributor)> {
     let (engine_slot, engine) = tokio::sync::watch::channel(None);
-    let peers = start_peers(config, shutdown).await?;
+    let peers = start_peers(config, registry, shutdown).await?;
     let cluster = peers.as_ref().map(|p| p.store.clone());
     let router = Arc::new(Router::new(
         Arc::clone(registry),

@@ -2,6 +2,7 @@
 //! nodes' collectors, orders routed to the node that can carry them out, the rollout engine's
 //! lease, and the notifications that wake all of them. On SQLite only the router's local half runs.
 
+pub mod custom;
 pub mod lease;
 pub mod liveness;
 pub mod notify;

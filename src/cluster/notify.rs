@@ -23,6 +23,8 @@ pub enum Notice<'a> {
     Command { node: &'a str },
     /// Command `id`, sent by `node`, has its answer.
     Answer { node: &'a str, id: i64 },
+    /// Some node relayed a collector's custom message.
+    Custom,
 }
 
 impl<'a> Notice<'a> {
@@ -30,6 +32,7 @@ impl<'a> Notice<'a> {
         let mut words = payload.split(' ');
         let notice = match (words.next()?, words.next(), words.next()) {
             ("ev", None, None) => Notice::History,
+            ("cm", None, None) => Notice::Custom,
             ("cmd", Some(node), None) => Notice::Command { node },
             ("ans", Some(node), Some(id)) => Notice::Answer {
                 node,
@@ -48,6 +51,7 @@ pub struct Wakers {
     history: watch::Sender<u64>,
     commands: Notify,
     answers: Mutex<HashMap<i64, oneshot::Sender<()>>>,
+    custom: Notify,
 }
 
 impl Wakers {
@@ -57,6 +61,7 @@ impl Wakers {
             history: watch::Sender::new(0),
             commands: Notify::new(),
             answers: Mutex::new(HashMap::new()),
+            custom: Notify::new(),
         }
     }
 
@@ -68,6 +73,11 @@ impl Wakers {
     /// Wakes when a command for this node may be waiting.
     pub async fn commands(&self) {
         self.commands.notified().await;
+    }
+
+    /// Wakes when another node may have relayed a custom message.
+    pub async fn custom(&self) {
+        self.custom.notified().await;
     }
 
     /// Fires when command `id`'s answer may be in (or notifications may have been lost).
@@ -96,6 +106,7 @@ impl Wakers {
                     let _ = waiter.send(());
                 }
             }
+            Notice::Custom => self.custom.notify_one(),
             Notice::Command { .. } | Notice::Answer { .. } => {}
         }
     }
@@ -104,6 +115,7 @@ impl Wakers {
     fn wake_all(&self) {
         self.history.send_modify(|n| *n = n.wrapping_add(1));
         self.commands.notify_one();
+        self.custom.notify_one();
         for (_, waiter) in self.lock().drain() {
             let _ = waiter.send(());
         }
@@ -162,12 +174,22 @@ mod tests {
     #[test]
     fn payloads_are_read_exactly() {
         assert_eq!(Notice::parse("ev"), Some(Notice::History));
+        assert_eq!(Notice::parse("cm"), Some(Notice::Custom));
         assert_eq!(Notice::parse("cmd b"), Some(Notice::Command { node: "b" }));
         assert_eq!(
             Notice::parse("ans a 42"),
             Some(Notice::Answer { node: "a", id: 42 })
         );
-        for bad in ["", "ev x", "cmd", "ans a", "ans a x", "ans a 1 2", "what"] {
+        for bad in [
+            "",
+            "ev x",
+            "cmd",
+            "ans a",
+            "ans a x",
+            "ans a 1 2",
+            "cm x",
+            "what",
+        ] {
             assert_eq!(Notice::parse(bad), None, "{bad:?}");
         }
     }

@@ -364,6 +364,8 @@ pub struct Received {
     pub collector: super::CollectorId,
     pub message: CustomMessage,
     pub at: SystemTime,
+    /// It came from another node (which relays its own to the others).
+    pub relayed: bool,
 }
 
 #[cfg(test)]

@@ -173,6 +173,15 @@ impl CustomRelay {
             collector,
             message,
             at: SystemTime::now(),
+            relayed: false,
+        });
+    }
+
+    /// Publishes a message another node relayed here (for this node's event streams only).
+    pub fn publish_relayed(&self, received: Received) {
+        let _ = self.sender.send(Received {
+            relayed: true,
+            ..received
         });
     }
 

@@ -144,6 +144,11 @@ impl Registry {
         &self.shared.custom
     }
 
+    /// [`Registry::custom`], shared with the task that relays messages between nodes.
+    pub fn custom_relay(&self) -> Arc<CustomRelay> {
+        Arc::clone(&self.shared.custom)
+    }
+
     fn existing(&self, id: CollectorId) -> Option<CollectorHandle> {
         self.shared.roster.lock().get(&id).cloned()
     }

@@ -1,5 +1,6 @@
 //! What several nodes on one PostgreSQL share beyond the collectors' records: which nodes are
-//! alive, commands addressed to the node holding a collector, leases, and the notifications
+//! alive, commands addressed to the node holding a collector, leases, collectors' custom messages
+//! on their way to other nodes, and the notifications
 //! (`LISTEN`/`NOTIFY` on one channel) that wake each of them. PostgreSQL only: SQLite serves one
 //! node.
 
@@ -11,6 +12,8 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use crate::collector::{CollectorId, Reason, State};
+
+pub mod relay;
 
 /// The one notification channel; payloads are [`Notice`](crate::cluster::notify::Notice)s.
 pub const CHANNEL: &str = "opampd";

@@ -1,6 +1,6 @@
 //! Custom messages (OpAMP `CustomMessage`) both ways: an operator's through the API to a collector
 //! that declares the capability, a collector's onto the event stream; the server's own custom
-//! capabilities announced; size and rate answered with 413 and 429.
+//! capabilities announced; size and rate answered with 413 and 429; both ways across replicas.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -142,4 +142,49 @@ async fn limits_answered(api: &Api, ws: &mut WsClient, uid: &Bytes, deaf: &Bytes
         .await;
     assert_eq!(skipped.body["sent"], json!([]));
     assert_eq!(skipped.body["skipped"][0]["id"], id_of(uid).to_string());
+}
+
+#[tokio::test]
+async fn custom_messages_cross_between_replicas() {
+    let (one, two) = two_replicas_with(|c| {
+        c.custom_messages.capabilities = vec![PING.to_owned()];
+    })
+    .await;
+    let uid = new_uid();
+    let mut ws = WsClient::connect(&one.ws_url).await;
+    ws.exchange(&declaring(&uid, 0, &[PING])).await;
+    let elsewhere = Api::new(&two.api_url);
+    elsewhere
+        .field_becomes(id_of(&uid), "custom_capabilities", json!([PING]))
+        .await;
+
+    // The collector's message, sent to node one, on node two's event stream.
+    let mut events = elsewhere.events("?custom_messages=true", None).await;
+    ws.exchange(&proto::AgentToServer {
+        custom_message: Some(proto::CustomMessage {
+            capability: PING.into(),
+            r#type: "pong".into(),
+            data: Bytes::from_static(b"from one"),
+        }),
+        ..heartbeat(&uid, 1)
+    })
+    .await;
+    let event = events.next().await;
+    assert_eq!(event.event, "custom_message");
+    assert_eq!(event.data["collector_id"], id_of(&uid).to_string());
+    assert_eq!(event.data["capability"], PING);
+    assert_eq!(event.data["type"], "pong");
+    assert_eq!(event.data["data"], b64(b"from one"));
+
+    // An operator's message through node two reaches the collector held by node one.
+    let path = format!("/api/v1/collectors/{}/custom-messages", id_of(&uid));
+    let answer = elsewhere
+        .post(
+            &path,
+            &json!({"capability": PING, "type": "ping", "data": b64(b"from two")}),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let pushed = ws.recv().await.custom_message.expect("the message pushed");
+    assert_eq!(&pushed.data[..], b"from two");
 }

@@ -80,9 +80,21 @@ pub async fn http_collectors(
 /// Two replicas on one fresh PostgreSQL database, node ids `one` (started first: it takes the
 /// rollout engine's lease) and `two`.
 pub async fn two_replicas() -> (TestServer, TestServer) {
-    let first = TestServer::on(Backend::Postgres, |c| c.server.node_id = "one".into()).await;
+    two_replicas_with(|_| {}).await
+}
+
+/// [`two_replicas`], each configured by `configure` as well.
+pub async fn two_replicas_with(
+    configure: impl Fn(&mut opampd::config::Config),
+) -> (TestServer, TestServer) {
+    let first = TestServer::on(Backend::Postgres, |c| {
+        configure(c);
+        c.server.node_id = "one".into();
+    })
+    .await;
     let url = first.config.database.url.clone();
     let second = TestServer::start_with(|c| {
+        configure(c);
         c.database.url = url;
         c.server.node_id = "two".into();
     })
