@@ -310,10 +310,23 @@ async fn start_probe(
     .await
 }
 
+/// The CA that signs collectors' certificate requests, where configured (start-up fails on
+/// unusable files).
+fn load_ca(config: &Config) -> anyhow::Result<Option<Arc<opamp::ca::Ca>>> {
+    let ca = config
+        .opamp
+        .ca
+        .as_ref()
+        .map(opamp::ca::Ca::load)
+        .transpose()?;
+    Ok(ca.map(Arc::new))
+}
+
 /// The collectors' registry, under the configured settings and limits.
 fn registry(
     config: &Config,
     persistence: Persistence,
+    ca: Option<Arc<opamp::ca::Ca>>,
     metrics: &Metrics,
     actors_stop: &CancellationToken,
     actors: &TaskTracker,
@@ -326,7 +339,11 @@ fn registry(
         actors_stop.clone(),
         actors.clone(),
     );
-    Arc::new(registry.with_custom_limits(config.custom_messages.limits()))
+    let registry = registry.with_custom_limits(config.custom_messages.limits());
+    Arc::new(match ca {
+        Some(ca) => registry.with_renewer(ca),
+        None => registry,
+    })
 }
 
 fn actor_settings(config: &Config) -> ActorSettings {
@@ -367,7 +384,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let store_health = Arc::clone(&writer.health);
     let persistence = Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store))));
-    let registry = registry(&config, persistence, &metrics, &actors_stop, &actors);
+    let ca = load_ca(&config)?;
+    let registry = registry(
+        &config,
+        persistence,
+        ca.clone(),
+        &metrics,
+        &actors_stop,
+        &actors,
+    );
     tokio::spawn(tell_fenced(Arc::clone(&registry), fenced));
     // Boxed: its future (the cluster's start-up) need not weigh on every caller of `start`.
     let (router, cluster, settings) = Box::pin(start_router(
@@ -378,12 +403,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &shutdown,
     ))
     .await?;
-    let ca = config
-        .opamp
-        .ca
-        .as_ref()
-        .map(opamp::ca::Ca::load)
-        .transpose()?;
     let opamp = Opamp::new(
         config.opamp.clone(),
         Arc::clone(&registry),

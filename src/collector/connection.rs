@@ -542,6 +542,8 @@ mod tests {
             ca_pem: "-----BEGIN CERTIFICATE----- ca".into(),
             endpoint: "wss://issued.example.com/v1/opamp".into(),
             heartbeat_interval_seconds: 30,
+            request_pem: String::new(),
+            private_key_pem: None,
         })
     }
 

@@ -236,11 +236,10 @@ pub struct ClientCertificate {
     pub not_after: std::time::SystemTime,
 }
 
-/// A certificate opampd's CA issued to the collector (OpAMP's CSR flow): who it names, and what
-/// every later OpAMP connection offer to the collector carries again, since an offer without a
-/// certificate tells the collector to stop using one. Never a private key: the collector keeps
-/// its own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A certificate opampd's CA issued to the collector (OpAMP's CSR flow, or renewed here): who it
+/// names, and what every later OpAMP connection offer to the collector carries again, since an
+/// offer without a certificate tells the collector to stop using one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedCertificate {
     #[serde(flatten)]
     pub identity: ClientCertificate,
@@ -251,6 +250,38 @@ pub struct IssuedCertificate {
     /// The OpAMP destination offered with it when no operator's offer names one.
     pub endpoint: String,
     pub heartbeat_interval_seconds: u64,
+    /// The request it was issued for (what a renewal names again).
+    #[serde(default)]
+    pub request_pem: String,
+    /// Set only for a renewal, whose key was made here: it goes with the certificate in every
+    /// offer (a collector keeps its own for a requested one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_pem: Option<String>,
+}
+
+/// Renews the certificates opampd's CA issued (implemented where the CA is; actors only decide
+/// when).
+pub trait Renewer: Send + Sync {
+    /// Whether `certificate` expires soon enough at `now` to be renewed.
+    fn due(&self, certificate: &IssuedCertificate, now: std::time::SystemTime) -> bool;
+    /// A new certificate naming what `certificate` names, on a new key.
+    fn renew(
+        &self,
+        certificate: &IssuedCertificate,
+        now: std::time::SystemTime,
+    ) -> Result<IssuedCertificate, String>;
+}
+
+/// Never the private key, in logs.
+impl fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedCertificate")
+            .field("identity", &self.identity)
+            .field("issued_at", &self.issued_at)
+            .field("endpoint", &self.endpoint)
+            .field("with_key", &self.private_key_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -92,6 +92,8 @@ pub(super) struct Shared {
     pub roster: Arc<Roster>,
     pub metrics: Metrics,
     pub custom: Arc<CustomRelay>,
+    /// With a CA: renews the certificates it issued as they near their end.
+    pub renewer: Option<Arc<dyn super::Renewer>>,
 }
 
 pub struct Registry {
@@ -123,6 +125,7 @@ impl Registry {
                 roster: Arc::new(Roster::default()),
                 metrics,
                 custom: Arc::new(CustomRelay::default()),
+                renewer: None,
             },
             max_resident,
             next_serial: AtomicU64::new(1),
@@ -136,6 +139,13 @@ impl Registry {
     #[must_use]
     pub fn with_custom_limits(mut self, limits: CustomLimits) -> Self {
         self.shared.custom = Arc::new(CustomRelay::new(limits));
+        self
+    }
+
+    /// Certificates the CA issued are renewed by `renewer` (before any actor starts).
+    #[must_use]
+    pub fn with_renewer(mut self, renewer: Arc<dyn super::Renewer>) -> Self {
+        self.shared.renewer = Some(renewer);
         self
     }
 

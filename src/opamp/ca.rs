@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    CertificateSigningRequestParams, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SerialNumber,
+    CertificateParams, CertificateSigningRequestParams, DnType, DnValue, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,15 @@ pub struct CaConfig {
     /// How long an issued certificate is valid.
     #[serde(default = "default_validity", with = "humantime_serde")]
     pub validity: Duration,
+    /// A certificate issued here that a collector connects with (mutual TLS) is renewed, by an
+    /// offer with a new certificate and key, once it expires within this; unset, a third of
+    /// `validity`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub renew_before: Option<Duration>,
     /// The OpAMP URL collectors use (`wss://opamp.example.com:4320/v1/opamp`): an answer with a
     /// certificate is an OpAMP connection offer, which must name where to connect.
     pub endpoint: String,
@@ -49,6 +58,7 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     certificate_pem: String,
     validity: Duration,
+    renew_before: Duration,
     endpoint: String,
 }
 
@@ -73,6 +83,7 @@ impl Ca {
             issuer,
             certificate_pem,
             validity: config.validity,
+            renew_before: config.renew_before.unwrap_or(config.validity / 3),
             endpoint: config.endpoint.clone(),
         })
     }
@@ -90,10 +101,9 @@ impl Ca {
         heartbeat: Duration,
     ) -> Result<IssuedCertificate, String> {
         let text = std::str::from_utf8(csr).map_err(|_| "the CSR is not PEM text".to_owned())?;
-        let mut request = CertificateSigningRequestParams::from_pem(text)
-            .map_err(|e| format!("the CSR cannot be read: {e}"))?;
-        let params = &mut request.params;
-        if let Some(named) = params
+        let request = read_request(text)?;
+        if let Some(named) = request
+            .params
             .distinguished_name
             .get(&DnType::CommonName)
             .map(dn_text)
@@ -104,15 +114,70 @@ impl Ca {
                 "the CSR names instance_uid {uid}, not this collector's {collector}"
             ));
         }
+        let CertificateSigningRequestParams { params, public_key } = request;
+        let certificate = self.sign(params, &public_key, now)?;
+        self.issued(&certificate, text.to_owned(), None, now, heartbeat)
+    }
+
+    /// A new certificate for what `current` names, on a key made here (OpAMP has no way to ask a
+    /// collector for a new request, so the key travels in the offer, which goes only over mutual
+    /// TLS). Its request is the one `current` was issued for.
+    pub fn renew(
+        &self,
+        current: &IssuedCertificate,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate, String> {
+        let request = read_request(&current.request_pem)?;
+        let key = KeyPair::generate().map_err(|e| format!("no key could be made: {e}"))?;
+        let certificate = self.sign(request.params, &key, now)?;
+        let heartbeat = Duration::from_secs(current.heartbeat_interval_seconds);
+        let private_key = Some(key.serialize_pem());
+        self.issued(
+            &certificate,
+            current.request_pem.clone(),
+            private_key,
+            now,
+            heartbeat,
+        )
+    }
+
+    /// Whether `certificate`, issued here, should be renewed at `now`: it expires within the
+    /// renewal window.
+    pub fn due(&self, certificate: &IssuedCertificate, now: SystemTime) -> bool {
+        certificate
+            .identity
+            .not_after
+            .duration_since(now)
+            .map_or(true, |left| left < self.renew_before)
+    }
+
+    /// A client certificate for `subject_key`, with what `params` names, from `now` for the
+    /// configured time.
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        subject_key: &impl PublicKeyData,
+        now: SystemTime,
+    ) -> Result<rcgen::Certificate, String> {
         params.not_before = time::OffsetDateTime::from(now);
         params.not_after = time::OffsetDateTime::from(now + self.validity);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.serial_number = Some(SerialNumber::from_slice(&uuid::Uuid::now_v7().into_bytes()));
-        let certificate = request
-            .signed_by(&self.issuer)
-            .map_err(|e| format!("the CSR cannot be signed: {e}"))?;
+        params
+            .signed_by(subject_key, &self.issuer)
+            .map_err(|e| format!("the CSR cannot be signed: {e}"))
+    }
+
+    fn issued(
+        &self,
+        certificate: &rcgen::Certificate,
+        request_pem: String,
+        private_key_pem: Option<String>,
+        now: SystemTime,
+        heartbeat: Duration,
+    ) -> Result<IssuedCertificate, String> {
         let identity = crate::net::tls::client_certificate(certificate.der())
             .ok_or_else(|| "the signed certificate cannot be read back".to_owned())?;
         Ok(IssuedCertificate {
@@ -122,8 +187,29 @@ impl Ca {
             ca_pem: self.certificate_pem.clone(),
             endpoint: self.endpoint.clone(),
             heartbeat_interval_seconds: heartbeat.as_secs().max(1),
+            request_pem,
+            private_key_pem,
         })
     }
+}
+
+impl crate::collector::Renewer for Ca {
+    fn due(&self, certificate: &IssuedCertificate, now: SystemTime) -> bool {
+        Ca::due(self, certificate, now)
+    }
+
+    fn renew(
+        &self,
+        certificate: &IssuedCertificate,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate, String> {
+        Ca::renew(self, certificate, now)
+    }
+}
+
+fn read_request(pem: &str) -> Result<CertificateSigningRequestParams, String> {
+    CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| format!("the CSR cannot be read: {e}"))
 }
 
 fn dn_text(value: &DnValue) -> String {
@@ -154,6 +240,7 @@ mod tests {
             issuer: Issuer::new(params, key),
             certificate_pem: certificate.pem(),
             validity: Duration::from_hours(1),
+            renew_before: Duration::from_mins(20),
             endpoint: "wss://opamp.example.com/v1/opamp".into(),
         }
     }
@@ -193,6 +280,27 @@ mod tests {
         let other = CollectorId(uuid::Uuid::now_v7()).to_string();
         assert!(ca.issue(request(&other).as_bytes(), me, now, hour).is_err());
         assert!(ca.issue(b"not a request", me, now, hour).is_err());
+
+        // Renewed on a key made here, naming the same, valid from its own start.
+        assert!(!ca.due(&issued, now));
+        let late = now + Duration::from_mins(41);
+        assert!(ca.due(&issued, late));
+        let renewed = ca.renew(&issued, late).unwrap();
+        assert_eq!(renewed.identity.subject, issued.identity.subject);
+        assert_ne!(renewed.identity.serial, issued.identity.serial);
+        assert!(!ca.due(&renewed, late));
+        let key = KeyPair::from_pem(renewed.private_key_pem.as_deref().unwrap()).unwrap();
+        let der = der_of(&renewed.cert_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw(),
+            "the key offered is the certificate's"
+        );
+        assert!(
+            issued.private_key_pem.is_none(),
+            "a requested one has none here"
+        );
     }
 
     fn der_of(pem: &str) -> Vec<u8> {

@@ -50,7 +50,7 @@ pub struct Opamp {
     /// WebSocket sessions outlive the HTTP request that opened them; shutdown waits on these.
     sessions: TaskTracker,
     /// Signs collectors' certificate requests, when configured.
-    ca: Option<ca::Ca>,
+    ca: Option<Arc<ca::Ca>>,
     /// What this server does (`ServerToAgent.capabilities`): with a CA, it also signs
     /// certificate requests.
     capabilities: u64,
@@ -63,7 +63,7 @@ impl Opamp {
         metrics: Metrics,
         shutdown: CancellationToken,
         sessions: TaskTracker,
-        ca: Option<ca::Ca>,
+        ca: Option<Arc<ca::Ca>>,
     ) -> Arc<Self> {
         let csr = proto::ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
         Arc::new(Self {

@@ -300,10 +300,15 @@ fn settings_offers(offer: connection::SettingsOffer) -> proto::ConnectionSetting
         hash,
         certificate,
     } = offer;
-    // Never a private key: the collector made its own, and sent only its request.
+    // A private key only with a renewal, whose key was made here; for a requested certificate
+    // the collector has its own.
     let certificate = certificate.map(|issued| proto::TlsCertificate {
         cert: Bytes::from(issued.cert_pem.clone()),
-        private_key: Bytes::new(),
+        private_key: issued
+            .private_key_pem
+            .clone()
+            .map(Bytes::from)
+            .unwrap_or_default(),
         ca_cert: Bytes::from(issued.ca_pem.clone()),
     });
     proto::ConnectionSettingsOffers {

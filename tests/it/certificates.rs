@@ -3,7 +3,8 @@
 //! collector then connects over mutual TLS with the issued certificate, whose subject and expiry
 //! are on its record from the moment it is issued. Later OpAMP connection offers carry the issued
 //! certificate again (an offer without one would tell the collector to drop it). A request naming
-//! another collector's uid is refused with `BAD_REQUEST`.
+//! another collector's uid is refused with `BAD_REQUEST`. A certificate near its end is renewed by
+//! an offer carrying a new certificate and its key, once.
 
 use std::time::{Duration, SystemTime};
 
@@ -52,13 +53,23 @@ fn csr(name: &str) -> (String, KeyPair) {
 
 /// A server with TLS (client certificates optional) and `opamp.ca` from `pki`.
 async fn signing_server(pki: &Pki) -> TestServer {
+    signing_server_with(pki, Duration::from_hours(24), None).await
+}
+
+/// [`signing_server`] issuing certificates valid for `validity`, renewed within `renew_before`.
+async fn signing_server_with(
+    pki: &Pki,
+    validity: Duration,
+    renew_before: Option<Duration>,
+) -> TestServer {
     install_crypto();
     let server_cert = pki.server(1);
     let tls = pki.serve(&server_cert, Some(ClientAuth::Optional));
     let ca = CaConfig {
         cert: pki.path("ca.pem"),
         key: pki.write("ca.key", &pki.ca_key_pem),
-        validity: Duration::from_hours(24),
+        validity,
+        renew_before,
         endpoint: "wss://opamp.example.com:4320/v1/opamp".into(),
     };
     TestServer::start_with(|config| {
@@ -215,4 +226,94 @@ async fn later_opamp_offers_carry_the_issued_certificate() {
         Some(issued),
         "the issued certificate again"
     );
+}
+
+/// The serial of a PEM certificate as the API shows it.
+fn serial_of(pem: &[u8]) -> String {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&block.contents).unwrap();
+    cert.raw_serial_as_string()
+}
+
+#[tokio::test]
+async fn a_certificate_near_its_end_is_renewed_by_an_offer_with_its_key() {
+    let pki = Pki::new("fleet-ca");
+    // Valid an hour, renewed within two: every certificate issued here is due at once.
+    let hour = Duration::from_hours(1);
+    let server = signing_server_with(&pki, hour, Some(hour * 2)).await;
+    let addr = server.running().opamp_addr;
+    let uid = new_uid();
+    let id = id_of(&uid).to_string();
+    let api = Api::new(&server.api_url);
+
+    let mut ws = pki.ws(addr, None).await.unwrap();
+    let (request, key) = csr(&id);
+    let reply = ws.exchange(&requesting(&uid, 0, request)).await;
+    let requested = offered(&mut ws, reply)
+        .await
+        .opamp
+        .unwrap()
+        .certificate
+        .unwrap();
+    assert!(
+        requested.private_key.is_empty(),
+        "the collector has its key"
+    );
+    drop(ws);
+
+    // Back over mutual TLS with it: near its end, so a new one is offered, with its new key.
+    let identity = Issued {
+        cert: String::from_utf8(requested.cert.to_vec()).unwrap(),
+        key: key.serialize_pem(),
+    };
+    let mut ws = pki.ws(addr, Some(&identity)).await.unwrap();
+    let back = proto::AgentToServer {
+        capabilities: accepting(),
+        ..hello(&uid, 1)
+    };
+    let reply = ws.exchange(&back).await;
+    let renewal = offered(&mut ws, reply).await;
+    let renewed = renewal.opamp.unwrap().certificate.expect("the renewal");
+    assert_ne!(renewed.cert, requested.cert);
+    assert!(!renewed.private_key.is_empty(), "a key made by the server");
+    assert_eq!(&renewed.ca_cert[..], pki.ca_pem.as_bytes());
+    let record = api.ok(&format!("/api/v1/collectors/{id}")).await;
+    assert_eq!(
+        record["issued_certificate"]["serial"],
+        serial_of(&renewed.cert)
+    );
+    assert_eq!(record["issued_certificate"]["subject"], format!("CN={id}"));
+    assert!(
+        !record.to_string().contains("PRIVATE KEY"),
+        "the key is never shown"
+    );
+
+    // Once per certificate: more messages on the same connection bring no other.
+    let again = proto::AgentToServer {
+        capabilities: accepting(),
+        ..heartbeat(&uid, 2)
+    };
+    assert!(ws.exchange(&again).await.connection_settings.is_none());
+    drop(ws);
+
+    // The collector connects with the renewal and the key it was sent.
+    let identity = Issued {
+        cert: String::from_utf8(renewed.cert.to_vec()).unwrap(),
+        key: String::from_utf8(renewed.private_key.to_vec()).unwrap(),
+    };
+    let mut ws = pki
+        .ws(addr, Some(&identity))
+        .await
+        .expect("mutual TLS with the renewed certificate");
+    ws.exchange(&proto::AgentToServer {
+        capabilities: accepting(),
+        ..heartbeat(&uid, 3)
+    })
+    .await;
+    let serial = serial_of(&renewed.cert);
+    eventually("the renewed certificate connected with", || async {
+        let record = api.ok(&format!("/api/v1/collectors/{id}")).await;
+        (record["client_certificate"]["serial"] == serial.as_str()).then_some(())
+    })
+    .await;
 }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Actor;
 use crate::collector::connection::CustomMessage;
@@ -49,6 +49,7 @@ impl Actor {
             self.hot = true;
         }
         let custom = report.custom_message.take();
+        self.renew_if_due(&connection, &mut report);
         let arrived = !self.record.connected;
         let declares = report.custom_capabilities.is_some();
         self.changed = self.changed.by_report(&self.record, &report);
@@ -87,6 +88,40 @@ impl Actor {
         Answer::Reply {
             outbound: Box::new(outbound),
             confirm: self.confirmation().await,
+        }
+    }
+
+    /// Renews the certificate the collector connects with, when opampd's CA issued it (it is the
+    /// one on the record) and it nears its end: once per certificate, since the renewal becomes
+    /// the record's. Only over mutual TLS (the new key travels in the offer) and to a collector
+    /// that takes OpAMP connection settings.
+    fn renew_if_due(&self, connection: &ConnectionRef, report: &mut Report) {
+        let (Some(renewer), Some(presented), Some(current)) = (
+            self.shared.renewer.as_ref(),
+            connection.client_certificate.as_deref(),
+            self.record.issued_certificate.as_deref(),
+        ) else {
+            return;
+        };
+        let now = SystemTime::now();
+        let accepts = report
+            .capabilities
+            .has(crate::collector::connection::ACCEPTS_OPAMP_CONNECTION_SETTINGS);
+        if report.issued_certificate.is_some()
+            || !accepts
+            || presented.sha256 != current.identity.sha256
+            || !renewer.due(current, now)
+        {
+            return;
+        }
+        match renewer.renew(current, now) {
+            Ok(new) => {
+                info!(collector_id = %self.id, serial = %new.identity.serial, "certificate renewed");
+                report.issued_certificate = Some(std::sync::Arc::new(new));
+            }
+            Err(err) => {
+                warn!(collector_id = %self.id, %err, "the certificate could not be renewed");
+            }
         }
     }
 
