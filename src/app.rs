@@ -310,23 +310,25 @@ async fn start_probe(
     .await
 }
 
-/// The CA that signs collectors' certificate requests, where configured (start-up fails on
-/// unusable files).
-fn load_ca(config: &Config) -> anyhow::Result<Option<Arc<opamp::ca::Ca>>> {
-    let ca = config
-        .opamp
-        .ca
-        .as_ref()
-        .map(opamp::ca::Ca::load)
-        .transpose()?;
-    Ok(ca.map(Arc::new))
+/// The CA that signs collectors' certificate requests, where configured: its files read now
+/// (start-up fails on unusable ones) and again as they change.
+fn load_ca(
+    config: &Config,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<opamp::ca::Authority>>> {
+    let Some(ca) = &config.opamp.ca else {
+        return Ok(None);
+    };
+    let authority = opamp::ca::Authority::start(ca, metrics, shutdown.clone())?;
+    Ok(Some(Arc::new(authority)))
 }
 
 /// The collectors' registry, under the configured settings and limits.
 fn registry(
     config: &Config,
     persistence: Persistence,
-    ca: Option<Arc<opamp::ca::Ca>>,
+    ca: Option<Arc<opamp::ca::Authority>>,
     metrics: &Metrics,
     actors_stop: &CancellationToken,
     actors: &TaskTracker,
@@ -384,7 +386,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let store_health = Arc::clone(&writer.health);
     let persistence = Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store))));
-    let ca = load_ca(&config)?;
+    let ca = load_ca(&config, &metrics, &shutdown)?;
     let registry = registry(
         &config,
         persistence,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::reload::{self, Files, Reloads};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
@@ -14,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use crate::collector::ClientCertificate;
 use crate::collector::machine::hex;
@@ -177,73 +177,21 @@ impl Acceptor {
             ok: outcome("ok"),
             refused: outcome("refused"),
         };
-        tokio::spawn(reload(
-            name,
-            config.clone(),
-            contents,
-            sender,
-            counted,
-            shutdown,
-        ));
+        let files = {
+            let (read_config, build_config) = (config.clone(), config.clone());
+            Files {
+                what: format!("TLS files of the {name} listener"),
+                interval: config.reload_interval,
+                read: Box::new(move || Contents::read(&read_config)),
+                build: Box::new(move |contents| build(&build_config, contents)),
+            }
+        };
+        tokio::spawn(reload::poll(files, contents, sender, counted, shutdown));
         Ok(Self { current })
     }
 
     pub fn tokio(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.current.borrow()))
-    }
-}
-
-/// What became of changed files: served, or refused (unreadable or unusable).
-struct Reloads {
-    ok: ::metrics::Counter,
-    refused: ::metrics::Counter,
-}
-
-/// Reads the files every interval; a change that builds is served from then on, one that does
-/// not (a key that no longer matches its certificate, a file half-written) is logged and the
-/// previous configuration kept until the files are right.
-async fn reload(
-    name: &'static str,
-    config: TlsConfig,
-    mut served: Contents,
-    sender: watch::Sender<Arc<ServerConfig>>,
-    counted: Reloads,
-    shutdown: CancellationToken,
-) {
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(config.reload_interval) => {}
-        }
-        let contents = match Contents::read(&config) {
-            Ok(c) if c == served => continue,
-            Ok(c) => c,
-            Err(err) => {
-                if !failing {
-                    warn!(listener = name, error = %err, "TLS files unreadable; serving the previous certificate");
-                }
-                counted.refused.increment(1);
-                failing = true;
-                continue;
-            }
-        };
-        match build(&config, &contents) {
-            Ok(built) => {
-                info!(listener = name, cert = %config.cert.display(), "TLS certificate reloaded");
-                sender.send_replace(built);
-                counted.ok.increment(1);
-                served = contents;
-                failing = false;
-            }
-            Err(err) => {
-                if !failing {
-                    warn!(listener = name, error = %err, "TLS files changed but cannot be used; serving the previous certificate");
-                }
-                counted.refused.increment(1);
-                failing = true;
-            }
-        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! issues (which the collector's record keeps, and its connection offers carry).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -10,8 +11,12 @@ use rcgen::{
     IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::collector::{CollectorId, IssuedCertificate};
+use crate::net::reload::{self, Reloads};
+use crate::telemetry::metrics::Metrics;
 
 /// `[opamp.ca]`: with it, opampd signs the certificate requests collectors send.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -33,9 +38,16 @@ pub struct CaConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub renew_before: Option<Duration>,
+    /// How often the files are read again: a changed CA signs from then on.
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
     /// The OpAMP URL collectors use (`wss://opamp.example.com:4320/v1/opamp`): an answer with a
     /// certificate is an OpAMP connection offer, which must name where to connect.
     pub endpoint: String,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_validity() -> Duration {
@@ -69,19 +81,91 @@ fn read(path: &PathBuf) -> Result<String, CaError> {
     })
 }
 
+/// The CA's files as last read: compared to tell a change.
+#[derive(Debug, PartialEq, Eq)]
+struct Files {
+    cert: String,
+    key: String,
+}
+
+impl Files {
+    fn read(config: &CaConfig) -> Result<Self, CaError> {
+        Ok(Self {
+            cert: read(&config.cert)?,
+            key: read(&config.key)?,
+        })
+    }
+}
+
+/// The CA as its files last read (`opamp.ca`), read again every `reload_interval`: a changed CA
+/// signs from then on, one that cannot be used is logged and the previous one kept.
+pub struct Authority {
+    current: watch::Receiver<Arc<Ca>>,
+}
+
+impl Authority {
+    /// Reads the files (failing start-up if they are unusable) and keeps reading them until
+    /// `shutdown`.
+    pub fn start(
+        config: &CaConfig,
+        metrics: &Metrics,
+        shutdown: CancellationToken,
+    ) -> Result<Self, CaError> {
+        let files = Files::read(config)?;
+        let (sender, current) = watch::channel(Arc::new(Ca::build(config, &files)?));
+        let outcome = |result| {
+            metrics.counter(
+                crate::telemetry::metrics::TLS_RELOADS,
+                &[("listener", "ca"), ("result", result)],
+            )
+        };
+        let counted = Reloads {
+            ok: outcome("ok"),
+            refused: outcome("refused"),
+        };
+        let watched = {
+            let (read_config, build_config) = (config.clone(), config.clone());
+            reload::Files {
+                what: "the CA's files (opamp.ca)".to_owned(),
+                interval: config.reload_interval,
+                read: Box::new(move || Files::read(&read_config)),
+                build: Box::new(move |files| Ca::build(&build_config, files).map(Arc::new)),
+            }
+        };
+        tokio::spawn(reload::poll(watched, files, sender, counted, shutdown));
+        Ok(Self { current })
+    }
+
+    /// The CA as now.
+    pub fn current(&self) -> Arc<Ca> {
+        Arc::clone(&self.current.borrow())
+    }
+}
+
 impl Ca {
-    pub fn load(config: &CaConfig) -> Result<Self, CaError> {
-        let certificate_pem = read(&config.cert)?;
-        let key = KeyPair::from_pem(&read(&config.key)?)
-            .map_err(|e| CaError::Invalid(format!("key: {e}")))?;
-        let issuer = Issuer::from_ca_cert_pem(&certificate_pem, key)
+    fn build(config: &CaConfig, files: &Files) -> Result<Self, CaError> {
+        let key =
+            KeyPair::from_pem(&files.key).map_err(|e| CaError::Invalid(format!("key: {e}")))?;
+        // rcgen would sign with any key under the certificate's name: a pair caught
+        // half-replaced must be refused, not issue certificates nothing can verify.
+        let unreadable = |e: String| CaError::Invalid(format!("certificate: {e}"));
+        let (_, pem) = x509_parser::pem::parse_x509_pem(files.cert.as_bytes())
+            .map_err(|e| unreadable(e.to_string()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents)
+            .map_err(|e| unreadable(e.to_string()))?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::Invalid(
+                "the key is not the certificate's".to_owned(),
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_pem(&files.cert, key)
             .map_err(|e| CaError::Invalid(format!("certificate: {e}")))?;
         if config.endpoint.is_empty() {
             return Err(CaError::Invalid("endpoint must not be empty".into()));
         }
         Ok(Self {
             issuer,
-            certificate_pem,
+            certificate_pem: files.cert.clone(),
             validity: config.validity,
             renew_before: config.renew_before.unwrap_or(config.validity / 3),
             endpoint: config.endpoint.clone(),
@@ -193,9 +277,9 @@ impl Ca {
     }
 }
 
-impl crate::collector::Renewer for Ca {
+impl crate::collector::Renewer for Authority {
     fn due(&self, certificate: &IssuedCertificate, now: SystemTime) -> bool {
-        Ca::due(self, certificate, now)
+        self.current().due(certificate, now)
     }
 
     fn renew(
@@ -203,7 +287,7 @@ impl crate::collector::Renewer for Ca {
         certificate: &IssuedCertificate,
         now: SystemTime,
     ) -> Result<IssuedCertificate, String> {
-        Ca::renew(self, certificate, now)
+        self.current().renew(certificate, now)
     }
 }
 

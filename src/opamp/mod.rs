@@ -50,7 +50,7 @@ pub struct Opamp {
     /// WebSocket sessions outlive the HTTP request that opened them; shutdown waits on these.
     sessions: TaskTracker,
     /// Signs collectors' certificate requests, when configured.
-    ca: Option<Arc<ca::Ca>>,
+    ca: Option<Arc<ca::Authority>>,
     /// What this server does (`ServerToAgent.capabilities`): with a CA, it also signs
     /// certificate requests.
     capabilities: u64,
@@ -63,7 +63,7 @@ impl Opamp {
         metrics: Metrics,
         shutdown: CancellationToken,
         sessions: TaskTracker,
-        ca: Option<Arc<ca::Ca>>,
+        ca: Option<Arc<ca::Authority>>,
     ) -> Arc<Self> {
         let csr = proto::ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
         Arc::new(Self {
@@ -114,7 +114,8 @@ impl Opamp {
             return Ok(None);
         };
         let heartbeat = self.config.heartbeat_interval;
-        ca.issue(csr, collector, std::time::SystemTime::now(), heartbeat)
+        ca.current()
+            .issue(csr, collector, std::time::SystemTime::now(), heartbeat)
             .map(|issued| Some(Arc::new(issued)))
             .map_err(|message| OpampError::BadRequest {
                 uid: uid.clone(),

@@ -70,6 +70,7 @@ async fn signing_server_with(
         key: pki.write("ca.key", &pki.ca_key_pem),
         validity,
         renew_before,
+        reload_interval: Duration::from_millis(100),
         endpoint: "wss://opamp.example.com:4320/v1/opamp".into(),
     };
     TestServer::start_with(|config| {
@@ -316,4 +317,59 @@ async fn a_certificate_near_its_end_is_renewed_by_an_offer_with_its_key() {
         (record["client_certificate"]["serial"] == serial.as_str()).then_some(())
     })
     .await;
+}
+
+/// The issuer a PEM certificate names.
+fn issuer_of(pem: &[u8]) -> String {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&block.contents).unwrap();
+    cert.issuer().to_string()
+}
+
+#[tokio::test]
+async fn a_ca_replaced_on_disk_signs_from_then_on_without_a_restart() {
+    let pki = Pki::new("fleet-ca");
+    let server = signing_server(&pki).await;
+    let uid = new_uid();
+    let id = id_of(&uid).to_string();
+    let mut ws = pki.ws(server.running().opamp_addr, None).await.unwrap();
+    let mut seq = 0;
+    let mut issuer = async |ws: &mut WsClient<_>| {
+        let reply = ws.exchange(&requesting(&uid, seq, csr(&id).0)).await;
+        seq += 1;
+        let offer = offered(ws, reply).await;
+        issuer_of(&offer.opamp.unwrap().certificate.unwrap().cert)
+    };
+    assert_eq!(issuer(&mut ws).await, "CN=fleet-ca");
+
+    // A pair caught half-replaced (the new CA's certificate, the old key) is refused, and the
+    // old CA signs on.
+    let api = Api::new(&server.api_url);
+    let reloads = |result: &'static str| {
+        let api = &api;
+        async move {
+            api.metrics()
+                .await
+                .get(
+                    "opampd_tls_reloads_total",
+                    &[("listener", "ca"), ("result", result)],
+                )
+                .unwrap_or(0)
+        }
+    };
+    let next = Pki::new("next-ca");
+    pki.write("ca.pem", &next.ca_pem);
+    eventually("the half-replaced pair read and refused", || async {
+        (reloads("refused").await >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(issuer(&mut ws).await, "CN=fleet-ca");
+
+    // Whole, it signs from then on.
+    pki.write("ca.key", &next.ca_key_pem);
+    eventually("the new CA read", || async {
+        (reloads("ok").await >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(issuer(&mut ws).await, "CN=next-ca");
 }
