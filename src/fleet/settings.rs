@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -176,6 +176,11 @@ pub async fn offers(store: &dyn Store) -> Result<Vec<SettingsOffer>, StoreError>
         .collect())
 }
 
+/// How often a node reads the offers again without a change of its own: other nodes' changes
+/// reach the collectors connected here through the router at once, and the offers this node
+/// tells arriving collectors within this.
+const REFRESH: Duration = Duration::from_secs(2);
+
 /// Tells collectors the settings the offers give them.
 #[derive(Clone)]
 pub struct Distributor {
@@ -183,8 +188,17 @@ pub struct Distributor {
     store: Arc<dyn Store>,
     /// Tellers take turns, each reading the offers and telling under it: a teller that read
     /// older offers (an arrival) can never tell a collector after one that read newer ones (an
-    /// operator's new offer), which would take the new offer back.
-    telling: Arc<tokio::sync::Mutex<()>>,
+    /// operator's new offer), which would take the new offer back. It also guards the book.
+    telling: Arc<tokio::sync::Mutex<Book>>,
+}
+
+/// The offers as this node last read them.
+#[derive(Default)]
+struct Book {
+    offers: Arc<[SettingsOffer]>,
+    /// Read anew outside the periodic read: the collectors resident here are told afresh at the
+    /// next one, since a change another node made may be among what was read.
+    retell: bool,
 }
 
 impl Distributor {
@@ -193,15 +207,24 @@ impl Distributor {
         Self {
             router,
             store,
-            telling: Arc::new(tokio::sync::Mutex::new(())),
+            telling: Arc::new(tokio::sync::Mutex::new(Book::default())),
         }
+    }
+
+    /// The offers as the store has them now, kept as this node's book; whether they changed.
+    async fn refresh(&self, book: &mut Book) -> Result<bool, StoreError> {
+        let read: Arc<[SettingsOffer]> = offers(self.store.as_ref()).await?.into();
+        let changed = read != book.offers;
+        book.offers = read;
+        Ok(changed)
     }
 
     /// Tells every connected collector one of `selectors` picks (wherever it is held) what it is
     /// given now. Collectors away hear of it when they arrive.
     pub async fn selected(&self, selectors: &[Selector]) -> Result<usize, StoreError> {
-        let _turn = self.telling.lock().await;
-        let offers = offers(self.store.as_ref()).await?;
+        let mut book = self.telling.lock().await;
+        book.retell |= self.refresh(&mut book).await?;
+        let offers = Arc::clone(&book.offers);
         let mut told = 0;
         for selector in selectors {
             // Labels and whether it is connected are columns: no fact is read.
@@ -216,11 +239,36 @@ impl Distributor {
         Ok(told)
     }
 
-    /// Tells one collector (its labels just changed, or it arrived).
+    /// Tells one collector whose labels just changed, from the offers as the store has them.
     pub async fn one(&self, id: CollectorId) -> Result<(), StoreError> {
-        let _turn = self.telling.lock().await;
-        let offers = offers(self.store.as_ref()).await?;
+        let mut book = self.telling.lock().await;
+        book.retell |= self.refresh(&mut book).await?;
+        let offers = Arc::clone(&book.offers);
         self.one_with(&offers, id).await
+    }
+
+    /// Tells a collector that arrived here, from this node's book (no read of the offers).
+    async fn arrived(&self, id: CollectorId) -> Result<(), StoreError> {
+        let book = self.telling.lock().await;
+        let offers = Arc::clone(&book.offers);
+        self.one_with(&offers, id).await
+    }
+
+    /// Reads the offers again; when they changed since the last such read, tells every collector
+    /// resident here afresh, since one may have arrived here while this node's book was behind.
+    async fn catch_up(&self, registry: &Registry, force: bool) {
+        let mut book = self.telling.lock().await;
+        match self.refresh(&mut book).await {
+            Ok(changed) if changed || force || book.retell => {
+                book.retell = false;
+                let offers = Arc::clone(&book.offers);
+                for id in registry.ids() {
+                    let _ = self.one_with(&offers, id).await;
+                }
+            }
+            Ok(_) => {}
+            Err(err) => debug!(%err, "cannot read the connection settings offers; keeping this node's"),
+        }
     }
 
     /// [`Distributor::one`] with the offers already read.
@@ -250,35 +298,37 @@ impl Distributor {
     }
 
     /// Tells each collector that arrives on this node (first contact, or back) what it is given,
-    /// until `shutdown`. A subscription dropped for lagging is taken again, and every collector
-    /// resident here is told afresh, since arrivals may have been missed.
+    /// from this node's book of offers, read again every [`REFRESH`], until `shutdown`. A
+    /// subscription dropped for lagging is taken again, and every collector resident here is
+    /// told afresh, since arrivals may have been missed.
     pub async fn run(self, registry: Arc<Registry>, shutdown: CancellationToken) {
+        self.catch_up(&registry, false).await;
+        let mut refresh = tokio::time::interval(REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut arrivals = registry.subscribe();
             loop {
                 let published = tokio::select! {
                     () = shutdown.cancelled() => return,
+                    _ = refresh.tick() => {
+                        self.catch_up(&registry, false).await;
+                        continue;
+                    }
                     published = arrivals.recv() => published,
                 };
                 let Some(published) = published else { break };
                 let t = &published.transition;
                 if t.to == State::Connected
                     && matches!(t.reason, Reason::Initial | Reason::ConnectionRestored)
-                    && let Err(err) = self.one(published.collector).await
+                    && let Err(err) = self.arrived(published.collector).await
                 {
-                    warn!(collector_id = %published.collector, %err, "cannot read the connection settings offers for an arriving collector");
+                    warn!(collector_id = %published.collector, %err, "cannot read the labels of an arriving collector");
                 }
             }
             if shutdown.is_cancelled() {
                 return;
             }
-            let _turn = self.telling.lock().await;
-            let Ok(offers) = offers(self.store.as_ref()).await else {
-                continue;
-            };
-            for id in registry.ids() {
-                let _ = self.one_with(&offers, id).await;
-            }
+            self.catch_up(&registry, true).await;
         }
     }
 }

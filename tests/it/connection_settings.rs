@@ -1,7 +1,8 @@
 //! Connection settings offers (OpAMP `ConnectionSettingsOffers`): made through the API per label
 //! selector, sent to the collectors that accept each class over both transports, their status on
 //! the record, a failed offer explained, and an offered heartbeat interval setting how long a
-//! plain-HTTP collector may keep silent.
+//! plain-HTTP collector may keep silent; an offer made on one replica reaches a collector that
+//! arrives at another.
 
 use std::time::Duration;
 
@@ -357,4 +358,25 @@ async fn offers_are_checked_and_need_a_writer() {
             .status,
         401
     );
+}
+
+#[tokio::test]
+async fn an_offer_made_on_one_replica_reaches_a_collector_arriving_at_another() {
+    let (one, two) = two_replicas().await;
+    // Node one reads the offers before the offer exists: its book is behind when the collector
+    // arrives (it is read again every 2 s, and the router tells only collectors already there).
+    Api::new(&one.api_url).ok("/api/v1/connection-settings").await;
+    let answer = Api::new(&two.api_url)
+        .post("/api/v1/connection-settings", &offer_body("all", "", 30))
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let uid = new_uid();
+    let mut ws = WsClient::connect(&one.ws_url).await;
+    let reply = ws.exchange(&hello_accepting(&uid, 0)).await;
+    let offered = match reply.connection_settings {
+        Some(offered) => offered,
+        None => ws.recv().await.connection_settings.expect("the offer"),
+    };
+    let opamp = offered.opamp.expect("the OpAMP connection");
+    assert_eq!(opamp.destination_endpoint, "wss://opamp.example.com/v1/opamp");
 }
