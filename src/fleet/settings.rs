@@ -267,7 +267,9 @@ impl Distributor {
                 }
             }
             Ok(_) => {}
-            Err(err) => debug!(%err, "cannot read the connection settings offers; keeping this node's"),
+            Err(err) => {
+                debug!(%err, "cannot read the connection settings offers; keeping this node's")
+            }
         }
     }
 

@@ -345,22 +345,10 @@ async fn a_ca_replaced_on_disk_signs_from_then_on_without_a_restart() {
     // A pair caught half-replaced (the new CA's certificate, the old key) is refused, and the
     // old CA signs on.
     let api = Api::new(&server.api_url);
-    let reloads = |result: &'static str| {
-        let api = &api;
-        async move {
-            api.metrics()
-                .await
-                .get(
-                    "opampd_tls_reloads_total",
-                    &[("listener", "ca"), ("result", result)],
-                )
-                .unwrap_or(0)
-        }
-    };
     let next = Pki::new("next-ca");
     pki.write("ca.pem", &next.ca_pem);
     eventually("the half-replaced pair read and refused", || async {
-        (reloads("refused").await >= 1).then_some(())
+        (api.tls_reloads("ca", "refused").await >= 1).then_some(())
     })
     .await;
     assert_eq!(issuer(&mut ws).await, "CN=fleet-ca");
@@ -368,7 +356,7 @@ async fn a_ca_replaced_on_disk_signs_from_then_on_without_a_restart() {
     // Whole, it signs from then on.
     pki.write("ca.key", &next.ca_key_pem);
     eventually("the new CA read", || async {
-        (reloads("ok").await >= 1).then_some(())
+        (api.tls_reloads("ca", "ok").await >= 1).then_some(())
     })
     .await;
     assert_eq!(issuer(&mut ws).await, "CN=next-ca");

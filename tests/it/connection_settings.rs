@@ -365,7 +365,9 @@ async fn an_offer_made_on_one_replica_reaches_a_collector_arriving_at_another() 
     let (one, two) = two_replicas().await;
     // Node one reads the offers before the offer exists: its book is behind when the collector
     // arrives (it is read again every 2 s, and the router tells only collectors already there).
-    Api::new(&one.api_url).ok("/api/v1/connection-settings").await;
+    Api::new(&one.api_url)
+        .ok("/api/v1/connection-settings")
+        .await;
     let answer = Api::new(&two.api_url)
         .post("/api/v1/connection-settings", &offer_body("all", "", 30))
         .await;
@@ -378,5 +380,8 @@ async fn an_offer_made_on_one_replica_reaches_a_collector_arriving_at_another() 
         None => ws.recv().await.connection_settings.expect("the offer"),
     };
     let opamp = offered.opamp.expect("the OpAMP connection");
-    assert_eq!(opamp.destination_endpoint, "wss://opamp.example.com/v1/opamp");
+    assert_eq!(
+        opamp.destination_endpoint,
+        "wss://opamp.example.com/v1/opamp"
+    );
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use opampd::proto;
 use serde_json::json;
 
-use crate::support::api::{Api, assert_error};
+use crate::support::api::{Api, EventStream, assert_error};
 use crate::support::*;
 
 const PING: &str = "io.example.ping";
@@ -23,6 +23,25 @@ fn declaring(uid: &Bytes, seq: u64, names: &[&str]) -> proto::AgentToServer {
 
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// The collector sends a `pong` carrying `data`, and `events` shows it.
+async fn pong_seen(ws: &mut WsClient, uid: &Bytes, mut events: EventStream, data: &'static [u8]) {
+    ws.exchange(&proto::AgentToServer {
+        custom_message: Some(proto::CustomMessage {
+            capability: PING.into(),
+            r#type: "pong".into(),
+            data: Bytes::from_static(data),
+        }),
+        ..heartbeat(uid, 1)
+    })
+    .await;
+    let event = events.next().await;
+    assert_eq!(event.event, "custom_message");
+    assert_eq!(event.data["collector_id"], id_of(uid).to_string());
+    assert_eq!(event.data["capability"], PING);
+    assert_eq!(event.data["type"], "pong");
+    assert_eq!(event.data["data"], b64(data));
 }
 
 #[tokio::test]
@@ -69,21 +88,8 @@ async fn a_custom_message_goes_both_ways_within_its_limits() {
     );
 
     // Collector to operator, on the event stream.
-    let mut events = api.events("?custom_messages=true", None).await;
-    ws.exchange(&proto::AgentToServer {
-        custom_message: Some(proto::CustomMessage {
-            capability: PING.into(),
-            r#type: "pong".into(),
-            data: Bytes::from_static(b"world"),
-        }),
-        ..heartbeat(&uid, 1)
-    })
-    .await;
-    let event = events.next().await;
-    assert_eq!(event.event, "custom_message");
-    assert_eq!(event.data["collector_id"], id_of(&uid).to_string());
-    assert_eq!(event.data["type"], "pong");
-    assert_eq!(event.data["data"], b64(b"world"));
+    let events = api.events("?custom_messages=true", None).await;
+    pong_seen(&mut ws, &uid, events, b"world").await;
 
     limits_answered(&api, &mut ws, &uid, &deaf).await;
 }
@@ -159,22 +165,8 @@ async fn custom_messages_cross_between_replicas() {
         .await;
 
     // The collector's message, sent to node one, on node two's event stream.
-    let mut events = elsewhere.events("?custom_messages=true", None).await;
-    ws.exchange(&proto::AgentToServer {
-        custom_message: Some(proto::CustomMessage {
-            capability: PING.into(),
-            r#type: "pong".into(),
-            data: Bytes::from_static(b"from one"),
-        }),
-        ..heartbeat(&uid, 1)
-    })
-    .await;
-    let event = events.next().await;
-    assert_eq!(event.event, "custom_message");
-    assert_eq!(event.data["collector_id"], id_of(&uid).to_string());
-    assert_eq!(event.data["capability"], PING);
-    assert_eq!(event.data["type"], "pong");
-    assert_eq!(event.data["data"], b64(b"from one"));
+    let events = elsewhere.events("?custom_messages=true", None).await;
+    pong_seen(&mut ws, &uid, events, b"from one").await;
 
     // An operator's message through node two reaches the collector held by node one.
     let path = format!("/api/v1/collectors/{}/custom-messages", id_of(&uid));

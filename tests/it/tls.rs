@@ -200,22 +200,10 @@ async fn a_certificate_swapped_on_disk_serves_new_connections_and_keeps_old_ones
     // A pair caught half-replaced (the new certificate, the old key) is refused, and the
     // previous certificate stays.
     let api = Api::new(&server.api_url);
-    let reloads = |result: &'static str| {
-        let api = &api;
-        async move {
-            api.metrics()
-                .await
-                .get(
-                    "opampd_tls_reloads_total",
-                    &[("listener", "opamp"), ("result", result)],
-                )
-                .unwrap_or(0)
-        }
-    };
     let second = pki.server(2);
     pki.write("server.pem", &second.cert);
     eventually("the half-replaced pair read and refused", || async {
-        (reloads("refused").await >= 1).then_some(())
+        (api.tls_reloads("opamp", "refused").await >= 1).then_some(())
     })
     .await;
     assert_eq!(
@@ -223,7 +211,7 @@ async fn a_certificate_swapped_on_disk_serves_new_connections_and_keeps_old_ones
         first.der(),
         "a half-replaced pair is never served"
     );
-    assert_eq!(reloads("ok").await, 0);
+    assert_eq!(api.tls_reloads("opamp", "ok").await, 0);
 
     // Once the key matches, new connections get the new certificate.
     pki.write("server.key", &second.key);

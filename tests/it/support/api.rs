@@ -184,6 +184,17 @@ impl Api {
         Scrape::parse(answer.body.as_str().expect("Prometheus text"))
     }
 
+    /// How many times `listener`'s changed TLS files (`ca`: the CA's) were read with `result`.
+    pub async fn tls_reloads(&self, listener: &str, result: &str) -> u64 {
+        self.metrics()
+            .await
+            .get(
+                "opampd_tls_reloads_total",
+                &[("listener", listener), ("result", result)],
+            )
+            .unwrap_or(0)
+    }
+
     pub async fn events(&self, query: &str, last_event_id: Option<&str>) -> EventStream {
         let mut request = self.request(reqwest::Method::GET, &format!("/api/v1/events{query}"));
         if let Some(id) = last_event_id {
