@@ -268,7 +268,7 @@ impl Distributor {
             }
             Ok(_) => {}
             Err(err) => {
-                debug!(%err, "cannot read the connection settings offers; keeping this node's")
+                debug!(%err, "cannot read the connection settings offers; keeping this node's");
             }
         }
     }
