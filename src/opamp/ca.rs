@@ -31,7 +31,7 @@ pub struct CaConfig {
     pub validity: Duration,
     /// A certificate issued here that a collector connects with (mutual TLS) is renewed, by an
     /// offer with a new certificate and key, once it expires within this; unset, a third of
-    /// `validity`.
+    /// `validity`; zero, never (no private key is then ever made or kept here).
     #[serde(
         default,
         with = "humantime_serde",
@@ -226,13 +226,14 @@ impl Ca {
     }
 
     /// Whether `certificate`, issued here, should be renewed at `now`: it expires within the
-    /// renewal window.
+    /// renewal window (none: `renew_before` zero turns renewal off).
     pub fn due(&self, certificate: &IssuedCertificate, now: SystemTime) -> bool {
-        certificate
-            .identity
-            .not_after
-            .duration_since(now)
-            .map_or(true, |left| left < self.renew_before)
+        !self.renew_before.is_zero()
+            && certificate
+                .identity
+                .not_after
+                .duration_since(now)
+                .map_or(true, |left| left < self.renew_before)
     }
 
     /// A client certificate for `subject_key`, with what `params` names, from `now` for the
