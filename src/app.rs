@@ -21,7 +21,7 @@ use crate::collector::handle::ActorSettings;
 use crate::collector::persist::Persistence;
 use crate::config::{Config, TlsConfig};
 use crate::fleet::engine::Fleet;
-use crate::fleet::settings::Distributor;
+use crate::fleet::settings::{Distributor, Offers};
 use crate::net::tls::Acceptor;
 use crate::net::{self, Allowances};
 use crate::opamp::{self, Opamp};
@@ -193,7 +193,7 @@ async fn start_peers(
 /// engine: here at once on a single node, else whenever this node holds the engine's lease.
 async fn start_router(
     config: &Config,
-    registry: &Arc<Registry>,
+    (registry, offers): (&Arc<Registry>, Arc<Offers>),
     store: &Arc<dyn Store>,
     flushes: tokio::sync::watch::Receiver<u64>,
     shutdown: &CancellationToken,
@@ -240,7 +240,7 @@ async fn start_router(
         engine_slot.send_replace(Some(fleet));
     }
     // Every node tells the collectors arriving there the connection settings offers give them.
-    let settings = Distributor::new(Arc::clone(&router), Arc::clone(store));
+    let settings = Distributor::new(Arc::clone(&router), Arc::clone(store), offers);
     tokio::spawn(settings.clone().run(Arc::clone(registry), shutdown.clone()));
     Ok((router, cluster, settings))
 }
@@ -324,7 +324,8 @@ fn load_ca(
     Ok(Some(Arc::new(authority)))
 }
 
-/// The collectors' registry, under the configured settings and limits.
+/// The collectors' registry, under the configured settings and limits, and the connection
+/// settings offers its actors read (filled by the distributor).
 fn registry(
     config: &Config,
     persistence: Persistence,
@@ -332,7 +333,7 @@ fn registry(
     metrics: &Metrics,
     actors_stop: &CancellationToken,
     actors: &TaskTracker,
-) -> Arc<Registry> {
+) -> (Arc<Registry>, Arc<Offers>) {
     let registry = Registry::new(
         actor_settings(config),
         persistence,
@@ -341,11 +342,15 @@ fn registry(
         actors_stop.clone(),
         actors.clone(),
     );
-    let registry = registry.with_custom_limits(config.custom_messages.limits());
-    Arc::new(match ca {
+    let offers = Arc::new(Offers::default());
+    let registry = registry
+        .with_custom_limits(config.custom_messages.limits())
+        .with_settings_source(Arc::clone(&offers) as Arc<dyn crate::collector::SettingsSource>);
+    let registry = match ca {
         Some(ca) => registry.with_renewer(ca),
         None => registry,
-    })
+    };
+    (Arc::new(registry), offers)
 }
 
 fn actor_settings(config: &Config) -> ActorSettings {
@@ -387,7 +392,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let store_health = Arc::clone(&writer.health);
     let persistence = Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store))));
     let ca = load_ca(&config, &metrics, &shutdown)?;
-    let registry = registry(
+    let (registry, offers) = registry(
         &config,
         persistence,
         ca.clone(),
@@ -399,7 +404,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Boxed: its future (the cluster's start-up) need not weigh on every caller of `start`.
     let (router, cluster, settings) = Box::pin(start_router(
         &config,
-        &registry,
+        (&registry, offers),
         &store,
         store_health.flushes(),
         &shutdown,

@@ -65,6 +65,7 @@ pub(super) fn spawn(
         confirm: None,
         contest: Contest::default(),
         custom_bucket: None,
+        labels_at_load: None,
     });
     tracker.spawn(actor.run(rx, shutdown));
     CollectorHandle::new(tx, serial)
@@ -106,6 +107,10 @@ struct Actor {
     contest: Contest,
     /// The collector's own custom messages, limited per minute.
     custom_bucket: Option<super::custom::Bucket>,
+    /// The labels the store held when this actor loaded the record (none for a new collector),
+    /// until its first arrival: what its first reply's connection settings are chosen by. Labels
+    /// are the store's alone; later ones are read where they are needed.
+    labels_at_load: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Actor {
@@ -172,13 +177,16 @@ impl Actor {
                     // Whatever the store says, this actor holds no connection yet; and labels are
                     // the store's alone.
                     record.connected = false;
-                    record.labels.clear();
+                    self.labels_at_load = Some(std::mem::take(&mut record.labels));
                     self.record = record;
                     self.epoch = epoch;
                     self.stored = true;
                     return true;
                 }
-                Ok(Ok(None)) => return true,
+                Ok(Ok(None)) => {
+                    self.labels_at_load = Some(std::collections::BTreeMap::new());
+                    return true;
+                }
                 Ok(Err(err)) => err.to_string(),
                 Err(_) => format!("no answer within {LOAD_BUDGET:?}"),
             };

@@ -259,6 +259,15 @@ pub struct IssuedCertificate {
     pub private_key_pem: Option<String>,
 }
 
+/// The connection settings operators' offers give a collector with these labels (implemented
+/// where the offers are; an actor asks on its collector's first arrival, for its first reply).
+pub trait SettingsSource: Send + Sync {
+    fn settings_for(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<connection::ConnectionSettings>;
+}
+
 /// Renews the certificates opampd's CA issued (implemented where the CA is; actors only decide
 /// when).
 pub trait Renewer: Send + Sync {

@@ -94,6 +94,8 @@ pub(super) struct Shared {
     pub custom: Arc<CustomRelay>,
     /// With a CA: renews the certificates it issued as they near their end.
     pub renewer: Option<Arc<dyn super::Renewer>>,
+    /// The offers' settings for an arriving collector's first reply.
+    pub settings_source: Option<Arc<dyn super::SettingsSource>>,
 }
 
 pub struct Registry {
@@ -126,6 +128,7 @@ impl Registry {
                 metrics,
                 custom: Arc::new(CustomRelay::default()),
                 renewer: None,
+                settings_source: None,
             },
             max_resident,
             next_serial: AtomicU64::new(1),
@@ -146,6 +149,14 @@ impl Registry {
     #[must_use]
     pub fn with_renewer(mut self, renewer: Arc<dyn super::Renewer>) -> Self {
         self.shared.renewer = Some(renewer);
+        self
+    }
+
+    /// Arriving collectors' first replies carry the settings `source` gives them (before any actor
+    /// starts).
+    #[must_use]
+    pub fn with_settings_source(mut self, source: Arc<dyn super::SettingsSource>) -> Self {
+        self.shared.settings_source = Some(source);
         self
     }
 

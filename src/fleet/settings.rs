@@ -14,7 +14,7 @@ use crate::cluster::router::Router;
 use crate::collector::connection::{
     ConnectionSettings, OpampConnection, ProxySettings, TelemetryConnection,
 };
-use crate::collector::{CollectorId, Event, Reason, Registry, State};
+use crate::collector::{CollectorId, Event, Reason, Registry, SettingsSource, State};
 use crate::selector::Selector;
 use crate::store::{Store, StoreError};
 /// Longest offer name, like configuration names.
@@ -181,11 +181,42 @@ pub async fn offers(store: &dyn Store) -> Result<Vec<SettingsOffer>, StoreError>
 /// tells arriving collectors within this.
 const REFRESH: Duration = Duration::from_secs(2);
 
+/// The offers as this node last read them, for actors answering a collector's first contact:
+/// read without waiting (the lock is held only to swap or clone an `Arc`).
+#[derive(Default)]
+pub struct Offers(std::sync::RwLock<Arc<[SettingsOffer]>>);
+
+impl Offers {
+    fn set(&self, offers: Arc<[SettingsOffer]>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = offers;
+    }
+
+    fn get(&self) -> Arc<[SettingsOffer]> {
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl SettingsSource for Offers {
+    fn settings_for(&self, labels: &BTreeMap<String, String>) -> Option<ConnectionSettings> {
+        resolve(&self.get(), labels)
+    }
+}
+
 /// Tells collectors the settings the offers give them.
 #[derive(Clone)]
 pub struct Distributor {
     router: Arc<Router>,
     store: Arc<dyn Store>,
+    /// The book as actors read it.
+    shared: Arc<Offers>,
     /// Tellers take turns, each reading the offers and telling under it: a teller that read
     /// older offers (an arrival) can never tell a collector after one that read newer ones (an
     /// operator's new offer), which would take the new offer back. It also guards the book.
@@ -202,11 +233,13 @@ struct Book {
 }
 
 impl Distributor {
-    /// One per server: the API and the arrivals share it (and its turns).
-    pub fn new(router: Arc<Router>, store: Arc<dyn Store>) -> Self {
+    /// One per server: the API and the arrivals share it (and its turns); `shared` is the book
+    /// as the collectors' actors read it.
+    pub fn new(router: Arc<Router>, store: Arc<dyn Store>, shared: Arc<Offers>) -> Self {
         Self {
             router,
             store,
+            shared,
             telling: Arc::new(tokio::sync::Mutex::new(Book::default())),
         }
     }
@@ -215,6 +248,7 @@ impl Distributor {
     async fn refresh(&self, book: &mut Book) -> Result<bool, StoreError> {
         let read: Arc<[SettingsOffer]> = offers(self.store.as_ref()).await?.into();
         let changed = read != book.offers;
+        self.shared.set(Arc::clone(&read));
         book.offers = read;
         Ok(changed)
     }

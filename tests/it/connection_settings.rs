@@ -385,3 +385,23 @@ async fn an_offer_made_on_one_replica_reaches_a_collector_arriving_at_another() 
         "wss://opamp.example.com/v1/opamp"
     );
 }
+
+#[tokio::test]
+async fn a_new_collector_is_offered_its_settings_in_its_first_reply_over_http() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    let answer = api
+        .post("/api/v1/connection-settings", &offer_body("all", "", 30))
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    // Once the node has read the offer in (it does so as it tells the collectors already there),
+    // a collector's very first reply carries it: it does not wait for its next poll.
+    let offered = eventually("a first reply with the offer", || async {
+        let reply = post_ok(&server.opamp_url, &hello_accepting(&new_uid(), 0)).await;
+        reply.connection_settings
+    })
+    .await;
+    let opamp = offered.opamp.expect("the OpAMP connection");
+    assert_eq!(opamp.destination_endpoint, "wss://opamp.example.com/v1/opamp");
+    assert_eq!(opamp.heartbeat_interval_seconds, 30);
+}

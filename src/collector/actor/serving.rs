@@ -60,6 +60,9 @@ impl Actor {
         let goodbye = report.disconnect;
         let effective = report.effective_config.as_ref().map(facets::config_digest);
         self.apply(Event::Report { report, transport });
+        if arrived {
+            self.settle_first_settings();
+        }
         let baseline = self.record.drift.take().map(|b| *b);
         let drift = facets::follow_drift(baseline, &self.record, effective);
         if self.record.drift.as_deref() != drift.as_ref() {
@@ -89,6 +92,20 @@ impl Actor {
             outbound: Box::new(outbound),
             confirm: self.confirmation().await,
         }
+    }
+
+    /// On the first arrival after a load, the settings the offers give the collector by the
+    /// labels loaded with its record: so its first reply carries them (over WebSocket, the message
+    /// right after it). Later arrivals and label changes are the distributor's.
+    fn settle_first_settings(&mut self) {
+        let (Some(source), Some(labels)) = (
+            self.shared.settings_source.clone(),
+            self.labels_at_load.take(),
+        ) else {
+            return;
+        };
+        let settings = source.settings_for(&labels).map(Box::new);
+        self.apply(Event::ConnectionSettings { settings });
     }
 
     /// Renews the certificate the collector connects with, when opampd's CA issued it (it is the
