@@ -402,6 +402,9 @@ async fn a_new_collector_is_offered_its_settings_in_its_first_reply_over_http() 
     })
     .await;
     let opamp = offered.opamp.expect("the OpAMP connection");
-    assert_eq!(opamp.destination_endpoint, "wss://opamp.example.com/v1/opamp");
+    assert_eq!(
+        opamp.destination_endpoint,
+        "wss://opamp.example.com/v1/opamp"
+    );
     assert_eq!(opamp.heartbeat_interval_seconds, 30);
 }
