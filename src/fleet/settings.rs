@@ -219,18 +219,15 @@ pub struct Distributor {
     shared: Arc<Offers>,
     /// Tellers take turns, each reading the offers and telling under it: a teller that read
     /// older offers (an arrival) can never tell a collector after one that read newer ones (an
-    /// operator's new offer), which would take the new offer back. It also guards the book.
-    telling: Arc<tokio::sync::Mutex<Book>>,
+    /// operator's new offer), which would take the new offer back. It guards the book's reads
+    /// and holds whether the offers were read anew outside the periodic read: then the
+    /// collectors resident here are told afresh at the next one, since a change another node
+    /// made may be among what was read.
+    telling: Arc<tokio::sync::Mutex<Retell>>,
 }
 
-/// The offers as this node last read them.
-#[derive(Default)]
-struct Book {
-    offers: Arc<[SettingsOffer]>,
-    /// Read anew outside the periodic read: the collectors resident here are told afresh at the
-    /// next one, since a change another node made may be among what was read.
-    retell: bool,
-}
+/// Whether the collectors resident here are to be told afresh.
+type Retell = bool;
 
 impl Distributor {
     /// One per server: the API and the arrivals share it (and its turns); `shared` is the book
@@ -240,25 +237,25 @@ impl Distributor {
             router,
             store,
             shared,
-            telling: Arc::new(tokio::sync::Mutex::new(Book::default())),
+            telling: Arc::new(tokio::sync::Mutex::new(false)),
         }
     }
 
-    /// The offers as the store has them now, kept as this node's book; whether they changed.
-    async fn refresh(&self, book: &mut Book) -> Result<bool, StoreError> {
+    /// The offers as the store has them now, kept as this node's book (taken under `telling`);
+    /// whether they changed.
+    async fn refresh(&self) -> Result<bool, StoreError> {
         let read: Arc<[SettingsOffer]> = offers(self.store.as_ref()).await?.into();
-        let changed = read != book.offers;
-        self.shared.set(Arc::clone(&read));
-        book.offers = read;
+        let changed = read != self.shared.get();
+        self.shared.set(read);
         Ok(changed)
     }
 
     /// Tells every connected collector one of `selectors` picks (wherever it is held) what it is
     /// given now. Collectors away hear of it when they arrive.
     pub async fn selected(&self, selectors: &[Selector]) -> Result<usize, StoreError> {
-        let mut book = self.telling.lock().await;
-        book.retell |= self.refresh(&mut book).await?;
-        let offers = Arc::clone(&book.offers);
+        let mut retell = self.telling.lock().await;
+        *retell |= self.refresh().await?;
+        let offers = self.shared.get();
         let mut told = 0;
         for selector in selectors {
             // Labels and whether it is connected are columns: no fact is read.
@@ -275,44 +272,58 @@ impl Distributor {
 
     /// Tells one collector whose labels just changed, from the offers as the store has them.
     pub async fn one(&self, id: CollectorId) -> Result<(), StoreError> {
-        let mut book = self.telling.lock().await;
-        book.retell |= self.refresh(&mut book).await?;
-        let offers = Arc::clone(&book.offers);
-        self.one_with(&offers, id).await
+        let mut retell = self.telling.lock().await;
+        *retell |= self.refresh().await?;
+        self.one_with(&self.shared.get(), id).await
     }
 
     /// Tells a collector that arrived here, from this node's book (no read of the offers).
     async fn arrived(&self, id: CollectorId) -> Result<(), StoreError> {
-        let book = self.telling.lock().await;
-        let offers = Arc::clone(&book.offers);
-        self.one_with(&offers, id).await
+        let _turn = self.telling.lock().await;
+        self.one_with(&self.shared.get(), id).await
     }
 
     /// Reads the offers again; when they changed since the last such read, tells every collector
     /// resident here afresh, since one may have arrived here while this node's book was behind.
     async fn catch_up(&self, registry: &Registry, force: bool) {
-        let mut book = self.telling.lock().await;
-        match self.refresh(&mut book).await {
-            Ok(changed) if changed || force || book.retell => {
-                book.retell = false;
-                let offers = Arc::clone(&book.offers);
-                for id in registry.ids() {
-                    let _ = self.one_with(&offers, id).await;
-                }
-            }
-            Ok(_) => {}
+        let mut retell = self.telling.lock().await;
+        let told = match self.refresh().await {
+            Ok(changed) if changed || force || *retell => self.tell_resident(registry).await,
+            Ok(_) => Ok(()),
+            Err(err) => Err(err),
+        };
+        match told {
+            Ok(()) => *retell = false,
             Err(err) => {
-                debug!(%err, "cannot read the connection settings offers; keeping this node's");
+                debug!(%err, "cannot read the connection settings offers or labels; trying again at the next read");
             }
         }
     }
 
+    /// Tells every collector resident here, by the labels of one read of the fleet's columns
+    /// (no fact is read, and no read per collector).
+    async fn tell_resident(&self, registry: &Registry) -> Result<(), StoreError> {
+        let resident: std::collections::HashSet<CollectorId> = registry.ids().into_iter().collect();
+        if resident.is_empty() {
+            return Ok(());
+        }
+        let offers = self.shared.get();
+        let everyone =
+            crate::store::selected(self.store.as_ref(), &Selector::default(), &[], Some(&[]))
+                .await?;
+        for c in everyone.iter().filter(|c| resident.contains(&c.id)) {
+            self.tell(c.id, resolve(&offers, &c.labels)).await;
+        }
+        Ok(())
+    }
+
     /// [`Distributor::one`] with the offers already read.
     async fn one_with(&self, offers: &[SettingsOffer], id: CollectorId) -> Result<(), StoreError> {
-        // A collector the store has not written yet has no labels yet.
+        // Its labels are a column: no fact is read. A collector the store has not written yet
+        // has no labels yet.
         let labels = self
             .store
-            .load(id)
+            .load_parts(id, Some(&[]))
             .await?
             .map(|c| c.labels)
             .unwrap_or_default();

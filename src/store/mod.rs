@@ -255,7 +255,16 @@ pub trait Store: Send + Sync + 'static {
         edit: &LabelEdit,
     ) -> Result<Option<BTreeMap<String, String>>, StoreError>;
     /// One collector's record, with its labels.
-    async fn load(&self, id: CollectorId) -> Result<Option<Collector>, StoreError>;
+    async fn load(&self, id: CollectorId) -> Result<Option<Collector>, StoreError> {
+        self.load_parts(id, None).await
+    }
+    /// [`Store::load`] reading only these fact parts (`None`: every part; `Some(&[])`: none, for a
+    /// reader of the record's columns such as its labels).
+    async fn load_parts(
+        &self,
+        id: CollectorId,
+        parts: Option<&'static [&'static str]>,
+    ) -> Result<Option<Collector>, StoreError>;
     /// Every stored record, without history.
     async fn collectors(&self) -> Result<Vec<Collector>, StoreError>;
     /// One collector's whole history, oldest first.

@@ -421,7 +421,11 @@ macro_rules! sql_store {
                 self.labels_edited(id, edit).await
             }
 
-            async fn load(&self, id: CollectorId) -> Result<Option<Collector>, StoreError> {
+            async fn load_parts(
+                &self,
+                id: CollectorId,
+                parts: Option<&'static [&'static str]>,
+            ) -> Result<Option<Collector>, StoreError> {
                 let mut q = QueryBuilder::<$db>::new(format!(
                     "SELECT {RECORD_COLUMNS} FROM collectors WHERE id = "
                 ));
@@ -430,7 +434,7 @@ macro_rules! sql_store {
                     .build_query_as::<RecordRow>()
                     .fetch_all(&self.pool)
                     .await?;
-                Ok(self.read_records(rows, None).await?.pop())
+                Ok(self.read_records(rows, parts).await?.pop())
             }
 
             async fn collectors(&self) -> Result<Vec<Collector>, StoreError> {
