@@ -21,8 +21,9 @@ use crate::store::cluster::relay::Relayed;
 const LOOKBACK: Duration = Duration::from_secs(10);
 /// How long relayed rows are kept before any node deletes them.
 const KEEP: Duration = Duration::from_mins(1);
-/// How often the store is read without a notification (one may be lost), and old rows pruned.
-const POLL: Duration = Duration::from_secs(1);
+/// How often old rows are pruned. Rows are read only when a notification wakes this node: the
+/// listener wakes every waiter when notifications may have been lost (it reconnected).
+const PRUNE: Duration = Duration::from_secs(10);
 
 /// The relayed rows already passed on, so that each is passed on once across overlapping reads.
 #[derive(Debug, Default)]
@@ -90,28 +91,28 @@ async fn incoming(
     shutdown: CancellationToken,
 ) {
     let mut seen = Seen::default();
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prune = tokio::time::interval(PRUNE);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What was relayed before this node started is not its streams' to show.
     let started = SystemTime::now();
     loop {
-        let polled = tokio::select! {
+        let woken = tokio::select! {
             () = shutdown.cancelled() => return,
-            () = wakers.custom() => false,
-            _ = poll.tick() => true,
+            () = wakers.custom() => true,
+            _ = prune.tick() => false,
         };
         let now = SystemTime::now();
-        let since = now.checked_sub(LOOKBACK).unwrap_or(started).max(started);
-        match store.relayed_since(since).await {
-            Ok(rows) => {
-                for received in seen.fresh(rows, now) {
-                    relay.publish_relayed(received);
+        if woken {
+            let since = now.checked_sub(LOOKBACK).unwrap_or(started).max(started);
+            match store.relayed_since(since).await {
+                Ok(rows) => {
+                    for received in seen.fresh(rows, now) {
+                        relay.publish_relayed(received);
+                    }
                 }
+                Err(err) => debug!(%err, "cannot read the custom messages other nodes relayed"),
             }
-            Err(err) => debug!(%err, "cannot read the custom messages other nodes relayed"),
-        }
-        if polled
-            && let Some(before) = now.checked_sub(KEEP)
+        } else if let Some(before) = now.checked_sub(KEEP)
             && let Err(err) = store.prune_relayed(before).await
         {
             debug!(%err, "cannot prune relayed custom messages");
