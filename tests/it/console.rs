@@ -245,9 +245,7 @@ async fn a_label_set_in_the_console_is_in_the_api() {
     browser.wait_text("#role", "role: viewer").await;
     browser.wait_for("#labels").await;
     assert_eq!(browser.count("#label-form").await, 0);
-    browser.click("#key-button").await;
-    let key = crate::support::api::generated_key(&server.api_url).unwrap();
-    browser.enter_key(&key).await;
+    browser.enter_generated_key(&server.api_url).await;
     browser.wait_text("#role", "role: admin").await;
     browser.type_into("#label-key", "tier").await;
     browser.type_into("#label-value", "gold").await;
@@ -275,9 +273,7 @@ async fn a_rollout_started_in_the_console_reaches_its_collectors_and_shows_100_p
     browser
         .goto(&format!("{}/#/rollouts", server.api_url))
         .await;
-    browser.click("#key-button").await;
-    let key = crate::support::api::generated_key(&server.api_url).unwrap();
-    browser.enter_key(&key).await;
+    browser.enter_generated_key(&server.api_url).await;
     browser.wait_text("#role", "role: admin").await;
     browser.type_into("#start-configuration", "gateway").await;
     browser.type_into("#start-version", "1").await;
@@ -336,9 +332,7 @@ async fn a_rollout_is_cancelled_from_the_console() {
     browser
         .goto(&format!("{}/#/rollouts/{id}", server.api_url))
         .await;
-    browser.click("#key-button").await;
-    let key = crate::support::api::generated_key(&server.api_url).unwrap();
-    browser.enter_key(&key).await;
+    browser.enter_generated_key(&server.api_url).await;
     browser.wait_text("#rollout-status", "running").await;
     browser.click("#cancel:not([disabled])").await;
     browser.wait_text("#rollout-status", "cancelled").await;

@@ -143,6 +143,13 @@ impl Browser {
         self.click("#key-submit").await;
     }
 
+    /// Opens the key form and enters the admin key the server at `api_url` generated.
+    pub async fn enter_generated_key(&self, api_url: &str) {
+        self.click("#key-button").await;
+        let key = super::api::generated_key(api_url).expect("the generated admin key");
+        self.enter_key(&key).await;
+    }
+
     /// Writes what the browser shows to `target/console-screenshots/<name>.png`.
     pub async fn screenshot(&self, name: &str) {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
@@ -170,21 +177,10 @@ impl Drop for Browser {
 }
 
 /// Polls `probe` until it yields `Some`, failing the test with `what` at the browser deadline.
-pub async fn wait_until<T, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn wait_until<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + BROWSER_DEADLINE;
-    loop {
-        super::scripted::assert_untroubled();
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    super::eventually_within(BROWSER_DEADLINE, Duration::from_millis(50), what, probe).await
 }

@@ -387,12 +387,26 @@ impl StoreLock {
 }
 
 /// Polls `probe` until it yields `Some`, failing the test with `what` at the deadline.
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    eventually_within(DEADLINE, Duration::from_millis(20), what, probe).await
+}
+
+/// [`eventually`] with its own deadline, polling every `pause`.
+pub async fn eventually_within<T, F, Fut>(
+    within: Duration,
+    pause: Duration,
+    what: &str,
+    mut probe: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         scripted::assert_untroubled();
         if let Some(value) = probe().await {
@@ -402,7 +416,7 @@ where
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
