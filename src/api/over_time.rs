@@ -14,7 +14,6 @@ use super::auth::Caller;
 use super::collectors::{last, query_pairs};
 use super::error::{ApiError, ErrorBody};
 use super::view::rfc3339;
-use crate::collector::State as CollectorState;
 use crate::config::Role;
 use crate::store::over_time::{Window, counts_over_time};
 
@@ -110,10 +109,8 @@ pub async fn summary_history(
         .enumerate()
         .map(|(k, counts)| CountsPoint {
             at: rfc3339(UNIX_EPOCH + Duration::from_secs(window.at(k).cast_unsigned())),
-            by_state: CollectorState::ALL
-                .iter()
-                .map(|s| (s.as_str(), counts.get(s).copied().unwrap_or(0)))
-                .collect(),
+            // Every one of the seven: the series already holds each, zero included.
+            by_state: counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect(),
         })
         .collect();
     Ok(Json(SummaryHistory {

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 
 use crate::collector::State;
 
+/// The seven states, one slot each.
+const STATES: usize = State::ALL.len();
+
 /// A window of `steps` equal steps of `step` seconds, ending now: points `0..=steps`, point `k`
 /// at `start + k * step` (Unix seconds), the last one being now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,13 +59,13 @@ pub fn counts_over_time(
     changes: &[StepChanges],
 ) -> Vec<BTreeMap<State, u64>> {
     let index = |s: State| State::ALL.iter().position(|&x| x == s).unwrap_or(0);
-    let mut running = [0i64; 7];
+    let mut running = [0i64; STATES];
     for (state, n) in now {
         running[index(*state)] = i64::try_from(*n).unwrap_or(i64::MAX);
     }
     // Per step, the net change its transitions made to each state.
     let last = i64::try_from(window.steps).unwrap_or(i64::MAX) - 1;
-    let mut per_step = vec![[0i64; 7]; window.steps];
+    let mut per_step = vec![[0i64; STATES]; window.steps];
     for change in changes {
         if change.bucket < 0 {
             continue;
@@ -77,7 +80,7 @@ pub fn counts_over_time(
             delta[index(from)] -= n;
         }
     }
-    let shown = |counts: &[i64; 7]| -> BTreeMap<State, u64> {
+    let shown = |counts: &[i64; STATES]| -> BTreeMap<State, u64> {
         State::ALL
             .iter()
             .zip(counts)

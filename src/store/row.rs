@@ -182,6 +182,11 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("unknown {what} {value:?}"))
 }
 
+/// A stored state's name read back; anything else is a corrupt row.
+pub(super) fn parse_state(name: &str) -> Result<State, StoreError> {
+    State::parse(name).ok_or_else(|| corrupt("state", name))
+}
+
 /// Serialised once, straight to text: no JSON tree in between. Plain data always serialises.
 fn raw<T: Serialize + ?Sized>(value: &T) -> Json<Box<RawValue>> {
     Json(serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()))
@@ -311,7 +316,7 @@ impl RecordRow {
         let control: ControlDoc = serde_json::from_value(self.control.0)
             .map_err(|e| StoreError::Corrupt(format!("control of {id}: {e}")))?;
         let mut c = Collector::new(id);
-        c.state = Some(State::parse(&self.state).ok_or_else(|| corrupt("state", &self.state))?);
+        c.state = Some(parse_state(&self.state)?);
         c.state_since = self.state_since.map(SystemTime::from);
         c.state_reason = match self.state_reason.as_deref() {
             Some(r) => Some(Reason::parse(r).ok_or_else(|| corrupt("reason", r))?),
@@ -403,7 +408,7 @@ impl EventRow {
 
 impl TransitionRow {
     pub fn into_transition(self) -> Result<Transition, StoreError> {
-        let state = |s: &str| State::parse(s).ok_or_else(|| corrupt("state", s));
+        let state = parse_state;
         Ok(Transition {
             from: match self.from_state.as_deref() {
                 Some(s) => Some(state(s)?),

@@ -128,8 +128,7 @@ fn census_of(rows: Vec<(String, i64, i64)>) -> Result<Census, StoreError> {
     let groups = rows
         .into_iter()
         .map(|(state, facets, n)| {
-            let state = State::parse(&state)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state:?}")))?;
+            let state = super::row::parse_state(&state)?;
             Ok((state, Facets::from_bits(facets), n.cast_unsigned()))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

@@ -54,10 +54,7 @@ macro_rules! sql_over_time {
                 let rows: Vec<(i64, Option<String>, String, i64)> =
                     q.build_query_as().fetch_all(&mut *tx).await?;
                 tx.commit().await?;
-                let state = |s: &str| {
-                    State::parse(s)
-                        .ok_or_else(|| StoreError::Corrupt(format!("unknown state {s:?}")))
-                };
+                let state = super::row::parse_state;
                 let changes = rows
                     .into_iter()
                     .map(|(bucket, from, to, count)| {
