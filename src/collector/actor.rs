@@ -66,6 +66,7 @@ pub(super) fn spawn(
         contest: Contest::default(),
         custom_bucket: None,
         labels_at_load: None,
+        replying: false,
     });
     tracker.spawn(actor.run(rx, shutdown));
     CollectorHandle::new(tx, serial)
@@ -111,6 +112,9 @@ struct Actor {
     /// until its first arrival: what its first reply's connection settings are chosen by. Labels
     /// are the store's alone; later ones are read where they are needed.
     labels_at_load: Option<std::collections::BTreeMap<String, String>>,
+    /// A report is being answered: connection settings wait for its reply rather than being
+    /// pushed, so the reply that greets a collector carries them (conformance N1).
+    replying: bool,
 }
 
 impl Actor {

@@ -387,7 +387,7 @@ async fn an_offer_made_on_one_replica_reaches_a_collector_arriving_at_another() 
 }
 
 #[tokio::test]
-async fn a_new_collector_is_offered_its_settings_in_its_first_reply_over_http() {
+async fn a_collector_is_offered_its_settings_in_its_first_reply_over_both_transports() {
     let server = TestServer::start().await;
     let api = Api::new(&server.api_url);
     let answer = api
@@ -407,4 +407,26 @@ async fn a_new_collector_is_offered_its_settings_in_its_first_reply_over_http() 
         "wss://opamp.example.com/v1/opamp"
     );
     assert_eq!(opamp.heartbeat_interval_seconds, 30);
+
+    // Over WebSocket the reply itself carries it, not a message pushed after it: to a new
+    // collector, and to one still held in memory that connects again.
+    let uid = new_uid();
+    for (connection, seq) in [("first", 0), ("second", 1)] {
+        let mut ws = WsClient::connect(&server.ws_url).await;
+        let reply = ws.exchange(&hello_accepting(&uid, seq)).await;
+        let offered = reply.connection_settings.unwrap_or_else(|| {
+            panic!("the {connection} connection's first reply carries the offer")
+        });
+        assert_eq!(
+            offered
+                .opamp
+                .expect("the OpAMP connection")
+                .heartbeat_interval_seconds,
+            30
+        );
+        drop(ws);
+        server
+            .wait_for(id_of(&uid), "the collector gone", |c| !c.connected)
+            .await;
+    }
 }

@@ -72,11 +72,29 @@ pub(crate) async fn rollout_where(
     check: impl Fn(&Value) -> bool,
 ) -> Value {
     let path = format!("/api/v1/rollouts/{id}");
+    let last = ShownOnPanic(std::sync::Mutex::new(Value::Null));
     eventually(what, || async {
         let r = api.ok(&path).await;
-        check(&r).then_some(r)
+        if check(&r) {
+            return Some(r);
+        }
+        *last.0.lock().unwrap() = r;
+        None
     })
     .await
+}
+
+/// The rollout last seen by a wait that timed out, shown with the failure.
+struct ShownOnPanic(std::sync::Mutex<Value>);
+
+impl Drop for ShownOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(last) = self.0.lock()
+        {
+            eprintln!("last seen: {last}");
+        }
+    }
 }
 
 pub(crate) fn target(rollout: &Value, id: CollectorId) -> &Value {

@@ -57,6 +57,7 @@ impl Actor {
         let asks = self.asks_for(&report);
         let transport = connection.transport;
         self.attach(connection);
+        self.replying = true;
         let goodbye = report.disconnect;
         let effective = report.effective_config.as_ref().map(facets::config_digest);
         self.apply(Event::Report { report, transport });
@@ -86,6 +87,7 @@ impl Actor {
             self.record.outbox.custom_capabilities = Some(ours.clone());
         }
         self.record.outbox.merge(asks);
+        self.replying = false;
         let outbound = self.take_outbox(transport);
         self.save().await;
         Answer::Reply {
@@ -95,8 +97,8 @@ impl Actor {
     }
 
     /// On the first arrival after a load, the settings the offers give the collector by the
-    /// labels loaded with its record: so its first reply carries them (over WebSocket, the message
-    /// right after it). Later arrivals and label changes are the distributor's.
+    /// labels loaded with its record: so its first reply carries them. Later arrivals and label
+    /// changes are the distributor's.
     fn settle_first_settings(&mut self) {
         let (Some(source), Some(labels)) = (
             self.shared.settings_source.clone(),
@@ -263,10 +265,23 @@ impl Actor {
     }
 
     /// Pushes whatever waits to a WebSocket connection; HTTP collectors get it on their next poll.
+    /// While a report is answered, connection settings stay for the reply.
     pub(super) fn flush_outbox(&mut self) {
         let Some(push) = self.connection.as_ref().and_then(|c| c.push.clone()) else {
             return;
         };
+        let held = if self.replying {
+            self.record.outbox.connection_settings.take()
+        } else {
+            None
+        };
+        self.push_outbox(&push);
+        if held.is_some() {
+            self.record.outbox.connection_settings = held;
+        }
+    }
+
+    fn push_outbox(&mut self, push: &mpsc::Sender<Delivery>) {
         loop {
             let out = self.take_outbox(Transport::WebSocket);
             if out.is_empty() {

@@ -172,3 +172,24 @@ impl ServerProcess {
             .collect()
     }
 }
+
+/// A failing test shows what the server said: its logs are otherwise only read by assertions.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(logs) = self.logs.lock() else {
+            return;
+        };
+        let skipped = logs.len().saturating_sub(200);
+        eprintln!(
+            "--- opampd (api {}) said, last {} lines ---",
+            self.api_addr,
+            logs.len() - skipped
+        );
+        for line in &logs[skipped..] {
+            eprintln!("{line}");
+        }
+    }
+}
