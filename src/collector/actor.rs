@@ -79,6 +79,9 @@ enum Flow {
     Leave,
 }
 
+// Independent flags of one actor's life (stored, news unsaved, writes unconfirmed, a reply being
+// made): a state enum would only spell out their product.
+#[allow(clippy::struct_excessive_bools)]
 struct Actor {
     id: CollectorId,
     serial: u64,

@@ -304,8 +304,10 @@ async fn probes_and_scrapes_answer_from_memory_while_the_store_is_locked() {
     // two-second budget, leave the counts out); these answer at once, from the reading taken at
     // start-up.
     let lock = StoreLock::take(&server).await;
-    let started = Instant::now();
     for _ in 0..20 {
+        // A scrape that waited on the store would take its whole two-second budget; one answered
+        // from memory takes far less, even on a loaded machine.
+        let started = Instant::now();
         assert_eq!(readyz(&server.api_url).await.0, 200);
         let scrape = api.metrics().await;
         assert_eq!(
@@ -315,11 +317,11 @@ async fn probes_and_scrapes_answer_from_memory_while_the_store_is_locked() {
             ),
             0
         );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
     lock.release().await;
 }
