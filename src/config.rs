@@ -314,7 +314,7 @@ impl Default for OpampConfig {
             liveness_intervals: 3,
             ws_ping_interval: Duration::from_secs(30),
             ws_pong_timeout: Duration::from_secs(10),
-            ws_buffer_bytes: 4096,
+            ws_buffer_bytes: 1024,
             commit_timeout: Duration::from_secs(5),
             store_retry_after: Duration::from_secs(5),
             auth: OpampAuthConfig::default(),

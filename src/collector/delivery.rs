@@ -54,7 +54,7 @@ pub fn take(c: &mut Collector, transport: Transport, limit: usize) -> (Outbound,
         });
         config = 0;
     }
-    let mut package = out.package.as_ref().map_or(0, package_size);
+    let mut package = out.package.as_deref().map_or(0, package_size);
     if ENVELOPE + package > limit
         && let Some(offer) = out.package.take()
     {

@@ -98,7 +98,7 @@ pub struct Collector {
     /// Why the collector is in Error beyond its health, until a new configuration or package fixes it.
     pub config_error: Option<String>,
     pub package_error: Option<String>,
-    pub package_offered: Option<PackageOffer>,
+    pub package_offered: Option<Box<PackageOffer>>,
     /// The rollout this collector is queued in or being configured by.
     pub rollout: Option<String>,
     /// Component types a configuration needs and this collector lacks (Incompatible).
@@ -353,7 +353,10 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
                 ));
                 return out;
             }
-            let package = super::packages::listing(package, c.package_statuses.as_ref());
+            let package = Box::new(super::packages::listing(
+                package,
+                c.package_statuses.as_ref(),
+            ));
             c.package_resent = false;
             c.withdrawn = None;
             let cause = Some(format!("{} {}", package.name, package.version));

@@ -377,7 +377,7 @@ pub struct Outbound {
     pub report_full_state: bool,
     pub report_available_components: bool,
     pub remote_config: Option<ConfigOffer>,
-    pub package: Option<PackageOffer>,
+    pub package: Option<Box<PackageOffer>>,
     pub restart: bool,
     pub connection_settings: Option<Box<connection::SettingsOffer>>,
     /// Operators' custom messages, oldest first: one travels per message.

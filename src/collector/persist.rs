@@ -91,7 +91,7 @@ impl Hot {
                 config_failed: c.config_failed.clone(),
                 config_error: c.config_error.clone(),
                 package_error: c.package_error.clone(),
-                package_offered: c.package_offered.clone(),
+                package_offered: c.package_offered.as_deref().cloned(),
                 rollout: c.rollout.clone(),
                 missing_components: c.missing_components.clone(),
                 reassigned: c.reassigned.clone(),

@@ -151,6 +151,13 @@ impl Session {
         open.increment(1);
         let ending = Box::pin(self.serve()).await;
         open.decrement(1);
+        // Boxed: the ending's awaits would otherwise size the task for the connection's whole life.
+        Box::pin(self.end(ending)).await;
+    }
+
+    /// Closes the connection as `ending` says, gives back what was never written, and tells the
+    /// collectors' actors they are detached.
+    async fn end(&mut self, ending: Ending) {
         let why = if matches!(ending, Ending::Close(close_code::GOING_AWAY, _)) {
             handle::Ending::ServerClosing
         } else {
@@ -210,15 +217,7 @@ impl Session {
                 },
                 Some(delivery) = self.push_rx.recv() => match delivery {
                     Delivery::Send(id, outbound) => {
-                        let uid = self.collectors.get(&id).map_or_else(
-                            || Bytes::copy_from_slice(id.0.as_bytes()),
-                            |wire| wire.bytes.clone(),
-                        );
-                        let offered = outbound.offers();
-                        let message =
-                            report::to_server_to_agent(uid, *outbound, self.opamp.capabilities);
-                        if let Some(ending) = Box::pin(self.send(&message)).await {
-                            self.unwritten.push((id, offered));
+                        if let Some(ending) = Box::pin(self.push(id, outbound)).await {
                             return ending;
                         }
                     }
@@ -230,7 +229,7 @@ impl Session {
                     }
                 },
                 _ = ping.tick(), if pong_deadline.is_none() => {
-                    if let Some(ending) = self.write(Message::Ping(Bytes::new())).await {
+                    if let Some(ending) = Box::pin(self.write(Message::Ping(Bytes::new()))).await {
                         return ending;
                     }
                     pong_deadline = Some(Instant::now() + pong_timeout);
@@ -245,6 +244,21 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Writes what an actor pushed; what could not be written goes back to its outbox at the end.
+    async fn push(&mut self, id: CollectorId, outbound: Box<Outbound>) -> Option<Ending> {
+        let uid = self.collectors.get(&id).map_or_else(
+            || Bytes::copy_from_slice(id.0.as_bytes()),
+            |wire| wire.bytes.clone(),
+        );
+        let offered = outbound.offers();
+        let message = report::to_server_to_agent(uid, *outbound, self.opamp.capabilities);
+        let ending = Box::pin(self.send(&message)).await;
+        if ending.is_some() {
+            self.unwritten.push((id, offered));
+        }
+        ending
     }
 
     /// A frame has been read whole: the bytes the socket's meter charged for it are given back

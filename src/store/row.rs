@@ -337,7 +337,7 @@ impl RecordRow {
         c.config_failed = control.config_failed.as_deref().and_then(unhex);
         c.config_error = control.config_error;
         c.package_error = control.package_error;
-        c.package_offered = control.package_offered;
+        c.package_offered = control.package_offered.map(Box::new);
         c.rollout = control.rollout;
         c.missing_components = control.missing_components;
         c.reassigned = control.reassigned;

@@ -113,7 +113,7 @@ fn full_record(id: CollectorId, state: State) -> Collector {
     c.config_failed = Some(vec![0xc0, 0xff, 0xee]);
     c.config_error = Some("unknown exporter kafka".into());
     c.package_error = None;
-    c.package_offered = Some(PackageOffer {
+    c.package_offered = Some(Box::new(PackageOffer {
         name: "otelcol".into(),
         version: "0.2.0".into(),
         download_url: "https://packages.example/otelcol-0.2.0.tar.gz".into(),
@@ -122,7 +122,7 @@ fn full_record(id: CollectorId, state: State) -> Collector {
         hash: vec![8; 32],
         kept: Vec::new(),
         all_hash: Vec::new(),
-    });
+    }));
     c.rollout = Some("rollout-1".into());
     c.missing_components = vec!["exporters/kafka".into()];
     c
