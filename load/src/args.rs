@@ -39,6 +39,12 @@ pub struct Args {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub duration: Duration,
 
+    /// Burst mode: the least time between two status changes of one collector, so that N
+    /// collectors send at most N / interval changes per second (each starts at a random point of
+    /// its first interval, so they do not all send together). Default: back to back.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub change_interval: Duration,
+
     /// Local addresses to connect from, spread round robin: `127.0.0.1-127.0.0.20`, a comma
     /// list, or both. Each has its own ephemeral ports.
     #[arg(long)]
@@ -148,6 +154,7 @@ mod tests {
         assert_eq!(args.heartbeat, Duration::from_millis(500));
         assert_eq!(args.duration, Duration::from_mins(1));
         assert_eq!(args.ramp_limit(), Duration::from_secs_f64(30.02));
+        assert_eq!(args.change_interval, Duration::ZERO);
         let storm = Args::try_parse_from([
             "opampd-load",
             "--url",
@@ -162,6 +169,17 @@ mod tests {
         .expect("parses");
         assert_eq!(storm.mode, Mode::Storm);
         assert_eq!(storm.headers.len(), 2);
+        let paced = Args::try_parse_from([
+            "opampd-load",
+            "--url",
+            "ws://x/",
+            "--mode",
+            "burst",
+            "--change-interval",
+            "500ms",
+        ])
+        .expect("parses");
+        assert_eq!(paced.change_interval, Duration::from_millis(500));
         assert!(Args::try_parse_from(["opampd-load", "--mode", "hold"]).is_err());
     }
 }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub source_addrs: Vec<IpAddr>,
     pub mode: Mode,
     pub heartbeat: Duration,
+    /// Burst mode: the least time between two status changes (zero: back to back).
+    pub change_interval: Duration,
     pub behaviour: Behaviour,
     pub run_tag: String,
     pub close_frame: bool,
@@ -237,18 +239,23 @@ async fn session(
     let mut answered = false;
     let mut first_sent: Option<Instant> = None;
     let mut last_sent = Instant::now();
+    // Burst mode: when the next status change may go. The first waits a random part of the
+    // interval, so paced collectors spread over it instead of sending in step.
+    let mut next_change: Option<Instant> = None;
     if life.outbox.is_empty() {
         life.outbox.push_back(life.agent.heartbeat());
     }
     loop {
         let phase = control.borrow().phase;
+        let changing = answered && settings.mode == Mode::Burst && phase == Phase::Measure;
         if in_flight.is_none() {
-            if life.outbox.is_empty()
-                && answered
-                && settings.mode == Mode::Burst
-                && phase == Phase::Measure
-            {
-                life.outbox.push_back(life.agent.status_change());
+            if life.outbox.is_empty() && changing {
+                let due = *next_change
+                    .get_or_insert_with(|| Instant::now() + jitter(settings.change_interval));
+                if Instant::now() >= due {
+                    life.outbox.push_back(life.agent.status_change());
+                    next_change = Some(Instant::now() + settings.change_interval);
+                }
             }
             if let Some(next) = life.outbox.pop_front() {
                 if let Err(error) = link.send(&next.message).await {
@@ -265,6 +272,11 @@ async fn session(
             .as_ref()
             .map_or(last_sent, |(_, at)| *at + settings.reply_timeout);
         let heartbeat_due = in_flight.is_none() && life.outbox.is_empty();
+        // While changing, the next change takes the heartbeat's place.
+        let idle_until = match next_change.filter(|_| changing) {
+            Some(due) => due,
+            None => last_sent + settings.heartbeat,
+        };
         tokio::select! {
             biased;
             changed = control.changed() => {
@@ -377,8 +389,10 @@ async fn session(
                 }
                 return End::Timeout;
             }
-            () = tokio::time::sleep_until(last_sent + settings.heartbeat), if heartbeat_due => {
-                life.outbox.push_back(life.agent.heartbeat());
+            () = tokio::time::sleep_until(idle_until), if heartbeat_due => {
+                if !changing {
+                    life.outbox.push_back(life.agent.heartbeat());
+                }
             }
         }
     }

@@ -20,6 +20,8 @@ pub struct Report {
     pub source_addrs: usize,
     pub rate_per_s: f64,
     pub heartbeat_s: f64,
+    /// Burst mode: the least time between one collector's changes (0: back to back).
+    pub change_interval_s: f64,
     pub duration_s: f64,
     pub ramp: Ramp,
     pub measure: Measure,

@@ -156,6 +156,7 @@ pub async fn run_with(args: Args, hooks: Hooks) -> Result<Report, LoadError> {
         source_addrs: source_addrs.clone(),
         mode: args.mode,
         heartbeat: args.heartbeat,
+        change_interval: args.change_interval,
         behaviour: Behaviour {
             fail_configs: args.fail_configs,
             report_applying: args.report_applying,
@@ -425,6 +426,7 @@ fn assemble(a: &Assembly<'_>) -> Report {
         source_addrs: a.source_addrs,
         rate_per_s: a.args.rate,
         heartbeat_s: a.args.heartbeat.as_secs_f64(),
+        change_interval_s: a.args.change_interval.as_secs_f64(),
         duration_s: a.args.duration.as_secs_f64(),
         ramp: Ramp {
             seconds: round3(a.ramp_seconds),

@@ -189,6 +189,28 @@ async fn burst_sends_acknowledged_status_changes_over_both_transports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_bursts_send_no_more_than_one_change_per_interval() {
+    let mut server = Server::start().await;
+    let report = load(args(
+        &server.url("ws"),
+        Mode::Burst,
+        20,
+        &["--duration", "2s", "--change-interval", "400ms"],
+    ))
+    .await;
+    assert_sane(&report, 20);
+    // At most one change per 400 ms from each collector over 2 s (and a first one somewhere in
+    // its first interval): 6 each. Back to back they would send hundreds.
+    assert!(
+        (1..=20 * 6).contains(&report.measure.changes_acked),
+        "{:?}",
+        report.measure
+    );
+    assert!((report.change_interval_s - 0.4).abs() < 1e-9);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_reconnects_every_collector_over_both_transports() {
     let mut server = Server::start().await;
     for (scheme, extra) in [("ws", None), ("ws", Some("--close-frame")), ("http", None)] {

@@ -289,6 +289,36 @@ async fn connection_logs_carry_the_transport_and_the_collector_id() {
     assert!(server.wait_exit().await.success());
 }
 
+/// At start-up the soft open-files limit is raised to the hard one (each collector holds a
+/// socket), and the server says how many collectors that leaves room for.
+#[tokio::test]
+async fn the_open_files_limit_is_raised_and_the_room_it_leaves_logged() {
+    let mut server = ServerProcess::start(&[], &[]).await;
+    let line = server
+        .wait_logged("the open-files line", |e| {
+            e["message"] == "open-files limit raised to the hard limit"
+        })
+        .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    // "Max open files            20000                20000                files"
+    let row: Vec<String> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(row[3], row[4], "soft and hard: {row:?}");
+    assert_eq!(line["open_files"].to_string(), row[3], "{line}");
+    let collectors = line["collectors"].as_u64().unwrap();
+    assert!(
+        collectors > 0 && collectors < line["open_files"].as_u64().unwrap(),
+        "{line}"
+    );
+    server.signal("TERM");
+    assert!(server.wait_exit().await.success());
+}
+
 /// With no database configured, the store is the SQLite file in the data directory.
 #[tokio::test]
 async fn the_default_store_is_a_sqlite_file_in_the_data_directory() {
