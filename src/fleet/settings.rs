@@ -280,7 +280,14 @@ impl Distributor {
     /// Tells a collector that arrived here, from this node's book (no read of the offers).
     async fn arrived(&self, id: CollectorId) -> Result<(), StoreError> {
         let _turn = self.telling.lock().await;
-        self.one_with(&self.shared.get(), id).await
+        let offers = self.shared.get();
+        // With no offer in the book an arrival has nothing to hear: a withdrawal was told to every
+        // resident collector when the book changed, and a loaded record starts with none. In a
+        // reconnect storm this spares the store a read per collector.
+        if offers.is_empty() {
+            return Ok(());
+        }
+        self.one_with(&offers, id).await
     }
 
     /// Reads the offers again; when they changed since the last such read, tells every collector
