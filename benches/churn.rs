@@ -17,18 +17,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use opampd_load::Args;
-use serde_json::{Value, json};
+use serde_json::json;
 use server::{Server, free_port};
 
 async fn resident(client: &reqwest::Client, api: &str) -> u64 {
-    let body: Value = client
-        .get(format!("http://{api}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = server::get_json(client, &format!("http://{api}/readyz")).await;
     body["collectors"].as_u64().unwrap()
 }
 

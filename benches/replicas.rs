@@ -45,14 +45,7 @@ fn load_binary() -> PathBuf {
 }
 
 async fn summary(client: &reqwest::Client, api: &str) -> Value {
-    client
-        .get(format!("http://{api}/api/v1/summary"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    server::get_json(client, &format!("http://{api}/api/v1/summary")).await
 }
 
 /// Polls the summary on `api` until `check` holds; how long it took.

@@ -38,6 +38,11 @@ pub fn http_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A GET answered with JSON.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

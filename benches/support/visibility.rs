@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use opampd_load::agent::{Agent, Behaviour, Outgoing};
 use opampd_load::net::{Link, Target};
 use opampd_load::stats::{Latency, LatencySummary};
-use serde_json::Value;
 
 /// Changes timed until `until`, over the OpAMP endpoint `url` and the API at `api`.
 pub async fn probe(
@@ -31,14 +30,9 @@ pub async fn probe(
         link.send(&change.message).await.unwrap();
         // The reply waits in the socket meanwhile: the state is asked for from the first moment.
         loop {
-            let view: Value = client
-                .get(format!("http://{api}/api/v1/collectors/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let view =
+                super::server::get_json(client, &format!("http://{api}/api/v1/collectors/{id}"))
+                    .await;
             let shown = &view["health"];
             if shown["healthy"] == health.healthy && shown["last_error"] == *health.last_error {
                 break;
