@@ -366,7 +366,6 @@ fn actor_settings(config: &Config) -> ActorSettings {
 /// Binds both listeners and starts serving. Port 0 picks a free port; the bound addresses are in
 /// the returned [`Running`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    net::open_files::raise(&config);
     let sqlite_lock = store::lock(&config).context("cannot start")?;
     let store = prepare_store(&config).await?;
     let (opamp_listener, api_listener) = bind(&config).await?;

@@ -254,7 +254,8 @@ impl Session {
         );
         let offered = outbound.offers();
         let message = report::to_server_to_agent(uid, *outbound, self.opamp.capabilities);
-        let ending = Box::pin(self.send(&message)).await;
+        // This step is boxed where it is awaited, so the send lives in it.
+        let ending = self.send(&message).await;
         if ending.is_some() {
             self.unwritten.push((id, offered));
         }

@@ -276,8 +276,8 @@ impl Actor {
             None
         };
         self.push_outbox(&push);
-        if held.is_some() {
-            self.record.outbox.connection_settings = held;
+        if let Some(held) = held {
+            self.record.outbox.connection_settings = Some(held);
         }
     }
 
