@@ -283,7 +283,8 @@ pub struct DatabaseConfig {
     /// `sqlite://path` or `postgres://…`; empty means `sqlite://<server.data_dir>/opampd.db`.
     pub url: String,
     pub max_connections: u32,
-    /// The write-behind batcher's window: changes within it are written in one transaction.
+    /// How long a change that finds the batcher idle waits for others to share its transaction
+    /// (under load, what arrives during one write is the next, with no wait).
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
     /// Changes waiting between the collectors' actors and the batcher.
@@ -366,7 +367,7 @@ impl Default for DatabaseConfig {
         Self {
             url: String::new(),
             max_connections: 8,
-            flush_interval: Duration::from_millis(50),
+            flush_interval: Duration::from_millis(10),
             queue_capacity: 65_536,
             max_pending: 1_000_000,
             last_seen_interval: Duration::from_mins(1),

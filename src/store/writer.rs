@@ -1,5 +1,5 @@
-//! The write-behind batcher: drains the actors' changes into one batch per flush window and writes
-//! it in one transaction, then signals the barriers queued with it (a reply that waits on one is
+//! The write-behind batcher: drains the actors' changes into batches (group commit: what came
+//! during one write is the next) and writes each in one transaction, then signals the barriers queued with it (a reply that waits on one is
 //! sent only once its changes are committed; the barrier of a claim whose writes the store
 //! refused is dropped instead). While the database is down it keeps everything and retries with
 //! backoff. A batch the database refuses for its data is split until the refused rows are found;
@@ -114,6 +114,30 @@ pub struct Writer {
     task: JoinHandle<()>,
     finish: CancellationToken,
     pub health: Arc<StoreHealth>,
+    /// The batcher's own runtime (see [`own_runtime`]); `None` if it could not be made.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// A runtime of one thread for the batcher alone. A write is a dozen statements, each a round
+/// trip to the database and back to the batcher's task; on the server's runtime every return
+/// waited behind thousands of connection tasks, so under load a batch took twice its database
+/// time and the write path idled. Database connections made on the other runtime work here too:
+/// a socket stays with the runtime that opened it, which outlives this one.
+fn own_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("opampd-writer")
+        .enable_all()
+        .build()
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async context forbids; this does not.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Writer {
@@ -139,21 +163,31 @@ impl Writer {
             fenced,
             metrics,
         };
+        let (task, runtime) = match own_runtime() {
+            Ok(runtime) => (runtime.spawn(batcher.run()), Some(runtime)),
+            Err(err) => {
+                warn!(error = %err, "no thread of its own for the store writer; sharing the server's");
+                (tokio::spawn(batcher.run()), None)
+            }
+        };
         let writer = Self {
-            task: tokio::spawn(batcher.run()),
+            task,
             finish,
             health,
+            runtime,
         };
         (writer, fenced_rx)
     }
 
     /// Writes everything queued so far and stops; call it once no actor can produce more. Gives up
     /// after `deadline`, saying how much was not written.
-    pub async fn finish(self, deadline: Duration) {
+    pub async fn finish(mut self, deadline: Duration) {
         self.finish.cancel();
-        let mut task = self.task;
-        if tokio::time::timeout(deadline, &mut task).await.is_err() {
-            task.abort();
+        if tokio::time::timeout(deadline, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
             error!(
                 transitions = self.health.pending_transitions(),
                 "the database did not take the last writes before the shutdown timeout; they are lost"
@@ -185,6 +219,10 @@ struct Unlanded {
 
 impl Batcher {
     async fn run(mut self) {
+        // Group commit: changes that arrived while a write ran have already waited that long, so
+        // they go at once; only a first change after an idle spell waits out the window for
+        // company. Under load the write itself is the window, and no time is spent idle.
+        let mut backlog = false;
         loop {
             if self.is_idle() {
                 tokio::select! {
@@ -200,8 +238,10 @@ impl Batcher {
                     }
                 }
             }
-            self.gather_until(Instant::now() + self.settings.flush_interval)
-                .await;
+            if !backlog {
+                self.gather_until(Instant::now() + self.settings.flush_interval)
+                    .await;
+            }
             self.write_until_written().await;
             if self.finish.is_cancelled() {
                 self.take_queued();
@@ -209,6 +249,8 @@ impl Batcher {
                     return;
                 }
             }
+            self.take_waiting();
+            backlog = !self.is_idle();
         }
     }
 
@@ -234,6 +276,16 @@ impl Batcher {
     fn take_queued(&mut self) {
         while let Ok(change) = self.changes.try_recv() {
             self.take(change);
+        }
+    }
+
+    /// What is already queued, while the bound allows, without waiting.
+    fn take_waiting(&mut self) {
+        while self.has_room() {
+            match self.changes.try_recv() {
+                Ok(change) => self.take(change),
+                Err(_) => return,
+            }
         }
     }
 
