@@ -34,8 +34,12 @@ fn record(id: CollectorId) -> Collector {
     c.transport = Some(Transport::WebSocket);
     c.last_seen = Some(SystemTime::now());
     c.description = Some(Description {
-        identifying: [("service.name".to_owned(), "otelcol".into())].into(),
-        non_identifying: [("host.name".to_owned(), "node-1".into())].into(),
+        identifying: [("service.name".to_owned(), "otelcol".into())]
+            .into_iter()
+            .collect(),
+        non_identifying: [("host.name".to_owned(), "node-1".into())]
+            .into_iter()
+            .collect(),
     });
     c
 }

@@ -271,12 +271,12 @@ impl CollectorView {
                 identifying: c
                     .description
                     .as_ref()
-                    .map(|d| d.identifying.clone())
+                    .map(|d| attribute_map(&d.identifying))
                     .unwrap_or_default(),
                 non_identifying: c
                     .description
                     .as_ref()
-                    .map(|d| d.non_identifying.clone())
+                    .map(|d| attribute_map(&d.non_identifying))
                     .unwrap_or_default(),
             },
             capabilities: c.capabilities.names(),
@@ -360,4 +360,11 @@ impl EventView {
             transition: TransitionView::new(&event.transition),
         }
     }
+}
+
+fn attribute_map(attributes: &crate::collector::Attributes) -> BTreeMap<String, serde_json::Value> {
+    attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }

@@ -17,7 +17,7 @@ use super::{ClientCertificate, CollectorId, Delivery, Outbound, Report, State, T
 pub struct ConnectionRef {
     pub id: u64,
     pub transport: Transport,
-    pub push: Option<mpsc::Sender<Delivery>>,
+    pub push: Option<mpsc::Sender<Box<Delivery>>>,
     /// The verified client certificate the connection was made with (mutual TLS).
     pub client_certificate: Option<Arc<ClientCertificate>>,
 }
@@ -131,7 +131,7 @@ pub struct ActorSettings {
 /// A cloneable way to reach one collector's actor.
 #[derive(Debug, Clone)]
 pub struct CollectorHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Box<Command>>,
     /// Tells this actor from a later one for the same collector.
     pub(super) serial: u64,
 }
@@ -142,15 +142,12 @@ pub struct CollectorHandle {
 pub struct ActorGone(pub CollectorId);
 
 impl CollectorHandle {
-    pub(super) fn new(tx: mpsc::Sender<Command>, serial: u64) -> Self {
+    pub(super) fn new(tx: mpsc::Sender<Box<Command>>, serial: u64) -> Self {
         Self { tx, serial }
     }
 
     /// Sends a command; an actor that has left hands it back.
     pub(super) async fn send(&self, command: Command) -> Result<(), Command> {
-        self.tx.send(command).await.map_err(|e| e.0)
+        self.tx.send(Box::new(command)).await.map_err(|e| *e.0)
     }
 }
-
-// Every resident collector's mailbox holds room for 32 of these from the start.
-const _: () = assert!(size_of::<Command>() <= 32);

@@ -128,7 +128,10 @@ impl Capabilities {
 
 /// Attribute values as JSON: OpAMP's `AnyValue` maps onto it without loss except for bytes,
 /// which become base64-free arrays of numbers (rare in descriptions).
-pub type Attributes = BTreeMap<String, serde_json::Value>;
+/// A flat sorted vector, not a `BTreeMap`: a collector's few attributes are held for as long as
+/// it is resident, and a B-tree leaf is allocated for 11 entries (two maps of 600 bytes each for
+/// a typical four attributes). Same API and the same JSON.
+pub type Attributes = litemap::LiteMap<String, serde_json::Value>;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Description {

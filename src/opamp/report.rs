@@ -110,7 +110,7 @@ pub fn to_report(message: proto::AgentToServer) -> Report {
     }
 }
 
-fn attributes(list: Vec<proto::KeyValue>) -> BTreeMap<String, serde_json::Value> {
+fn attributes(list: Vec<proto::KeyValue>) -> crate::collector::Attributes {
     list.into_iter()
         .map(|kv| {
             let value = kv.value.map_or(serde_json::Value::Null, any_value);
@@ -498,7 +498,12 @@ mod tests {
         assert_eq!(health.last_error, "bad\u{fffd}byte");
         assert!(health.components.contains_key("x\u{fffd}"));
         let description = report.description.unwrap();
-        let value = description.identifying["k\u{fffd}"].as_str().unwrap();
+        let value = description
+            .identifying
+            .get("k\u{fffd}")
+            .unwrap()
+            .as_str()
+            .unwrap();
         assert!(value.len() <= crate::collector::encoding::MAX_TEXT + '…'.len_utf8());
     }
 
@@ -532,7 +537,10 @@ mod tests {
             let stored = serde_json::to_vec(&description).unwrap();
             let back: Description = serde_json::from_slice(&stored).unwrap();
             assert_eq!(back, description, "{value:e}");
-            assert_eq!(back.non_identifying["ratio"].as_f64(), Some(value));
+            assert_eq!(
+                back.non_identifying.get("ratio").unwrap().as_f64(),
+                Some(value)
+            );
         }
     }
 

@@ -39,7 +39,10 @@ async fn absent_sub_messages_mean_unchanged() {
     post_ok(&server.opamp_url, &heartbeat(&uid, 1)).await;
     let view = server.view(id_of(&uid)).await.unwrap();
     let description = view.description.expect("description kept");
-    assert_eq!(description.identifying["service.name"], "test-collector");
+    assert_eq!(
+        description.identifying.get("service.name").unwrap(),
+        "test-collector"
+    );
     assert!(view.health.expect("health kept").healthy);
     assert_eq!(view.sequence_num, Some(1));
 }

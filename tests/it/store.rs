@@ -51,11 +51,15 @@ fn full_record(id: CollectorId, state: State) -> Collector {
     c.capabilities = Capabilities(0x3fff);
     c.sequence_num = Some(u64::MAX - 1);
     c.description = Some(Description {
-        identifying: BTreeMap::from([("service.name".into(), "otelcol".into())]),
-        non_identifying: BTreeMap::from([
+        identifying: [("service.name".into(), "otelcol".into())]
+            .into_iter()
+            .collect(),
+        non_identifying: [
             ("host.name".into(), "node-1".into()),
             ("cpu.count".into(), 8.into()),
-        ]),
+        ]
+        .into_iter()
+        .collect(),
     });
     c.health = Some(Health {
         healthy: false,

@@ -238,7 +238,7 @@ impl Actor {
         {
             debug!(collector_id = %self.id, old = old.id, new = connection.id, "connection replaced");
             // If the old connection's queue is full it is stuck anyway; its reader will notice.
-            let _ = push.try_send(Delivery::Close(CloseReason::Replaced));
+            let _ = push.try_send(Box::new(Delivery::Close(CloseReason::Replaced)));
         }
         if connection.transport == Transport::WebSocket {
             self.silent_deadline = None;
@@ -281,18 +281,18 @@ impl Actor {
         }
     }
 
-    fn push_outbox(&mut self, push: &mpsc::Sender<Delivery>) {
+    fn push_outbox(&mut self, push: &mpsc::Sender<Box<Delivery>>) {
         loop {
             let out = self.take_outbox(Transport::WebSocket);
             if out.is_empty() {
                 return;
             }
-            if let Err(err) = push.try_send(Delivery::Send(self.id, Box::new(out))) {
+            if let Err(err) = push.try_send(Box::new(Delivery::Send(self.id, Box::new(out)))) {
                 if matches!(err, mpsc::error::TrySendError::Full(_)) {
                     warn!(collector_id = %self.id, "connection queue full; message kept for later");
                 }
                 // Kept, not lost: it goes out with the next reply or on the next connection.
-                if let Delivery::Send(_, out) = err.into_inner() {
+                if let Delivery::Send(_, out) = *err.into_inner() {
                     self.record.outbox.merge(*out);
                 }
                 return;
