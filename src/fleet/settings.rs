@@ -295,7 +295,9 @@ impl Distributor {
     async fn catch_up(&self, registry: &Registry, force: bool) {
         let mut retell = self.telling.lock().await;
         let told = match self.refresh().await {
-            Ok(changed) if changed || force || *retell => self.tell_resident(registry).await,
+            Ok(changed) if must_tell(changed || *retell, force, self.shared.get().is_empty()) => {
+                self.tell_resident(registry).await
+            }
             Ok(_) => Ok(()),
             Err(err) => Err(err),
         };
@@ -387,9 +389,37 @@ impl Distributor {
     }
 }
 
+/// Whether a catch-up tells every resident collector afresh: when what they were told is `stale`
+/// (the book changed, or the last telling failed), or when arrivals were missed (`force`, after
+/// lagging) while the book holds offers. With an empty book a missed arrival had nothing to hear
+/// (as in [`Distributor::arrived`]); in a reconnect storm this spares a read of the whole fleet
+/// per lag.
+fn must_tell(stale: bool, force: bool, book_empty: bool) -> bool {
+    stale || (force && !book_empty)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn missed_arrivals_are_told_only_when_there_is_something_to_hear() {
+        use super::must_tell;
+        // (stale, force, book_empty)
+        assert!(
+            must_tell(true, false, true),
+            "a withdrawal or failed telling is told"
+        );
+        assert!(
+            must_tell(false, true, false),
+            "missed arrivals hear the book"
+        );
+        assert!(
+            !must_tell(false, true, true),
+            "an empty book has nothing to tell"
+        );
+        assert!(!must_tell(false, false, false), "nothing new, nothing told");
+    }
 
     use super::*;
 
