@@ -108,9 +108,9 @@ impl ClientCertificateView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DescriptionView {
     #[schema(value_type = Object)]
-    pub identifying: BTreeMap<String, serde_json::Value>,
+    pub identifying: crate::collector::Attributes,
     #[schema(value_type = Object)]
-    pub non_identifying: BTreeMap<String, serde_json::Value>,
+    pub non_identifying: crate::collector::Attributes,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -271,12 +271,12 @@ impl CollectorView {
                 identifying: c
                     .description
                     .as_ref()
-                    .map(|d| attribute_map(&d.identifying))
+                    .map(|d| d.identifying.clone())
                     .unwrap_or_default(),
                 non_identifying: c
                     .description
                     .as_ref()
-                    .map(|d| attribute_map(&d.non_identifying))
+                    .map(|d| d.non_identifying.clone())
                     .unwrap_or_default(),
             },
             capabilities: c.capabilities.names(),
@@ -360,11 +360,4 @@ impl EventView {
             transition: TransitionView::new(&event.transition),
         }
     }
-}
-
-fn attribute_map(attributes: &crate::collector::Attributes) -> BTreeMap<String, serde_json::Value> {
-    attributes
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }

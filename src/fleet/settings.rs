@@ -402,9 +402,10 @@ fn must_tell(stale: bool, force: bool, book_empty: bool) -> bool {
 mod tests {
     use std::time::Duration;
 
+    use super::*;
+
     #[test]
     fn missed_arrivals_are_told_only_when_there_is_something_to_hear() {
-        use super::must_tell;
         // (stale, force, book_empty)
         assert!(
             must_tell(true, false, true),
@@ -420,8 +421,6 @@ mod tests {
         );
         assert!(!must_tell(false, false, false), "nothing new, nothing told");
     }
-
-    use super::*;
 
     fn offer(name: &str, selector: &str, age: u64, settings: ConnectionSettings) -> SettingsOffer {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1000 - age);

@@ -16,9 +16,9 @@ pub fn collectors_allowed(limit: u64, config: &Config) -> u64 {
     limit.saturating_sub(others + SPARE)
 }
 
-/// Raises the soft open-files limit to the hard one and logs how many collectors it allows;
-/// the limit in force, or `None` if it could not be raised (then the old one stays).
-pub fn raise(config: &Config) -> Option<u64> {
+/// Raises the soft open-files limit to the hard one and logs how many collectors it allows (if
+/// it cannot be raised, the old one stays, and that is logged).
+pub fn raise(config: &Config) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
             let collectors = collectors_allowed(limit, config);
@@ -37,12 +37,8 @@ pub fn raise(config: &Config) -> Option<u64> {
                      accepting beyond it will fail; raise the hard limit (ulimit -Hn, LimitNOFILE)"
                 );
             }
-            Some(limit)
         }
-        Err(err) => {
-            warn!(%err, "cannot raise the open-files limit");
-            None
-        }
+        Err(err) => warn!(%err, "cannot raise the open-files limit"),
     }
 }
 

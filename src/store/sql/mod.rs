@@ -234,9 +234,21 @@ pub struct SqliteStore {
 
 pub struct PostgresStore {
     pool: PgPool,
-    /// The same pool: PostgreSQL has no single-writer cache to keep warm.
-    writer: PgPool,
     node: String,
+}
+
+impl SqliteStore {
+    /// Where the collectors' batches and claims go.
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+}
+
+impl PostgresStore {
+    /// The one pool: PostgreSQL has no single-writer cache to keep warm.
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 impl SqliteStore {
@@ -250,20 +262,11 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(10));
         let file = options.get_filename();
-        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Setup(format!("cannot create directory {}: {e}", dir.display()))
-            })?;
-        }
-        let in_memory = file
-            .to_str()
-            .is_some_and(|f| f.starts_with("file:sqlx-in-memory"));
+        create_parent(file)?;
+        let in_memory = is_in_memory(file);
         let writer_options = options
             .clone()
-            .pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}"))
-            // A chunk's `RETURNING` rows all fit: SQLite's thread runs a statement through
-            // without waiting, at 50 it handed rows over and waited for the batcher again.
-            .row_buffer_size(CHUNK + 1);
+            .pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}"));
         let pool = SqlitePoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -289,18 +292,26 @@ impl SqliteStore {
 pub fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, StoreError> {
     let options = SqliteConnectOptions::from_str(url)?;
     let file = options.get_filename();
-    if file
-        .to_str()
-        .is_some_and(|f| f.starts_with("file:sqlx-in-memory"))
-    {
+    if is_in_memory(file) {
         return Ok(None);
     }
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Setup(format!("cannot create directory {}: {e}", dir.display()))
-        })?;
-    }
+    create_parent(file)?;
     lock_exclusively(file).map(Some)
+}
+
+/// sqlx names an in-memory database (`sqlite::memory:`) this way, shared-cache.
+fn is_in_memory(file: &std::path::Path) -> bool {
+    file.to_str()
+        .is_some_and(|f| f.starts_with("file:sqlx-in-memory"))
+}
+
+fn create_parent(file: &std::path::Path) -> Result<(), StoreError> {
+    match file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Setup(format!("cannot create directory {}: {e}", dir.display()))
+        }),
+        None => Ok(()),
+    }
 }
 
 fn lock_exclusively(file: &std::path::Path) -> Result<std::fs::File, StoreError> {
@@ -335,11 +346,7 @@ impl PostgresStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
-        Ok(Self {
-            writer: pool.clone(),
-            pool,
-            node,
-        })
+        Ok(Self { pool, node })
     }
 }
 
@@ -429,7 +436,7 @@ macro_rules! sql_store {
             }
 
             async fn write(&self, batch: &Batch) -> Result<Vec<Key>, StoreError> {
-                let mut tx = self.writer.begin().await?;
+                let mut tx = self.writer().begin().await?;
                 let fenced = Self::write_in(&mut tx, &self.node, batch).await?;
                 tx.commit().await?;
                 Ok(fenced)
@@ -444,7 +451,7 @@ macro_rules! sql_store {
             }
 
             async fn claim(&self, ids: &[CollectorId]) -> Result<Vec<Claimed>, StoreError> {
-                let mut tx = self.writer.begin().await?;
+                let mut tx = self.writer().begin().await?;
                 let claimed = Self::claim_in(&mut tx, &self.node, ids).await?;
                 tx.commit().await?;
                 Ok(claimed)
