@@ -20,14 +20,8 @@
     dead_code
 )]
 
-#[path = "support/database.rs"]
-mod database;
-#[path = "../tests/it/support/postgres.rs"]
-mod postgres;
-#[path = "support/server.rs"]
-mod server;
-#[path = "support/visibility.rs"]
-mod visibility;
+mod support;
+use support::{postgres, server, visibility};
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

@@ -17,12 +17,8 @@
     dead_code
 )]
 
-#[path = "support/database.rs"]
-mod database;
-#[path = "../tests/it/support/postgres.rs"]
-mod postgres;
-#[path = "support/server.rs"]
-mod server;
+mod support;
+use support::{database, server};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
