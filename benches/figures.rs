@@ -21,13 +21,13 @@
 )]
 
 mod support;
-use support::{postgres, server, visibility};
+use support::{load, postgres, server, visibility};
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use opampd_load::{Args, Hooks, Report, Stage};
+use opampd_load::{Args, Report};
 use serde_json::{Value, json};
 use server::{Server, free_port, setting};
 
@@ -259,18 +259,7 @@ async fn visibility_run(
         ],
     );
     let measuring = args.duration;
-    let (stage_tx, mut stage) = tokio::sync::watch::channel(Stage::Starting);
-    let load = tokio::spawn(opampd_load::run_with(
-        args,
-        Hooks {
-            stage: Some(stage_tx),
-            stop: None,
-        },
-    ));
-    stage
-        .wait_for(|s| *s == Stage::Measuring)
-        .await
-        .expect("the ramp ends");
+    let load = load::measuring(args, None).await;
     // The first interval is the paced collectors' spreading out: the probe starts after it and
     // stops a second before they do.
     let started = Instant::now();

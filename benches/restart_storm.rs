@@ -18,7 +18,7 @@
 )]
 
 mod support;
-use support::{database, server};
+use support::{database, load, server};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use opampd::collector::Reason;
 use opampd::config::Config;
-use opampd_load::{Args, Hooks, Stage};
+use opampd_load::Args;
 use serde_json::{Value, json};
 use server::{Server, free_port};
 
@@ -105,18 +105,7 @@ async fn run(backend: &str, database: String, collectors: usize) -> Value {
         "--quiet",
     ])
     .unwrap();
-    let (stage_tx, mut stage) = tokio::sync::watch::channel(Stage::Starting);
-    let load = tokio::spawn(opampd_load::run_with(
-        args,
-        Hooks {
-            stage: Some(stage_tx),
-            stop: None,
-        },
-    ));
-    stage
-        .wait_for(|s| *s == Stage::Measuring)
-        .await
-        .expect("the ramp ends");
+    let load = load::measuring(args, None).await;
     let ids = all_ids(&client, &api).await;
     assert_eq!(ids.len(), collectors, "every collector is listed");
     let labelling = label_all(&client, &api, &ids).await;

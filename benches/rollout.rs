@@ -22,12 +22,12 @@
 )]
 
 mod support;
-use support::{database, server};
+use support::{database, load, server};
 
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use opampd_load::{Args, Hooks, Stage};
+use opampd_load::Args;
 use serde_json::{Value, json};
 use server::{Server, free_port};
 
@@ -94,19 +94,8 @@ async fn run(backend: &str, database: String, collectors: usize, poll: Duration)
         "--quiet",
     ])
     .unwrap();
-    let (stage_tx, mut stage) = tokio::sync::watch::channel(Stage::Starting);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let load = tokio::spawn(opampd_load::run_with(
-        args,
-        Hooks {
-            stage: Some(stage_tx),
-            stop: Some(stop_rx),
-        },
-    ));
-    stage
-        .wait_for(|s| *s == Stage::Measuring)
-        .await
-        .expect("the ramp ends");
+    let load = load::measuring(args, Some(stop_rx)).await;
 
     let yaml = "receivers:\n  otlp:\nexporters:\n  debug:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [debug]\n";
     post(

@@ -3,6 +3,7 @@
 //! uses some of it.
 
 pub mod database;
+pub mod load;
 #[path = "../../tests/it/support/postgres.rs"]
 pub mod postgres;
 pub mod server;
