@@ -305,6 +305,8 @@ fn rows(backend: &str, f: &Value) -> Vec<Row> {
     let heartbeat_us = server("heartbeats", "cpu_per_message_us");
     let changes = num(&f["burst"]["measure"]["changes_per_s"]);
     let changes_p99 = num(&f["burst"]["measure"]["reply_latency"]["p99_ms"]);
+    // Whether the burst was short of CPU: the server shares the machine with the load generator.
+    let burst_busy = num(&f["burst"]["machine"]["busy_percent"]);
     let changes_goal = if backend == "postgres" {
         50_000.0
     } else {
@@ -348,7 +350,8 @@ fn rows(backend: &str, f: &Value) -> Vec<Row> {
             from: "burst",
             what: "status changes acknowledged and committed, back to back",
             figure: format!(
-                "{changes:.0}/s, reply p99 {changes_p99:.1} ms ({} collectors)",
+                "{changes:.0}/s, reply p99 {changes_p99:.1} ms ({} collectors; machine \
+                 {burst_busy:.0} % busy)",
                 n("burst")
             ),
             goal: if backend == "postgres" {

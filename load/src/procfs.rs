@@ -1,5 +1,6 @@
 //! Samples a server process from `/proc`: CPU time (utime + stime from `/proc/PID/stat`) and
-//! resident memory (`VmRSS` from `/proc/PID/status`).
+//! resident memory (`VmRSS` from `/proc/PID/status`); and the whole machine's busy and total CPU
+//! time (`/proc/stat`), which tells whether a run was limited by the machine itself.
 
 use std::time::Duration;
 
@@ -15,6 +16,10 @@ pub enum ProcError {
         file: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot read /proc/stat")]
+    Machine(#[source] std::io::Error),
+    #[error("/proc/stat has no cpu line")]
+    MachineFormat,
     #[error("/proc/{pid}/{file} has no {what}")]
     Format {
         pid: u32,
@@ -42,6 +47,44 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// All cores' CPU time, in clock ticks, from the text of `/proc/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineTicks {
+    /// Every state but idle and iowait.
+    pub busy: u64,
+    pub total: u64,
+}
+
+/// The first line (`cpu  user nice system idle iowait irq softirq steal …`) of `/proc/stat`.
+pub fn machine_ticks(stat: &str) -> Option<MachineTicks> {
+    let mut fields = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace();
+    // guest and guest_nice are already inside user and nice: only the first eight count.
+    let values: Vec<u64> = fields
+        .by_ref()
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = values[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Some(MachineTicks {
+        busy,
+        total: busy + idle + iowait,
+    })
+}
+
+/// Reads `/proc/stat` now.
+pub fn machine() -> Result<MachineTicks, ProcError> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(ProcError::Machine)?;
+    machine_ticks(&stat).ok_or(ProcError::MachineFormat)
 }
 
 /// `VmRSS` in KiB from the text of `/proc/PID/status`.
@@ -97,6 +140,21 @@ mod tests {
         assert_eq!(rss_kib(status), Some(51_234));
         assert_eq!(rss_kib("Name:\tx\n"), None);
         assert_eq!(rss_kib("VmRSS:\t 5 MB\n"), None);
+    }
+
+    #[test]
+    fn machine_time_counts_every_busy_state_and_leaves_out_guests() {
+        let stat = "cpu  100 5 50 800 20 3 2 1 40 0\ncpu0 50 2 25 400 10 1 1 0 20 0\n";
+        assert_eq!(
+            machine_ticks(stat),
+            Some(MachineTicks {
+                busy: 161,
+                total: 981
+            })
+        );
+        assert_eq!(machine_ticks("cpu0 1 2 3\n"), None);
+        assert_eq!(machine_ticks("cpu  1 2 x 4 5 6 7 8\n"), None);
+        assert_eq!(machine_ticks("cpu  1 2 3\n"), None);
     }
 
     #[test]

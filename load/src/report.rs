@@ -32,6 +32,8 @@ pub struct Report {
     pub errors: Errors,
     /// With `--server-pid` only.
     pub server: Option<Server>,
+    /// The whole machine during the measurement (Linux `/proc` only).
+    pub machine: Option<Machine>,
     /// Every collector connected, errors within `--max-errors`, and (storm, restart) every
     /// collector back.
     pub ok: bool,
@@ -129,6 +131,32 @@ pub struct Server {
     pub cpu_per_message_us: f64,
 }
 
+/// The machine during the measurement: a run whose machine was fully busy measured the machine,
+/// not only the server, when both share it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Cores that `/proc/stat` counted time for.
+    pub cores: f64,
+    /// Busy CPU time of every core / their total, in percent.
+    pub busy_percent: f64,
+    /// This load generator's CPU time, in percent of one core.
+    pub load_generator_cpu_percent: f64,
+    /// This load generator's CPU time / messages sent.
+    pub load_generator_cpu_per_message_us: f64,
+}
+
+impl Machine {
+    fn human(&self) -> String {
+        format!(
+            "machine   {:.0} cores {:.0} % busy; this load generator {:.0} % of a core ({:.1} µs per message)\n",
+            self.cores,
+            self.busy_percent,
+            self.load_generator_cpu_percent,
+            self.load_generator_cpu_per_message_us
+        )
+    }
+}
+
 impl Report {
     /// The multi-line summary for people.
     pub fn human(&self) -> String {
@@ -215,6 +243,9 @@ impl Report {
                 s.cpu_measure_percent,
                 s.cpu_per_message_us
             );
+        }
+        if let Some(m) = &self.machine {
+            out.push_str(&m.human());
         }
         let _ = writeln!(
             out,

@@ -13,8 +13,8 @@ use crate::agent::Behaviour;
 use crate::args::{Args, Mode};
 use crate::collector::{self, Control, Phase, Settings, Shared};
 use crate::net::{Target, TargetError};
-use crate::procfs::{self, ProcError, Sample};
-use crate::report::{Configs, Errors, Measure, Ramp, Reconnection, Report, Server, Storm};
+use crate::procfs::{self, MachineTicks, ProcError, Sample};
+use crate::report::{Configs, Errors, Machine, Measure, Ramp, Reconnection, Report, Server, Storm};
 use crate::stats::{Snapshot, round3};
 
 /// File descriptors kept free for everything but the collectors' sockets.
@@ -209,6 +209,7 @@ pub async fn run_with(args: Args, hooks: Hooks) -> Result<Report, LoadError> {
     }
     let ramp_seconds = started.elapsed().as_secs_f64();
     let after_ramp = sample(args.server_pid)?;
+    let machine_at_ramp = machine_sample();
     let at_ramp = shared.counters.snapshot();
     progress.say(&format!(
         "ramp done in {ramp_seconds:.1} s: {}/{n} connected; measuring ({:?})",
@@ -290,6 +291,7 @@ pub async fn run_with(args: Args, hooks: Hooks) -> Result<Report, LoadError> {
     let measure_seconds = measure_start.elapsed().as_secs_f64();
     let at_end = shared.counters.snapshot();
     let end = sample(args.server_pid)?;
+    let machine_at_end = machine_sample();
 
     progress.say("stopping");
     stage(Stage::Stopping);
@@ -316,6 +318,7 @@ pub async fn run_with(args: Args, hooks: Hooks) -> Result<Report, LoadError> {
         last,
         storm: storm_figures,
         samples: [before, after_ramp, end],
+        machine: [machine_at_ramp, machine_at_end],
     }))
 }
 
@@ -331,6 +334,41 @@ struct Assembly<'a> {
     last: Snapshot,
     storm: Option<(u64, Option<Duration>)>,
     samples: [Option<Sample>; 3],
+    /// The machine and this process, at the ramp's end and the measurement's.
+    machine: [Option<(MachineTicks, Sample)>; 2],
+}
+
+/// The machine's CPU time and this process's; `None` where `/proc` cannot say (the figures are
+/// only context, unlike the server's).
+fn machine_sample() -> Option<(MachineTicks, Sample)> {
+    Some((
+        procfs::machine().ok()?,
+        procfs::sample(std::process::id()).ok()?,
+    ))
+}
+
+/// How busy the machine and this load generator were while measuring.
+fn machine_figures(a: &Assembly<'_>, sent: u64) -> Option<Machine> {
+    let [Some((m0, own0)), Some((m1, own1))] = a.machine else {
+        return None;
+    };
+    let total = m1.total.saturating_sub(m0.total);
+    if total == 0 || a.measure_seconds <= 0.0 {
+        return None;
+    }
+    let busy = m1.busy.saturating_sub(m0.busy);
+    let own = own1.cpu.saturating_sub(own0.cpu).as_secs_f64();
+    let ticks_per_core = a.measure_seconds * procfs::CLOCK_TICKS_PER_SECOND as f64;
+    Some(Machine {
+        cores: round3(total as f64 / ticks_per_core),
+        busy_percent: round3(busy as f64 / total as f64 * 100.0),
+        load_generator_cpu_percent: round3(own / a.measure_seconds * 100.0),
+        load_generator_cpu_per_message_us: if sent > 0 {
+            round3(own / sent as f64 * 1e6)
+        } else {
+            0.0
+        },
+    })
 }
 
 #[allow(clippy::too_many_lines)] // one field after another
@@ -467,5 +505,6 @@ fn assemble(a: &Assembly<'_>) -> Report {
         failures,
         errors,
         server,
+        machine: machine_figures(a, sent),
     }
 }
