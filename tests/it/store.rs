@@ -378,6 +378,91 @@ async fn writes_under_a_superseded_claim_are_refused(backend: Backend) {
     assert_eq!(store.claim(&[id]).await.unwrap()[0].epoch, 3);
 }
 
+/// One batch, one chunk: a record written under its current claim and one under a superseded
+/// claim. The current one's facts and history land without a check of their own; the superseded
+/// one's, updated or not, do not.
+async fn a_batch_with_one_superseded_claim_writes_the_others(backend: Backend) {
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
+    let store = open_store(&url, "a").await;
+    let (current, stale) = (
+        full_record(CollectorId::new_v7(), State::Connected),
+        full_record(CollectorId::new_v7(), State::Connected),
+    );
+    let t = |n: u64| transition(None, State::Connected, Reason::Initial, n);
+    store
+        .write(&creating(
+            &[current.clone(), stale.clone()],
+            vec![(current.id, t(1)), (stale.id, t(1))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.claim(&[stale.id]).await.unwrap()[0].epoch, 2);
+
+    let failing = |c: &Collector| {
+        let mut c = c.clone();
+        c.state = Some(State::Error);
+        c.health = Some(Health {
+            healthy: false,
+            last_error: format!("{} failed", c.id),
+            ..Health::default()
+        });
+        c
+    };
+    let to_error = transition(
+        Some(State::Connected),
+        State::Error,
+        Reason::RuntimeError,
+        2,
+    );
+    let fenced = store
+        .write(&batch_of([
+            record_change(&failing(&current), 1, false),
+            transition_change(current.id, 1, to_error.clone()),
+            record_change(&failing(&stale), 1, false),
+            transition_change(stale.id, 1, to_error.clone()),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(fenced, vec![(stale.id, 1)]);
+    let written = store.load(current.id).await.unwrap().unwrap();
+    assert_eq!(facts(&written), facts(&failing(&current)));
+    assert_eq!(
+        store.transitions(current.id).await.unwrap(),
+        vec![t(1), to_error.clone()]
+    );
+    let kept = store.load(stale.id).await.unwrap().unwrap();
+    assert_eq!(
+        facts(&kept),
+        facts(&stale),
+        "neither the record nor its facts"
+    );
+    assert_eq!(store.transitions(stale.id).await.unwrap(), vec![t(1)]);
+
+    // A transition alone under a superseded claim, beside writes that check themselves: the
+    // batch's history still keeps its order and refuses only that one.
+    let back = transition(
+        Some(State::Error),
+        State::Connected,
+        Reason::ErrorResolved,
+        3,
+    );
+    let fenced = store
+        .write(&batch_of([
+            transition_change(stale.id, 1, back.clone()),
+            record_change(&current, 1, false),
+            transition_change(current.id, 1, back.clone()),
+        ]))
+        .await
+        .unwrap();
+    assert!(fenced.is_empty(), "only record writes report a fence");
+    assert_eq!(
+        store.transitions(current.id).await.unwrap(),
+        vec![t(1), to_error, back]
+    );
+    assert_eq!(store.transitions(stale.id).await.unwrap(), vec![t(1)]);
+}
+
 async fn labels_are_replaced_and_patched_at_once(backend: Backend) {
     let db = fresh_database(backend).await;
     let url = db.url.clone();
@@ -932,6 +1017,7 @@ crate::on_both_stores!(
     a_record_and_its_history_round_trip,
     the_latest_record_wins_and_transitions_only_append,
     a_large_batch_lands_in_one_write,
+    a_batch_with_one_superseded_claim_writes_the_others,
     recovery_disconnects_only_this_nodes_live_collectors,
     filters_select_by_state_labels_and_text,
     cursor_pages_follow_every_sort_order,

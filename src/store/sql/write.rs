@@ -20,9 +20,9 @@ macro_rules! sql_writes {
             ) -> Result<Vec<Key>, StoreError> {
                 let now = OffsetDateTime::now_utc();
                 Self::forgets_in(tx, batch).await?;
-                let fenced = Self::records_in(tx, node, batch, now).await?;
-                Self::facts_in(tx, batch, now).await?;
-                Self::transitions_in(tx, batch).await?;
+                let (fenced, written) = Self::records_in(tx, node, batch, now).await?;
+                Self::facts_in(tx, batch, now, &written).await?;
+                Self::transitions_in(tx, batch, &written).await?;
                 Ok(fenced)
             }
 
@@ -65,13 +65,15 @@ macro_rules! sql_writes {
             }
 
             /// Records: created (never over an existing row), updated under their epoch, or only
-            /// their `last_seen` moved. Returns the keys fenced.
+            /// their `last_seen` moved. Returns the keys fenced, and those whose create or update
+            /// this transaction made (their epoch is now known to hold: what else the batch
+            /// writes for them needs no check of its own).
             async fn records_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 node: &str,
                 batch: &Batch,
                 now: OffsetDateTime,
-            ) -> Result<Vec<Key>, StoreError> {
+            ) -> Result<(Vec<Key>, Written), StoreError> {
                 let mut creates = Vec::new();
                 let mut updates = Vec::new();
                 let mut touches = Vec::new();
@@ -89,8 +91,7 @@ macro_rules! sql_writes {
                         }
                     }
                 }
-                let mut applied: std::collections::HashSet<String> =
-                    std::collections::HashSet::new();
+                let mut written = Written::default();
                 let (columns, aliases) = column_lists(HOT, &[]);
                 for chunk in fixed_chunks(&creates) {
                     let mut q = QueryBuilder::<$db>::new(format!(
@@ -100,9 +101,10 @@ macro_rules! sql_writes {
                         b.push_bind(node).push_bind(now);
                         push_hot!(b, r);
                     });
-                    q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-                    let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
-                    applied.extend(rows.into_iter().map(|(id,)| id));
+                    q.push(" ON CONFLICT (id) DO NOTHING RETURNING id, epoch");
+                    let rows: Vec<(String, i64)> =
+                        q.build_query_as().fetch_all(&mut **tx).await?;
+                    written.0.extend(rows);
                 }
                 let assignments: String = HOT
                     .iter()
@@ -118,14 +120,22 @@ macro_rules! sql_writes {
                     });
                     q.push(format!(") UPDATE collectors SET {assignments}, updated_at = "));
                     q.push_bind(now);
-                    q.push(" FROM v WHERE id = v_id AND epoch = v_epoch RETURNING id");
-                    let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
-                    applied.extend(rows.into_iter().map(|(id,)| id));
+                    q.push(" FROM v WHERE id = v_id AND epoch = v_epoch");
+                    // No RETURNING: a row per update crossed the connection's channel (a tenth
+                    // of SQLite's thread in a burst). All updated is the rule; which ones were
+                    // fenced is asked only when some were.
+                    let updated = q.build().execute(&mut **tx).await?.rows_affected();
+                    let keys = chunk.iter().map(|r| (r.id.as_str(), r.epoch));
+                    if usize::try_from(updated).is_ok_and(|n| n == chunk.len()) {
+                        written.0.extend(keys.map(|(id, epoch)| (id.to_owned(), epoch)));
+                    } else {
+                        written.0.extend(Self::holding_in(tx, keys).await?);
+                    }
                 }
                 let fenced = creates
                     .iter()
                     .chain(&updates)
-                    .filter(|row| !applied.contains(&row.id))
+                    .filter(|row| !written.holds(&row.id, row.epoch))
                     .filter_map(|row| Some((CollectorId(row.id.parse().ok()?), row.epoch)))
                     .collect();
                 for chunk in fixed_chunks(&touches) {
@@ -140,7 +150,20 @@ macro_rules! sql_writes {
                     );
                     q.build().execute(&mut **tx).await?;
                 }
-                Ok(fenced)
+                Ok((fenced, written))
+            }
+
+            /// Which of `keys` (a chunk's worth) the stored records hold now.
+            async fn holding_in<'k>(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                keys: impl Iterator<Item = (&'k str, i64)>,
+            ) -> Result<Vec<(String, i64)>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("WITH v(v_id, v_epoch) AS (");
+                q.push_values(keys, |mut b, (id, epoch)| {
+                    b.push_bind(id).push_bind(epoch);
+                });
+                q.push(") SELECT id, epoch FROM collectors JOIN v ON id = v_id AND epoch = v_epoch");
+                Ok(q.build_query_as().persistent(false).fetch_all(&mut **tx).await?)
             }
 
             /// The facts parts that changed, one row each, only for records this batch may write.
@@ -148,6 +171,7 @@ macro_rules! sql_writes {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 batch: &Batch,
                 now: OffsetDateTime,
+                written: &Written,
             ) -> Result<(), StoreError> {
                 let facts: Vec<FactWrite> = batch
                     .entries
@@ -159,23 +183,43 @@ macro_rules! sql_writes {
                         _ => Vec::new(),
                     })
                     .collect();
+                // Each row checks its record's epoch, unless this batch's own write of the record
+                // already did (the usual case: a report changes the record and its facts).
+                let checked = facts.iter().all(|f| written.holds(&f.id, f.epoch));
                 for chunk in fixed_chunks(&facts) {
-                    let mut q =
-                        QueryBuilder::<$db>::new("WITH v(v_id, v_epoch, v_part, v_value) AS (");
-                    q.push_values(chunk, |mut b, f| {
-                        b.push_bind(&f.id)
-                            .push_bind(f.epoch)
-                            .push_bind(f.part)
-                            .push_bind(&f.value);
-                    });
+                    let mut q = if checked {
+                        let mut q = QueryBuilder::<$db>::new(
+                            "INSERT INTO collector_facts (id, part, value, updated_at) ",
+                        );
+                        q.push_values(chunk, |mut b, f| {
+                            b.push_bind(&f.id)
+                                .push_bind(f.part)
+                                .push_bind(&f.value)
+                                .push_bind(now);
+                        });
+                        q
+                    } else {
+                        let mut q = QueryBuilder::<$db>::new(
+                            "WITH v(v_id, v_epoch, v_part, v_value) AS (",
+                        );
+                        q.push_values(chunk, |mut b, f| {
+                            b.push_bind(&f.id)
+                                .push_bind(f.epoch)
+                                .push_bind(f.part)
+                                .push_bind(&f.value);
+                        });
+                        q.push(
+                            ") INSERT INTO collector_facts (id, part, value, updated_at) \
+                             SELECT v_id, v_part, v_value, ",
+                        );
+                        q.push_bind(now);
+                        q.push(
+                            " FROM v JOIN collectors ON id = v_id AND epoch = v_epoch WHERE 1 = 1",
+                        );
+                        q
+                    };
                     q.push(
-                        ") INSERT INTO collector_facts (id, part, value, updated_at) \
-                         SELECT v_id, v_part, v_value, ",
-                    );
-                    q.push_bind(now);
-                    q.push(
-                        " FROM v JOIN collectors ON id = v_id AND epoch = v_epoch WHERE 1 = 1 \
-                         ON CONFLICT (id, part) DO UPDATE SET value = excluded.value, \
+                        " ON CONFLICT (id, part) DO UPDATE SET value = excluded.value, \
                          updated_at = excluded.updated_at",
                     );
                     q.build().execute(&mut **tx).await?;
@@ -187,6 +231,7 @@ macro_rules! sql_writes {
             async fn transitions_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 batch: &Batch,
+                written: &Written,
             ) -> Result<(), StoreError> {
                 let transitions: Vec<TransitionWrite> = batch
                     .transitions
@@ -201,25 +246,45 @@ macro_rules! sql_writes {
                 if let Some(begin) = d.history_begin {
                     sqlx::query(begin).execute(&mut **tx).await?;
                 }
+                // As for facts: one statement shape for the whole batch, so the history keeps the
+                // batch's order.
+                let checked = transitions.iter().all(|t| written.holds(&t.id, t.epoch));
                 let (_, aliases) = column_lists(TRANSITIONS, &[]);
                 for chunk in fixed_chunks(&transitions) {
-                    let mut q = QueryBuilder::<$db>::new(format!("WITH v({aliases}) AS ("));
-                    q.push_values(chunk, |mut b, t| {
-                        b.push_bind(t.ord)
-                            .push_bind(t.epoch)
-                            .push_bind(&t.id)
-                            .push_bind(t.from)
-                            .push_bind(t.to)
-                            .push_bind(t.reason)
-                            .push_bind(&t.message)
-                            .push_bind(t.at)
-                            .push_bind(&t.cause);
-                    });
-                    q.push(format!(
-                        ") INSERT INTO transitions ({TRANSITION_COLUMNS}) \
-                         SELECT v_id, v_from, v_to, v_reason, v_message, v_at, v_cause \
-                         FROM v JOIN collectors ON id = v_id AND epoch = v_epoch ORDER BY v_ord"
-                    ));
+                    let mut q = if checked {
+                        let mut q = QueryBuilder::<$db>::new(format!(
+                            "INSERT INTO transitions ({TRANSITION_COLUMNS}) "
+                        ));
+                        q.push_values(chunk, |mut b, t| {
+                            b.push_bind(&t.id)
+                                .push_bind(t.from)
+                                .push_bind(t.to)
+                                .push_bind(t.reason)
+                                .push_bind(&t.message)
+                                .push_bind(t.at)
+                                .push_bind(&t.cause);
+                        });
+                        q
+                    } else {
+                        let mut q = QueryBuilder::<$db>::new(format!("WITH v({aliases}) AS ("));
+                        q.push_values(chunk, |mut b, t| {
+                            b.push_bind(t.ord)
+                                .push_bind(t.epoch)
+                                .push_bind(&t.id)
+                                .push_bind(t.from)
+                                .push_bind(t.to)
+                                .push_bind(t.reason)
+                                .push_bind(&t.message)
+                                .push_bind(t.at)
+                                .push_bind(&t.cause);
+                        });
+                        q.push(format!(
+                            ") INSERT INTO transitions ({TRANSITION_COLUMNS}) \
+                             SELECT v_id, v_from, v_to, v_reason, v_message, v_at, v_cause \
+                             FROM v JOIN collectors ON id = v_id AND epoch = v_epoch ORDER BY v_ord"
+                        ));
+                        q
+                    };
                     q.build().execute(&mut **tx).await?;
                 }
                 if let Some(end) = d.history_end {
@@ -394,6 +459,17 @@ macro_rules! sql_writes {
             }
         }
     };
+}
+
+/// The records a batch's transaction created or updated itself, with their epoch (a stored
+/// record has one).
+#[derive(Debug, Default)]
+pub(super) struct Written(pub(super) std::collections::HashMap<String, i64>);
+
+impl Written {
+    pub(super) fn holds(&self, id: &str, epoch: i64) -> bool {
+        self.0.get(id) == Some(&epoch)
+    }
 }
 
 /// Binds a [`HotRow`]'s values in `HOT` order.
