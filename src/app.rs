@@ -286,12 +286,10 @@ fn api_listener_settings(config: &Config, tls: Option<Acceptor>) -> net::Setting
 }
 
 /// Both listeners, bound (port 0 picks a free port).
-async fn bind(config: &Config) -> anyhow::Result<(TcpListener, TcpListener)> {
-    let opamp = TcpListener::bind(config.opamp.listen)
-        .await
+fn bind(config: &Config) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let opamp = net::listener::bind(config.opamp.listen)
         .with_context(|| format!("cannot listen on opamp.listen = {}", config.opamp.listen))?;
-    let api = TcpListener::bind(config.api.listen)
-        .await
+    let api = net::listener::bind(config.api.listen)
         .with_context(|| format!("cannot listen on api.listen = {}", config.api.listen))?;
     Ok((opamp, api))
 }
@@ -368,7 +366,7 @@ fn actor_settings(config: &Config) -> ActorSettings {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let sqlite_lock = store::lock(&config).context("cannot start")?;
     let store = prepare_store(&config).await?;
-    let (opamp_listener, api_listener) = bind(&config).await?;
+    let (opamp_listener, api_listener) = bind(&config)?;
     let opamp_addr = opamp_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
 

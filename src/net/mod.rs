@@ -7,6 +7,7 @@
 mod body;
 pub mod budget;
 mod conn;
+pub mod listener;
 pub mod open_files;
 pub mod reload;
 pub mod tls;

@@ -37,7 +37,7 @@ use crate::fleet::summary::{RolloutSummary, split_legacy};
 use crate::selector::{Requirement, Selector};
 use over_time::sql_over_time;
 use rollouts::{TARGET_COLUMNS, TargetRow, sql_rollouts};
-use write::{Written, push_hot, sql_writes};
+use write::{Written, push_hot, push_transition, sql_writes};
 
 /// What the two databases spell differently.
 struct Dialect {

@@ -256,27 +256,14 @@ macro_rules! sql_writes {
                             "INSERT INTO transitions ({TRANSITION_COLUMNS}) "
                         ));
                         q.push_values(chunk, |mut b, t| {
-                            b.push_bind(&t.id)
-                                .push_bind(t.from)
-                                .push_bind(t.to)
-                                .push_bind(t.reason)
-                                .push_bind(&t.message)
-                                .push_bind(t.at)
-                                .push_bind(&t.cause);
+                            push_transition!(b, t);
                         });
                         q
                     } else {
                         let mut q = QueryBuilder::<$db>::new(format!("WITH v({aliases}) AS ("));
                         q.push_values(chunk, |mut b, t| {
-                            b.push_bind(t.ord)
-                                .push_bind(t.epoch)
-                                .push_bind(&t.id)
-                                .push_bind(t.from)
-                                .push_bind(t.to)
-                                .push_bind(t.reason)
-                                .push_bind(&t.message)
-                                .push_bind(t.at)
-                                .push_bind(&t.cause);
+                            b.push_bind(t.ord).push_bind(t.epoch);
+                            push_transition!(b, t);
                         });
                         q.push(format!(
                             ") INSERT INTO transitions ({TRANSITION_COLUMNS}) \
@@ -495,4 +482,17 @@ macro_rules! push_hot {
     };
 }
 
-pub(super) use {push_hot, sql_writes};
+/// Binds a [`TransitionWrite`]'s values in `TRANSITION_COLUMNS` order.
+macro_rules! push_transition {
+    ($b:ident, $t:ident) => {
+        $b.push_bind(&$t.id)
+            .push_bind($t.from)
+            .push_bind($t.to)
+            .push_bind($t.reason)
+            .push_bind(&$t.message)
+            .push_bind($t.at)
+            .push_bind(&$t.cause)
+    };
+}
+
+pub(super) use {push_hot, push_transition, sql_writes};
