@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::args::Mode;
 use crate::net::Transport;
-use crate::stats::LatencySummary;
+use crate::procfs::{CLOCK_TICKS_PER_SECOND, MachineTicks, Sample};
+use crate::stats::{LatencySummary, round3};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -146,6 +147,33 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The figures between two readings of the machine and this process, `seconds` and `sent`
+    /// messages apart; `None` for an interval with no time in it.
+    pub fn between(
+        (m0, own0): (MachineTicks, Sample),
+        (m1, own1): (MachineTicks, Sample),
+        seconds: f64,
+        sent: u64,
+    ) -> Option<Self> {
+        let total = m1.total.saturating_sub(m0.total);
+        if total == 0 || seconds <= 0.0 {
+            return None;
+        }
+        let busy = m1.busy.saturating_sub(m0.busy);
+        let own = own1.cpu.saturating_sub(own0.cpu).as_secs_f64();
+        let ticks_per_core = seconds * CLOCK_TICKS_PER_SECOND as f64;
+        Some(Self {
+            cores: round3(total as f64 / ticks_per_core),
+            busy_percent: round3(busy as f64 / total as f64 * 100.0),
+            load_generator_cpu_percent: round3(own / seconds * 100.0),
+            load_generator_cpu_per_message_us: if sent > 0 {
+                round3(own / sent as f64 * 1e6)
+            } else {
+                0.0
+            },
+        })
+    }
+
     fn human(&self) -> String {
         format!(
             "machine   {:.0} cores {:.0} % busy; this load generator {:.0} % of a core ({:.1} µs per message)\n",
@@ -274,4 +302,37 @@ fn latency(s: &LatencySummary) -> String {
         "p50 {:.2} / p99 {:.2} / max {:.2} ms (n={})",
         s.p50_ms, s.p99_ms, s.max_ms, s.count
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn reading(busy: u64, total: u64, own_ms: u64) -> (MachineTicks, Sample) {
+        let own = Sample {
+            cpu: Duration::from_millis(own_ms),
+            rss_kib: 1,
+        };
+        (MachineTicks { busy, total }, own)
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // figures rounded to three places, from exact inputs
+    fn machine_figures_are_shares_of_the_interval() {
+        // Two cores for 10 s: 2,000 ticks, 1,500 of them busy; this process 4 s of CPU.
+        let m = Machine::between(
+            reading(100, 1_000, 500),
+            reading(1_600, 3_000, 4_500),
+            10.0,
+            8_000,
+        )
+        .expect("an interval");
+        assert_eq!(m.cores, 2.0);
+        assert_eq!(m.busy_percent, 75.0);
+        assert_eq!(m.load_generator_cpu_percent, 40.0);
+        assert_eq!(m.load_generator_cpu_per_message_us, 500.0);
+        assert!(Machine::between(reading(1, 5, 0), reading(1, 5, 0), 10.0, 1).is_none());
+    }
 }

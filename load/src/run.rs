@@ -349,26 +349,10 @@ fn machine_sample() -> Option<(MachineTicks, Sample)> {
 
 /// How busy the machine and this load generator were while measuring.
 fn machine_figures(a: &Assembly<'_>, sent: u64) -> Option<Machine> {
-    let [Some((m0, own0)), Some((m1, own1))] = a.machine else {
+    let [Some(start), Some(end)] = a.machine else {
         return None;
     };
-    let total = m1.total.saturating_sub(m0.total);
-    if total == 0 || a.measure_seconds <= 0.0 {
-        return None;
-    }
-    let busy = m1.busy.saturating_sub(m0.busy);
-    let own = own1.cpu.saturating_sub(own0.cpu).as_secs_f64();
-    let ticks_per_core = a.measure_seconds * procfs::CLOCK_TICKS_PER_SECOND as f64;
-    Some(Machine {
-        cores: round3(total as f64 / ticks_per_core),
-        busy_percent: round3(busy as f64 / total as f64 * 100.0),
-        load_generator_cpu_percent: round3(own / a.measure_seconds * 100.0),
-        load_generator_cpu_per_message_us: if sent > 0 {
-            round3(own / sent as f64 * 1e6)
-        } else {
-            0.0
-        },
-    })
+    Machine::between(start, end, a.measure_seconds, sent)
 }
 
 #[allow(clippy::too_many_lines)] // one field after another

@@ -1,10 +1,10 @@
 //! The write-behind batcher: drains the actors' changes into batches (group commit: what came
 //! during one write is the next) and writes each in one transaction, then signals the barriers
 //! queued with it (a reply that waits on one is sent only once its changes are committed; the
-//! barrier of a claim whose writes the store refused is dropped instead). While the database is down it keeps everything and retries with
-//! backoff. A batch the database refuses for its data is split until the refused rows are found;
-//! those go to the quarantine, and every other row lands. Writes the store fenced (their actor's
-//! claim was superseded) are reported back.
+//! barrier of a claim whose writes the store refused is dropped instead). While the database is
+//! down it keeps everything and retries with backoff. A batch the database refuses for its data
+//! is split until the refused rows are found; those go to the quarantine, and every other row
+//! lands. Writes the store fenced (their actor's claim was superseded) are reported back.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -255,13 +255,6 @@ pub struct PostgresStore {
     node: String,
 }
 
-impl SqliteStore {
-    /// Where the collectors' batches and claims go.
-    fn writer(&self) -> &SqlitePool {
-        &self.writer
-    }
-}
-
 impl PostgresStore {
     /// The one pool: PostgreSQL has no single-writer cache to keep warm.
     fn writer(&self) -> &PgPool {
@@ -270,6 +263,11 @@ impl PostgresStore {
 }
 
 impl SqliteStore {
+    /// Where the collectors' batches and claims go.
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
     pub async fn connect(url: &str, node: String, pool_size: u32) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)

@@ -104,7 +104,7 @@ macro_rules! sql_writes {
                     q.push(" ON CONFLICT (id) DO NOTHING RETURNING id, epoch");
                     let rows: Vec<(String, i64)> =
                         q.build_query_as().fetch_all(&mut **tx).await?;
-                    written.0.extend(rows);
+                    written.extend(rows);
                 }
                 let assignments: String = HOT
                     .iter()
@@ -127,9 +127,9 @@ macro_rules! sql_writes {
                     let updated = q.build().execute(&mut **tx).await?.rows_affected();
                     let keys = chunk.iter().map(|r| (r.id.as_str(), r.epoch));
                     if usize::try_from(updated).is_ok_and(|n| n == chunk.len()) {
-                        written.0.extend(keys.map(|(id, epoch)| (id.to_owned(), epoch)));
+                        written.extend(keys.map(|(id, epoch)| (id.to_owned(), epoch)));
                     } else {
-                        written.0.extend(Self::holding_in(tx, keys).await?);
+                        written.extend(Self::holding_in(tx, keys).await?);
                     }
                 }
                 let fenced = creates
@@ -451,7 +451,13 @@ macro_rules! sql_writes {
 /// The records a batch's transaction created or updated itself, with their epoch (a stored
 /// record has one).
 #[derive(Debug, Default)]
-pub(super) struct Written(pub(super) std::collections::HashMap<String, i64>);
+pub(super) struct Written(std::collections::HashMap<String, i64>);
+
+impl Extend<(String, i64)> for Written {
+    fn extend<I: IntoIterator<Item = (String, i64)>>(&mut self, keys: I) {
+        self.0.extend(keys);
+    }
+}
 
 impl Written {
     pub(super) fn holds(&self, id: &str, epoch: i64) -> bool {
