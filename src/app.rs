@@ -522,6 +522,7 @@ impl Running {
         {
             warn!(%err, "cannot record this node's clean stop; others will take it as silent");
         }
+        self.store.close().await;
         info!("stopped");
         failure.map_or(Ok(()), Err)
     }

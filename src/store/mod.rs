@@ -370,6 +370,10 @@ pub trait Store: Send + Sync + 'static {
     /// not Disconnected as Disconnected (`server_termination`), with the transition recorded.
     /// Returns how many were marked.
     async fn recover(&self, at: SystemTime) -> Result<usize, StoreError>;
+
+    /// At the end of a clean stop, after the last write: closes the connections. (SQLite copies
+    /// its log back and removes it when the last one closes, so the next start has none to read.)
+    async fn close(&self) {}
 }
 
 /// Every collector `selector` picks (among those declaring any of `custom_capabilities`, when

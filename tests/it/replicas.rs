@@ -206,6 +206,22 @@ async fn a_second_server_on_one_sqlite_file_is_refused() {
     assert!(again.wait_exit().await.success());
 }
 
+/// A clean stop closes the store: SQLite folds its log into the database file and removes it, so
+/// no log of up to 64 MiB waits for the next start.
+#[tokio::test]
+async fn a_clean_stop_leaves_no_sqlite_log_behind() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start_with_data(data.path(), &[], &[]).await;
+    let mut ws = WsClient::connect(&server.ws_url()).await;
+    ws.exchange(&hello(&new_uid(), 0)).await;
+    let log = data.path().join("opampd.db-wal");
+    assert!(log.exists(), "a running server writes through its log");
+    server.signal("TERM");
+    assert!(server.wait_exit().await.success());
+    assert!(!log.exists(), "the log is folded in at a clean stop");
+    assert!(data.path().join("opampd.db").exists());
+}
+
 /// The node running the rollout engine dies mid-rollout: another node takes the lease, continues
 /// from the stored progress and finishes, sending each collector its configuration once (twice
 /// only to the one that never answered the first time).

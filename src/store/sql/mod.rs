@@ -260,12 +260,22 @@ impl PostgresStore {
     fn writer(&self) -> &PgPool {
         &self.pool
     }
+
+    async fn close_pools(&self) {
+        self.pool.close().await;
+    }
 }
 
 impl SqliteStore {
     /// Where the collectors' batches and claims go.
     fn writer(&self) -> &SqlitePool {
         &self.writer
+    }
+
+    /// The writer first, so the readers' pool closes the database's last connection.
+    async fn close_pools(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
     }
 
     pub async fn connect(url: &str, node: String, pool_size: u32) -> Result<Self, StoreError> {
@@ -324,6 +334,9 @@ async fn checkpoint(pool: SqlitePool, stop: tokio_util::sync::CancellationToken)
         let done = stop
             .run_until_cancelled(sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool))
             .await;
+        if pool.is_closed() {
+            return;
+        }
         if let Some(Err(error)) = done {
             tracing::warn!(%error, "checkpointing the SQLite log failed; the writer will");
         }
@@ -924,6 +937,10 @@ macro_rules! sql_store {
                     QueryBuilder::<$db>::new("DELETE FROM connection_settings_offers WHERE name = ");
                 q.push_bind(name.to_owned());
                 Ok(q.build().execute(&self.pool).await?.rows_affected() > 0)
+            }
+
+            async fn close(&self) {
+                self.close_pools().await;
             }
 
             async fn recover(&self, at: SystemTime) -> Result<usize, StoreError> {
