@@ -218,7 +218,15 @@ async fn a_clean_stop_leaves_no_sqlite_log_behind() {
     assert!(log.exists(), "a running server writes through its log");
     server.signal("TERM");
     assert!(server.wait_exit().await.success());
-    assert!(!log.exists(), "the log is folded in at a clean stop");
+    let left: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| (e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .collect();
+    assert!(
+        !log.exists(),
+        "the log is folded in at a clean stop; left: {left:?}"
+    );
     assert!(data.path().join("opampd.db").exists());
 }
 

@@ -5,6 +5,7 @@
 
 mod over_time;
 mod rollouts;
+mod upkeep;
 mod write;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ use crate::fleet::summary::{RolloutSummary, split_legacy};
 use crate::selector::{Requirement, Selector};
 use over_time::sql_over_time;
 use rollouts::{TARGET_COLUMNS, TargetRow, sql_rollouts};
+use upkeep::{checkpoint, close_fully, close_last};
 use write::{Written, push_hot, push_transition, sql_writes};
 
 /// What the two databases spell differently.
@@ -224,13 +226,6 @@ const RECOVERED_MESSAGE: &str = "the server stopped without shutting down";
 /// and re-read them through the kernel (a fifth of the writer thread's time in a profile).
 const SQLITE_WRITER_CACHE_KIB: u32 = 16 * 1024;
 
-/// How often a read connection copies the write-ahead log back into the database file. SQLite
-/// does it by default inside the commit that takes the log past 1,000 pages: on the one write
-/// connection, where it was a tenth of that thread's time in a burst and every batch waited for
-/// it. In the background it runs beside the writer (SQLite allows one checkpoint next to one
-/// writer) and copies a page rewritten by many batches once.
-const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-
 /// The writer still checkpoints past this many log pages (64 MiB), so the log stays bounded if
 /// the background checkpoints fall behind or stop.
 const SQLITE_WRITER_AUTOCHECKPOINT_PAGES: u32 = 16 * 1024;
@@ -248,6 +243,8 @@ pub struct SqliteStore {
     node: String,
     /// Stops the background checkpoints when the store goes.
     _checkpoints: Option<tokio_util::sync::DropGuard>,
+    /// How to open the connection that closes last, for a database in a file.
+    last: Option<SqliteConnectOptions>,
 }
 
 pub struct PostgresStore {
@@ -262,7 +259,7 @@ impl PostgresStore {
     }
 
     async fn close_pools(&self) {
-        self.pool.close().await;
+        close_fully(&self.pool).await;
     }
 }
 
@@ -272,10 +269,12 @@ impl SqliteStore {
         &self.writer
     }
 
-    /// The writer first, so the readers' pool closes the database's last connection.
     async fn close_pools(&self) {
-        self.writer.close().await;
-        self.pool.close().await;
+        close_fully(&self.writer).await;
+        close_fully(&self.pool).await;
+        if let Some(last) = &self.last {
+            close_last(last).await;
+        }
     }
 
     pub async fn connect(url: &str, node: String, pool_size: u32) -> Result<Self, StoreError> {
@@ -288,6 +287,7 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             .pragma("journal_size_limit", SQLITE_JOURNAL_SIZE_LIMIT.to_string())
             .busy_timeout(Duration::from_secs(10));
+        let last = options.clone();
         let file = options.get_filename();
         create_parent(file)?;
         let in_memory = is_in_memory(file);
@@ -321,25 +321,8 @@ impl SqliteStore {
             writer,
             node,
             _checkpoints: checkpoints,
+            last: (!in_memory).then_some(last),
         })
-    }
-}
-
-/// Checkpoints the write-ahead log every [`SQLITE_CHECKPOINT_EVERY`] until `stop`. PASSIVE: it
-/// never waits for readers or the writer, and copies what it can.
-async fn checkpoint(pool: SqlitePool, stop: tokio_util::sync::CancellationToken) {
-    let mut every = tokio::time::interval(SQLITE_CHECKPOINT_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while stop.run_until_cancelled(every.tick()).await.is_some() {
-        let done = stop
-            .run_until_cancelled(sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool))
-            .await;
-        if pool.is_closed() {
-            return;
-        }
-        if let Some(Err(error)) = done {
-            tracing::warn!(%error, "checkpointing the SQLite log failed; the writer will");
-        }
     }
 }
 

@@ -1,0 +1,83 @@
+//! The pools' upkeep over their life: SQLite's background checkpoints, and a close that leaves
+//! no connection open.
+
+use std::time::Duration;
+
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, Database, Pool, SqlitePool};
+use tokio::time::Instant;
+
+/// How often a read connection copies the write-ahead log back into the database file. SQLite
+/// does it by default inside the commit that takes the log past 1,000 pages: on the one write
+/// connection, where it was a tenth of that thread's time in a burst and every batch waited for
+/// it. In the background it runs beside the writer (SQLite allows one checkpoint next to one
+/// writer) and copies a page rewritten by many batches once.
+const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoints the write-ahead log every [`SQLITE_CHECKPOINT_EVERY`] until `stop`. PASSIVE: it
+/// never waits for readers or the writer, and copies what it can.
+pub(super) async fn checkpoint(pool: SqlitePool, stop: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(SQLITE_CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while stop.run_until_cancelled(every.tick()).await.is_some() {
+        let done = stop
+            .run_until_cancelled(sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool))
+            .await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Some(Err(error)) = done {
+            tracing::warn!(%error, "checkpointing the SQLite log failed; the writer will");
+        }
+    }
+}
+
+/// How long [`close_fully`] keeps closing before it gives up on a connection that will not come
+/// back (the process is stopping anyway; SQLite then replays its log at the next start).
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How often [`close_fully`] looks again for a connection still open.
+const CLOSE_POLL: Duration = Duration::from_millis(5);
+
+/// Closes `pool` and returns once it holds no connection, or after [`CLOSE_DEADLINE`].
+///
+/// sqlx's `Pool::close` alone can return with a connection still open (sqlx issue 3217): a
+/// dropped connection goes back to the pool in a spawned task, which can park it in the idle
+/// queue after `close` drained that queue for the last time, or free the permit `close` waits
+/// on before the connection itself is closed. Such a connection then closes only when the
+/// process exits, and SQLite keeps its log file, because the last connection to close is the
+/// one that folds the log in and removes it. Calling `close` again drains what arrived since.
+pub(super) async fn close_fully<DB: Database>(pool: &Pool<DB>) {
+    let deadline = Instant::now() + CLOSE_DEADLINE;
+    loop {
+        pool.close().await;
+        if pool.size() == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                open = pool.size(),
+                "database connections still open after closing the pool"
+            );
+            return;
+        }
+        tokio::time::sleep(CLOSE_POLL).await;
+    }
+}
+
+/// Opens one connection and closes it, once every other is closed, so that it is the last.
+///
+/// SQLite folds the log into the database file and removes it (and the shared-memory index)
+/// when the last connection closes: the closing connection takes an exclusive lock to know it is
+/// the last. Two that close at once each still see the other and both leave the log, and a pool
+/// closes connections at once: those coming back from a query close on their own tasks, beside
+/// the idle ones `close` closes. This one closes alone.
+pub(super) async fn close_last(options: &SqliteConnectOptions) {
+    let closed = match options.connect().await {
+        Ok(connection) => connection.close().await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = closed {
+        tracing::warn!(%error, "cannot fold SQLite's log in; the next start will");
+    }
+}
