@@ -69,6 +69,7 @@ pub(super) fn spawn(
         contest: Contest::default(),
         custom_bucket: None,
         labels_at_load: None,
+        held_elsewhere: false,
         replying: false,
     });
     tracker.spawn(actor.run(rx, shutdown));
@@ -118,6 +119,9 @@ struct Actor {
     /// until its first arrival: what its first reply's connection settings are chosen by. Labels
     /// are the store's alone; later ones are read where they are needed.
     labels_at_load: Option<std::collections::BTreeMap<String, String>>,
+    /// The record as claimed counts the collector connected: to another node, which did not
+    /// record the loss (it died, and no survivor has marked its collectors yet).
+    held_elsewhere: bool,
     /// A report is being answered: connection settings wait for its reply rather than being
     /// pushed, so the reply that greets a collector carries them (conformance N1).
     replying: bool,
@@ -186,7 +190,7 @@ impl Actor {
                 Ok(Ok(Some(Claimed { mut record, epoch }))) => {
                     // Whatever the store says, this actor holds no connection yet; and labels are
                     // the store's alone.
-                    record.connected = false;
+                    self.held_elsewhere = std::mem::replace(&mut record.connected, false);
                     self.labels_at_load = Some(std::mem::take(&mut record.labels));
                     self.record = record;
                     self.epoch = epoch;

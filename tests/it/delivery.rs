@@ -3,7 +3,8 @@
 //! configuration hash (R5) or another packages hash (P6), a collector that never answers (timed
 //! out), and package offers that list what the collector keeps. Plain-HTTP collectors make every
 //! reply observable; the scripted WebSocket collector stands for the other transport (the timeout,
-//! and a configuration lost and sent again, before and after a server restart).
+//! and a configuration lost and sent again, before and after a server restart, and on a new
+//! connection that replaces one still open).
 
 use bytes::Bytes;
 use opampd::collector::{Event, PackageOffer, Reason, State};
@@ -468,4 +469,65 @@ async fn a_collector_that_lost_its_configuration_gets_it_again_even_after_a_rest
     let api = Api::new(&server.api_url);
     let after = api.ok(&format!("/api/v1/rollouts/{rollout}")).await;
     assert_eq!(after["progress"]["applied"], 1, "the target stays applied");
+}
+
+/// A collector that never answered the configuration it was sent opens a new WebSocket connection
+/// while its first still looks open (half-open, say): the first counts as lost and the new one as
+/// a return, so the configuration is sent again on it and applied. The history is the one the
+/// server records when it sees the first connection end before the new one speaks.
+#[tokio::test]
+async fn a_configuration_unanswered_on_a_replaced_connection_is_sent_on_the_new_one() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server.api_url);
+    configuration(&api).await;
+    let uid = new_uid();
+    let id = id_of(&uid);
+    let mut first = WsClient::connect(&server.ws_url).await;
+    first
+        .exchange(&with_components(
+            hello(&uid, 0),
+            "components:kafka",
+            &[("receivers", &["otlp"]), ("exporters", &["kafka"])],
+            true,
+        ))
+        .await;
+    labelled_ids(&api, &[id]).await;
+    api.post_ok(
+        "/api/v1/rollouts",
+        &json!({"configuration": "gateway", "version": 1, "selector": "env=prod"}),
+    )
+    .await;
+    let sent = first.recv().await;
+    assert!(sent.remote_config.is_some(), "the configuration: {sent:?}");
+
+    // It never answers; its next connection replaces this one, which stays open.
+    let second = Scripted::returning(id, &server.ws_url, &["kafka"], Script::Apply).await;
+    server
+        .wait_for(id, "applied on the new connection", |c| {
+            c.connected
+                && c.state == Some(State::Connected)
+                && c.remote_config_status
+                    .as_ref()
+                    .is_some_and(|s| s.status == opampd::collector::RemoteConfigState::Applied)
+        })
+        .await;
+    assert_eq!(second.received(), 1);
+    let reasons: Vec<Reason> = server.steps(id).await.iter().map(|s| s.2).collect();
+    assert_eq!(
+        reasons,
+        [
+            Reason::Initial,
+            Reason::QueuedForRollout,
+            Reason::ConfigSent,
+            Reason::NetworkInterruption,
+            Reason::ConnectionRestored,
+            Reason::NewConfiguration,
+            Reason::ConfigApplied,
+        ]
+    );
+    assert_eq!(
+        first.expect_close().await,
+        1008.into(),
+        "the first is closed"
+    );
 }

@@ -15,13 +15,18 @@ use crate::support::scripted::{Script, Scripted};
 use crate::support::*;
 
 async fn node(url: &str, name: &str) -> ServerProcess {
+    node_taking_over_after(url, name, "2s").await
+}
+
+/// A node that takes a silent one for dead after `node_timeout`.
+async fn node_taking_over_after(url: &str, name: &str, node_timeout: &str) -> ServerProcess {
     ServerProcess::start(
         &[],
         &[
             ("OPAMPD_DATABASE__URL", url),
             ("OPAMPD_SERVER__NODE_ID", name),
             ("OPAMPD_CLUSTER__RENEW_INTERVAL", "200ms"),
-            ("OPAMPD_CLUSTER__NODE_TIMEOUT", "2s"),
+            ("OPAMPD_CLUSTER__NODE_TIMEOUT", node_timeout),
         ],
     )
     .await
@@ -64,20 +69,27 @@ async fn assert_rolled_out(api: &Api, ids: &[opampd::collector::CollectorId]) {
         "connected/config_applied",
     ];
     for id in ids {
-        let mut last = Vec::new();
-        let settled = tokio::time::timeout(DEADLINE, async {
-            loop {
-                last = steps_via(api, *id).await;
-                if last.len() >= expected.len() {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        assert!(settled.is_ok(), "history of {id} incomplete: {last:?}");
-        assert_eq!(last, expected, "exact history of {id}");
+        let history = steps_at_least(api, *id, expected.len()).await;
+        assert_eq!(history, expected, "exact history of {id}");
     }
+}
+
+/// The collector's history once it has at least `n` steps (a node's engine or a client may see
+/// a change before the batcher has committed it); failing at the deadline.
+async fn steps_at_least(api: &Api, id: opampd::collector::CollectorId, n: usize) -> Vec<String> {
+    let mut last = Vec::new();
+    let settled = tokio::time::timeout(DEADLINE, async {
+        loop {
+            last = steps_via(api, id).await;
+            if last.len() >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "history of {id} incomplete: {last:?}");
+    last
 }
 
 #[tokio::test]
@@ -220,14 +232,41 @@ async fn a_clean_stop_leaves_no_sqlite_log_behind() {
     assert!(server.wait_exit().await.success());
     let left: Vec<_> = std::fs::read_dir(data.path())
         .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| (e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .filter_map(Result::ok)
+        .map(|e| (e.file_name(), e.metadata().map_or(0, |m| m.len())))
         .collect();
     assert!(
         !log.exists(),
         "the log is folded in at a clean stop; left: {left:?}"
     );
     assert!(data.path().join("opampd.db").exists());
+}
+
+/// A collector whose node died is back on another before any survivor has taken the dead node
+/// for dead: the record still counts it connected there. That connection is recorded as lost
+/// when the collector arrives, then its return: the history a survivor's marking would have
+/// given, and the arrival that has anything unanswered sent again.
+#[tokio::test]
+async fn a_collector_back_before_its_dead_node_is_marked_has_its_loss_recorded() {
+    let db = fresh_database().await;
+    let mut a = node_taking_over_after(&db.url, "a", "10m").await;
+    let b = node_taking_over_after(&db.url, "b", "10m").await;
+    let api_b = api_of(&b);
+    let uid = new_uid();
+    let mut on_a = WsClient::connect(&a.ws_url()).await;
+    on_a.exchange(&hello(&uid, 0)).await;
+    a.signal("KILL");
+    a.wait_exit().await;
+    let mut on_b = WsClient::connect(&b.ws_url()).await;
+    on_b.exchange(&hello(&uid, 1)).await;
+    let expected = [
+        "connected/initial",
+        "disconnected/network_interruption",
+        "connected/connection_restored",
+    ];
+    let history = steps_at_least(&api_b, id_of(&uid), expected.len()).await;
+    assert_eq!(history, expected);
+    drop(on_a);
 }
 
 /// The node running the rollout engine dies mid-rollout: another node takes the lease, continues

@@ -143,12 +143,25 @@ async fn a_second_connection_replaces_the_first() {
         (probe.status == 200).then_some(())
     })
     .await;
-    // Its end did not disconnect the collector: no Disconnected, and so no return either.
+    // The first connection counted as lost when the second came, and the second as a return,
+    // as when the first one's end is seen first; its end, seen later, changes nothing more.
     let reply = second.exchange(&heartbeat(&uid, 2)).await;
     assert_eq!(reply.instance_uid, uid);
     assert_eq!(
         server.steps(id_of(&uid)).await,
-        [(None, State::Connected, Reason::Initial)]
+        [
+            (None, State::Connected, Reason::Initial),
+            (
+                Some(State::Connected),
+                State::Disconnected,
+                Reason::NetworkInterruption
+            ),
+            (
+                Some(State::Disconnected),
+                State::Connected,
+                Reason::ConnectionRestored
+            ),
+        ]
     );
     assert!(server.view(id_of(&uid)).await.unwrap().connected);
 }

@@ -50,6 +50,13 @@ impl Actor {
         }
         let custom = report.custom_message.take();
         self.renew_if_due(&connection, &mut report);
+        if self.replaces_a_connection(&connection) {
+            // The collector is on a new connection, so the one the record counts is gone: it is
+            // lost first, as when its end is seen before this report. Then the history and what
+            // is sent again (an unanswered configuration) do not depend on which came first.
+            self.record.connected = true;
+            self.apply(Event::ConnectionLost);
+        }
         let arrived = !self.record.connected;
         let declares = report.custom_capabilities.is_some();
         self.changed = self.changed.by_report(&self.record, &report);
@@ -188,6 +195,18 @@ impl Actor {
         } else {
             Verdict::Replace
         }
+    }
+
+    /// Whether `connection` comes in place of one the record still counts: another WebSocket
+    /// connection of this actor's (half-open, most likely), or another node's (see
+    /// `held_elsewhere`). Consecutive plain-HTTP requests are one collector's polls, not
+    /// replacements.
+    fn replaces_a_connection(&mut self, connection: &ConnectionRef) -> bool {
+        let replaced = self
+            .connection
+            .as_ref()
+            .is_some_and(|old| old.id != connection.id && old.push.is_some());
+        std::mem::take(&mut self.held_elsewhere) || replaced
     }
 
     /// What the reply must ask of the collector: its full state after a gap or on first contact
