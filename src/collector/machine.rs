@@ -36,6 +36,25 @@ pub struct Transition {
     pub cause: Option<String>,
 }
 
+impl Transition {
+    /// The collector came, or came back: its first message ever, or its first after a loss.
+    pub fn is_arrival(&self) -> bool {
+        self.to == State::Connected
+            && matches!(self.reason, Reason::Initial | Reason::ConnectionRestored)
+    }
+
+    /// What can move a rollout: an arrival (a returning collector may be waited for, or owed its
+    /// configuration), or a move out of Pending, Configuring or Upgrading (a verdict or a
+    /// departure). Entering those states is the rollout's own doing.
+    pub fn moves_rollouts(&self) -> bool {
+        self.is_arrival()
+            || matches!(
+                self.from,
+                Some(State::Pending | State::Configuring | State::Upgrading)
+            )
+    }
+}
+
 /// The record of one collector: its state and every fact behind it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Collector {

@@ -22,7 +22,7 @@ use super::offer::{What, offer_of, package_offer};
 use super::rollout::{Outcome, Payload, Rollout, RolloutOptions, Status, Target};
 use crate::cluster::router::Router;
 use crate::collector::encoding::{rfc3339, unhex};
-use crate::collector::{CollectorId, Event, Reason, State, Transition};
+use crate::collector::{CollectorId, Event, State, Transition};
 use crate::selector::Selector;
 use crate::store::tail::Tail;
 use crate::store::{EventFilter, Store, StoreError};
@@ -101,7 +101,10 @@ impl Fleet {
         let mut engine = Engine {
             events: follow(Tail::new(
                 Arc::clone(&store),
-                EventFilter::default(),
+                EventFilter {
+                    moves_rollouts: true,
+                    ..EventFilter::default()
+                },
                 from,
                 flushes,
                 router.history_notices(),
@@ -293,8 +296,7 @@ impl Engine {
     /// Configuring or Upgrading is the engine's own doing (queueing, sending) and brings no
     /// verdict; every verdict, and every departure, is a transition out of those.
     async fn changed(&mut self, id: CollectorId, t: &Transition, from_history: bool) {
-        let arrived = t.to == State::Connected
-            && matches!(t.reason, Reason::Initial | Reason::ConnectionRestored);
+        let arrived = t.is_arrival();
         if from_history && arrived {
             self.arrived(id).await;
         }

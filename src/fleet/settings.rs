@@ -14,7 +14,7 @@ use crate::cluster::router::Router;
 use crate::collector::connection::{
     ConnectionSettings, OpampConnection, ProxySettings, TelemetryConnection,
 };
-use crate::collector::{CollectorId, Event, Reason, Registry, SettingsSource, State};
+use crate::collector::{CollectorId, Event, Registry, SettingsSource};
 use crate::selector::Selector;
 use crate::store::{Store, StoreError};
 /// Longest offer name, like configuration names.
@@ -374,8 +374,7 @@ impl Distributor {
                 };
                 let Some(published) = published else { break };
                 let t = &published.transition;
-                if t.to == State::Connected
-                    && matches!(t.reason, Reason::Initial | Reason::ConnectionRestored)
+                if t.is_arrival()
                     && let Err(err) = self.arrived(published.collector).await
                 {
                     warn!(collector_id = %published.collector, %err, "cannot read the labels of an arriving collector");

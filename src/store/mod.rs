@@ -199,6 +199,16 @@ pub struct EventFilter {
     pub states: Vec<State>,
     /// Transitions of collectors whose labels match.
     pub selector: Selector,
+    /// Only transitions that [move rollouts](crate::collector::Transition::moves_rollouts):
+    /// what the rollout engine reads the history for. A burst of health changes is none.
+    pub moves_rollouts: bool,
+}
+
+impl EventFilter {
+    /// Whether the filter leaves transitions out (so a reader may find none in a stretch).
+    pub fn is_selective(&self) -> bool {
+        !self.states.is_empty() || !self.selector.is_empty() || self.moves_rollouts
+    }
 }
 
 /// One file of a configuration version.

@@ -20,6 +20,11 @@ pub struct Tail {
     filter: EventFilter,
     seq: i64,
     buffer: VecDeque<Event>,
+    /// Where the history ended before the last read of a selective filter that came back short:
+    /// nothing up to there that it did not return matches, so reading resumes past it once the
+    /// buffer is drained. Without it a filter that rarely matches would read the same stretch,
+    /// longer each time, after every write.
+    read_to: Option<i64>,
     /// This node's committed writes.
     flushes: watch::Receiver<u64>,
     /// Other nodes' history notifications (none on a single node).
@@ -42,10 +47,17 @@ impl Tail {
             filter,
             seq,
             buffer: VecDeque::new(),
+            read_to: None,
             flushes,
             others,
             shutdown,
         }
+    }
+
+    /// Where the next read of the history starts: past every transition handed on or found
+    /// not to match.
+    pub fn position(&self) -> i64 {
+        self.read_to.map_or(self.seq, |end| end.max(self.seq))
     }
 
     /// The next transition, waiting for one; `None` when the server shuts down.
@@ -55,12 +67,24 @@ impl Tail {
                 self.seq = event.seq;
                 return Some(event);
             }
+            if let Some(end) = self.read_to.take() {
+                self.seq = self.seq.max(end);
+            }
+            let end = if self.filter.is_selective() {
+                self.store.last_seq().await.ok()
+            } else {
+                None
+            };
             match self.store.events_after(self.seq, &self.filter, PAGE).await {
-                Ok(events) if !events.is_empty() => {
-                    self.buffer.extend(events);
-                    continue;
+                Ok(events) => {
+                    if events.len() < PAGE {
+                        self.read_to = end;
+                    }
+                    if !events.is_empty() {
+                        self.buffer.extend(events);
+                        continue;
+                    }
                 }
-                Ok(_) => {}
                 Err(err) => tracing::warn!(%err, "cannot read the history; retrying"),
             }
             let others = async {

@@ -663,6 +663,19 @@ macro_rules! sql_store {
                 ));
                 q.push_bind(after);
                 Self::push_states(&mut q, "t.to_state", &filter.states);
+                if filter.moves_rollouts {
+                    // `Transition::moves_rollouts`, in SQL.
+                    q.push(format!(
+                        " AND (t.from_state IN ('{}', '{}', '{}') OR (t.to_state = '{}' \
+                         AND t.reason IN ('{}', '{}')))",
+                        State::Pending.as_str(),
+                        State::Configuring.as_str(),
+                        State::Upgrading.as_str(),
+                        State::Connected.as_str(),
+                        Reason::Initial.as_str(),
+                        Reason::ConnectionRestored.as_str(),
+                    ));
+                }
                 if !filter.selector.is_empty() {
                     // The collectors' labels as they are now.
                     q.push(" AND t.collector_id IN (SELECT id FROM collectors WHERE 1 = 1");
