@@ -17,7 +17,7 @@ use opampd::store::{
     After, Batch, CollectorQuery, ConfigurationFile, EventFilter, LabelEdit, SortKey, Store,
 };
 
-use crate::support::{Backend, fresh_database, open_store};
+use crate::support::{Backend, Database, fresh_database, open_store};
 
 /// A time the databases keep exactly (microseconds).
 fn at(seconds: u64) -> SystemTime {
@@ -865,14 +865,26 @@ async fn history_and_events_page_by_position(backend: Backend) {
     assert!(events.iter().all(|e| e.collector == b.id));
 }
 
-/// The rollout engine's read of the history: every edge of the diagram written once, and only
-/// those that move rollouts come back.
-async fn the_engine_reads_only_what_moves_rollouts(backend: Backend) {
+/// A store holding [`fleet`], and its first collector's id (the database lives while `Database`
+/// does).
+async fn with_fleet(backend: Backend) -> (Database, Arc<dyn Store>, CollectorId) {
     let db = fresh_database(backend).await;
     let store = open_store(&db.url, "a").await;
     let fleet = fleet();
     store_fleet(store.as_ref(), &fleet).await;
-    let id = fleet[0].id;
+    (db, store, fleet[0].id)
+}
+
+/// Appends `transitions` to `id`'s history in one write.
+async fn append(store: &dyn Store, id: CollectorId, transitions: Vec<Transition>) {
+    let changes = transitions.into_iter().map(|t| transition_change(id, 1, t));
+    store.write(&batch_of(changes)).await.unwrap();
+}
+
+/// The rollout engine's read of the history: every edge of the diagram written once, and only
+/// those that move rollouts come back.
+async fn the_engine_reads_only_what_moves_rollouts(backend: Backend) {
+    let (_db, store, id) = with_fleet(backend).await;
     let edges = opampd::collector::state::EDGES
         .iter()
         .chain(opampd::collector::state::EXTENSIONS.iter().map(|e| &e.edge));
@@ -883,14 +895,7 @@ async fn the_engine_reads_only_what_moves_rollouts(backend: Backend) {
                 .map(move |r| transition(e.from, e.to, *r, 1))
         })
         .collect();
-    let write = |ts: Vec<Transition>| {
-        let store = Arc::clone(&store);
-        async move {
-            let changes = ts.into_iter().map(|t| transition_change(id, 1, t));
-            store.write(&batch_of(changes)).await.unwrap();
-        }
-    };
-    write(every.clone()).await;
+    append(store.as_ref(), id, every.clone()).await;
     let filter = EventFilter {
         moves_rollouts: true,
         ..EventFilter::default()
@@ -918,18 +923,7 @@ async fn the_engine_reads_only_what_moves_rollouts(backend: Backend) {
 /// of health changes) instead of reading it again after every write, and hands on the next
 /// transition that moves rollouts.
 async fn a_selective_tail_reads_past_what_does_not_match(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let store = open_store(&db.url, "a").await;
-    let fleet = fleet();
-    store_fleet(store.as_ref(), &fleet).await;
-    let id = fleet[0].id;
-    let write = |ts: Vec<Transition>| {
-        let store = Arc::clone(&store);
-        async move {
-            let changes = ts.into_iter().map(|t| transition_change(id, 1, t));
-            store.write(&batch_of(changes)).await.unwrap();
-        }
-    };
+    let (_db, store, id) = with_fleet(backend).await;
     let filter = EventFilter {
         moves_rollouts: true,
         ..EventFilter::default()
@@ -964,7 +958,7 @@ async fn a_selective_tail_reads_past_what_does_not_match(backend: Backend) {
             }
         })
         .collect();
-    write(flips).await;
+    append(store.as_ref(), id, flips).await;
     let none = tokio::time::timeout(Duration::from_millis(200), tail.next()).await;
     assert!(none.is_err(), "no flip moves a rollout: {none:?}");
     assert_eq!(
@@ -972,20 +966,24 @@ async fn a_selective_tail_reads_past_what_does_not_match(backend: Backend) {
         store.last_seq().await.unwrap(),
         "read past them"
     );
-    write(vec![
-        transition(
-            Some(State::Connected),
-            State::Disconnected,
-            Reason::NetworkInterruption,
-            3,
-        ),
-        transition(
-            Some(State::Disconnected),
-            State::Connected,
-            Reason::ConnectionRestored,
-            3,
-        ),
-    ])
+    append(
+        store.as_ref(),
+        id,
+        vec![
+            transition(
+                Some(State::Connected),
+                State::Disconnected,
+                Reason::NetworkInterruption,
+                3,
+            ),
+            transition(
+                Some(State::Disconnected),
+                State::Connected,
+                Reason::ConnectionRestored,
+                3,
+            ),
+        ],
+    )
     .await;
     notify.send_replace(1);
     let next = tail.next().await.expect("the arrival");
