@@ -47,8 +47,7 @@ macro_rules! sql_writes {
                         ") DELETE FROM collectors WHERE (id, epoch) IN \
                          (SELECT v_id, v_epoch FROM v) RETURNING id",
                     );
-                    let deleted: Vec<(String,)> =
-                        q.build_query_as().fetch_all(&mut **tx).await?;
+                    let deleted: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
                     if deleted.is_empty() {
                         continue;
                     }
@@ -74,6 +73,7 @@ macro_rules! sql_writes {
                 batch: &Batch,
                 now: OffsetDateTime,
             ) -> Result<(Vec<Key>, Written), StoreError> {
+                let d: &Dialect = &$dialect;
                 let mut creates = Vec::new();
                 let mut updates = Vec::new();
                 let mut touches = Vec::new();
@@ -95,15 +95,15 @@ macro_rules! sql_writes {
                 let (columns, aliases) = column_lists(HOT, &[]);
                 for chunk in fixed_chunks(&creates) {
                     let mut q = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO collectors (node, updated_at, {columns}) "
+                        "{} collectors (node, updated_at, {columns}) ",
+                        d.batch_insert
                     ));
                     q.push_values(chunk, |mut b, r| {
                         b.push_bind(node).push_bind(now);
                         push_hot!(b, r);
                     });
                     q.push(" ON CONFLICT (id) DO NOTHING RETURNING id, epoch");
-                    let rows: Vec<(String, i64)> =
-                        q.build_query_as().fetch_all(&mut **tx).await?;
+                    let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
                     written.extend(rows);
                 }
                 let assignments: String = HOT
@@ -118,7 +118,10 @@ macro_rules! sql_writes {
                     q.push_values(chunk, |mut b, r| {
                         push_hot!(b, r);
                     });
-                    q.push(format!(") UPDATE collectors SET {assignments}, updated_at = "));
+                    q.push(format!(
+                        ") {} collectors SET {assignments}, updated_at = ",
+                        d.batch_update
+                    ));
                     q.push_bind(now);
                     q.push(" FROM v WHERE id = v_id AND epoch = v_epoch");
                     // No RETURNING: a row per update crossed the connection's channel (a tenth
@@ -139,15 +142,15 @@ macro_rules! sql_writes {
                     .filter_map(|row| Some((CollectorId(row.id.parse().ok()?), row.epoch)))
                     .collect();
                 for chunk in fixed_chunks(&touches) {
-                    let mut q =
-                        QueryBuilder::<$db>::new("WITH v(v_id, v_epoch, v_last_seen) AS (");
+                    let mut q = QueryBuilder::<$db>::new("WITH v(v_id, v_epoch, v_last_seen) AS (");
                     q.push_values(chunk, |mut b, (id, epoch, seen)| {
                         b.push_bind(id).push_bind(*epoch).push_bind(*seen);
                     });
-                    q.push(
-                        ") UPDATE collectors SET last_seen = v_last_seen FROM v \
+                    q.push(format!(
+                        ") {} collectors SET last_seen = v_last_seen FROM v \
                          WHERE id = v_id AND epoch = v_epoch",
-                    );
+                        d.batch_update
+                    ));
                     q.build().execute(&mut **tx).await?;
                 }
                 Ok((fenced, written))
@@ -162,8 +165,13 @@ macro_rules! sql_writes {
                 q.push_values(keys, |mut b, (id, epoch)| {
                     b.push_bind(id).push_bind(epoch);
                 });
-                q.push(") SELECT id, epoch FROM collectors JOIN v ON id = v_id AND epoch = v_epoch");
-                Ok(q.build_query_as().persistent(false).fetch_all(&mut **tx).await?)
+                q.push(
+                    ") SELECT id, epoch FROM collectors JOIN v ON id = v_id AND epoch = v_epoch",
+                );
+                Ok(q.build_query_as()
+                    .persistent(false)
+                    .fetch_all(&mut **tx)
+                    .await?)
             }
 
             /// The facts parts that changed, one row each, only for records this batch may write.
@@ -173,6 +181,7 @@ macro_rules! sql_writes {
                 now: OffsetDateTime,
                 written: &Written,
             ) -> Result<(), StoreError> {
+                let d: &Dialect = &$dialect;
                 let facts: Vec<FactWrite> = batch
                     .entries
                     .iter()
@@ -188,9 +197,10 @@ macro_rules! sql_writes {
                 let checked = facts.iter().all(|f| written.holds(&f.id, f.epoch));
                 for chunk in fixed_chunks(&facts) {
                     let mut q = if checked {
-                        let mut q = QueryBuilder::<$db>::new(
-                            "INSERT INTO collector_facts (id, part, value, updated_at) ",
-                        );
+                        let mut q = QueryBuilder::<$db>::new(format!(
+                            "{} collector_facts (id, part, value, updated_at) ",
+                            d.batch_insert
+                        ));
                         q.push_values(chunk, |mut b, f| {
                             b.push_bind(&f.id)
                                 .push_bind(f.part)
@@ -199,19 +209,19 @@ macro_rules! sql_writes {
                         });
                         q
                     } else {
-                        let mut q = QueryBuilder::<$db>::new(
-                            "WITH v(v_id, v_epoch, v_part, v_value) AS (",
-                        );
+                        let mut q =
+                            QueryBuilder::<$db>::new("WITH v(v_id, v_epoch, v_part, v_value) AS (");
                         q.push_values(chunk, |mut b, f| {
                             b.push_bind(&f.id)
                                 .push_bind(f.epoch)
                                 .push_bind(f.part)
                                 .push_bind(&f.value);
                         });
-                        q.push(
-                            ") INSERT INTO collector_facts (id, part, value, updated_at) \
+                        q.push(format!(
+                            ") {} collector_facts (id, part, value, updated_at) \
                              SELECT v_id, v_part, v_value, ",
-                        );
+                            d.batch_insert
+                        ));
                         q.push_bind(now);
                         q.push(
                             " FROM v JOIN collectors ON id = v_id AND epoch = v_epoch WHERE 1 = 1",
@@ -253,7 +263,8 @@ macro_rules! sql_writes {
                 for chunk in fixed_chunks(&transitions) {
                     let mut q = if checked {
                         let mut q = QueryBuilder::<$db>::new(format!(
-                            "INSERT INTO transitions ({TRANSITION_COLUMNS}) "
+                            "{} transitions ({TRANSITION_COLUMNS}) ",
+                            d.batch_insert
                         ));
                         q.push_values(chunk, |mut b, t| {
                             push_transition!(b, t);
@@ -266,9 +277,11 @@ macro_rules! sql_writes {
                             push_transition!(b, t);
                         });
                         q.push(format!(
-                            ") INSERT INTO transitions ({TRANSITION_COLUMNS}) \
+                            ") {} transitions ({TRANSITION_COLUMNS}) \
                              SELECT v_id, v_from, v_to, v_reason, v_message, v_at, v_cause \
-                             FROM v JOIN collectors ON id = v_id AND epoch = v_epoch ORDER BY v_ord"
+                             FROM v JOIN collectors ON id = v_id AND epoch = v_epoch \
+                             ORDER BY v_ord",
+                            d.batch_insert
                         ));
                         q
                     };
@@ -297,15 +310,13 @@ macro_rules! sql_writes {
                         .push(format!(" WHERE id IN {open}"))
                         .push_bind(sqlx::types::Json(ids))
                         .push(format!("{close} RETURNING {RECORD_COLUMNS}"));
-                    let rows = q
-                        .build_query_as::<RecordRow>()
-                        .fetch_all(&mut **tx)
-                        .await?;
+                    let rows = q.build_query_as::<RecordRow>().fetch_all(&mut **tx).await?;
                     let records = Self::with_facts(&mut **tx, rows, None).await?;
-                    claimed.extend(records.into_iter().map(|(record, epoch)| Claimed {
-                        record,
-                        epoch,
-                    }));
+                    claimed.extend(
+                        records
+                            .into_iter()
+                            .map(|(record, epoch)| Claimed { record, epoch }),
+                    );
                 }
                 Ok(claimed)
             }
@@ -412,8 +423,13 @@ macro_rules! sql_writes {
                     q.push_values(chunk, |mut b, r| {
                         b.push_bind(r.collector.to_string())
                             .push_bind(r.kind)
-                            .push_bind(crate::collector::encoding::storable(&r.error, crate::collector::encoding::MAX_TEXT)
-                                .into_owned())
+                            .push_bind(
+                                crate::collector::encoding::storable(
+                                    &r.error,
+                                    crate::collector::encoding::MAX_TEXT,
+                                )
+                                .into_owned(),
+                            )
                             .push_bind(r.payload.clone())
                             .push_bind(OffsetDateTime::from(r.at));
                     });
