@@ -119,8 +119,8 @@ struct Actor {
     /// until its first arrival: what its first reply's connection settings are chosen by. Labels
     /// are the store's alone; later ones are read where they are needed.
     labels_at_load: Option<std::collections::BTreeMap<String, String>>,
-    /// The record as claimed counts the collector connected: to another node, which did not
-    /// record the loss (it died, and no survivor has marked its collectors yet).
+    /// The record as claimed counts the collector connected over WebSocket: to another node,
+    /// which did not record the loss (it died, and no survivor has marked its collectors yet).
     held_elsewhere: bool,
     /// A report is being answered: connection settings wait for its reply rather than being
     /// pushed, so the reply that greets a collector carries them (conformance N1).
@@ -189,8 +189,11 @@ impl Actor {
             let error = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(Some(Claimed { mut record, epoch }))) => {
                     // Whatever the store says, this actor holds no connection yet; and labels are
-                    // the store's alone.
-                    self.held_elsewhere = std::mem::replace(&mut record.connected, false);
+                    // the store's alone. A plain-HTTP collector counted connected is one that
+                    // polls: its next poll may land on any node, and nothing of it was lost.
+                    let connected = std::mem::replace(&mut record.connected, false);
+                    self.held_elsewhere =
+                        connected && record.transport == Some(super::Transport::WebSocket);
                     self.labels_at_load = Some(std::mem::take(&mut record.labels));
                     self.record = record;
                     self.epoch = epoch;

@@ -44,10 +44,12 @@ impl Transition {
     }
 
     /// What can move a rollout: an arrival (a returning collector may be waited for, or owed its
-    /// configuration), or a move out of Pending, Configuring or Upgrading (a verdict or a
-    /// departure). Entering those states is the rollout's own doing.
+    /// configuration), a move out of Pending, Configuring or Upgrading (a verdict or a
+    /// departure), or into Incompatible (the verdict of a collector sent a configuration it
+    /// cannot run, whatever it was in). Entering the first three is the rollout's own doing.
     pub fn moves_rollouts(&self) -> bool {
         self.is_arrival()
+            || self.to == State::Incompatible
             || matches!(
                 self.from,
                 Some(State::Pending | State::Configuring | State::Upgrading)
@@ -608,6 +610,36 @@ mod tests {
     use crate::collector::{PackageState, PackageStatus, RemoteConfigState, RemoteConfigStatus};
 
     const HASHES: [&[u8]; 2] = [b"h1", b"h2"];
+
+    #[test]
+    fn what_moves_rollouts_is_arrivals_verdicts_departures_and_incompatibility() {
+        use State::{Configuring, Connected, Disconnected, Error, Incompatible, Pending};
+        let t = |from: Option<State>, to: State, reason: Reason| Transition {
+            from,
+            to,
+            reason,
+            message: String::new(),
+            at: UNIX_EPOCH,
+            cause: None,
+        };
+        let moving = [
+            t(None, Connected, Reason::Initial),
+            t(Some(Disconnected), Connected, Reason::ConnectionRestored),
+            t(Some(Configuring), Connected, Reason::ConfigApplied),
+            t(Some(Pending), Disconnected, Reason::NetworkInterruption),
+            t(Some(Connected), Incompatible, Reason::UnsupportedComponents),
+            t(Some(Error), Incompatible, Reason::UnsupportedComponents),
+        ];
+        let still = [
+            t(Some(Connected), Error, Reason::RuntimeError),
+            t(Some(Error), Connected, Reason::ErrorResolved),
+            t(Some(Connected), Pending, Reason::QueuedForRollout),
+            t(Some(Connected), Configuring, Reason::NewConfiguration),
+            t(Some(Connected), Disconnected, Reason::NetworkInterruption),
+        ];
+        assert!(moving.iter().all(Transition::moves_rollouts));
+        assert!(!still.iter().any(Transition::moves_rollouts));
+    }
 
     fn report(
         healthy: Option<bool>,

@@ -243,18 +243,20 @@ async fn a_clean_stop_leaves_no_sqlite_log_behind() {
 }
 
 /// A collector whose node died is back on another before any survivor has taken the dead node
-/// for dead: the record still counts it connected there. That connection is recorded as lost
-/// when the collector arrives, then its return: the history a survivor's marking would have
-/// given, and the arrival that has anything unanswered sent again.
+/// for dead: the record still counts it connected there. That WebSocket connection is recorded
+/// as lost when the collector arrives, then its return: the history a survivor's marking would
+/// have given, and the arrival that has anything unanswered sent again. A plain-HTTP collector
+/// that polled the dead node and now polls another lost nothing: its history stays as it was.
 #[tokio::test]
 async fn a_collector_back_before_its_dead_node_is_marked_has_its_loss_recorded() {
     let db = fresh_database().await;
     let mut a = node_taking_over_after(&db.url, "a", "10m").await;
     let b = node_taking_over_after(&db.url, "b", "10m").await;
     let api_b = api_of(&b);
-    let uid = new_uid();
+    let (uid, polling) = (new_uid(), new_uid());
     let mut on_a = WsClient::connect(&a.ws_url()).await;
     on_a.exchange(&hello(&uid, 0)).await;
+    post_ok(&a.opamp_url(), &hello(&polling, 0)).await;
     a.signal("KILL");
     a.wait_exit().await;
     let mut on_b = WsClient::connect(&b.ws_url()).await;
@@ -266,6 +268,12 @@ async fn a_collector_back_before_its_dead_node_is_marked_has_its_loss_recorded()
     ];
     let history = steps_at_least(&api_b, id_of(&uid), expected.len()).await;
     assert_eq!(history, expected);
+    // A reply over plain HTTP comes after the commit: what this poll wrote is in the history.
+    post_ok(&b.opamp_url(), &heartbeat(&polling, 1)).await;
+    assert_eq!(
+        steps_via(&api_b, id_of(&polling)).await,
+        ["connected/initial"]
+    );
     drop(on_a);
 }
 

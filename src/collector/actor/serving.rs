@@ -197,15 +197,16 @@ impl Actor {
         }
     }
 
-    /// Whether `connection` comes in place of one the record still counts: another WebSocket
-    /// connection of this actor's (half-open, most likely), or another node's (see
-    /// `held_elsewhere`). Consecutive plain-HTTP requests are one collector's polls, not
-    /// replacements.
+    /// Whether `connection` comes in place of one the record still counts: a new WebSocket
+    /// connection in place of another of this actor's (half-open, most likely), or of another
+    /// node's (see `held_elsewhere`). Plain-HTTP requests are polls, not replacements (a poll
+    /// beside a live WebSocket of the same uid is the duplicate contest's, and records nothing).
     fn replaces_a_connection(&mut self, connection: &ConnectionRef) -> bool {
-        let replaced = self
-            .connection
-            .as_ref()
-            .is_some_and(|old| old.id != connection.id && old.push.is_some());
+        let replaced = connection.push.is_some()
+            && self
+                .connection
+                .as_ref()
+                .is_some_and(|old| old.id != connection.id && old.push.is_some());
         std::mem::take(&mut self.held_elsewhere) || replaced
     }
 

@@ -295,8 +295,8 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            // Statement journals (a multi-row statement's undo inside a batch) stay in memory
-            // rather than going through temporary files.
+            // Temporary structures (sorts, and the statement journals of statements other than
+            // the batch's, which need none: ADR 0068) stay in memory rather than in files.
             .pragma("temp_store", "memory")
             .pragma("journal_size_limit", SQLITE_JOURNAL_SIZE_LIMIT.to_string())
             .busy_timeout(Duration::from_secs(10));
@@ -679,11 +679,12 @@ macro_rules! sql_store {
                 if filter.moves_rollouts {
                     // `Transition::moves_rollouts`, in SQL.
                     q.push(format!(
-                        " AND (t.from_state IN ('{}', '{}', '{}') OR (t.to_state = '{}' \
-                         AND t.reason IN ('{}', '{}')))",
+                        " AND (t.from_state IN ('{}', '{}', '{}') OR t.to_state = '{}' \
+                         OR (t.to_state = '{}' AND t.reason IN ('{}', '{}')))",
                         State::Pending.as_str(),
                         State::Configuring.as_str(),
                         State::Upgrading.as_str(),
+                        State::Incompatible.as_str(),
                         State::Connected.as_str(),
                         Reason::Initial.as_str(),
                         Reason::ConnectionRestored.as_str(),
