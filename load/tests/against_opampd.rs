@@ -157,7 +157,14 @@ async fn hold_heartbeats_over_both_transports() {
             "{scheme}: {:?}",
             report.measure
         );
-        assert_eq!(report.measure.reply_latency.count, report.measure.received);
+        // Latencies are recorded while the phase is Measure, `received` counted between two
+        // snapshots taken beside the phase switches: a collector's reply (one in flight each)
+        // may fall between a snapshot and a switch, at each end of the window.
+        let (timed, received) = (report.measure.reply_latency.count, report.measure.received);
+        assert!(
+            timed.abs_diff(received) <= 30 && timed > 0,
+            "{scheme}: {timed} replies timed, {received} received"
+        );
         assert!(report.measure.messages_per_s > 0.0);
         assert_eq!(report.reconnection.drops, 0);
     }
