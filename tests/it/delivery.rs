@@ -22,13 +22,7 @@ use crate::support::*;
 /// A plain-HTTP collector with the components `gateway` needs, stored and labelled `env=prod`.
 async fn http_collector(server: &TestServer, api: &Api) -> Bytes {
     let uid = new_uid();
-    let first = with_components(
-        hello(&uid, 0),
-        "components:kafka",
-        &[("receivers", &["otlp"]), ("exporters", &["kafka"])],
-        true,
-    );
-    let welcome = post_ok(&server.opamp_url, &first).await;
+    let welcome = post_ok(&server.opamp_url, &hello_with_exporters(&uid, &["kafka"])).await;
     assert!(welcome.error_response.is_none(), "{welcome:?}");
     labelled_ids(api, &[id_of(&uid)]).await;
     uid
@@ -484,12 +478,7 @@ async fn a_configuration_unanswered_on_a_replaced_connection_is_sent_on_the_new_
     let id = id_of(&uid);
     let mut first = WsClient::connect(&server.ws_url).await;
     first
-        .exchange(&with_components(
-            hello(&uid, 0),
-            "components:kafka",
-            &[("receivers", &["otlp"]), ("exporters", &["kafka"])],
-            true,
-        ))
+        .exchange(&hello_with_exporters(&uid, &["kafka"]))
         .await;
     labelled_ids(&api, &[id]).await;
     api.post_ok(

@@ -154,12 +154,7 @@ async fn a_collector_that_cannot_report_the_outcome_is_refused_and_listed() {
     let able = Scripted::start(&server.ws_url, &["kafka"], Script::Apply).await;
     let uid = new_uid();
     let mut mute = WsClient::connect(&server.ws_url).await;
-    let mut first = with_components(
-        hello(&uid, 0),
-        "components:kafka",
-        &[("receivers", &["otlp"]), ("exporters", &["kafka"])],
-        true,
-    );
+    let mut first = hello_with_exporters(&uid, &["kafka"]);
     first.capabilities = capabilities(&[Can::ReportsStatus, Can::AcceptsRemoteConfig]);
     let welcome = mute.exchange(&first).await;
     assert!(welcome.error_response.is_none(), "{welcome:?}");

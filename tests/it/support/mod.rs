@@ -506,6 +506,17 @@ pub fn kv(key: &str, value: &str) -> proto::KeyValue {
     }
 }
 
+/// A first message announcing an OTLP receiver and `exporters`, the whole set (under a hash
+/// naming them), as the rollout tests' collectors send it.
+pub fn hello_with_exporters(uid: &Bytes, exporters: &[&str]) -> proto::AgentToServer {
+    with_components(
+        hello(uid, 0),
+        &format!("components:{}", exporters.join(",")),
+        &[("receivers", &["otlp"]), ("exporters", exporters)],
+        true,
+    )
+}
+
 /// `message` announcing the components `(kind, types)` under `hash`; with `full` the set itself,
 /// else only its hash (as a collector does once the server knows the set).
 pub fn with_components(

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::{WsClient, hello, id_of, new_uid, with_components};
+use super::{WsClient, hello_with_exporters, id_of, new_uid};
 
 type Troubles = Arc<Mutex<Vec<String>>>;
 
@@ -184,12 +184,7 @@ impl Scripted {
     ) -> Self {
         let mut ws = WsClient::connect(ws_url).await;
         let exporter_types: Vec<&str> = exporters.iter().map(String::as_str).collect();
-        let mut first = with_components(
-            hello(&uid, 0),
-            &format!("components:{}", exporters.join(",")),
-            &[("receivers", &["otlp"]), ("exporters", &exporter_types)],
-            true,
-        );
+        let mut first = hello_with_exporters(&uid, &exporter_types);
         let last = applied.lock().unwrap().clone();
         if let Some(hash) = last {
             first.remote_config_status = Some(proto::RemoteConfigStatus {
