@@ -155,7 +155,7 @@ fn stream_query(raw: Option<&str>) -> Result<StreamQuery, ApiError> {
         filter: EventFilter {
             states: states(&pairs)?,
             selector: selector(&pairs)?,
-            moves_rollouts: false,
+            ..EventFilter::default()
         },
         custom_messages: flag(&pairs, "custom_messages")?,
         rollouts: flag(&pairs, "rollouts")?,

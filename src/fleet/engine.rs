@@ -294,7 +294,7 @@ impl Engine {
     /// A collector's transition: its arrival (read from the history, so each is answered once)
     /// is answered, and its open target, if it has one, looked at again. Entering Pending,
     /// Configuring or Upgrading is the engine's own doing (queueing, sending) and brings no
-    /// verdict; every verdict, and every departure, is a transition out of those.
+    /// verdict; the history is read only for what can (`Transition::moves_rollouts`).
     async fn changed(&mut self, id: CollectorId, t: &Transition, from_history: bool) {
         let arrived = t.is_arrival();
         if from_history && arrived {

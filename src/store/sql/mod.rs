@@ -256,8 +256,6 @@ pub struct SqliteStore {
     node: String,
     /// Stops the background checkpoints when the store goes.
     _checkpoints: Option<tokio_util::sync::DropGuard>,
-    /// How to open the connection that closes last, for a database in a file.
-    last: Option<SqliteConnectOptions>,
 }
 
 pub struct PostgresStore {
@@ -285,9 +283,7 @@ impl SqliteStore {
     async fn close_pools(&self) {
         close_fully(&self.writer).await;
         close_fully(&self.pool).await;
-        if let Some(last) = &self.last {
-            close_last(last).await;
-        }
+        close_last(&self.pool).await;
     }
 
     pub async fn connect(url: &str, node: String, pool_size: u32) -> Result<Self, StoreError> {
@@ -300,7 +296,6 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             .pragma("journal_size_limit", SQLITE_JOURNAL_SIZE_LIMIT.to_string())
             .busy_timeout(Duration::from_secs(10));
-        let last = options.clone();
         let file = options.get_filename();
         create_parent(file)?;
         let in_memory = is_in_memory(file);
@@ -334,7 +329,6 @@ impl SqliteStore {
             writer,
             node,
             _checkpoints: checkpoints,
-            last: (!in_memory).then_some(last),
         })
     }
 }

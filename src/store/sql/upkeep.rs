@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Database, Pool, SqlitePool};
 use tokio::time::Instant;
 
@@ -65,14 +64,19 @@ pub(super) async fn close_fully<DB: Database>(pool: &Pool<DB>) {
     }
 }
 
-/// Opens one connection and closes it, once every other is closed, so that it is the last.
+/// Opens one connection like `pool`'s and closes it, once every other is closed, so that it is
+/// the last. Nothing to do for an in-memory database, which goes with its last connection.
 ///
 /// SQLite folds the log into the database file and removes it (and the shared-memory index)
 /// when the last connection closes: the closing connection takes an exclusive lock to know it is
 /// the last. Two that close at once each still see the other and both leave the log, and a pool
 /// closes connections at once: those coming back from a query close on their own tasks, beside
 /// the idle ones `close` closes. This one closes alone.
-pub(super) async fn close_last(options: &SqliteConnectOptions) {
+pub(super) async fn close_last(pool: &SqlitePool) {
+    let options = pool.connect_options();
+    if super::is_in_memory(options.get_filename()) {
+        return;
+    }
     let closed = match options.connect().await {
         Ok(connection) => connection.close().await,
         Err(error) => Err(error),
