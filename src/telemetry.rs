@@ -51,6 +51,7 @@ pub mod metrics {
     pub const RESIDENT_REFUSED: &str = "opampd_resident_refused_total";
     pub const DUPLICATE_UIDS: &str = "opampd_duplicate_uids_total";
     pub const SOCKETS: &str = "opampd_sockets";
+    pub const SOCKETS_PARKED: &str = "opampd_sockets_parked";
     pub const SOCKETS_REFUSED: &str = "opampd_sockets_refused_total";
     pub const SOCKETS_TIMED_OUT: &str = "opampd_sockets_timed_out_total";
     pub const TLS_HANDSHAKES_FAILED: &str = "opampd_tls_handshakes_failed_total";

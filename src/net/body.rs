@@ -1,10 +1,14 @@
-//! A response body that keeps its request counted as in flight until it has been sent.
+//! The bodies the listener wraps: a response's, which keeps its request counted as in flight until
+//! it has been sent, and a request's, which tells whether it was read to its end.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
 use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
 
 use super::conn::InFlight;
 
@@ -31,6 +35,56 @@ impl HttpBody for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that, dropped before its end, marks its socket as not to be parked: hyper
+/// drains or closes such a socket itself, and must see its own close through (ADR 0069).
+pub struct Watched {
+    inner: Incoming,
+    ended: bool,
+    parkable: Arc<AtomicBool>,
+}
+
+impl Watched {
+    pub fn new(inner: Incoming, parkable: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            ended: false,
+            parkable,
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if !self.ended && !self.inner.is_end_stream() {
+            self.parkable.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl HttpBody for Watched {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -199,6 +199,10 @@ impl<S> Tracked<S> {
     pub fn new(inner: S, conn: Arc<Connection>) -> Self {
         Self { inner, conn }
     }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {

@@ -9,14 +9,14 @@ pub mod budget;
 mod conn;
 pub mod listener;
 pub mod open_files;
+mod park;
 pub mod reload;
 pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -132,53 +132,72 @@ async fn serve_connection(
     let stream = Tracked::new(stream, Arc::clone(&conn));
     match settings.tls.as_ref().map(tls::Acceptor::tokio) {
         None => serve_http(stream, conn, router, &settings, &metrics, shutdown).await,
+        // Boxed: a plain socket's task would otherwise be sized for the TLS state too.
         Some(acceptor) => {
-            let due = conn.instant(settings.allow.header_read);
-            let handshake = tokio::select! {
-                done = tokio::time::timeout_at(due, acceptor.accept(stream)) => done,
-                () = shutdown.cancelled() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
-            };
-            match handshake {
-                Ok(Ok(stream)) => {
-                    let verified = stream.get_ref().1.peer_certificates();
-                    if let Some(certificate) = verified
-                        .and_then(<[_]>::first)
-                        .and_then(tls::client_certificate)
-                    {
-                        conn.verified(certificate);
-                    }
-                    serve_http(stream, conn, router, &settings, &metrics, shutdown).await;
-                }
-                Ok(Err(err)) => {
-                    debug!(listener = settings.name, connection = conn.id, error = %err, "TLS handshake failed");
-                    metrics
-                        .counter(metrics::TLS_HANDSHAKES_FAILED, &labels)
-                        .increment(1);
-                }
-                Err(_) => {
-                    debug!(
-                        listener = settings.name,
-                        connection = conn.id,
-                        "socket closed: TLS handshake timed out"
-                    );
-                    metrics
-                        .counter(
-                            metrics::SOCKETS_TIMED_OUT,
-                            &[
-                                ("listener", settings.name),
-                                ("stage", Stage::Header.as_str()),
-                            ],
-                        )
-                        .increment(1);
-                }
-            }
+            Box::pin(serve_tls(
+                acceptor, stream, conn, router, &settings, &metrics, shutdown,
+            ))
+            .await;
         }
     }
     open.decrement(1);
 }
 
+/// A TLS socket: its handshake, within the header-read allowance from accept, then its requests.
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: Tracked<TcpStream>,
+    conn: Arc<Connection>,
+    router: Router,
+    settings: &Settings,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+) {
+    let labels = [("listener", settings.name)];
+    let due = conn.instant(settings.allow.header_read);
+    let handshake = tokio::select! {
+        done = tokio::time::timeout_at(due, acceptor.accept(stream)) => done,
+        () = shutdown.cancelled() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            let verified = stream.get_ref().1.peer_certificates();
+            if let Some(certificate) = verified
+                .and_then(<[_]>::first)
+                .and_then(tls::client_certificate)
+            {
+                conn.verified(certificate);
+            }
+            serve_http(stream, conn, router, settings, metrics, shutdown).await;
+        }
+        Ok(Err(err)) => {
+            debug!(listener = settings.name, connection = conn.id, error = %err, "TLS handshake failed");
+            metrics
+                .counter(metrics::TLS_HANDSHAKES_FAILED, &labels)
+                .increment(1);
+        }
+        Err(_) => {
+            debug!(
+                listener = settings.name,
+                connection = conn.id,
+                "socket closed: TLS handshake timed out"
+            );
+            metrics
+                .counter(
+                    metrics::SOCKETS_TIMED_OUT,
+                    &[
+                        ("listener", settings.name),
+                        ("stage", Stage::Header.as_str()),
+                    ],
+                )
+                .increment(1);
+        }
+    }
+}
+
 /// Serves one socket's requests until it closes, is upgraded, overstays a stage, or the server
-/// shuts down (requests in flight finish; an idle socket is closed at once).
+/// shuts down (requests in flight finish; an idle socket is closed at once). Between requests a
+/// plain socket is parked without its HTTP connection ([`park`]).
 async fn serve_http<S>(
     stream: S,
     conn: Arc<Connection>,
@@ -187,18 +206,32 @@ async fn serve_http<S>(
     metrics: &Metrics,
     shutdown: CancellationToken,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + park::Readiness + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(stream);
+    // Cleared for good by any request or answer after which hyper means to close the socket, or
+    // to hand it to a WebSocket: such a socket is never parked.
+    let parkable = Arc::new(AtomicBool::new(true));
     let service = {
         let conn = Arc::clone(&conn);
+        let parkable = Arc::clone(&parkable);
         tower::service_fn(move |mut request: Request<Incoming>| {
             let in_flight = conn.request();
+            if !park::keeps_alive(request.version(), request.headers())
+                || request.headers().contains_key(header::UPGRADE)
+            {
+                parkable.store(false, Ordering::Release);
+            }
             request.extensions_mut().insert(ConnectInfo(conn.peer));
             request.extensions_mut().insert(Arc::clone(&conn));
             let router = router.clone();
+            let parkable = Arc::clone(&parkable);
             async move {
-                let response = router.oneshot(request.map(Body::new)).await?;
+                let request =
+                    request.map(|b| Body::new(body::Watched::new(b, Arc::clone(&parkable))));
+                let response = router.oneshot(request).await?;
+                if !park::keeps_alive(response.version(), response.headers()) {
+                    parkable.store(false, Ordering::Release);
+                }
                 // The request counts as in flight until its body is sent: an event stream is
                 // a request that lasts, not an idle socket.
                 Ok::<_, Infallible>(response.map(|b| Body::new(body::Guarded::new(b, in_flight))))
@@ -208,40 +241,113 @@ async fn serve_http<S>(
     let mut builder = http1::Builder::new();
     // Our watchdog below bounds the head; hyper's own timer would also cut idle keep-alives.
     builder.header_read_timeout(None).max_buf_size(64 * 1024);
-    let mut connection = pin!(
-        builder
-            .serve_connection(io, TowerToHyperService::new(service))
-            .with_upgrades()
-    );
+    let parked = metrics.gauge(metrics::SOCKETS_PARKED, &[("listener", settings.name)]);
+    let mut io = park::Reusable::new(stream);
     let mut stopping = false;
+    'socket: loop {
+        let answered_before = conn.clock().answered;
+        let parking = io.parking();
+        // Boxed, so that a parked socket's task holds none of it.
+        let mut connection = Box::new(
+            builder
+                .serve_connection(TokioIo::new(io), TowerToHyperService::new(service.clone()))
+                .with_upgrades(),
+        );
+        loop {
+            let due = deadline(conn.clock(), settings.allow);
+            tokio::select! {
+                served = &mut *connection => {
+                    if let Err(err) = served {
+                        debug!(listener = settings.name, error = %err, "connection ended with an error");
+                        break 'socket;
+                    }
+                    break;
+                }
+                () = conn.changed() => {
+                    if S::PARKS
+                        && !stopping
+                        && !parking.load(Ordering::Acquire)
+                        && park::due(conn.clock(), answered_before, parkable.load(Ordering::Acquire))
+                    {
+                        parking.store(true, Ordering::Release);
+                        Pin::new(&mut *connection).graceful_shutdown();
+                    }
+                }
+                () = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    Pin::new(&mut *connection).graceful_shutdown();
+                }
+                () = crate::collector::actor::sleep_until_opt(due.map(|(at, _)| conn.instant(at))) => {
+                    if overstayed(&conn, settings, metrics) {
+                        break 'socket;
+                    }
+                }
+            }
+        }
+        if stopping || !parking.load(Ordering::Acquire) {
+            break;
+        }
+        let Some(parts) = connection.into_parts() else {
+            break;
+        };
+        io = parts.io.into_inner().resume(&parts.read_buf);
+        if io.has_unread() {
+            continue;
+        }
+        parked.increment(1);
+        let resumed = wait_parked(&io, &conn, settings, metrics, &shutdown).await;
+        parked.decrement(1);
+        if !resumed {
+            break;
+        }
+    }
+}
+
+/// Waits, with no HTTP connection, until a parked socket has bytes to read (true), or until it
+/// overstays its stage or the server shuts down (false: the socket is to be closed).
+async fn wait_parked<S: park::Readiness>(
+    io: &park::Reusable<S>,
+    conn: &Connection,
+    settings: &Settings,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
     loop {
         let due = deadline(conn.clock(), settings.allow);
         tokio::select! {
-            served = connection.as_mut() => {
-                if let Err(err) = served {
-                    debug!(listener = settings.name, error = %err, "connection ended with an error");
-                }
-                break;
-            }
-            () = conn.changed() => {}
-            () = shutdown.cancelled(), if !stopping => {
-                stopping = true;
-                connection.as_mut().graceful_shutdown();
-            }
+            ready = io.readable() => return ready.is_ok(),
+            () = shutdown.cancelled() => return false,
             () = crate::collector::actor::sleep_until_opt(due.map(|(at, _)| conn.instant(at))) => {
-                // The clock may have moved on while we slept (bytes arrived, a request began).
-                if let Some((at, stage)) = deadline(conn.clock(), settings.allow)
-                    && conn.instant(at) <= tokio::time::Instant::now()
-                {
-                    debug!(listener = settings.name, connection = conn.id, stage = stage.as_str(), "socket closed: stage timed out");
-                    metrics
-                        .counter(metrics::SOCKETS_TIMED_OUT, &[("listener", settings.name), ("stage", stage.as_str())])
-                        .increment(1);
-                    break;
+                if overstayed(conn, settings, metrics) {
+                    return false;
                 }
             }
         }
     }
+}
+
+/// Whether the connection has overstayed its stage now (the clock may have moved on while its
+/// watchdog slept: bytes arrived, a request began); counted and logged when it has.
+fn overstayed(conn: &Connection, settings: &Settings, metrics: &Metrics) -> bool {
+    let Some((at, stage)) = deadline(conn.clock(), settings.allow) else {
+        return false;
+    };
+    if conn.instant(at) > tokio::time::Instant::now() {
+        return false;
+    }
+    debug!(
+        listener = settings.name,
+        connection = conn.id,
+        stage = stage.as_str(),
+        "socket closed: stage timed out"
+    );
+    metrics
+        .counter(
+            metrics::SOCKETS_TIMED_OUT,
+            &[("listener", settings.name), ("stage", stage.as_str())],
+        )
+        .increment(1);
+    true
 }
 
 /// Answers a socket over the limit with 503 and `Retry-After`, once its request head is read

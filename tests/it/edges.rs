@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt as _;
-use opampd::telemetry::metrics::{SOCKETS, SOCKETS_REFUSED, SOCKETS_TIMED_OUT};
+use opampd::telemetry::metrics::{SOCKETS, SOCKETS_PARKED, SOCKETS_REFUSED, SOCKETS_TIMED_OUT};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -169,6 +169,100 @@ async fn an_idle_keep_alive_is_closed_after_the_idle_timeout() {
     );
     assert_eq!(timed_out(&server, "idle").await, 1);
     assert_eq!(timed_out(&server, "header_read").await, 0);
+}
+
+/// One OpAMP request over a raw socket, as bytes.
+fn opamp_request(message: &opampd::proto::AgentToServer) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    let mut request = format!(
+        "POST /v1/opamp HTTP/1.1\r\nHost: opampd\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    request
+}
+
+/// Reads one response with a `Content-Length` body; returns its head, lower-cased.
+async fn read_response(socket: &mut TcpStream) -> String {
+    within("a response", async {
+        let mut read = Vec::new();
+        let mut byte = [0u8; 1];
+        while !read.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).await.unwrap();
+            read.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&read).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("a content-length");
+        let mut body = vec![0u8; length];
+        socket.read_exact(&mut body).await.unwrap();
+        head
+    })
+    .await
+}
+
+async fn parked(server: &TestServer) -> u64 {
+    Api::new(&server.api_url)
+        .metrics()
+        .await
+        .get(SOCKETS_PARKED, &[("listener", "opamp")])
+        .unwrap_or(0)
+}
+
+async fn until_parked(server: &TestServer, count: u64) {
+    eventually("the socket to be parked", || async {
+        (parked(server).await == count).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_kept_alive_socket_is_parked_between_requests_and_serves_every_next_one() {
+    let server = TestServer::start().await;
+    let mut socket = TcpStream::connect(opamp_addr(&server)).await.unwrap();
+    let uid = new_uid();
+    socket
+        .write_all(&opamp_request(&hello(&uid, 0)))
+        .await
+        .unwrap();
+    let head = read_response(&mut socket).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    until_parked(&server, 1).await;
+
+    // A head that arrives in pieces after the socket was parked.
+    let request = opamp_request(&hello(&uid, 1));
+    let (first, rest) = request.split_at(20);
+    socket.write_all(first).await.unwrap();
+    socket.flush().await.unwrap();
+    socket.write_all(rest).await.unwrap();
+    let head = read_response(&mut socket).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    until_parked(&server, 1).await;
+
+    // Two requests in one write: both answered, in order, on the same socket.
+    let mut two = opamp_request(&hello(&uid, 2));
+    two.extend(opamp_request(&hello(&uid, 3)));
+    socket.write_all(&two).await.unwrap();
+    for _ in 0..2 {
+        let head = read_response(&mut socket).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+    until_parked(&server, 1).await;
+    let record = Api::new(&server.api_url).stored(id_of(&uid)).await;
+    assert_eq!(record["state"], "connected", "{record}");
+
+    // A peer that closes a parked socket takes it away.
+    drop(socket);
+    until_parked(&server, 0).await;
+    let scrape = Api::new(&server.api_url).metrics().await;
+    assert_eq!(scrape.value(SOCKETS, &[("listener", "opamp")]), 0);
 }
 
 #[tokio::test]
