@@ -1,9 +1,7 @@
 //! The real `opampd` binary as the benchmarks run it: started on given addresses and database,
 //! waited on until ready, stopped with SIGTERM, its memory read from `/proc`.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub struct Server {
@@ -12,42 +10,6 @@ pub struct Server {
     api: String,
     data: std::path::PathBuf,
     database: String,
-}
-
-/// The server binary as `cargo run --release` builds it (`-p opampd`, alone), into its own target
-/// directory (`product`), or `OPAMPD_BIN`. Not the bench's own `CARGO_BIN_EXE_opampd`: a bench's
-/// build turns on the features its dev-dependencies ask of shared crates (Tokio's `full`, for
-/// one), and the same code then holds a different amount of memory (docs/performance.md).
-pub fn binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Some(binary) = std::env::var_os("OPAMPD_BIN") {
-            return binary.into();
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| root.join("target"), PathBuf::from)
-            .join("product");
-        eprintln!("building the server as it ships into {}", target.display());
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let built = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "-p",
-                "opampd",
-                "--bin",
-                "opampd",
-            ])
-            .arg("--target-dir")
-            .arg(&target)
-            .current_dir(root)
-            .status()
-            .expect("cargo runs");
-        assert!(built.success(), "the server builds");
-        target.join("release").join("opampd")
-    })
 }
 
 /// A benchmark's size from the environment variable `name`, else `default`.
@@ -97,7 +59,7 @@ impl Server {
         api: &str,
         env: &[(&str, &str)],
     ) -> Self {
-        let child = Command::new(binary())
+        let child = Command::new(env!("CARGO_BIN_EXE_opampd"))
             .args([
                 "--opamp-listen",
                 opamp,

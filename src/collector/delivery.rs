@@ -251,7 +251,7 @@ mod tests {
             body: vec![b'x'; body].into(),
         };
         ConfigOffer {
-            files: ConfigFiles::from([(String::new(), file)]),
+            files: ConfigFiles::from_iter([(String::new(), file)]),
             hash: hash.to_vec(),
         }
     }

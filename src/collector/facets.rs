@@ -150,13 +150,12 @@ pub fn of(record: &Collector, stale: bool) -> Facets {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::collector::{CollectorId, ConfigFile, RemoteConfigStatus, Report};
 
     fn files(body: &str) -> ConfigFiles {
-        BTreeMap::from([(
+        litemap::LiteMap::from_iter([(
             "collector.yaml".to_owned(),
             ConfigFile {
                 content_type: "text/yaml".to_owned(),
@@ -276,11 +275,14 @@ mod tests {
         };
         let tree = |root, inner| Health {
             healthy: root,
-            components: BTreeMap::from([(
+            components: litemap::LiteMap::from_iter([(
                 "pipeline:traces".to_owned(),
                 Health {
                     healthy: true,
-                    components: BTreeMap::from([("exporter:otlp".to_owned(), component(inner))]),
+                    components: litemap::LiteMap::from_iter([(
+                        "exporter:otlp".to_owned(),
+                        component(inner),
+                    )]),
                     ..Health::default()
                 },
             )]),

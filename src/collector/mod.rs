@@ -147,7 +147,8 @@ pub struct Health {
     pub last_error: String,
     pub status: String,
     pub status_time_unix_nano: u64,
-    pub components: BTreeMap<String, Health>,
+    /// Flat and sorted, as [`Attributes`]: a report's maps are mostly of one to a few entries.
+    pub components: litemap::LiteMap<String, Health>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,8 +158,10 @@ pub struct ConfigFile {
     pub body: Arc<[u8]>,
 }
 
-/// A set of named configuration files; a single-file configuration uses the name `""`.
-pub type ConfigFiles = BTreeMap<String, ConfigFile>;
+/// A set of named configuration files; a single-file configuration uses the name `""`. Flat and
+/// sorted, as [`Attributes`]: a collector's effective configuration is held while it is resident,
+/// mostly one file, and a B-tree leaf is 720 bytes whatever it holds.
+pub type ConfigFiles = litemap::LiteMap<String, ConfigFile>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -291,6 +291,8 @@ async fn serve_http<S>(
             break;
         };
         io = parts.io.into_inner().resume(&parts.read_buf);
+        // Those bytes share hyper's whole read buffer, which must not outlive the connection.
+        drop(parts.read_buf);
         if io.has_unread() {
             continue;
         }

@@ -142,7 +142,7 @@ fn health(h: proto::ComponentHealth, depth: usize) -> Health {
         status: text(h.status),
         status_time_unix_nano: h.status_time_unix_nano,
         components: if depth + 1 >= MAX_HEALTH_DEPTH {
-            BTreeMap::new()
+            litemap::LiteMap::new()
         } else {
             h.component_health_map
                 .into_iter()

@@ -67,7 +67,7 @@ fn full_record(id: CollectorId, state: State) -> Collector {
         last_error: "exporter otlp is down".into(),
         status: "StatusRecoverableError".into(),
         status_time_unix_nano: 12,
-        components: BTreeMap::from([(
+        components: litemap::LiteMap::from_iter([(
             "exporter:otlp".into(),
             Health {
                 healthy: false,
@@ -76,7 +76,7 @@ fn full_record(id: CollectorId, state: State) -> Collector {
             },
         )]),
     });
-    c.effective_config = Some(BTreeMap::from([(
+    c.effective_config = Some(litemap::LiteMap::from_iter([(
         "collector.yaml".into(),
         ConfigFile {
             content_type: "text/yaml".into(),
