@@ -4,6 +4,36 @@
 //! axum's own `serve` holds a socket for as long as its peer likes: no header-read timer, no idle
 //! limit, and no count of sockets that have not yet sent a request. This loop owns those.
 
+/// The writes of a stream wrapper that passes them to its `inner` stream unchanged; the wrapper
+/// writes its own `poll_shutdown`, the one write that wrappers here change.
+macro_rules! forward_writes {
+    () => {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+    };
+}
+
 mod body;
 pub mod budget;
 mod conn;
