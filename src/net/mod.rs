@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use ::metrics::Gauge;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -100,6 +101,12 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let labels = [("listener", settings.name)];
     let refused = metrics.counter(metrics::SOCKETS_REFUSED, &labels);
+    // Registered once here: registering looks the key up, which every accept would repeat.
+    let instruments = Instruments {
+        open: metrics.gauge(metrics::SOCKETS, &labels),
+        parked: metrics.gauge(metrics::SOCKETS_PARKED, &labels),
+        metrics: metrics.clone(),
+    };
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -136,13 +143,21 @@ pub async fn serve(
             conn,
             router.clone(),
             settings.clone(),
-            metrics.clone(),
+            instruments.clone(),
             shutdown.clone(),
         ));
     }
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// A listener's metrics, with its socket gauges (open, and parked between requests) registered.
+#[derive(Clone)]
+struct Instruments {
+    metrics: Metrics,
+    open: Gauge,
+    parked: Gauge,
 }
 
 /// Serves one socket: its TLS handshake first where the listener has TLS, within the header-read
@@ -152,25 +167,29 @@ async fn serve_connection(
     conn: Arc<Connection>,
     router: Router,
     settings: Settings,
-    metrics: Metrics,
+    instruments: Instruments,
     shutdown: CancellationToken,
 ) {
-    let labels = [("listener", settings.name)];
-    let open = metrics.gauge(metrics::SOCKETS, &labels);
-    open.increment(1);
+    instruments.open.increment(1);
     let _ = stream.set_nodelay(true);
     let stream = Tracked::new(stream, Arc::clone(&conn));
     match settings.tls.as_ref().map(tls::Acceptor::tokio) {
-        None => serve_http(stream, conn, router, &settings, &metrics, shutdown).await,
+        None => serve_http(stream, conn, router, &settings, &instruments, shutdown).await,
         // Boxed: a plain socket's task would otherwise be sized for the TLS state too.
         Some(acceptor) => {
             Box::pin(serve_tls(
-                acceptor, stream, conn, router, &settings, &metrics, shutdown,
+                acceptor,
+                stream,
+                conn,
+                router,
+                &settings,
+                &instruments,
+                shutdown,
             ))
             .await;
         }
     }
-    open.decrement(1);
+    instruments.open.decrement(1);
 }
 
 /// A TLS socket: its handshake, within the header-read allowance from accept, then its requests.
@@ -180,9 +199,10 @@ async fn serve_tls(
     conn: Arc<Connection>,
     router: Router,
     settings: &Settings,
-    metrics: &Metrics,
+    instruments: &Instruments,
     shutdown: CancellationToken,
 ) {
+    let metrics = &instruments.metrics;
     let labels = [("listener", settings.name)];
     let due = conn.instant(settings.allow.header_read);
     let handshake = tokio::select! {
@@ -198,7 +218,7 @@ async fn serve_tls(
             {
                 conn.verified(certificate);
             }
-            serve_http(stream, conn, router, settings, metrics, shutdown).await;
+            serve_http(stream, conn, router, settings, instruments, shutdown).await;
         }
         Ok(Err(err)) => {
             debug!(listener = settings.name, connection = conn.id, error = %err, "TLS handshake failed");
@@ -233,7 +253,7 @@ async fn serve_http<S>(
     conn: Arc<Connection>,
     router: Router,
     settings: &Settings,
-    metrics: &Metrics,
+    instruments: &Instruments,
     shutdown: CancellationToken,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + park::Readiness + Unpin + Send + 'static,
@@ -271,7 +291,6 @@ async fn serve_http<S>(
     let mut builder = http1::Builder::new();
     // Our watchdog below bounds the head; hyper's own timer would also cut idle keep-alives.
     builder.header_read_timeout(None).max_buf_size(64 * 1024);
-    let parked = metrics.gauge(metrics::SOCKETS_PARKED, &[("listener", settings.name)]);
     let mut io = park::Reusable::new(stream);
     let mut stopping = false;
     'socket: loop {
@@ -308,7 +327,7 @@ async fn serve_http<S>(
                     Pin::new(&mut *connection).graceful_shutdown();
                 }
                 () = crate::collector::actor::sleep_until_opt(due.map(|(at, _)| conn.instant(at))) => {
-                    if overstayed(&conn, settings, metrics) {
+                    if overstayed(&conn, settings, &instruments.metrics) {
                         break 'socket;
                     }
                 }
@@ -326,9 +345,9 @@ async fn serve_http<S>(
         if io.has_unread() {
             continue;
         }
-        parked.increment(1);
-        let resumed = wait_parked(&io, &conn, settings, metrics, &shutdown).await;
-        parked.decrement(1);
+        instruments.parked.increment(1);
+        let resumed = wait_parked(&io, &conn, settings, &instruments.metrics, &shutdown).await;
+        instruments.parked.decrement(1);
         if !resumed {
             break;
         }
