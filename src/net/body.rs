@@ -3,14 +3,13 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::conn::InFlight;
+use super::conn::{Connection, InFlight};
 
 pub struct Guarded {
     inner: Body,
@@ -51,15 +50,15 @@ impl HttpBody for Guarded {
 pub struct Watched {
     inner: Incoming,
     ended: bool,
-    parkable: Arc<AtomicBool>,
+    conn: Arc<Connection>,
 }
 
 impl Watched {
-    pub fn new(inner: Incoming, parkable: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: Incoming, conn: Arc<Connection>) -> Self {
         Self {
             inner,
             ended: false,
-            parkable,
+            conn,
         }
     }
 }
@@ -67,7 +66,7 @@ impl Watched {
 impl Drop for Watched {
     fn drop(&mut self) {
         if !self.ended && !self.inner.is_end_stream() {
-            self.parkable.store(false, Ordering::Release);
+            self.conn.never_park();
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -92,6 +92,8 @@ pub struct Connection {
     meter: OnceLock<Meter>,
     /// The verified client certificate, set once after the TLS handshake.
     client_certificate: OnceLock<Arc<ClientCertificate>>,
+    /// Cleared for good once hyper means to close the socket or hand it to a WebSocket.
+    parkable: AtomicBool,
     _place: OwnedSemaphorePermit,
 }
 
@@ -108,6 +110,7 @@ impl Connection {
             changed: Notify::new(),
             meter: OnceLock::new(),
             client_certificate: OnceLock::new(),
+            parkable: AtomicBool::new(true),
             _place: place,
         }
     }
@@ -149,6 +152,17 @@ impl Connection {
     /// the socket itself, where no handler sees them arrive).
     pub fn meter(&self, meter: Meter) {
         let _ = self.meter.set(meter);
+    }
+
+    /// Whether the socket may be parked between requests (ADR 0069).
+    pub fn parkable(&self) -> bool {
+        self.parkable.load(Ordering::Acquire)
+    }
+
+    /// Something was asked or answered after which hyper closes the socket, or hands it to a
+    /// WebSocket: it is never parked.
+    pub fn never_park(&self) {
+        self.parkable.store(false, Ordering::Release);
     }
 
     pub fn client_certificate(&self) -> Option<Arc<ClientCertificate>> {

@@ -46,7 +46,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ::metrics::Gauge;
@@ -258,29 +258,24 @@ async fn serve_http<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + park::Readiness + Unpin + Send + 'static,
 {
-    // Cleared for good by any request or answer after which hyper means to close the socket, or
-    // to hand it to a WebSocket: such a socket is never parked.
-    let parkable = Arc::new(AtomicBool::new(true));
     let service = {
         let conn = Arc::clone(&conn);
-        let parkable = Arc::clone(&parkable);
         tower::service_fn(move |mut request: Request<Incoming>| {
             let in_flight = conn.request();
             if !park::keeps_alive(request.version(), request.headers())
                 || request.headers().contains_key(header::UPGRADE)
             {
-                parkable.store(false, Ordering::Release);
+                conn.never_park();
             }
             request.extensions_mut().insert(ConnectInfo(conn.peer));
             request.extensions_mut().insert(Arc::clone(&conn));
             let router = router.clone();
-            let parkable = Arc::clone(&parkable);
+            let conn = Arc::clone(&conn);
             async move {
-                let request =
-                    request.map(|b| Body::new(body::Watched::new(b, Arc::clone(&parkable))));
+                let request = request.map(|b| Body::new(body::Watched::new(b, Arc::clone(&conn))));
                 let response = router.oneshot(request).await?;
                 if !park::keeps_alive(response.version(), response.headers()) {
-                    parkable.store(false, Ordering::Release);
+                    conn.never_park();
                 }
                 // The request counts as in flight until its body is sent: an event stream is
                 // a request that lasts, not an idle socket.
@@ -296,6 +291,7 @@ async fn serve_http<S>(
     'socket: loop {
         let answered_before = conn.clock().answered;
         let parking = io.parking();
+        let mut to_park = false;
         // Boxed, so that a parked socket's task holds none of it.
         let mut connection = Box::new(
             builder
@@ -315,9 +311,10 @@ async fn serve_http<S>(
                 () = conn.changed() => {
                     if S::PARKS
                         && !stopping
-                        && !parking.load(Ordering::Acquire)
-                        && park::due(conn.clock(), answered_before, parkable.load(Ordering::Acquire))
+                        && !to_park
+                        && park::due(conn.clock(), answered_before, conn.parkable())
                     {
+                        to_park = true;
                         parking.store(true, Ordering::Release);
                         Pin::new(&mut *connection).graceful_shutdown();
                     }
@@ -333,7 +330,7 @@ async fn serve_http<S>(
                 }
             }
         }
-        if stopping || !parking.load(Ordering::Acquire) {
+        if stopping || !to_park {
             break;
         }
         let Some(parts) = connection.into_parts() else {
