@@ -76,15 +76,12 @@ async fn a_lost_http_reply_is_sent_again_and_the_target_applies() {
 
     // A poll whose reply is never read.
     let address = server.opamp_url.trim_start_matches("http://");
-    let (host, path) = address.split_once('/').unwrap();
-    let body = heartbeat(&uid, 1).encode_to_vec();
+    let (host, _) = address.split_once('/').unwrap();
     let mut socket = tokio::net::TcpStream::connect(host).await.unwrap();
-    let head = format!(
-        "POST /{path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    socket.write_all(head.as_bytes()).await.unwrap();
-    socket.write_all(&body).await.unwrap();
+    socket
+        .write_all(&raw_opamp_request(&heartbeat(&uid, 1)))
+        .await
+        .unwrap();
     server
         .wait_for(id, "the unread poll was acted on", |c| {
             c.sequence_num == Some(1)

@@ -147,13 +147,10 @@ async fn an_idle_keep_alive_is_closed_after_the_idle_timeout() {
     })
     .await;
     let mut socket = TcpStream::connect(opamp_addr(&server)).await.unwrap();
-    let body = hello(&new_uid(), 0).encode_to_vec();
-    let head = format!(
-        "POST /v1/opamp HTTP/1.1\r\nHost: opampd\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    socket.write_all(head.as_bytes()).await.unwrap();
-    socket.write_all(&body).await.unwrap();
+    socket
+        .write_all(&raw_opamp_request(&hello(&new_uid(), 0)))
+        .await
+        .unwrap();
     // The answer, then the socket stays open, idle, past the (shorter) header allowance.
     let mut first = [0u8; 12];
     within("the answer", socket.read_exact(&mut first))
@@ -169,18 +166,6 @@ async fn an_idle_keep_alive_is_closed_after_the_idle_timeout() {
     );
     assert_eq!(timed_out(&server, "idle").await, 1);
     assert_eq!(timed_out(&server, "header_read").await, 0);
-}
-
-/// One OpAMP request over a raw socket, as bytes.
-fn opamp_request(message: &opampd::proto::AgentToServer) -> Vec<u8> {
-    let body = message.encode_to_vec();
-    let mut request = format!(
-        "POST /v1/opamp HTTP/1.1\r\nHost: opampd\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(&body);
-    request
 }
 
 /// Reads one response with a `Content-Length` body; returns its head, lower-cased.
@@ -226,7 +211,7 @@ async fn a_kept_alive_socket_is_parked_between_requests_and_serves_every_next_on
     let mut socket = TcpStream::connect(opamp_addr(&server)).await.unwrap();
     let uid = new_uid();
     socket
-        .write_all(&opamp_request(&hello(&uid, 0)))
+        .write_all(&raw_opamp_request(&hello(&uid, 0)))
         .await
         .unwrap();
     let head = read_response(&mut socket).await;
@@ -235,7 +220,7 @@ async fn a_kept_alive_socket_is_parked_between_requests_and_serves_every_next_on
     until_parked(&server, 1).await;
 
     // A head that arrives in pieces after the socket was parked.
-    let request = opamp_request(&hello(&uid, 1));
+    let request = raw_opamp_request(&hello(&uid, 1));
     let (first, rest) = request.split_at(20);
     socket.write_all(first).await.unwrap();
     socket.flush().await.unwrap();
@@ -246,8 +231,8 @@ async fn a_kept_alive_socket_is_parked_between_requests_and_serves_every_next_on
     until_parked(&server, 1).await;
 
     // Two requests in one write: both answered, in order, on the same socket.
-    let mut two = opamp_request(&hello(&uid, 2));
-    two.extend(opamp_request(&hello(&uid, 3)));
+    let mut two = raw_opamp_request(&hello(&uid, 2));
+    two.extend(raw_opamp_request(&hello(&uid, 3)));
     socket.write_all(&two).await.unwrap();
     for _ in 0..2 {
         let head = read_response(&mut socket).await;

@@ -449,6 +449,19 @@ pub fn id_of(uid: &[u8]) -> CollectorId {
 }
 
 /// A status report with a description, as a collector's first message looks.
+/// One plain-HTTP OpAMP request as the bytes a raw socket sends: for tests that need what a
+/// client library hides (split writes, unread replies, requests back to back).
+pub fn raw_opamp_request(message: &proto::AgentToServer) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    let mut request = format!(
+        "POST /v1/opamp HTTP/1.1\r\nHost: opampd\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    request
+}
+
 pub fn hello(uid: &Bytes, sequence_num: u64) -> proto::AgentToServer {
     proto::AgentToServer {
         instance_uid: uid.clone(),
