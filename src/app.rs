@@ -141,7 +141,7 @@ fn api_access(config: &Config) -> anyhow::Result<api::auth::Access> {
 /// Tells each actor whose write the store refused (its claim was superseded).
 async fn tell_fenced(registry: Arc<Registry>, mut fenced: tokio::sync::mpsc::Receiver<Key>) {
     while let Some((id, epoch)) = fenced.recv().await {
-        registry.fenced(id, epoch).await;
+        registry.fenced(id, epoch);
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -14,8 +14,8 @@ use super::contest::Contest;
 use super::facets::{self, Facets};
 use super::facts::Changed;
 use super::handle::{
-    Answer, CollectorHandle, Command, ConnectionRef, Ending, Forgotten, Published, Reached,
-    Reporting, Unavailable,
+    Answer, CollectorHandle, Command, ConnectionRef, Ending, Forgotten, Mailbox, Published,
+    Reached, Reporting, Unavailable,
 };
 use super::machine::{Collector, Effect, Event, Transition, step};
 use super::persist::{Change, Claimed, Confirmation, Epoch, FIRST_EPOCH, Hot};
@@ -23,10 +23,9 @@ use super::registry::Shared;
 use super::{CloseReason, CollectorId, Delivery, State};
 
 mod serving;
+mod timer;
 
-/// Small on purpose: a collector sends one message at a time, so a deep mailbox would only hide a
-/// stuck actor.
-const MAILBOX: usize = 16;
+use timer::{Timer, next_timer};
 
 /// How long a new actor keeps trying to claim its record before the collector is told to come
 /// back later (UNAVAILABLE): never a blank record in place of one the store could not read. In a
@@ -42,14 +41,12 @@ pub const STALE_INTERVALS: f64 = 1.5;
 pub(super) fn spawn(
     id: CollectorId,
     serial: u64,
-    shared: Shared,
+    shared: std::sync::Arc<Shared>,
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> CollectorHandle {
-    // Boxed messages: a tokio channel allocates a block of 32 slots when it is made and keeps one
-    // for its life, so every resident collector holds 32 pointers (288 bytes) rather than 32
-    // commands (800).
-    let (tx, rx) = mpsc::channel(MAILBOX);
+    // Boxed messages: a queued command costs a pointer in the mailbox's node, whatever its kind.
+    let (handle, rx) = CollectorHandle::open(serial);
     let actor = Box::new(Actor {
         id,
         serial,
@@ -73,7 +70,7 @@ pub(super) fn spawn(
         replying: false,
     });
     tracker.spawn(actor.run(rx, shutdown));
-    CollectorHandle::new(tx, serial)
+    handle
 }
 
 /// Whether the actor goes on after a command.
@@ -99,7 +96,7 @@ struct Actor {
     silent_deadline: Option<Instant>,
     /// When a collector without a connection stops being resident.
     evict_deadline: Option<Instant>,
-    shared: Shared,
+    shared: std::sync::Arc<Shared>,
     /// Transitions not yet handed to the store.
     unsaved: Vec<Transition>,
     /// Facts parts changed since the last write.
@@ -131,11 +128,7 @@ impl Actor {
     /// Every step is boxed: a task's future is as large as its largest await, and that size is
     /// held for the whole life of every resident collector; boxed, the steps' state exists only
     /// while one runs.
-    async fn run(
-        mut self: Box<Self>,
-        mut rx: mpsc::Receiver<Box<Command>>,
-        shutdown: CancellationToken,
-    ) {
+    async fn run(mut self: Box<Self>, mut rx: Mailbox, shutdown: CancellationToken) {
         if !Box::pin(self.load()).await {
             // Nothing was read, so nothing may be written: whoever asked is told to come back.
             Box::pin(self.leave(rx, true)).await;
@@ -144,25 +137,29 @@ impl Actor {
         // Resident only as long as it is needed: a contact keeps it, none lets it go.
         self.evict_deadline = Some(Instant::now() + self.shared.settings.grace_period);
         loop {
-            let (silent, evict, stale) =
-                (self.silent_deadline, self.evict_deadline, self.stale_at());
+            let timer = next_timer(self.silent_deadline, self.stale_at(), self.evict_deadline);
             let flow = tokio::select! {
                 command = rx.recv() => match command {
-                    Some(command) => Box::pin(self.handle(*command)).await,
-                    None => Flow::Leave,
+                    Ok(command) => Box::pin(self.handle(*command)).await,
+                    Err(_) => Flow::Leave,
                 },
-                () = sleep_until_opt(silent) => {
-                    debug!(collector_id = %self.id, "plain-HTTP collector went silent");
-                    self.detach();
-                    self.apply(Event::ConnectionLost);
-                    Flow::Continue
-                }
-                () = sleep_until_opt(stale) => {
-                    debug!(collector_id = %self.id, "plain-HTTP collector's heartbeats are late");
-                    self.refresh_facets(true);
-                    Flow::Continue
-                }
-                () = sleep_until_opt(evict) => Box::pin(self.evict()).await,
+                // One sleep for the three timers: each is as large as a small record, held
+                // while the actor waits, which is nearly always.
+                () = sleep_until_opt(timer.map(|(at, _)| at)) => match timer.map(|(_, which)| which) {
+                    Some(Timer::Silent) => {
+                        debug!(collector_id = %self.id, "plain-HTTP collector went silent");
+                        self.detach();
+                        self.apply(Event::ConnectionLost);
+                        Flow::Continue
+                    }
+                    Some(Timer::Stale) => {
+                        debug!(collector_id = %self.id, "plain-HTTP collector's heartbeats are late");
+                        self.refresh_facets(true);
+                        Flow::Continue
+                    }
+                    Some(Timer::Evict) => Box::pin(self.evict()).await,
+                    None => Flow::Continue,
+                },
                 () = shutdown.cancelled() => {
                     // Collectors still connected now (HTTP ones, or WebSockets that outlived the
                     // shutdown timeout) are disconnected by the server's end.
@@ -219,10 +216,11 @@ impl Actor {
     /// Stops being resident: out of the registry first (so the next contact starts a new actor,
     /// which claims the record afresh), then every command that still reached this one is handed
     /// back. `unloaded` when the record could not be read: collectors are told to come back later.
-    async fn leave(self, mut rx: mpsc::Receiver<Box<Command>>, unloaded: bool) {
+    async fn leave(self, mut rx: Mailbox, unloaded: bool) {
         self.shared.roster.remove(self.id, self.serial);
         rx.close();
-        while let Some(command) = rx.recv().await {
+        // After the close, `recv` still yields every command that got in before it.
+        while let Ok(command) = rx.recv().await {
             match *command {
                 Command::Report(reporting) => {
                     let Reporting { report, reply, .. } = *reporting;
@@ -317,7 +315,8 @@ impl Actor {
                 .await;
             self.saved_at = Some(Instant::now());
         }
-        for transition in self.unsaved.drain(..) {
+        // Taken, not drained: a drained vector would keep its buffer for the actor's life.
+        for transition in std::mem::take(&mut self.unsaved) {
             persistence
                 .save(Change::Transition {
                     id: self.id,
@@ -400,7 +399,7 @@ impl Actor {
                 self.unsaved.clear();
                 self.hot = false;
                 self.changed = Changed::default();
-                if let Some(push) = self.connection.as_ref().and_then(|c| c.push.as_ref()) {
+                if let Some(push) = self.connection.as_mut().and_then(|c| c.push.as_mut()) {
                     let _ = push.try_send(Box::new(Delivery::Close(CloseReason::Moved)));
                 }
                 self.stored = false;

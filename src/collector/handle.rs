@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use futures_channel::mpsc;
+use tokio::sync::oneshot;
 
 use super::machine::{Collector, Event, Transition};
 use super::persist::{Confirmation, Epoch};
@@ -17,10 +18,25 @@ use super::{ClientCertificate, CollectorId, Delivery, Outbound, Report, State, T
 pub struct ConnectionRef {
     pub id: u64,
     pub transport: Transport,
-    pub push: Option<mpsc::Sender<Box<Delivery>>>,
+    pub push: Option<PushTx>,
     /// The verified client certificate the connection was made with (mutual TLS).
     pub client_certificate: Option<Arc<ClientCertificate>>,
 }
+
+/// A WebSocket connection's queue of pushes (ADR 0071): bounded, and an actor never waits on it
+/// (when it is full the offers stay in the collector's outbox and go with the next message).
+pub type PushTx = mpsc::Sender<Box<Delivery>>;
+pub type PushRx = mpsc::Receiver<Box<Delivery>>;
+
+/// A push queue with room for `room` deliveries (and one more for each sender, as
+/// futures-channel guarantees every sender a slot).
+pub fn push_queue(room: usize) -> (PushTx, PushRx) {
+    mpsc::channel(room)
+}
+
+/// An actor's mailbox (ADR 0071). Unbounded: every command's sender either awaits its answer or
+/// is a connection's one notice of its end, so the queue is bounded by the senders themselves.
+pub(super) type Mailbox = mpsc::UnboundedReceiver<Box<Command>>;
 
 /// Why a connection ended, as its owner saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +147,7 @@ pub struct ActorSettings {
 /// A cloneable way to reach one collector's actor.
 #[derive(Debug, Clone)]
 pub struct CollectorHandle {
-    tx: mpsc::Sender<Box<Command>>,
+    tx: mpsc::UnboundedSender<Box<Command>>,
     /// Tells this actor from a later one for the same collector.
     pub(super) serial: u64,
 }
@@ -142,12 +158,16 @@ pub struct CollectorHandle {
 pub struct ActorGone(pub CollectorId);
 
 impl CollectorHandle {
-    pub(super) fn new(tx: mpsc::Sender<Box<Command>>, serial: u64) -> Self {
-        Self { tx, serial }
+    /// A new actor's handle and the mailbox it reads.
+    pub(super) fn open(serial: u64) -> (Self, Mailbox) {
+        let (tx, rx) = mpsc::unbounded();
+        (Self { tx, serial }, rx)
     }
 
     /// Sends a command; an actor that has left hands it back.
-    pub(super) async fn send(&self, command: Command) -> Result<(), Command> {
-        self.tx.send(Box::new(command)).await.map_err(|e| *e.0)
+    pub(super) fn send(&self, command: Command) -> Result<(), Command> {
+        self.tx
+            .unbounded_send(Box::new(command))
+            .map_err(|e| *e.into_inner())
     }
 }

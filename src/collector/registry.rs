@@ -99,7 +99,8 @@ pub(super) struct Shared {
 }
 
 pub struct Registry {
-    shared: Shared,
+    /// One for every actor: each holds a pointer to it, not a copy of its nine handles.
+    shared: Arc<Shared>,
     max_resident: usize,
     next_serial: AtomicU64,
     refused: AtomicU64,
@@ -119,7 +120,7 @@ impl Registry {
         tracker: TaskTracker,
     ) -> Self {
         Self {
-            shared: Shared {
+            shared: Arc::new(Shared {
                 settings,
                 catalog: Arc::new(ComponentCatalog::default()),
                 bus: Bus::new(BUS_CAPACITY),
@@ -129,7 +130,7 @@ impl Registry {
                 custom: Arc::new(CustomRelay::default()),
                 renewer: None,
                 settings_source: None,
-            },
+            }),
             max_resident,
             next_serial: AtomicU64::new(1),
             refused: AtomicU64::new(0),
@@ -141,14 +142,14 @@ impl Registry {
     /// Custom messages under these limits, announcing these capabilities (before any actor starts).
     #[must_use]
     pub fn with_custom_limits(mut self, limits: CustomLimits) -> Self {
-        self.shared.custom = Arc::new(CustomRelay::new(limits));
+        Arc::make_mut(&mut self.shared).custom = Arc::new(CustomRelay::new(limits));
         self
     }
 
     /// Certificates the CA issued are renewed by `renewer` (before any actor starts).
     #[must_use]
     pub fn with_renewer(mut self, renewer: Arc<dyn super::Renewer>) -> Self {
-        self.shared.renewer = Some(renewer);
+        Arc::make_mut(&mut self.shared).renewer = Some(renewer);
         self
     }
 
@@ -156,7 +157,7 @@ impl Registry {
     /// starts).
     #[must_use]
     pub fn with_settings_source(mut self, source: Arc<dyn super::SettingsSource>) -> Self {
-        self.shared.settings_source = Some(source);
+        Arc::make_mut(&mut self.shared).settings_source = Some(source);
         self
     }
 
@@ -201,7 +202,7 @@ impl Registry {
         let handle = super::actor::spawn(
             id,
             serial,
-            self.shared.clone(),
+            Arc::clone(&self.shared),
             self.shutdown.clone(),
             &self.tracker,
         );
@@ -231,7 +232,7 @@ impl Registry {
                 reassigned_from,
                 reply,
             }));
-            report = match handle.send(command).await {
+            report = match handle.send(command) {
                 Ok(()) => match answer.await {
                     Ok(Ok(answer)) => return Ok(answer),
                     Ok(Err(bounced)) => bounced,
@@ -248,33 +249,31 @@ impl Registry {
     }
 
     /// Tells the collector's actor its connection is gone, and why.
-    pub async fn detached(&self, id: CollectorId, connection_id: u64, ending: Ending) {
+    pub fn detached(&self, id: CollectorId, connection_id: u64, ending: Ending) {
         if let Some(handle) = self.existing(id) {
             // An actor that left has nothing to detach from.
-            let _ = handle
-                .send(Command::Detached {
-                    connection_id,
-                    ending,
-                })
-                .await;
+            let _ = handle.send(Command::Detached {
+                connection_id,
+                ending,
+            });
         }
     }
 
     /// A reply whose commit could not be confirmed in time was not sent: what it carried goes
     /// back to the collector's outbox.
-    pub async fn unsent(&self, id: CollectorId, outbound: Outbound) {
+    pub fn unsent(&self, id: CollectorId, outbound: Outbound) {
         if outbound.is_empty() {
             return;
         }
         if let Some(handle) = self.existing(id) {
-            let _ = handle.send(Command::Unsent(Box::new(outbound))).await;
+            let _ = handle.send(Command::Unsent(Box::new(outbound)));
         }
     }
 
     /// The store refused a write of `epoch` for this collector.
-    pub async fn fenced(&self, id: CollectorId, epoch: Epoch) {
+    pub fn fenced(&self, id: CollectorId, epoch: Epoch) {
         if let Some(handle) = self.existing(id) {
-            let _ = handle.send(Command::Fenced(epoch)).await;
+            let _ = handle.send(Command::Fenced(epoch));
         }
     }
 
@@ -285,11 +284,7 @@ impl Registry {
             return Ok(false);
         };
         let (reply, applied) = oneshot::channel();
-        if handle
-            .send(Command::Apply(Box::new(event), reply))
-            .await
-            .is_err()
-        {
+        if handle.send(Command::Apply(Box::new(event), reply)).is_err() {
             return Ok(false);
         }
         applied.await.map_err(|_| ActorGone(id))
@@ -299,7 +294,7 @@ impl Registry {
     pub async fn view(&self, id: CollectorId) -> Option<Collector> {
         let handle = self.existing(id)?;
         let (reply, view) = oneshot::channel();
-        handle.send(Command::View(reply)).await.ok()?;
+        handle.send(Command::View(reply)).ok()?;
         view.await.ok()
     }
 
@@ -312,7 +307,7 @@ impl Registry {
                 return Ok(Forgotten::Unavailable);
             };
             let (reply, answer) = oneshot::channel();
-            if handle.send(Command::Forget(reply)).await.is_ok() {
+            if handle.send(Command::Forget(reply)).is_ok() {
                 match answer.await {
                     Ok(Reached::Answered(forgotten)) => return Ok(forgotten),
                     Ok(Reached::Bounced) => {}

@@ -5,6 +5,7 @@ pub mod ca;
 mod frame;
 mod http;
 mod identity;
+mod keepalive;
 pub mod report;
 mod ws;
 
@@ -170,7 +171,7 @@ impl Opamp {
                         if !matches!(timeout(wait, confirm.committed()).await, Ok(true)) {
                             // Not stored yet: the collector must not take this reply as a
                             // receipt. What it carried goes back to wait for the next one.
-                            self.registry.unsent(known_as.id, *outbound).await;
+                            self.registry.unsent(known_as.id, *outbound);
                             let retry_after = jittered(self.config.store_retry_after);
                             self.metrics
                                 .counter(metrics::REJECTED, &[("reason", "not_committed")])

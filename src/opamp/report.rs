@@ -111,12 +111,14 @@ pub fn to_report(message: proto::AgentToServer) -> Report {
 }
 
 fn attributes(list: Vec<proto::KeyValue>) -> crate::collector::Attributes {
-    list.into_iter()
-        .map(|kv| {
-            let value = kv.value.map_or(serde_json::Value::Null, any_value);
-            (text(kv.key), value)
-        })
-        .collect()
+    crate::collector::trimmed(
+        list.into_iter()
+            .map(|kv| {
+                let value = kv.value.map_or(serde_json::Value::Null, any_value);
+                (text(kv.key), value)
+            })
+            .collect(),
+    )
 }
 
 fn any_value(value: proto::AnyValue) -> serde_json::Value {
@@ -144,16 +146,19 @@ fn health(h: proto::ComponentHealth, depth: usize) -> Health {
         components: if depth + 1 >= MAX_HEALTH_DEPTH {
             litemap::LiteMap::new()
         } else {
-            h.component_health_map
-                .into_iter()
-                .map(|(name, child)| (text(name), health(child, depth + 1)))
-                .collect()
+            crate::collector::trimmed(
+                h.component_health_map
+                    .into_iter()
+                    .map(|(name, child)| (text(name), health(child, depth + 1)))
+                    .collect(),
+            )
         },
     }
 }
 
 fn config_files(map: proto::AgentConfigMap) -> ConfigFiles {
-    map.config_map
+    let files: ConfigFiles = map
+        .config_map
         .into_iter()
         .map(|(name, file)| {
             (
@@ -164,7 +169,8 @@ fn config_files(map: proto::AgentConfigMap) -> ConfigFiles {
                 },
             )
         })
-        .collect()
+        .collect();
+    crate::collector::trimmed(files)
 }
 
 fn package_statuses(p: proto::PackageStatuses) -> PackageStatuses {

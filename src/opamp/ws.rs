@@ -1,7 +1,6 @@
 //! The WebSocket transport: one task per connection, reading collectors' messages in order,
 //! writing replies and pushes, keeping the connection alive with pings, and closing it properly.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +9,13 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, field, info_span, warn};
 
 use super::identity::WireUid;
+use super::keepalive::{self, Due};
 use super::{Opamp, OpampError, frame, report};
-use crate::collector::handle::{self, ConnectionRef};
+use crate::collector::handle::{self, ConnectionRef, PushRx, PushTx};
 use crate::collector::{
     ClientCertificate, CloseReason, CollectorId, Delivery, Outbound, Transport,
 };
@@ -94,10 +93,10 @@ struct Session {
     opamp: Arc<Opamp>,
     socket: WebSocket,
     connection_id: u64,
-    push_tx: mpsc::Sender<Box<Delivery>>,
-    push_rx: mpsc::Receiver<Box<Delivery>>,
+    push_tx: PushTx,
+    push_rx: PushRx,
     /// Collectors served on this connection (a proxy may carry several), in their wire form.
-    collectors: HashMap<CollectorId, WireUid>,
+    collectors: Served,
     /// Until the first message arrives, when it is due.
     first_message_by: Option<Instant>,
     /// The socket's meter: released after each message, which then holds its own bytes.
@@ -106,6 +105,30 @@ struct Session {
     client_certificate: Option<Arc<ClientCertificate>>,
     /// Offers a write failed to deliver, given back to their collectors' outboxes at the end.
     unwritten: Vec<(CollectorId, Outbound)>,
+}
+
+/// The collectors one connection serves: nearly always one, so a vector grown one at a time (a
+/// map's smallest table holds several for the connection's life).
+#[derive(Default)]
+struct Served(Vec<WireUid>);
+
+impl Served {
+    fn get(&self, id: CollectorId) -> Option<&WireUid> {
+        self.0.iter().find(|wire| wire.id == id)
+    }
+
+    fn insert(&mut self, wire: WireUid) {
+        if let Some(known) = self.0.iter_mut().find(|known| known.id == wire.id) {
+            *known = wire;
+        } else {
+            self.0.reserve_exact(self.0.len().max(1));
+            self.0.push(wire);
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = CollectorId> + '_ {
+        self.0.iter().map(|wire| wire.id)
+    }
 }
 
 /// How a session ends: who closes, and with what.
@@ -127,16 +150,14 @@ impl Session {
         meter: Option<Meter>,
         client_certificate: Option<Arc<ClientCertificate>>,
     ) -> Self {
-        // Boxed, like the actors' mailboxes: the channel's first block holds 32 pointers (288
-        // bytes) for the connection's life, rather than 32 deliveries (1,056).
-        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
+        let (push_tx, push_rx) = handle::push_queue(PUSH_QUEUE);
         Self {
             opamp,
             socket,
             connection_id,
             push_tx,
             push_rx,
-            collectors: HashMap::new(),
+            collectors: Served::default(),
             first_message_by: Some(first_message_by),
             meter,
             client_certificate,
@@ -174,19 +195,17 @@ impl Session {
         // detached: they go out on the next connection. Pushes still queued were never written
         // either; closing the queue first makes later ones stay in the actor.
         self.push_rx.close();
-        while let Ok(delivery) = self.push_rx.try_recv() {
+        // After the close, `recv` still yields every delivery that got in before it.
+        while let Ok(delivery) = self.push_rx.recv().await {
             if let Delivery::Send(id, outbound) = *delivery {
                 self.unwritten.push((id, outbound.into_offers()));
             }
         }
         for (id, outbound) in std::mem::take(&mut self.unwritten) {
-            self.opamp.registry.unsent(id, outbound).await;
+            self.opamp.registry.unsent(id, outbound);
         }
-        for id in self.collectors.keys() {
-            self.opamp
-                .registry
-                .detached(*id, self.connection_id, why)
-                .await;
+        for id in self.collectors.ids() {
+            self.opamp.registry.detached(id, self.connection_id, why);
         }
         debug!("WebSocket connection closed");
     }
@@ -195,10 +214,12 @@ impl Session {
         let shutdown = self.opamp.shutdown.clone();
         let ping_every = self.opamp.config.ws_ping_interval;
         let pong_timeout = self.opamp.config.ws_pong_timeout;
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut pong_deadline: Option<Instant> = None;
+        let mut next_ping = Instant::now() + ping_every;
+        let mut pong_by: Option<Instant> = None;
         loop {
+            // One sleep for the three timers, not one each: this loop's state is held for the
+            // connection's whole life.
+            let (at, due) = keepalive::due(self.first_message_by, pong_by, next_ping);
             tokio::select! {
                 () = shutdown.cancelled() => return Ending::Close(close_code::GOING_AWAY, "server shutting down"),
                 received = self.socket.recv() => match self.received(received) {
@@ -213,11 +234,11 @@ impl Session {
                     Some(Ok(Message::Text(_))) => {
                         return Ending::Close(close_code::UNSUPPORTED_DATA, "OpAMP uses binary messages");
                     }
-                    Some(Ok(Message::Pong(_))) => pong_deadline = None,
+                    Some(Ok(Message::Pong(_))) => pong_by = None,
                     // Pings are answered by the WebSocket layer itself.
                     Some(Ok(Message::Ping(_))) => {}
                 },
-                Some(delivery) = self.push_rx.recv() => match *delivery {
+                Ok(delivery) = self.push_rx.recv() => match *delivery {
                     Delivery::Send(id, outbound) => {
                         if let Some(ending) = Box::pin(self.push(id, outbound)).await {
                             return ending;
@@ -230,27 +251,31 @@ impl Session {
                         return Ending::Close(close_code::TRY_AGAIN_LATER, "reconnect: the record is held elsewhere");
                     }
                 },
-                _ = ping.tick(), if pong_deadline.is_none() => {
-                    if let Some(ending) = Box::pin(self.write(Message::Ping(Bytes::new()))).await {
-                        return ending;
+                () = tokio::time::sleep_until(at) => match due {
+                    Due::Ping => {
+                        if let Some(ending) = Box::pin(self.write(Message::Ping(Bytes::new()))).await {
+                            return ending;
+                        }
+                        let now = Instant::now();
+                        pong_by = Some(now + pong_timeout);
+                        next_ping = now + ping_every;
                     }
-                    pong_deadline = Some(Instant::now() + pong_timeout);
-                }
-                () = crate::collector::actor::sleep_until_opt(self.first_message_by) => {
-                    debug!("no first message in time");
-                    return Ending::Close(close_code::POLICY_VIOLATION, "no message within the handshake timeout");
-                }
-                () = crate::collector::actor::sleep_until_opt(pong_deadline) => {
-                    debug!("no pong in time");
-                    return Ending::Close(close_code::INTERNAL_ERROR, "keep-alive ping timed out");
-                }
+                    Due::FirstMessage => {
+                        debug!("no first message in time");
+                        return Ending::Close(close_code::POLICY_VIOLATION, "no message within the handshake timeout");
+                    }
+                    Due::Pong => {
+                        debug!("no pong in time");
+                        return Ending::Close(close_code::INTERNAL_ERROR, "keep-alive ping timed out");
+                    }
+                },
             }
         }
     }
 
     /// Writes what an actor pushed; what could not be written goes back to its outbox at the end.
     async fn push(&mut self, id: CollectorId, outbound: Box<Outbound>) -> Option<Ending> {
-        let uid = self.collectors.get(&id).map_or_else(
+        let uid = self.collectors.get(id).map_or_else(
             || Bytes::copy_from_slice(id.0.as_bytes()),
             |wire| wire.bytes.clone(),
         );
@@ -309,7 +334,7 @@ impl Session {
             Ok(processed) => {
                 let collector = processed.collector;
                 offered = Some((collector.id, processed.offered));
-                self.collectors.insert(collector.id, collector);
+                self.collectors.insert(collector);
                 processed.reply
             }
             // A malformed message gets BAD_REQUEST; the connection stays usable.

@@ -3,7 +3,6 @@
 
 use std::time::SystemTime;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -13,7 +12,7 @@ use crate::collector::contest::Verdict;
 use crate::collector::custom::Bucket;
 use crate::collector::delivery;
 use crate::collector::facets;
-use crate::collector::handle::{Answer, ConnectionRef};
+use crate::collector::handle::{Answer, ConnectionRef, PushTx};
 use crate::collector::machine::Event;
 use crate::collector::{
     AvailableComponents, CloseReason, CollectorId, Delivery, Outbound, Reassignment, Report,
@@ -252,9 +251,9 @@ impl Actor {
 
     /// Makes `connection` the collector's current one, closing a different WebSocket it replaces.
     fn attach(&mut self, connection: ConnectionRef) {
-        if let Some(old) = self.connection.as_ref()
+        if let Some(old) = self.connection.as_mut()
             && old.id != connection.id
-            && let Some(push) = &old.push
+            && let Some(push) = old.push.as_mut()
         {
             debug!(collector_id = %self.id, old = old.id, new = connection.id, "connection replaced");
             // If the old connection's queue is full it is stuck anyway; its reader will notice.
@@ -287,7 +286,7 @@ impl Actor {
     /// Pushes whatever waits to a WebSocket connection; HTTP collectors get it on their next poll.
     /// While a report is answered, connection settings stay for the reply.
     pub(super) fn flush_outbox(&mut self) {
-        let Some(push) = self.connection.as_ref().and_then(|c| c.push.clone()) else {
+        let Some(mut push) = self.connection.as_ref().and_then(|c| c.push.clone()) else {
             return;
         };
         let held = if self.replying {
@@ -295,20 +294,20 @@ impl Actor {
         } else {
             None
         };
-        self.push_outbox(&push);
+        self.push_outbox(&mut push);
         if let Some(held) = held {
             self.record.outbox.connection_settings = Some(held);
         }
     }
 
-    fn push_outbox(&mut self, push: &mpsc::Sender<Box<Delivery>>) {
+    fn push_outbox(&mut self, push: &mut PushTx) {
         loop {
             let out = self.take_outbox(Transport::WebSocket);
             if out.is_empty() {
                 return;
             }
             if let Err(err) = push.try_send(Box::new(Delivery::Send(self.id, Box::new(out)))) {
-                if matches!(err, mpsc::error::TrySendError::Full(_)) {
+                if err.is_full() {
                     warn!(collector_id = %self.id, "connection queue full; message kept for later");
                 }
                 // Kept, not lost: it goes out with the next reply or on the next connection.
