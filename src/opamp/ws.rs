@@ -216,10 +216,17 @@ impl Session {
         let pong_timeout = self.opamp.config.ws_pong_timeout;
         let mut next_ping = Instant::now() + ping_every;
         let mut pong_by: Option<Instant> = None;
+        // One sleep for the three timers, not one each: this loop's state is held for the
+        // connection's whole life. Reset only when the deadline moves, so that a message does
+        // not take a timer out of the wheel and put it back.
+        let (at, _) = keepalive::due(self.first_message_by, pong_by, next_ping);
+        let sleep = tokio::time::sleep_until(at);
+        tokio::pin!(sleep);
         loop {
-            // One sleep for the three timers, not one each: this loop's state is held for the
-            // connection's whole life.
             let (at, due) = keepalive::due(self.first_message_by, pong_by, next_ping);
+            if sleep.deadline() != at {
+                sleep.as_mut().reset(at);
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return Ending::Close(close_code::GOING_AWAY, "server shutting down"),
                 received = self.socket.recv() => match self.received(received) {
@@ -251,7 +258,7 @@ impl Session {
                         return Ending::Close(close_code::TRY_AGAIN_LATER, "reconnect: the record is held elsewhere");
                     }
                 },
-                () = tokio::time::sleep_until(at) => match due {
+                () = &mut sleep => match due {
                     Due::Ping => {
                         if let Some(ending) = Box::pin(self.write(Message::Ping(Bytes::new()))).await {
                             return ending;
