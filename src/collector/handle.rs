@@ -171,3 +171,45 @@ impl CollectorHandle {
             .map_err(|e| *e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::CloseReason;
+
+    fn close() -> Delivery {
+        Delivery::Close(CloseReason::Replaced)
+    }
+
+    /// What `flush_outbox` relies on: the connection's one sender, reused, finds the queue full
+    /// (its room and its own slot used) until the session reads; a closed queue hands the
+    /// delivery back.
+    #[test]
+    fn a_reused_sender_finds_the_push_queue_full_until_it_is_read() {
+        let (mut tx, mut rx) = push_queue(2);
+        let mut sent = 0;
+        let refused = loop {
+            match tx.try_send(Box::new(close())) {
+                Ok(()) => sent += 1,
+                Err(err) => break err,
+            }
+            assert!(sent <= 3, "the queue never filled");
+        };
+        assert!(refused.is_full());
+        assert_eq!(sent, 3, "room for two, and the sender's own slot");
+        assert!(rx.try_recv().is_ok());
+        assert!(
+            tx.try_send(Box::new(close())).is_ok(),
+            "a read makes room again"
+        );
+        rx.close();
+        let refused = tx
+            .try_send(Box::new(close()))
+            .expect_err("a closed queue takes nothing");
+        assert!(!refused.is_full());
+        assert!(matches!(
+            *refused.into_inner(),
+            Delivery::Close(CloseReason::Replaced)
+        ));
+    }
+}

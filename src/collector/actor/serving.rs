@@ -286,7 +286,15 @@ impl Actor {
     /// Pushes whatever waits to a WebSocket connection; HTTP collectors get it on their next poll.
     /// While a report is answered, connection settings stay for the reply.
     pub(super) fn flush_outbox(&mut self) {
-        let Some(mut push) = self.connection.as_ref().and_then(|c| c.push.clone()) else {
+        // The connection's own sender, lent out and given back, not a clone: futures-channel
+        // gives every sender a slot beyond the queue's room, so a fresh clone per push would
+        // never find the queue full, and offers would pile up behind a stalled connection
+        // instead of waiting, merged, in the outbox.
+        let Some((connection_id, mut push)) = self
+            .connection
+            .as_mut()
+            .and_then(|c| Some((c.id, c.push.take()?)))
+        else {
             return;
         };
         let held = if self.replying {
@@ -297,6 +305,11 @@ impl Actor {
         self.push_outbox(&mut push);
         if let Some(held) = held {
             self.record.outbox.connection_settings = Some(held);
+        }
+        if let Some(connection) = self.connection.as_mut()
+            && connection.id == connection_id
+        {
+            connection.push = Some(push);
         }
     }
 
