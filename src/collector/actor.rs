@@ -23,7 +23,7 @@ use super::registry::Shared;
 use super::{CloseReason, CollectorId, Delivery, State};
 
 mod serving;
-mod timer;
+pub(crate) mod timer;
 
 use timer::{Timer, next_timer};
 

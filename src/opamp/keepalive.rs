@@ -3,6 +3,8 @@
 
 use tokio::time::Instant;
 
+use crate::collector::actor::timer::earliest;
+
 /// What a session's one sleep waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
@@ -22,14 +24,11 @@ pub fn due(
     next_ping: Instant,
 ) -> (Instant, Due) {
     let ping = pong_by.is_none().then_some(next_ping);
-    [
+    earliest([
         (first_message_by, Due::FirstMessage),
         (pong_by, Due::Pong),
         (ping, Due::Ping),
-    ]
-    .into_iter()
-    .filter_map(|(at, due)| Some((at?, due)))
-    .min_by_key(|&(at, _)| at)
+    ])
     // A pong is awaited only instead of a ping, so one of the two is always there.
     .unwrap_or((next_ping, Due::Ping))
 }

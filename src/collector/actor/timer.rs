@@ -21,14 +21,22 @@ pub(super) fn next_timer(
     stale: Option<Instant>,
     evict: Option<Instant>,
 ) -> Option<(Instant, Timer)> {
-    [
+    earliest([
         (silent, Timer::Silent),
         (stale, Timer::Stale),
         (evict, Timer::Evict),
-    ]
-    .into_iter()
-    .filter_map(|(at, timer)| Some((at?, timer)))
-    .min_by_key(|&(at, _)| at)
+    ])
+}
+
+/// The earliest of the deadlines that are set, and what it is for; on a tie, the first listed.
+/// A task that waits on one sleep for several timers asks this which one it is.
+pub(crate) fn earliest<T: Copy, const N: usize>(
+    deadlines: [(Option<Instant>, T); N],
+) -> Option<(Instant, T)> {
+    deadlines
+        .into_iter()
+        .filter_map(|(at, what)| Some((at?, what)))
+        .min_by_key(|&(at, _)| at)
 }
 
 #[cfg(test)]
