@@ -480,7 +480,9 @@ impl Actor {
     /// When a plain-HTTP collector that keeps silent becomes stale: the same silence as its
     /// liveness deadline, shorter. `None` once stale, or where there is no such deadline.
     fn stale_at(&self) -> Option<Instant> {
-        if self.record.facets.contains(Facets::STALE) {
+        // Only a connected collector becomes stale (`facets::of`): for one that is not, a passed
+        // deadline would stay due, and the actor's one sleep would fire on every turn.
+        if self.record.facets.contains(Facets::STALE) || !self.record.connected {
             return None;
         }
         let silent = self.silent_deadline?;
