@@ -399,8 +399,8 @@ impl Actor {
                 self.unsaved.clear();
                 self.hot = false;
                 self.changed = Changed::default();
-                if let Some(push) = self.connection.as_mut().and_then(|c| c.push.as_mut()) {
-                    let _ = push.try_send(Box::new(Delivery::Close(CloseReason::Moved)));
+                if let Some(push) = self.connection.as_ref().and_then(|c| c.push.as_ref()) {
+                    let _ = push.try_push(Box::new(Delivery::Close(CloseReason::Moved)));
                 }
                 self.stored = false;
                 self.record.state = None;

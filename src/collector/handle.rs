@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::machine::{Collector, Event, Transition};
 use super::persist::{Confirmation, Epoch};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{ClientCertificate, CollectorId, Delivery, Outbound, Report, State, Transport};
 
@@ -25,13 +25,31 @@ pub struct ConnectionRef {
 
 /// A WebSocket connection's queue of pushes (ADR 0071): bounded, and an actor never waits on it
 /// (when it is full the offers stay in the collector's outbox and go with the next message).
-pub type PushTx = mpsc::Sender<Box<Delivery>>;
+/// Every copy of a connection's handle shares its one sender: futures-channel grants each sender
+/// a slot beyond the queue's room, so separate senders would never find it full; and a copy is a
+/// count, where a sender's clone is an allocation.
+#[derive(Debug, Clone)]
+pub struct PushTx(Arc<Mutex<mpsc::Sender<Box<Delivery>>>>);
+
 pub type PushRx = mpsc::Receiver<Box<Delivery>>;
 
-/// A push queue with room for `room` deliveries (and one more for each sender, as
-/// futures-channel guarantees every sender a slot).
+impl PushTx {
+    /// Queues `delivery`; a full or closed queue hands it back.
+    pub fn try_push(
+        &self,
+        delivery: Box<Delivery>,
+    ) -> Result<(), mpsc::TrySendError<Box<Delivery>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_send(delivery)
+    }
+}
+
+/// A push queue with room for `room` deliveries (and one more, its sender's own).
 pub fn push_queue(room: usize) -> (PushTx, PushRx) {
-    mpsc::channel(room)
+    let (tx, rx) = mpsc::channel(room);
+    (PushTx(Arc::new(Mutex::new(tx))), rx)
 }
 
 /// An actor's mailbox (ADR 0071). Unbounded: every command's sender either awaits its answer or
@@ -181,15 +199,16 @@ mod tests {
         Delivery::Close(CloseReason::Replaced)
     }
 
-    /// What `flush_outbox` relies on: the connection's one sender, reused, finds the queue full
-    /// (its room and its own slot used) until the session reads; a closed queue hands the
-    /// delivery back.
+    /// What `flush_outbox` relies on: the copies of a connection's handle share one sender, so
+    /// the queue is found full (its room and the sender's own slot used) until the session
+    /// reads; a closed queue hands the delivery back.
     #[test]
     fn a_reused_sender_finds_the_push_queue_full_until_it_is_read() {
-        let (mut tx, mut rx) = push_queue(2);
+        let (tx, mut rx) = push_queue(2);
         let mut sent = 0;
         let refused = loop {
-            match tx.try_send(Box::new(close())) {
+            // A fresh copy each time, as each message's `ConnectionRef` carries one.
+            match tx.clone().try_push(Box::new(close())) {
                 Ok(()) => sent += 1,
                 Err(err) => break err,
             }
@@ -199,12 +218,12 @@ mod tests {
         assert_eq!(sent, 3, "room for two, and the sender's own slot");
         assert!(rx.try_recv().is_ok());
         assert!(
-            tx.try_send(Box::new(close())).is_ok(),
+            tx.try_push(Box::new(close())).is_ok(),
             "a read makes room again"
         );
         rx.close();
         let refused = tx
-            .try_send(Box::new(close()))
+            .try_push(Box::new(close()))
             .expect_err("a closed queue takes nothing");
         assert!(!refused.is_full());
         assert!(matches!(

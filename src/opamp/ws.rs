@@ -219,8 +219,7 @@ impl Session {
         // One sleep for the three timers, not one each: this loop's state is held for the
         // connection's whole life. Reset only when the deadline moves, so that a message does
         // not take a timer out of the wheel and put it back.
-        let (at, _) = keepalive::due(self.first_message_by, pong_by, next_ping);
-        let sleep = tokio::time::sleep_until(at);
+        let sleep = tokio::time::sleep_until(next_ping);
         tokio::pin!(sleep);
         loop {
             let (at, due) = keepalive::due(self.first_message_by, pong_by, next_ping);

@@ -251,13 +251,13 @@ impl Actor {
 
     /// Makes `connection` the collector's current one, closing a different WebSocket it replaces.
     fn attach(&mut self, connection: ConnectionRef) {
-        if let Some(old) = self.connection.as_mut()
+        if let Some(old) = self.connection.as_ref()
             && old.id != connection.id
-            && let Some(push) = old.push.as_mut()
+            && let Some(push) = &old.push
         {
             debug!(collector_id = %self.id, old = old.id, new = connection.id, "connection replaced");
             // If the old connection's queue is full it is stuck anyway; its reader will notice.
-            let _ = push.try_send(Box::new(Delivery::Close(CloseReason::Replaced)));
+            let _ = push.try_push(Box::new(Delivery::Close(CloseReason::Replaced)));
         }
         if connection.transport == Transport::WebSocket {
             self.silent_deadline = None;
@@ -286,15 +286,7 @@ impl Actor {
     /// Pushes whatever waits to a WebSocket connection; HTTP collectors get it on their next poll.
     /// While a report is answered, connection settings stay for the reply.
     pub(super) fn flush_outbox(&mut self) {
-        // The connection's own sender, lent out and given back, not a clone: futures-channel
-        // gives every sender a slot beyond the queue's room, so a fresh clone per push would
-        // never find the queue full, and offers would pile up behind a stalled connection
-        // instead of waiting, merged, in the outbox.
-        let Some((connection_id, mut push)) = self
-            .connection
-            .as_mut()
-            .and_then(|c| Some((c.id, c.push.take()?)))
-        else {
+        let Some(push) = self.connection.as_ref().and_then(|c| c.push.clone()) else {
             return;
         };
         let held = if self.replying {
@@ -302,24 +294,19 @@ impl Actor {
         } else {
             None
         };
-        self.push_outbox(&mut push);
+        self.push_outbox(&push);
         if let Some(held) = held {
             self.record.outbox.connection_settings = Some(held);
         }
-        if let Some(connection) = self.connection.as_mut()
-            && connection.id == connection_id
-        {
-            connection.push = Some(push);
-        }
     }
 
-    fn push_outbox(&mut self, push: &mut PushTx) {
+    fn push_outbox(&mut self, push: &PushTx) {
         loop {
             let out = self.take_outbox(Transport::WebSocket);
             if out.is_empty() {
                 return;
             }
-            if let Err(err) = push.try_send(Box::new(Delivery::Send(self.id, Box::new(out)))) {
+            if let Err(err) = push.try_push(Box::new(Delivery::Send(self.id, Box::new(out)))) {
                 if err.is_full() {
                     warn!(collector_id = %self.id, "connection queue full; message kept for later");
                 }
