@@ -5,6 +5,7 @@ pub mod app;
 pub mod cluster;
 pub mod collector;
 pub mod config;
+pub mod deadline;
 pub mod fleet;
 pub mod net;
 pub mod opamp;

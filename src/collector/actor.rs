@@ -23,8 +23,9 @@ use super::registry::Shared;
 use super::{CloseReason, CollectorId, Delivery, State};
 
 mod serving;
-pub(crate) mod timer;
+mod timer;
 
+use crate::deadline::sleep_until_opt;
 use timer::{Timer, next_timer};
 
 /// How long a new actor keeps trying to claim its record before the collector is told to come
@@ -525,13 +526,5 @@ impl Actor {
             collector: self.id,
             transition,
         });
-    }
-}
-
-/// Sleeps until `deadline`, or forever when there is none: a timer that may be switched off.
-pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

@@ -222,7 +222,7 @@ impl Engine {
                     self.withdraw().await;
                     self.expire().await;
                 }
-                () = crate::collector::actor::sleep_until_opt(save_at) => {
+                () = crate::deadline::sleep_until_opt(save_at) => {
                     save_at = None;
                     // While the store refuses, tries again less and less often (up to 5 s).
                     save_delay = if self.save_unsaved().await {

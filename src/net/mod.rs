@@ -323,7 +323,7 @@ async fn serve_http<S>(
                     stopping = true;
                     Pin::new(&mut *connection).graceful_shutdown();
                 }
-                () = crate::collector::actor::sleep_until_opt(due.map(|(at, _)| conn.instant(at))) => {
+                () = crate::deadline::sleep_until_opt(due.map(|(at, _)| conn.instant(at))) => {
                     if overstayed(&conn, settings, &instruments.metrics) {
                         break 'socket;
                     }
@@ -365,7 +365,7 @@ async fn wait_parked<S: park::Readiness>(
         tokio::select! {
             ready = io.readable() => return ready.is_ok(),
             () = shutdown.cancelled() => return false,
-            () = crate::collector::actor::sleep_until_opt(due.map(|(at, _)| conn.instant(at))) => {
+            () = crate::deadline::sleep_until_opt(due.map(|(at, _)| conn.instant(at))) => {
                 if overstayed(conn, settings, metrics) {
                     return false;
                 }

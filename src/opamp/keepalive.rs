@@ -3,7 +3,7 @@
 
 use tokio::time::Instant;
 
-use crate::collector::actor::timer::earliest;
+use crate::deadline::earliest;
 
 /// What a session's one sleep waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,8 @@
 
 use tokio::time::Instant;
 
+use crate::deadline::earliest;
+
 /// An actor's timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Timer {
@@ -26,17 +28,6 @@ pub(super) fn next_timer(
         (stale, Timer::Stale),
         (evict, Timer::Evict),
     ])
-}
-
-/// The earliest of the deadlines that are set, and what it is for; on a tie, the first listed.
-/// A task that waits on one sleep for several timers asks this which one it is.
-pub(crate) fn earliest<T: Copy, const N: usize>(
-    deadlines: [(Option<Instant>, T); N],
-) -> Option<(Instant, T)> {
-    deadlines
-        .into_iter()
-        .filter_map(|(at, what)| Some((at?, what)))
-        .min_by_key(|&(at, _)| at)
 }
 
 #[cfg(test)]
