@@ -150,7 +150,6 @@ pub fn of(record: &Collector, stale: bool) -> Facets {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::collector::{CollectorId, ConfigFile, RemoteConfigStatus, Report};
 

@@ -133,10 +133,13 @@ impl Capabilities {
 /// a typical four attributes). Same API and the same JSON.
 pub type Attributes = litemap::LiteMap<String, serde_json::Value>;
 
-/// The same flat map with no spare room. A collected map has room for at least four entries
-/// (a vector's smallest growth), and a resident collector keeps that room for its life.
-pub fn trimmed<K, V>(map: litemap::LiteMap<K, V>) -> litemap::LiteMap<K, V> {
-    let mut entries = map.into_tuple_vec();
+/// A flat map of `entries` with no spare room. A collected map has room for at least four
+/// entries (a vector's smallest growth), and a resident collector keeps that room for its life.
+pub fn trimmed<K: Ord, V>(entries: impl IntoIterator<Item = (K, V)>) -> litemap::LiteMap<K, V> {
+    let mut entries = entries
+        .into_iter()
+        .collect::<litemap::LiteMap<K, V>>()
+        .into_tuple_vec();
     entries.shrink_to_fit();
     litemap::LiteMap::from_sorted_store_unchecked(entries)
 }

@@ -111,14 +111,10 @@ pub fn to_report(message: proto::AgentToServer) -> Report {
 }
 
 fn attributes(list: Vec<proto::KeyValue>) -> crate::collector::Attributes {
-    crate::collector::trimmed(
-        list.into_iter()
-            .map(|kv| {
-                let value = kv.value.map_or(serde_json::Value::Null, any_value);
-                (text(kv.key), value)
-            })
-            .collect(),
-    )
+    crate::collector::trimmed(list.into_iter().map(|kv| {
+        let value = kv.value.map_or(serde_json::Value::Null, any_value);
+        (text(kv.key), value)
+    }))
 }
 
 fn any_value(value: proto::AnyValue) -> serde_json::Value {
@@ -149,28 +145,22 @@ fn health(h: proto::ComponentHealth, depth: usize) -> Health {
             crate::collector::trimmed(
                 h.component_health_map
                     .into_iter()
-                    .map(|(name, child)| (text(name), health(child, depth + 1)))
-                    .collect(),
+                    .map(|(name, child)| (text(name), health(child, depth + 1))),
             )
         },
     }
 }
 
 fn config_files(map: proto::AgentConfigMap) -> ConfigFiles {
-    let files: ConfigFiles = map
-        .config_map
-        .into_iter()
-        .map(|(name, file)| {
-            (
-                text(name),
-                ConfigFile {
-                    content_type: text(file.content_type),
-                    body: Arc::from(&file.body[..]),
-                },
-            )
-        })
-        .collect();
-    crate::collector::trimmed(files)
+    crate::collector::trimmed(map.config_map.into_iter().map(|(name, file)| {
+        (
+            text(name),
+            ConfigFile {
+                content_type: text(file.content_type),
+                body: Arc::from(&file.body[..]),
+            },
+        )
+    }))
 }
 
 fn package_statuses(p: proto::PackageStatuses) -> PackageStatuses {
