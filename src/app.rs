@@ -77,6 +77,11 @@ async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             "the last run did not shut down cleanly; its collectors are marked disconnected"
         );
     }
+    if config.opamp.ws_buffer_bytes.is_some() {
+        warn!(
+            "opamp.ws_buffer_bytes is ignored: a WebSocket connection holds no buffer between messages"
+        );
+    }
     info!(backend = store.backend(), database = %redacted(&config.database_url()), "store ready");
     Ok(store)
 }

@@ -164,8 +164,10 @@ pub struct OpampConfig {
     pub ws_ping_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub ws_pong_timeout: Duration,
-    /// Per-connection WebSocket read and write buffer sizes: small, so idle collectors are cheap.
-    pub ws_buffer_bytes: usize,
+    /// No longer used: a WebSocket connection holds no buffer between messages (ADR 0072).
+    /// Still accepted, so that configurations that set it start; a warning says it is ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_buffer_bytes: Option<usize>,
     /// How long a reply waits for the collector's changes to be committed; beyond it the collector
     /// is told to try again (UNAVAILABLE), never answered as if they were stored.
     #[serde(with = "humantime_serde")]
@@ -315,7 +317,7 @@ impl Default for OpampConfig {
             liveness_intervals: 3,
             ws_ping_interval: Duration::from_secs(30),
             ws_pong_timeout: Duration::from_secs(10),
-            ws_buffer_bytes: 1024,
+            ws_buffer_bytes: None,
             commit_timeout: Duration::from_secs(5),
             store_retry_after: Duration::from_secs(5),
             auth: OpampAuthConfig::default(),
@@ -559,9 +561,6 @@ impl Config {
                 "opamp.ws_ping_interval",
                 "ping interval and pong timeout must be more than zero",
             );
-        }
-        if self.opamp.ws_buffer_bytes < 256 {
-            return reject("opamp.ws_buffer_bytes", "must be at least 256");
         }
         if self.custom_messages.per_minute == 0 {
             return reject("custom_messages.per_minute", "must be at least 1");

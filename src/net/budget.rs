@@ -2,7 +2,7 @@
 //! connection: each connection's first `reserve` bytes are free, only the rest is drawn from the
 //! budget. Heartbeats and status reports therefore never wait on the budget, while large messages
 //! past it are refused (the caller answers "try again later") instead of growing memory.
-//! Bound: `budget + connections × reserve` bytes of messages, plus each socket's read buffer.
+//! Bound: `budget + connections × reserve` bytes of messages, plus one read (4 KiB) per socket.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

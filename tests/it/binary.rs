@@ -350,3 +350,20 @@ async fn text_logs_to_a_pipe_have_no_escape_codes() {
     assert!(line.contains(" INFO "), "{line:?}");
     assert!(!logs.contains('\u{1b}'), "escape codes in {logs:?}");
 }
+
+/// A configuration that still sets the retired `opamp.ws_buffer_bytes` starts, and is told the
+/// key is ignored.
+#[tokio::test]
+async fn the_retired_websocket_buffer_key_is_accepted_and_named_as_ignored() {
+    let mut server = ServerProcess::start(&[], &[("OPAMPD_OPAMP__WS_BUFFER_BYTES", "1024")]).await;
+    let line = server
+        .wait_logged("the warning", |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("opamp.ws_buffer_bytes is ignored"))
+        })
+        .await;
+    assert_eq!(line["level"], "WARN", "{line}");
+    server.signal("TERM");
+    assert!(server.wait_exit().await.success());
+}

@@ -61,3 +61,4 @@ mod store;
 mod summary_history;
 mod tls;
 mod websocket;
+mod websocket_frames;

@@ -586,6 +586,23 @@ pub fn is_unavailable(reply: &proto::ServerToAgent) -> bool {
     })
 }
 
+/// A collector's message as one WebSocket message carries it: the 0 header, then the protobuf.
+pub fn ws_message(message: &proto::AgentToServer) -> Vec<u8> {
+    let mut bytes = vec![0];
+    message.encode(&mut bytes).expect("encode");
+    bytes
+}
+
+/// A server's WebSocket message, decoded (every one carries the 0 header).
+pub fn ws_reply(data: &[u8]) -> proto::ServerToAgent {
+    assert_eq!(
+        data.first(),
+        Some(&0),
+        "every server message carries the 0 header"
+    );
+    proto::ServerToAgent::decode(&data[1..]).expect("decodable ServerToAgent")
+}
+
 /// A WebSocket OpAMP client, speaking the framing by hand so tests can also break it; over
 /// plain TCP unless made on a TLS stream ([`tls::Pki::ws`]).
 pub struct WsClient<S = MaybeTlsStream<TcpStream>> {
@@ -630,9 +647,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
     }
 
     pub async fn send(&mut self, message: &proto::AgentToServer) {
-        let mut bytes = vec![0];
-        message.encode(&mut bytes).expect("encode");
-        self.send_raw(bytes).await;
+        self.send_raw(ws_message(message)).await;
     }
 
     /// The next data message, skipping control frames; `None` if the connection ended instead.
@@ -651,12 +666,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
 
     pub async fn recv(&mut self) -> proto::ServerToAgent {
         let data = self.next_binary().await.expect("a ServerToAgent");
-        assert_eq!(
-            data.first(),
-            Some(&0),
-            "every server message carries the 0 header"
-        );
-        proto::ServerToAgent::decode(&data[1..]).expect("decodable ServerToAgent")
+        ws_reply(&data)
     }
 
     pub async fn exchange(&mut self, message: &proto::AgentToServer) -> proto::ServerToAgent {

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bytes::Bytes;
+use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, field, info_span, warn};
 
@@ -22,15 +22,24 @@ use crate::collector::{
 use crate::net::Connection;
 use crate::net::budget::{Meter, OverBudget};
 
+mod handshake;
+mod socket;
+mod wire;
+
+use socket::{Frame, Message, ReadError};
+
+/// A collector's connection once upgraded.
+type Socket = socket::Socket<TokioIo<hyper::upgrade::Upgraded>>;
+
 /// Pushes waiting for one connection; an actor never blocks on it (it keeps the message instead).
 const PUSH_QUEUE: usize = 8;
-/// Room in the write buffer beyond one reply: frame headers, a Pong, a Close.
-const WRITE_SLACK: usize = 1024;
 /// How long we wait for the peer's Close after sending ours before dropping TCP.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(3);
 
 pub mod close_code {
+    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
     pub const UNSUPPORTED_DATA: u16 = 1003;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -41,12 +50,10 @@ pub mod close_code {
 pub async fn upgrade(
     State(opamp): State<Arc<Opamp>>,
     socket: Option<Extension<Arc<Connection>>>,
-    upgrade: WebSocketUpgrade,
+    upgrade: handshake::Upgrade,
 ) -> Response {
     // The first message is due this long after the upgrade was asked for.
     let first_message_by = Instant::now() + opamp.config.ws_handshake_timeout;
-    let config = &opamp.config;
-    let limit = config.max_message_bytes;
     let connection_id = opamp.connection_id();
     let span = info_span!(
         "opamp_connection",
@@ -54,17 +61,21 @@ pub async fn upgrade(
         connection = connection_id,
         collector_id = field::Empty
     );
+    let response = upgrade.response();
+    let on_upgrade = upgrade.on_upgrade;
     let sessions = opamp.sessions.clone();
     let opamp = Arc::clone(&opamp);
-    upgrade
-        .read_buffer_size(config.ws_buffer_bytes)
-        .write_buffer_size(config.ws_buffer_bytes)
-        // Sends are awaited one at a time, so the buffer holds at most one reply (at most the
-        // message limit: larger ones are never sent) and a control frame or two.
-        .max_write_buffer_size(limit.saturating_add(WRITE_SLACK))
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |ws| {
+    // One task for the connection's life: it waits for hyper to hand the connection over (once
+    // the 101 is written), then serves it.
+    sessions.spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    debug!(%error, "the upgrade did not complete");
+                    return;
+                }
+            };
             let client_certificate = socket
                 .as_ref()
                 .and_then(|Extension(socket)| socket.client_certificate());
@@ -75,23 +86,27 @@ pub async fn upgrade(
                 socket.meter(meter.clone());
                 meter
             });
+            let limit = opamp.config.max_message_bytes;
             // Boxed, like its steps below: a task's future is as large as its largest await, for
             // as long as the connection lives.
             let session = Box::new(Session::new(
                 opamp,
-                ws,
+                Socket::new(TokioIo::new(upgraded), limit),
                 connection_id,
                 first_message_by,
                 meter,
                 client_certificate,
             ));
-            sessions.track_future(session.run().instrument(span))
-        })
+            session.run().await;
+        }
+        .instrument(span),
+    );
+    response
 }
 
 struct Session {
     opamp: Arc<Opamp>,
-    socket: WebSocket,
+    socket: Socket,
     connection_id: u64,
     push_tx: PushTx,
     push_rx: PushRx,
@@ -139,12 +154,14 @@ enum Ending {
     Stalled,
     /// We close, with this code and reason.
     Close(u16, &'static str),
+    /// The peer closed with a Close frame (and this code): ours answers it.
+    Answer(Option<u16>),
 }
 
 impl Session {
     fn new(
         opamp: Arc<Opamp>,
-        socket: WebSocket,
+        socket: Socket,
         connection_id: u64,
         first_message_by: Instant,
         meter: Option<Meter>,
@@ -188,6 +205,11 @@ impl Session {
         };
         match ending {
             Ending::Close(code, reason) => Box::pin(self.close(code, reason)).await,
+            Ending::Answer(code) => {
+                // RFC 6455, 5.5.1: the Close is answered, echoing its code.
+                let code = code.unwrap_or(close_code::NORMAL);
+                Box::pin(self.write(Frame::Close(code, ""))).await;
+            }
             Ending::ByPeer => Box::pin(self.drain()).await,
             Ending::Stalled => {}
         }
@@ -229,7 +251,8 @@ impl Session {
             tokio::select! {
                 () = shutdown.cancelled() => return Ending::Close(close_code::GOING_AWAY, "server shutting down"),
                 received = self.socket.recv() => match self.received(received) {
-                    None | Some(Ok(Message::Close(_))) => return Ending::ByPeer,
+                    None => return Ending::ByPeer,
+                    Some(Ok(Message::Close(code))) => return Ending::Answer(code),
                     Some(Err(err)) => return read_error(err),
                     Some(Ok(Message::Binary(data))) => {
                         self.first_message_by = None;
@@ -237,12 +260,15 @@ impl Session {
                             return ending;
                         }
                     }
-                    Some(Ok(Message::Text(_))) => {
+                    Some(Ok(Message::Text)) => {
                         return Ending::Close(close_code::UNSUPPORTED_DATA, "OpAMP uses binary messages");
                     }
-                    Some(Ok(Message::Pong(_))) => pong_by = None,
-                    // Pings are answered by the WebSocket layer itself.
-                    Some(Ok(Message::Ping(_))) => {}
+                    Some(Ok(Message::Pong)) => pong_by = None,
+                    Some(Ok(Message::Ping(data))) => {
+                        if let Some(ending) = Box::pin(self.write(Frame::Pong(&data))).await {
+                            return ending;
+                        }
+                    }
                 },
                 Ok(delivery) = self.push_rx.recv() => match *delivery {
                     Delivery::Send(id, outbound) => {
@@ -259,7 +285,7 @@ impl Session {
                 },
                 () = &mut sleep => match due {
                     Due::Ping => {
-                        if let Some(ending) = Box::pin(self.write(Message::Ping(Bytes::new()))).await {
+                        if let Some(ending) = Box::pin(self.write(Frame::Ping)).await {
                             return ending;
                         }
                         let now = Instant::now();
@@ -299,8 +325,8 @@ impl Session {
     /// (the message, if kept, takes its own hold).
     fn received(
         &self,
-        received: Option<Result<Message, axum::Error>>,
-    ) -> Option<Result<Message, axum::Error>> {
+        received: Option<Result<Message, ReadError>>,
+    ) -> Option<Result<Message, ReadError>> {
         if let Some(meter) = &self.meter {
             meter.message_done();
         }
@@ -373,18 +399,13 @@ impl Session {
         if self.opamp.check_outgoing(message).is_err() {
             return None;
         }
-        self.write(Message::Binary(frame::with_header(message)))
+        self.write(Frame::Binary(&frame::with_header(message)))
             .await
     }
 
     /// Sends one frame, waiting at most the write timeout for a peer that does not read.
-    async fn write(&mut self, message: Message) -> Option<Ending> {
-        match timeout(
-            self.opamp.config.ws_write_timeout,
-            self.socket.send(message),
-        )
-        .await
-        {
+    async fn write(&mut self, frame: Frame<'_>) -> Option<Ending> {
+        match timeout(self.opamp.config.ws_write_timeout, self.socket.send(frame)).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Ending::ByPeer),
             Err(_) => {
@@ -403,11 +424,7 @@ impl Session {
 
     /// Sends our Close and waits, briefly, for the peer's, as RFC 6455 asks.
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        if self.write(Message::Close(Some(frame))).await.is_none() {
+        if self.write(Frame::Close(code, reason)).await.is_none() {
             self.drain().await;
         }
     }
@@ -424,26 +441,26 @@ impl Session {
     }
 }
 
-/// A read error: an over-limit message gets 1009; anything else means the connection is gone.
-fn read_error(err: axum::Error) -> Ending {
-    match err.into_inner().downcast::<tungstenite::Error>() {
-        Ok(err)
-            if matches!(&*err, tungstenite::Error::Io(io)
-                if io.get_ref().is_some_and(<dyn std::error::Error + Send + Sync>::is::<OverBudget>)) =>
+/// A read error: an over-limit message gets 1009, a broken frame 1002; anything else means the
+/// connection is gone.
+fn read_error(err: ReadError) -> Ending {
+    match err {
+        ReadError::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(<dyn std::error::Error + Send + Sync>::is::<OverBudget>) =>
         {
             Ending::Close(
                 close_code::TRY_AGAIN_LATER,
                 "over the server's message budget; try again later",
             )
         }
-        Ok(err) if matches!(*err, tungstenite::Error::Capacity(_)) => {
-            Ending::Close(close_code::MESSAGE_TOO_BIG, "message too big")
+        ReadError::TooBig { .. } => Ending::Close(close_code::MESSAGE_TOO_BIG, "message too big"),
+        ReadError::Protocol(what) => {
+            debug!(what, "WebSocket protocol error");
+            Ending::Close(close_code::PROTOCOL_ERROR, what)
         }
-        Ok(err) => {
-            debug!(error = %err, "WebSocket read failed");
-            Ending::ByPeer
-        }
-        Err(err) => {
+        ReadError::Io(err) => {
             debug!(error = %err, "WebSocket read failed");
             Ending::ByPeer
         }
