@@ -31,6 +31,16 @@ impl WireUid {
         })
     }
 
+    /// The same uid holding its own copy of the bytes: as parsed, they are a slice of the
+    /// message they came in, and would keep all of it for as long as the uid is kept.
+    #[must_use]
+    pub fn detached(self) -> Self {
+        Self {
+            bytes: Bytes::copy_from_slice(&self.bytes),
+            ..self
+        }
+    }
+
     /// Legacy clients hold their id as text; anything we hand them must be text too.
     pub fn is_legacy(&self) -> bool {
         self.bytes.len() == 26

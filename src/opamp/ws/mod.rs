@@ -132,12 +132,15 @@ impl Served {
         self.0.iter().find(|wire| wire.id == id)
     }
 
+    /// Keeps `wire` for its collector, in a copy of its own (not a slice of its message).
     fn insert(&mut self, wire: WireUid) {
         if let Some(known) = self.0.iter_mut().find(|known| known.id == wire.id) {
-            *known = wire;
+            if known.bytes != wire.bytes {
+                *known = wire.detached();
+            }
         } else {
             self.0.reserve_exact(self.0.len().max(1));
-            self.0.push(wire);
+            self.0.push(wire.detached());
         }
     }
 
