@@ -266,7 +266,7 @@ impl CollectorView {
             last_seen: c.last_seen.map(rfc3339),
             version: c.attribute("service.version"),
             labels: c.labels.clone(),
-            reassigned: c.reassigned.as_ref().map(reassignment),
+            reassigned: c.reassigned.as_deref().map(reassignment),
             description: DescriptionView {
                 identifying: c
                     .description

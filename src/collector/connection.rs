@@ -487,7 +487,7 @@ mod tests {
         on_status(&mut c, &status(b"old", SettingsState::Applied), &mut out);
         assert_eq!(c.outbox.connection_settings.take(), Some(offer.clone()));
         let offer = *offer;
-        c.connection_settings_status = Some(status(&offer.hash, SettingsState::Applied));
+        c.connection_settings_status = Some(Box::new(status(&offer.hash, SettingsState::Applied)));
         on_status(
             &mut c,
             &status(&offer.hash, SettingsState::Applied),

@@ -44,7 +44,7 @@ pub fn take(c: &mut Collector, transport: Transport, limit: usize) -> (Outbound,
     let can = c.capabilities;
     let mut out = c.outbox.take_sendable(can);
     let mut too_large = Vec::new();
-    let mut config = out.remote_config.as_ref().map_or(0, config_size);
+    let mut config = out.remote_config.as_deref().map_or(0, config_size);
     if ENVELOPE + config > limit
         && let Some(offer) = out.remote_config.take()
     {

@@ -17,11 +17,11 @@ pub struct FactParts {
     pub health: Option<Health>,
     pub effective_config: Option<ConfigFiles>,
     pub remote_config_status: Option<RemoteConfigStatus>,
-    pub package_statuses: Option<PackageStatuses>,
+    pub package_statuses: Option<Box<PackageStatuses>>,
     pub available_components: Option<AvailableComponents>,
     pub client_certificate: Option<Arc<ClientCertificate>>,
     pub custom_capabilities: Option<Arc<[String]>>,
-    pub connection_settings_status: Option<ConnectionSettingsStatus>,
+    pub connection_settings_status: Option<Box<ConnectionSettingsStatus>>,
     pub issued_certificate: Option<Arc<IssuedCertificate>>,
 }
 
@@ -90,7 +90,7 @@ impl Changed {
                 PACKAGE_STATUSES,
                 differs(
                     report.package_statuses.as_ref(),
-                    record.package_statuses.as_ref(),
+                    record.package_statuses.as_deref(),
                 ),
             ),
             (
@@ -111,7 +111,7 @@ impl Changed {
                 CONNECTION_SETTINGS_STATUS,
                 differs(
                     report.connection_settings_status.as_ref(),
-                    record.connection_settings_status.as_ref(),
+                    record.connection_settings_status.as_deref(),
                 ),
             ),
             (

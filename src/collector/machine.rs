@@ -76,7 +76,7 @@ pub struct Collector {
     pub health: Option<Health>,
     pub effective_config: Option<ConfigFiles>,
     pub remote_config_status: Option<RemoteConfigStatus>,
-    pub package_statuses: Option<PackageStatuses>,
+    pub package_statuses: Option<Box<PackageStatuses>>,
     #[serde(skip)]
     pub available_components: Option<AvailableComponents>,
     /// The verified client certificate of its latest connection, where mutual TLS is on.
@@ -86,7 +86,7 @@ pub struct Collector {
     /// The custom capabilities it declares, sorted.
     pub custom_capabilities: Option<Arc<[String]>>,
     /// What it last said of the connection settings it was offered.
-    pub connection_settings_status: Option<ConnectionSettingsStatus>,
+    pub connection_settings_status: Option<Box<ConnectionSettingsStatus>>,
     /// The connection settings the offers that select it give it (before its capabilities
     /// narrow them): known while it is resident, told again whenever it arrives.
     #[serde(skip)]
@@ -109,7 +109,7 @@ pub struct Collector {
     pub labels: BTreeMap<String, String>,
     /// Set when this collector's uid was found shared with another live collector and one of them
     /// was given a fresh uid.
-    pub reassigned: Option<Reassignment>,
+    pub reassigned: Option<Box<Reassignment>>,
     /// The configuration we sent and await a verdict on.
     #[serde(skip)]
     pub config_sent: Option<Vec<u8>>,
@@ -134,7 +134,7 @@ pub struct Collector {
     /// The configuration opampd last offered this collector (or, after a restart, the one its
     /// newest rollout had it apply): what a report of another hash is answered with (R5).
     #[serde(skip)]
-    pub standing: Option<ConfigOffer>,
+    pub standing: Option<Box<ConfigOffer>>,
     /// The standing configuration was sent again on this connection and the collector has not
     /// reported its hash since: it is not sent a third time (no resend loop).
     #[serde(skip)]
@@ -376,7 +376,7 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
             }
             let package = Box::new(super::packages::listing(
                 package,
-                c.package_statuses.as_ref(),
+                c.package_statuses.as_deref(),
             ));
             c.package_resent = false;
             c.withdrawn = None;
@@ -408,7 +408,7 @@ pub fn step(c: &mut Collector, event: Event, now: SystemTime) -> Vec<Effect> {
         Event::Withdraw { rollout, hash } => withdraw(c, rollout, &hash, now, &mut out),
         Event::Standing { offer } => {
             if c.standing.is_none() {
-                c.standing = Some(offer);
+                c.standing = Some(Box::new(offer));
                 resend::standing(c, now, &mut out);
             }
         }
@@ -548,10 +548,10 @@ fn absorb(c: &mut Collector, report: Report) {
         c.custom_capabilities = Some(capabilities);
     }
     if let Some(status) = report.connection_settings_status {
-        c.connection_settings_status = Some(status);
+        c.connection_settings_status = Some(Box::new(status));
     }
     if let Some(statuses) = report.package_statuses {
-        c.package_statuses = Some(statuses);
+        c.package_statuses = Some(Box::new(statuses));
     }
 }
 

@@ -393,7 +393,7 @@ pub struct KeptPackage {
 pub struct Outbound {
     pub report_full_state: bool,
     pub report_available_components: bool,
-    pub remote_config: Option<ConfigOffer>,
+    pub remote_config: Option<Box<ConfigOffer>>,
     pub package: Option<Box<PackageOffer>>,
     pub restart: bool,
     pub connection_settings: Option<Box<connection::SettingsOffer>>,
@@ -534,7 +534,7 @@ mod tests {
             hash: vec![1],
         };
         let mut outbox = Outbound {
-            remote_config: Some(offer.clone()),
+            remote_config: Some(Box::new(offer.clone())),
             restart: true,
             report_full_state: true,
             ..Outbound::default()
@@ -543,12 +543,12 @@ mod tests {
         let sent = outbox.take_sendable(status_only);
         assert!(sent.report_full_state, "a flag needs no capability");
         assert!(sent.remote_config.is_none() && !sent.restart);
-        assert_eq!(outbox.remote_config.as_ref(), Some(&offer), "kept");
+        assert_eq!(outbox.remote_config.as_deref(), Some(&offer), "kept");
         assert!(outbox.restart, "kept");
         // Declared again: the configuration goes, and the command after it, alone.
         let all = Capabilities(u64::MAX);
         let sent = outbox.take_sendable(all);
-        assert_eq!(sent.remote_config, Some(offer));
+        assert_eq!(sent.remote_config.as_deref(), Some(&offer));
         assert!(!sent.restart);
         let sent = outbox.take_sendable(all);
         assert!(sent.restart && outbox.is_empty());

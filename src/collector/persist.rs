@@ -94,7 +94,7 @@ impl Hot {
                 package_offered: c.package_offered.as_deref().cloned(),
                 rollout: c.rollout.clone(),
                 missing_components: c.missing_components.clone(),
-                reassigned: c.reassigned.clone(),
+                reassigned: c.reassigned.as_deref().cloned(),
                 drift: c.drift.as_deref().cloned(),
                 settings_failed: c.settings_failed.clone(),
                 settings_error: c.settings_error.clone(),

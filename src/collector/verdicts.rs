@@ -258,14 +258,14 @@ pub(super) fn send_configuration(
     let cause = Some(hex(&offer.hash));
     c.config_sent = Some(offer.hash.clone());
     c.withdrawn = None;
-    c.standing = Some(offer.clone());
+    c.standing = Some(Box::new(offer.clone()));
     c.standing_resent = false;
     c.missing_components.clear();
     if rollout.is_some() {
         c.rollout = rollout;
     }
     c.outbox.merge(Outbound {
-        remote_config: Some(offer),
+        remote_config: Some(Box::new(offer)),
         ..Outbound::default()
     });
     out.push(Effect::Deliver);

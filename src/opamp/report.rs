@@ -440,10 +440,10 @@ mod tests {
             Outbound {
                 report_full_state: true,
                 report_available_components: true,
-                remote_config: Some(ConfigOffer {
+                remote_config: Some(Box::new(ConfigOffer {
                     files: ConfigFiles::new(),
                     hash: vec![1, 2],
-                }),
+                })),
                 package: None,
                 restart: false,
                 ..Outbound::default()

@@ -340,7 +340,7 @@ impl RecordRow {
         c.package_offered = control.package_offered.map(Box::new);
         c.rollout = control.rollout;
         c.missing_components = control.missing_components;
-        c.reassigned = control.reassigned;
+        c.reassigned = control.reassigned.map(Box::new);
         c.settings_failed = control.settings_failed.as_deref().and_then(unhex);
         c.settings_error = control.settings_error;
         c.drift = control

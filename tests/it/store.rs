@@ -88,7 +88,7 @@ fn full_record(id: CollectorId, state: State) -> Collector {
         status: RemoteConfigState::Failed,
         error_message: "unknown exporter kafka".into(),
     });
-    c.package_statuses = Some(PackageStatuses {
+    c.package_statuses = Some(Box::new(PackageStatuses {
         packages: BTreeMap::from([(
             "otelcol".into(),
             PackageStatus {
@@ -101,7 +101,7 @@ fn full_record(id: CollectorId, state: State) -> Collector {
         )]),
         server_provided_all_packages_hash: vec![1, 2, 3],
         error_message: String::new(),
-    });
+    }));
     c.available_components = Some(AvailableComponents {
         hash: vec![9, 9],
         components: Some(Arc::new(Components(BTreeMap::from([(

@@ -33,18 +33,18 @@ impl Actor {
                 .metrics
                 .counter(crate::telemetry::metrics::DUPLICATE_UIDS, &[])
                 .increment(1);
-            self.record.reassigned = Some(Reassignment::Kept {
+            self.record.reassigned = Some(Box::new(Reassignment::Kept {
                 to,
                 at: SystemTime::now(),
-            });
+            }));
             self.hot = true;
             return Answer::Reassign { to, report };
         }
         if let Some(from) = reassigned_from {
-            self.record.reassigned = Some(Reassignment::Given {
+            self.record.reassigned = Some(Box::new(Reassignment::Given {
                 from,
                 at: SystemTime::now(),
-            });
+            }));
             self.hot = true;
         }
         let custom = report.custom_message.take();
