@@ -421,15 +421,23 @@ mod tests {
         socket.recv().await.expect("a message, not the end")
     }
 
+    /// Reads `expected`, in order, and finds nothing held afterwards.
+    async fn reads(socket: &mut Socket<DuplexStream>, expected: &[Message]) {
+        for message in expected {
+            assert_eq!(&next(socket).await.unwrap(), message);
+        }
+        assert!(holds_nothing(socket));
+    }
+
     #[tokio::test]
     async fn a_whole_message_leaves_no_buffer_behind() {
         let (mut socket, mut client) = pair(1 << 16);
         client.write_all(&binary(b"hello")).await.unwrap();
-        assert_eq!(
-            next(&mut socket).await.unwrap(),
-            Message::Binary(Bytes::from_static(b"hello"))
-        );
-        assert!(holds_nothing(&socket));
+        reads(
+            &mut socket,
+            &[Message::Binary(Bytes::from_static(b"hello"))],
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -468,19 +476,15 @@ mod tests {
         wire.extend(binary(b"two"));
         wire.extend(client_frame(0x89, b"ping", true));
         client.write_all(&wire).await.unwrap();
-        assert_eq!(
-            next(&mut socket).await.unwrap(),
-            Message::Binary(Bytes::from_static(b"one"))
-        );
-        assert_eq!(
-            next(&mut socket).await.unwrap(),
-            Message::Binary(Bytes::from_static(b"two"))
-        );
-        assert_eq!(
-            next(&mut socket).await.unwrap(),
-            Message::Ping(Bytes::from_static(b"ping"))
-        );
-        assert!(holds_nothing(&socket));
+        reads(
+            &mut socket,
+            &[
+                Message::Binary(Bytes::from_static(b"one")),
+                Message::Binary(Bytes::from_static(b"two")),
+                Message::Ping(Bytes::from_static(b"ping")),
+            ],
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -491,15 +495,14 @@ mod tests {
         wire.extend(client_frame(0x00, b"cd", true));
         wire.extend(client_frame(0x80, b"ef", true));
         client.write_all(&wire).await.unwrap();
-        assert_eq!(
-            next(&mut socket).await.unwrap(),
-            Message::Ping(Bytes::from_static(b"p"))
-        );
-        assert_eq!(
-            next(&mut socket).await.unwrap(),
-            Message::Binary(Bytes::from_static(b"abcdef"))
-        );
-        assert!(holds_nothing(&socket));
+        reads(
+            &mut socket,
+            &[
+                Message::Ping(Bytes::from_static(b"p")),
+                Message::Binary(Bytes::from_static(b"abcdef")),
+            ],
+        )
+        .await;
     }
 
     #[tokio::test]
