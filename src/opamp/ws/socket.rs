@@ -22,6 +22,10 @@ use super::wire::{Header, MAX_HEADER, OpCode, encode, parse_header, unmask};
 /// has come, so a connection holds at most this much beyond the budget (ADR 0021).
 pub const READ_CHUNK: usize = 4096;
 
+/// The most a frame still arriving reserves before its bytes come; beyond it the buffer grows as
+/// they do (doubling, so a large message is copied about once more in all).
+const FIRST_ROOM: usize = 64 * 1024;
+
 /// What one read brings to the session.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Message {
@@ -36,9 +40,8 @@ pub enum Message {
     Close(Option<u16>),
 }
 
-/// A frame whose payload is still arriving, into a buffer with room for all of it. Only what
-/// has arrived is written: the rest of the room is not touched, so it takes no memory before its
-/// bytes come (and are charged to the message budget).
+/// A frame whose payload is still arriving, into a buffer that grows as its bytes come (they are
+/// charged to the message budget as they do). Only what has arrived is written.
 struct Arriving {
     header: Header,
     payload: Vec<u8>,
@@ -215,7 +218,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             let available = input.len() - at;
             let len = usize::try_from(header.len).unwrap_or(usize::MAX);
             if len > available {
-                let mut payload = Vec::with_capacity(len);
+                // Room for the whole frame only up to a point: a length is only a claim, and a
+                // peer claiming the limit many times over must not reserve it many times over.
+                let mut payload = Vec::with_capacity(len.min(FIRST_ROOM));
                 payload.extend_from_slice(&input[at..]);
                 self.arriving = Some(Box::new(Arriving { header, payload }));
                 return Ok(Taken::All);
@@ -576,6 +581,22 @@ mod tests {
         assert_eq!(&out[..7], &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
         assert_eq!(&out[7..11], &[0x82, 126, 0x01, 0x2C]);
         assert!(out[11..].iter().all(|&b| b == 7));
+    }
+
+    #[tokio::test]
+    async fn a_claimed_length_reserves_little_before_its_bytes_come() {
+        let (mut socket, mut client) = pair(1 << 30);
+        let mut wire = vec![0x82, 0xFF];
+        wire.extend_from_slice(&(1u64 << 29).to_be_bytes());
+        wire.extend_from_slice(&MASK);
+        wire.extend_from_slice(&[0; 10]);
+        client.write_all(&wire).await.unwrap();
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(20), socket.recv()).await;
+        assert!(waiting.is_err(), "ten bytes of half a GiB are no message");
+        let arriving = socket.arriving.as_ref().expect("a frame under way");
+        assert_eq!(arriving.payload.len(), 10);
+        assert!(arriving.payload.capacity() <= FIRST_ROOM);
     }
 
     #[tokio::test]
