@@ -1,6 +1,6 @@
 //! WebSocket message framing: a varint header (always 0 today) before each protobuf.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 
 /// Strips the header from an incoming WebSocket message.
 ///
@@ -16,13 +16,16 @@ pub fn strip_header(message: Bytes) -> Bytes {
     }
 }
 
-/// Encodes a message with the header in front; always sent, since some clients (Java) always
+/// How long `message` is with the header in front.
+pub fn len_with_header(message: &impl prost::Message) -> usize {
+    1 + message.encoded_len()
+}
+
+/// Writes `message` with the header in front; always sent, since some clients (Java) always
 /// strip one.
-pub fn with_header(message: &impl prost::Message) -> Bytes {
-    let mut buf = BytesMut::with_capacity(1 + message.encoded_len());
-    buf.put_u8(0);
-    message.encode_raw(&mut buf);
-    buf.freeze()
+pub fn put_with_header(message: &impl prost::Message, out: &mut impl BufMut) {
+    out.put_u8(0);
+    message.encode_raw(out);
 }
 
 #[cfg(test)]

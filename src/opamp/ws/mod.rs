@@ -211,7 +211,7 @@ impl Session {
             Ending::Answer(code) => {
                 // RFC 6455, 5.5.1: the Close is answered, echoing its code.
                 let code = code.unwrap_or(close_code::NORMAL);
-                Box::pin(self.write(Frame::Close(code, ""))).await;
+                Box::pin(self.write(&Frame::Close(code, "").encode())).await;
             }
             Ending::ByPeer => Box::pin(self.drain()).await,
             Ending::Stalled => {}
@@ -268,7 +268,7 @@ impl Session {
                     }
                     Some(Ok(Message::Pong)) => pong_by = None,
                     Some(Ok(Message::Ping(data))) => {
-                        if let Some(ending) = Box::pin(self.write(Frame::Pong(&data))).await {
+                        if let Some(ending) = Box::pin(self.write(&Frame::Pong(&data).encode())).await {
                             return ending;
                         }
                     }
@@ -288,7 +288,7 @@ impl Session {
                 },
                 () = &mut sleep => match due {
                     Due::Ping => {
-                        if let Some(ending) = Box::pin(self.write(Frame::Ping)).await {
+                        if let Some(ending) = Box::pin(self.write(&Frame::Ping.encode())).await {
                             return ending;
                         }
                         let now = Instant::now();
@@ -402,12 +402,14 @@ impl Session {
         if self.opamp.check_outgoing(message).is_err() {
             return None;
         }
-        self.write(Frame::Binary(&frame::with_header(message)))
-            .await
+        let framed = wire::binary(frame::len_with_header(message), |out| {
+            frame::put_with_header(message, out);
+        });
+        self.write(&framed).await
     }
 
-    /// Sends one frame, waiting at most the write timeout for a peer that does not read.
-    async fn write(&mut self, frame: Frame<'_>) -> Option<Ending> {
+    /// Sends one encoded frame, waiting at most the write timeout for a peer that does not read.
+    async fn write(&mut self, frame: &[u8]) -> Option<Ending> {
         match timeout(self.opamp.config.ws_write_timeout, self.socket.send(frame)).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Ending::ByPeer),
@@ -427,7 +429,11 @@ impl Session {
 
     /// Sends our Close and waits, briefly, for the peer's, as RFC 6455 asks.
     async fn close(&mut self, code: u16, reason: &'static str) {
-        if self.write(Frame::Close(code, reason)).await.is_none() {
+        if self
+            .write(&Frame::Close(code, reason).encode())
+            .await
+            .is_none()
+        {
             self.drain().await;
         }
     }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 pub use super::wire::{Frame, ReadError};
-use super::wire::{Header, MAX_HEADER, OpCode, encode, parse_header, unmask};
+use super::wire::{Header, MAX_HEADER, OpCode, parse_header, unmask};
 
 /// The most one read takes, onto the stack or into a large frame's own buffer: a heartbeat or a
 /// status change arrives whole. The socket's meter charges a read to the message budget once it
@@ -85,9 +85,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         poll_fn(|cx| self.poll_recv(cx)).await.transpose()
     }
 
-    /// Sends one frame and flushes it.
-    pub async fn send(&mut self, frame: Frame<'_>) -> io::Result<()> {
-        self.io.write_all(&encode(frame)).await?;
+    /// Sends one encoded frame and flushes it.
+    pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.io.write_all(frame).await?;
         self.io.flush().await
     }
 
@@ -574,8 +574,16 @@ mod tests {
             .unwrap();
         assert_eq!(next(&mut socket).await.unwrap(), Message::Close(Some(1000)));
         assert!(socket.recv().await.is_none());
-        socket.send(Frame::Close(1001, "bye")).await.unwrap();
-        socket.send(Frame::Binary(&[7; 300])).await.unwrap();
+        socket
+            .send(&Frame::Close(1001, "bye").encode())
+            .await
+            .unwrap();
+        socket
+            .send(&super::super::wire::binary(300, |out| {
+                out.extend_from_slice(&[7; 300]);
+            }))
+            .await
+            .unwrap();
         let mut out = vec![0; 2 + 2 + 3 + 4 + 300];
         client.read_exact(&mut out).await.unwrap();
         assert_eq!(&out[..7], &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);

@@ -9,10 +9,10 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 /// The longest header: 2 bytes, an 8-byte length and a 4-byte mask.
 pub(super) const MAX_HEADER: usize = 14;
 
-/// A frame to send; server frames are never masked.
+/// A control frame to send; server frames are never masked. Binary frames are made by
+/// [`binary`], their payload written in place.
 #[derive(Debug, Clone, Copy)]
 pub enum Frame<'a> {
-    Binary(&'a [u8]),
     Ping,
     Pong(&'a [u8]),
     Close(u16, &'a str),
@@ -128,15 +128,35 @@ pub(super) fn unmask(payload: &mut [u8], mask: [u8; 4], offset: usize) {
     }
 }
 
-/// Encodes a server frame: header and payload together, for one write.
-pub(super) fn encode(frame: Frame<'_>) -> Vec<u8> {
-    let (opcode, payload, close_code): (u8, &[u8], Option<u16>) = match frame {
-        Frame::Binary(payload) => (0x2, payload, None),
-        Frame::Ping => (0x9, &[], None),
-        Frame::Pong(payload) => (0xA, payload, None),
-        Frame::Close(code, reason) => (0x8, reason.as_bytes(), Some(code)),
-    };
-    let len = payload.len() + close_code.map_or(0, |_| 2);
+impl Frame<'_> {
+    /// The frame, header and payload together, for one write.
+    pub(super) fn encode(self) -> Vec<u8> {
+        let (opcode, payload, close_code): (u8, &[u8], Option<u16>) = match self {
+            Frame::Ping => (0x9, &[], None),
+            Frame::Pong(payload) => (0xA, payload, None),
+            Frame::Close(code, reason) => (0x8, reason.as_bytes(), Some(code)),
+        };
+        let mut out = start(opcode, payload.len() + close_code.map_or(0, |_| 2));
+        if let Some(code) = close_code {
+            out.extend_from_slice(&code.to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+}
+
+/// A binary frame of `len` payload bytes, which `fill` writes after the header: the message is
+/// encoded once, into the buffer that is sent.
+pub(super) fn binary(len: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = start(0x2, len);
+    let header = out.len();
+    fill(&mut out);
+    debug_assert_eq!(out.len() - header, len, "the payload is `len` bytes");
+    out
+}
+
+/// A final, unmasked frame's header for `len` payload bytes, with room for the payload.
+fn start(opcode: u8, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(10 + len);
     out.push(0x80 | opcode);
     match len {
@@ -150,10 +170,6 @@ pub(super) fn encode(frame: Frame<'_>) -> Vec<u8> {
             out.extend_from_slice(&(len as u64).to_be_bytes());
         }
     }
-    if let Some(code) = close_code {
-        out.extend_from_slice(&code.to_be_bytes());
-    }
-    out.extend_from_slice(payload);
     out
 }
 
@@ -188,12 +204,12 @@ mod tests {
     fn server_frames_use_the_shortest_length() {
         for (len, header) in [(125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
             let payload = vec![9; len];
-            let frame = encode(Frame::Binary(&payload));
+            let frame = binary(len, |out| out.extend_from_slice(&payload));
             assert_eq!(frame.len(), header + len, "{len}");
             assert_eq!(frame[0], 0x82);
             assert_eq!(frame[1] & 0x80, 0, "never masked");
         }
-        assert_eq!(encode(Frame::Ping), [0x89, 0]);
-        assert_eq!(encode(Frame::Close(1000, "")), [0x88, 2, 0x03, 0xE8]);
+        assert_eq!(Frame::Ping.encode(), [0x89, 0]);
+        assert_eq!(Frame::Close(1000, "").encode(), [0x88, 2, 0x03, 0xE8]);
     }
 }
