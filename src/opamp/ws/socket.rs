@@ -142,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                     header,
                     mut payload,
                 } = *arriving;
-                unmask(&mut payload, header.mask, 0);
+                unmask(&mut payload, header.mask);
                 if let Some(message) = self.on_frame(header, Payload::Owned(payload))? {
                     return Poll::Ready(Ok(Some(message)));
                 }
@@ -257,6 +257,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         header: Header,
         payload: Payload<'_>,
     ) -> Result<Option<Message>, ReadError> {
+        if matches!(header.opcode, OpCode::Text | OpCode::Binary) && self.fragments.is_some() {
+            return Err(ReadError::Protocol("a new message inside a fragmented one"));
+        }
         let message = match header.opcode {
             OpCode::Ping => Message::Ping(payload.into_bytes(header.mask)),
             OpCode::Pong => Message::Pong,
@@ -270,22 +273,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 self.peer_closed = true;
                 Message::Close(code)
             }
-            OpCode::Text => {
-                if self.fragments.is_some() {
-                    return Err(ReadError::Protocol("a new message inside a fragmented one"));
-                }
-                Message::Text
-            }
-            OpCode::Binary if header.fin => {
-                if self.fragments.is_some() {
-                    return Err(ReadError::Protocol("a new message inside a fragmented one"));
-                }
-                Message::Binary(payload.into_bytes(header.mask))
-            }
+            OpCode::Text => Message::Text,
+            OpCode::Binary if header.fin => Message::Binary(payload.into_bytes(header.mask)),
             OpCode::Binary => {
-                if self.fragments.is_some() {
-                    return Err(ReadError::Protocol("a new message inside a fragmented one"));
-                }
                 self.fragments = Some(Box::new(Fragments {
                     payload: payload.into_vec(header.mask),
                 }));
@@ -328,7 +318,7 @@ impl Payload<'_> {
         match self {
             Payload::Borrowed(masked) => {
                 let mut payload = masked.to_vec();
-                unmask(&mut payload, mask, 0);
+                unmask(&mut payload, mask);
                 payload
             }
             Payload::Owned(payload) => payload,
@@ -344,7 +334,7 @@ impl Payload<'_> {
             Payload::Borrowed(masked) => {
                 let from = out.len();
                 out.extend_from_slice(masked);
-                unmask(&mut out[from..], mask, 0);
+                unmask(&mut out[from..], mask);
             }
             Payload::Owned(payload) => out.extend_from_slice(&payload),
         }
@@ -402,7 +392,7 @@ mod tests {
         let mut body = payload.to_vec();
         if masked {
             out.extend_from_slice(&MASK);
-            unmask(&mut body, MASK, 0);
+            unmask(&mut body, MASK);
         }
         out.extend_from_slice(&body);
         out

@@ -121,10 +121,10 @@ pub(super) fn parse_header(input: &[u8]) -> Result<Option<(Header, usize)>, Read
     Ok(Some((header, 2 + extended + 4)))
 }
 
-/// Unmasks `payload`, which starts `offset` bytes into its frame's payload.
-pub(super) fn unmask(payload: &mut [u8], mask: [u8; 4], offset: usize) {
-    for (i, byte) in payload.iter_mut().enumerate() {
-        *byte ^= mask[(offset + i) % 4];
+/// Unmasks a frame's whole payload.
+pub(super) fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (byte, key) in payload.iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= key;
     }
 }
 
