@@ -361,10 +361,15 @@ fn create_parent(file: &std::path::Path) -> Result<(), StoreError> {
     }
 }
 
-fn lock_exclusively(file: &std::path::Path) -> Result<std::fs::File, StoreError> {
+/// The file SQLite (or opampd) keeps beside the database `file`: its name with `suffix` added.
+fn beside(file: &std::path::Path, suffix: &str) -> std::path::PathBuf {
     let mut path = file.as_os_str().to_owned();
-    path.push(".lock");
-    let path = std::path::PathBuf::from(path);
+    path.push(suffix);
+    path.into()
+}
+
+fn lock_exclusively(file: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let path = beside(file, ".lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -31,12 +31,28 @@ pub(super) async fn checkpoint(pool: SqlitePool, stop: tokio_util::sync::Cancell
     }
 }
 
-/// How long [`close_fully`] keeps closing before it gives up on a connection that will not come
-/// back (the process is stopping anyway; SQLite then replays its log at the next start).
+/// How long closing keeps trying ([`close_fully`], [`close_last`]) before it gives up on a
+/// connection that will not come back (the process is stopping anyway; SQLite then replays its
+/// log at the next start).
 const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 
-/// How often [`close_fully`] looks again for a connection still open.
+/// How often closing tries again.
 const CLOSE_POLL: Duration = Duration::from_millis(5);
+
+/// Runs `attempt` every [`CLOSE_POLL`] until it gives an outcome; `None` if [`CLOSE_DEADLINE`]
+/// passed first.
+async fn until_done<T, F: Future<Output = Option<T>>>(mut attempt: impl FnMut() -> F) -> Option<T> {
+    let deadline = Instant::now() + CLOSE_DEADLINE;
+    loop {
+        if let Some(outcome) = attempt().await {
+            return Some(outcome);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(CLOSE_POLL).await;
+    }
+}
 
 /// Closes `pool` and returns once it holds no connection, or after [`CLOSE_DEADLINE`].
 ///
@@ -47,20 +63,16 @@ const CLOSE_POLL: Duration = Duration::from_millis(5);
 /// process exits, and SQLite keeps its log file, because the last connection to close is the
 /// one that folds the log in and removes it. Calling `close` again drains what arrived since.
 pub(super) async fn close_fully<DB: Database>(pool: &Pool<DB>) {
-    let deadline = Instant::now() + CLOSE_DEADLINE;
-    loop {
+    let emptied = until_done(move || async move {
         pool.close().await;
-        if pool.size() == 0 {
-            return;
-        }
-        if Instant::now() >= deadline {
-            tracing::warn!(
-                open = pool.size(),
-                "database connections still open after closing the pool"
-            );
-            return;
-        }
-        tokio::time::sleep(CLOSE_POLL).await;
+        (pool.size() == 0).then_some(())
+    })
+    .await;
+    if emptied.is_none() {
+        tracing::warn!(
+            open = pool.size(),
+            "database connections still open after closing the pool"
+        );
     }
 }
 
@@ -82,26 +94,23 @@ pub(super) async fn close_last(pool: &SqlitePool) {
     if super::is_in_memory(file) {
         return;
     }
-    let mut log = file.as_os_str().to_owned();
-    log.push("-wal");
-    let log = std::path::PathBuf::from(log);
-    let deadline = Instant::now() + CLOSE_DEADLINE;
-    loop {
+    let (options, log) = (&*options, &super::beside(file, "-wal"));
+    let closed = until_done(move || async move {
         let closed = match options.connect().await {
             Ok(connection) => connection.close().await,
             Err(error) => Err(error),
         };
-        if let Err(error) = closed {
+        // Closed but the log is still there: this one was not the last.
+        (closed.is_err() || !log.exists()).then_some(closed)
+    })
+    .await;
+    match closed {
+        Some(Ok(())) => {}
+        Some(Err(error)) => {
             tracing::warn!(%error, "cannot fold SQLite's log in; the next start will");
-            return;
         }
-        if !log.exists() {
-            return;
-        }
-        if Instant::now() >= deadline {
+        None => {
             tracing::warn!("SQLite's log is still there after closing; the next start folds it in");
-            return;
         }
-        tokio::time::sleep(CLOSE_POLL).await;
     }
 }
