@@ -77,11 +77,6 @@ async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             "the last run did not shut down cleanly; its collectors are marked disconnected"
         );
     }
-    if config.opamp.ws_buffer_bytes.is_some() {
-        warn!(
-            "opamp.ws_buffer_bytes is ignored: a WebSocket connection holds no buffer between messages"
-        );
-    }
     info!(backend = store.backend(), database = %redacted(&config.database_url()), "store ready");
     Ok(store)
 }
@@ -97,6 +92,15 @@ fn redacted(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+/// Names the keys the configuration still sets that no longer mean anything.
+fn log_retired(config: &Config) {
+    if config.opamp.ws_buffer_bytes.is_some() {
+        warn!(
+            "opamp.ws_buffer_bytes is ignored: a WebSocket connection holds no buffer between messages"
+        );
     }
 }
 
@@ -451,6 +455,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown.clone(),
     ));
     info!(%opamp_addr, path = %config.opamp.path, %api_addr, "opampd is listening");
+    log_retired(&config);
     log_access(&config);
     Ok(Running {
         opamp_addr,
