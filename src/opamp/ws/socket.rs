@@ -8,6 +8,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -112,8 +113,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// (the stream is out of step with its frames).
     fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>, ReadError>> {
         loop {
-            let mut stack = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut stack);
+            let mut stack = [MaybeUninit::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut stack);
             match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
                 _ => return Poll::Ready(Ok(None)),
@@ -170,23 +171,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 }
                 continue;
             }
-            let mut stack = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut stack);
+            // Not zeroed first: this runs on every wake of the session, and only what the read
+            // fills is looked at.
+            let mut stack = [MaybeUninit::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-            let read = buf.filled().len();
-            if read == 0 {
+            let read = buf.filled();
+            if read.is_empty() {
                 if self.fragments.is_some() {
                     return Poll::Ready(Err(eof_in_frame()));
                 }
                 return Poll::Ready(Ok(None));
             }
-            match self.take_frames(&stack[..read])? {
+            match self.take_frames(read)? {
                 Taken::Message(message, used) => {
-                    self.keep(&stack[used..read]);
+                    self.keep(&read[used..]);
                     return Poll::Ready(Ok(Some(message)));
                 }
                 Taken::All => {}
-                Taken::Incomplete(used) => self.keep(&stack[used..read]),
+                Taken::Incomplete(used) => self.keep(&read[used..]),
             }
         }
     }
