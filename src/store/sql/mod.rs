@@ -3,6 +3,7 @@
 //! (`OffsetDateTime`, `Json`, `bool`, `i64`) map onto both. Only the migrations differ, and the
 //! few spellings in [`Dialect`].
 
+mod cache;
 mod over_time;
 mod rollouts;
 mod upkeep;
@@ -234,11 +235,6 @@ const CONFIGURATION_COLUMNS: &str = "name, version, hash, files, components, cre
 
 const RECOVERED_MESSAGE: &str = "the server stopped without shutting down";
 
-/// The page cache of SQLite's one write connection. The writer alone touches every row a burst
-/// changes; with SQLite's default 2 MiB a burst of 5,000 collectors spilled pages mid-transaction
-/// and re-read them through the kernel (a fifth of the writer thread's time in a profile).
-const SQLITE_WRITER_CACHE_KIB: u32 = 16 * 1024;
-
 /// The writer still checkpoints past this many log pages (64 MiB), so the log stays bounded if
 /// the background checkpoints fall behind or stop.
 const SQLITE_WRITER_AUTOCHECKPOINT_PAGES: u32 = 16 * 1024;
@@ -253,6 +249,9 @@ pub struct SqliteStore {
     /// dropped whenever another connection has written), and writers queue in the pool instead
     /// of spinning on the file lock.
     writer: SqlitePool,
+    /// The write connection's page cache, sized by its writes (none for an in-memory database,
+    /// whose pages are the database).
+    cache: Option<std::sync::Mutex<cache::Sizing>>,
     node: String,
     /// Stops the background checkpoints when the store goes.
     _checkpoints: Option<tokio_util::sync::DropGuard>,
@@ -269,6 +268,16 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// PostgreSQL's caches are its own.
+    #[allow(clippy::unused_async)] // the SQLite store's counterpart awaits
+    async fn size_cache(
+        &self,
+        _tx: &mut sqlx::Transaction<'_, Postgres>,
+        _rows: usize,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn close_pools(&self) {
         close_fully(&self.pool).await;
     }
@@ -278,6 +287,29 @@ impl SqliteStore {
     /// Where the collectors' batches and claims go.
     fn writer(&self) -> &SqlitePool {
         &self.writer
+    }
+
+    /// Resizes the write connection's page cache, inside the transaction about to write `rows`,
+    /// when their size calls for it.
+    async fn size_cache(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        rows: usize,
+    ) -> Result<(), StoreError> {
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        // A panic cannot leave the sizing half-changed: its one field is set whole.
+        let resize = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .before_write(rows, std::time::Instant::now());
+        if let Some(kib) = resize {
+            sqlx::query(&format!("PRAGMA cache_size = -{kib}"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn close_pools(&self) {
@@ -294,6 +326,10 @@ impl SqliteStore {
             // Temporary structures (sorts, and the statement journals of statements other than
             // the batch's, which need none: ADR 0068) stay in memory rather than in files.
             .pragma("temp_store", "memory")
+            // The read connections' page caches: a commit by the writer empties a reader's cache
+            // before its next read, so under writes a cache holds only what the last read took
+            // (a tail of the history, a page of collectors), kept until the next (ADR 0073).
+            .pragma("cache_size", format!("-{}", cache::READ_KIB))
             .pragma("journal_size_limit", SQLITE_JOURNAL_SIZE_LIMIT.to_string())
             .busy_timeout(Duration::from_secs(10));
         let file = options.get_filename();
@@ -301,7 +337,7 @@ impl SqliteStore {
         let in_memory = is_in_memory(file);
         let writer_options = options
             .clone()
-            .pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}"))
+            .pragma("cache_size", format!("-{}", cache::SMALL_KIB))
             .pragma(
                 "wal_autocheckpoint",
                 SQLITE_WRITER_AUTOCHECKPOINT_PAGES.to_string(),
@@ -327,6 +363,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             writer,
+            cache: (!in_memory).then(|| std::sync::Mutex::new(cache::Sizing::default())),
             node,
             _checkpoints: checkpoints,
         })
@@ -489,6 +526,8 @@ macro_rules! sql_store {
 
             async fn write(&self, batch: &Batch) -> Result<Vec<Key>, StoreError> {
                 let mut tx = self.writer().begin().await?;
+                self.size_cache(&mut tx, batch.entries.len() + batch.transitions.len())
+                    .await?;
                 let fenced = Self::write_in(&mut tx, &self.node, batch).await?;
                 tx.commit().await?;
                 Ok(fenced)
@@ -504,6 +543,7 @@ macro_rules! sql_store {
 
             async fn claim(&self, ids: &[CollectorId]) -> Result<Vec<Claimed>, StoreError> {
                 let mut tx = self.writer().begin().await?;
+                self.size_cache(&mut tx, ids.len()).await?;
                 let claimed = Self::claim_in(&mut tx, &self.node, ids).await?;
                 tx.commit().await?;
                 Ok(claimed)
