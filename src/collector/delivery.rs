@@ -12,6 +12,20 @@ const ENVELOPE: usize = 256;
 /// Protobuf framing of one file or field: its tag, its length, a map entry's key.
 const PER_ENTRY: usize = 32;
 
+/// The offers written into a plain-HTTP reply that its collector has not yet shown it received:
+/// only configurations and packages are awaited this way.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Unacknowledged {
+    pub remote_config: Option<Box<ConfigOffer>>,
+    pub package: Option<Box<PackageOffer>>,
+}
+
+impl Unacknowledged {
+    pub fn is_empty(&self) -> bool {
+        self.remote_config.is_none() && self.package.is_none()
+    }
+}
+
 /// An offer that does not fit in one message under the limit, however it is sent: it can never be
 /// delivered, so it is refused, never sent cut or left to block the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -130,7 +130,7 @@ pub struct Collector {
     /// Offers written into a plain-HTTP reply that the collector has not yet shown it received:
     /// its next report either acknowledges them or they are sent again (`delivery::acknowledge`).
     #[serde(skip)]
-    pub unacknowledged: Outbound,
+    pub unacknowledged: super::delivery::Unacknowledged,
     /// The configuration opampd last offered this collector (or, after a restart, the one its
     /// newest rollout had it apply): what a report of another hash is answered with (R5).
     #[serde(skip)]
@@ -299,7 +299,7 @@ impl Collector {
             rollout: None,
             missing_components: Vec::new(),
             outbox: Outbound::default(),
-            unacknowledged: Outbound::default(),
+            unacknowledged: super::delivery::Unacknowledged::default(),
             standing: None,
             standing_resent: false,
             package_resent: false,

@@ -166,6 +166,11 @@ impl Confirmation {
         self.0.await
     }
 
+    /// Resolves once it has, committed or not; holds only a handle on the shared signal.
+    pub fn settled(&self) -> impl Future<Output = ()> + Send + use<> {
+        self.0.clone().map(drop)
+    }
+
     /// Whether it has resolved, without waiting.
     pub fn is_settled(&self) -> bool {
         self.0.clone().now_or_never().is_some()
