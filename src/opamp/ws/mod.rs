@@ -149,6 +149,14 @@ impl Served {
     }
 }
 
+/// What woke a session's loop.
+enum Wake {
+    Shutdown,
+    Received(Option<Result<Message, ReadError>>),
+    Pushed(Box<Delivery>),
+    Timer(Due),
+}
+
 /// How a session ends: who closes, and with what.
 enum Ending {
     /// The peer closed or the connection failed; nothing more to send.
@@ -236,10 +244,7 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Ending {
-        let shutdown = self.opamp.shutdown.clone();
-        let ping_every = self.opamp.config.ws_ping_interval;
-        let pong_timeout = self.opamp.config.ws_pong_timeout;
-        let mut next_ping = Instant::now() + ping_every;
+        let mut next_ping = Instant::now() + self.opamp.config.ws_ping_interval;
         let mut pong_by: Option<Instant> = None;
         // One sleep for the three timers, not one each: this loop's state is held for the
         // connection's whole life. Reset only when the deadline moves, so that a message does
@@ -251,59 +256,83 @@ impl Session {
             if sleep.deadline() != at {
                 sleep.as_mut().reset(at);
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return Ending::Close(close_code::GOING_AWAY, "server shutting down"),
-                received = self.socket.recv() => match self.received(received) {
-                    None => return Ending::ByPeer,
-                    Some(Ok(Message::Close(code))) => return Ending::Answer(code),
-                    Some(Err(err)) => return read_error(err),
-                    Some(Ok(Message::Binary(data))) => {
-                        self.first_message_by = None;
-                        if let Some(ending) = Box::pin(self.on_message(data)).await {
-                            return ending;
-                        }
-                    }
-                    Some(Ok(Message::Text)) => {
-                        return Ending::Close(close_code::UNSUPPORTED_DATA, "OpAMP uses binary messages");
-                    }
-                    Some(Ok(Message::Pong)) => pong_by = None,
-                    Some(Ok(Message::Ping(data))) => {
-                        if let Some(ending) = Box::pin(self.write(&Frame::Pong(&data).encode())).await {
-                            return ending;
-                        }
-                    }
-                },
-                Ok(delivery) = self.push_rx.recv() => match *delivery {
-                    Delivery::Send(id, outbound) => {
-                        if let Some(ending) = Box::pin(self.push(id, outbound)).await {
-                            return ending;
-                        }
-                    }
-                    Delivery::Close(CloseReason::Replaced) => {
-                        return Ending::Close(close_code::POLICY_VIOLATION, "replaced by a newer connection");
-                    }
-                    Delivery::Close(CloseReason::Moved) => {
-                        return Ending::Close(close_code::TRY_AGAIN_LATER, "reconnect: the record is held elsewhere");
-                    }
-                },
-                () = &mut sleep => match due {
-                    Due::Ping => {
-                        if let Some(ending) = Box::pin(self.write(&Frame::Ping.encode())).await {
-                            return ending;
-                        }
-                        let now = Instant::now();
-                        pong_by = Some(now + pong_timeout);
-                        next_ping = now + ping_every;
-                    }
-                    Due::FirstMessage => {
-                        debug!("no first message in time");
-                        return Ending::Close(close_code::POLICY_VIOLATION, "no message within the handshake timeout");
-                    }
-                    Due::Pong => {
-                        debug!("no pong in time");
-                        return Ending::Close(close_code::INTERNAL_ERROR, "keep-alive ping timed out");
-                    }
-                },
+            let wake = tokio::select! {
+                () = self.opamp.shutdown.cancelled() => Wake::Shutdown,
+                received = self.socket.recv() => Wake::Received(received),
+                Ok(delivery) = self.push_rx.recv() => Wake::Pushed(delivery),
+                () = &mut sleep => Wake::Timer(due),
+            };
+            // Handled in a box of its own, outside the wait: what handling needs is then not
+            // part of this loop's state, which every connection holds for its whole life.
+            if let Some(ending) = Box::pin(self.on_wake(wake, &mut next_ping, &mut pong_by)).await {
+                return ending;
+            }
+        }
+    }
+
+    /// Acts on what woke the session; `Some` ends it.
+    async fn on_wake(
+        &mut self,
+        wake: Wake,
+        next_ping: &mut Instant,
+        pong_by: &mut Option<Instant>,
+    ) -> Option<Ending> {
+        match wake {
+            Wake::Shutdown => Some(Ending::Close(
+                close_code::GOING_AWAY,
+                "server shutting down",
+            )),
+            Wake::Received(received) => match self.received(received) {
+                None => Some(Ending::ByPeer),
+                Some(Ok(Message::Close(code))) => Some(Ending::Answer(code)),
+                Some(Err(err)) => Some(read_error(err)),
+                Some(Ok(Message::Binary(data))) => {
+                    self.first_message_by = None;
+                    self.on_message(data).await
+                }
+                Some(Ok(Message::Text)) => Some(Ending::Close(
+                    close_code::UNSUPPORTED_DATA,
+                    "OpAMP uses binary messages",
+                )),
+                Some(Ok(Message::Pong)) => {
+                    *pong_by = None;
+                    None
+                }
+                Some(Ok(Message::Ping(data))) => self.write(&Frame::Pong(&data).encode()).await,
+            },
+            Wake::Pushed(delivery) => match *delivery {
+                Delivery::Send(id, outbound) => self.push(id, outbound).await,
+                Delivery::Close(CloseReason::Replaced) => Some(Ending::Close(
+                    close_code::POLICY_VIOLATION,
+                    "replaced by a newer connection",
+                )),
+                Delivery::Close(CloseReason::Moved) => Some(Ending::Close(
+                    close_code::TRY_AGAIN_LATER,
+                    "reconnect: the record is held elsewhere",
+                )),
+            },
+            Wake::Timer(Due::Ping) => {
+                if let Some(ending) = self.write(&Frame::Ping.encode()).await {
+                    return Some(ending);
+                }
+                let now = Instant::now();
+                *pong_by = Some(now + self.opamp.config.ws_pong_timeout);
+                *next_ping = now + self.opamp.config.ws_ping_interval;
+                None
+            }
+            Wake::Timer(Due::FirstMessage) => {
+                debug!("no first message in time");
+                Some(Ending::Close(
+                    close_code::POLICY_VIOLATION,
+                    "no message within the handshake timeout",
+                ))
+            }
+            Wake::Timer(Due::Pong) => {
+                debug!("no pong in time");
+                Some(Ending::Close(
+                    close_code::INTERNAL_ERROR,
+                    "keep-alive ping timed out",
+                ))
             }
         }
     }
@@ -316,7 +345,7 @@ impl Session {
         );
         let offered = outbound.offers();
         let message = report::to_server_to_agent(uid, *outbound, self.opamp.capabilities);
-        // This step is boxed where it is awaited, so the send lives in it.
+        // The wake is handled in a box of its own, so the send lives in it.
         let ending = self.send(&message).await;
         if ending.is_some() {
             self.unwritten.push((id, offered));
