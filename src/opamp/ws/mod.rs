@@ -252,10 +252,14 @@ impl Session {
         let sleep = tokio::time::sleep_until(next_ping);
         tokio::pin!(sleep);
         loop {
-            let (at, due) = keepalive::due(self.first_message_by, pong_by, next_ping);
-            if sleep.deadline() != at {
-                sleep.as_mut().reset(at);
-            }
+            // In a block of its own: the deadline is not kept through the wait.
+            let due = {
+                let (at, due) = keepalive::due(self.first_message_by, pong_by, next_ping);
+                if sleep.deadline() != at {
+                    sleep.as_mut().reset(at);
+                }
+                due
+            };
             let wake = tokio::select! {
                 () = self.opamp.shutdown.cancelled() => Wake::Shutdown,
                 received = self.socket.recv() => Wake::Received(received),
