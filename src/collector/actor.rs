@@ -176,9 +176,10 @@ impl Actor {
                     None => Flow::Continue,
                 },
                 // Let go once committed, rather than held until the next message finds it so.
+                // Nothing changed, so nothing is saved.
                 () = settled(self.confirm.as_ref()) => {
                     self.confirm = None;
-                    Flow::Continue
+                    continue;
                 }
                 () = shutdown.cancelled() => {
                     // Collectors still connected now (HTTP ones, or WebSockets that outlived the
