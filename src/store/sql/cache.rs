@@ -27,12 +27,13 @@ pub(super) struct Sizing {
 }
 
 impl Sizing {
-    /// The size (KiB) to give the cache before a write of `rows` at `now`, when it changes.
+    /// The size (KiB) to give the cache before a write of `rows` at `now`, if any. Every large
+    /// write asks for the large cache, not only the first: the pool may have opened the
+    /// connection again since (it starts small), and the same size again costs SQLite nothing.
     pub(super) fn before_write(&mut self, rows: usize, now: Instant) -> Option<u32> {
         if rows >= LARGE_WRITE {
-            let was_small = self.large_until.is_none();
             self.large_until = Some(now + QUIET);
-            return was_small.then_some(LARGE_KIB);
+            return Some(LARGE_KIB);
         }
         match self.large_until {
             Some(until) if now >= until => {
@@ -58,12 +59,12 @@ mod tests {
     }
 
     #[test]
-    fn a_large_write_grows_the_cache_once() {
+    fn large_writes_ask_for_the_large_cache_and_small_ones_between_them_leave_it() {
         let mut sizing = Sizing::default();
         let now = Instant::now();
         assert_eq!(sizing.before_write(LARGE_WRITE, now), Some(LARGE_KIB));
-        assert_eq!(sizing.before_write(5_000, now + QUIET / 2), None);
         assert_eq!(sizing.before_write(1, now + QUIET / 2), None);
+        assert_eq!(sizing.before_write(5_000, now + QUIET / 2), Some(LARGE_KIB));
     }
 
     #[test]

@@ -270,13 +270,7 @@ impl PostgresStore {
 
     /// PostgreSQL's caches are its own.
     #[allow(clippy::unused_async)] // the SQLite store's counterpart awaits
-    async fn size_cache(
-        &self,
-        _tx: &mut sqlx::Transaction<'_, Postgres>,
-        _rows: usize,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
+    async fn size_cache(&self, _tx: &mut sqlx::Transaction<'_, Postgres>, _rows: usize) {}
 
     async fn close_pools(&self) {
         close_fully(&self.pool).await;
@@ -290,26 +284,24 @@ impl SqliteStore {
     }
 
     /// Resizes the write connection's page cache, inside the transaction about to write `rows`,
-    /// when their size calls for it.
-    async fn size_cache(
-        &self,
-        tx: &mut sqlx::Transaction<'_, Sqlite>,
-        rows: usize,
-    ) -> Result<(), StoreError> {
+    /// when their size calls for it. A resize that fails is logged and the write goes on: the
+    /// size is only a matter of speed, and a broken connection fails the write's own statements.
+    async fn size_cache(&self, tx: &mut sqlx::Transaction<'_, Sqlite>, rows: usize) {
         let Some(cache) = &self.cache else {
-            return Ok(());
+            return;
         };
         // A panic cannot leave the sizing half-changed: its one field is set whole.
         let resize = cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .before_write(rows, std::time::Instant::now());
-        if let Some(kib) = resize {
-            sqlx::query(&format!("PRAGMA cache_size = -{kib}"))
+        if let Some(kib) = resize
+            && let Err(error) = sqlx::query(&format!("PRAGMA cache_size = -{kib}"))
                 .execute(&mut **tx)
-                .await?;
+                .await
+        {
+            tracing::warn!(%error, cache_kib = kib, "cannot resize SQLite's write cache");
         }
-        Ok(())
     }
 
     async fn close_pools(&self) {
@@ -527,7 +519,7 @@ macro_rules! sql_store {
             async fn write(&self, batch: &Batch) -> Result<Vec<Key>, StoreError> {
                 let mut tx = self.writer().begin().await?;
                 self.size_cache(&mut tx, batch.entries.len() + batch.transitions.len())
-                    .await?;
+                    .await;
                 let fenced = Self::write_in(&mut tx, &self.node, batch).await?;
                 tx.commit().await?;
                 Ok(fenced)
@@ -543,7 +535,7 @@ macro_rules! sql_store {
 
             async fn claim(&self, ids: &[CollectorId]) -> Result<Vec<Claimed>, StoreError> {
                 let mut tx = self.writer().begin().await?;
-                self.size_cache(&mut tx, ids.len()).await?;
+                self.size_cache(&mut tx, ids.len()).await;
                 let claimed = Self::claim_in(&mut tx, &self.node, ids).await?;
                 tx.commit().await?;
                 Ok(claimed)
