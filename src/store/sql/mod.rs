@@ -263,14 +263,14 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// The one pool: PostgreSQL has no single-writer cache to keep warm.
-    fn writer(&self) -> &PgPool {
-        &self.pool
+    /// A transaction for the collectors' batches and claims: from the one pool, since PostgreSQL
+    /// has no single-writer cache to keep warm, and its caches are its own.
+    async fn begin_write(
+        &self,
+        _rows: usize,
+    ) -> Result<sqlx::Transaction<'_, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
     }
-
-    /// PostgreSQL's caches are its own.
-    #[allow(clippy::unused_async)] // the SQLite store's counterpart awaits
-    async fn size_cache(&self, _tx: &mut sqlx::Transaction<'_, Postgres>, _rows: usize) {}
 
     async fn close_pools(&self) {
         close_fully(&self.pool).await;
@@ -278,30 +278,27 @@ impl PostgresStore {
 }
 
 impl SqliteStore {
-    /// Where the collectors' batches and claims go.
-    fn writer(&self) -> &SqlitePool {
-        &self.writer
-    }
-
-    /// Resizes the write connection's page cache, inside the transaction about to write `rows`,
-    /// when their size calls for it. A resize that fails is logged and the write goes on: the
-    /// size is only a matter of speed, and a broken connection fails the write's own statements.
-    async fn size_cache(&self, tx: &mut sqlx::Transaction<'_, Sqlite>, rows: usize) {
-        let Some(cache) = &self.cache else {
-            return;
-        };
+    /// A transaction for the collectors' batches and claims, on the one write connection, its
+    /// page cache first sized for the `rows` about to be written (ADR 0073). A resize that fails
+    /// is logged and the write goes on: the size is only a matter of speed, and a broken
+    /// connection fails the write's own statements.
+    async fn begin_write(&self, rows: usize) -> Result<sqlx::Transaction<'_, Sqlite>, StoreError> {
+        let mut tx = self.writer.begin().await?;
         // A panic cannot leave the sizing half-changed: its one field is set whole.
-        let resize = cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .before_write(rows, std::time::Instant::now());
+        let resize = self.cache.as_ref().and_then(|cache| {
+            cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .before_write(rows, std::time::Instant::now())
+        });
         if let Some(kib) = resize
             && let Err(error) = sqlx::query(&format!("PRAGMA cache_size = -{kib}"))
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await
         {
             tracing::warn!(%error, cache_kib = kib, "cannot resize SQLite's write cache");
         }
+        Ok(tx)
     }
 
     async fn close_pools(&self) {
@@ -517,9 +514,9 @@ macro_rules! sql_store {
             }
 
             async fn write(&self, batch: &Batch) -> Result<Vec<Key>, StoreError> {
-                let mut tx = self.writer().begin().await?;
-                self.size_cache(&mut tx, batch.entries.len() + batch.transitions.len())
-                    .await;
+                let mut tx = self
+                    .begin_write(batch.entries.len() + batch.transitions.len())
+                    .await?;
                 let fenced = Self::write_in(&mut tx, &self.node, batch).await?;
                 tx.commit().await?;
                 Ok(fenced)
@@ -534,8 +531,7 @@ macro_rules! sql_store {
             }
 
             async fn claim(&self, ids: &[CollectorId]) -> Result<Vec<Claimed>, StoreError> {
-                let mut tx = self.writer().begin().await?;
-                self.size_cache(&mut tx, ids.len()).await;
+                let mut tx = self.begin_write(ids.len()).await?;
                 let claimed = Self::claim_in(&mut tx, &self.node, ids).await?;
                 tx.commit().await?;
                 Ok(claimed)
