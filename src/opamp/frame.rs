@@ -16,10 +16,8 @@ pub fn strip_header(message: Bytes) -> Bytes {
     }
 }
 
-/// How long `message` is with the header in front.
-pub fn len_with_header(message: &impl prost::Message) -> usize {
-    1 + message.encoded_len()
-}
+/// The header's length in bytes (a varint of 0).
+pub const HEADER_LEN: usize = 1;
 
 /// Writes `message` with the header in front; always sent, since some clients (Java) always
 /// strip one.

@@ -81,8 +81,8 @@ async fn answer(
             client_certificate,
         };
         let processed = opamp.process(payload, connection).await?;
-        opamp.check_outgoing(&processed.reply)?;
-        let body = processed.reply.encode_to_vec();
+        let mut body = Vec::with_capacity(opamp.check_outgoing(&processed.reply)?);
+        processed.reply.encode_raw(&mut body);
         debug!(
             bytes = body.len(),
             retry_after = processed.retry_after,

@@ -231,9 +231,12 @@ impl Opamp {
         }
     }
 
-    /// Refuses to send what the collector would have to refuse: the spec forbids over-limit messages.
-    fn check_outgoing(&self, reply: &proto::ServerToAgent) -> Result<(), OpampError> {
-        let len = reply.encoded_len() + 1;
+    /// Refuses to send what the collector would have to refuse: the spec forbids over-limit
+    /// messages. Gives the reply's encoded length (without a WebSocket header), which the caller
+    /// sizes its buffer by: measuring a message walks all of it.
+    fn check_outgoing(&self, reply: &proto::ServerToAgent) -> Result<usize, OpampError> {
+        let encoded = reply.encoded_len();
+        let len = encoded + frame::HEADER_LEN;
         if len > self.config.max_message_bytes {
             tracing::warn!(
                 len,
@@ -242,7 +245,7 @@ impl Opamp {
             );
             return Err(OpampError::ReplyTooLarge);
         }
-        Ok(())
+        Ok(encoded)
     }
 }
 

@@ -432,10 +432,10 @@ impl Session {
     }
 
     async fn send(&mut self, message: &crate::proto::ServerToAgent) -> Option<Ending> {
-        if self.opamp.check_outgoing(message).is_err() {
+        let Ok(encoded) = self.opamp.check_outgoing(message) else {
             return None;
-        }
-        let framed = wire::binary(frame::len_with_header(message), |out| {
+        };
+        let framed = wire::binary(frame::HEADER_LEN + encoded, |out| {
             frame::put_with_header(message, out);
         });
         self.write(&framed).await
