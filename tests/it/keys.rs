@@ -74,9 +74,12 @@ async fn without_keys_loopback_reads_writes_need_the_generated_key() {
 #[tokio::test]
 async fn the_generated_key_survives_a_restart() {
     let data = tempfile::tempdir().unwrap();
-    let first = ServerProcess::start_with_data(data.path(), &[], &[]).await;
+    let mut first = ServerProcess::start_with_data(data.path(), &[], &[]).await;
     let key = generated_key(&format!("http://{}", first.api_addr)).unwrap();
-    drop(first);
+    // Stopped and gone before the next start: dropping it only sends the kill, and a second
+    // server started while the first still holds the database's lock is refused.
+    first.signal("TERM");
+    first.wait_exit().await;
     let second = ServerProcess::start_with_data(data.path(), &[], &[]).await;
     second
         .wait_logged("the existing key to be used", |e| {
