@@ -13,7 +13,7 @@ use crate::{Io, exit};
 
 /// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`] while the server is away.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub struct Events {

@@ -20,6 +20,8 @@ use std::time::Duration;
 use clap::{CommandFactory as _, Parser, Subcommand};
 
 pub use client::{Client, CtlError};
+/// The longest wait of `opampctl events` between attempts to reconnect.
+pub use events::MAX_BACKOFF as EVENTS_MAX_BACKOFF;
 pub use output::Format;
 pub use settings::{DEFAULT_SERVER, Settings};
 

@@ -52,7 +52,11 @@ impl Shared {
 /// of the machine's is read), within the deadline.
 async fn ctl_env(server: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let (mut out, mut err) = (Shared::default(), Shared::default());
-    let code = run_into(server, args, env, &mut out, &mut err).await;
+    let code = within(
+        &format!("opampctl {}", args.join(" ")),
+        run_into(server, args, env, &mut out, &mut err),
+    )
+    .await;
     Run {
         code,
         out: out.text(),
@@ -60,6 +64,7 @@ async fn ctl_env(server: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// Runs `opampctl` with no deadline of its own: the caller sets the one that fits.
 async fn run_into(
     server: &str,
     args: &[&str],
@@ -90,8 +95,7 @@ async fn run_into(
         err,
         progress_bars: false,
     };
-    let what = format!("opampctl {}", args.join(" "));
-    within(&what, ::opampctl::run(command_line, &lookup, &mut io)).await
+    ::opampctl::run(command_line, &lookup, &mut io).await
 }
 
 async fn ctl(server: &TestServer, args: &[&str]) -> Run {
@@ -674,7 +678,10 @@ async fn watch_ends_when_the_rollout_is_cancelled() {
     let (mut out, mut err) = (Shared::default(), Shared::default());
     let watching = out.clone();
     let watch_args = ["rollout", "watch", rid.as_str(), "--interval", "20ms"];
-    let watch = run_into(&server.api_url, &watch_args, &[], &mut out, &mut err);
+    let watch = within(
+        "opampctl rollout watch",
+        run_into(&server.api_url, &watch_args, &[], &mut out, &mut err),
+    );
     let cancel = async {
         // Cancelled once the watch has shown the first batch sent and never answered.
         eventually("the watch shows a collector configuring", || async {
@@ -771,7 +778,13 @@ impl Proxy {
         let live: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         let (door, tasks) = (Arc::clone(&open), Arc::clone(&live));
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            loop {
+                // A failed accept (the process out of files, say, while another test holds
+                // thousands) loses that one connection, not the proxy.
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    tokio::task::yield_now().await;
+                    continue;
+                };
                 if !door.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees its connection closed
                 }
@@ -817,10 +830,11 @@ async fn events_resume_after_the_connection_is_cut() {
     let api = Api::new(&server.api_url);
     let proxy = Proxy::start(server.running().api_addr.to_string()).await;
     let (mut out, mut err) = (Shared::default(), Shared::default());
-    let printed = out.clone();
+    let (printed, complaints) = (out.clone(), err.clone());
     // From the start of the history (event 0), so nothing depends on when the stream opens.
     let args = ["events", "--since", "0", "--count", "3", "-o", "json"];
-    let events = run_into(&proxy.url, &args, &[], &mut out, &mut err);
+    // Boxed, so that it is gone (and `out` and `err` free) once it has ended.
+    let mut events = Box::pin(run_into(&proxy.url, &args, &[], &mut out, &mut err));
     let collectors = async {
         let mut first = collector(&server, 51, "gateway", "0.1.0").await;
         eventually("the first event printed", || async {
@@ -838,7 +852,16 @@ async fn events_resume_after_the_connection_is_cut() {
         proxy.reopen();
         (first, second)
     };
-    let (code, _connected) = tokio::join!(events, collectors);
+    // The run goes on while the collectors act (each of their steps has its own deadline)...
+    let _connected = tokio::select! {
+        code = &mut events => panic!("events ended with {code} before the third event: {}", complaints.text()),
+        connected = collectors => connected,
+    };
+    // ...and, the server reachable again, it reconnects within its longest back-off and then
+    // reads the two events it missed.
+    let code = tokio::time::timeout(DEADLINE + ::opampctl::EVENTS_MAX_BACKOFF, events)
+        .await
+        .expect("events resumed and ended after the proxy reopened");
     assert_eq!(code, exit::OK, "{}", err.text());
     let seen: Vec<Value> = out
         .text()
