@@ -1,7 +1,7 @@
 // One collector: its facts, labels (editable by operators), state timeline, transition history, and the restart
 // and forget buttons for the roles that may use them.
 import { api, may, query } from "./api.js";
-import { ago, facts, fill, h, say } from "./dom.js";
+import { ago, facts, fill, h, say, throttled } from "./dom.js";
 import { displayName, hostOf } from "./fleet.js";
 import { timeline } from "./charts.js";
 import { openEvents } from "./sse.js";
@@ -143,16 +143,14 @@ export async function render(main, role, id) {
       page.next_cursor ? h("p", { class: "hint" }, "The last 500 transitions.") : null);
   }
 
+  // Read again after the collector's transitions, at most twice a second.
+  const reloadLater = throttled(() => Promise.all([load(), loadHistory(true), loadTimeline()]), 500);
   const stream = openEvents("", (type, data) => {
-    if (type === "transition" && data.collector_id === id) {
-      load().catch(() => {});
-      loadHistory(true).catch(() => {});
-      loadTimeline().catch(() => {});
-    }
+    if (type === "transition" && data.collector_id === id) reloadLater();
   });
   await stream.ready;
   await load();
   await loadHistory(true);
   await loadTimeline();
-  return () => stream.close();
+  return () => { stream.close(); reloadLater.cancel(); };
 }

@@ -84,7 +84,7 @@ export async function render(main) {
   }
 
   // Read again after transitions, at most twice a second.
-  const countsLater = throttled(() => loadCounts().catch(() => {}), 500);
+  const countsLater = throttled(loadCounts, 500);
   const stream = openEvents("", (type) => {
     if (type === "transition") countsLater();
   });

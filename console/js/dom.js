@@ -72,20 +72,38 @@ export function clock(time, seconds = false) {
     ? hm : `${at.toLocaleDateString([], { month: "short", day: "numeric" })} ${hm}`;
 }
 
+/** The longest wait between two tries of a read that keeps failing. */
+const MAX_RETRY_MS = 10000;
+
 /**
  * `fn` called at most once every `ms` however often the result is called, the first time no
  * sooner than `ms` after this (its caller has just read what `fn` reads); `cancel` stops it.
+ * When the promise `fn` returns fails (the server busy or away for a moment), `fn` is called
+ * again, twice as long after each failure (up to 10 s): a live view must not stay stale until
+ * the next change happens to ask for it.
  */
 export function throttled(fn, ms) {
   let last = Date.now();
   let due = null;
-  const later = () => {
-    due ??= setTimeout(() => {
-      due = null;
-      last = Date.now();
-      fn();
-    }, Math.max(0, last + ms - Date.now()));
+  let wait = ms;
+  let stopped = false;
+  const run = () => {
+    due = null;
+    last = Date.now();
+    Promise.resolve().then(fn).then(
+      () => { wait = ms; },
+      () => {
+        wait = Math.min(wait * 2, Math.max(ms, MAX_RETRY_MS));
+        later();
+      });
   };
-  later.cancel = () => clearTimeout(due);
+  const later = () => {
+    if (stopped) return;
+    due ??= setTimeout(run, Math.max(0, last + wait - Date.now()));
+  };
+  later.cancel = () => {
+    stopped = true;
+    clearTimeout(due);
+  };
   return later;
 }

@@ -161,8 +161,15 @@ export async function render(main) {
 
   // Counts (and the page, when a change may add, drop or move a row: effectOn) are read again
   // after changes, at most twice a second however many arrive.
-  let refreshDue = null;
   let reloadPage = false;
+  const refreshLater = throttled(() => {
+    const whole = reloadPage;
+    reloadPage = false;
+    return (whole ? load() : loadSummary()).catch((error) => {
+      reloadPage ||= whole;
+      throw error;
+    });
+  }, 500);
   const stream = openEvents("", (type, data) => {
     if (type !== "transition") return;
     const tr = body.querySelector(`tr[data-id="${CSS.escape(data.collector_id)}"]`);
@@ -180,13 +187,8 @@ export async function render(main) {
     } else if (effect === "reload") {
       reloadPage = true;
     }
-    refreshDue ??= setTimeout(() => {
-      refreshDue = null;
-      const whole = reloadPage;
-      reloadPage = false;
-      (whole ? load() : loadSummary()).catch(() => {});
-      chartLater();
-    }, 500);
+    refreshLater();
+    chartLater();
   });
 
   // The stream first: a change between reading the table and opening the stream would be lost.
@@ -197,7 +199,7 @@ export async function render(main) {
   window.addEventListener("resize", drawChart);
   return () => {
     stream.close();
-    clearTimeout(refreshDue);
+    refreshLater.cancel();
     chartLater.cancel();
     window.removeEventListener("resize", drawChart);
   };

@@ -65,10 +65,12 @@ export async function renderList(main, role) {
   if (may(role, "operator")) startForm(formCard);
   else fill(formCard, h("p", { class: "hint" }, "Starting a rollout needs an operator key."));
   await load();
+  // Read again after rollout events, at most twice a second.
+  const loadLater = throttled(load, 500);
   const stream = openEvents("?rollouts=true", (type) => {
-    if (type === "rollout") load().catch(() => {});
+    if (type === "rollout") loadLater();
   });
-  return () => stream.close();
+  return () => { stream.close(); loadLater.cancel(); };
 }
 
 function startForm(card) {
@@ -206,7 +208,7 @@ export async function renderOne(main, role, id) {
     sizeBars(batches);
   }
   // After rollout events, read again at most every 2 seconds.
-  const batchesLater = throttled(() => loadBatches().catch(() => {}), 2000);
+  const batchesLater = throttled(loadBatches, 2000);
 
   let cursor = null;
   async function loadTargets(reset) {
@@ -220,11 +222,12 @@ export async function renderOne(main, role, id) {
     more.disabled = !cursor;
   }
   more.addEventListener("click", () => loadTargets(false));
+  const targetsLater = throttled(() => loadTargets(true), 500);
 
   const stream = openEvents("?rollouts=true", (type, data) => {
     if (type === "rollout" && data.id === id) {
       draw(data);
-      loadTargets(true).catch(() => {});
+      targetsLater();
       batchesLater();
     }
   });
@@ -232,5 +235,5 @@ export async function renderOne(main, role, id) {
   draw(await api(path));
   await loadTargets(true);
   await loadBatches();
-  return () => { stream.close(); batchesLater.cancel(); };
+  return () => { stream.close(); batchesLater.cancel(); targetsLater.cancel(); };
 }

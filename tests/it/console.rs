@@ -620,6 +620,52 @@ async fn the_fleet_page_reloads_only_for_changes_that_touch_its_rows() {
     browser.close().await;
 }
 
+/// A live view's read that fails (the server busy or away for a moment) is tried again, each
+/// time twice as long after, until it succeeds; a view that was left tries nothing more. The
+/// decision itself (`throttled`), called in the page.
+#[tokio::test]
+async fn a_failed_live_read_is_tried_again_until_it_succeeds() {
+    let server = TestServer::start().await;
+    let browser = Browser::start().await;
+    browser.goto(&server.api_url).await;
+    let outcome = browser
+        .run(
+            "return import('/console/js/dom.js').then(async (m) => {
+               const started = Date.now();
+               let calls = 0;
+               const succeeded = await new Promise((resolve) => {
+                 const later = m.throttled(() => {
+                   calls += 1;
+                   if (calls < 3) return Promise.reject(new Error('busy'));
+                   resolve(Date.now() - started);
+                 }, 20);
+                 later();
+               });
+               // Left at its first failure: the retry it would have made 40 ms later never comes.
+               let leftCalls = 0;
+               const left = m.throttled(() => {
+                 leftCalls += 1;
+                 left.cancel();
+                 return Promise.reject(new Error('busy'));
+               }, 20);
+               left();
+               await new Promise((resolve) => setTimeout(resolve, 200));
+               left();
+               return { calls, succeeded, leftCalls };
+             })",
+        )
+        .await;
+    assert_eq!(outcome["calls"], 3, "{outcome}");
+    // 20 ms, then 40 after the first failure and 80 after the second.
+    let waited = outcome["succeeded"].as_f64().unwrap();
+    assert!(
+        waited >= 135.0,
+        "tried again without waiting longer: {outcome}"
+    );
+    assert_eq!(outcome["leftCalls"], 1, "{outcome}");
+    browser.close().await;
+}
+
 /// The chart of the last six hours, from collectors with known histories: its table's rows are
 /// the counts at each point.
 #[tokio::test]
