@@ -81,8 +81,9 @@ async fn answer(
             client_certificate,
         };
         let processed = opamp.process(payload, connection).await?;
-        let mut body = Vec::with_capacity(opamp.check_outgoing(&processed.reply)?);
-        processed.reply.encode_raw(&mut body);
+        opamp.check_outgoing(&processed.reply)?;
+        let mut body = Vec::with_capacity(processed.reply.len);
+        processed.reply.message.encode_raw(&mut body);
         debug!(
             bytes = body.len(),
             retry_after = processed.retry_after,

@@ -177,7 +177,7 @@ impl Opamp {
                                 .counter(metrics::REJECTED, &[("reason", "not_committed")])
                                 .increment(1);
                             return Ok(Processed {
-                                reply: report::unavailable(sent.bytes, retry_after),
+                                reply: Reply::new(report::unavailable(sent.bytes, retry_after)),
                                 offered: crate::collector::Outbound::default(),
                                 collector: known_as,
                                 retry_after: Some(retry_after),
@@ -197,7 +197,8 @@ impl Opamp {
                     if reply.command.is_none() {
                         reply.agent_identification = identification;
                     }
-                    self.metrics.message(transport, "out", reply.encoded_len());
+                    let reply = Reply::new(reply);
+                    self.metrics.message(transport, "out", reply.len);
                     return Ok(Processed {
                         collector: known_as,
                         reply,
@@ -232,11 +233,9 @@ impl Opamp {
     }
 
     /// Refuses to send what the collector would have to refuse: the spec forbids over-limit
-    /// messages. Gives the reply's encoded length (without a WebSocket header), which the caller
-    /// sizes its buffer by: measuring a message walks all of it.
-    fn check_outgoing(&self, reply: &proto::ServerToAgent) -> Result<usize, OpampError> {
-        let encoded = reply.encoded_len();
-        let len = encoded + frame::HEADER_LEN;
+    /// messages.
+    fn check_outgoing(&self, reply: &Reply) -> Result<(), OpampError> {
+        let len = reply.len + frame::HEADER_LEN;
         if len > self.config.max_message_bytes {
             tracing::warn!(
                 len,
@@ -245,7 +244,7 @@ impl Opamp {
             );
             return Err(OpampError::ReplyTooLarge);
         }
-        Ok(encoded)
+        Ok(())
     }
 }
 
@@ -310,11 +309,26 @@ pub(crate) fn jittered(base: Duration) -> u64 {
     secs + rand::rng().random_range(0..=secs / 2)
 }
 
+/// A reply with its encoded length (without a WebSocket header), measured once: the traffic
+/// metric, the size check and the transport's buffer all need it, and measuring walks the whole
+/// message.
+pub(crate) struct Reply {
+    message: proto::ServerToAgent,
+    len: usize,
+}
+
+impl Reply {
+    fn new(message: proto::ServerToAgent) -> Self {
+        let len = message.encoded_len();
+        Self { message, len }
+    }
+}
+
 /// A message handled: the collector it is about from now on, the reply, and, when the reply says
 /// to come back later (its changes were not committed in time), after how many seconds.
 pub(crate) struct Processed {
     collector: WireUid,
-    reply: proto::ServerToAgent,
+    reply: Reply,
     /// The offers and command the reply carries, to give back to the outbox if it is not written.
     offered: crate::collector::Outbound,
     retry_after: Option<u64>,

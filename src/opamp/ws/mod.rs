@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, field, info_span, warn};
 
 use super::identity::WireUid;
 use super::keepalive::{self, Due};
-use super::{Opamp, OpampError, frame, report};
+use super::{Opamp, OpampError, Reply, frame, report};
 use crate::collector::handle::{self, ConnectionRef, PushRx, PushTx};
 use crate::collector::{
     ClientCertificate, CloseReason, CollectorId, Delivery, Outbound, Transport,
@@ -350,7 +350,7 @@ impl Session {
         let offered = outbound.offers();
         let message = report::to_server_to_agent(uid, *outbound, self.opamp.capabilities);
         // The wake is handled in a box of its own, so the send lives in it.
-        let ending = self.send(&message).await;
+        let ending = self.send(&Reply::new(message)).await;
         if ending.is_some() {
             self.unwritten.push((id, offered));
         }
@@ -384,7 +384,7 @@ impl Session {
                 .increment(1);
             drop(data);
             return self
-                .send(&report::unavailable(Bytes::new(), retry_after))
+                .send(&Reply::new(report::unavailable(Bytes::new(), retry_after)))
                 .await;
         }
         let connection = ConnectionRef {
@@ -408,12 +408,12 @@ impl Session {
             // A malformed message gets BAD_REQUEST; the connection stays usable.
             Err(OpampError::BadRequest { uid, message }) => {
                 debug!(%message, "malformed message");
-                report::bad_request(uid, message)
+                Reply::new(report::bad_request(uid, message))
             }
             // Nothing was acted on: the collector is told when to try again, and may, on this
             // connection.
             Err(OpampError::Unavailable { uid, retry_after }) => {
-                report::unavailable(uid, retry_after)
+                Reply::new(report::unavailable(uid, retry_after))
             }
             Err(_) => {
                 return Some(Ending::Close(
@@ -431,12 +431,12 @@ impl Session {
         ending
     }
 
-    async fn send(&mut self, message: &crate::proto::ServerToAgent) -> Option<Ending> {
-        let Ok(encoded) = self.opamp.check_outgoing(message) else {
+    async fn send(&mut self, reply: &Reply) -> Option<Ending> {
+        if self.opamp.check_outgoing(reply).is_err() {
             return None;
-        };
-        let framed = wire::binary(frame::HEADER_LEN + encoded, |out| {
-            frame::put_with_header(message, out);
+        }
+        let framed = wire::binary(frame::HEADER_LEN + reply.len, |out| {
+            frame::put_with_header(&reply.message, out);
         });
         self.write(&framed).await
     }
