@@ -25,14 +25,41 @@ pub struct Answer {
 static GENERATED_KEYS: std::sync::Mutex<BTreeMap<String, String>> =
     std::sync::Mutex::new(BTreeMap::new());
 
-/// Notes the admin key `data_dir` holds (if the server generated one) for the server at `base`.
-pub fn remember_generated_key(base: &str, data_dir: &std::path::Path) {
-    let file = data_dir.join(opampd::api::keyfile::FILE);
-    if let Ok(key) = std::fs::read_to_string(file) {
-        GENERATED_KEYS
+/// A server's entry among the generated keys, for as long as the server holds its address.
+/// Ports are reused within a run: a key left behind would be presented to whatever listens there
+/// next (another test's server, or a proxy), which refuses it.
+pub struct KnownKey {
+    base: String,
+    key: Option<String>,
+}
+
+impl Drop for KnownKey {
+    fn drop(&mut self) {
+        let mut keys = GENERATED_KEYS
             .lock()
-            .unwrap()
-            .insert(base.to_owned(), key.trim().to_owned());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only its own: a newer server at the same address may have registered since.
+        if self.key.is_some() && keys.get(&self.base) == self.key.as_ref() {
+            keys.remove(&self.base);
+        }
+    }
+}
+
+/// Notes the admin key `data_dir` holds (if the server generated one) for the server at `base`,
+/// until the returned entry is dropped with the server.
+pub fn remember_generated_key(base: &str, data_dir: &std::path::Path) -> KnownKey {
+    let file = data_dir.join(opampd::api::keyfile::FILE);
+    let key = std::fs::read_to_string(file)
+        .ok()
+        .map(|key| key.trim().to_owned());
+    let mut keys = GENERATED_KEYS.lock().unwrap();
+    match &key {
+        Some(key) => keys.insert(base.to_owned(), key.clone()),
+        None => keys.remove(base),
+    };
+    KnownKey {
+        base: base.to_owned(),
+        key,
     }
 }
 

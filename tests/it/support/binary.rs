@@ -57,6 +57,7 @@ pub struct ServerProcess {
     reader: Option<tokio::task::JoinHandle<()>>,
     /// The data directory this process made for itself, if the test gave none.
     owned_data: Option<tempfile::TempDir>,
+    _key: super::api::KnownKey,
 }
 
 impl ServerProcess {
@@ -101,8 +102,9 @@ impl ServerProcess {
             .expect("opampd logs its addresses before the deadline")
             .expect("opampd logs its addresses");
         let api_addr: SocketAddr = api.expect("api_addr in the start-up line");
-        super::api::remember_generated_key(&format!("http://{api_addr}"), data);
+        let key = super::api::remember_generated_key(&format!("http://{api_addr}"), data);
         Self {
+            _key: key,
             child,
             opamp_addr: opamp.expect("opamp_addr in the start-up line"),
             api_addr,

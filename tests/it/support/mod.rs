@@ -193,6 +193,8 @@ pub fn steps(history: &[Transition]) -> Vec<Step> {
 /// A server started in this process, on loopback port 0, with its own SQLite file unless the
 /// test names another database.
 pub struct TestServer {
+    /// First, so that the key is forgotten before the server lets its port go.
+    _key: api::KnownKey,
     pub running: Option<Running>,
     pub opamp_url: String,
     pub ws_url: String,
@@ -256,8 +258,9 @@ impl TestServer {
         .await
         .expect("server starts");
         let api_url = format!("http://{}", running.api_addr);
-        api::remember_generated_key(&api_url, &config.server.data_dir);
+        let key = api::remember_generated_key(&api_url, &config.server.data_dir);
         Self {
+            _key: key,
             opamp_url: format!("http://{}{path}", running.opamp_addr),
             ws_url: format!("ws://{}{path}", running.opamp_addr),
             api_url,
