@@ -19,24 +19,42 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
-/// A port nobody listens on now (the kernel's choice; chromedriver binds it right after).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+/// The port chromedriver says it started on, from its standard output; the rest of that output
+/// is read on in the background, so that chromedriver never waits on a full pipe.
+async fn port_said(stdout: tokio::process::ChildStdout) -> u16 {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let said = tokio::time::timeout(BROWSER_DEADLINE, async {
+        while let Some(line) = lines.next_line().await.ok()? {
+            if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                return rest.trim_end_matches('.').parse().ok();
+            }
+        }
+        None
+    })
+    .await;
+    let port = said
+        .ok()
+        .flatten()
+        .expect("chromedriver says which port it listens on");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    port
 }
 
 impl Browser {
     pub async fn start() -> Self {
-        let port = free_port();
         // Its own process group, so that dropping it ends Chromium too (chromedriver's child).
-        let driver = tokio::process::Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
+        // Port 0: chromedriver binds a port of the kernel's choice and says which. (A port found
+        // free first and handed to it could be taken by another test's server in between.)
+        let mut driver = tokio::process::Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver runs (Debian's chromium-driver; .ci/run installs it)");
+        let port = port_said(driver.stdout.take().expect("chromedriver's stdout")).await;
         let url = format!("http://127.0.0.1:{port}");
         let status = format!("{url}/status");
         wait_until("chromedriver answers", || async {
