@@ -321,8 +321,46 @@ async fn another_node_finishes_a_rollout_when_the_engine_node_dies() {
     );
 }
 
-/// The shipped `deploy/haproxy.cfg`, pointed at these nodes and at free loopback ports; the
-/// OpAMP frontend's address.
+/// `HAProxy` with the shipped `deploy/haproxy.cfg`, pointed at these nodes and at free loopback
+/// ports, once it listens; the OpAMP frontend's address.
+///
+/// `HAProxy` cannot bind port 0 and say which port it took, so the ports are picked free and let
+/// go; another process may take one in between, and `HAProxy` then exits: it is started again on
+/// other ports.
+async fn start_haproxy(
+    nodes: &[&ServerProcess],
+    dir: &std::path::Path,
+) -> (tokio::process::Child, String) {
+    for _ in 0..5 {
+        let (config, frontend) = haproxy_config(nodes, dir);
+        let mut haproxy = tokio::process::Command::new("haproxy")
+            .arg("-f")
+            .arg(&config)
+            .arg("-db")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("haproxy runs (Debian's haproxy package; .ci/run installs it)");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let listening = loop {
+            if let Ok(Some(_)) = haproxy.try_wait() {
+                break false;
+            }
+            if tokio::net::TcpStream::connect(&frontend).await.is_ok() {
+                break true;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "haproxy never listened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        if listening {
+            return (haproxy, frontend);
+        }
+    }
+    panic!("haproxy never found its ports free");
+}
+
 fn haproxy_config(nodes: &[&ServerProcess], dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg"))
@@ -374,18 +412,7 @@ async fn http_collectors_behind_haproxy_stay_on_one_node() {
         node(&db.url, "c").await,
     ];
     let dir = tempfile::tempdir().unwrap();
-    let (config, frontend) = haproxy_config(&nodes.iter().collect::<Vec<_>>(), dir.path());
-    let _haproxy = tokio::process::Command::new("haproxy")
-        .arg("-f")
-        .arg(&config)
-        .arg("-db")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("haproxy runs (Debian's haproxy package; .ci/run installs it)");
-    eventually("haproxy listening", || async {
-        tokio::net::TcpStream::connect(&frontend).await.ok()
-    })
-    .await;
+    let (_haproxy, frontend) = start_haproxy(&nodes.iter().collect::<Vec<_>>(), dir.path()).await;
     let url = format!("http://{frontend}/v1/opamp");
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     // Ten, not a multiple of three: spread round-robin, each poll would land on another node.

@@ -257,11 +257,25 @@ impl Process {
 
     /// Polls until the server accepts connections.
     async fn ready(&self) {
+        assert!(
+            self.ready_or_port_taken().await,
+            "PostgreSQL in {} could not bind its port; its log:\n{}",
+            self.dir.display(),
+            self.log()
+        );
+    }
+
+    /// Polls until the server accepts connections (true), or says it could not bind its TCP
+    /// port (false): the free port it was given was taken by someone else in between.
+    async fn ready_or_port_taken(&self) -> bool {
         let url = self.admin_url();
         let deadline = tokio::time::Instant::now() + SERVER_DEADLINE;
         loop {
             if PgConnection::connect(&url).await.is_ok() {
-                return;
+                return true;
+            }
+            if self.log().contains("could not create any TCP/IP sockets") {
+                return false;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -396,16 +410,26 @@ impl PgServer {
     /// `name`, created on it, without TLS parameters.
     #[allow(dead_code)] // the benchmarks include this file
     pub async fn start_tls(cert: &str, key: &str, name: &str) -> (Self, String) {
-        let (cert, key) = (cert.to_owned(), key.to_owned());
-        let process = blocking("initdb and start", move || {
-            Process::launch_on(Durability::Off, Some((&cert, &key)))
-        })
-        .await;
-        process.ready().await;
-        let port = process.port;
-        let mut server = Self {
-            process: Some(process),
+        // The port is picked free, let go and bound by PostgreSQL, which cannot say which port
+        // it took: another process may take it in between, so a refused bind starts again.
+        let mut attempts = 0;
+        let mut server = loop {
+            let (cert, key) = (cert.to_owned(), key.to_owned());
+            let process = blocking("initdb and start", move || {
+                Process::launch_on(Durability::Off, Some((&cert, &key)))
+            })
+            .await;
+            let up = process.ready_or_port_taken().await;
+            let server = Self {
+                process: Some(process),
+            };
+            if up {
+                break server;
+            }
+            attempts += 1;
+            assert!(attempts < 5, "PostgreSQL never found its TCP port free");
         };
+        let port = server.process().port;
         server.create_database(name).await;
         (
             server,
