@@ -231,6 +231,23 @@ fn quarantine_kind(kind: &str) -> &'static str {
 
 const TRANSITION_COLUMNS: &str = "collector_id, from_state, to_state, reason, message, at, cause";
 
+/// `Transition::moves_rollouts`, in SQL over `transitions`. PostgreSQL's partial index
+/// `transitions_moving_rollouts` (migration 0013) has this predicate, word for word, so the
+/// rollout engine's tail reads the few rows that match, not every transition since its last read.
+fn moves_rollouts_predicate() -> String {
+    format!(
+        "from_state IN ('{}', '{}', '{}') OR to_state = '{}' \
+         OR (to_state = '{}' AND reason IN ('{}', '{}'))",
+        State::Pending.as_str(),
+        State::Configuring.as_str(),
+        State::Upgrading.as_str(),
+        State::Incompatible.as_str(),
+        State::Connected.as_str(),
+        Reason::Initial.as_str(),
+        Reason::ConnectionRestored.as_str(),
+    )
+}
+
 const CONFIGURATION_COLUMNS: &str = "name, version, hash, files, components, created_at";
 
 const RECOVERED_MESSAGE: &str = "the server stopped without shutting down";
@@ -704,18 +721,7 @@ macro_rules! sql_store {
                 q.push_bind(after);
                 Self::push_states(&mut q, "t.to_state", &filter.states);
                 if filter.moves_rollouts {
-                    // `Transition::moves_rollouts`, in SQL.
-                    q.push(format!(
-                        " AND (t.from_state IN ('{}', '{}', '{}') OR t.to_state = '{}' \
-                         OR (t.to_state = '{}' AND t.reason IN ('{}', '{}')))",
-                        State::Pending.as_str(),
-                        State::Configuring.as_str(),
-                        State::Upgrading.as_str(),
-                        State::Incompatible.as_str(),
-                        State::Connected.as_str(),
-                        Reason::Initial.as_str(),
-                        Reason::ConnectionRestored.as_str(),
-                    ));
+                    q.push(format!(" AND ({})", moves_rollouts_predicate()));
                 }
                 if !filter.selector.is_empty() {
                     // The collectors' labels as they are now.
@@ -1043,3 +1049,19 @@ sql_store!(
     "migrations/postgres",
     POSTGRES
 );
+
+#[cfg(test)]
+mod tests {
+    /// The tail's filter and the index built for it must stay the same predicate, or PostgreSQL
+    /// cannot prove the index covers the query and scans the history again.
+    #[test]
+    fn the_rollout_tail_filter_is_the_partial_index_predicate() {
+        let migration = include_str!("../../../migrations/postgres/0013_transitions_moving_rollouts.sql");
+        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let predicate = format!("WHERE {};", super::moves_rollouts_predicate());
+        assert!(
+            words(migration).contains(&words(&predicate)),
+            "migration 0013 does not end with {predicate}"
+        );
+    }
+}
