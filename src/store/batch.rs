@@ -3,7 +3,7 @@
 //! order. Pure, so the folding and the splitting (to find a row the database refuses) are tested
 //! directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use crate::collector::facts::FactParts;
@@ -147,30 +147,26 @@ impl Batch {
         self.transitions.len()
     }
 
-    /// Two halves by collector (each collector's transitions stay with it), to find by bisection
-    /// the rows a database refuses. `None` when the batch holds a single collector.
+    /// Two halves by collector: each collector's rows, under every epoch, stay in one half, in
+    /// their order. For the writer to find by bisection the rows a database refuses, and to
+    /// write a large batch in two transactions at once. `Err` when the batch holds a single
+    /// collector.
     pub fn split(self) -> Result<(Batch, Batch), Batch> {
-        let keys: Vec<Key> = {
-            let mut keys: Vec<Key> = self.entries.keys().copied().collect();
-            for t in &self.transitions {
-                if !keys.contains(&(t.id, t.epoch)) {
-                    keys.push((t.id, t.epoch));
-                }
-            }
-            keys
-        };
-        if keys.len() < 2 {
+        let mut ids: BTreeSet<CollectorId> = self.entries.keys().map(|(id, _)| *id).collect();
+        ids.extend(self.transitions.iter().map(|t| t.id));
+        if ids.len() < 2 {
             return Err(self);
         }
-        let first: Vec<Key> = keys[..keys.len() / 2].to_vec();
+        let half = ids.len() / 2;
+        let first: BTreeSet<CollectorId> = ids.into_iter().take(half).collect();
         let mut a = Batch::default();
         let mut b = Batch::default();
-        for (key, entry) in self.entries {
-            let half = if first.contains(&key) { &mut a } else { &mut b };
-            half.entries.insert(key, entry);
+        for ((id, epoch), entry) in self.entries {
+            let half = if first.contains(&id) { &mut a } else { &mut b };
+            half.entries.insert((id, epoch), entry);
         }
         for t in self.transitions {
-            let half = if first.contains(&(t.id, t.epoch)) {
+            let half = if first.contains(&t.id) {
                 &mut a
             } else {
                 &mut b
@@ -401,6 +397,38 @@ mod tests {
         let mut whole = a;
         whole.absorb(b);
         assert_eq!(whole.entries, batch.entries);
+
+        // A collector claimed again within the batch has rows under two epochs: they stay
+        // together, so two halves written at once never touch one collector.
+        let at_epoch_2 = |change: Change| match change {
+            Change::Transition { id, transition, .. } => Change::Transition {
+                id,
+                epoch: 2,
+                transition,
+            },
+            Change::Record {
+                hot, facts, create, ..
+            } => Change::Record {
+                hot,
+                facts,
+                epoch: 2,
+                create,
+            },
+            other => other,
+        };
+        let mut reclaimed = batch.clone();
+        reclaimed.take(at_epoch_2(transition(1, State::Error)));
+        reclaimed.take(at_epoch_2(record(1, State::Error, 2, false)));
+        let (a, b) = reclaimed.split().unwrap();
+        let holds_1 = |h: &Batch| h.entries.keys().any(|(n, _)| *n == id(1));
+        assert!(holds_1(&a) != holds_1(&b), "collector 1 in one half only");
+        for half in [&a, &b] {
+            assert_eq!(
+                half.transitions.iter().any(|t| t.id == id(1)),
+                holds_1(half),
+                "collector 1's transitions with its records"
+            );
+        }
 
         let mut single = Batch::default();
         single.take(Change::Record {

@@ -251,6 +251,10 @@ pub trait Store: Send + Sync + 'static {
     /// under; where the record's epoch has moved on (or the record is gone, or a record to create
     /// exists), nothing of that collector is applied, and its key is returned: fenced.
     async fn write(&self, batch: &Batch) -> Result<Vec<batch::Key>, StoreError>;
+    /// How many [`write`](Store::write)s of disjoint collectors may run at once to good effect.
+    fn write_lanes(&self) -> usize {
+        1
+    }
     /// Keeps rows the database refused, with their errors.
     async fn quarantine(&self, rows: &[Quarantined]) -> Result<(), StoreError>;
     /// What is in quarantine, oldest first.

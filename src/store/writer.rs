@@ -375,38 +375,56 @@ impl Batcher {
         }
     }
 
-    /// Writes `batch`. When the database refuses its data, it is split until the refused rows are
-    /// found; they are quarantined and the rest lands. Any other failure returns what has not
-    /// landed yet.
+    /// Writes `batch`. A large batch on a store with several write lanes is first tried as two
+    /// transactions at once, one per half of its collectors (ADR 0075). When the database refuses
+    /// its data, the piece is split until the refused rows are found; they are quarantined and
+    /// the rest lands. Any other failure returns what has not landed yet.
     async fn land(&mut self, batch: Batch) -> Result<(), Unlanded> {
-        let mut queue = VecDeque::from([batch]);
-        while let Some(piece) = queue.pop_front() {
-            let result = tokio::time::timeout(WRITE_TIMEOUT, self.store.write(&piece)).await;
-            let err = match result {
-                Ok(Ok(fenced)) => {
-                    self.health
-                        .written_transitions
-                        .fetch_add(piece.transition_count() as u64, Ordering::Relaxed);
-                    self.report_fenced(fenced);
-                    continue;
+        let mut queue = VecDeque::new();
+        match spread(batch, self.store.write_lanes()) {
+            Ok((a, b)) => {
+                let (first, second) = tokio::join!(self.attempt(&a), self.attempt(&b));
+                let mut failed: Option<(String, Batch)> = None;
+                for (piece, attempt) in [(a, first), (b, second)] {
+                    match attempt {
+                        Attempt::Landed(fenced) => self.landed(&piece, fenced),
+                        Attempt::Refused(err) => queue.push_back((piece, Some(err))),
+                        Attempt::Failed(error) => match &mut failed {
+                            Some((_, rest)) => rest.absorb(piece),
+                            None => failed = Some((error, piece)),
+                        },
+                    }
                 }
-                Ok(Err(err)) if err.is_data_error() => err,
-                Ok(Err(err)) => return Err(unlanded(err.to_string(), piece, queue)),
-                Err(_) => {
-                    let error = format!("write took longer than {WRITE_TIMEOUT:?}");
+                if let Some((error, piece)) = failed {
                     return Err(unlanded(error, piece, queue));
                 }
+            }
+            Err(whole) => queue.push_back((whole, None)),
+        }
+        // Each piece with the refusal already heard for it, if any.
+        while let Some((piece, refusal)) = queue.pop_front() {
+            let attempt = match refusal {
+                Some(err) => Attempt::Refused(err),
+                None => self.attempt(&piece).await,
+            };
+            let err = match attempt {
+                Attempt::Landed(fenced) => {
+                    self.landed(&piece, fenced);
+                    continue;
+                }
+                Attempt::Refused(err) => err,
+                Attempt::Failed(error) => return Err(unlanded(error, piece, queue)),
             };
             match piece.split() {
                 Ok((first, second)) => {
-                    queue.push_front(second);
-                    queue.push_front(first);
+                    queue.push_front((second, None));
+                    queue.push_front((first, None));
                 }
                 Err(single) => {
                     let mut pieces = single.pieces();
                     if pieces.len() > 1 {
                         for piece in pieces.drain(..).rev() {
-                            queue.push_front(piece);
+                            queue.push_front((piece, None));
                         }
                         continue;
                     }
@@ -418,8 +436,8 @@ impl Batcher {
                     let mut refused = vec![refused];
                     if refused[0].creates() {
                         let id = refused[0].collector();
-                        while queue.front().is_some_and(|p| p.collector() == id) {
-                            refused.extend(queue.pop_front());
+                        while queue.front().is_some_and(|(p, _)| p.collector() == id) {
+                            refused.extend(queue.pop_front().map(|(p, _)| p));
                         }
                     }
                     if let Err(failure) = self.quarantine(&refused, &err).await {
@@ -433,6 +451,23 @@ impl Batcher {
             }
         }
         Ok(())
+    }
+
+    /// One transaction for `piece`, within [`WRITE_TIMEOUT`].
+    async fn attempt(&self, piece: &Batch) -> Attempt {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.store.write(piece)).await {
+            Ok(Ok(fenced)) => Attempt::Landed(fenced),
+            Ok(Err(err)) if err.is_data_error() => Attempt::Refused(err),
+            Ok(Err(err)) => Attempt::Failed(err.to_string()),
+            Err(_) => Attempt::Failed(format!("write took longer than {WRITE_TIMEOUT:?}")),
+        }
+    }
+
+    fn landed(&mut self, piece: &Batch, fenced: Vec<Key>) {
+        self.health
+            .written_transitions
+            .fetch_add(piece.transition_count() as u64, Ordering::Relaxed);
+        self.report_fenced(fenced);
     }
 
     async fn quarantine(&self, refused: &[Batch], err: &StoreError) -> Result<(), StoreError> {
@@ -509,13 +544,40 @@ impl Refused {
     }
 }
 
+/// How one transaction went.
+enum Attempt {
+    /// Committed; these keys were fenced.
+    Landed(Vec<Key>),
+    /// The database refused the data: split to find the rows.
+    Refused(StoreError),
+    /// Anything else (the database down, the write too slow): keep it all and retry.
+    Failed(String),
+}
+
+/// Below this many collectors a batch goes in one transaction: a second one would cost a commit
+/// for little work shared.
+const SPREAD_FROM: usize = 256;
+
+/// The two halves of `batch` to write at once, when the store has the lanes and the batch is
+/// large enough; else the batch back, whole. Pure, so it is tested directly.
+fn spread(batch: Batch, lanes: usize) -> Result<(Batch, Batch), Batch> {
+    if lanes < 2 || batch.entries.len() < SPREAD_FROM {
+        return Err(batch);
+    }
+    batch.split()
+}
+
 /// The wait before the next attempt: twice the last, up to [`LAST_RETRY`].
 fn next_retry(last: Duration) -> Duration {
     (last * 2).min(LAST_RETRY)
 }
 
-fn unlanded(error: String, mut piece: Batch, queue: VecDeque<Batch>) -> Unlanded {
-    for later in queue {
+fn unlanded(
+    error: String,
+    mut piece: Batch,
+    queue: VecDeque<(Batch, Option<StoreError>)>,
+) -> Unlanded {
+    for (later, _) in queue {
         piece.absorb(later);
     }
     Unlanded { error, rest: piece }
@@ -544,5 +606,26 @@ mod tests {
             .map(|w| w.as_millis())
             .collect();
         assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    }
+
+    fn forgetting(collectors: u128) -> Batch {
+        let mut batch = Batch::default();
+        for n in 0..collectors {
+            let id = crate::collector::CollectorId(uuid::Uuid::from_u128(n));
+            batch.entries.insert((id, 1), Entry::Forget);
+        }
+        batch
+    }
+
+    /// Two transactions only where a second lane exists and the batch is worth the second commit.
+    #[test]
+    fn a_large_batch_is_spread_over_two_lanes_and_a_small_one_is_not() {
+        let large = SPREAD_FROM as u128;
+        let (a, b) = spread(forgetting(large), 2).expect("spread");
+        assert_eq!(a.entries.len() + b.entries.len(), SPREAD_FROM);
+        assert!(a.entries.keys().all(|k| !b.entries.contains_key(k)));
+        assert_eq!(a.entries.len(), SPREAD_FROM / 2);
+        assert!(spread(forgetting(large), 1).is_err(), "one lane");
+        assert!(spread(forgetting(large - 1), 2).is_err(), "too small");
     }
 }

@@ -11,7 +11,9 @@ use opampd::proto;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use opampd::telemetry::metrics::{DUPLICATE_UIDS, Metrics, STORE_QUARANTINED as QUARANTINED};
+use opampd::telemetry::metrics::{
+    DUPLICATE_UIDS, Metrics, STORE_QUARANTINED as QUARANTINED, STORE_WRITE_SECONDS,
+};
 
 use crate::support::api::{Api, Scrape};
 use crate::support::*;
@@ -223,6 +225,18 @@ async fn a_collectors_bad_bytes_are_stored_safely_and_stop_nobody() {
 /// error and counted; every other row lands and the waiting replies are released.
 #[tokio::test]
 async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
+    quarantine_among(5, Duration::from_millis(5)).await;
+}
+
+/// The same in a batch large enough to be written as two transactions at once: the half with
+/// the refused row is split until it is found, and the other half lands whole.
+#[tokio::test]
+async fn a_refused_row_in_a_batch_written_in_two_halves_is_quarantined_alone() {
+    // A window long enough for each batch to gather every change sent for it.
+    quarantine_among(300, Duration::from_secs(1)).await;
+}
+
+async fn quarantine_among(collectors: usize, flush_interval: Duration) {
     use opampd::collector::facts::{Changed, FactParts};
     use opampd::collector::persist::{Change, Hot};
     use opampd::collector::{Collector, CollectorId, Health, Transition};
@@ -236,7 +250,7 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
         std::sync::Arc::clone(&store),
         queue,
         WriterSettings {
-            flush_interval: Duration::from_millis(5),
+            flush_interval,
             max_pending: 1000,
         },
         metrics.clone(),
@@ -269,7 +283,7 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
             cause: None,
         },
     };
-    let ids: Vec<CollectorId> = (0..5).map(|_| CollectorId::new_v7()).collect();
+    let ids: Vec<CollectorId> = (0..collectors).map(|_| CollectorId::new_v7()).collect();
     for id in &ids {
         let c = record(*id, S::Connected, "");
         changes
@@ -283,6 +297,7 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
             .unwrap();
     }
     assert!(barrier().await);
+    let before = writes_timed(&metrics);
     for (i, id) in ids.iter().enumerate() {
         let error = if i == 2 { "bad\0byte" } else { "exporter down" };
         let c = record(*id, S::Error, error);
@@ -304,7 +319,28 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
         barrier().await,
         "the replies waiting on the batch are released"
     );
+    // Timed before the barriers are released.
+    assert_eq!(
+        writes_timed(&metrics) - before,
+        1,
+        "the changes went as one batch"
+    );
+    assert_all_landed_but_the_third(store.as_ref(), &ids).await;
+    assert_eq!(writer.health.quarantined(), 1);
+    assert_eq!(Scrape::parse(&metrics.render()).value(QUARANTINED, &[]), 1);
+    assert!(writer.health.degraded().is_none());
+    writer.finish(DEADLINE).await;
+}
 
+fn writes_timed(metrics: &Metrics) -> u64 {
+    Scrape::parse(&metrics.render()).value(&format!("{STORE_WRITE_SECONDS}_count"), &[])
+}
+
+/// Every collector's record and transition landed; the third's facts are in quarantine.
+async fn assert_all_landed_but_the_third(
+    store: &dyn opampd::store::Store,
+    ids: &[opampd::collector::CollectorId],
+) {
     for (i, id) in ids.iter().enumerate() {
         let stored = store.load(*id).await.unwrap().unwrap();
         assert_eq!(stored.state, Some(S::Error), "collector {i}");
@@ -320,10 +356,6 @@ async fn a_row_postgresql_refuses_is_quarantined_and_every_other_row_lands() {
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!((kept[0].collector, kept[0].kind), (ids[2], "facts"));
     assert!(kept[0].error.contains("Unicode"), "{}", kept[0].error);
-    assert_eq!(writer.health.quarantined(), 1);
-    assert_eq!(Scrape::parse(&metrics.render()).value(QUARANTINED, &[]), 1);
-    assert!(writer.health.degraded().is_none());
-    writer.finish(DEADLINE).await;
 }
 
 /// Item 4: collectors with fresh uids come and go; once gone (and the grace period over) they

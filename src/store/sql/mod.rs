@@ -71,6 +71,8 @@ struct Dialect {
     /// copy and its allocations.
     batch_insert: &'static str,
     batch_update: &'static str,
+    /// Transactions a large batch may be written in at once ([`Store::write_lanes`]).
+    write_lanes: usize,
 }
 
 /// SQLite keeps times as RFC 3339 text, whose fractions do not sort as text; `julianday` does.
@@ -87,6 +89,8 @@ const SQLITE: Dialect = Dialect {
     history_end: None,
     batch_insert: "INSERT OR FAIL INTO",
     batch_update: "UPDATE OR FAIL",
+    // One write connection: SQLite takes one writer at a time.
+    write_lanes: 1,
 };
 
 const POSTGRES: Dialect = Dialect {
@@ -103,6 +107,8 @@ const POSTGRES: Dialect = Dialect {
     // A failed statement fails the whole transaction already.
     batch_insert: "INSERT INTO",
     batch_update: "UPDATE",
+    // Two backends share the statements' work; the history lock still orders their commits.
+    write_lanes: 2,
 };
 
 impl Dialect {
@@ -518,6 +524,10 @@ macro_rules! sql_store {
         impl Store for $store {
             fn backend(&self) -> &'static str {
                 $backend
+            }
+
+            fn write_lanes(&self) -> usize {
+                $dialect.write_lanes
             }
 
             async fn migrate(&self) -> Result<(), StoreError> {
@@ -1056,7 +1066,8 @@ mod tests {
     /// cannot prove the index covers the query and scans the history again.
     #[test]
     fn the_rollout_tail_filter_is_the_partial_index_predicate() {
-        let migration = include_str!("../../../migrations/postgres/0013_transitions_moving_rollouts.sql");
+        let migration =
+            include_str!("../../../migrations/postgres/0013_transitions_moving_rollouts.sql");
         let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
         let predicate = format!("WHERE {};", super::moves_rollouts_predicate());
         assert!(
