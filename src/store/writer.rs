@@ -1,5 +1,6 @@
 //! The write-behind batcher: drains the actors' changes into batches (group commit: what came
-//! during one write is the next) and writes each in one transaction, then signals the barriers
+//! during one write is the next) and writes each in one transaction (a large one, where the store
+//! allows, as two at once: one per half of its collectors), then signals the barriers
 //! queued with it (a reply that waits on one is sent only once its changes are committed; the
 //! barrier of a claim whose writes the store refused is dropped instead). While the database is
 //! down it keeps everything and retries with backoff. A batch the database refuses for its data
