@@ -417,16 +417,17 @@ mod tests {
             other => other,
         };
         let mut reclaimed = batch.clone();
-        reclaimed.take(at_epoch_2(transition(1, State::Error)));
-        reclaimed.take(at_epoch_2(record(1, State::Error, 2, false)));
+        // Collector 3, in the middle: halves by claim key would part its two epochs.
+        reclaimed.take(at_epoch_2(transition(3, State::Error)));
+        reclaimed.take(at_epoch_2(record(3, State::Error, 2, false)));
         let (a, b) = reclaimed.split().unwrap();
-        let holds_1 = |h: &Batch| h.entries.keys().any(|(n, _)| *n == id(1));
-        assert!(holds_1(&a) != holds_1(&b), "collector 1 in one half only");
+        let holds_3 = |h: &Batch| h.entries.keys().any(|(n, _)| *n == id(3));
+        assert!(holds_3(&a) != holds_3(&b), "collector 3 in one half only");
         for half in [&a, &b] {
             assert_eq!(
-                half.transitions.iter().any(|t| t.id == id(1)),
-                holds_1(half),
-                "collector 1's transitions with its records"
+                half.transitions.iter().any(|t| t.id == id(3)),
+                holds_3(half),
+                "collector 3's transitions with its records"
             );
         }
 

@@ -555,8 +555,8 @@ enum Attempt {
     Failed(String),
 }
 
-/// Below this many collectors a batch goes in one transaction: a second one would cost a commit
-/// for little work shared.
+/// Below this many collectors' records a batch goes in one transaction: a second one would cost
+/// a commit for little work shared.
 const SPREAD_FROM: usize = 256;
 
 /// The two halves of `batch` to write at once, when the store has the lanes and the batch is

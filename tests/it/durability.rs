@@ -235,6 +235,67 @@ async fn a_refused_row_in_a_batch_written_in_two_halves_is_quarantined_alone() {
     quarantine_among(300).await;
 }
 
+/// On PostgreSQL a batch of 256 collectors or more goes as two transactions at once, each with
+/// every row of half the collectors (ADR 0075): the rows' creating transactions say so.
+#[tokio::test]
+async fn a_large_batch_lands_on_postgresql_as_two_transactions_of_half_the_collectors() {
+    use opampd::collector::facts::Changed;
+    use opampd::collector::persist::{Change, Hot};
+    use opampd::collector::{Collector, CollectorId, Transition};
+
+    let db = fresh_database(Backend::Postgres).await;
+    let store = open_store(&db.url, "a").await;
+    let mut changes = Vec::new();
+    for _ in 0..300 {
+        let mut c = Collector::new(CollectorId::new_v7());
+        c.state = Some(S::Connected);
+        changes.push(Change::Record {
+            hot: Box::new(Hot::of(&c).unwrap()),
+            facts: Box::new(Changed::all().take(&c)),
+            epoch: 1,
+            create: true,
+        });
+        changes.push(Change::Transition {
+            id: c.id,
+            epoch: 1,
+            transition: Transition {
+                from: None,
+                to: S::Connected,
+                reason: R::Initial,
+                message: String::new(),
+                at: std::time::SystemTime::now(),
+                cause: None,
+            },
+        });
+    }
+    let (writer, _) = written_in_one_batch(&store, changes).await;
+    writer.finish(DEADLINE).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // Each collector's record and transition, with the transaction that wrote each.
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT c.id, c.xmin::text, t.xmin::text FROM collectors c \
+         JOIN transitions t ON t.collector_id = c.id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 300);
+    assert!(
+        rows.iter()
+            .all(|(_, record, transition)| record == transition),
+        "a collector's rows in one transaction"
+    );
+    let mut per_transaction = std::collections::BTreeMap::<&str, usize>::new();
+    for (_, record, _) in &rows {
+        *per_transaction.entry(record.as_str()).or_default() += 1;
+    }
+    assert_eq!(
+        per_transaction.values().copied().collect::<Vec<_>>(),
+        [150, 150],
+        "two transactions, half the collectors each"
+    );
+}
+
 async fn quarantine_among(collectors: usize) {
     use opampd::collector::facts::{Changed, FactParts};
     use opampd::collector::persist::{Change, Hot};

@@ -237,6 +237,9 @@ fn quarantine_kind(kind: &str) -> &'static str {
 
 const TRANSITION_COLUMNS: &str = "collector_id, from_state, to_state, reason, message, at, cause";
 
+/// Below this many pooled connections, writes take one lane whatever the database allows.
+const MIN_POOL_FOR_LANES: usize = 4;
+
 /// `Transition::moves_rollouts`, in SQL over `transitions`. PostgreSQL's partial index
 /// `transitions_moving_rollouts` (migration 0013) has this predicate, word for word, so the
 /// rollout engine's tail reads the few rows that match, not every transition since its last read.
@@ -527,7 +530,15 @@ macro_rules! sql_store {
             }
 
             fn write_lanes(&self) -> usize {
-                $dialect.write_lanes
+                // A lane holds a pooled connection for a whole write; with too few, the second
+                // would wait for the first, and the API's reads behind both.
+                let pooled = usize::try_from(self.pool.options().get_max_connections())
+                    .unwrap_or(usize::MAX);
+                if pooled >= MIN_POOL_FOR_LANES {
+                    $dialect.write_lanes
+                } else {
+                    1
+                }
             }
 
             async fn migrate(&self) -> Result<(), StoreError> {
@@ -1072,7 +1083,7 @@ mod tests {
         let predicate = format!("WHERE {};", super::moves_rollouts_predicate());
         assert!(
             words(migration).contains(&words(&predicate)),
-            "migration 0013 does not end with {predicate}"
+            "migration 0013 does not hold {predicate}"
         );
     }
 }
