@@ -381,31 +381,22 @@ impl Batcher {
     /// its data, the piece is split until the refused rows are found; they are quarantined and
     /// the rest lands. Any other failure returns what has not landed yet.
     async fn land(&mut self, batch: Batch) -> Result<(), Unlanded> {
+        // Each piece with its attempt, when one was already made.
         let mut queue = VecDeque::new();
         match spread(batch, self.store.write_lanes()) {
             Ok((a, b)) => {
                 let (first, second) = tokio::join!(self.attempt(&a), self.attempt(&b));
-                let mut failed: Option<(String, Batch)> = None;
-                for (piece, attempt) in [(a, first), (b, second)] {
-                    match attempt {
-                        Attempt::Landed(fenced) => self.landed(&piece, fenced),
-                        Attempt::Refused(err) => queue.push_back((piece, Some(err))),
-                        Attempt::Failed(error) => match &mut failed {
-                            Some((_, rest)) => rest.absorb(piece),
-                            None => failed = Some((error, piece)),
-                        },
-                    }
-                }
-                if let Some((error, piece)) = failed {
-                    return Err(unlanded(error, piece, queue));
-                }
+                // A half that landed is counted first: a failure returns whatever is still
+                // queued, which must not hold it.
+                let mut tried = [(a, first), (b, second)];
+                tried.sort_by_key(|(_, attempt)| !matches!(attempt, Attempt::Landed(_)));
+                queue.extend(tried.map(|(piece, attempt)| (piece, Some(attempt))));
             }
             Err(whole) => queue.push_back((whole, None)),
         }
-        // Each piece with the refusal already heard for it, if any.
-        while let Some((piece, refusal)) = queue.pop_front() {
-            let attempt = match refusal {
-                Some(err) => Attempt::Refused(err),
+        while let Some((piece, tried)) = queue.pop_front() {
+            let attempt = match tried {
+                Some(attempt) => attempt,
                 None => self.attempt(&piece).await,
             };
             let err = match attempt {
@@ -576,7 +567,7 @@ fn next_retry(last: Duration) -> Duration {
 fn unlanded(
     error: String,
     mut piece: Batch,
-    queue: VecDeque<(Batch, Option<StoreError>)>,
+    queue: VecDeque<(Batch, Option<Attempt>)>,
 ) -> Unlanded {
     for (later, _) in queue {
         piece.absorb(later);
