@@ -239,8 +239,7 @@ async fn a_refused_row_in_a_batch_written_in_two_halves_is_quarantined_alone() {
 /// every row of half the collectors (ADR 0075): the rows' creating transactions say so.
 #[tokio::test]
 async fn a_large_batch_lands_on_postgresql_as_two_transactions_of_half_the_collectors() {
-    use opampd::collector::facts::Changed;
-    use opampd::collector::persist::{Change, Hot};
+    use crate::store::{record_change, transition_change};
     use opampd::collector::{Collector, CollectorId, Transition};
 
     let db = fresh_database(Backend::Postgres).await;
@@ -249,24 +248,16 @@ async fn a_large_batch_lands_on_postgresql_as_two_transactions_of_half_the_colle
     for _ in 0..300 {
         let mut c = Collector::new(CollectorId::new_v7());
         c.state = Some(S::Connected);
-        changes.push(Change::Record {
-            hot: Box::new(Hot::of(&c).unwrap()),
-            facts: Box::new(Changed::all().take(&c)),
-            epoch: 1,
-            create: true,
-        });
-        changes.push(Change::Transition {
-            id: c.id,
-            epoch: 1,
-            transition: Transition {
-                from: None,
-                to: S::Connected,
-                reason: R::Initial,
-                message: String::new(),
-                at: std::time::SystemTime::now(),
-                cause: None,
-            },
-        });
+        changes.push(record_change(&c, 1, true));
+        let arrival = Transition {
+            from: None,
+            to: S::Connected,
+            reason: R::Initial,
+            message: String::new(),
+            at: std::time::SystemTime::now(),
+            cause: None,
+        };
+        changes.push(transition_change(c.id, 1, arrival));
     }
     let (writer, _) = written_in_one_batch(&store, changes).await;
     writer.finish(DEADLINE).await;
@@ -297,8 +288,7 @@ async fn a_large_batch_lands_on_postgresql_as_two_transactions_of_half_the_colle
 }
 
 async fn quarantine_among(collectors: usize) {
-    use opampd::collector::facts::{Changed, FactParts};
-    use opampd::collector::persist::{Change, Hot};
+    use crate::store::{health_change, record_change, transition_change};
     use opampd::collector::{Collector, CollectorId, Health, Transition};
 
     let db = fresh_database(Backend::Postgres).await;
@@ -313,43 +303,27 @@ async fn quarantine_among(collectors: usize) {
         c
     };
     let at = std::time::SystemTime::now();
-    let moved = |id: CollectorId| Change::Transition {
-        id,
-        epoch: 1,
-        transition: Transition {
+    let moved = |id: CollectorId| {
+        let transition = Transition {
             from: Some(S::Connected),
             to: S::Error,
             reason: R::RuntimeError,
             message: String::new(),
             at,
             cause: None,
-        },
+        };
+        transition_change(id, 1, transition)
     };
     let ids: Vec<CollectorId> = (0..collectors).map(|_| CollectorId::new_v7()).collect();
-    let created = ids.iter().map(|id| {
-        let c = record(*id, S::Connected, "");
-        Change::Record {
-            hot: Box::new(Hot::of(&c).unwrap()),
-            facts: Box::new(Changed::all().take(&c)),
-            epoch: 1,
-            create: true,
-        }
-    });
+    let created = ids
+        .iter()
+        .map(|id| record_change(&record(*id, S::Connected, ""), 1, true));
     let (writer, _) = written_in_one_batch(&store, created.collect()).await;
     writer.finish(DEADLINE).await;
     let mut updates = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let error = if i == 2 { "bad\0byte" } else { "exporter down" };
-        let c = record(*id, S::Error, error);
-        updates.push(Change::Record {
-            hot: Box::new(Hot::of(&c).unwrap()),
-            facts: Box::new(FactParts {
-                health: c.health.clone(),
-                ..FactParts::default()
-            }),
-            epoch: 1,
-            create: false,
-        });
+        updates.push(health_change(&record(*id, S::Error, error), 1));
         updates.push(moved(*id));
     }
     let (writer, metrics) = written_in_one_batch(&store, updates).await;

@@ -154,6 +154,19 @@ pub(crate) fn record_change(c: &Collector, epoch: Epoch, create: bool) -> Change
     }
 }
 
+/// What an actor hands over when only `c`'s health changed: its hot part and that facts part.
+pub(crate) fn health_change(c: &Collector, epoch: Epoch) -> Change {
+    Change::Record {
+        hot: Box::new(Hot::of(c).expect("a record with a state")),
+        facts: Box::new(FactParts {
+            health: c.health.clone(),
+            ..FactParts::default()
+        }),
+        epoch,
+        create: false,
+    }
+}
+
 pub(crate) fn transition_change(id: CollectorId, epoch: Epoch, transition: Transition) -> Change {
     Change::Transition {
         id,
@@ -279,15 +292,7 @@ async fn facts_are_written_part_by_part_and_a_touch_moves_only_last_seen(backend
     });
     record.state = Some(State::Connected);
     store
-        .write(&batch_of([Change::Record {
-            hot: Box::new(Hot::of(&record).unwrap()),
-            facts: Box::new(FactParts {
-                health: record.health.clone(),
-                ..FactParts::default()
-            }),
-            epoch: 1,
-            create: false,
-        }]))
+        .write(&batch_of([health_change(&record, 1)]))
         .await
         .unwrap();
     let loaded = store.load(id).await.unwrap().unwrap();
