@@ -1163,3 +1163,74 @@ crate::on_both_stores!(
     quarantined_rows_are_kept_with_their_error,
     configuration_versions_count_up_and_never_repeat,
 );
+
+/// Rows of `collectors` PostgreSQL has counted as read by scans, and the scans: by statistics a
+/// backend reports once it has been idle a moment, so a count is waited for, never slept on.
+async fn rows_read(pool: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT COALESCE(t.seq_tup_read, 0) + COALESCE(i.idx_tup_read, 0), \
+                COALESCE(t.seq_scan, 0) + COALESCE(t.idx_scan, 0) \
+         FROM pg_stat_user_tables t JOIN pg_stat_user_indexes i ON i.relid = t.relid \
+         WHERE t.relname = 'collectors' AND i.indexrelname = 'collectors_pkey'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A claim's plan is kept by its connection once it has run a few times. Planned while the table
+/// was empty, it read the whole table on every later claim (ADR 0077): claims on a table that
+/// has grown since still read only the rows they look up.
+#[tokio::test]
+async fn claims_planned_on_an_empty_table_still_look_collectors_up_by_key() {
+    let db = fresh_database(Backend::Postgres).await;
+    let store = open_store(&db.url, "a").await;
+    for _ in 0..100 {
+        assert!(
+            store
+                .claim(&[CollectorId::new_v7()])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let records: Vec<_> = (0..2000)
+        .map(|_| full_record(CollectorId::new_v7(), State::Connected))
+        .collect();
+    store.write(&creating(&records, Vec::new())).await.unwrap();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let (read_before, scans_before) = crate::support::eventually("the creates counted", || async {
+        let inserted: (i64,) = sqlx::query_as(
+            "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'collectors'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if inserted.0 >= 2000 {
+            Some(rows_read(&pool).await)
+        } else {
+            None
+        }
+    })
+    .await;
+    let claims = 50;
+    for _ in 0..claims {
+        assert!(
+            store
+                .claim(&[CollectorId::new_v7()])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let (read, _) = crate::support::eventually("the claims counted", || async {
+        let (read, scans) = rows_read(&pool).await;
+        (scans >= scans_before + claims).then_some((read, scans))
+    })
+    .await;
+    assert!(
+        read - read_before < 2000,
+        "{claims} claims read {} rows of a table of 2,000",
+        read - read_before
+    );
+}

@@ -302,12 +302,12 @@ macro_rules! sql_writes {
                 let mut claimed = Vec::new();
                 for chunk in ids.chunks(CHUNK) {
                     let ids: Vec<String> = chunk.iter().map(ToString::to_string).collect();
-                    let (open, close) = d.id_list;
+                    let (open, close) = d.id_lookup;
                     let mut q = QueryBuilder::<$db>::new(
                         "UPDATE collectors SET epoch = epoch + 1, node = ",
                     );
                     q.push_bind(node.to_owned())
-                        .push(format!(" WHERE id IN {open}"))
+                        .push(format!(" WHERE id{open}"))
                         .push_bind(sqlx::types::Json(ids))
                         .push(format!("{close} RETURNING {RECORD_COLUMNS}"));
                     let rows = q.build_query_as::<RecordRow>().fetch_all(&mut **tx).await?;
@@ -334,12 +334,13 @@ macro_rules! sql_writes {
                     return Ok(Vec::new());
                 }
                 let d: &Dialect = &$dialect;
-                let (open, close) = d.id_list;
                 let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+                let (open, close) = d.id_lookup;
                 let mut q = QueryBuilder::<$db>::new(format!(
-                    "SELECT id, part, value FROM collector_facts WHERE id IN {open}"
+                    "SELECT id, part, value FROM collector_facts WHERE id{open}"
                 ));
                 q.push_bind(sqlx::types::Json(ids)).push(close);
+                let (open, close) = d.id_list;
                 if let Some(parts) = parts {
                     if parts.is_empty() {
                         return rows
