@@ -194,6 +194,12 @@ fn creating(records: &[Collector], transitions: Vec<(CollectorId, Transition)>) 
     )
 }
 
+/// Claims a collector the store has never seen: nothing is found.
+async fn claim_of_a_stranger(store: &dyn Store) {
+    let found = store.claim(&[CollectorId::new_v7()]).await.unwrap();
+    assert!(found.is_empty(), "a claim found a record nobody wrote");
+}
+
 async fn label(store: &dyn Store, c: &Collector) {
     store
         .edit_labels(c.id, &LabelEdit::Replace(c.labels.clone()))
@@ -324,13 +330,7 @@ async fn writes_under_a_superseded_claim_are_refused(backend: Backend) {
         .unwrap();
     label(store.as_ref(), &record).await;
 
-    assert!(
-        store
-            .claim(&[CollectorId::new_v7()])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    claim_of_a_stranger(store.as_ref()).await;
     let claimed = store.claim(&[id]).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].epoch, 2, "the first claim after the creation");
@@ -1186,13 +1186,7 @@ async fn claims_planned_on_an_empty_table_still_look_collectors_up_by_key() {
     let db = fresh_database(Backend::Postgres).await;
     let store = open_store(&db.url, "a").await;
     for _ in 0..100 {
-        assert!(
-            store
-                .claim(&[CollectorId::new_v7()])
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        claim_of_a_stranger(store.as_ref()).await;
     }
     let records: Vec<_> = (0..2000)
         .map(|_| full_record(CollectorId::new_v7(), State::Connected))
@@ -1215,13 +1209,7 @@ async fn claims_planned_on_an_empty_table_still_look_collectors_up_by_key() {
     .await;
     let claims = 50;
     for _ in 0..claims {
-        assert!(
-            store
-                .claim(&[CollectorId::new_v7()])
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        claim_of_a_stranger(store.as_ref()).await;
     }
     let (read, _) = crate::support::eventually("the claims counted", || async {
         let (read, scans) = rows_read(&pool).await;
