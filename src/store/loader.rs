@@ -1,12 +1,15 @@
 //! Claims for actors, in batches: each collector's actor asks for its record alone, and the loader
-//! answers all the questions that arrived while the previous claim ran with one statement, so a
-//! fleet reconnecting at once costs a few round trips, not one each.
+//! answers all the questions that arrived while the previous claim ran, or within a few
+//! milliseconds of the first, with one statement, so a fleet connecting at once costs a few
+//! round trips, not one each.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::Store;
 use crate::collector::CollectorId;
@@ -17,6 +20,11 @@ const MOST: usize = 500;
 /// Claims running at once: enough to keep the pool busy, few enough to leave it for writes.
 const CONCURRENT: usize = 4;
 const QUEUE: usize = 4096;
+/// How long a question that finds the loader idle waits for others to share its claim (ADR
+/// 0078). A claim that takes a millisecond carried one collector each in a ramp of 1,000 a
+/// second: on PostgreSQL, 11 statements per new collector from claims and the small writes that
+/// followed them, against 2.8 with this wait.
+const GATHER: Duration = Duration::from_millis(5);
 
 type Reply = oneshot::Sender<Result<Option<Claimed>, LoadError>>;
 
@@ -61,6 +69,13 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>) {
             match rx.recv().await {
                 Some(first) => held.push(first),
                 None => return,
+            }
+            let until = Instant::now() + GATHER;
+            while held.len() < MOST {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(request)) => held.push(request),
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
         while held.len() < MOST {
