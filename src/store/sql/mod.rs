@@ -53,12 +53,11 @@ struct Dialect {
     label_suffix: &'static str,
     /// The labels with a JSON merge patch (the bound value) applied: null removes a label.
     merge_labels: (&'static str, &'static str),
-    /// A bound JSON array of strings as an `IN` list: `open <bind> close`.
-    id_list: (&'static str, &'static str),
-    /// `id` is one of a bound JSON array of ids, as a condition an index answers: `id open
-    /// <bind> close`. PostgreSQL plans an `IN` of a set-returning function as a join, which
-    /// reads the whole index when the table looked small at planning (ADR 0077).
-    id_lookup: (&'static str, &'static str),
+    /// A value is one of a JSON array of strings: `<value> open <array> close`. On PostgreSQL
+    /// an `= ANY` of an array, which an index answers as a lookup; an `IN` of a set-returning
+    /// function is planned as a join, which read the whole table or index when it looked small
+    /// at planning (ADR 0077).
+    in_list: (&'static str, &'static str),
     /// Begins a transaction that reads and then writes. SQLite must take the write lock at once:
     /// a deferred transaction that read first is refused its write, at once and without the busy
     /// wait (`SQLITE_BUSY_SNAPSHOT`), whenever another connection committed in between.
@@ -86,8 +85,7 @@ const SQLITE: Dialect = Dialect {
     label_prefix: "json_extract(labels, '$.\"' || ",
     label_suffix: " || '\"')",
     merge_labels: ("json_patch(labels, ", ")"),
-    id_list: ("(SELECT value FROM json_each(", "))"),
-    id_lookup: (" IN (SELECT value FROM json_each(", "))"),
+    in_list: (" IN (SELECT value FROM json_each(", "))"),
     begin_read_then_write: "BEGIN IMMEDIATE",
     // One writer: positions are committed in order already.
     history_begin: None,
@@ -106,8 +104,7 @@ const POSTGRES: Dialect = Dialect {
     // Labels never hold nulls, so stripping them removes exactly the labels the patch removed.
     merge_labels: ("jsonb_strip_nulls(labels || ", ")"),
     begin_read_then_write: "BEGIN",
-    id_list: ("(SELECT jsonb_array_elements_text(", "))"),
-    id_lookup: (" = ANY(ARRAY(SELECT jsonb_array_elements_text(", ")))"),
+    in_list: (" = ANY(ARRAY(SELECT jsonb_array_elements_text(", ")))"),
     history_begin: Some(super::cluster::HISTORY_LOCK),
     history_end: Some(super::cluster::HISTORY_NOTIFY),
     // A failed statement fails the whole transaction already.
@@ -670,10 +667,9 @@ macro_rules! sql_store {
                     let mut any = q.separated(" OR ");
                     for name in &query.custom_capabilities {
                         any.push_bind(name.clone());
-                        any.push_unseparated(" IN ");
-                        any.push_unseparated(d.id_list.0);
+                        any.push_unseparated(d.in_list.0);
                         any.push_unseparated("p.value");
-                        any.push_unseparated(d.id_list.1);
+                        any.push_unseparated(d.in_list.1);
                     }
                     q.push("))");
                 }

@@ -53,9 +53,8 @@ macro_rules! sql_writes {
                     }
                     let ids: Vec<String> = deleted.into_iter().map(|(id,)| id).collect();
                     for table in ["transitions WHERE collector_id", "collector_facts WHERE id"] {
-                        let (open, close) = d.id_list;
-                        let mut q =
-                            QueryBuilder::<$db>::new(format!("DELETE FROM {table} IN {open}"));
+                        let (open, close) = d.in_list;
+                        let mut q = QueryBuilder::<$db>::new(format!("DELETE FROM {table}{open}"));
                         q.push_bind(sqlx::types::Json(&ids)).push(close);
                         q.build().execute(&mut **tx).await?;
                     }
@@ -302,7 +301,7 @@ macro_rules! sql_writes {
                 let mut claimed = Vec::new();
                 for chunk in ids.chunks(CHUNK) {
                     let ids: Vec<String> = chunk.iter().map(ToString::to_string).collect();
-                    let (open, close) = d.id_lookup;
+                    let (open, close) = d.in_list;
                     let mut q = QueryBuilder::<$db>::new(
                         "UPDATE collectors SET epoch = epoch + 1, node = ",
                     );
@@ -335,12 +334,11 @@ macro_rules! sql_writes {
                 }
                 let d: &Dialect = &$dialect;
                 let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-                let (open, close) = d.id_lookup;
+                let (open, close) = d.in_list;
                 let mut q = QueryBuilder::<$db>::new(format!(
                     "SELECT id, part, value FROM collector_facts WHERE id{open}"
                 ));
                 q.push_bind(sqlx::types::Json(ids)).push(close);
-                let (open, close) = d.id_list;
                 if let Some(parts) = parts {
                     if parts.is_empty() {
                         return rows
@@ -351,7 +349,7 @@ macro_rules! sql_writes {
                             })
                             .collect();
                     }
-                    q.push(format!(" AND part IN {open}"))
+                    q.push(format!(" AND part{open}"))
                         .push_bind(sqlx::types::Json(parts.to_vec()))
                         .push(close);
                 }
