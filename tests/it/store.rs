@@ -17,7 +17,7 @@ use opampd::store::{
     After, Batch, CollectorQuery, ConfigurationFile, EventFilter, LabelEdit, SortKey, Store,
 };
 
-use crate::support::{Backend, Database, fresh_database, open_store};
+use crate::support::{Backend, Database, eventually, fresh_database, open_store};
 
 /// A time the databases keep exactly (microseconds).
 fn at(seconds: u64) -> SystemTime {
@@ -1164,11 +1164,13 @@ crate::on_both_stores!(
     configuration_versions_count_up_and_never_repeat,
 );
 
-/// Rows of `collectors` PostgreSQL has counted as read by scans, and the scans: by statistics a
-/// backend reports once it has been idle a moment, so a count is waited for, never slept on.
-async fn rows_read(pool: &sqlx::PgPool) -> (i64, i64) {
+/// What PostgreSQL's statistics say of `collectors`: rows inserted, rows read by scans of the
+/// table or its key, and those scans. A backend reports them once it has been idle a moment, so
+/// a count is waited for, never slept on.
+async fn counted(pool: &sqlx::PgPool) -> (i64, i64, i64) {
     sqlx::query_as(
-        "SELECT COALESCE(t.seq_tup_read, 0) + COALESCE(i.idx_tup_read, 0), \
+        "SELECT t.n_tup_ins, \
+                COALESCE(t.seq_tup_read, 0) + COALESCE(i.idx_tup_read, 0), \
                 COALESCE(t.seq_scan, 0) + COALESCE(t.idx_scan, 0) \
          FROM pg_stat_user_tables t JOIN pg_stat_user_indexes i ON i.relid = t.relid \
          WHERE t.relname = 'collectors' AND i.indexrelname = 'collectors_pkey'",
@@ -1193,27 +1195,18 @@ async fn claims_planned_on_an_empty_table_still_look_collectors_up_by_key() {
         .collect();
     store.write(&creating(&records, Vec::new())).await.unwrap();
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let (read_before, scans_before) = crate::support::eventually("the creates counted", || async {
-        let inserted: (i64,) = sqlx::query_as(
-            "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'collectors'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if inserted.0 >= 2000 {
-            Some(rows_read(&pool).await)
-        } else {
-            None
-        }
+    let (read_before, scans_before) = eventually("the creates counted", || async {
+        let (inserted, read, scans) = counted(&pool).await;
+        (inserted >= 2000).then_some((read, scans))
     })
     .await;
     let claims = 50;
     for _ in 0..claims {
         claim_of_a_stranger(store.as_ref()).await;
     }
-    let (read, _) = crate::support::eventually("the claims counted", || async {
-        let (read, scans) = rows_read(&pool).await;
-        (scans >= scans_before + claims).then_some((read, scans))
+    let read = eventually("the claims counted", || async {
+        let (_, read, scans) = counted(&pool).await;
+        (scans >= scans_before + claims).then_some(read)
     })
     .await;
     assert!(
