@@ -1,9 +1,12 @@
 //! Issue 11's table: every figure of it measured on the real `opampd` binary (release), started
 //! fresh for each scenario on a fresh database, driven by the load generator in this process,
-//! on SQLite and on PostgreSQL with fsync on. Prints each store's figures as a Markdown table,
-//! with the goal beside each and whether it is met, then one JSON line per store.
+//! on SQLite and on PostgreSQL with fsync on, and the same WebSocket rows on the floor
+//! (`floor.rs`: collectors answered, nothing kept), which is what this machine charges any server
+//! for the transport. Prints each one's figures as a Markdown table, with the goal beside each
+//! and whether it is met, then one JSON line each.
 //!
-//! `cargo bench --bench figures` (`FIGURES_BACKENDS=sqlite` or `postgres` for one store only;
+//! `cargo bench --bench figures` (`FIGURES_BACKENDS`, a comma list of `sqlite`, `postgres` and
+//! `floor`, for some only;
 //! sizes: `FIGURES_IDLE_WS` 15,000, `FIGURES_IDLE_HTTP` 5,000, `FIGURES_HEARTBEAT_COLLECTORS`
 //! 10,000, `FIGURES_BURST_COLLECTORS` 5,000, `FIGURES_VISIBLE_RATE` 10,000 changes/s,
 //! `FIGURES_STORM_COLLECTORS` 19,000, `FIGURES_SECONDS` 30 per measurement, `FIGURES_RATE` 1,000
@@ -20,6 +23,8 @@
     dead_code
 )]
 
+#[path = "support/floor.rs"]
+mod floor;
 mod support;
 use support::{load, postgres, server, visibility};
 
@@ -33,6 +38,8 @@ use server::{Server, free_port, setting};
 
 /// Where each scenario's database comes from.
 enum Databases {
+    /// No database: the floor (`floor.rs`) in place of opampd.
+    Floor,
     Sqlite(tempfile::TempDir),
     /// A throwaway server with fsync on, a database per scenario.
     Postgres(postgres::PgServer),
@@ -42,6 +49,9 @@ enum Databases {
 
 impl Databases {
     async fn open(backend: &str) -> Self {
+        if backend == FLOOR {
+            return Self::Floor;
+        }
         if backend == "sqlite" {
             return Self::Sqlite(tempfile::tempdir().unwrap());
         }
@@ -58,6 +68,7 @@ impl Databases {
             Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join(scenario).display()),
             Self::Postgres(pg) => pg.create_database(scenario).await,
             Self::Shared(url) => url.clone(),
+            Self::Floor => String::new(),
         }
     }
 }
@@ -77,7 +88,11 @@ async fn fresh(databases: &mut Databases, scenario: &str, client: &reqwest::Clie
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let mut server = Server::start(data.path(), &database, &opamp, &api, &[]);
+    let mut server = if matches!(databases, Databases::Floor) {
+        Server::itself(&opamp, &[(floor::SERVE, &opamp)])
+    } else {
+        Server::start(data.path(), &database, &opamp, &api, &[])
+    };
     server.ready(client).await;
     Fresh {
         server,
@@ -127,9 +142,15 @@ async fn measure(mut fresh: Fresh, args: Args) -> Report {
     report
 }
 
-/// Whether `FIGURES_SCENARIOS` (a comma list; default: all) names this scenario.
-fn wanted(scenario: &str) -> bool {
-    std::env::var("FIGURES_SCENARIOS").map_or(true, |s| s.split(',').any(|x| x.trim() == scenario))
+/// The backend that is not opampd: the floor, measured with the same load.
+const FLOOR: &str = "floor";
+
+/// Whether `FIGURES_SCENARIOS` (a comma list; default: all) names this scenario, and `backend`
+/// can run it: the floor speaks WebSocket only and has no API to probe.
+fn wanted(backend: &str, scenario: &str) -> bool {
+    let runs = backend != FLOOR || !matches!(scenario, "idle_http" | "visible");
+    runs && std::env::var("FIGURES_SCENARIOS")
+        .map_or(true, |s| s.split(',').any(|x| x.trim() == scenario))
 }
 
 /// `n` collectors over `scheme` against a fresh server, with the mode's flags.
@@ -203,13 +224,13 @@ async fn figures(backend: &str) -> Value {
     // The paced run and its probe go before the storm, which leaves the most sockets behind.
     let (before_storm, storm) = plan.split_at(4);
     for (name, scheme, n, extra, what) in before_storm {
-        if wanted(name) {
+        if wanted(backend, name) {
             eprintln!("{backend}: {what} (load average {})", loadavg());
             let report = scenario(&mut databases, &client, name, scheme, *n, extra).await;
             out.insert((*name).into(), report);
         }
     }
-    if wanted("visible") {
+    if wanted(backend, "visible") {
         eprintln!(
             "{backend}: {n_burst} WebSocket collectors, {rate} changes/s in all, and the probe \
              (load average {})",
@@ -221,7 +242,7 @@ async fn figures(backend: &str) -> Value {
         out.insert("visible".into(), json!(visible));
     }
     for (name, scheme, n, extra, what) in storm {
-        if wanted(name) {
+        if wanted(backend, name) {
             eprintln!("{backend}: {what} (load average {})", loadavg());
             let report = scenario(&mut databases, &client, name, scheme, *n, extra).await;
             out.insert((*name).into(), report);
@@ -385,7 +406,12 @@ fn rows(backend: &str, f: &Value) -> Vec<Row> {
 }
 
 fn markdown(backend: &str, f: &Value, rows: &[Row]) -> String {
-    let mut out = format!("| figure | opampd, {backend} | goal | |\n|---|---|---|---|\n");
+    let who = if backend == FLOOR {
+        "the floor: WebSocket answered, nothing kept".to_owned()
+    } else {
+        format!("opampd, {backend}")
+    };
+    let mut out = format!("| figure | {who} | goal | |\n|---|---|---|---|\n");
     for row in rows {
         let (figure, met) = match (f[row.from].is_null(), row.met) {
             (true, _) => ("not measured", ""),
@@ -398,11 +424,15 @@ fn markdown(backend: &str, f: &Value, rows: &[Row]) -> String {
 }
 
 fn main() {
+    if let Ok(addr) = std::env::var(floor::SERVE) {
+        floor::serve(&addr);
+        return;
+    }
     server::runtime().block_on(async {
-        let backends =
-            std::env::var("FIGURES_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+        let backends = std::env::var("FIGURES_BACKENDS")
+            .unwrap_or_else(|_| format!("sqlite,postgres,{FLOOR}"));
         let mut results = Vec::new();
-        for backend in ["sqlite", "postgres"] {
+        for backend in ["sqlite", "postgres", FLOOR] {
             if backends.contains(backend) {
                 results.push((backend, figures(backend).await));
             }

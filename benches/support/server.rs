@@ -86,17 +86,38 @@ impl Server {
         }
     }
 
+    /// This benchmark's own executable started again with `env`, as a server of the bench's own
+    /// on `opamp` (the figures bench's floor). It has no API: it is ready once it accepts.
+    pub fn itself(opamp: &str, env: &[(&str, &str)]) -> Self {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .stdout(Stdio::null())
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("the bench starts again");
+        Self {
+            child,
+            opamp: opamp.to_owned(),
+            api: String::new(),
+            data: std::path::PathBuf::new(),
+            database: String::new(),
+        }
+    }
+
     pub async fn ready(&mut self, client: &reqwest::Client) -> Duration {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("the server exited at start-up: {status}");
             }
-            let ready = client
-                .get(format!("http://{}/readyz", self.api))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
+            let ready = if self.api.is_empty() {
+                tokio::net::TcpStream::connect(&self.opamp).await.is_ok()
+            } else {
+                client
+                    .get(format!("http://{}/readyz", self.api))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            };
             if ready {
                 return started.elapsed();
             }
