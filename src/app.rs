@@ -397,7 +397,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics.clone(),
     );
     let store_health = Arc::clone(&writer.health);
-    let persistence = Persistence::new(changes, Arc::new(StoreRecords::spawn(Arc::clone(&store))));
+    let records = StoreRecords::spawn(Arc::clone(&store), &metrics);
+    let persistence = Persistence::new(changes, Arc::new(records));
     let ca = load_ca(&config, &metrics, &shutdown)?;
     let (registry, offers) = registry(
         &config,

@@ -47,6 +47,8 @@ pub mod metrics {
     pub const BUS_DROPPED: &str = "opampd_bus_dropped_subscribers_total";
     pub const STORE_QUARANTINED: &str = "opampd_store_quarantined_total";
     pub const STORE_FENCED: &str = "opampd_store_fenced_total";
+    pub const STORE_CLAIMS: &str = "opampd_store_claims_total";
+    pub const STORE_CLAIMED: &str = "opampd_store_claimed_collectors_total";
     pub const RESIDENT: &str = "opampd_resident_collectors";
     pub const RESIDENT_REFUSED: &str = "opampd_resident_refused_total";
     pub const DUPLICATE_UIDS: &str = "opampd_duplicate_uids_total";

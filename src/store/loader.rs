@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::Store;
 use crate::collector::CollectorId;
 use crate::collector::persist::{Claimed, LoadError, Records};
+use crate::telemetry::metrics::{self, Metrics};
 
 /// Most records claimed by one statement.
 const MOST: usize = 500;
@@ -39,10 +40,15 @@ pub struct StoreRecords {
 }
 
 impl StoreRecords {
-    /// Starts the loader; it stops when this is dropped.
-    pub fn spawn(store: Arc<dyn Store>) -> Self {
+    /// Starts the loader; it stops when this is dropped. It counts its statements, and the
+    /// collectors they asked for, in `metrics`: their ratio is how well claims are shared.
+    pub fn spawn(store: Arc<dyn Store>, metrics: &Metrics) -> Self {
         let (requests, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, rx));
+        let counted = Counted {
+            statements: metrics.counter(metrics::STORE_CLAIMS, &[]),
+            collectors: metrics.counter(metrics::STORE_CLAIMED, &[]),
+        };
+        tokio::spawn(run(store, rx, counted));
         Self { requests }
     }
 }
@@ -61,7 +67,13 @@ impl Records for StoreRecords {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>) {
+/// The claim statements made, and the collectors they asked for.
+struct Counted {
+    statements: ::metrics::Counter,
+    collectors: ::metrics::Counter,
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, counted: Counted) {
     let permits = Arc::new(Semaphore::new(CONCURRENT));
     let mut held: Vec<Request> = Vec::new();
     loop {
@@ -93,6 +105,8 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>) {
         let (batch, rest): (Vec<Request>, Vec<Request>) =
             held.drain(..).partition(|r| seen.insert(r.id));
         held = rest;
+        counted.statements.increment(1);
+        counted.collectors.increment(batch.len() as u64);
         let store = Arc::clone(&store);
         tokio::spawn(async move {
             let ids: Vec<CollectorId> = batch.iter().map(|r| r.id).collect();

@@ -233,3 +233,43 @@ async fn a_lagging_bus_subscriber_is_dropped_and_counted() {
         "every transition happened"
     );
 }
+
+/// Collectors that arrive together share their claims: a hundred WebSockets opened first, then
+/// every first message sent at once, are claimed from the store in a few statements (one, here),
+/// not one each, and the metrics count both the statements and the collectors they asked for.
+/// (Whether claims a few milliseconds apart also share one, ADR 0078's wait, depends on timing:
+/// that is measured in docs/performance.md, not tested.)
+#[tokio::test]
+async fn collectors_arriving_together_share_their_claims() {
+    const N: u64 = 100;
+    let server = TestServer::start().await;
+    let mut clients =
+        futures_util::future::join_all((0..N).map(|_| WsClient::connect(&server.ws_url))).await;
+    let idle = Api::new(&server.api_url).metrics().await;
+    assert_eq!(
+        idle.value(STORE_CLAIMS, &[]),
+        0,
+        "no claim before a message"
+    );
+    let firsts = clients.iter_mut().map(|client| async move {
+        let uid = new_uid();
+        let reply = client.exchange(&hello(&uid, 0)).await;
+        assert_eq!(reply.instance_uid, uid, "answered after its claim");
+    });
+    within(
+        "every first message answered",
+        futures_util::future::join_all(firsts),
+    )
+    .await;
+    let m = Api::new(&server.api_url).metrics().await;
+    assert_eq!(
+        m.value(STORE_CLAIMED, &[]),
+        N,
+        "each collector claimed once"
+    );
+    let statements = m.value(STORE_CLAIMS, &[]);
+    assert!(
+        (1..=N / 4).contains(&statements),
+        "{statements} claim statements for {N} collectors arriving together"
+    );
+}
