@@ -59,7 +59,8 @@ impl Server {
         api: &str,
         env: &[(&str, &str)],
     ) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_opampd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_opampd"));
+        command
             .args([
                 "--opamp-listen",
                 opamp,
@@ -72,7 +73,27 @@ impl Server {
             .env("OPAMPD_SERVER__DATA_DIR", data)
             .env("OPAMPD_OPAMP__MAX_CONNECTIONS", "20000")
             .env("OPAMPD_SERVER__SHUTDOWN_TIMEOUT", "60s")
-            .current_dir(data)
+            .current_dir(data);
+        Self::spawn(command, env, opamp, api, data, database)
+    }
+
+    /// This benchmark's own executable started again with `env`, as a server of the bench's own
+    /// on `opamp` (the figures bench's floor). It has no API: it is ready once it accepts.
+    pub fn itself(opamp: &str, env: &[(&str, &str)]) -> Self {
+        let command = Command::new(std::env::current_exe().unwrap());
+        Self::spawn(command, env, opamp, "", std::path::Path::new(""), "")
+    }
+
+    /// `command`, with `env` added, started as the server on these addresses.
+    fn spawn(
+        mut command: Command,
+        env: &[(&str, &str)],
+        opamp: &str,
+        api: &str,
+        data: &std::path::Path,
+        database: &str,
+    ) -> Self {
+        let child = command
             .stdout(Stdio::null())
             .envs(env.iter().copied())
             .spawn()
@@ -83,23 +104,6 @@ impl Server {
             api: api.to_owned(),
             data: data.to_owned(),
             database: database.to_owned(),
-        }
-    }
-
-    /// This benchmark's own executable started again with `env`, as a server of the bench's own
-    /// on `opamp` (the figures bench's floor). It has no API: it is ready once it accepts.
-    pub fn itself(opamp: &str, env: &[(&str, &str)]) -> Self {
-        let child = Command::new(std::env::current_exe().unwrap())
-            .stdout(Stdio::null())
-            .envs(env.iter().copied())
-            .spawn()
-            .expect("the bench starts again");
-        Self {
-            child,
-            opamp: opamp.to_owned(),
-            api: String::new(),
-            data: std::path::PathBuf::new(),
-            database: String::new(),
         }
     }
 
