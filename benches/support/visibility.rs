@@ -9,7 +9,10 @@ use opampd_load::agent::{Agent, Behaviour, Outgoing};
 use opampd_load::net::{Link, Target};
 use opampd_load::stats::{Latency, LatencySummary};
 
-/// Changes timed until `until`, over the OpAMP endpoint `url` and the API at `api`.
+/// Changes timed until `until`, over the OpAMP endpoint `url` and the API at `api`. Between two
+/// reads that did not show the change yet, the probe waits `FIGURES_PROBE_PAUSE_MS` (1 ms; 0 reads
+/// back to back): read back to back, its reads were a load of their own on PostgreSQL, which
+/// shares the two cores (docs/performance.md). A change is timed to within that pause.
 pub async fn probe(
     url: &str,
     api: &str,
@@ -21,6 +24,7 @@ pub async fn probe(
     let mut agent = Agent::new(0, "probe", Behaviour::default());
     let hello = agent.full_state();
     exchange(&mut link, &mut agent, hello).await;
+    let pause = Duration::from_millis(super::server::setting("FIGURES_PROBE_PAUSE_MS", 1));
     let latency = Latency::new();
     while Instant::now() < until {
         let id = uuid::Uuid::from_slice(agent.uid()).unwrap();
@@ -41,6 +45,9 @@ pub async fn probe(
                 sent.elapsed() < Duration::from_mins(1),
                 "the change never showed: {view}"
             );
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
         }
         latency.record(sent.elapsed());
         answer(&mut link, &mut agent, 1).await;
