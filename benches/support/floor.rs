@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use opampd::opamp::report::SERVER_CAPABILITIES;
 use opampd::proto;
 use prost::Message as _;
 use tokio::net::{TcpSocket, TcpStream};
@@ -15,12 +16,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// The variable that makes the bench's executable the floor, listening on its value.
 pub const SERVE: &str = "FIGURES_FLOOR_SERVE";
-
-/// What opampd says it can do, so each answer is the size of opampd's acknowledgement.
-const CAPABILITIES: u64 = proto::ServerCapabilities::AcceptsStatus as u64
-    | proto::ServerCapabilities::OffersRemoteConfig as u64
-    | proto::ServerCapabilities::AcceptsEffectiveConfig as u64
-    | proto::ServerCapabilities::OffersPackages as u64;
 
 /// Serves on `addr` until killed, on the same runtime opampd uses (Tokio, a worker per core).
 pub fn serve(addr: &str) {
@@ -65,7 +60,8 @@ async fn answer(stream: TcpStream) {
                 };
                 let reply = proto::ServerToAgent {
                     instance_uid: report.instance_uid,
-                    capabilities: CAPABILITIES,
+                    // What opampd says it can do: each answer is the size of opampd's.
+                    capabilities: SERVER_CAPABILITIES,
                     ..Default::default()
                 };
                 let mut bytes = Vec::with_capacity(1 + reply.encoded_len());
