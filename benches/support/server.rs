@@ -6,10 +6,15 @@ use std::time::{Duration, Instant};
 
 pub struct Server {
     child: Child,
-    opamp: String,
-    api: String,
-    data: std::path::PathBuf,
-    database: String,
+    ready: Ready,
+}
+
+/// How a started server shows that it is ready.
+enum Ready {
+    /// `GET /readyz` at this API address answers 200.
+    Api(String),
+    /// This OpAMP address accepts connections: a server with no API (the figures bench's floor).
+    Accepts(String),
 }
 
 /// A benchmark's size from the environment variable `name`, else `default`.
@@ -74,37 +79,24 @@ impl Server {
             .env("OPAMPD_OPAMP__MAX_CONNECTIONS", "20000")
             .env("OPAMPD_SERVER__SHUTDOWN_TIMEOUT", "60s")
             .current_dir(data);
-        Self::spawn(command, env, opamp, api, data, database)
+        Self::spawn(command, env, Ready::Api(api.to_owned()))
     }
 
     /// This benchmark's own executable started again with `env`, as a server of the bench's own
     /// on `opamp` (the figures bench's floor). It has no API: it is ready once it accepts.
     pub fn itself(opamp: &str, env: &[(&str, &str)]) -> Self {
         let command = Command::new(std::env::current_exe().unwrap());
-        Self::spawn(command, env, opamp, "", std::path::Path::new(""), "")
+        Self::spawn(command, env, Ready::Accepts(opamp.to_owned()))
     }
 
-    /// `command`, with `env` added, started as the server on these addresses.
-    fn spawn(
-        mut command: Command,
-        env: &[(&str, &str)],
-        opamp: &str,
-        api: &str,
-        data: &std::path::Path,
-        database: &str,
-    ) -> Self {
+    /// `command`, with `env` added, started as a server that shows it is ready as `ready` says.
+    fn spawn(mut command: Command, env: &[(&str, &str)], ready: Ready) -> Self {
         let child = command
             .stdout(Stdio::null())
             .envs(env.iter().copied())
             .spawn()
             .expect("the server starts");
-        Self {
-            child,
-            opamp: opamp.to_owned(),
-            api: api.to_owned(),
-            data: data.to_owned(),
-            database: database.to_owned(),
-        }
+        Self { child, ready }
     }
 
     pub async fn ready(&mut self, client: &reqwest::Client) -> Duration {
@@ -113,14 +105,13 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("the server exited at start-up: {status}");
             }
-            let ready = if self.api.is_empty() {
-                tokio::net::TcpStream::connect(&self.opamp).await.is_ok()
-            } else {
-                client
-                    .get(format!("http://{}/readyz", self.api))
+            let ready = match &self.ready {
+                Ready::Api(api) => client
+                    .get(format!("http://{api}/readyz"))
                     .send()
                     .await
-                    .is_ok_and(|r| r.status() == 200)
+                    .is_ok_and(|r| r.status() == 200),
+                Ready::Accepts(opamp) => tokio::net::TcpStream::connect(opamp).await.is_ok(),
             };
             if ready {
                 return started.elapsed();
