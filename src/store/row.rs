@@ -1,6 +1,7 @@
 //! A collector record, its facts and a transition as table rows, shared by both databases: the
 //! hot part of the record in columns of `collectors`, what the server tracks as one JSON document
-//! beside it, and the reported facts one JSON column per part in `collector_facts`.
+//! beside it, its health (which nearly every status change carries) in a JSON column beside
+//! that, and the other reported facts one row per part in `collector_facts`.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -112,6 +113,7 @@ pub struct RecordRow {
     pub facets: i64,
     pub labels: Json<BTreeMap<String, String>>,
     pub control: Json<serde_json::Value>,
+    pub health: Option<Json<serde_json::Value>>,
 }
 
 /// The hot part of a record as it is written.
@@ -134,6 +136,9 @@ pub struct HotRow {
     pub sequence_num: Option<i64>,
     pub facets: i64,
     pub control: Json<Box<RawValue>>,
+    /// The health the write brings; `None` keeps the stored one (health, like every reported
+    /// part, is replaced, never removed).
+    pub health: Option<Json<Box<RawValue>>>,
 }
 
 /// One reported part of a collector's facts, as it is read.
@@ -215,7 +220,8 @@ fn read_part<T: for<'de> Deserialize<'de>>(
 }
 
 impl HotRow {
-    pub fn new(hot: &Hot, epoch: Epoch) -> Self {
+    /// `facts` are those the write brings: the row takes their health.
+    pub fn new(hot: &Hot, facts: &FactParts, epoch: Epoch) -> Self {
         Self {
             id: hot.id.to_string(),
             epoch,
@@ -234,17 +240,18 @@ impl HotRow {
             sequence_num: hot.sequence_num.map(u64::cast_signed),
             facets: i64::from(hot.facets.bits()),
             control: raw(&ControlDoc::of(&hot.control)),
+            health: part(facts.health.as_ref()),
         }
     }
 }
 
 impl FactWrite {
-    /// The parts `facts` carries, one row each.
+    /// The parts `facts` carries, one row each; its health goes in the record's row instead
+    /// ([`HotRow::health`]).
     pub fn rows(id: CollectorId, epoch: Epoch, facts: &FactParts) -> Vec<Self> {
         let id = id.to_string();
         let parts = [
             ("description", part(facts.description.as_ref())),
-            ("health", part(facts.health.as_ref())),
             ("effective_config", part(facts.effective_config.as_ref())),
             (
                 "remote_config_status",
@@ -349,13 +356,15 @@ impl RecordRow {
             .and_then(DriftDoc::baseline)
             .map(Box::new);
         c.facets = Facets::from_bits(self.facets);
-        let mut parts = FactParts::default();
+        let mut parts = FactParts {
+            health: read_part(&self.id, "health", self.health)?,
+            ..FactParts::default()
+        };
         for f in facts {
             let id = &f.id;
             let value = Some(f.value);
             match f.part.as_str() {
                 "description" => parts.description = read_part(id, "description", value)?,
-                "health" => parts.health = read_part(id, "health", value)?,
                 "effective_config" => {
                     parts.effective_config = read_part(id, "effective config", value)?;
                 }

@@ -303,6 +303,20 @@ async fn facts_are_written_part_by_part_and_a_touch_moves_only_last_seen(backend
         .unwrap();
     let loaded = store.load(id).await.unwrap().unwrap();
     assert_eq!(facts(&loaded), facts(&record));
+    // A change that brings no facts (health rides in the record's row) keeps the stored health.
+    record.state = Some(State::Disconnected);
+    store
+        .write(&batch_of([Change::Record {
+            hot: Box::new(Hot::of(&record).expect("a record with a state")),
+            facts: Box::default(),
+            epoch: 1,
+            create: false,
+        }]))
+        .await
+        .unwrap();
+    let loaded = store.load(id).await.unwrap().unwrap();
+    assert_eq!(loaded.state, Some(State::Disconnected));
+    assert_eq!(facts(&loaded), facts(&record), "health and every part kept");
     store
         .write(&batch_of([Change::Touch {
             id,

@@ -168,7 +168,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The collectors row as it is read.
 const RECORD_COLUMNS: &str = "id, epoch, state, state_since, state_reason, state_message, \
-     connected, transport, connected_since, last_seen, capabilities, sequence_num, facets, labels, control";
+     connected, transport, connected_since, last_seen, capabilities, sequence_num, facets, labels, control, \
+     health";
 
 /// The hot part as it is written (the row source's column `v_c` into the table's `c`).
 const HOT: &[&str] = &[
@@ -189,6 +190,7 @@ const HOT: &[&str] = &[
     "sequence_num",
     "facets",
     "control",
+    "health",
 ];
 
 const TRANSITIONS: &[&str] = &[
@@ -199,7 +201,7 @@ const TRANSITIONS: &[&str] = &[
 /// statement has a few texts, each prepared once per connection. Every statement of a batch is a
 /// hand-off between the batcher's thread and the connection's (SQLite's worker thread): with 256
 /// rows at most, a burst's writer thread waited on the scheduler for a fifth of each batch.
-/// SQLite allows 32,766 bound values, PostgreSQL 65,535: 1,024 rows of 19 columns is 19,456.
+/// SQLite allows 32,766 bound values, PostgreSQL 65,535: 1,024 rows of 20 columns is 20,480.
 const SIZES: [usize; 6] = [1024, 256, 64, 16, 4, 1];
 
 /// `rows` in chunks of the [`SIZES`], largest first.

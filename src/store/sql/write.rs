@@ -81,8 +81,12 @@ macro_rules! sql_writes {
                         continue;
                     };
                     match (&write.hot, write.create) {
-                        (Some(hot), true) => creates.push(HotRow::new(hot, *epoch)),
-                        (Some(hot), false) => updates.push(HotRow::new(hot, *epoch)),
+                        (Some(hot), true) => {
+                            creates.push(HotRow::new(hot, &write.facts, *epoch));
+                        }
+                        (Some(hot), false) => {
+                            updates.push(HotRow::new(hot, &write.facts, *epoch));
+                        }
                         (None, _) => {
                             if let Some(seen) = write.touch {
                                 touches.push((id.to_string(), *epoch, OffsetDateTime::from(seen)));
@@ -109,7 +113,11 @@ macro_rules! sql_writes {
                     .iter()
                     .copied()
                     .filter(|c| *c != "id" && *c != "epoch")
-                    .map(|c| format!("{c} = v_{c}"))
+                    .map(|c| match c {
+                        // Written when the batch brings it, else kept.
+                        "health" => "health = COALESCE(v_health, health)".to_owned(),
+                        c => format!("{c} = v_{c}"),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ");
                 for chunk in fixed_chunks(&updates) {
@@ -332,6 +340,13 @@ macro_rules! sql_writes {
                 if rows.is_empty() {
                     return Ok(Vec::new());
                 }
+                let mut rows = rows;
+                // Health is read with the row; a reader that did not ask for it does not get it.
+                if parts.is_some_and(|parts| !parts.contains(&"health")) {
+                    for row in &mut rows {
+                        row.health = None;
+                    }
+                }
                 let d: &Dialect = &$dialect;
                 let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
                 let (open, close) = d.in_list;
@@ -500,6 +515,7 @@ macro_rules! push_hot {
             .push_bind($r.sequence_num)
             .push_bind($r.facets)
             .push_bind(&$r.control)
+            .push_bind(&$r.health)
     };
 }
 
