@@ -18,8 +18,8 @@ use crate::collector::facts::FactParts;
 use crate::collector::machine::hex;
 use crate::collector::persist::{Control, Epoch, Hot};
 use crate::collector::{
-    Capabilities, Collector, CollectorId, PackageOffer, Reason, Reassignment, State, Transition,
-    Transport,
+    Capabilities, Collector, CollectorId, Health, PackageOffer, Reason, Reassignment, State,
+    Transition, Transport,
 };
 
 /// A transition with its place in the store's history (the event id of the live stream).
@@ -240,8 +240,13 @@ impl HotRow {
             sequence_num: hot.sequence_num.map(u64::cast_signed),
             facets: i64::from(hot.facets.bits()),
             control: raw(&ControlDoc::of(&hot.control)),
-            health: part(facts.health.as_ref()),
+            health: facts.health.as_ref().map(Self::health_of),
         }
+    }
+
+    /// A health as the `health` column holds it.
+    pub fn health_of(health: &Health) -> Json<Box<RawValue>> {
+        raw(health)
     }
 }
 

@@ -21,6 +21,7 @@ macro_rules! sql_writes {
                 let now = OffsetDateTime::now_utc();
                 Self::forgets_in(tx, batch).await?;
                 let (fenced, written) = Self::records_in(tx, node, batch, now).await?;
+                Self::healths_alone_in(tx, batch).await?;
                 Self::facts_in(tx, batch, now, &written).await?;
                 Self::transitions_in(tx, batch, &written).await?;
                 Ok(fenced)
@@ -161,6 +162,41 @@ macro_rules! sql_writes {
                     q.build().execute(&mut **tx).await?;
                 }
                 Ok((fenced, written))
+            }
+
+            /// Health without its record: only in a piece of a refused batch (the record went as
+            /// a piece of its own), so that a health the database refuses is quarantined alone.
+            /// Otherwise health rides in the record's row.
+            async fn healths_alone_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                batch: &Batch,
+            ) -> Result<(), StoreError> {
+                let d: &Dialect = &$dialect;
+                let healths: Vec<_> = batch
+                    .entries
+                    .iter()
+                    .filter_map(|((id, epoch), entry)| match entry {
+                        Entry::Write(w) if w.hot.is_none() => w
+                            .facts
+                            .health
+                            .as_ref()
+                            .map(|h| (id.to_string(), *epoch, HotRow::health_of(h))),
+                        _ => None,
+                    })
+                    .collect();
+                for chunk in fixed_chunks(&healths) {
+                    let mut q = QueryBuilder::<$db>::new("WITH v(v_id, v_epoch, v_health) AS (");
+                    q.push_values(chunk, |mut b, (id, epoch, health)| {
+                        b.push_bind(id).push_bind(*epoch).push_bind(health);
+                    });
+                    q.push(format!(
+                        ") {} collectors SET health = v_health FROM v \
+                         WHERE id = v_id AND epoch = v_epoch",
+                        d.batch_update
+                    ));
+                    q.build().execute(&mut **tx).await?;
+                }
+                Ok(())
             }
 
             /// Which of `keys` (a chunk's worth) the stored records hold now.
