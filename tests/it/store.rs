@@ -331,6 +331,38 @@ async fn facts_are_written_part_by_part_and_a_touch_moves_only_last_seen(backend
     assert_eq!(facts(&touched), facts(&record), "nothing else moved");
 }
 
+/// A refused batch is written again piece by piece (the quarantine's path, ADR 0011): the record's
+/// piece keeps the stored health, and the facts' piece writes the new health by itself (ADR 0079).
+async fn a_batch_written_piece_by_piece_keeps_the_record_and_then_its_health(backend: Backend) {
+    let db = fresh_database(backend).await;
+    let store = open_store(&db.url, "a").await;
+    let id = CollectorId::new_v7();
+    let mut record = full_record(id, State::Connected);
+    store
+        .write(&creating(std::slice::from_ref(&record), vec![]))
+        .await
+        .unwrap();
+    let stored_health = record.health.clone();
+    record.state = Some(State::Error);
+    record.health = Some(Health {
+        healthy: false,
+        last_error: "written piece by piece".into(),
+        ..Health::default()
+    });
+    let pieces = batch_of([health_change(&record, 1)]).pieces();
+    assert_eq!(pieces.len(), 2, "the record, then its facts");
+    store.write(&pieces[0]).await.unwrap();
+    let between = store.load(id).await.unwrap().unwrap();
+    assert_eq!(between.state, Some(State::Error));
+    assert_eq!(
+        between.health, stored_health,
+        "the record's piece brings no health"
+    );
+    store.write(&pieces[1]).await.unwrap();
+    let loaded = store.load(id).await.unwrap().unwrap();
+    assert_eq!(facts(&loaded), facts(&record));
+}
+
 async fn writes_under_a_superseded_claim_are_refused(backend: Backend) {
     let db = fresh_database(backend).await;
     let url = db.url.clone();
@@ -1172,6 +1204,7 @@ crate::on_both_stores!(
     a_selective_tail_reads_past_what_does_not_match,
     forgetting_deletes_record_facts_and_history,
     facts_are_written_part_by_part_and_a_touch_moves_only_last_seen,
+    a_batch_written_piece_by_piece_keeps_the_record_and_then_its_health,
     writes_under_a_superseded_claim_are_refused,
     labels_are_replaced_and_patched_at_once,
     quarantined_rows_are_kept_with_their_error,
