@@ -1043,6 +1043,60 @@ async fn a_selective_tail_reads_past_what_does_not_match(backend: Backend) {
     shutdown.cancel();
 }
 
+/// A collector's history that spans several buckets of the history's index (4,096 positions
+/// each, ADR 0081), with another collector's thousands between its transitions: it is paged newest
+/// first, read whole in order, and forgotten whole, and the other's is untouched.
+async fn a_history_across_buckets_is_paged_read_and_forgotten_whole(backend: Backend) {
+    let db = fresh_database(backend).await;
+    let store = open_store(&db.url, "a").await;
+    let fleet = fleet();
+    let (a, b) = (&fleet[0], &fleet[1]);
+    store_fleet(store.as_ref(), &fleet).await;
+    let mut n = 0;
+    let mut own = |count: usize| {
+        (0..count)
+            .map(|_| {
+                n += 1;
+                transition_change(a.id, 1, transition(None, State::Error, Reason::Initial, n))
+            })
+            .collect::<Vec<_>>()
+    };
+    let others = || {
+        (0..9_000)
+            .map(|_| transition_change(b.id, 1, transition(None, State::Error, Reason::Initial, 0)))
+            .collect::<Vec<_>>()
+    };
+    for changes in [own(3), others(), own(3), others(), own(2)] {
+        store.write(&batch_of(changes)).await.unwrap();
+    }
+    let newest = store.history(a.id, None, 5).await.unwrap();
+    assert_eq!(
+        newest.iter().map(|e| e.transition.at).collect::<Vec<_>>(),
+        [at(8), at(7), at(6), at(5), at(4)]
+    );
+    let older = store.history(a.id, Some(newest[4].seq), 10).await.unwrap();
+    assert_eq!(
+        older.iter().map(|e| e.transition.at).collect::<Vec<_>>(),
+        [at(3), at(2), at(1)]
+    );
+    assert!(
+        older[0].seq < 4_096 * 4 && newest[0].seq >= 4_096 * 4,
+        "spans buckets"
+    );
+    let whole = store.transitions(a.id).await.unwrap();
+    assert_eq!(
+        whole.iter().map(|t| t.at).collect::<Vec<_>>(),
+        (1..=8).map(at).collect::<Vec<_>>()
+    );
+    store
+        .write(&batch_of([Change::Forget { id: a.id, epoch: 1 }]))
+        .await
+        .unwrap();
+    assert!(store.transitions(a.id).await.unwrap().is_empty());
+    assert!(store.history(a.id, None, 5).await.unwrap().is_empty());
+    assert_eq!(store.transitions(b.id).await.unwrap().len(), 18_000);
+}
+
 async fn forgetting_deletes_record_facts_and_history(backend: Backend) {
     let db = fresh_database(backend).await;
     let url = db.url.clone();
@@ -1205,6 +1259,7 @@ crate::on_both_stores!(
     forgetting_deletes_record_facts_and_history,
     facts_are_written_part_by_part_and_a_touch_moves_only_last_seen,
     a_batch_written_piece_by_piece_keeps_the_record_and_then_its_health,
+    a_history_across_buckets_is_paged_read_and_forgotten_whole,
     writes_under_a_superseded_claim_are_refused,
     labels_are_replaced_and_patched_at_once,
     quarantined_rows_are_kept_with_their_error,

@@ -242,6 +242,33 @@ fn quarantine_kind(kind: &str) -> &'static str {
 
 const TRANSITION_COLUMNS: &str = "collector_id, from_state, to_state, reason, message, at, cause";
 
+/// The bucket of the history's index a transition's position falls in (ADR 0081): its index is on
+/// `(seq >> 12, collector_id, seq)`, written exactly so wherever a query must use it.
+const HISTORY_BUCKET: &str = "(t.seq >> 12)";
+
+/// `b(n)`: every bucket the history holds, oldest first (none when it is empty).
+const ALL_BUCKETS: &str = "WITH RECURSIVE b(n) AS (\
+     SELECT (SELECT MIN(seq) FROM transitions) >> 12 \
+     UNION ALL SELECT n + 1 FROM b WHERE n < (SELECT MAX(seq) FROM transitions) >> 12)";
+
+/// A collector's history is read newest first this many buckets at a time, until a page is full:
+/// a page never sorts more than these buckets' rows of the collector.
+const BUCKETS_A_READ: i64 = 64;
+
+/// The windows of buckets `[low, high]` to read, newest first, from bucket `top` down to `bottom`.
+fn bucket_windows(bottom: i64, top: i64) -> impl Iterator<Item = (i64, i64)> {
+    let mut high = top;
+    std::iter::from_fn(move || {
+        if high < bottom {
+            return None;
+        }
+        let low = high.saturating_sub(BUCKETS_A_READ - 1).max(bottom);
+        let window = (low, high);
+        high = low - 1;
+        Some(window)
+    })
+}
+
 /// Below this many pooled connections, writes take one lane whatever the database allows.
 const MIN_POOL_FOR_LANES: usize = 4;
 
@@ -635,11 +662,13 @@ macro_rules! sql_store {
             }
 
             async fn transitions(&self, id: CollectorId) -> Result<Vec<Transition>, StoreError> {
+                let columns = TRANSITION_COLUMNS.replace(", ", ", t.");
                 let mut q = QueryBuilder::<$db>::new(format!(
-                    "SELECT {TRANSITION_COLUMNS} FROM transitions WHERE collector_id = "
+                    "{ALL_BUCKETS} SELECT t.{columns} FROM b JOIN transitions t \
+                     ON {HISTORY_BUCKET} = b.n AND t.collector_id = "
                 ));
                 q.push_bind(id.to_string());
-                q.push(" ORDER BY seq");
+                q.push(" ORDER BY t.seq");
                 let rows = q
                     .build_query_as::<TransitionRow>()
                     .fetch_all(&self.pool)
@@ -741,17 +770,42 @@ macro_rules! sql_store {
                 before: Option<i64>,
                 limit: usize,
             ) -> Result<Vec<Event>, StoreError> {
-                let mut q = QueryBuilder::<$db>::new(format!(
-                    "SELECT seq, {TRANSITION_COLUMNS} FROM transitions WHERE collector_id = "
-                ));
-                q.push_bind(id.to_string());
+                let (first, last): (Option<i64>, Option<i64>) =
+                    sqlx::query_as("SELECT MIN(seq), MAX(seq) FROM transitions")
+                        .fetch_one(&self.pool)
+                        .await?;
+                let (Some(first), Some(mut last)) = (first, last) else {
+                    return Ok(Vec::new());
+                };
                 if let Some(before) = before {
-                    q.push(" AND seq < ").push_bind(before);
+                    last = last.min(before - 1);
                 }
-                q.push(" ORDER BY seq DESC LIMIT ")
-                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-                let rows = q.build_query_as::<EventRow>().fetch_all(&self.pool).await?;
-                rows.into_iter().map(EventRow::into_event).collect()
+                let columns = TRANSITION_COLUMNS.replace(", ", ", t.");
+                let mut events = Vec::new();
+                for (low, high) in bucket_windows(first >> 12, last >> 12) {
+                    let wanted = limit.saturating_sub(events.len());
+                    if wanted == 0 {
+                        break;
+                    }
+                    let mut q = QueryBuilder::<$db>::new("WITH RECURSIVE b(n) AS (SELECT ");
+                    q.push_bind(high)
+                        .push(" UNION ALL SELECT n - 1 FROM b WHERE n > ")
+                        .push_bind(low)
+                        .push(format!(
+                            ") SELECT t.seq, t.{columns} FROM b JOIN transitions t \
+                             ON {HISTORY_BUCKET} = b.n AND t.collector_id = "
+                        ))
+                        .push_bind(id.to_string())
+                        .push(" AND t.seq <= ")
+                        .push_bind(last)
+                        .push(" ORDER BY t.seq DESC LIMIT ")
+                        .push_bind(i64::try_from(wanted).unwrap_or(i64::MAX));
+                    let rows = q.build_query_as::<EventRow>().fetch_all(&self.pool).await?;
+                    for row in rows {
+                        events.push(row.into_event()?);
+                    }
+                }
+                Ok(events)
             }
 
             async fn events_after(
@@ -1098,6 +1152,28 @@ sql_store!(
 
 #[cfg(test)]
 mod tests {
+    /// The history's reads name the bucket exactly as both migrations index it, or the databases
+    /// cannot use the index and scan the history.
+    #[test]
+    fn history_reads_use_the_indexed_bucket_expression() {
+        let bucket = super::HISTORY_BUCKET.replace("t.", "");
+        for migration in [
+            include_str!("../../../migrations/sqlite/0014_history_index_by_bucket.sql"),
+            include_str!("../../../migrations/postgres/0018_history_index_by_bucket.sql"),
+        ] {
+            assert!(migration.contains(&format!("({bucket}, collector_id, seq)")));
+        }
+        assert!(super::ALL_BUCKETS.contains(">> 12"));
+    }
+
+    #[test]
+    fn bucket_windows_cover_every_bucket_once_newest_first() {
+        let windows: Vec<_> = super::bucket_windows(3, 200).collect();
+        assert_eq!(windows, [(137, 200), (73, 136), (9, 72), (3, 8)]);
+        assert_eq!(super::bucket_windows(5, 5).collect::<Vec<_>>(), [(5, 5)]);
+        assert_eq!(super::bucket_windows(6, 5).count(), 0);
+    }
+
     /// The tail's filter and the index built for it must stay the same predicate, or PostgreSQL
     /// cannot prove the index covers the query and scans the history again.
     #[test]

@@ -53,9 +53,21 @@ macro_rules! sql_writes {
                         continue;
                     }
                     let ids: Vec<String> = deleted.into_iter().map(|(id,)| id).collect();
-                    for table in ["transitions WHERE collector_id", "collector_facts WHERE id"] {
-                        let (open, close) = d.in_list;
-                        let mut q = QueryBuilder::<$db>::new(format!("DELETE FROM {table}{open}"));
+                    let (open, close) = d.in_list;
+                    // The history is found bucket by bucket, as its index is keyed (ADR 0081).
+                    let statements = [
+                        format!(
+                            "DELETE FROM transitions WHERE seq IN ({ALL_BUCKETS} SELECT t.seq \
+                             FROM b JOIN transitions t ON {HISTORY_BUCKET} = b.n \
+                             AND t.collector_id{open}"
+                        ),
+                        format!("DELETE FROM collector_facts WHERE id{open}"),
+                    ];
+                    for (statement, close) in statements
+                        .iter()
+                        .zip([format!("{close})"), close.to_owned()])
+                    {
+                        let mut q = QueryBuilder::<$db>::new(statement.as_str());
                         q.push_bind(sqlx::types::Json(&ids)).push(close);
                         q.build().execute(&mut **tx).await?;
                     }
