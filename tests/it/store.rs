@@ -1088,6 +1088,16 @@ async fn a_history_across_buckets_is_paged_read_and_forgotten_whole(backend: Bac
         whole.iter().map(|t| t.at).collect::<Vec<_>>(),
         (1..=8).map(at).collect::<Vec<_>>()
     );
+    // A cursor is the client's: before everything, or past the numbers, is an empty page.
+    for before in [older[2].seq, 0, i64::MIN] {
+        assert!(
+            store
+                .history(a.id, Some(before), 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
     store
         .write(&batch_of([Change::Forget { id: a.id, epoch: 1 }]))
         .await

@@ -246,25 +246,34 @@ const TRANSITION_COLUMNS: &str = "collector_id, from_state, to_state, reason, me
 /// `(seq >> 12, collector_id, seq)`, written exactly so wherever a query must use it.
 const HISTORY_BUCKET: &str = "(t.seq >> 12)";
 
-/// `b(n)`: every bucket the history holds, oldest first (none when it is empty).
+/// `b(n)`: every bucket the history holds, oldest first (one NULL, which joins nothing, when it
+/// is empty).
 const ALL_BUCKETS: &str = "WITH RECURSIVE b(n) AS (\
      SELECT (SELECT MIN(seq) FROM transitions) >> 12 \
      UNION ALL SELECT n + 1 FROM b WHERE n < (SELECT MAX(seq) FROM transitions) >> 12)";
 
-/// A collector's history is read newest first this many buckets at a time, until a page is full:
-/// a page never sorts more than these buckets' rows of the collector.
+/// A collector's history is read newest first, this many buckets in the first statement and twice
+/// as many in each next one, until a page is full: a page sorts only the rows of the buckets it
+/// needed (and their like), and a page that does not fill (the last of a history) reaches the
+/// oldest bucket in a few statements.
 const BUCKETS_A_READ: i64 = 64;
 
-/// The windows of buckets `[low, high]` to read, newest first, from bucket `top` down to `bottom`.
+/// The most buckets one statement reads.
+const BUCKETS_A_READ_AT_MOST: i64 = 4096;
+
+/// The windows of buckets `[low, high]` to read, newest first, from bucket `top` down to `bottom`:
+/// [`BUCKETS_A_READ`] buckets, then twice as many each time, up to [`BUCKETS_A_READ_AT_MOST`].
 fn bucket_windows(bottom: i64, top: i64) -> impl Iterator<Item = (i64, i64)> {
     let mut high = top;
+    let mut width = BUCKETS_A_READ;
     std::iter::from_fn(move || {
         if high < bottom {
             return None;
         }
-        let low = high.saturating_sub(BUCKETS_A_READ - 1).max(bottom);
+        let low = high.saturating_sub(width - 1).max(bottom);
         let window = (low, high);
-        high = low - 1;
+        high = low.saturating_sub(1);
+        width = (width * 2).min(BUCKETS_A_READ_AT_MOST);
         Some(window)
     })
 }
@@ -778,7 +787,8 @@ macro_rules! sql_store {
                     return Ok(Vec::new());
                 };
                 if let Some(before) = before {
-                    last = last.min(before - 1);
+                    // A client's cursor: any number at all.
+                    last = last.min(before.saturating_sub(1));
                 }
                 let columns = TRANSITION_COLUMNS.replace(", ", ", t.");
                 let mut events = Vec::new();
@@ -1168,10 +1178,18 @@ mod tests {
 
     #[test]
     fn bucket_windows_cover_every_bucket_once_newest_first() {
-        let windows: Vec<_> = super::bucket_windows(3, 200).collect();
-        assert_eq!(windows, [(137, 200), (73, 136), (9, 72), (3, 8)]);
+        let windows: Vec<_> = super::bucket_windows(3, 400).collect();
+        assert_eq!(windows, [(337, 400), (209, 336), (3, 208)]);
         assert_eq!(super::bucket_windows(5, 5).collect::<Vec<_>>(), [(5, 5)]);
         assert_eq!(super::bucket_windows(6, 5).count(), 0);
+        // Wide histories: the windows stop growing, and still cover every bucket once.
+        let wide: Vec<_> = super::bucket_windows(0, 100_000).collect();
+        assert_eq!(wide.first(), Some(&(99_937, 100_000)));
+        assert!(wide.iter().all(|(low, high)| high - low < 4096));
+        assert!(wide.windows(2).all(|w| w[1].1 == w[0].0 - 1));
+        assert_eq!(wide.last().map(|w| w.0), Some(0));
+        // A cursor at the very bottom of the numbers reads nothing rather than overflowing.
+        assert_eq!(super::bucket_windows(0, i64::MIN >> 12).count(), 0);
     }
 
     /// The tail's filter and the index built for it must stay the same predicate, or PostgreSQL
