@@ -242,9 +242,24 @@ fn quarantine_kind(kind: &str) -> &'static str {
 
 const TRANSITION_COLUMNS: &str = "collector_id, from_state, to_state, reason, message, at, cause";
 
+/// [`TRANSITION_COLUMNS`] of the history aliased `t`.
+static T_TRANSITION_COLUMNS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("t.{}", TRANSITION_COLUMNS.replace(", ", ", t.")));
+
 /// The bucket of the history's index a transition's position falls in (ADR 0081): its index is on
-/// `(seq >> 12, collector_id, seq)`, written exactly so wherever a query must use it.
+/// `(seq >> 12, collector_id, seq)`, written exactly so in [`in_buckets`], the one join that
+/// uses it.
 const HISTORY_BUCKET: &str = "(t.seq >> 12)";
+
+/// `SELECT select` of the history (aliased `t`) in the buckets `b(n)` that `buckets` lists, for
+/// the collector (or collectors) the caller appends a comparison for: one seek of the history's
+/// index a bucket.
+fn in_buckets(buckets: &str, select: &str) -> String {
+    format!(
+        "{buckets} SELECT {select} FROM b JOIN transitions t \
+         ON {HISTORY_BUCKET} = b.n AND t.collector_id"
+    )
+}
 
 /// `b(n)`: every bucket the history holds, oldest first (one NULL, which joins nothing, when it
 /// is empty).
@@ -671,12 +686,11 @@ macro_rules! sql_store {
             }
 
             async fn transitions(&self, id: CollectorId) -> Result<Vec<Transition>, StoreError> {
-                let columns = TRANSITION_COLUMNS.replace(", ", ", t.");
-                let mut q = QueryBuilder::<$db>::new(format!(
-                    "{ALL_BUCKETS} SELECT t.{columns} FROM b JOIN transitions t \
-                     ON {HISTORY_BUCKET} = b.n AND t.collector_id = "
+                let mut q = QueryBuilder::<$db>::new(in_buckets(
+                    ALL_BUCKETS,
+                    &T_TRANSITION_COLUMNS,
                 ));
-                q.push_bind(id.to_string());
+                q.push(" = ").push_bind(id.to_string());
                 q.push(" ORDER BY t.seq");
                 let rows = q
                     .build_query_as::<TransitionRow>()
@@ -790,7 +804,7 @@ macro_rules! sql_store {
                     // A client's cursor: any number at all.
                     last = last.min(before.saturating_sub(1));
                 }
-                let columns = TRANSITION_COLUMNS.replace(", ", ", t.");
+                let select = format!("t.seq, {}", *T_TRANSITION_COLUMNS);
                 let mut events = Vec::new();
                 for (low, high) in bucket_windows(first >> 12, last >> 12) {
                     let wanted = limit.saturating_sub(events.len());
@@ -801,10 +815,8 @@ macro_rules! sql_store {
                     q.push_bind(high)
                         .push(" UNION ALL SELECT n - 1 FROM b WHERE n > ")
                         .push_bind(low)
-                        .push(format!(
-                            ") SELECT t.seq, t.{columns} FROM b JOIN transitions t \
-                             ON {HISTORY_BUCKET} = b.n AND t.collector_id = "
-                        ))
+                        .push(in_buckets(")", &select))
+                        .push(" = ")
                         .push_bind(id.to_string())
                         .push(" AND t.seq <= ")
                         .push_bind(last)
@@ -824,9 +836,9 @@ macro_rules! sql_store {
                 filter: &EventFilter,
                 limit: usize,
             ) -> Result<Vec<Event>, StoreError> {
-                let columns = TRANSITION_COLUMNS.replace(", ", ", t.");
                 let mut q = QueryBuilder::<$db>::new(format!(
-                    "SELECT t.seq, t.{columns} FROM transitions t WHERE t.seq > "
+                    "SELECT t.seq, {} FROM transitions t WHERE t.seq > ",
+                    *T_TRANSITION_COLUMNS
                 ));
                 q.push_bind(after);
                 Self::push_states(&mut q, "t.to_state", &filter.states);

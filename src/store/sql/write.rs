@@ -21,7 +21,6 @@ macro_rules! sql_writes {
                 let now = OffsetDateTime::now_utc();
                 Self::forgets_in(tx, batch).await?;
                 let (fenced, written) = Self::records_in(tx, node, batch, now).await?;
-                Self::healths_alone_in(tx, batch).await?;
                 Self::facts_in(tx, batch, now, &written).await?;
                 Self::transitions_in(tx, batch, &written).await?;
                 Ok(fenced)
@@ -54,23 +53,17 @@ macro_rules! sql_writes {
                     }
                     let ids: Vec<String> = deleted.into_iter().map(|(id,)| id).collect();
                     let (open, close) = d.in_list;
-                    // The history is found bucket by bucket, as its index is keyed (ADR 0081).
-                    let statements = [
-                        format!(
-                            "DELETE FROM transitions WHERE seq IN ({ALL_BUCKETS} SELECT t.seq \
-                             FROM b JOIN transitions t ON {HISTORY_BUCKET} = b.n \
-                             AND t.collector_id{open}"
-                        ),
-                        format!("DELETE FROM collector_facts WHERE id{open}"),
-                    ];
-                    for (statement, close) in statements
-                        .iter()
-                        .zip([format!("{close})"), close.to_owned()])
-                    {
-                        let mut q = QueryBuilder::<$db>::new(statement.as_str());
-                        q.push_bind(sqlx::types::Json(&ids)).push(close);
-                        q.build().execute(&mut **tx).await?;
-                    }
+                    let history = in_buckets(ALL_BUCKETS, "t.seq");
+                    let mut q = QueryBuilder::<$db>::new(format!(
+                        "DELETE FROM transitions WHERE seq IN ({history}{open}"
+                    ));
+                    q.push_bind(sqlx::types::Json(&ids)).push(close).push(")");
+                    q.build().execute(&mut **tx).await?;
+                    let mut q = QueryBuilder::<$db>::new(format!(
+                        "DELETE FROM collector_facts WHERE id{open}"
+                    ));
+                    q.push_bind(sqlx::types::Json(&ids)).push(close);
+                    q.build().execute(&mut **tx).await?;
                 }
                 Ok(())
             }
@@ -176,27 +169,17 @@ macro_rules! sql_writes {
                 Ok((fenced, written))
             }
 
-            /// Health without its record: only in a piece of a refused batch (the record went as
-            /// a piece of its own), so that a health the database refuses is quarantined alone.
-            /// Otherwise health rides in the record's row.
+            /// Healths without their records (`(id, epoch, health)`), each under its epoch.
             async fn healths_alone_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                batch: &Batch,
+                healths: &[(
+                    String,
+                    i64,
+                    sqlx::types::Json<Box<serde_json::value::RawValue>>,
+                )],
             ) -> Result<(), StoreError> {
                 let d: &Dialect = &$dialect;
-                let healths: Vec<_> = batch
-                    .entries
-                    .iter()
-                    .filter_map(|((id, epoch), entry)| match entry {
-                        Entry::Write(w) if w.hot.is_none() => w
-                            .facts
-                            .health
-                            .as_ref()
-                            .map(|h| (id.to_string(), *epoch, HotRow::health_of(h))),
-                        _ => None,
-                    })
-                    .collect();
-                for chunk in fixed_chunks(&healths) {
+                for chunk in fixed_chunks(healths) {
                     let mut q = QueryBuilder::<$db>::new("WITH v(v_id, v_epoch, v_health) AS (");
                     q.push_values(chunk, |mut b, (id, epoch, health)| {
                         b.push_bind(id).push_bind(*epoch).push_bind(health);
@@ -237,16 +220,22 @@ macro_rules! sql_writes {
                 written: &Written,
             ) -> Result<(), StoreError> {
                 let d: &Dialect = &$dialect;
-                let facts: Vec<FactWrite> = batch
-                    .entries
-                    .iter()
-                    .flat_map(|((id, epoch), entry)| match entry {
-                        Entry::Write(w) if !w.facts.is_empty() => {
-                            FactWrite::rows(*id, *epoch, &w.facts)
-                        }
-                        _ => Vec::new(),
-                    })
-                    .collect();
+                let mut facts = Vec::new();
+                let mut healths = Vec::new();
+                for ((id, epoch), entry) in &batch.entries {
+                    let Entry::Write(w) = entry else {
+                        continue;
+                    };
+                    facts.extend(FactWrite::rows(*id, *epoch, &w.facts));
+                    // Health rides in the record's row. Without the record it is a piece of a
+                    // refused batch (the record went as a piece of its own), so that a health the
+                    // database refuses is quarantined alone.
+                    if w.hot.is_none()
+                        && let Some(health) = &w.facts.health
+                    {
+                        healths.push((id.to_string(), *epoch, HotRow::health_of(health)));
+                    }
+                }
                 // Each row checks its record's epoch, unless this batch's own write of the record
                 // already did (the usual case: a report changes the record and its facts).
                 let checked = facts.iter().all(|f| written.holds(&f.id, f.epoch));
@@ -289,7 +278,7 @@ macro_rules! sql_writes {
                     );
                     q.build().execute(&mut **tx).await?;
                 }
-                Ok(())
+                Self::healths_alone_in(tx, &healths).await
             }
 
             /// The history, in order, only for records this batch may write.
@@ -379,7 +368,7 @@ macro_rules! sql_writes {
             /// Reads the facts of `rows` and builds their records (with their epochs).
             async fn with_facts<'c, E>(
                 executor: E,
-                rows: Vec<RecordRow>,
+                mut rows: Vec<RecordRow>,
                 parts: Option<&[&str]>,
             ) -> Result<Vec<(Collector, i64)>, StoreError>
             where
@@ -388,7 +377,6 @@ macro_rules! sql_writes {
                 if rows.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut rows = rows;
                 // Health is read with the row; a reader that did not ask for it does not get it.
                 if parts.is_some_and(|parts| !parts.contains(&"health")) {
                     for row in &mut rows {
