@@ -1,13 +1,16 @@
 //! Upgrading opampd keeps what was stored: a database written by the first schema (the record's
 //! facts and server-side fields in one JSON document) is migrated by today's `migrate`, and every
-//! fact, label and field reads back the same.
+//! fact, label and field reads back the same; and the records of a long history learn where their
+//! own history starts.
 
 use std::borrow::Cow;
 
 use opampd::collector::{CollectorId, RemoteConfigState, State};
 use sqlx::migrate::Migrator;
 
-use crate::support::{Backend, fresh_database, open_existing_store, open_store};
+use crate::support::{
+    Backend, first_bucket, fresh_database, open_existing_store, open_store, raw_sql,
+};
 
 /// The schema as it was before records had epochs and their facts a table of their own.
 const BEFORE_EPOCHS: usize = 4;
@@ -28,25 +31,41 @@ const FACTS: &str = r#"{
     "missing_components": ["exporters/kafka"]
 }"#;
 
-async fn old_schema(backend: Backend, url: &str) {
-    let pool_migrate = |migrator: Migrator| async move {
-        match backend {
-            Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-                migrator.run(&pool).await.unwrap();
-            }
-            Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(url).await.unwrap();
-                migrator.run(&pool).await.unwrap();
-            }
-        }
+/// Migrates the database at `url` up to, not including, the migration described as `stop`.
+async fn schema_before(backend: Backend, url: &str, stop: &str) {
+    let mut migrator = match backend {
+        Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("migrations/postgres"),
     };
+    let before = migrator
+        .migrations
+        .iter()
+        .position(|m| m.description == stop)
+        .expect("the migration exists");
+    migrator.migrations = Cow::Owned(migrator.migrations[..before].to_vec());
+    run_migrator(backend, url, migrator).await;
+}
+
+async fn run_migrator(backend: Backend, url: &str, migrator: Migrator) {
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+        }
+    }
+}
+
+async fn old_schema(backend: Backend, url: &str) {
     let mut migrator = match backend {
         Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
         Backend::Postgres => sqlx::migrate!("migrations/postgres"),
     };
     migrator.migrations = Cow::Owned(migrator.migrations[..BEFORE_EPOCHS].to_vec());
-    pool_migrate(migrator).await;
+    run_migrator(backend, url, migrator).await;
 }
 
 async fn insert_old_row(backend: Backend, url: &str, id: CollectorId) {
@@ -109,4 +128,53 @@ async fn a_database_of_the_first_schema_migrates_with_everything_kept(backend: B
     assert_eq!(claimed[0].epoch, 1, "the first claim of a migrated record");
 }
 
-crate::on_both_stores!(a_database_of_the_first_schema_migrates_with_everything_kept);
+/// Records stored before ADR 0082 learn their first bucket from the history they have; a record
+/// with none yet, the bucket the history has reached. Their pages still show all of it.
+async fn records_of_a_long_history_learn_their_first_bucket(backend: Backend) {
+    let database = fresh_database(backend).await;
+    let url = database.url.clone();
+    drop(open_existing_store(&url, "opampd").await);
+    schema_before(backend, &url, "first history bucket").await;
+    let (early, quiet, late) = (
+        CollectorId::new_v7(),
+        CollectorId::new_v7(),
+        CollectorId::new_v7(),
+    );
+    let now = match backend {
+        Backend::Sqlite => "'2026-01-01T00:00:00Z'",
+        Backend::Postgres => "now()",
+    };
+    let records = [early, quiet, late].map(|id| {
+        format!(
+            "INSERT INTO collectors (id, node, state, updated_at) \
+             VALUES ('{id}', 'opampd', 'error', {now})"
+        )
+    });
+    let history = [(5_000, early), (9_000, early), (20_000, late)].map(|(seq, id)| {
+        format!(
+            "INSERT INTO transitions (seq, collector_id, to_state, reason, message, at) \
+             VALUES ({seq}, '{id}', 'error', 'initial', '', {now})"
+        )
+    });
+    raw_sql(backend, &url, &[records, history].concat().join(";")).await;
+
+    let store = open_store(&url, "opampd").await;
+    let bucket = |id: CollectorId| first_bucket(backend, &url, id);
+    assert_eq!(bucket(early).await, Some(5_000 >> 12));
+    assert_eq!(bucket(late).await, Some(20_000 >> 12));
+    assert_eq!(
+        bucket(quiet).await,
+        Some(20_000 >> 12),
+        "the history's newest bucket"
+    );
+    let history = store.history(early, None, 10).await.unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [9_000, 5_000]
+    );
+}
+
+crate::on_both_stores!(
+    a_database_of_the_first_schema_migrates_with_everything_kept,
+    records_of_a_long_history_learn_their_first_bucket,
+);

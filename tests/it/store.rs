@@ -17,7 +17,7 @@ use opampd::store::{
     After, Batch, CollectorQuery, ConfigurationFile, EventFilter, LabelEdit, SortKey, Store,
 };
 
-use crate::support::{Backend, Database, eventually, fresh_database, open_store};
+use crate::support::{Backend, Database, eventually, first_bucket, fresh_database, open_store};
 
 /// A time the databases keep exactly (microseconds).
 fn at(seconds: u64) -> SystemTime {
@@ -1107,6 +1107,69 @@ async fn a_history_across_buckets_is_paged_read_and_forgotten_whole(backend: Bac
     assert_eq!(store.transitions(b.id).await.unwrap().len(), 18_000);
 }
 
+/// A record created after a long history keeps the bucket the history had reached (ADR 0082), so
+/// its pages stop there. Its first transitions straddle a bucket's end: a bound taken after they
+/// were written would hide the first of them.
+async fn a_new_records_pages_stop_at_its_first_bucket_and_miss_nothing(backend: Backend) {
+    let db = fresh_database(backend).await;
+    let store = open_store(&db.url, "a").await;
+    let fleet = fleet();
+    let (old, late) = (&fleet[0], &fleet[1]);
+    store.write(&creating(&fleet[..1], vec![])).await.unwrap();
+    let others = |n: i64| {
+        batch_of((0..n).map(|_| {
+            transition_change(
+                old.id,
+                1,
+                transition(None, State::Error, Reason::Initial, 0),
+            )
+        }))
+    };
+    store.write(&others(8_190)).await.unwrap();
+    // The history's newest position one before a bucket's last one.
+    let to_the_edge = (4_094 - store.last_seq().await.unwrap()).rem_euclid(4_096);
+    if to_the_edge > 0 {
+        store.write(&others(to_the_edge)).await.unwrap();
+    }
+    let newest = store.last_seq().await.unwrap();
+    assert_eq!(
+        newest % 4_096,
+        4_094,
+        "the history ends where the test needs it"
+    );
+    let first = |n| (late.id, transition(None, State::Error, Reason::Initial, n));
+    store
+        .write(&creating(
+            std::slice::from_ref(late),
+            vec![first(1), first(2)],
+        ))
+        .await
+        .unwrap();
+    store
+        .write(&batch_of(
+            (3..=5).map(|n| transition_change(late.id, 1, first(n).1)),
+        ))
+        .await
+        .unwrap();
+    let bucket = |id: CollectorId| first_bucket(backend, &db.url, id);
+    assert_eq!(
+        bucket(late.id).await,
+        Some(newest >> 12),
+        "where the history was"
+    );
+    assert_eq!(bucket(old.id).await, Some(0));
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.history(late.id, before, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.seq);
+        pages.extend(page.iter().map(|e| e.transition.at));
+    }
+    assert_eq!(pages, (1..=5).rev().map(at).collect::<Vec<_>>());
+    assert_eq!(store.history(old.id, None, 3).await.unwrap().len(), 3);
+}
+
 async fn forgetting_deletes_record_facts_and_history(backend: Backend) {
     let db = fresh_database(backend).await;
     let url = db.url.clone();
@@ -1270,6 +1333,7 @@ crate::on_both_stores!(
     facts_are_written_part_by_part_and_a_touch_moves_only_last_seen,
     a_batch_written_piece_by_piece_keeps_the_record_and_then_its_health,
     a_history_across_buckets_is_paged_read_and_forgotten_whole,
+    a_new_records_pages_stop_at_its_first_bucket_and_miss_nothing,
     writes_under_a_superseded_claim_are_refused,
     labels_are_replaced_and_patched_at_once,
     quarantined_rows_are_kept_with_their_error,

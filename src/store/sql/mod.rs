@@ -251,6 +251,9 @@ static T_TRANSITION_COLUMNS: std::sync::LazyLock<String> =
 /// uses it.
 const HISTORY_BUCKET: &str = "(t.seq >> 12)";
 
+/// The shift of [`HISTORY_BUCKET`], for buckets computed here rather than in SQL.
+const HISTORY_BUCKET_BITS: u32 = 12;
+
 /// `SELECT select` of the history (aliased `t`) in the buckets `b(n)` that `buckets` lists, for
 /// the collector (or collectors) the caller appends a comparison for: one seek of the history's
 /// index a bucket.
@@ -793,10 +796,15 @@ macro_rules! sql_store {
                 before: Option<i64>,
                 limit: usize,
             ) -> Result<Vec<Event>, StoreError> {
-                let (first, last): (Option<i64>, Option<i64>) =
-                    sqlx::query_as("SELECT MIN(seq), MAX(seq) FROM transitions")
-                        .fetch_one(&self.pool)
-                        .await?;
+                // The collector's first bucket (ADR 0082) bounds the walk: a page that does not
+                // fill stops there, not at the oldest bucket of the whole history.
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT (SELECT MIN(seq) FROM transitions), (SELECT MAX(seq) FROM transitions), \
+                     (SELECT first_bucket FROM collectors WHERE id = ",
+                );
+                q.push_bind(id.to_string()).push(")");
+                let (first, last, first_bucket): (Option<i64>, Option<i64>, Option<i64>) =
+                    q.build_query_as().fetch_one(&self.pool).await?;
                 let (Some(first), Some(mut last)) = (first, last) else {
                     return Ok(Vec::new());
                 };
@@ -804,9 +812,10 @@ macro_rules! sql_store {
                     // A client's cursor: any number at all.
                     last = last.min(before.saturating_sub(1));
                 }
+                let bottom = (first >> HISTORY_BUCKET_BITS).max(first_bucket.unwrap_or(i64::MIN));
                 let select = format!("t.seq, {}", *T_TRANSITION_COLUMNS);
                 let mut events = Vec::new();
-                for (low, high) in bucket_windows(first >> 12, last >> 12) {
+                for (low, high) in bucket_windows(bottom, last >> HISTORY_BUCKET_BITS) {
                     let wanted = limit.saturating_sub(events.len());
                     if wanted == 0 {
                         break;
@@ -1185,7 +1194,9 @@ mod tests {
         ] {
             assert!(migration.contains(&format!("({bucket}, collector_id, seq)")));
         }
-        assert!(super::ALL_BUCKETS.contains(">> 12"));
+        let shift = format!(">> {})", super::HISTORY_BUCKET_BITS);
+        assert!(super::HISTORY_BUCKET.ends_with(&shift));
+        assert!(super::ALL_BUCKETS.contains(&format!(">> {}", super::HISTORY_BUCKET_BITS)));
     }
 
     #[test]

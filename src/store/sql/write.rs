@@ -102,13 +102,25 @@ macro_rules! sql_writes {
                 }
                 let mut written = Written::default();
                 let (columns, aliases) = column_lists(HOT, &[]);
+                // A new record's history starts after every transition stored now: its own get
+                // later positions, in this transaction or a later one (a record's transitions
+                // never land before it does). Its pages stop at this bucket (ADR 0082).
+                let first_bucket = if creates.is_empty() {
+                    0
+                } else {
+                    let (newest,): (Option<i64>,) =
+                        sqlx::query_as("SELECT MAX(seq) FROM transitions")
+                            .fetch_one(&mut **tx)
+                            .await?;
+                    newest.unwrap_or(0) >> HISTORY_BUCKET_BITS
+                };
                 for chunk in fixed_chunks(&creates) {
                     let mut q = QueryBuilder::<$db>::new(format!(
-                        "{} collectors (node, updated_at, {columns}) ",
+                        "{} collectors (node, updated_at, first_bucket, {columns}) ",
                         d.batch_insert
                     ));
                     q.push_values(chunk, |mut b, r| {
-                        b.push_bind(node).push_bind(now);
+                        b.push_bind(node).push_bind(now).push_bind(first_bucket);
                         push_hot!(b, r);
                     });
                     q.push(" ON CONFLICT (id) DO NOTHING RETURNING id, epoch");

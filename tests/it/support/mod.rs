@@ -119,6 +119,42 @@ pub enum Backend {
     Postgres,
 }
 
+/// Runs `sql` on the database at `url` directly (not through the store), for a test that reads or
+/// writes what the store's API does not show: each statement separated by `;`, the first column
+/// of the last one's first row as an integer, if any.
+pub async fn raw_sql(backend: Backend, url: &str, sql: &str) -> Option<i64> {
+    let mut last = None;
+    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        last = match backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(url).await.expect("SQLite opens");
+                let row: Option<(Option<i64>,)> = sqlx::query_as(statement)
+                    .fetch_optional(&pool)
+                    .await
+                    .expect("the statement runs");
+                pool.close().await;
+                row.and_then(|(v,)| v)
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(url).await.expect("PostgreSQL opens");
+                let row: Option<(Option<i64>,)> = sqlx::query_as(statement)
+                    .fetch_optional(&pool)
+                    .await
+                    .expect("the statement runs");
+                pool.close().await;
+                row.and_then(|(v,)| v)
+            }
+        };
+    }
+    last
+}
+
+/// The first bucket of its history that the store keeps on a collector's record (ADR 0082).
+pub async fn first_bucket(backend: Backend, url: &str, id: CollectorId) -> Option<i64> {
+    let sql = format!("SELECT first_bucket FROM collectors WHERE id = '{id}'");
+    raw_sql(backend, url, &sql).await
+}
+
 /// A fresh, empty database: deleted (SQLite) or dropped (PostgreSQL) with this value.
 pub struct Database {
     pub url: String,

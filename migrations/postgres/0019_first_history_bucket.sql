@@ -1,0 +1,11 @@
+-- A collector's history is read newest first, bucket by bucket (ADR 0081): a page that did not
+-- fill walked down to the oldest bucket of the whole history. `first_bucket` is at or below the
+-- bucket of the collector's first transition, so its pages stop there (ADR 0082). NULL: unknown,
+-- the whole history is walked.
+ALTER TABLE collectors ADD COLUMN first_bucket BIGINT;
+UPDATE collectors SET first_bucket = f.seq >> 12
+FROM (SELECT collector_id, MIN(seq) AS seq FROM transitions GROUP BY collector_id) AS f
+WHERE f.collector_id = collectors.id;
+-- A collector with no history yet: any transition it gets will come after the newest one now.
+UPDATE collectors SET first_bucket = (SELECT COALESCE(MAX(seq), 0) >> 12 FROM transitions)
+WHERE first_bucket IS NULL;
