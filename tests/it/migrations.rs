@@ -9,7 +9,7 @@ use opampd::collector::{CollectorId, RemoteConfigState, State};
 use sqlx::migrate::Migrator;
 
 use crate::support::{
-    Backend, first_bucket, fresh_database, open_existing_store, open_store, raw_sql,
+    Backend, first_bucket, fresh_database, open_existing_store, open_store, raw_sql, with_pool,
 };
 
 /// The schema as it was before records had epochs and their facts a table of their own.
@@ -47,16 +47,7 @@ async fn schema_before(backend: Backend, url: &str, stop: &str) {
 }
 
 async fn run_migrator(backend: Backend, url: &str, migrator: Migrator) {
-    match backend {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-            migrator.run(&pool).await.unwrap();
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            migrator.run(&pool).await.unwrap();
-        }
-    }
+    with_pool!(backend, url, |pool| migrator.run(&pool).await.unwrap());
 }
 
 async fn old_schema(backend: Backend, url: &str) {
@@ -79,16 +70,7 @@ async fn insert_old_row(backend: Backend, url: &str, id: CollectorId) {
          '{{\"env\": \"prod\"}}'{cast}, '{}'{cast}, {now}, 'otelcol')",
         FACTS.replace('\n', " ")
     );
-    match backend {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-            sqlx::query(&insert).execute(&pool).await.unwrap();
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::query(&insert).execute(&pool).await.unwrap();
-        }
-    }
+    raw_sql(backend, url, &insert).await;
 }
 
 async fn a_database_of_the_first_schema_migrates_with_everything_kept(backend: Backend) {

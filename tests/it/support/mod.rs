@@ -119,32 +119,39 @@ pub enum Backend {
     Postgres,
 }
 
+/// Binds `$pool` to a fresh pool on the database at `$url` of `$backend` (SQLite or PostgreSQL,
+/// each its own type) and evaluates `$body` with it: one text for code that reaches past the
+/// store to either database.
+macro_rules! with_pool {
+    ($backend:expr, $url:expr, |$pool:ident| $body:expr) => {
+        match $backend {
+            $crate::support::Backend::Sqlite => {
+                let $pool = sqlx::SqlitePool::connect($url).await.expect("SQLite opens");
+                $body
+            }
+            $crate::support::Backend::Postgres => {
+                let $pool = sqlx::PgPool::connect($url).await.expect("PostgreSQL opens");
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_pool;
+
 /// Runs `sql` on the database at `url` directly (not through the store), for a test that reads or
 /// writes what the store's API does not show: each statement separated by `;`, the first column
 /// of the last one's first row as an integer, if any.
 pub async fn raw_sql(backend: Backend, url: &str, sql: &str) -> Option<i64> {
     let mut last = None;
     for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        last = match backend {
-            Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(url).await.expect("SQLite opens");
-                let row: Option<(Option<i64>,)> = sqlx::query_as(statement)
-                    .fetch_optional(&pool)
-                    .await
-                    .expect("the statement runs");
-                pool.close().await;
-                row.and_then(|(v,)| v)
-            }
-            Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(url).await.expect("PostgreSQL opens");
-                let row: Option<(Option<i64>,)> = sqlx::query_as(statement)
-                    .fetch_optional(&pool)
-                    .await
-                    .expect("the statement runs");
-                pool.close().await;
-                row.and_then(|(v,)| v)
-            }
-        };
+        last = with_pool!(backend, url, |pool| {
+            let row: Option<(Option<i64>,)> = sqlx::query_as(statement)
+                .fetch_optional(&pool)
+                .await
+                .expect("the statement runs");
+            pool.close().await;
+            row.and_then(|(v,)| v)
+        });
     }
     last
 }
