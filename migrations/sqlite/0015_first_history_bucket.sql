@@ -3,9 +3,9 @@
 -- bucket of the collector's first transition, so its pages stop there (ADR 0082). NULL: unknown,
 -- the whole history is walked.
 ALTER TABLE collectors ADD COLUMN first_bucket INTEGER;
+-- First the bucket the history has reached, for every record: any transition not yet stored will
+-- come after it. Then, for every record with a history, the bucket of its oldest transition.
+UPDATE collectors SET first_bucket = (SELECT COALESCE(MAX(seq), 0) >> 12 FROM transitions);
 UPDATE collectors SET first_bucket = f.seq >> 12
 FROM (SELECT collector_id, MIN(seq) AS seq FROM transitions GROUP BY collector_id) AS f
 WHERE f.collector_id = collectors.id;
--- A collector with no history yet: any transition it gets will come after the newest one now.
-UPDATE collectors SET first_bucket = (SELECT COALESCE(MAX(seq), 0) >> 12 FROM transitions)
-WHERE first_bucket IS NULL;

@@ -1200,6 +1200,15 @@ mod tests {
     }
 
     #[test]
+    fn the_first_bucket_migration_takes_the_history_lock() {
+        // Without the lock, a node still on the old version could commit a position the
+        // migration's reads did not see, and its record's bound would hide it (ADR 0082).
+        let migration = include_str!("../../../migrations/postgres/0019_first_history_bucket.sql");
+        let lock = super::super::cluster::HISTORY_LOCK.trim_start_matches("SELECT ");
+        assert!(migration.contains(&format!("SELECT {lock};")));
+    }
+
+    #[test]
     fn bucket_windows_cover_every_bucket_once_newest_first() {
         let windows: Vec<_> = super::bucket_windows(3, 400).collect();
         assert_eq!(windows, [(337, 400), (209, 336), (3, 208)]);
