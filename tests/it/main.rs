@@ -43,6 +43,7 @@ mod docs;
 mod durability;
 mod edges;
 mod facets;
+mod history_buckets;
 mod http_transport;
 mod interop;
 mod keys;
