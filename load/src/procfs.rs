@@ -55,6 +55,11 @@ pub struct MachineTicks {
     /// Every state but idle and iowait.
     pub busy: u64,
     pub total: u64,
+    /// Of `busy`: interrupts' deferred work, where loopback TCP is delivered, charged to no
+    /// process.
+    pub softirq: u64,
+    /// Of `busy`: time the hypervisor gave another guest.
+    pub steal: u64,
 }
 
 /// The first line (`cpu  user nice system idle iowait irq softirq steal …`) of `/proc/stat`.
@@ -78,6 +83,8 @@ pub fn machine_ticks(stat: &str) -> Option<MachineTicks> {
     Some(MachineTicks {
         busy,
         total: busy + idle + iowait,
+        softirq,
+        steal,
     })
 }
 
@@ -149,7 +156,9 @@ mod tests {
             machine_ticks(stat),
             Some(MachineTicks {
                 busy: 161,
-                total: 981
+                total: 981,
+                softirq: 2,
+                steal: 1,
             })
         );
         assert_eq!(machine_ticks("cpu0 1 2 3\n"), None);

@@ -140,6 +140,12 @@ pub struct Machine {
     pub cores: f64,
     /// Busy CPU time of every core / their total, in percent.
     pub busy_percent: f64,
+    /// Of the busy time, the share spent in softirq (on loopback, most of TCP's delivery), in
+    /// percent of the total: a process's own CPU figure does not hold it.
+    pub softirq_percent: f64,
+    /// Of the busy time, the share the hypervisor gave another guest, in percent of the total: a
+    /// slow hour on a shared machine shows here.
+    pub steal_percent: f64,
     /// This load generator's CPU time, in percent of one core.
     pub load_generator_cpu_percent: f64,
     /// This load generator's CPU time / messages sent.
@@ -160,11 +166,14 @@ impl Machine {
             return None;
         }
         let busy = m1.busy.saturating_sub(m0.busy);
+        let share = |ticks: u64| round3(ticks as f64 / total as f64 * 100.0);
         let own = own1.cpu.saturating_sub(own0.cpu).as_secs_f64();
         let ticks_per_core = seconds * CLOCK_TICKS_PER_SECOND as f64;
         Some(Self {
             cores: round3(total as f64 / ticks_per_core),
-            busy_percent: round3(busy as f64 / total as f64 * 100.0),
+            busy_percent: share(busy),
+            softirq_percent: share(m1.softirq.saturating_sub(m0.softirq)),
+            steal_percent: share(m1.steal.saturating_sub(m0.steal)),
             load_generator_cpu_percent: round3(own / seconds * 100.0),
             load_generator_cpu_per_message_us: if sent > 0 {
                 round3(own / sent as f64 * 1e6)
@@ -176,9 +185,11 @@ impl Machine {
 
     fn human(&self) -> String {
         format!(
-            "machine   {:.0} cores {:.0} % busy; this load generator {:.0} % of a core ({:.1} µs per message)\n",
+            "machine   {:.0} cores {:.0} % busy ({:.0} % softirq, {:.0} % stolen); this load generator {:.0} % of a core ({:.1} µs per message)\n",
             self.cores,
             self.busy_percent,
+            self.softirq_percent,
+            self.steal_percent,
             self.load_generator_cpu_percent,
             self.load_generator_cpu_per_message_us
         )
@@ -315,7 +326,17 @@ mod tests {
             cpu: Duration::from_millis(own_ms),
             rss_kib: 1,
         };
-        (MachineTicks { busy, total }, own)
+        // A tenth of the busy time in softirq, a twentieth stolen.
+        let (softirq, steal) = (busy / 10, busy / 20);
+        (
+            MachineTicks {
+                busy,
+                total,
+                softirq,
+                steal,
+            },
+            own,
+        )
     }
 
     #[test]
@@ -331,6 +352,8 @@ mod tests {
         .expect("an interval");
         assert_eq!(m.cores, 2.0);
         assert_eq!(m.busy_percent, 75.0);
+        assert_eq!(m.softirq_percent, 7.5);
+        assert_eq!(m.steal_percent, 3.75);
         assert_eq!(m.load_generator_cpu_percent, 40.0);
         assert_eq!(m.load_generator_cpu_per_message_us, 500.0);
         assert!(Machine::between(reading(1, 5, 0), reading(1, 5, 0), 10.0, 1).is_none());
