@@ -264,11 +264,15 @@ fn in_buckets(buckets: &str, select: &str) -> String {
     )
 }
 
-/// `b(n)`: every bucket the history holds, oldest first (one NULL, which joins nothing, when it
-/// is empty).
-const ALL_BUCKETS: &str = "WITH RECURSIVE b(n) AS (\
-     SELECT (SELECT MIN(seq) FROM transitions) >> 12 \
-     UNION ALL SELECT n + 1 FROM b WHERE n < (SELECT MAX(seq) FROM transitions) >> 12)";
+/// `b(n)`: every bucket from a first one to the newest the history holds, oldest first. The
+/// caller binds the first bucket between the two texts: the collectors' own first bucket (ADR
+/// 0082), or NULL for the history's oldest. (One NULL row, which joins nothing, when the history
+/// is empty.)
+const BUCKETS_FROM: (&str, &str) = (
+    "WITH RECURSIVE b(n) AS (SELECT COALESCE(",
+    ", (SELECT MIN(seq) FROM transitions) >> 12) \
+     UNION ALL SELECT n + 1 FROM b WHERE n < (SELECT MAX(seq) FROM transitions) >> 12)",
+);
 
 /// A collector's history is read newest first, this many buckets in the first statement and twice
 /// as many in each next one, until a page is full: a page sorts only the rows of the buckets it
@@ -689,11 +693,13 @@ macro_rules! sql_store {
             }
 
             async fn transitions(&self, id: CollectorId) -> Result<Vec<Transition>, StoreError> {
-                let mut q = QueryBuilder::<$db>::new(in_buckets(
-                    ALL_BUCKETS,
-                    &T_TRANSITION_COLUMNS,
-                ));
-                q.push(" = ").push_bind(id.to_string());
+                let mut q = QueryBuilder::<$db>::new(BUCKETS_FROM.0);
+                q.push("(SELECT first_bucket FROM collectors WHERE id = ")
+                    .push_bind(id.to_string())
+                    .push(")")
+                    .push(in_buckets(BUCKETS_FROM.1, &T_TRANSITION_COLUMNS))
+                    .push(" = ")
+                    .push_bind(id.to_string());
                 q.push(" ORDER BY t.seq");
                 let rows = q
                     .build_query_as::<TransitionRow>()
@@ -1196,7 +1202,8 @@ mod tests {
         }
         let shift = format!(">> {})", super::HISTORY_BUCKET_BITS);
         assert!(super::HISTORY_BUCKET.ends_with(&shift));
-        assert!(super::ALL_BUCKETS.contains(&format!(">> {}", super::HISTORY_BUCKET_BITS)));
+        let bits = format!(">> {}", super::HISTORY_BUCKET_BITS);
+        assert_eq!(super::BUCKETS_FROM.1.matches(&bits).count(), 2);
     }
 
     #[test]

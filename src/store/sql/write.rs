@@ -45,19 +45,32 @@ macro_rules! sql_writes {
                     });
                     q.push(
                         ") DELETE FROM collectors WHERE (id, epoch) IN \
-                         (SELECT v_id, v_epoch FROM v) RETURNING id",
+                         (SELECT v_id, v_epoch FROM v) RETURNING id, first_bucket",
                     );
-                    let deleted: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
+                    let deleted: Vec<(String, Option<i64>)> =
+                        q.build_query_as().fetch_all(&mut **tx).await?;
                     if deleted.is_empty() {
                         continue;
                     }
-                    let ids: Vec<String> = deleted.into_iter().map(|(id,)| id).collect();
+                    // Their histories start no lower than the lowest of their first buckets; one
+                    // unknown (NULL) means the history's oldest.
+                    let first_bucket = deleted
+                        .iter()
+                        .map(|(_, bucket)| *bucket)
+                        .min_by_key(|bucket| bucket.unwrap_or(i64::MIN))
+                        .flatten();
+                    let ids: Vec<String> = deleted.into_iter().map(|(id, _)| id).collect();
                     let (open, close) = d.in_list;
-                    let history = in_buckets(ALL_BUCKETS, "t.seq");
                     let mut q = QueryBuilder::<$db>::new(format!(
-                        "DELETE FROM transitions WHERE seq IN ({history}{open}"
+                        "DELETE FROM transitions WHERE seq IN ({}",
+                        BUCKETS_FROM.0
                     ));
-                    q.push_bind(sqlx::types::Json(&ids)).push(close).push(")");
+                    q.push_bind(first_bucket)
+                        .push(in_buckets(BUCKETS_FROM.1, "t.seq"))
+                        .push(open)
+                        .push_bind(sqlx::types::Json(&ids))
+                        .push(close)
+                        .push(")");
                     q.build().execute(&mut **tx).await?;
                     let mut q = QueryBuilder::<$db>::new(format!(
                         "DELETE FROM collector_facts WHERE id{open}"
