@@ -6,14 +6,10 @@
 use std::borrow::Cow;
 
 use opampd::collector::{CollectorId, RemoteConfigState, State};
-use sqlx::migrate::Migrator;
 
 use crate::support::{
     Backend, first_bucket, fresh_database, open_existing_store, open_store, raw_sql, with_pool,
 };
-
-/// The schema as it was before records had epochs and their facts a table of their own.
-const BEFORE_EPOCHS: usize = 4;
 
 const FACTS: &str = r#"{
     "description": {"identifying": {"service.name": "otelcol"}, "non_identifying": {"host.name": "node-1"}},
@@ -43,20 +39,7 @@ async fn schema_before(backend: Backend, url: &str, stop: &str) {
         .position(|m| m.description == stop)
         .expect("the migration exists");
     migrator.migrations = Cow::Owned(migrator.migrations[..before].to_vec());
-    run_migrator(backend, url, migrator).await;
-}
-
-async fn run_migrator(backend: Backend, url: &str, migrator: Migrator) {
     with_pool!(backend, url, |pool| migrator.run(&pool).await.unwrap());
-}
-
-async fn old_schema(backend: Backend, url: &str) {
-    let mut migrator = match backend {
-        Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
-        Backend::Postgres => sqlx::migrate!("migrations/postgres"),
-    };
-    migrator.migrations = Cow::Owned(migrator.migrations[..BEFORE_EPOCHS].to_vec());
-    run_migrator(backend, url, migrator).await;
 }
 
 async fn insert_old_row(backend: Backend, url: &str, id: CollectorId) {
@@ -78,7 +61,8 @@ async fn a_database_of_the_first_schema_migrates_with_everything_kept(backend: B
     let url = database.url.clone();
     // The store creates the SQLite file; opening it without migrating leaves it empty.
     drop(open_existing_store(&url, "opampd").await);
-    old_schema(backend, &url).await;
+    // The schema as it was before records had epochs and their facts a table of their own.
+    schema_before(backend, &url, "epochs and facts").await;
     let id = CollectorId::new_v7();
     insert_old_row(backend, &url, id).await;
 

@@ -142,18 +142,18 @@ pub(crate) use with_pool;
 /// writes what the store's API does not show: each statement separated by `;`, the first column
 /// of the last one's first row as an integer, if any.
 pub async fn raw_sql(backend: Backend, url: &str, sql: &str) -> Option<i64> {
-    let mut last = None;
-    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        last = with_pool!(backend, url, |pool| {
+    with_pool!(backend, url, |pool| {
+        let mut last = None;
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             let row: Option<(Option<i64>,)> = sqlx::query_as(statement)
                 .fetch_optional(&pool)
                 .await
                 .expect("the statement runs");
-            pool.close().await;
-            row.and_then(|(v,)| v)
-        });
-    }
-    last
+            last = row.and_then(|(v,)| v);
+        }
+        pool.close().await;
+        last
+    })
 }
 
 /// The first bucket of its history that the store keeps on a collector's record (ADR 0082).
