@@ -10,6 +10,7 @@ mod progress;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -98,18 +99,24 @@ impl Fleet {
         let from = store.last_seq().await?;
         let rollouts = super::summary::load_all(store.as_ref()).await?;
         let (tx, rx) = mpsc::channel(COMMANDS);
+        // Read from the start; the loop says from its first turn whether anything stands.
+        let wanted = Arc::new(AtomicBool::new(true));
         let mut engine = Engine {
-            events: follow(Tail::new(
-                Arc::clone(&store),
-                EventFilter {
-                    moves_rollouts: true,
-                    ..EventFilter::default()
-                },
-                from,
-                flushes,
-                router.history_notices(),
-                shutdown.clone(),
-            )),
+            events: follow(
+                Tail::new(
+                    Arc::clone(&store),
+                    EventFilter {
+                        moves_rollouts: true,
+                        ..EventFilter::default()
+                    },
+                    from,
+                    flushes,
+                    router.history_notices(),
+                    shutdown.clone(),
+                )
+                .only_while(Arc::clone(&wanted)),
+            ),
+            wanted,
             router,
             store,
             rollouts: Vec::with_capacity(rollouts.len()),
@@ -172,6 +179,8 @@ struct Engine {
     deadlines: BinaryHeap<Reverse<(SystemTime, usize, usize)>>,
     /// Rollouts with changes not yet stored.
     unsaved: BTreeSet<usize>,
+    /// Whether the history is read: only while a transition could move something (ADR 0083).
+    wanted: Arc<AtomicBool>,
 }
 
 struct Withdrawal {
@@ -216,7 +225,7 @@ impl Engine {
                     None => local = None,
                 },
                 _ = tick.tick() => {
-                    if local.is_none() {
+                    if local.is_none() && self.wanted.load(Ordering::SeqCst) {
                         local = Some(self.router.subscribe());
                     }
                     self.withdraw().await;
@@ -234,6 +243,15 @@ impl Engine {
             }
             if save_at.is_none() && !self.unsaved.is_empty() {
                 save_at = Some(Instant::now() + save_delay);
+            }
+            let wanted = history_wanted(
+                !self.open.is_empty(),
+                self.rollouts.iter().map(Live::status),
+            );
+            self.wanted.store(wanted, Ordering::SeqCst);
+            if !wanted {
+                // Heard again from the tick after something stands; the history covers the gap.
+                local = None;
             }
         }
         let _ = self.save_unsaved().await;
@@ -356,6 +374,9 @@ impl Engine {
     }
 
     async fn start(&mut self, new: NewRollout) -> Result<Rollout, FleetError> {
+        // Before the plan reads the store: what the history gains from here on is read, and what
+        // it passed over was committed before this (see `Tail::only_while`).
+        self.wanted.store(true, Ordering::SeqCst);
         let (hash, what) = self.build(&new.payload).await?;
         let mut options = new.options;
         if options.timeout_seconds == 0 {
@@ -625,4 +646,32 @@ async fn save(store: &dyn Store, live: &Live) -> Result<(), FleetError> {
 /// Rollouts whose applied configurations stand: running, paused or completed ones.
 fn standing_from(status: Status) -> bool {
     matches!(status, Status::Running | Status::Paused | Status::Completed)
+}
+
+/// Whether the history can move anything: a collector's arrival or verdict matters only to an
+/// open target, or to a rollout that stands (a returning collector keeps its configuration, a
+/// late one joins a completed rollout). With neither, the engine passes the history over.
+fn history_wanted(open_targets: bool, mut statuses: impl Iterator<Item = Status>) -> bool {
+    open_targets || statuses.any(standing_from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_is_read_while_a_target_is_open_or_a_rollout_stands() {
+        assert!(!history_wanted(false, std::iter::empty()));
+        assert!(!history_wanted(
+            false,
+            [Status::Cancelled, Status::DryRun].into_iter()
+        ));
+        assert!(history_wanted(true, [Status::Cancelled].into_iter()));
+        for standing in [Status::Running, Status::Paused, Status::Completed] {
+            assert!(history_wanted(
+                false,
+                [Status::Cancelled, standing].into_iter()
+            ));
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -29,6 +30,8 @@ pub struct Tail {
     flushes: watch::Receiver<u64>,
     /// Other nodes' history notifications (none on a single node).
     others: Option<watch::Receiver<u64>>,
+    /// While this is false, what the history gains is passed over unread (see [`Tail::only_while`]).
+    wanted: Option<Arc<AtomicBool>>,
     shutdown: CancellationToken,
 }
 
@@ -50,8 +53,20 @@ impl Tail {
             read_to: None,
             flushes,
             others,
+            wanted: None,
             shutdown,
         }
+    }
+
+    /// Reads the history only while `wanted` holds; while it does not, the transitions stored
+    /// meanwhile are passed over. Whoever sets `wanted` must do so before it reads the state those
+    /// transitions left in the store: the end of the history is read before `wanted` is looked
+    /// at, so everything passed over was committed before that read began. (A selective filter
+    /// only: an unselective one never reads where the history ends.)
+    #[must_use]
+    pub fn only_while(mut self, wanted: Arc<AtomicBool>) -> Self {
+        self.wanted = Some(wanted);
+        self
     }
 
     /// Where the next read of the history starts: past every transition handed on or found
@@ -75,17 +90,24 @@ impl Tail {
             } else {
                 None
             };
-            match self.store.events_after(self.seq, &self.filter, PAGE).await {
-                Ok(events) => {
-                    if events.len() < PAGE {
-                        self.read_to = end;
+            let unwanted = self
+                .wanted
+                .as_ref()
+                .is_some_and(|wanted| !wanted.load(Ordering::SeqCst));
+            match end {
+                Some(end) if unwanted => self.seq = self.seq.max(end),
+                _ => match self.store.events_after(self.seq, &self.filter, PAGE).await {
+                    Ok(events) => {
+                        if events.len() < PAGE {
+                            self.read_to = end;
+                        }
+                        if !events.is_empty() {
+                            self.buffer.extend(events);
+                            continue;
+                        }
                     }
-                    if !events.is_empty() {
-                        self.buffer.extend(events);
-                        continue;
-                    }
-                }
-                Err(err) => tracing::warn!(%err, "cannot read the history; retrying"),
+                    Err(err) => tracing::warn!(%err, "cannot read the history; retrying"),
+                },
             }
             let others = async {
                 match &mut self.others {

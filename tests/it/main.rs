@@ -44,6 +44,7 @@ mod durability;
 mod edges;
 mod facets;
 mod history_buckets;
+mod history_tail;
 mod http_transport;
 mod interop;
 mod keys;
