@@ -138,41 +138,54 @@ impl Changed {
     /// The changed parts as they are now in `record`.
     pub fn take(self, record: &Collector) -> FactParts {
         let part = |bit: u16| self.has(bit);
+        // Only what changed is cloned: a report changes one or two parts of ten.
         FactParts {
-            description: record.description.clone().filter(|_| part(DESCRIPTION)),
-            health: record.health.clone().filter(|_| part(HEALTH)),
+            description: record
+                .description
+                .as_ref()
+                .filter(|_| part(DESCRIPTION))
+                .cloned(),
+            health: record.health.as_ref().filter(|_| part(HEALTH)).cloned(),
             effective_config: record
                 .effective_config
-                .clone()
-                .filter(|_| part(EFFECTIVE_CONFIG)),
+                .as_ref()
+                .filter(|_| part(EFFECTIVE_CONFIG))
+                .cloned(),
             remote_config_status: record
                 .remote_config_status
-                .clone()
-                .filter(|_| part(REMOTE_CONFIG_STATUS)),
+                .as_ref()
+                .filter(|_| part(REMOTE_CONFIG_STATUS))
+                .cloned(),
             package_statuses: record
                 .package_statuses
-                .clone()
-                .filter(|_| part(PACKAGE_STATUSES)),
+                .as_ref()
+                .filter(|_| part(PACKAGE_STATUSES))
+                .cloned(),
             available_components: record
                 .available_components
-                .clone()
-                .filter(|_| part(AVAILABLE_COMPONENTS)),
+                .as_ref()
+                .filter(|_| part(AVAILABLE_COMPONENTS))
+                .cloned(),
             client_certificate: record
                 .client_certificate
-                .clone()
-                .filter(|_| part(CLIENT_CERTIFICATE)),
+                .as_ref()
+                .filter(|_| part(CLIENT_CERTIFICATE))
+                .cloned(),
             custom_capabilities: record
                 .custom_capabilities
-                .clone()
-                .filter(|_| part(CUSTOM_CAPABILITIES)),
+                .as_ref()
+                .filter(|_| part(CUSTOM_CAPABILITIES))
+                .cloned(),
             connection_settings_status: record
                 .connection_settings_status
-                .clone()
-                .filter(|_| part(CONNECTION_SETTINGS_STATUS)),
+                .as_ref()
+                .filter(|_| part(CONNECTION_SETTINGS_STATUS))
+                .cloned(),
             issued_certificate: record
                 .issued_certificate
-                .clone()
-                .filter(|_| part(ISSUED_CERTIFICATE)),
+                .as_ref()
+                .filter(|_| part(ISSUED_CERTIFICATE))
+                .cloned(),
         }
     }
 }
