@@ -60,6 +60,7 @@ mod rollout_targets;
 mod rollouts;
 mod states;
 mod store;
+mod store_reads;
 mod summary_history;
 mod tls;
 mod websocket;
