@@ -1,5 +1,7 @@
-//! The store contract: one suite, run against SQLite and a real PostgreSQL, a fresh database per
-//! test.
+//! The store contract's writes: records, facts, transitions, claims, labels, the quarantine,
+//! forgets and configuration versions, run against SQLite and a real PostgreSQL, a fresh database
+//! per test. Also the fixtures the other store suites share (`store_reads`, `history_tail`,
+//! `history_buckets`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
