@@ -65,6 +65,10 @@ impl Tail {
     /// only: an unselective one never reads where the history ends.)
     #[must_use]
     pub fn only_while(mut self, wanted: Arc<AtomicBool>) -> Self {
+        debug_assert!(
+            self.filter.is_selective(),
+            "an unselective tail never reads where the history ends, so it could not pass over"
+        );
         self.wanted = Some(wanted);
         self
     }
