@@ -55,6 +55,9 @@ pub struct Opamp {
     /// What this server does (`ServerToAgent.capabilities`): with a CA, it also signs
     /// certificate requests.
     capabilities: u64,
+    /// Open WebSocket connections, registered once: registering looks the key up, which every
+    /// connection would repeat.
+    ws_connections: ::metrics::Gauge,
 }
 
 impl Opamp {
@@ -73,6 +76,7 @@ impl Opamp {
             budget: Budget::new(config.message_budget_bytes, config.connection_reserve_bytes),
             config,
             registry,
+            ws_connections: metrics.gauge(metrics::CONNECTIONS, &[("transport", "websocket")]),
             metrics,
             next_connection: AtomicU64::new(1),
             shutdown,

@@ -195,13 +195,9 @@ impl Session {
 
     async fn run(mut self: Box<Self>) {
         debug!("WebSocket connection opened");
-        let open = self.opamp.metrics.gauge(
-            crate::telemetry::metrics::CONNECTIONS,
-            &[("transport", "websocket")],
-        );
-        open.increment(1);
+        self.opamp.ws_connections.increment(1);
         let ending = Box::pin(self.serve()).await;
-        open.decrement(1);
+        self.opamp.ws_connections.decrement(1);
         // Boxed: the ending's awaits would otherwise size the task for the connection's whole life.
         Box::pin(self.end(ending)).await;
     }
