@@ -9,6 +9,7 @@ use std::time::Duration;
 use opampd::collector::{CollectorId, Reason, State, Transition};
 use opampd::store::tail::Tail;
 use opampd::store::{EventFilter, Store};
+use tokio_util::sync::CancellationToken;
 
 use crate::store::{batch_of, fleet, store_fleet, transition, transition_change};
 use crate::support::{Backend, Database, fresh_database, open_store};
@@ -27,6 +28,27 @@ async fn with_fleet(backend: Backend) -> (Database, Arc<dyn Store>, CollectorId)
 async fn append(store: &dyn Store, id: CollectorId, transitions: Vec<Transition>) {
     let changes = transitions.into_iter().map(|t| transition_change(id, 1, t));
     store.write(&batch_of(changes)).await.unwrap();
+}
+
+/// A tail as the rollout engine follows the history, from its current end: the tail, the
+/// writer's wake-up it waits on, and its shutdown.
+async fn engines_tail(
+    store: &Arc<dyn Store>,
+) -> (Tail, tokio::sync::watch::Sender<u64>, CancellationToken) {
+    let (notify, flushes) = tokio::sync::watch::channel(0u64);
+    let shutdown = CancellationToken::new();
+    let tail = Tail::new(
+        Arc::clone(store),
+        EventFilter {
+            moves_rollouts: true,
+            ..EventFilter::default()
+        },
+        store.last_seq().await.unwrap(),
+        flushes,
+        None,
+        shutdown.clone(),
+    );
+    (tail, notify, shutdown)
 }
 
 /// Lets `tail` run until its position reaches the history's end, asserting that it hands on
@@ -89,21 +111,7 @@ async fn the_engine_reads_only_what_moves_rollouts(backend: Backend) {
 /// transition that moves rollouts.
 async fn a_selective_tail_reads_past_what_does_not_match(backend: Backend) {
     let (_db, store, id) = with_fleet(backend).await;
-    let filter = EventFilter {
-        moves_rollouts: true,
-        ..EventFilter::default()
-    };
-    let (notify, flushes) = tokio::sync::watch::channel(0u64);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let start = store.last_seq().await.unwrap();
-    let mut tail = opampd::store::tail::Tail::new(
-        Arc::clone(&store),
-        filter,
-        start,
-        flushes,
-        None,
-        shutdown.clone(),
-    );
+    let (mut tail, notify, shutdown) = engines_tail(&store).await;
     let flips: Vec<Transition> = (0..300)
         .map(|i| {
             if i % 2 == 0 {
@@ -125,25 +133,7 @@ async fn a_selective_tail_reads_past_what_does_not_match(backend: Backend) {
         .collect();
     append(store.as_ref(), id, flips).await;
     moves_past_handing_on_nothing(&mut tail, store.as_ref(), "no flip moves a rollout").await;
-    append(
-        store.as_ref(),
-        id,
-        vec![
-            transition(
-                Some(State::Connected),
-                State::Disconnected,
-                Reason::NetworkInterruption,
-                3,
-            ),
-            transition(
-                Some(State::Disconnected),
-                State::Connected,
-                Reason::ConnectionRestored,
-                3,
-            ),
-        ],
-    )
-    .await;
+    append(store.as_ref(), id, a_return(3)).await;
     notify.send_replace(1);
     let next = tail.next().await.expect("the arrival");
     assert_eq!(next.transition.reason, Reason::ConnectionRestored);
@@ -173,21 +163,9 @@ fn a_return(seconds: u64) -> Vec<Transition> {
 /// are passed over. Once it is wanted again, the next return is handed on, and none from before.
 async fn an_unwanted_tail_passes_the_history_over(backend: Backend) {
     let (_db, store, id) = with_fleet(backend).await;
-    let (notify, flushes) = tokio::sync::watch::channel(0u64);
-    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (tail, notify, shutdown) = engines_tail(&store).await;
     let wanted = Arc::new(AtomicBool::new(false));
-    let mut tail = Tail::new(
-        Arc::clone(&store),
-        EventFilter {
-            moves_rollouts: true,
-            ..EventFilter::default()
-        },
-        store.last_seq().await.unwrap(),
-        flushes,
-        None,
-        shutdown.clone(),
-    )
-    .only_while(Arc::clone(&wanted));
+    let mut tail = tail.only_while(Arc::clone(&wanted));
     append(store.as_ref(), id, a_return(2)).await;
     moves_past_handing_on_nothing(&mut tail, store.as_ref(), "nothing is wanted").await;
     wanted.store(true, Ordering::SeqCst);
