@@ -137,56 +137,30 @@ impl Changed {
 
     /// The changed parts as they are now in `record`.
     pub fn take(self, record: &Collector) -> FactParts {
-        let part = |bit: u16| self.has(bit);
         // Only what changed is cloned: a report changes one or two parts of ten.
         FactParts {
-            description: record
-                .description
-                .as_ref()
-                .filter(|_| part(DESCRIPTION))
-                .cloned(),
-            health: record.health.as_ref().filter(|_| part(HEALTH)).cloned(),
-            effective_config: record
-                .effective_config
-                .as_ref()
-                .filter(|_| part(EFFECTIVE_CONFIG))
-                .cloned(),
-            remote_config_status: record
-                .remote_config_status
-                .as_ref()
-                .filter(|_| part(REMOTE_CONFIG_STATUS))
-                .cloned(),
-            package_statuses: record
-                .package_statuses
-                .as_ref()
-                .filter(|_| part(PACKAGE_STATUSES))
-                .cloned(),
-            available_components: record
-                .available_components
-                .as_ref()
-                .filter(|_| part(AVAILABLE_COMPONENTS))
-                .cloned(),
-            client_certificate: record
-                .client_certificate
-                .as_ref()
-                .filter(|_| part(CLIENT_CERTIFICATE))
-                .cloned(),
-            custom_capabilities: record
-                .custom_capabilities
-                .as_ref()
-                .filter(|_| part(CUSTOM_CAPABILITIES))
-                .cloned(),
-            connection_settings_status: record
-                .connection_settings_status
-                .as_ref()
-                .filter(|_| part(CONNECTION_SETTINGS_STATUS))
-                .cloned(),
-            issued_certificate: record
-                .issued_certificate
-                .as_ref()
-                .filter(|_| part(ISSUED_CERTIFICATE))
-                .cloned(),
+            description: self.pick(DESCRIPTION, record.description.as_ref()),
+            health: self.pick(HEALTH, record.health.as_ref()),
+            effective_config: self.pick(EFFECTIVE_CONFIG, record.effective_config.as_ref()),
+            remote_config_status: self
+                .pick(REMOTE_CONFIG_STATUS, record.remote_config_status.as_ref()),
+            package_statuses: self.pick(PACKAGE_STATUSES, record.package_statuses.as_ref()),
+            available_components: self
+                .pick(AVAILABLE_COMPONENTS, record.available_components.as_ref()),
+            client_certificate: self.pick(CLIENT_CERTIFICATE, record.client_certificate.as_ref()),
+            custom_capabilities: self
+                .pick(CUSTOM_CAPABILITIES, record.custom_capabilities.as_ref()),
+            connection_settings_status: self.pick(
+                CONNECTION_SETTINGS_STATUS,
+                record.connection_settings_status.as_ref(),
+            ),
+            issued_certificate: self.pick(ISSUED_CERTIFICATE, record.issued_certificate.as_ref()),
         }
+    }
+
+    /// A clone of `part`, if the part `bit` changed.
+    fn pick<T: Clone>(self, bit: u16, part: Option<&T>) -> Option<T> {
+        part.filter(|_| self.has(bit)).cloned()
     }
 }
 
