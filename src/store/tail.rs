@@ -79,6 +79,25 @@ impl Tail {
         self.read_to.map_or(self.seq, |end| end.max(self.seq))
     }
 
+    /// Reads the next page after the position into the buffer; whether it brought any. `end`,
+    /// where the history ended before the read, is resumed past when the page comes back short.
+    async fn read(&mut self, end: Option<i64>) -> bool {
+        match self.store.events_after(self.seq, &self.filter, PAGE).await {
+            Ok(events) => {
+                if events.len() < PAGE {
+                    self.read_to = end;
+                }
+                let any = !events.is_empty();
+                self.buffer.extend(events);
+                any
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the history; retrying");
+                false
+            }
+        }
+    }
+
     /// The next transition, waiting for one; `None` when the server shuts down.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
@@ -98,20 +117,11 @@ impl Tail {
                 .wanted
                 .as_ref()
                 .is_some_and(|wanted| !wanted.load(Ordering::SeqCst));
-            match end {
-                Some(end) if unwanted => self.seq = self.seq.max(end),
-                _ => match self.store.events_after(self.seq, &self.filter, PAGE).await {
-                    Ok(events) => {
-                        if events.len() < PAGE {
-                            self.read_to = end;
-                        }
-                        if !events.is_empty() {
-                            self.buffer.extend(events);
-                            continue;
-                        }
-                    }
-                    Err(err) => tracing::warn!(%err, "cannot read the history; retrying"),
-                },
+            if unwanted && end.is_some() {
+                // Passed over as a short read's stretch is: resumed past once woken.
+                self.read_to = end;
+            } else if self.read(end).await {
+                continue;
             }
             let others = async {
                 match &mut self.others {
