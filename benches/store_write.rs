@@ -3,6 +3,7 @@
 //!
 //! `cargo bench --bench store_write` measures SQLite; with `DATABASE_URL=postgres://…` (a database
 //! the bench may fill) it measures PostgreSQL too. Prints one line per measurement.
+//! `STORE_WRITE_ONLY=storm` runs the storm's writes alone.
 
 // A measuring tool: a failure should stop it loudly.
 #![allow(clippy::cast_precision_loss, clippy::unwrap_used, clippy::expect_used)]
@@ -71,6 +72,7 @@ async fn batches(name: &str, store: &dyn Store) {
                 }),
                 epoch: 1,
                 create: round == 0,
+                whole: round == 0,
             });
             batch.take(Change::Transition {
                 id: *id,
@@ -93,6 +95,99 @@ async fn batches(name: &str, store: &dyn Store) {
     println!(
         "{name}: {ROUNDS} batches of {BATCH} records + {BATCH} transitions: {per_batch:?} per batch, {:.0} rows/s",
         rows / elapsed.as_secs_f64()
+    );
+}
+
+/// How many collectors the storm's writes are spread over: the figures' storm.
+const STORM: usize = 19_000;
+
+/// The process's CPU time so far (user and system), from `/proc/self/stat`.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// What a reconnect storm writes: STORM stored records, each dropped and back, so two record
+/// updates and two transitions each, in batches of BATCH in the order the collectors happen to
+/// come (not the records' order). Time and the process's CPU per returning collector. `whole`:
+/// every update writes the whole hot part, as before ADR 0084; otherwise the state part alone, as
+/// the actor asks when only the state changed.
+async fn storm(name: &str, store: &dyn Store, whole: bool) {
+    let ids: Vec<CollectorId> = (0..STORM).map(|_| CollectorId::new_v7()).collect();
+    let records: Vec<Collector> = ids.iter().map(|id| record(*id)).collect();
+    for chunk in records.chunks(BATCH) {
+        let mut batch = Batch::default();
+        for record in chunk {
+            batch.take(Change::Record {
+                hot: Box::new(Hot::of(record).expect("a state")),
+                facts: Box::new(Changed::all().take(record)),
+                epoch: 1,
+                create: true,
+                whole: true,
+            });
+        }
+        store.write(&batch).await.expect("write");
+    }
+    // A fixed shuffle, so that runs compare: the collectors come back in no stored order.
+    let mut order: Vec<usize> = (0..STORM).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, usize::try_from(x % (i as u64 + 1)).unwrap_or(0));
+    }
+    let (cpu_before, started) = (cpu(), Instant::now());
+    for (to, reason, connected) in [
+        (State::Disconnected, Reason::NetworkInterruption, false),
+        (State::Connected, Reason::ConnectionRestored, true),
+    ] {
+        for chunk in order.chunks(BATCH) {
+            let mut batch = Batch::default();
+            for &i in chunk {
+                let mut record = records[i].clone();
+                let from = record.state;
+                record.state = Some(to);
+                record.state_reason = Some(reason);
+                record.connected = connected;
+                record.state_since = Some(SystemTime::now());
+                batch.take(Change::Record {
+                    hot: Box::new(Hot::of(&record).expect("a state")),
+                    facts: Box::new(FactParts::default()),
+                    epoch: 1,
+                    create: false,
+                    whole,
+                });
+                batch.take(Change::Transition {
+                    id: record.id,
+                    epoch: 1,
+                    transition: Transition {
+                        from,
+                        to,
+                        reason,
+                        message: String::new(),
+                        at: SystemTime::now(),
+                        cause: None,
+                    },
+                });
+            }
+            store.write(&batch).await.expect("write");
+        }
+    }
+    let (elapsed, cpu) = (started.elapsed(), cpu().saturating_sub(cpu_before));
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / STORM as f64;
+    let written = if whole { "whole" } else { "state part" };
+    println!(
+        "{name}: the storm's writes for {STORM} collectors ({written}), batches of {BATCH}: {:.1} µs and {:.1} µs of CPU per returning collector ({elapsed:?})",
+        per(elapsed),
+        per(cpu),
     );
 }
 
@@ -158,11 +253,27 @@ async fn through_the_server(name: &str, url: &str) {
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
+    for whole in [true, false] {
+        let storm_db = format!(
+            "sqlite://{}",
+            dir.path().join(format!("storm-{whole}.db")).display()
+        );
+        storm("sqlite", open(&storm_db).await.as_ref(), whole).await;
+    }
+    let postgres = std::env::var("DATABASE_URL").ok();
+    if let Some(url) = &postgres {
+        for whole in [true, false] {
+            storm("postgres", open(url).await.as_ref(), whole).await;
+        }
+    }
+    if std::env::var("STORE_WRITE_ONLY").is_ok_and(|only| only == "storm") {
+        return;
+    }
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
     batches("sqlite", open(&sqlite).await.as_ref()).await;
     let sqlite_server = format!("sqlite://{}", dir.path().join("server.db").display());
     through_the_server("sqlite", &sqlite_server).await;
-    if let Ok(url) = std::env::var("DATABASE_URL") {
+    if let Some(url) = postgres {
         batches("postgres", open(&url).await.as_ref()).await;
         through_the_server("postgres", &url).await;
     }

@@ -62,11 +62,11 @@ pub(super) fn spawn(
         unsaved: Vec::new(),
         changed: Changed::default(),
         hot: false,
+        about: 0,
         saved_at: None,
         unconfirmed: false,
         confirm: None,
-        contest: None,
-        custom_bucket: None,
+        rare: None,
         labels_at_load: None,
         held_elsewhere: false,
         replying: false,
@@ -82,6 +82,15 @@ fn settled(confirm: Option<&Confirmation>) -> impl Future<Output = ()> + use<> {
         Some(confirm) => Either::Left(confirm.settled()),
         None => Either::Right(std::future::pending()),
     }
+}
+
+/// The parts of an actor that few collectors ever need.
+#[derive(Default)]
+struct Rare {
+    /// Replacements of its live connection, once there has been one.
+    contest: Contest,
+    /// The collector's own custom messages, limited per minute, once it has sent one.
+    custom_bucket: Option<super::custom::Bucket>,
 }
 
 /// Whether the actor goes on after a command.
@@ -114,16 +123,18 @@ struct Actor {
     changed: Changed,
     /// The record has news beyond `last_seen` that the store has not had.
     hot: bool,
+    /// The fingerprint of the descriptive part last handed to the store ([`Hot::about`]); 0
+    /// before the first write, which carries that part whatever it is.
+    about: u64,
     /// When the record was last handed to the store.
     saved_at: Option<Instant>,
     /// Writes queued since the last barrier.
     unconfirmed: bool,
     /// The latest barrier: replies wait on it while it has not resolved.
     confirm: Option<Confirmation>,
-    /// Replacements of its live connection, once there has been one.
-    contest: Option<Box<Contest>>,
-    /// The collector's own custom messages, limited per minute.
-    custom_bucket: Option<Box<super::custom::Bucket>>,
+    /// What few collectors ever need, in one box: a pointer of every resident collector's actor
+    /// rather than one for each.
+    rare: Option<Box<Rare>>,
     /// The labels the store held when this actor loaded the record (none for a new collector),
     /// until its first arrival: what its first reply's connection settings are chosen by. Labels
     /// are the store's alone; later ones are read where they are needed.
@@ -309,12 +320,16 @@ impl Actor {
                 return;
             };
             let changed = if create { Changed::all() } else { self.changed };
+            let about = hot.about();
+            let whole = create || about != self.about;
+            self.about = about;
             persistence
                 .save(Change::Record {
                     hot: Box::new(hot),
                     facts: Box::new(changed.take(&self.record)),
                     epoch: self.epoch,
                     create,
+                    whole,
                 })
                 .await;
             self.stored = true;
@@ -546,5 +561,15 @@ impl Actor {
             collector: self.id,
             transition,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every resident collector holds one, boxed: past 1,024 bytes it takes jemalloc's next size
+    /// class, 1,280 bytes.
+    #[test]
+    fn an_actor_fits_jemallocs_1024_byte_class() {
+        assert!(std::mem::size_of::<super::Actor>() <= 1024);
     }
 }

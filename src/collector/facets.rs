@@ -77,7 +77,7 @@ impl std::ops::BitOr for Facets {
 /// What "the configuration we had applied" looked like once running: the remote configuration's
 /// hash the collector reported applied, and the digest of the first effective configuration it
 /// reported with or after that verdict (`None` until one arrives).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DriftBaseline {
     pub config: Vec<u8>,
     pub effective: Option<[u8; 32]>,

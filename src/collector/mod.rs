@@ -78,7 +78,7 @@ impl fmt::Display for Transport {
 
 /// What a collector says it can do: OpAMP's agent capability bits. Unknown bits are kept, never
 /// rejected, and simply have no name.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Capabilities(pub u64);
 
@@ -343,7 +343,7 @@ pub struct ConfigOffer {
 }
 
 /// A package offered to a collector (OpAMP `PackagesAvailable` with one top-level package).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PackageOffer {
     pub name: String,
     pub version: String,
@@ -379,7 +379,7 @@ impl PackageOffer {
 
 /// A package a collector reported it has from a server, listed in an offer so that it keeps it:
 /// at the version and with the hash it reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KeptPackage {
     pub name: String,
     pub version: String,
@@ -491,7 +491,7 @@ impl Outbound {
 
 /// Two live collectors claimed one uid (a cloned machine, say) and kept replacing each other's
 /// connection; the newest was given a fresh uid. Both records say so.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reassignment {
     /// This record kept the uid; the other collector now has `to`.

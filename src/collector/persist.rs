@@ -52,7 +52,7 @@ pub struct Hot {
 
 /// What the server itself tracks about a collector: configurations and packages it sent, and why
 /// it is in Error beyond its health.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Control {
     pub config_sent: Option<Vec<u8>>,
     pub config_failed: Option<Vec<u8>>,
@@ -68,6 +68,23 @@ pub struct Control {
 }
 
 impl Hot {
+    /// A fingerprint of the descriptive part (everything but the state part: names, capabilities,
+    /// facets, control): a write leaves that part out while its fingerprint is unchanged.
+    pub fn about(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (
+            &self.name,
+            &self.host_name,
+            &self.version,
+            self.capabilities,
+            self.facets,
+            &self.control,
+        )
+            .hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// `None` before the collector's first message: there is nothing worth storing yet.
     pub fn of(c: &Collector) -> Option<Self> {
         Some(Self {
@@ -113,6 +130,9 @@ pub enum Change {
         facts: Box<FactParts>,
         epoch: Epoch,
         create: bool,
+        /// The descriptive part changed since the last write (or is not known to be stored):
+        /// written with the state part. Otherwise only the state part is (ADR 0084).
+        whole: bool,
     },
     /// Only `last_seen` moved (heartbeats): one narrow update, batched with others.
     Touch {
@@ -295,5 +315,41 @@ impl Persistence {
     /// Changes waiting in the queue (not those the batcher already holds).
     pub fn queued(&self) -> usize {
         self.changes.max_capacity() - self.changes.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Collector {
+        let mut c = Collector::new(CollectorId::new_v7());
+        c.state = Some(State::Connected);
+        c.connected = true;
+        c
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_descriptive_part_not_the_state() {
+        let c = record();
+        let about = |c: &Collector| Hot::of(c).map(|hot| hot.about());
+        let mut moved = c.clone();
+        moved.state = Some(State::Disconnected);
+        moved.connected = false;
+        moved.last_seen = Some(SystemTime::now());
+        moved.sequence_num = Some(9);
+        assert_eq!(about(&moved), about(&c), "the state part is not in it");
+        let changes: [fn(&mut Collector); 5] = [
+            |c| c.capabilities = Capabilities(1),
+            |c| c.config_error = Some("bad".into()),
+            |c| c.config_sent = Some(vec![1]),
+            |c| c.rollout = Some("r1".into()),
+            |c| c.missing_components = vec!["receiver/otlp".into()],
+        ];
+        for change in changes {
+            let mut other = c.clone();
+            change(&mut other);
+            assert_ne!(about(&other), about(&c));
+        }
     }
 }

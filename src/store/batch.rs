@@ -25,6 +25,9 @@ pub enum Entry {
 pub struct Write {
     /// The store has never had the record: insert it (and never over one that exists).
     pub create: bool,
+    /// The hot part's descriptive part is written too, not only its state part: some write
+    /// folded in changed it (ADR 0084).
+    pub whole: bool,
     pub hot: Option<Box<Hot>>,
     pub facts: FactParts,
     /// A newer `last_seen` with nothing else new.
@@ -52,6 +55,7 @@ fn later(a: Option<SystemTime>, b: SystemTime) -> SystemTime {
 impl Write {
     fn fold(&mut self, newer: Write) {
         self.create |= newer.create;
+        self.whole |= newer.whole;
         if let Some(hot) = newer.hot {
             self.hot = Some(hot);
             self.touch = None;
@@ -80,10 +84,12 @@ impl Batch {
                 facts,
                 epoch,
                 create,
+                whole,
             } => self.write(
                 (hot.id, epoch),
                 Write {
                     create,
+                    whole,
                     hot: Some(hot),
                     facts: *facts,
                     touch: None,
@@ -278,6 +284,7 @@ mod tests {
             facts: Box::default(),
             epoch: 1,
             create,
+            whole: create,
         }
     }
 
@@ -359,6 +366,7 @@ mod tests {
                 }),
                 epoch: 1,
                 create: false,
+                whole: false,
             });
         }
         assert_eq!(write(&batch, 1).facts.health, Some(health("b")));
@@ -407,12 +415,17 @@ mod tests {
                 transition,
             },
             Change::Record {
-                hot, facts, create, ..
+                hot,
+                facts,
+                create,
+                whole,
+                ..
             } => Change::Record {
                 hot,
                 facts,
                 epoch: 2,
                 create,
+                whole,
             },
             other => other,
         };
@@ -440,6 +453,7 @@ mod tests {
             }),
             epoch: 1,
             create: true,
+            whole: true,
         });
         single.take(transition(9, State::Connected));
         single.take(transition(9, State::Error));

@@ -116,9 +116,9 @@ pub struct RecordRow {
     pub health: Option<Json<serde_json::Value>>,
 }
 
-/// The hot part of a record as it is written.
+/// The state part of a record as it is written: what every state change rewrites.
 #[derive(Debug)]
-pub struct HotRow {
+pub struct StateRow {
     pub id: String,
     pub epoch: i64,
     pub state: &'static str,
@@ -129,11 +129,17 @@ pub struct HotRow {
     pub transport: Option<&'static str>,
     pub connected_since: Option<OffsetDateTime>,
     pub last_seen: Option<OffsetDateTime>,
+    pub sequence_num: Option<i64>,
+}
+
+/// The hot part of a record as it is written whole: its state part and its descriptive part.
+#[derive(Debug)]
+pub struct HotRow {
+    pub state: StateRow,
     pub name: Option<String>,
     pub host_name: Option<String>,
     pub version: Option<String>,
     pub capabilities: i64,
-    pub sequence_num: Option<i64>,
     pub facets: i64,
     pub control: Json<Box<RawValue>>,
     /// The health the write brings; `None` keeps the stored one (health, like every reported
@@ -219,9 +225,8 @@ fn read_part<T: for<'de> Deserialize<'de>>(
     }
 }
 
-impl HotRow {
-    /// `facts` are those the write brings: the row takes their health.
-    pub fn new(hot: &Hot, facts: &FactParts, epoch: Epoch) -> Self {
+impl StateRow {
+    pub fn new(hot: &Hot, epoch: Epoch) -> Self {
         Self {
             id: hot.id.to_string(),
             epoch,
@@ -233,11 +238,20 @@ impl HotRow {
             transport: hot.transport.map(Transport::as_str),
             connected_since: time(hot.connected_since),
             last_seen: time(hot.last_seen),
+            sequence_num: hot.sequence_num.map(u64::cast_signed),
+        }
+    }
+}
+
+impl HotRow {
+    /// `facts` are those the write brings: the row takes their health.
+    pub fn new(hot: &Hot, facts: &FactParts, epoch: Epoch) -> Self {
+        Self {
+            state: StateRow::new(hot, epoch),
             name: hot.name.clone(),
             host_name: hot.host_name.clone(),
             version: hot.version.clone(),
             capabilities: hot.capabilities.0.cast_signed(),
-            sequence_num: hot.sequence_num.map(u64::cast_signed),
             facets: i64::from(hot.facets.bits()),
             control: raw(&ControlDoc::of(&hot.control)),
             health: facts.health.as_ref().map(Self::health_of),

@@ -155,6 +155,7 @@ pub(crate) fn record_change(c: &Collector, epoch: Epoch, create: bool) -> Change
         facts: Box::new(Changed::all().take(c)),
         epoch,
         create,
+        whole: true,
     }
 }
 
@@ -168,6 +169,7 @@ pub(crate) fn health_change(c: &Collector, epoch: Epoch) -> Change {
         }),
         epoch,
         create: false,
+        whole: false,
     }
 }
 
@@ -288,6 +290,65 @@ async fn the_latest_record_wins_and_transitions_only_append(backend: Backend) {
     assert_eq!(history, vec![t(1).1, t(2).1, t(3).1]);
 }
 
+/// A write whose descriptive part did not change (ADR 0084) carries the state part alone: the
+/// stored names, capabilities and control stay as the last whole write left them, and its claim's
+/// epoch fences it like any write.
+async fn a_state_only_write_leaves_the_descriptive_part(backend: Backend) {
+    let db = fresh_database(backend).await;
+    let url = db.url.clone();
+    let store = open_store(&url, "a").await;
+    let id = CollectorId::new_v7();
+    let record = full_record(id, State::Connected);
+    store
+        .write(&creating(std::slice::from_ref(&record), vec![]))
+        .await
+        .unwrap();
+    let state_only = |c: &Collector, epoch: Epoch| Change::Record {
+        hot: Box::new(Hot::of(c).expect("a record with a state")),
+        facts: Box::default(),
+        epoch,
+        create: false,
+        whole: false,
+    };
+    let mut moved = record.clone();
+    moved.state = Some(State::Disconnected);
+    moved.connected = false;
+    moved.sequence_num = Some(7);
+    moved.capabilities = Capabilities(0x1);
+    moved.config_error = Some("not carried by a state-only write".into());
+    let fenced = store
+        .write(&batch_of([state_only(&moved, 1)]))
+        .await
+        .unwrap();
+    assert!(fenced.is_empty());
+    let loaded = store.load(id).await.unwrap().unwrap();
+    assert_eq!(loaded.state, Some(State::Disconnected));
+    assert!(!loaded.connected);
+    assert_eq!(loaded.sequence_num, Some(7));
+    assert_eq!(loaded.capabilities, record.capabilities);
+    assert_eq!(loaded.config_error, record.config_error);
+    assert_eq!(loaded.health, record.health, "health stays too");
+
+    // Under a superseded claim it is refused.
+    assert_eq!(store.claim(&[id]).await.unwrap()[0].epoch, 2);
+    let fenced = store
+        .write(&batch_of([state_only(&record, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(fenced, vec![(id, 1)]);
+    let kept = store.load(id).await.unwrap().unwrap();
+    assert_eq!(kept.state, Some(State::Disconnected));
+
+    // A whole write carries both parts.
+    store
+        .write(&batch_of([record_change(&moved, 2, false)]))
+        .await
+        .unwrap();
+    let loaded = store.load(id).await.unwrap().unwrap();
+    assert_eq!(loaded.capabilities, moved.capabilities);
+    assert_eq!(loaded.config_error, moved.config_error);
+}
+
 async fn facts_are_written_part_by_part_and_a_touch_moves_only_last_seen(backend: Backend) {
     let db = fresh_database(backend).await;
     let url = db.url.clone();
@@ -318,6 +379,7 @@ async fn facts_are_written_part_by_part_and_a_touch_moves_only_last_seen(backend
             facts: Box::default(),
             epoch: 1,
             create: false,
+            whole: true,
         }]))
         .await
         .unwrap();
@@ -818,6 +880,7 @@ crate::on_both_stores!(
     migrations_apply_to_an_empty_database_and_again,
     a_record_and_its_history_round_trip,
     the_latest_record_wins_and_transitions_only_append,
+    a_state_only_write_leaves_the_descriptive_part,
     a_large_batch_lands_in_one_write,
     a_batch_with_one_superseded_claim_writes_the_others,
     recovery_disconnects_only_this_nodes_live_collectors,

@@ -158,8 +158,10 @@ impl Actor {
         let per_minute = relay.limits.per_minute;
         let now = Instant::now();
         let bucket = self
+            .rare
+            .get_or_insert_with(Box::default)
             .custom_bucket
-            .get_or_insert_with(|| Box::new(Bucket::full(per_minute, now)));
+            .get_or_insert_with(|| Bucket::full(per_minute, now));
         let dropped = if !relay.relays(&message) {
             Some("unsupported_or_too_large")
         } else if bucket.take(per_minute, now).is_err() {
@@ -190,8 +192,9 @@ impl Actor {
             .as_ref()
             .is_some_and(|old| old.id != connection.id && old.push.is_some());
         if live_elsewhere && connection.push.is_some() {
-            self.contest
+            self.rare
                 .get_or_insert_with(Box::default)
+                .contest
                 .claim(Instant::now())
         } else {
             Verdict::Replace

@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use super::batch::{Entry, Key};
 use super::over_time::{StepChanges, Window};
 use super::row::{
-    ConfigurationRow, EventRow, FactRow, FactWrite, HotRow, RecordRow, TransitionRow,
+    ConfigurationRow, EventRow, FactRow, FactWrite, HotRow, RecordRow, StateRow, TransitionRow,
     TransitionWrite,
 };
 use super::{
@@ -40,7 +40,7 @@ use crate::selector::{Requirement, Selector};
 use over_time::sql_over_time;
 use rollouts::{TARGET_COLUMNS, TargetRow, sql_rollouts};
 use upkeep::{checkpoint, close_fully, close_last};
-use write::{Written, push_hot, push_transition, sql_writes};
+use write::{Written, push_hot, push_state, push_transition, sql_writes, update_rows};
 
 /// What the two databases spell differently.
 struct Dialect {
@@ -171,7 +171,8 @@ const RECORD_COLUMNS: &str = "id, epoch, state, state_since, state_reason, state
      connected, transport, connected_since, last_seen, capabilities, sequence_num, facets, labels, control, \
      health";
 
-/// The hot part as it is written (the row source's column `v_c` into the table's `c`).
+/// The hot part as it is written (the row source's column `v_c` into the table's `c`): its state
+/// part first ([`STATE`]), then its descriptive part.
 const HOT: &[&str] = &[
     "id",
     "epoch",
@@ -183,15 +184,19 @@ const HOT: &[&str] = &[
     "transport",
     "connected_since",
     "last_seen",
+    "sequence_num",
     "name",
     "host_name",
     "version",
     "capabilities",
-    "sequence_num",
     "facets",
     "control",
     "health",
 ];
+
+/// The state part of [`HOT`]: all that a write whose descriptive part is unchanged carries
+/// (ADR 0084).
+const STATE: &[&str] = HOT.split_at(11).0;
 
 const TRANSITIONS: &[&str] = &[
     "ord", "epoch", "id", "from", "to", "reason", "message", "at", "cause",

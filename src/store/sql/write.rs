@@ -94,6 +94,7 @@ macro_rules! sql_writes {
                 let d: &Dialect = &$dialect;
                 let mut creates = Vec::new();
                 let mut updates = Vec::new();
+                let mut states = Vec::new();
                 let mut touches = Vec::new();
                 for ((id, epoch), entry) in &batch.entries {
                     let Entry::Write(write) = entry else {
@@ -102,6 +103,10 @@ macro_rules! sql_writes {
                     match (&write.hot, write.create) {
                         (Some(hot), true) => {
                             creates.push(HotRow::new(hot, &write.facts, *epoch));
+                        }
+                        // The descriptive part unchanged and no health: the state part alone.
+                        (Some(hot), false) if !write.whole && write.facts.health.is_none() => {
+                            states.push(StateRow::new(hot, *epoch));
                         }
                         (Some(hot), false) => {
                             updates.push(HotRow::new(hot, &write.facts, *epoch));
@@ -114,7 +119,7 @@ macro_rules! sql_writes {
                     }
                 }
                 let mut written = Written::default();
-                let (columns, aliases) = column_lists(HOT, &[]);
+                let (columns, _) = column_lists(HOT, &[]);
                 // A new record's history starts after every transition stored now: its own get
                 // later positions, in this transaction or a later one (a record's transitions
                 // never land before it does). Its pages stop at this bucket (ADR 0082).
@@ -140,42 +145,31 @@ macro_rules! sql_writes {
                     let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
                     written.extend(rows);
                 }
-                let assignments: String = HOT
-                    .iter()
-                    .copied()
-                    .filter(|c| *c != "id" && *c != "epoch")
-                    .map(|c| match c {
-                        // Written when the batch brings it, else kept.
-                        "health" => "health = COALESCE(v_health, health)".to_owned(),
-                        c => format!("{c} = v_{c}"),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                for chunk in fixed_chunks(&updates) {
-                    let mut q = QueryBuilder::<$db>::new(format!("WITH v({aliases}) AS ("));
-                    q.push_values(chunk, |mut b, r| {
-                        push_hot!(b, r);
-                    });
-                    q.push(format!(
-                        ") {} collectors SET {assignments}, updated_at = ",
-                        d.batch_update
-                    ));
-                    q.push_bind(now);
-                    q.push(" FROM v WHERE id = v_id AND epoch = v_epoch");
-                    // No RETURNING: a row per update crossed the connection's channel (a tenth
-                    // of SQLite's thread in a burst). All updated is the rule; which ones were
-                    // fenced is asked only when some were.
-                    let updated = q.build().execute(&mut **tx).await?.rows_affected();
-                    let keys = chunk.iter().map(|r| (r.id.as_str(), r.epoch));
-                    if usize::try_from(updated).is_ok_and(|n| n == chunk.len()) {
-                        written.extend(keys.map(|(id, epoch)| (id.to_owned(), epoch)));
-                    } else {
-                        written.extend(Self::holding_in(tx, keys).await?);
-                    }
-                }
+                update_rows!(
+                    tx,
+                    d,
+                    now,
+                    written,
+                    &updates,
+                    HOT,
+                    |b, r| push_hot!(b, r),
+                    |r| &r.state
+                );
+                update_rows!(
+                    tx,
+                    d,
+                    now,
+                    written,
+                    &states,
+                    STATE,
+                    |b, r| push_state!(b, r),
+                    |r| r
+                );
                 let fenced = creates
                     .iter()
                     .chain(&updates)
+                    .map(|row| &row.state)
+                    .chain(&states)
                     .filter(|row| !written.holds(&row.id, row.epoch))
                     .filter_map(|row| Some((CollectorId(row.id.parse().ok()?), row.epoch)))
                     .collect();
@@ -556,9 +550,9 @@ impl Written {
     }
 }
 
-/// Binds a [`HotRow`]'s values in `HOT` order.
-macro_rules! push_hot {
-    ($b:ident, $r:ident) => {
+/// Binds a [`StateRow`]'s values in `STATE` order.
+macro_rules! push_state {
+    ($b:ident, $r:expr) => {
         $b.push_bind(&$r.id)
             .push_bind($r.epoch)
             .push_bind($r.state)
@@ -569,14 +563,66 @@ macro_rules! push_hot {
             .push_bind($r.transport)
             .push_bind($r.connected_since)
             .push_bind($r.last_seen)
+            .push_bind($r.sequence_num)
+    };
+}
+
+/// Binds a [`HotRow`]'s values in `HOT` order.
+macro_rules! push_hot {
+    ($b:ident, $r:ident) => {
+        push_state!($b, $r.state)
             .push_bind(&$r.name)
             .push_bind(&$r.host_name)
             .push_bind(&$r.version)
             .push_bind($r.capabilities)
-            .push_bind($r.sequence_num)
             .push_bind($r.facets)
             .push_bind(&$r.control)
             .push_bind(&$r.health)
+    };
+}
+
+/// Updates stored records from `rows` (each with a `state: StateRow`-like `id` and `epoch` under
+/// `$key`), writing `$columns` bound by `$push`, under their epochs; every row updated goes into
+/// `$written`, and those that were not are asked for (fenced, or gone).
+macro_rules! update_rows {
+    ($tx:ident, $d:ident, $now:ident, $written:ident, $rows:expr, $columns:expr, |$b:ident, $r:ident| $push:expr, |$k:ident| $key:expr) => {
+        let (_, aliases) = column_lists($columns, &[]);
+        let assignments: String = $columns
+            .iter()
+            .copied()
+            .filter(|c| *c != "id" && *c != "epoch")
+            .map(|c| match c {
+                // Written when the batch brings it, else kept.
+                "health" => "health = COALESCE(v_health, health)".to_owned(),
+                c => format!("{c} = v_{c}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        for chunk in fixed_chunks($rows) {
+            let mut q = QueryBuilder::new(format!("WITH v({aliases}) AS ("));
+            q.push_values(chunk, |mut $b, $r| {
+                $push;
+            });
+            q.push(format!(
+                ") {} collectors SET {assignments}, updated_at = ",
+                $d.batch_update
+            ));
+            q.push_bind($now);
+            q.push(" FROM v WHERE id = v_id AND epoch = v_epoch");
+            // No RETURNING: a row per update crossed the connection's channel (a tenth of
+            // SQLite's thread in a burst). All updated is the rule; which ones were fenced is
+            // asked only when some were.
+            let updated = q.build().execute(&mut **$tx).await?.rows_affected();
+            let keys = chunk.iter().map(|$k| {
+                let key = $key;
+                (key.id.as_str(), key.epoch)
+            });
+            if usize::try_from(updated).is_ok_and(|n| n == chunk.len()) {
+                $written.extend(keys.map(|(id, epoch)| (id.to_owned(), epoch)));
+            } else {
+                $written.extend(Self::holding_in($tx, keys).await?);
+            }
+        }
     };
 }
 
@@ -593,4 +639,4 @@ macro_rules! push_transition {
     };
 }
 
-pub(super) use {push_hot, push_transition, sql_writes};
+pub(super) use {push_hot, push_state, push_transition, sql_writes, update_rows};

@@ -19,30 +19,37 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
-/// The port chromedriver says it started on, from its standard output; the rest of that output
-/// is read on in the background, so that chromedriver never waits on a full pipe.
-async fn port_said(stdout: tokio::process::ChildStdout) -> u16 {
+/// The port chromedriver says it started on, from its standard output, with the lines it said
+/// before (to tell why, when it said none); the rest of that output is read on in the
+/// background, so that chromedriver never waits on a full pipe.
+async fn port_said(stdout: tokio::process::ChildStdout) -> Result<u16, Vec<String>> {
     use tokio::io::AsyncBufReadExt as _;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let said = tokio::time::timeout(BROWSER_DEADLINE, async {
+    let mut said = Vec::new();
+    let port = tokio::time::timeout(BROWSER_DEADLINE, async {
         while let Some(line) = lines.next_line().await.ok()? {
             if let Some(rest) = line.split("started successfully on port ").nth(1) {
                 return rest.trim_end_matches('.').parse().ok();
             }
+            said.push(line);
         }
         None
     })
     .await;
-    let port = said
-        .ok()
-        .flatten()
-        .expect("chromedriver says which port it listens on");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    port
+    match port.ok().flatten() {
+        Some(port) => {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok(port)
+        }
+        None => Err(said),
+    }
 }
 
-impl Browser {
-    pub async fn start() -> Self {
+/// Starts chromedriver on a port of the kernel's choice. A chromedriver that ends without
+/// saying its port (on a loaded machine, now and then) is started again, twice at most.
+async fn chromedriver() -> (tokio::process::Child, u16) {
+    let mut told = Vec::new();
+    for _ in 0..3 {
         // Its own process group, so that dropping it ends Chromium too (chromedriver's child).
         // Port 0: chromedriver binds a port of the kernel's choice and says which. (A port found
         // free first and handed to it could be taken by another test's server in between.)
@@ -54,7 +61,17 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver runs (Debian's chromium-driver; .ci/run installs it)");
-        let port = port_said(driver.stdout.take().expect("chromedriver's stdout")).await;
+        match port_said(driver.stdout.take().expect("chromedriver's stdout")).await {
+            Ok(port) => return (driver, port),
+            Err(said) => told = said,
+        }
+    }
+    panic!("chromedriver never said which port it listens on; it said {told:?}");
+}
+
+impl Browser {
+    pub async fn start() -> Self {
+        let (driver, port) = chromedriver().await;
         let url = format!("http://127.0.0.1:{port}");
         let status = format!("{url}/status");
         wait_until("chromedriver answers", || async {
