@@ -18,10 +18,15 @@ use std::time::{Duration, Instant, SystemTime};
 use opampd::collector::facts::{Changed, FactParts};
 use opampd::collector::persist::{Change, Hot};
 use opampd::collector::{
-    Collector, CollectorId, Description, Reason, State, Transition, Transport,
+    Capabilities, Collector, CollectorId, Description, Health, Reason, State, Transition, Transport,
 };
 use opampd::config::Config;
 use opampd::store::{self, Batch, Store};
+
+/// The server's allocator, so that what is measured here is what the server spends.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const BATCH: usize = 1000;
 const ROUNDS: usize = 20;
@@ -31,6 +36,13 @@ fn record(id: CollectorId) -> Collector {
     c.state = Some(State::Connected);
     c.state_since = Some(SystemTime::now());
     c.state_reason = Some(Reason::Initial);
+    // What the load generator's collectors report: a record's row is as wide as theirs.
+    c.health = Some(Health {
+        healthy: true,
+        ..Health::default()
+    });
+    c.capabilities = Capabilities(0x3807);
+    c.sequence_num = Some(1);
     c.connected = true;
     c.transport = Some(Transport::WebSocket);
     c.last_seen = Some(SystemTime::now());

@@ -34,14 +34,23 @@ pub struct EventRow {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 struct ControlDoc {
+    #[serde(skip_serializing_if = "Option::is_none")]
     config_sent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     config_failed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     config_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     package_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     package_offered: Option<PackageOffer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     rollout: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     missing_components: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     reassigned: Option<Reassignment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     drift: Option<DriftDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     settings_failed: Option<String>,
