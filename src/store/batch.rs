@@ -224,6 +224,33 @@ impl Batch {
         pieces
     }
 
+    /// The collectors this batch writes a record for.
+    pub fn record_writers(&self) -> impl Iterator<Item = CollectorId> + '_ {
+        self.entries
+            .iter()
+            .filter_map(|((id, _), entry)| match entry {
+                Entry::Write(write) if write.hot.is_some() => Some(*id),
+                _ => None,
+            })
+    }
+
+    /// Marks whole the record write of every collector in `stale`, and takes it out: a
+    /// collector whose record write was refused may have a stored descriptive part older than
+    /// its actor believes (ADR 0084).
+    pub fn write_whole(&mut self, stale: &mut BTreeSet<CollectorId>) {
+        if stale.is_empty() {
+            return;
+        }
+        for ((id, _), entry) in &mut self.entries {
+            if let Entry::Write(write) = entry
+                && write.hot.is_some()
+                && stale.remove(id)
+            {
+                write.whole = true;
+            }
+        }
+    }
+
     /// Whether this batch creates a record (a piece others depend on).
     pub fn creates(&self) -> bool {
         self.entries
@@ -308,6 +335,53 @@ mod tests {
             Entry::Write(w) => w,
             Entry::Forget => panic!("forgotten"),
         }
+    }
+
+    #[test]
+    fn a_state_only_write_after_a_whole_one_is_whole_and_a_stale_collector_is_written_whole() {
+        let state_only = |n, state| match record(n, state, 1, false) {
+            Change::Record {
+                hot,
+                facts,
+                epoch,
+                create,
+                ..
+            } => Change::Record {
+                hot,
+                facts,
+                epoch,
+                create,
+                whole: false,
+            },
+            other => other,
+        };
+        let mut batch = Batch::default();
+        batch.take(state_only(1, State::Connected));
+        assert!(!write(&batch, 1).whole);
+        batch.take(Change::Record {
+            hot: hot(1, State::Error, 2),
+            facts: Box::default(),
+            epoch: 1,
+            create: false,
+            whole: true,
+        });
+        batch.take(state_only(1, State::Connected));
+        assert!(write(&batch, 1).whole, "a whole write folded in stays whole");
+
+        let mut batch = Batch::default();
+        batch.take(state_only(2, State::Connected));
+        batch.take(state_only(3, State::Connected));
+        batch.take(transition(4, State::Connected));
+        let mut stale = BTreeSet::from([id(2), id(4)]);
+        batch.write_whole(&mut stale);
+        assert!(write(&batch, 2).whole);
+        assert!(!write(&batch, 3).whole);
+        assert_eq!(
+            stale,
+            BTreeSet::from([id(4)]),
+            "kept until a record write of its own"
+        );
+        assert_eq!(batch.record_writers().collect::<Vec<_>>(), [id(2), id(3)]);
     }
 
     #[test]

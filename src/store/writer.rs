@@ -7,7 +7,7 @@
 //! is split until the refused rows are found; those go to the quarantine, and every other row
 //! lands. Writes the store fenced (their actor's claim was superseded) are reported back.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use super::batch::{Entry, Key};
 use super::{Batch, Quarantined, Store, StoreError};
+use crate::collector::CollectorId;
 use crate::collector::persist::Change;
 use crate::telemetry::metrics::{self, Metrics};
 
@@ -32,6 +33,8 @@ const FENCED_QUEUE: usize = 1024;
 /// Fenced claims remembered for their barriers. A fenced actor leaves as soon as it hears, so
 /// only recent ones can still have a barrier coming; the bound keeps a long run's memory flat.
 const FENCED_KEPT: usize = 4096;
+/// How many collectors with a quarantined record write are remembered (`Batcher::stale`).
+const STALE_KEPT: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
@@ -159,6 +162,7 @@ impl Writer {
             pending: Batch::default(),
             barriers: Vec::new(),
             refused: Refused::default(),
+            stale: BTreeSet::new(),
             finish: finish.clone(),
             health: Arc::clone(&health),
             fenced,
@@ -206,6 +210,10 @@ struct Batcher {
     barriers: Vec<(oneshot::Sender<()>, Option<Key>)>,
     /// Claims whose writes the store refused.
     refused: Refused,
+    /// Collectors a record write of which was quarantined: their next record write is written
+    /// whole, since the stored descriptive part may be older than their actor believes
+    /// (ADR 0084). At most [`STALE_KEPT`].
+    stale: BTreeSet<CollectorId>,
     finish: CancellationToken,
     health: Arc<StoreHealth>,
     fenced: mpsc::Sender<Key>,
@@ -315,7 +323,8 @@ impl Batcher {
     async fn write_until_written(&mut self) {
         let mut retry = FIRST_RETRY;
         loop {
-            let batch = std::mem::take(&mut self.pending);
+            let mut batch = std::mem::take(&mut self.pending);
+            batch.write_whole(&mut self.stale);
             let barriers = std::mem::take(&mut self.barriers);
             let started = std::time::Instant::now();
             let landed = self.land(batch).await;
@@ -438,6 +447,11 @@ impl Batcher {
                             rest.absorb(piece);
                         }
                         return Err(unlanded(failure.to_string(), rest, queue));
+                    }
+                    for id in refused.iter().flat_map(Batch::record_writers) {
+                        if self.stale.len() < STALE_KEPT {
+                            self.stale.insert(id);
+                        }
                     }
                 }
             }
