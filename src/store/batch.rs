@@ -366,7 +366,10 @@ mod tests {
             whole: true,
         });
         batch.take(state_only(1, State::Connected));
-        assert!(write(&batch, 1).whole, "a whole write folded in stays whole");
+        assert!(
+            write(&batch, 1).whole,
+            "a whole write folded in stays whole"
+        );
 
         let mut batch = Batch::default();
         batch.take(state_only(2, State::Connected));
