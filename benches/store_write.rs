@@ -72,20 +72,9 @@ async fn batches(name: &str, store: &dyn Store) {
     for round in 0..ROUNDS {
         let mut batch = Batch::default();
         for id in &ids {
-            let record = record(*id);
-            batch.take(Change::Record {
-                hot: Box::new(Hot::of(&record).expect("a state")),
-                // Every part on the first round (the records are created), none after: a
-                // state change writes the hot part alone.
-                facts: Box::new(if round == 0 {
-                    Changed::all().take(&record)
-                } else {
-                    FactParts::default()
-                }),
-                epoch: 1,
-                create: round == 0,
-                whole: round == 0,
-            });
+            // Every part on the first round (the records are created), none after: a state
+            // change writes the hot part alone.
+            batch.take(record_change(&record(*id), round == 0, round == 0));
             batch.take(Change::Transition {
                 id: *id,
                 epoch: 1,
@@ -113,17 +102,26 @@ async fn batches(name: &str, store: &dyn Store) {
 /// How many collectors the storm's writes are spread over: the figures' storm.
 const STORM: usize = 19_000;
 
-/// The process's CPU time so far (user and system), from `/proc/self/stat`.
+/// This process's CPU time so far (user and system).
 fn cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|t| t.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
+    opampd_load::procfs::sample(std::process::id())
+        .expect("this process's /proc entry")
+        .cpu
+}
+
+/// What an actor hands over for `record`: every facts part when it creates it, none after.
+fn record_change(record: &Collector, create: bool, whole: bool) -> Change {
+    Change::Record {
+        hot: Box::new(Hot::of(record).expect("a state")),
+        facts: Box::new(if create {
+            Changed::all().take(record)
+        } else {
+            FactParts::default()
+        }),
+        epoch: 1,
+        create,
+        whole,
+    }
 }
 
 /// What a reconnect storm writes: STORM stored records, each dropped and back, so two record
@@ -137,13 +135,7 @@ async fn storm(name: &str, store: &dyn Store, whole: bool) {
     for chunk in records.chunks(BATCH) {
         let mut batch = Batch::default();
         for record in chunk {
-            batch.take(Change::Record {
-                hot: Box::new(Hot::of(record).expect("a state")),
-                facts: Box::new(Changed::all().take(record)),
-                epoch: 1,
-                create: true,
-                whole: true,
-            });
+            batch.take(record_change(record, true, true));
         }
         store.write(&batch).await.expect("write");
     }
@@ -170,13 +162,7 @@ async fn storm(name: &str, store: &dyn Store, whole: bool) {
                 record.state_reason = Some(reason);
                 record.connected = connected;
                 record.state_since = Some(SystemTime::now());
-                batch.take(Change::Record {
-                    hot: Box::new(Hot::of(&record).expect("a state")),
-                    facts: Box::new(FactParts::default()),
-                    epoch: 1,
-                    create: false,
-                    whole,
-                });
+                batch.take(record_change(&record, false, whole));
                 batch.take(Change::Transition {
                     id: record.id,
                     epoch: 1,

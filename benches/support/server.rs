@@ -147,12 +147,8 @@ impl Server {
     /// The CPU time (user and system) the server has used so far, from `/proc` (Linux counts it
     /// in ticks of 1/100 s).
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // The fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(ticks as f64 / 100.0)
+        let sample = opampd_load::procfs::sample(self.child.id()).ok()?;
+        Some(sample.cpu.as_secs_f64())
     }
 
     /// The server's resident memory now, from `/proc`.
