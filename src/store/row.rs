@@ -252,6 +252,19 @@ impl StateRow {
     }
 }
 
+/// Every record row starts with its state part: what its update is keyed and fenced by.
+impl AsRef<StateRow> for StateRow {
+    fn as_ref(&self) -> &StateRow {
+        self
+    }
+}
+
+impl AsRef<StateRow> for HotRow {
+    fn as_ref(&self) -> &StateRow {
+        &self.state
+    }
+}
+
 impl HotRow {
     /// `facts` are those the write brings: the row takes their health.
     pub fn new(hot: &Hot, facts: &FactParts, epoch: Epoch) -> Self {

@@ -145,30 +145,14 @@ macro_rules! sql_writes {
                     let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
                     written.extend(rows);
                 }
-                update_rows!(
-                    tx,
-                    d,
-                    now,
-                    written,
-                    &updates,
-                    HOT,
-                    |b, r| push_hot!(b, r),
-                    |r| &r.state
-                );
-                update_rows!(
-                    tx,
-                    d,
-                    now,
-                    written,
-                    &states,
-                    STATE,
-                    |b, r| push_state!(b, r),
-                    |r| r
-                );
+                update_rows!(tx, d, now, written, &updates, HOT, |b, r| push_hot!(b, r));
+                update_rows!(tx, d, now, written, &states, STATE, |b, r| push_state!(
+                    b, r
+                ));
                 let fenced = creates
                     .iter()
                     .chain(&updates)
-                    .map(|row| &row.state)
+                    .map(AsRef::as_ref)
                     .chain(&states)
                     .filter(|row| !written.holds(&row.id, row.epoch))
                     .filter_map(|row| Some((CollectorId(row.id.parse().ok()?), row.epoch)))
@@ -581,11 +565,11 @@ macro_rules! push_hot {
     };
 }
 
-/// Updates stored records from `rows` (each with a `state: StateRow`-like `id` and `epoch` under
-/// `$key`), writing `$columns` bound by `$push`, under their epochs; every row updated goes into
-/// `$written`, and those that were not are asked for (fenced, or gone).
+/// Updates stored records from `$rows` (each `AsRef<StateRow>`: its id and epoch), writing
+/// `$columns` bound by `$push`, under their epochs; every row updated goes into `$written`, and
+/// those that were not are asked for (fenced, or gone).
 macro_rules! update_rows {
-    ($tx:ident, $d:ident, $now:ident, $written:ident, $rows:expr, $columns:expr, |$b:ident, $r:ident| $push:expr, |$k:ident| $key:expr) => {
+    ($tx:ident, $d:ident, $now:ident, $written:ident, $rows:expr, $columns:expr, |$b:ident, $r:ident| $push:expr) => {
         let (_, aliases) = column_lists($columns, &[]);
         let assignments: String = $columns
             .iter()
@@ -613,9 +597,9 @@ macro_rules! update_rows {
             // SQLite's thread in a burst). All updated is the rule; which ones were fenced is
             // asked only when some were.
             let updated = q.build().execute(&mut **$tx).await?.rows_affected();
-            let keys = chunk.iter().map(|$k| {
-                let key = $key;
-                (key.id.as_str(), key.epoch)
+            let keys = chunk.iter().map(|row| {
+                let row: &StateRow = row.as_ref();
+                (row.id.as_str(), row.epoch)
             });
             if usize::try_from(updated).is_ok_and(|n| n == chunk.len()) {
                 $written.extend(keys.map(|(id, epoch)| (id.to_owned(), epoch)));
