@@ -306,12 +306,16 @@ mod tests {
     }
 
     fn record(n: u128, state: State, seen: u64, create: bool) -> Change {
+        record_as(n, state, seen, create, create)
+    }
+
+    fn record_as(n: u128, state: State, seen: u64, create: bool, whole: bool) -> Change {
         Change::Record {
             hot: hot(n, state, seen),
             facts: Box::default(),
             epoch: 1,
             create,
-            whole: create,
+            whole,
         }
     }
 
@@ -339,32 +343,11 @@ mod tests {
 
     #[test]
     fn a_state_only_write_after_a_whole_one_is_whole_and_a_stale_collector_is_written_whole() {
-        let state_only = |n, state| match record(n, state, 1, false) {
-            Change::Record {
-                hot,
-                facts,
-                epoch,
-                create,
-                ..
-            } => Change::Record {
-                hot,
-                facts,
-                epoch,
-                create,
-                whole: false,
-            },
-            other => other,
-        };
+        let state_only = |n, state| record_as(n, state, 1, false, false);
         let mut batch = Batch::default();
         batch.take(state_only(1, State::Connected));
         assert!(!write(&batch, 1).whole);
-        batch.take(Change::Record {
-            hot: hot(1, State::Error, 2),
-            facts: Box::default(),
-            epoch: 1,
-            create: false,
-            whole: true,
-        });
+        batch.take(record_as(1, State::Error, 2, false, true));
         batch.take(state_only(1, State::Connected));
         assert!(
             write(&batch, 1).whole,
