@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +22,7 @@ use crate::config::{Config, TlsConfig};
 use crate::fleet::engine::Fleet;
 use crate::fleet::settings::{Distributor, Offers};
 use crate::net::tls::Acceptor;
+use crate::net::listener::Listeners;
 use crate::net::{self, Allowances};
 use crate::opamp::{self, Opamp};
 use crate::store::batch::Key;
@@ -295,10 +295,10 @@ fn api_listener_settings(config: &Config, tls: Option<Acceptor>) -> net::Setting
 }
 
 /// Both listeners, bound (port 0 picks a free port).
-fn bind(config: &Config) -> anyhow::Result<(TcpListener, TcpListener)> {
-    let opamp = net::listener::bind(config.opamp.listen)
+fn bind(config: &Config) -> anyhow::Result<(Listeners, Listeners)> {
+    let opamp = Listeners::bind(config.opamp.listen, config.opamp.accept_queues)
         .with_context(|| format!("cannot listen on opamp.listen = {}", config.opamp.listen))?;
-    let api = net::listener::bind(config.api.listen)
+    let api = Listeners::bind(config.api.listen, 1)
         .with_context(|| format!("cannot listen on api.listen = {}", config.api.listen))?;
     Ok((opamp, api))
 }

@@ -13,6 +13,9 @@ pub use crate::net::tls::{ClientAuth, TlsConfig};
 /// The file read when no `--config` is given; missing is fine, it only layers over the defaults.
 pub const DEFAULT_CONFIG_FILE: &str = "config/opampd.toml";
 
+/// More sockets on one address than this only spread the same accept work thinner.
+const MAX_ACCEPT_QUEUES: usize = 16;
+
 /// Top-level sections; only `OPAMPD_<SECTION>__…` variables are read, so unrelated `OPAMPD_*`
 /// variables in the environment (a test harness's, a wrapper's) cannot fail start-up.
 const SECTIONS: &[&str] = &[
@@ -136,6 +139,10 @@ pub struct OpampConfig {
     /// Open sockets, counted from accept (idle keep-alives and upgraded WebSockets included);
     /// beyond it new ones get 503.
     pub max_connections: usize,
+    /// Sockets sharing the listen address (`SO_REUSEPORT`), each with an accept queue of its own
+    /// as deep as `net.core.somaxconn` allows: connections completed while the server is busy
+    /// (a fleet reconnecting at once) wait in them rather than being dropped by the kernel.
+    pub accept_queues: usize,
     /// From accept (TLS handshake included) to the end of the first request's head, and from
     /// the first byte of a later request to the end of its head; beyond it the socket is closed.
     #[serde(with = "humantime_serde")]
@@ -305,6 +312,7 @@ impl Default for OpampConfig {
             path: "/v1/opamp".to_owned(),
             max_message_bytes: 64 * 1024 * 1024,
             max_connections: 10_000,
+            accept_queues: 4,
             message_budget_bytes: 512 * 1024 * 1024,
             connection_reserve_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
@@ -518,6 +526,12 @@ impl Config {
         if self.api.max_connections == 0 {
             return reject("api.max_connections", "must be at least 1");
         }
+        if !(1..=MAX_ACCEPT_QUEUES).contains(&self.opamp.accept_queues) {
+            return reject(
+                "opamp.accept_queues",
+                &format!("must be from 1 to {MAX_ACCEPT_QUEUES}"),
+            );
+        }
         if self.api.max_event_streams == 0 {
             return reject("api.max_event_streams", "must be at least 1");
         }
@@ -679,6 +693,21 @@ mod tests {
             assert_eq!(config.log.level, "debug");
             Ok(())
         });
+    }
+
+    #[test]
+    fn accept_queues_are_from_1_to_16() {
+        for (queues, ok) in [(0, false), (1, true), (16, true), (17, false)] {
+            let mut config = Config::default();
+            config.opamp.accept_queues = queues;
+            match config.validate() {
+                Ok(()) => assert!(ok, "{queues} queues taken"),
+                Err(err) => {
+                    assert!(!ok, "{queues} queues refused: {err}");
+                    assert!(err.to_string().contains("opamp.accept_queues"), "{err}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -90,7 +90,7 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> anyhow::Result<()> {
     // The limit is the process's: raised once here, not by every server `app::start` makes.
     opampd::net::open_files::raise(&config);
-    opampd::net::listener::log_backlog();
+    opampd::net::listener::log_backlog(config.opamp.accept_queues);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(opampd::app::run(config))
 }

@@ -1,13 +1,16 @@
-//! The listening sockets, with an accept queue deep enough for a reconnect storm.
+//! The listening sockets, with accept queues deep enough for a reconnect storm.
 //!
 //! A connection the kernel completes while the accept queue is full is dropped, and the client's
 //! TCP tries again 1, 3, 7, 15 and 31 s later. tokio's `TcpListener::bind` asks for a queue of
 //! 1,024: a storm of 19,000 reconnections overflowed it 45,000 times, and the last collectors came
 //! back after 29 s with the server idle.
 
+use std::future::poll_fn;
+use std::io;
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::info;
 
 /// What the listeners ask for; the kernel caps it at `net.core.somaxconn`.
@@ -18,14 +21,69 @@ const SOMAXCONN_ADVISED: u32 = 16_384;
 
 const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
 
-/// Binds `addr` with a [`BACKLOG`]-deep accept queue (`SO_REUSEADDR`, as `TcpListener::bind`).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// One address, bound by one socket or by several sharing it (`SO_REUSEPORT`). Each socket has an
+/// accept queue of its own, as deep as `somaxconn` allows, and the kernel spreads new connections
+/// over them by their addresses: four sockets hold four times the connections completed while
+/// the server is busy, where the sysctl cannot be raised (ADR 0085).
+pub struct Listeners {
+    sockets: Vec<TcpListener>,
+    /// Where the next accept starts looking, so that no queue waits behind a busier one.
+    next: usize,
+}
+
+impl Listeners {
+    /// Binds `addr` with `queues` sockets (at least one), each with a [`BACKLOG`]-deep accept
+    /// queue. Port 0 picks a free port, which the other sockets then share.
+    pub fn bind(addr: SocketAddr, queues: usize) -> io::Result<Self> {
+        let first = bind_one(addr, queues > 1)?;
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..queues {
+            sockets.push(bind_one(addr, true)?);
+        }
+        Ok(Self { sockets, next: 0 })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sockets[0].local_addr()
+    }
+
+    /// How many accept queues the address has.
+    pub fn queues(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// The next connection on any of the sockets.
+    pub async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+        let n = self.sockets.len();
+        for i in 0..n {
+            let k = (self.next + i) % n;
+            // Every socket polled registers the task, so a connection on any of them wakes it.
+            if let Poll::Ready(accepted) = self.sockets[k].poll_accept(cx) {
+                self.next = (k + 1) % n;
+                return Poll::Ready(accepted);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// One socket on `addr` with a [`BACKLOG`]-deep accept queue (`SO_REUSEADDR`, as
+/// `TcpListener::bind`; `SO_REUSEPORT` when it shares the address).
+fn bind_one(addr: SocketAddr, shared: bool) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -39,9 +97,10 @@ fn granted(somaxconn: &str) -> Option<u32> {
         .map(|cap| cap.min(BACKLOG))
 }
 
-/// Logs the accept queue the listeners get; below [`SOMAXCONN_ADVISED`], with how to raise it
-/// (a warning would greet every small deployment on Linux's default of 4,096).
-pub fn log_backlog() {
+/// Logs the accept queue each listening socket gets, and how many the OpAMP address has; below
+/// [`SOMAXCONN_ADVISED`] in all, with how to raise it (a warning would greet every small
+/// deployment on Linux's default of 4,096).
+pub fn log_backlog(opamp_queues: usize) {
     let Some(queue) = std::fs::read_to_string(SOMAXCONN)
         .ok()
         .as_deref()
@@ -49,15 +108,21 @@ pub fn log_backlog() {
     else {
         return;
     };
-    if queue < SOMAXCONN_ADVISED {
+    let in_all = usize::try_from(queue).unwrap_or(usize::MAX).saturating_mul(opamp_queues);
+    if in_all < SOMAXCONN_ADVISED as usize {
         info!(
             accept_queue = queue,
+            opamp_accept_queues = opamp_queues,
             "listeners' accept queue, capped by net.core.somaxconn: collectors reconnecting at \
              once beyond it wait for TCP retries (1, 3, 7 s…); for large fleets raise it (sysctl \
-             net.core.somaxconn=65535, or the container's --sysctl)"
+             net.core.somaxconn=65535, or the container's --sysctl) or opamp.accept_queues"
         );
     } else {
-        info!(accept_queue = queue, "listeners' accept queue");
+        info!(
+            accept_queue = queue,
+            opamp_accept_queues = opamp_queues,
+            "listeners' accept queue"
+        );
     }
 }
 
@@ -74,10 +139,57 @@ mod tests {
 
     #[tokio::test]
     async fn a_bound_listener_accepts() {
-        let listener = bind("127.0.0.1:0".parse().expect("an address")).expect("binds");
+        let mut listener =
+            Listeners::bind("127.0.0.1:0".parse().expect("an address"), 1).expect("binds");
         let addr = listener.local_addr().expect("an address");
         let (accepted, connected) =
             tokio::join!(listener.accept(), tokio::net::TcpStream::connect(addr));
         assert!(accepted.is_ok() && connected.is_ok());
+    }
+
+    /// The kernel spreads connections over the queues by their addresses, so enough of them
+    /// reach every socket; each must be accepted, whichever socket holds it.
+    #[tokio::test]
+    async fn connections_on_every_queue_are_accepted() {
+        let mut listener =
+            Listeners::bind("127.0.0.1:0".parse().expect("an address"), 2).expect("binds");
+        assert_eq!(listener.queues(), 2);
+        let addr = listener.local_addr().expect("an address");
+        assert_eq!(listener.sockets[1].local_addr().expect("an address"), addr);
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            held.push(tokio::net::TcpStream::connect(addr).await.expect("connects"));
+        }
+        for _ in 0..64 {
+            let accepted = tokio::time::timeout(std::time::Duration::from_secs(10), listener.accept());
+            let (stream, _) = accepted.await.expect("in time").expect("accepts");
+            held.push(stream);
+        }
+        // Each socket's own queue is empty now: nothing was left behind on either.
+        for socket in &listener.sockets {
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            assert!(socket.poll_accept(&mut cx).is_pending());
+        }
+    }
+
+    /// Port 0 is a port of this listener's own: another listener bound to port 0 gets another.
+    #[test]
+    fn shared_sockets_on_port_0_get_ports_of_their_own() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("a runtime");
+        let _entered = runtime.enter();
+        let listeners: Vec<Listeners> = (0..32)
+            .map(|_| Listeners::bind("127.0.0.1:0".parse().expect("an address"), 2).expect("binds"))
+            .collect();
+        let mut ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("an address").port())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 32);
     }
 }

@@ -58,7 +58,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -89,7 +89,7 @@ pub struct Settings {
 /// Accepts until `shutdown`, then waits for the connections it is still serving to finish their
 /// requests (WebSocket sessions, once upgraded, are their owner's to close).
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: listener::Listeners,
     router: Router,
     settings: Settings,
     metrics: Metrics,
