@@ -9,6 +9,11 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use opampd_load::Args;
 
+/// jemalloc: it spends less CPU per simulated collector than the C library's allocator, and the
+/// load generator shares the machine with the server it measures (`docs/performance.md`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
