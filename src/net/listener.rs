@@ -108,7 +108,9 @@ pub fn log_backlog(opamp_queues: usize) {
     else {
         return;
     };
-    let in_all = usize::try_from(queue).unwrap_or(usize::MAX).saturating_mul(opamp_queues);
+    let in_all = usize::try_from(queue)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(opamp_queues);
     if in_all < SOMAXCONN_ADVISED as usize {
         info!(
             accept_queue = queue,
@@ -158,10 +160,15 @@ mod tests {
         assert_eq!(listener.sockets[1].local_addr().expect("an address"), addr);
         let mut held = Vec::new();
         for _ in 0..64 {
-            held.push(tokio::net::TcpStream::connect(addr).await.expect("connects"));
+            held.push(
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .expect("connects"),
+            );
         }
         for _ in 0..64 {
-            let accepted = tokio::time::timeout(std::time::Duration::from_secs(10), listener.accept());
+            let accepted =
+                tokio::time::timeout(std::time::Duration::from_secs(10), listener.accept());
             let (stream, _) = accepted.await.expect("in time").expect("accepts");
             held.push(stream);
         }
