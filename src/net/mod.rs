@@ -147,6 +147,9 @@ pub async fn serve(
             shutdown.clone(),
         ));
     }
+    // Closed now, not after the wait: connections the kernel would go on completing into queues
+    // nobody accepts from would only be reset at the end.
+    drop(listener);
     tasks.close();
     tasks.wait().await;
     Ok(())
