@@ -6,14 +6,13 @@ use opampd::collector::persist::Change;
 use opampd::collector::{CollectorId, Reason, State};
 
 use crate::store::{at, batch_of, creating, fleet, store_fleet, transition, transition_change};
-use crate::support::{Backend, first_bucket, fresh_database, open_store};
+use crate::support::{Backend, first_bucket, fresh_database, fresh_store, open_store};
 
 /// A collector's history that spans several buckets of the history's index (4,096 positions
 /// each, ADR 0081), with another collector's thousands between its transitions: it is paged newest
 /// first, read whole in order, and forgotten whole, and the other's is untouched.
 async fn a_history_across_buckets_is_paged_read_and_forgotten_whole(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let store = open_store(&db.url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let fleet = fleet();
     let (a, b) = (&fleet[0], &fleet[1]);
     store_fleet(store.as_ref(), &fleet).await;

@@ -16,7 +16,7 @@ use opampd::collector::{
 };
 use opampd::store::{Batch, ConfigurationFile, LabelEdit, Store};
 
-use crate::support::{Backend, eventually, fresh_database, open_store};
+use crate::support::{Backend, eventually, fresh_database, fresh_store, open_store};
 
 /// A time the databases keep exactly (microseconds).
 pub(crate) fn at(seconds: u64) -> SystemTime {
@@ -228,9 +228,7 @@ async fn migrations_apply_to_an_empty_database_and_again(backend: Backend) {
 }
 
 async fn a_record_and_its_history_round_trip(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let id = CollectorId::new_v7();
     let record = full_record(id, State::Error);
     let history = vec![
@@ -261,9 +259,7 @@ async fn a_record_and_its_history_round_trip(backend: Backend) {
 }
 
 async fn the_latest_record_wins_and_transitions_only_append(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let id = CollectorId::new_v7();
     let mut record = full_record(id, State::Connected);
     let t = |n: u64| (id, transition(None, State::Connected, Reason::Initial, n));
@@ -294,9 +290,7 @@ async fn the_latest_record_wins_and_transitions_only_append(backend: Backend) {
 /// stored names, capabilities and control stay as the last whole write left them, and its claim's
 /// epoch fences it like any write.
 async fn a_state_only_write_leaves_the_descriptive_part(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let id = CollectorId::new_v7();
     let record = full_record(id, State::Connected);
     store
@@ -350,9 +344,7 @@ async fn a_state_only_write_leaves_the_descriptive_part(backend: Backend) {
 }
 
 async fn facts_are_written_part_by_part_and_a_touch_moves_only_last_seen(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let id = CollectorId::new_v7();
     let mut record = full_record(id, State::Error);
     store
@@ -403,8 +395,7 @@ async fn facts_are_written_part_by_part_and_a_touch_moves_only_last_seen(backend
 /// A refused batch is written again piece by piece (the quarantine's path, ADR 0011): the record's
 /// piece keeps the stored health, and the facts' piece writes the new health by itself (ADR 0079).
 async fn a_batch_written_piece_by_piece_keeps_the_record_and_then_its_health(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let store = open_store(&db.url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let id = CollectorId::new_v7();
     let mut record = full_record(id, State::Connected);
     store
@@ -433,9 +424,7 @@ async fn a_batch_written_piece_by_piece_keeps_the_record_and_then_its_health(bac
 }
 
 async fn writes_under_a_superseded_claim_are_refused(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let id = CollectorId::new_v7();
     let record = full_record(id, State::Connected);
     let t = |n: u64| transition(None, State::Connected, Reason::Initial, n);
@@ -502,9 +491,7 @@ async fn writes_under_a_superseded_claim_are_refused(backend: Backend) {
 /// claim. The current one's facts and history land without a check of their own; the superseded
 /// one's, updated or not, do not.
 async fn a_batch_with_one_superseded_claim_writes_the_others(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let (current, stale) = (
         full_record(CollectorId::new_v7(), State::Connected),
         full_record(CollectorId::new_v7(), State::Connected),
@@ -584,9 +571,7 @@ async fn a_batch_with_one_superseded_claim_writes_the_others(backend: Backend) {
 }
 
 async fn labels_are_replaced_and_patched_at_once(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let record = full_record(CollectorId::new_v7(), State::Connected);
     store
         .write(&creating(std::slice::from_ref(&record), vec![]))
@@ -630,9 +615,7 @@ async fn labels_are_replaced_and_patched_at_once(backend: Backend) {
 }
 
 async fn quarantined_rows_are_kept_with_their_error(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let row = opampd::store::Quarantined {
         collector: CollectorId::new_v7(),
         kind: "facts",
@@ -652,9 +635,7 @@ async fn quarantined_rows_are_kept_with_their_error(backend: Backend) {
 }
 
 async fn a_large_batch_lands_in_one_write(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let records: Vec<_> = (0..2500)
         .map(|_| full_record(CollectorId::new_v7(), State::Connected))
         .collect();
@@ -763,9 +744,7 @@ pub(crate) async fn store_fleet(store: &dyn Store, fleet: &[Collector]) {
 }
 
 async fn forgetting_deletes_record_facts_and_history(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let gone = full_record(CollectorId::new_v7(), State::Disconnected);
     let kept = full_record(CollectorId::new_v7(), State::Disconnected);
     let t = |id| (id, transition(None, State::Connected, Reason::Initial, 1));
@@ -812,9 +791,7 @@ async fn forgetting_deletes_record_facts_and_history(backend: Backend) {
 }
 
 async fn configuration_versions_count_up_and_never_repeat(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let files = |body: &str| {
         BTreeMap::from([(
             "collector.yaml".to_owned(),

@@ -9,7 +9,7 @@ use opampd::selector::Selector;
 use opampd::store::{After, CollectorQuery, EventFilter, SortKey, Store};
 
 use crate::store::{at, batch_of, fleet, store_fleet, transition, transition_change};
-use crate::support::{Backend, fresh_database, open_store};
+use crate::support::{Backend, fresh_store};
 
 fn query() -> CollectorQuery {
     CollectorQuery {
@@ -31,9 +31,7 @@ fn ns(found: &[Collector]) -> Vec<String> {
 }
 
 async fn filters_select_by_state_labels_and_text(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let fleet = fleet();
     store_fleet(store.as_ref(), &fleet).await;
     let select = |text: &str| CollectorQuery {
@@ -141,9 +139,7 @@ async fn pages_cover_everything_once(
 }
 
 async fn cursor_pages_follow_every_sort_order(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     store_fleet(store.as_ref(), &fleet()).await;
     // last_seen falls as n rises.
     let by_seen = pages_cover_everything_once(store.as_ref(), SortKey::LastSeen, false).await;
@@ -170,9 +166,7 @@ async fn cursor_pages_follow_every_sort_order(backend: Backend) {
 }
 
 async fn history_and_events_page_by_position(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let url = db.url.clone();
-    let store = open_store(&url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     assert_eq!(store.last_seq().await.unwrap(), 0);
     let fleet = fleet();
     let (a, b) = (&fleet[0], &fleet[1]);
@@ -237,8 +231,7 @@ async fn history_and_events_page_by_position(backend: Backend) {
 /// A list may read only some fact parts: those asked for come whole, the others not at all, and
 /// the record's own columns always.
 async fn a_list_reads_only_the_fact_parts_asked_for(backend: Backend) {
-    let db = fresh_database(backend).await;
-    let store = open_store(&db.url, "a").await;
+    let (_db, store) = fresh_store(backend).await;
     let fleet = fleet();
     store_fleet(store.as_ref(), &fleet).await;
     let read = |parts| {

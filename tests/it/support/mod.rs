@@ -208,6 +208,14 @@ pub async fn open_store(url: &str, node: &str) -> Arc<dyn Store> {
     store
 }
 
+/// A fresh database with the store opened on it as replica `a`: the database goes with the first
+/// value, so it is kept for as long as the store is used.
+pub async fn fresh_store(backend: Backend) -> (Database, Arc<dyn Store>) {
+    let db = fresh_database(backend).await;
+    let store = open_store(&db.url, "a").await;
+    (db, store)
+}
+
 /// A set of configuration files' hash as the README promises it, computed here on our own:
 /// SHA-256 over each file's name, content type and body, in name order, each part preceded by
 /// its length (8 bytes, big-endian) so that no two sets of files run together into the same
