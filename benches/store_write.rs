@@ -22,6 +22,9 @@ use opampd::collector::{
 };
 use opampd::config::Config;
 use opampd::store::{self, Batch, Store};
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom as _;
 
 /// The server's allocator, so that what is measured here is what the server spends.
 #[cfg(feature = "jemalloc")]
@@ -130,8 +133,7 @@ fn record_change(record: &Collector, create: bool, whole: bool) -> Change {
 /// every update writes the whole hot part, as before ADR 0084; otherwise the state part alone, as
 /// the actor asks when only the state changed.
 async fn storm(name: &str, store: &dyn Store, whole: bool) {
-    let ids: Vec<CollectorId> = (0..STORM).map(|_| CollectorId::new_v7()).collect();
-    let records: Vec<Collector> = ids.iter().map(|id| record(*id)).collect();
+    let records: Vec<Collector> = (0..STORM).map(|_| record(CollectorId::new_v7())).collect();
     for chunk in records.chunks(BATCH) {
         let mut batch = Batch::default();
         for record in chunk {
@@ -141,13 +143,7 @@ async fn storm(name: &str, store: &dyn Store, whole: bool) {
     }
     // A fixed shuffle, so that runs compare: the collectors come back in no stored order.
     let mut order: Vec<usize> = (0..STORM).collect();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for i in (1..order.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, usize::try_from(x % (i as u64 + 1)).unwrap_or(0));
-    }
+    order.shuffle(&mut StdRng::seed_from_u64(0x9E37_79B9_7F4A_7C15));
     let (cpu_before, started) = (cpu(), Instant::now());
     for (to, reason, connected) in [
         (State::Disconnected, Reason::NetworkInterruption, false),
